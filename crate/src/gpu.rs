@@ -1,0 +1,122 @@
+//! Acquiring the wgpu device (WebGPU in the browser, Vulkan/Metal/DX12 natively) and describing what
+//! the adapter gave us: its name, whether `shader-f16` is available, and the limits the device got.
+//!
+//! burn's wgpu runtime can be initialised only once per process (or wasm instance), so the device is
+//! cached here and every caller shares it.
+
+use burn::tensor::Device;
+use burn::tensor::wgpu::{WgpuInitError, WgpuSetup, wgpu};
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+/// The limits of the logical device burn created (cubecl requests the adapter's own limits).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GpuLimits {
+    /// Largest buffer the device can allocate, in bytes.
+    pub max_buffer_size: u64,
+    /// Largest storage buffer a shader can bind, in bytes: the one that bounds our tensors.
+    pub max_storage_buffer_binding_size: u64,
+    /// Storage buffers one compute shader may bind.
+    pub max_storage_buffers_per_shader_stage: u32,
+    /// Workgroup shared memory, in bytes.
+    pub max_compute_workgroup_storage_size: u32,
+    /// Invocations in one workgroup.
+    pub max_compute_invocations_per_workgroup: u32,
+    /// Workgroup size along x.
+    pub max_compute_workgroup_size_x: u32,
+    /// Workgroups per dispatch dimension.
+    pub max_compute_workgroups_per_dimension: u32,
+}
+
+/// What the page shows about the GPU, and what the engine uses to pick f16 or f32 weights.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GpuInfo {
+    /// Adapter name as the driver/browser reports it.
+    pub adapter: String,
+    /// Graphics API in use (`BrowserWebGpu`, `Vulkan`, ...).
+    pub backend: String,
+    /// Adapter type (`DiscreteGpu`, `Cpu` for SwiftShader/lavapipe, ...).
+    pub device_type: String,
+    /// Driver name and version, where the platform reports them.
+    pub driver: String,
+    /// Whether the device has the `shader-f16` feature (f16 weights and compute).
+    pub shader_f16: bool,
+    /// The device's limits.
+    pub limits: GpuLimits,
+}
+
+impl GpuInfo {
+    fn from_setup(setup: &WgpuSetup) -> Self {
+        let info = setup.adapter.get_info();
+        let limits = setup.device.limits();
+        let driver = [info.driver.as_str(), info.driver_info.as_str()]
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
+        Self {
+            adapter: info.name,
+            backend: format!("{:?}", info.backend),
+            device_type: format!("{:?}", info.device_type),
+            driver,
+            shader_f16: setup.device.features().contains(wgpu::Features::SHADER_F16),
+            limits: GpuLimits {
+                max_buffer_size: limits.max_buffer_size,
+                max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size as u64,
+                max_storage_buffers_per_shader_stage: limits.max_storage_buffers_per_shader_stage,
+                max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,
+                max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
+                max_compute_workgroup_size_x: limits.max_compute_workgroup_size_x,
+                max_compute_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
+            },
+        }
+    }
+}
+
+fn init_error(err: WgpuInitError) -> Error {
+    match err {
+        WgpuInitError::AdapterUnavailable { message, .. } => Error::NoGpu(message),
+        other => Error::GpuInit(other.to_string()),
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+static WGPU: std::sync::OnceLock<Result<(Device, GpuInfo), Error>> = std::sync::OnceLock::new();
+
+/// The shared wgpu device, initialised on first use (native: blocking).
+///
+/// A failed initialisation is remembered: burn cannot retry it in the same process.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn wgpu_device() -> Result<(Device, GpuInfo), Error> {
+    WGPU.get_or_init(|| {
+        Device::wgpu_options()
+            .init_with_setup()
+            .map(|(device, setup)| (device, GpuInfo::from_setup(&setup)))
+            .map_err(init_error)
+    })
+    .clone()
+}
+
+#[cfg(target_arch = "wasm32")]
+thread_local! {
+    static WGPU: std::cell::RefCell<Option<(Device, GpuInfo)>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The shared WebGPU device, initialised asynchronously on first use (synchronous initialisation
+/// panics in browsers: it would have to block on a condvar).
+#[cfg(target_arch = "wasm32")]
+pub async fn wgpu_device() -> Result<(Device, GpuInfo), Error> {
+    if let Some(cached) = WGPU.with(|c| c.borrow().clone()) {
+        return Ok(cached);
+    }
+    let (device, setup) = Device::wgpu_options()
+        .init_with_setup_async()
+        .await
+        .map_err(init_error)?;
+    let entry = (device, GpuInfo::from_setup(&setup));
+    WGPU.with(|c| *c.borrow_mut() = Some(entry.clone()));
+    Ok(entry)
+}

@@ -1,0 +1,15 @@
+//! Stable Diffusion in the browser: the same pipeline code runs natively (Flex CPU or wgpu) and as
+//! WebAssembly inside a dedicated Web Worker on WebGPU.
+//!
+//! The backend is chosen at run time through burn's [`Device`](burn::tensor::Device); nothing here is
+//! generic over a backend type.
+
+pub mod error;
+pub mod gpu;
+pub mod probe;
+pub mod protocol;
+
+#[cfg(target_arch = "wasm32")]
+pub mod web;
+
+pub use error::Error;

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs whatever the build and the tests need and is missing; skips what is present.
+# Debian packages (chromium, chromium-driver, binaryen, mesa-vulkan-drivers), the wasm32 target, the
+# wasm-bindgen CLI of exactly the version in Cargo.lock, Trunk 0.21.14, and the npm packages.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\033[1;34m[setup]\033[0m %s\n' "$*" >&2; }
+
+apt_packages=(chromium chromium-driver binaryen mesa-vulkan-drivers)
+missing=()
+for pkg in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  log "apt-get install ${missing[*]}"
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
+  log "rustup target add wasm32-unknown-unknown"
+  rustup target add wasm32-unknown-unknown
+fi
+
+# Tools are built in cargo's own temporary dirs, not in the project's target dir.
+install_tool() { # crate version binary [--locked]
+  local crate=$1 version=$2 bin=$3; shift 3
+  if ! "$bin" --version 2>/dev/null | grep -q " $version\b"; then
+    log "cargo install $crate $version"
+    env -u CARGO_TARGET_DIR cargo install "$crate" --version "$version" "$@"
+  fi
+}
+wasm_bindgen_version=$(awk '/^name = "wasm-bindgen"$/ {getline; gsub(/[^0-9.]/, ""); print; exit}' Cargo.lock)
+# Not --locked: a locked dependency of the CLI (webpki-roots) is not served by the registry mirror.
+install_tool wasm-bindgen-cli "$wasm_bindgen_version" wasm-bindgen
+install_tool trunk 0.21.14 trunk --locked
+
+if [ ! -f web/node_modules/.package-lock.json ] || [ web/package-lock.json -nt web/node_modules/.package-lock.json ]; then
+  log "npm ci"
+  (cd web && npm ci --no-audit --no-fund)
+fi

@@ -1,0 +1,59 @@
+//! The worker slice in a real browser: WebGPU in a dedicated worker, against Flex on the CPU.
+#![cfg(target_arch = "wasm32")]
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::JsFuture;
+use wasm_bindgen_test::*;
+use websd::protocol::Event;
+
+wasm_bindgen_test_configure!(run_in_dedicated_worker);
+
+#[wasm_bindgen_test]
+async fn webgpu_adapter_is_available_in_a_worker() {
+    let (_, info) = websd::gpu::wgpu_device().await.expect("WebGPU adapter in a dedicated worker");
+    console_log!("adapter: {info:?}");
+    assert_eq!(info.backend, "BrowserWebGpu");
+    // The WebGPU spec's minimum for maxStorageBufferBindingSize is 128 MiB.
+    assert!(info.limits.max_storage_buffer_binding_size >= 128 << 20, "{info:?}");
+}
+
+#[wasm_bindgen_test]
+async fn probe_on_webgpu_matches_flex() {
+    let (gpu, _) = websd::gpu::wgpu_device().await.expect("WebGPU adapter");
+    let report = websd::probe::self_test(&gpu, js_sys::Date::now).await.expect("probe runs");
+    console_log!("self-test: {report:?}");
+    assert!(report.max_abs_diff <= 1e-4, "WebGPU vs Flex max abs diff {}", report.max_abs_diff);
+    assert!(report.passed);
+}
+
+/// Sends one request object through the engine as the worker script does and returns the event.
+async fn roundtrip(request: &str) -> Event {
+    let events = Rc::new(RefCell::new(Vec::new()));
+    let sink = events.clone();
+    let post = Closure::<dyn FnMut(JsValue)>::new(move |ev: JsValue| sink.borrow_mut().push(ev));
+    let engine = websd::web::Engine::new(post.as_ref().unchecked_ref::<js_sys::Function>().clone());
+    let request = js_sys::JSON::parse(request).unwrap();
+    JsFuture::from(engine.handle(request)).await.expect("handle never rejects");
+    let events = events.borrow();
+    assert_eq!(events.len(), 1, "one event per request");
+    serde_wasm_bindgen::from_value(events[0].clone()).expect("event matches the protocol")
+}
+
+#[wasm_bindgen_test]
+async fn engine_reports_status_and_typed_errors() {
+    match roundtrip(r#"{"type":"status"}"#).await {
+        Event::Status { gpu } => assert!(gpu.limits.max_buffer_size > 0),
+        other => panic!("expected status, got {other:?}"),
+    }
+    match roundtrip(r#"{"type":"selfTest"}"#).await {
+        Event::SelfTest { report } => assert!(report.passed, "{report:?}"),
+        other => panic!("expected selfTest, got {other:?}"),
+    }
+    match roundtrip(r#"{"type":"generateEverything"}"#).await {
+        Event::Error { code, .. } => assert_eq!(code, "bad-request"),
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
