@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+source scripts/env.sh
 trunk build --release
 models=tests/fixtures
 [ "${1:-}" = "--models" ] && models=$2

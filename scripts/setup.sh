@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs whatever the build and the tests need and is missing; skips what is present.
-# Debian packages (chromium, chromium-driver, binaryen, mesa-vulkan-drivers), the wasm32 target, the
-# wasm-bindgen CLI of exactly the version in Cargo.lock, Trunk 0.21.14, and the npm packages.
+# Debian packages (chromium, chromium-driver, mesa-vulkan-drivers), the wasm32 target, the wasm-bindgen
+# CLI of exactly the version in Cargo.lock, Trunk 0.21.14, and the npm packages (including binaryen's
+# wasm-opt: Debian 12's binaryen 108 corrupts wasm-bindgen's externref table, see README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 log() { printf '\033[1;34m[setup]\033[0m %s\n' "$*" >&2; }
 
-apt_packages=(chromium chromium-driver binaryen mesa-vulkan-drivers)
+apt_packages=(chromium chromium-driver mesa-vulkan-drivers)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

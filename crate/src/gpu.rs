@@ -4,6 +4,9 @@
 //! burn's wgpu runtime can be initialised only once per process (or wasm instance), so the device is
 //! cached here and every caller shares it.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
 use burn::tensor::Device;
 use burn::tensor::wgpu::{WgpuInitError, WgpuSetup, wgpu};
 use serde::{Deserialize, Serialize};
@@ -76,6 +79,37 @@ impl GpuInfo {
     }
 }
 
+static UNCAPTURED_ERRORS: AtomicU32 = AtomicU32::new(0);
+
+/// wgpu errors that no error scope caught, since start-up.
+///
+/// cubecl's own handler panics on them. In a browser that panic happens inside a JS callback and traps
+/// the worker, and SwiftShader's WebGPU rejects some matmul kernels that autotune compiles as
+/// candidates (it then picks a valid one), so the engine counts and logs them instead. Results are
+/// verified independently (the self-test compares with the CPU); native tests require zero.
+pub fn uncaptured_errors() -> u32 {
+    UNCAPTURED_ERRORS.load(Ordering::Relaxed)
+}
+
+fn warn(message: &str) {
+    #[cfg(target_arch = "wasm32")]
+    web_sys::console::warn_1(&message.into());
+    #[cfg(not(target_arch = "wasm32"))]
+    eprintln!("{message}");
+}
+
+fn install_error_handler(setup: &WgpuSetup) {
+    setup.device.on_uncaptured_error(Arc::new(|error| {
+        let seen = UNCAPTURED_ERRORS.fetch_add(1, Ordering::Relaxed);
+        // The first few in full; a failing autotune candidate repeats the same error many times.
+        if seen < 3 {
+            warn(&format!("websd: uncaptured wgpu error: {error}"));
+        } else if seen == 3 {
+            warn("websd: further uncaptured wgpu errors are only counted");
+        }
+    }));
+}
+
 fn init_error(err: WgpuInitError) -> Error {
     match err {
         WgpuInitError::AdapterUnavailable { message, .. } => Error::NoGpu(message),
@@ -94,7 +128,10 @@ pub fn wgpu_device() -> Result<(Device, GpuInfo), Error> {
     WGPU.get_or_init(|| {
         Device::wgpu_options()
             .init_with_setup()
-            .map(|(device, setup)| (device, GpuInfo::from_setup(&setup)))
+            .map(|(device, setup)| {
+                install_error_handler(&setup);
+                (device, GpuInfo::from_setup(&setup))
+            })
             .map_err(init_error)
     })
     .clone()
@@ -116,7 +153,32 @@ pub async fn wgpu_device() -> Result<(Device, GpuInfo), Error> {
         .init_with_setup_async()
         .await
         .map_err(init_error)?;
-    let entry = (device, GpuInfo::from_setup(&setup));
+    install_error_handler(&setup);
+    let mut info = GpuInfo::from_setup(&setup);
+    if info.adapter.is_empty() {
+        info.adapter = browser_adapter_label().await.unwrap_or_default();
+    }
+    let entry = (device, info);
     WGPU.with(|c| *c.borrow_mut() = Some(entry.clone()));
     Ok(entry)
+}
+
+/// Browsers leave `GPUAdapterInfo.description` (wgpu's adapter name) empty; vendor and architecture
+/// ("google swiftshader", "nvidia ampere") are what they do expose, read from a second adapter request.
+#[cfg(target_arch = "wasm32")]
+async fn browser_adapter_label() -> Option<String> {
+    use js_sys::{Function, Promise, Reflect};
+    use wasm_bindgen::{JsCast, JsValue};
+    let get = |target: &JsValue, key: &str| Reflect::get(target, &JsValue::from_str(key)).ok().filter(|v| !v.is_undefined());
+    let gpu = get(&get(&js_sys::global(), "navigator")?, "gpu")?;
+    let request: Function = get(&gpu, "requestAdapter")?.dyn_into().ok()?;
+    let promise: Promise = request.call0(&gpu).ok()?.dyn_into().ok()?;
+    let adapter = wasm_bindgen_futures::JsFuture::from(promise).await.ok().filter(|a| !a.is_null())?;
+    let info = get(&adapter, "info")?;
+    let parts: Vec<String> = ["vendor", "architecture", "device"]
+        .into_iter()
+        .filter_map(|key| get(&info, key)?.as_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(" "))
 }

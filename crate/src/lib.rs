@@ -8,6 +8,8 @@ pub mod error;
 pub mod gpu;
 pub mod probe;
 pub mod protocol;
+pub mod rng;
+pub mod schedulers;
 
 #[cfg(target_arch = "wasm32")]
 pub mod web;

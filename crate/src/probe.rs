@@ -139,6 +139,7 @@ pub async fn self_test(gpu: &Device, now_ms: impl Fn() -> f64) -> Result<SelfTes
         passed: max_abs_diff <= SELF_TEST_TOLERANCE,
         gpu_ms: t1 - t0,
         cpu_ms: t2 - t1,
+        gpu_errors: crate::gpu::uncaptured_errors(),
     })
 }
 
@@ -196,5 +197,6 @@ mod tests {
         eprintln!("probe wgpu vs flex: {report:?}");
         assert!(report.max_abs_diff <= 1e-4, "wgpu vs flex max abs diff {}", report.max_abs_diff);
         assert!(report.passed);
+        assert_eq!(report.gpu_errors, 0, "wgpu validation errors natively");
     }
 }

@@ -31,6 +31,8 @@ pub struct SelfTestReport {
     pub gpu_ms: f64,
     /// Wall time of the CPU run.
     pub cpu_ms: f64,
+    /// Uncaptured GPU errors so far (see [`crate::gpu::uncaptured_errors`]).
+    pub gpu_errors: u32,
 }
 
 /// An event from the worker to the page.

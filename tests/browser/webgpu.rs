@@ -13,6 +13,7 @@ wasm_bindgen_test_configure!(run_in_dedicated_worker);
 
 #[wasm_bindgen_test]
 async fn webgpu_adapter_is_available_in_a_worker() {
+    console_error_panic_hook::set_once();
     let (_, info) = websd::gpu::wgpu_device().await.expect("WebGPU adapter in a dedicated worker");
     console_log!("adapter: {info:?}");
     assert_eq!(info.backend, "BrowserWebGpu");
@@ -25,6 +26,7 @@ async fn probe_on_webgpu_matches_flex() {
     let (gpu, _) = websd::gpu::wgpu_device().await.expect("WebGPU adapter");
     let report = websd::probe::self_test(&gpu, js_sys::Date::now).await.expect("probe runs");
     console_log!("self-test: {report:?}");
+    // SwiftShader rejects some autotune candidates (counted, not fatal); the numbers must still agree.
     assert!(report.max_abs_diff <= 1e-4, "WebGPU vs Flex max abs diff {}", report.max_abs_diff);
     assert!(report.passed);
 }

@@ -52,7 +52,8 @@ test("the page shows the worker's WebGPU adapter and the GPU self-test passes", 
   console.log(`adapter: ${adapterText}; shader-f16: ${await page.getByTestId("gpu-f16").innerText()}`);
   assert.match(adapterText, /BrowserWebGpu/);
   assert.match(await page.getByTestId("gpu-f16").innerText(), /^(yes|no)/);
-  const limits = await page.getByTestId("gpu-limits").innerText();
+  // Inside a collapsed <details>: read the text, not the rendered text.
+  const limits = (await page.getByTestId("gpu-limits").textContent()) ?? "";
   assert.match(limits, /maxStorageBufferBindingSize/);
 
   await page.getByTestId("self-test").click();

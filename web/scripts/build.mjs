@@ -12,6 +12,6 @@ await build({
   format: "esm",
   target: "es2022",
   minify: true,
-  sourcemap: true,
+  sourcemap: false,
   logLevel: "warning",
 });

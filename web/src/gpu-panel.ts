@@ -25,5 +25,6 @@ export function renderSelfTest(report: SelfTestReport): void {
   const verdict = report.passed ? "passed" : "FAILED";
   byTestId("self-test-result").textContent =
     `${verdict}: max |GPU - CPU| = ${report.maxAbsDiff.toExponential(2)} (tolerance ${report.tolerance.toExponential(0)}), ` +
-    `GPU ${report.gpuMs.toFixed(0)} ms, CPU ${report.cpuMs.toFixed(0)} ms on [${report.shape.join(", ")}]`;
+    `GPU ${report.gpuMs.toFixed(0)} ms, CPU ${report.cpuMs.toFixed(0)} ms on [${report.shape.join(", ")}]` +
+    (report.gpuErrors > 0 ? `; ${report.gpuErrors} GPU errors logged (kernels the adapter rejected)` : "");
 }

@@ -30,6 +30,8 @@ export interface SelfTestReport {
   passed: boolean;
   gpuMs: number;
   cpuMs: number;
+  /** Uncaptured GPU errors so far (autotune candidates the adapter rejected, ...). */
+  gpuErrors: number;
 }
 
 /** Page -> worker. */

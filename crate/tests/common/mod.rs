@@ -1,0 +1,87 @@
+//! Reading the diffusers reference dumps in `tests/fixtures/` (see its README).
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use burn::tensor::{Device, Tensor, TensorData};
+use safetensors::SafeTensors;
+use safetensors::tensor::Dtype;
+
+/// `tests/fixtures/` at the workspace root.
+pub fn fixtures_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
+}
+
+/// The names of all recorded runs (`tests/fixtures/runs/*`).
+pub fn run_names() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(fixtures_dir().join("runs"))
+        .expect("tests/fixtures/runs")
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+/// One run's `tensors.safetensors`.
+pub struct Run {
+    pub name: String,
+    bytes: Vec<u8>,
+}
+
+impl Run {
+    pub fn load(name: &str) -> Self {
+        let path = fixtures_dir().join("runs").join(name).join("tensors.safetensors");
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        Self { name: name.to_string(), bytes }
+    }
+
+    fn parsed(&self) -> SafeTensors<'_> {
+        SafeTensors::deserialize(&self.bytes).expect("valid safetensors")
+    }
+
+    /// The string metadata diffusers' oracle stored with the run.
+    pub fn metadata(&self) -> HashMap<String, String> {
+        let (_, meta) = SafeTensors::read_metadata(&self.bytes).expect("header");
+        meta.metadata().clone().unwrap_or_default()
+    }
+
+    pub fn meta(&self, key: &str) -> Option<String> {
+        self.metadata().get(key).cloned()
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.parsed().names().iter().any(|n| *n == name)
+    }
+
+    /// Tensor names with the given prefix, sorted.
+    pub fn names_with_prefix(&self, prefix: &str) -> Vec<String> {
+        let mut names: Vec<String> =
+            self.parsed().names().into_iter().filter(|n| n.starts_with(prefix)).map(|n| n.to_string()).collect();
+        names.sort();
+        names
+    }
+
+    /// A recorded f32 tensor: its shape and values.
+    pub fn f32(&self, name: &str) -> (Vec<usize>, Vec<f32>) {
+        let st = self.parsed();
+        let view = st.tensor(name).unwrap_or_else(|_| panic!("{}: no tensor {name}", self.name));
+        assert_eq!(view.dtype(), Dtype::F32, "{name} is f32");
+        let values = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        (view.shape().to_vec(), values)
+    }
+
+    /// A recorded 4-d f32 tensor on `device`.
+    pub fn tensor4(&self, name: &str, device: &Device) -> Tensor<4> {
+        let (shape, values) = self.f32(name);
+        let shape: [usize; 4] = shape.try_into().unwrap_or_else(|s| panic!("{name} is 4-d, got {s:?}"));
+        Tensor::from_data(TensorData::new(values, shape), device)
+    }
+}
+
+/// Largest absolute difference between a tensor and reference values.
+pub fn max_diff(actual: Tensor<4>, expected: &[f32]) -> f32 {
+    let actual: Vec<f32> = actual.into_data().try_to_vec::<f32>().unwrap();
+    assert_eq!(actual.len(), expected.len(), "sizes differ");
+    actual.iter().zip(expected).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
+}
