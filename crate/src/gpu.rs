@@ -149,10 +149,7 @@ pub async fn wgpu_device() -> Result<(Device, GpuInfo), Error> {
     if let Some(cached) = WGPU.with(|c| c.borrow().clone()) {
         return Ok(cached);
     }
-    let (device, setup) = Device::wgpu_options()
-        .init_with_setup_async()
-        .await
-        .map_err(init_error)?;
+    let (device, setup) = Device::wgpu_options().init_with_setup_async().await.map_err(init_error)?;
     install_error_handler(&setup);
     let mut info = GpuInfo::from_setup(&setup);
     if info.adapter.is_empty() {
@@ -169,7 +166,8 @@ pub async fn wgpu_device() -> Result<(Device, GpuInfo), Error> {
 async fn browser_adapter_label() -> Option<String> {
     use js_sys::{Function, Promise, Reflect};
     use wasm_bindgen::{JsCast, JsValue};
-    let get = |target: &JsValue, key: &str| Reflect::get(target, &JsValue::from_str(key)).ok().filter(|v| !v.is_undefined());
+    let get =
+        |target: &JsValue, key: &str| Reflect::get(target, &JsValue::from_str(key)).ok().filter(|v| !v.is_undefined());
     let gpu = get(&get(&js_sys::global(), "navigator")?, "gpu")?;
     let request: Function = get(&gpu, "requestAdapter")?.dyn_into().ok()?;
     let promise: Promise = request.call0(&gpu).ok()?.dyn_into().ok()?;

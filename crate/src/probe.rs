@@ -73,9 +73,8 @@ impl ProbeConfig {
     /// Builds the probe with its deterministic weights on `device`.
     pub fn init(&self, device: &Device) -> Probe {
         let (c_in, c) = (self.in_channels, self.channels);
-        let mut conv = Conv2dConfig::new([c_in, c], [3, 3])
-            .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
-            .init(device);
+        let mut conv =
+            Conv2dConfig::new([c_in, c], [3, 3]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).init(device);
         conv.weight = param([c, c_in, 3, 3], self.seed, (1.0 / (c_in * 9) as f32).sqrt(), device);
         conv.bias = Some(param([c], self.seed + 1, 0.1, device));
 

@@ -55,15 +55,9 @@ impl TorchRng {
         state[0] = seed as u32;
         for i in 1..N {
             let prev = state[i - 1];
-            state[i] = 1_812_433_253u32
-                .wrapping_mul(prev ^ (prev >> 30))
-                .wrapping_add(i as u32);
+            state[i] = 1_812_433_253u32.wrapping_mul(prev ^ (prev >> 30)).wrapping_add(i as u32);
         }
-        Self {
-            state,
-            next: N,
-            next_normal: None,
-        }
+        Self { state, next: N, next_normal: None }
     }
 
     /// One mt19937 output: torch's `CPUGeneratorImpl::random()`.
@@ -373,18 +367,10 @@ fn log1p(x: f64) -> f64 {
     if hu == 0 {
         // |f| < 2^-20.
         if f == 0.0 {
-            return if k == 0 {
-                0.0
-            } else {
-                dk * LN2_HI + (c + dk * LN2_LO)
-            };
+            return if k == 0 { 0.0 } else { dk * LN2_HI + (c + dk * LN2_LO) };
         }
         let r = hfsq * (1.0 - 0.666_666_666_666_666_6 * f);
-        return if k == 0 {
-            f - r
-        } else {
-            dk * LN2_HI - ((r - (dk * LN2_LO + c)) - f)
-        };
+        return if k == 0 { f - r } else { dk * LN2_HI - ((r - (dk * LN2_LO + c)) - f) };
     }
     let s = f / (2.0 + f);
     let z = s * s;
@@ -392,13 +378,8 @@ fn log1p(x: f64) -> f64 {
     let z2 = z * z;
     let z4 = z2 * z2;
     let z6 = z4 * z2;
-    let r =
-        z * LP[0] + z2 * (LP[1] + z * LP[2]) + z4 * (LP[3] + z * LP[4]) + z6 * (LP[5] + z * LP[6]);
-    if k == 0 {
-        f - (hfsq - s * (hfsq + r))
-    } else {
-        dk * LN2_HI - ((hfsq - (s * (hfsq + r) + (dk * LN2_LO + c))) - f)
-    }
+    let r = z * LP[0] + z2 * (LP[1] + z * LP[2]) + z4 * (LP[3] + z * LP[4]) + z6 * (LP[5] + z * LP[6]);
+    if k == 0 { f - (hfsq - s * (hfsq + r)) } else { dk * LN2_HI - ((hfsq - (s * (hfsq + r) + (dk * LN2_LO + c))) - f) }
 }
 
 /// `(sin x, cos x)` for finite `|x| < 2^20 * pi/2` (fdlibm kernels, Cody-Waite reduction by pi/2).
@@ -471,11 +452,7 @@ fn kernel_sin(x: f64, y: f64, has_tail: bool) -> f64 {
     let w = z * z;
     let r = S[1] + z * (S[2] + z * S[3]) + z * w * (S[4] + z * S[5]);
     let v = z * x;
-    if has_tail {
-        x - ((z * (0.5 * y - v * r) - y) - v * S[0])
-    } else {
-        x + v * (S[0] + z * r)
-    }
+    if has_tail { x - ((z * (0.5 * y - v * r) - y) - v * S[0]) } else { x + v * (S[0] + z * r) }
 }
 
 /// cos(x + y) for |x| <= pi/4, `y` the tail of `x`; fdlibm `__kernel_cos`.
@@ -546,10 +523,7 @@ mod tests {
         let mut rng = TorchRng::new(0);
         assert_close(&rng.randn(5), &[1.5410, -0.2934, -2.1788, 0.5684, -1.0845]);
         let mut rng = TorchRng::new(0);
-        assert_close(
-            &rng.randn(6),
-            &[1.5410, -0.2934, -2.1788, 0.5684, -1.0845, -1.3986],
-        );
+        assert_close(&rng.randn(6), &[1.5410, -0.2934, -2.1788, 0.5684, -1.0845, -1.3986]);
     }
 
     /// The cached sine half survives between calls (and across a large draw, which ignores it).
@@ -604,8 +578,8 @@ mod tests {
         assert_close(
             &TorchRng::new(0).randn(16),
             &[
-                -1.1258, -1.1524, -0.2506, -0.4339, 0.8487, 0.6920, -0.3160, -2.1152, 0.3223,
-                -1.2633, 0.3500, 0.3081, 0.1198, 1.2377, 1.1168, -0.2473,
+                -1.1258, -1.1524, -0.2506, -0.4339, 0.8487, 0.6920, -0.3160, -2.1152, 0.3223, -1.2633, 0.3500, 0.3081,
+                0.1198, 1.2377, 1.1168, -0.2473,
             ],
         );
     }
@@ -634,15 +608,8 @@ mod tests {
         let v = TorchRng::new(42).randn(1 << 16);
         let n = v.len() as f64;
         let mean = v.iter().map(|&x| f64::from(x)).sum::<f64>() / n;
-        let var = v
-            .iter()
-            .map(|&x| (f64::from(x) - mean).powi(2))
-            .sum::<f64>()
-            / n;
-        assert!(
-            mean.abs() < 0.02 && (var - 1.0).abs() < 0.02,
-            "mean {mean} var {var}"
-        );
+        let var = v.iter().map(|&x| (f64::from(x) - mean).powi(2)).sum::<f64>() / n;
+        assert!(mean.abs() < 0.02 && (var - 1.0).abs() < 0.02, "mean {mean} var {var}");
         assert!(v.iter().all(|x| x.is_finite()));
     }
 

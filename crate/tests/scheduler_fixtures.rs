@@ -68,7 +68,8 @@ fn check_run(name: &str, tolerance: f32) {
     assert_eq!(calls, scheduler.timesteps().len() - t_start, "{name}: one UNet call per timestep");
     let mut worst = 0.0f32;
     for i in 0..calls {
-        let sample = if i == 0 { initial.clone() } else { run.tensor4(&format!("latents_after_step_{:02}", i - 1), &device) };
+        let sample =
+            if i == 0 { initial.clone() } else { run.tensor4(&format!("latents_after_step_{:02}", i - 1), &device) };
         // The UNet saw [negative, positive] copies of the scaled latents (plus mask channels when inpainting).
         let scaled = scheduler.scale_model_input(sample.clone()).unwrap();
         let recorded_in = run.tensor4(&format!("unet_in_sample_{i:02}"), &device).narrow(0, 0, 1).narrow(1, 0, 4);

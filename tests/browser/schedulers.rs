@@ -79,7 +79,8 @@ async fn lcm_steps_on_webgpu_match_diffusers() {
     let initial = schedulers::randn(&mut rng, [1, 4, 32, 32], &gpu) * scheduler.init_noise_sigma();
     let mut worst = 0.0f32;
     for i in 0..8 {
-        let sample = if i == 0 { initial.clone() } else { tensor4(&run, &format!("latents_after_step_{:02}", i - 1), &gpu) };
+        let sample =
+            if i == 0 { initial.clone() } else { tensor4(&run, &format!("latents_after_step_{:02}", i - 1), &gpu) };
         let out = tensor4(&run, &format!("unet_out_{i:02}"), &gpu);
         let (uncond, text) = (out.clone().narrow(0, 0, 1), out.narrow(0, 1, 1));
         let guided = uncond.clone() + (text - uncond) * 7.5;

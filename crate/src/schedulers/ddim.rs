@@ -50,7 +50,11 @@ impl DdimScheduler {
 }
 
 pub(crate) fn unsupported_thresholding() -> SchedulerError {
-    SchedulerError::Unsupported { field: "thresholding", value: "true".into(), hint: " (dynamic thresholding is for pixel-space models)".into() }
+    SchedulerError::Unsupported {
+        field: "thresholding",
+        value: "true".into(),
+        hint: " (dynamic thresholding is for pixel-space models)".into(),
+    }
 }
 
 /// `(sample - sqrt(1 - a) * eps) / sqrt(a)` and its siblings: the clean sample and the noise a
@@ -93,24 +97,22 @@ impl Scheduler for DdimScheduler {
         &self.timesteps
     }
 
-    fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
     fn set_begin_index(&mut self, index: usize) {
         self.index.set_begin(index);
     }
 
-    fn scale_model_input(&self, sample: Tensor<4>) -> Result<Tensor<4>, SchedulerError> {
-        Ok(sample)
-    }
-
-    fn step(&mut self, model_output: Tensor<4>, sample: Tensor<4>, rng: &mut TorchRng) -> Result<Tensor<4>, SchedulerError> {
+    fn step(
+        &mut self,
+        model_output: Tensor<4>,
+        sample: Tensor<4>,
+        rng: &mut TorchRng,
+    ) -> Result<Tensor<4>, SchedulerError> {
         let i = self.index.checked(self.timesteps.len())?;
         let t = self.timesteps[i] as i64;
         let prev_t = t - (self.train_steps / self.steps) as i64;
         let alpha_prod_t = self.alphas_cumprod[t as usize];
-        let alpha_prod_t_prev = if prev_t >= 0 { self.alphas_cumprod[prev_t as usize] } else { self.final_alpha_cumprod };
+        let alpha_prod_t_prev =
+            if prev_t >= 0 { self.alphas_cumprod[prev_t as usize] } else { self.final_alpha_cumprod };
         let beta_prod_t = 1.0 - alpha_prod_t;
 
         let (mut x0, eps) = predict_x0_eps(self.prediction, model_output, sample, alpha_prod_t);
@@ -132,13 +134,20 @@ impl Scheduler for DdimScheduler {
     }
 
     fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, index: usize) -> Result<Tensor<4>, SchedulerError> {
-        let t = *self.timesteps.get(index).ok_or(SchedulerError::OutOfSteps { index, len: self.timesteps.len() })?;
-        Ok(add_noise_alpha(&self.alphas_cumprod, original, noise, t as usize))
+        add_noise_alpha(&self.alphas_cumprod, &self.timesteps, original, noise, index)
     }
 }
 
-/// `sqrt(a_t) * x0 + sqrt(1 - a_t) * noise`, diffusers' `add_noise` for the alpha-based schedulers.
-pub(crate) fn add_noise_alpha(alphas_cumprod: &[f32], original: Tensor<4>, noise: Tensor<4>, t: usize) -> Tensor<4> {
-    let a = alphas_cumprod[t];
-    original * a.sqrt() + noise * (1.0 - a).sqrt()
+/// `sqrt(a_t) * x0 + sqrt(1 - a_t) * noise` at `timesteps[index]`: diffusers' `add_noise` for the
+/// alpha-based schedulers.
+pub(crate) fn add_noise_alpha(
+    alphas_cumprod: &[f32],
+    timesteps: &[f64],
+    original: Tensor<4>,
+    noise: Tensor<4>,
+    index: usize,
+) -> Result<Tensor<4>, SchedulerError> {
+    let t = *timesteps.get(index).ok_or(SchedulerError::OutOfSteps { index, len: timesteps.len() })?;
+    let a = alphas_cumprod[t as usize];
+    Ok(original * a.sqrt() + noise * (1.0 - a).sqrt())
 }

@@ -86,19 +86,16 @@ impl Scheduler for DdpmScheduler {
         &self.timesteps
     }
 
-    fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
     fn set_begin_index(&mut self, index: usize) {
         self.index.set_begin(index);
     }
 
-    fn scale_model_input(&self, sample: Tensor<4>) -> Result<Tensor<4>, SchedulerError> {
-        Ok(sample)
-    }
-
-    fn step(&mut self, model_output: Tensor<4>, sample: Tensor<4>, rng: &mut TorchRng) -> Result<Tensor<4>, SchedulerError> {
+    fn step(
+        &mut self,
+        model_output: Tensor<4>,
+        sample: Tensor<4>,
+        rng: &mut TorchRng,
+    ) -> Result<Tensor<4>, SchedulerError> {
         let i = self.index.checked(self.timesteps.len())?;
         let (t, alpha_prod_t, alpha_prod_t_prev) = self.alphas(i);
         let beta_prod_t = 1.0 - alpha_prod_t;
@@ -130,7 +127,6 @@ impl Scheduler for DdpmScheduler {
     }
 
     fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, index: usize) -> Result<Tensor<4>, SchedulerError> {
-        let t = *self.timesteps.get(index).ok_or(SchedulerError::OutOfSteps { index, len: self.timesteps.len() })?;
-        Ok(add_noise_alpha(&self.alphas_cumprod, original, noise, t as usize))
+        add_noise_alpha(&self.alphas_cumprod, &self.timesteps, original, noise, index)
     }
 }

@@ -66,7 +66,9 @@ impl DpmSolverMultistepScheduler {
         let algorithm = match config.str_or("algorithm_type", "dpmsolver++")? {
             "dpmsolver++" | "deis" => Algorithm::DpmSolverPlusPlus,
             "dpmsolver" => Algorithm::DpmSolver,
-            other => return Err(unsupported("algorithm_type", other, " (stochastic SDE variants are not implemented)")),
+            other => {
+                return Err(unsupported("algorithm_type", other, " (stochastic SDE variants are not implemented)"));
+            }
         };
         let solver = match config.str_or("solver_type", "midpoint")? {
             "midpoint" | "logrho" | "bh1" | "bh2" => SolverType::Midpoint,
@@ -170,14 +172,17 @@ impl DpmSolverMultistepScheduler {
                 sample * (sigma_t / sigma_s0) - d0 * c - d1 * (0.5 * c)
             }
             (Algorithm::DpmSolverPlusPlus, SolverType::Heun) => {
-                sample * (sigma_t / sigma_s0) - d0 * (alpha_t * ((-h).exp() - 1.0)) + d1 * (alpha_t * (((-h).exp() - 1.0) / h + 1.0))
+                sample * (sigma_t / sigma_s0) - d0 * (alpha_t * ((-h).exp() - 1.0))
+                    + d1 * (alpha_t * (((-h).exp() - 1.0) / h + 1.0))
             }
             (Algorithm::DpmSolver, SolverType::Midpoint) => {
                 let c = sigma_t * (h.exp() - 1.0);
                 sample * (alpha_t / alpha_s0) - d0 * c - d1 * (0.5 * c)
             }
             (Algorithm::DpmSolver, SolverType::Heun) => {
-                sample * (alpha_t / alpha_s0) - d0 * (sigma_t * (h.exp() - 1.0)) - d1 * (sigma_t * ((h.exp() - 1.0) / h - 1.0))
+                sample * (alpha_t / alpha_s0)
+                    - d0 * (sigma_t * (h.exp() - 1.0))
+                    - d1 * (sigma_t * ((h.exp() - 1.0) / h - 1.0))
             }
         }
     }
@@ -231,19 +236,16 @@ impl Scheduler for DpmSolverMultistepScheduler {
         &self.timesteps
     }
 
-    fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
     fn set_begin_index(&mut self, index: usize) {
         self.index.set_begin(index);
     }
 
-    fn scale_model_input(&self, sample: Tensor<4>) -> Result<Tensor<4>, SchedulerError> {
-        Ok(sample)
-    }
-
-    fn step(&mut self, model_output: Tensor<4>, sample: Tensor<4>, _rng: &mut TorchRng) -> Result<Tensor<4>, SchedulerError> {
+    fn step(
+        &mut self,
+        model_output: Tensor<4>,
+        sample: Tensor<4>,
+        _rng: &mut TorchRng,
+    ) -> Result<Tensor<4>, SchedulerError> {
         let len = self.timesteps.len();
         let i = self.index.checked(len)?;
         let small = len < 15;

@@ -71,7 +71,12 @@ impl SigmaSchedule {
     }
 
     /// `original + noise * sigma` at `timesteps()[index]`.
-    pub(crate) fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, index: usize) -> Result<Tensor<4>, SchedulerError> {
+    pub(crate) fn add_noise(
+        &self,
+        original: Tensor<4>,
+        noise: Tensor<4>,
+        index: usize,
+    ) -> Result<Tensor<4>, SchedulerError> {
         let len = self.timesteps.len();
         let sigma = *self.sigmas.get(index).filter(|_| index < len).ok_or(SchedulerError::OutOfSteps { index, len })?;
         Ok(original + noise * sigma)
@@ -79,7 +84,12 @@ impl SigmaSchedule {
 }
 
 /// The clean sample implied by the UNet output at noise level `sigma` (epsilon or v-prediction).
-pub(crate) fn sigma_x0(prediction: PredictionType, model_output: Tensor<4>, sample: Tensor<4>, sigma: f32) -> Tensor<4> {
+pub(crate) fn sigma_x0(
+    prediction: PredictionType,
+    model_output: Tensor<4>,
+    sample: Tensor<4>,
+    sigma: f32,
+) -> Tensor<4> {
     match prediction {
         PredictionType::Epsilon => sample - model_output * sigma,
         PredictionType::VPrediction => {
@@ -107,7 +117,11 @@ impl EulerDiscreteScheduler {
             "zero" => false,
             "sigma_min" => true,
             other => {
-                return Err(SchedulerError::Unsupported { field: "final_sigmas_type", value: other.into(), hint: String::new() });
+                return Err(SchedulerError::Unsupported {
+                    field: "final_sigmas_type",
+                    value: other.into(),
+                    hint: String::new(),
+                });
             }
         };
         Ok(Self {
@@ -123,7 +137,11 @@ impl EulerDiscreteScheduler {
 pub(crate) fn check_sigma_options(config: &SchedulerConfig, scheduler: &'static str) -> Result<(), SchedulerError> {
     for key in ["use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas", "use_flow_sigmas"] {
         if config.bool_or(key, false)? {
-            return Err(SchedulerError::Unsupported { field: "sigma schedule", value: key.into(), hint: format!(" in {scheduler}") });
+            return Err(SchedulerError::Unsupported {
+                field: "sigma schedule",
+                value: key.into(),
+                hint: format!(" in {scheduler}"),
+            });
         }
     }
     if config.str_or("interpolation_type", "linear")? != "linear" {
@@ -134,7 +152,11 @@ pub(crate) fn check_sigma_options(config: &SchedulerConfig, scheduler: &'static 
         });
     }
     if config.str_or("timestep_type", "discrete")? != "discrete" {
-        return Err(SchedulerError::Unsupported { field: "timestep_type", value: "continuous".into(), hint: String::new() });
+        return Err(SchedulerError::Unsupported {
+            field: "timestep_type",
+            value: "continuous".into(),
+            hint: String::new(),
+        });
     }
     Ok(())
 }
@@ -161,7 +183,12 @@ impl Scheduler for EulerDiscreteScheduler {
         self.schedule.scale(sample)
     }
 
-    fn step(&mut self, model_output: Tensor<4>, sample: Tensor<4>, _rng: &mut TorchRng) -> Result<Tensor<4>, SchedulerError> {
+    fn step(
+        &mut self,
+        model_output: Tensor<4>,
+        sample: Tensor<4>,
+        _rng: &mut TorchRng,
+    ) -> Result<Tensor<4>, SchedulerError> {
         let i = self.schedule.index.checked(self.schedule.timesteps.len())?;
         let sigma = self.schedule.sigmas[i];
         // gamma = 0 without churn, so sigma_hat = sigma.

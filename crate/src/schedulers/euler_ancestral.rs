@@ -28,7 +28,10 @@ impl EulerAncestralDiscreteScheduler {
         }
         let prediction = config.prediction_type("epsilon")?;
         if prediction == PredictionType::Sample {
-            return Err(SchedulerError::UnsupportedPrediction { scheduler: "EulerAncestralDiscreteScheduler", prediction: "sample".into() });
+            return Err(SchedulerError::UnsupportedPrediction {
+                scheduler: "EulerAncestralDiscreteScheduler",
+                prediction: "sample".into(),
+            });
         }
         Ok(Self { schedule: SigmaSchedule::new(config)?, prediction })
     }
@@ -55,11 +58,17 @@ impl Scheduler for EulerAncestralDiscreteScheduler {
         self.schedule.scale(sample)
     }
 
-    fn step(&mut self, model_output: Tensor<4>, sample: Tensor<4>, rng: &mut TorchRng) -> Result<Tensor<4>, SchedulerError> {
+    fn step(
+        &mut self,
+        model_output: Tensor<4>,
+        sample: Tensor<4>,
+        rng: &mut TorchRng,
+    ) -> Result<Tensor<4>, SchedulerError> {
         let i = self.schedule.index.checked(self.schedule.timesteps.len())?;
         let (sigma_from, sigma_to) = (self.schedule.sigmas[i], self.schedule.sigmas[i + 1]);
         let x0 = sigma_x0(self.prediction, model_output.clone(), sample.clone(), sigma_from);
-        let sigma_up = (sigma_to * sigma_to * (sigma_from * sigma_from - sigma_to * sigma_to) / (sigma_from * sigma_from)).sqrt();
+        let sigma_up =
+            (sigma_to * sigma_to * (sigma_from * sigma_from - sigma_to * sigma_to) / (sigma_from * sigma_from)).sqrt();
         let sigma_down = (sigma_to * sigma_to - sigma_up * sigma_up).sqrt();
         let derivative = (sample.clone() - x0) / sigma_from;
         let prev = sample + derivative * (sigma_down - sigma_from);

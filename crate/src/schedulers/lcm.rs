@@ -81,19 +81,16 @@ impl Scheduler for LcmScheduler {
         &self.timesteps
     }
 
-    fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
     fn set_begin_index(&mut self, index: usize) {
         self.index.set_begin(index);
     }
 
-    fn scale_model_input(&self, sample: Tensor<4>) -> Result<Tensor<4>, SchedulerError> {
-        Ok(sample)
-    }
-
-    fn step(&mut self, model_output: Tensor<4>, sample: Tensor<4>, rng: &mut TorchRng) -> Result<Tensor<4>, SchedulerError> {
+    fn step(
+        &mut self,
+        model_output: Tensor<4>,
+        sample: Tensor<4>,
+        rng: &mut TorchRng,
+    ) -> Result<Tensor<4>, SchedulerError> {
         let len = self.timesteps.len();
         let i = self.index.checked(len)?;
         let t = self.timesteps[i];
@@ -118,7 +115,6 @@ impl Scheduler for LcmScheduler {
     }
 
     fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, index: usize) -> Result<Tensor<4>, SchedulerError> {
-        let t = *self.timesteps.get(index).ok_or(SchedulerError::OutOfSteps { index, len: self.timesteps.len() })?;
-        Ok(add_noise_alpha(&self.alphas_cumprod, original, noise, t as usize))
+        add_noise_alpha(&self.alphas_cumprod, &self.timesteps, original, noise, index)
     }
 }

@@ -147,25 +147,34 @@ pub trait Scheduler {
     fn set_timesteps(&mut self, steps: usize) -> Result<(), SchedulerError>;
     /// The timesteps the UNet is called with, in order (PNDM repeats one).
     fn timesteps(&self) -> &[f64];
-    /// Multiplier of the initial noise (`latents * init_noise_sigma`).
-    fn init_noise_sigma(&self) -> f32;
+    /// Multiplier of the initial noise (`latents * init_noise_sigma`); 1 for the alpha-based schedulers.
+    fn init_noise_sigma(&self) -> f32 {
+        1.0
+    }
     /// How many entries of `timesteps()` one denoising step uses (diffusers' `order`, 1 for all ours).
     fn order(&self) -> usize {
         1
     }
     /// Starts the loop at `timesteps()[index]` (img2img / inpainting with strength < 1).
     fn set_begin_index(&mut self, index: usize);
-    /// Scales the UNet input for the current step.
+    /// Scales the UNet input for the current step (the identity, except for the sigma schedulers).
     ///
     /// # Shapes
     /// - sample: `[batch, channels, height, width]`, returned unchanged in shape
-    fn scale_model_input(&self, sample: Tensor<4>) -> Result<Tensor<4>, SchedulerError>;
+    fn scale_model_input(&self, sample: Tensor<4>) -> Result<Tensor<4>, SchedulerError> {
+        Ok(sample)
+    }
     /// One denoising step: from the UNet's output at the current timestep to the previous sample.
     /// Stochastic schedulers draw their noise from `rng` in diffusers' order.
     ///
     /// # Shapes
     /// - model_output, sample: `[batch, channels, height, width]`; returns the same shape
-    fn step(&mut self, model_output: Tensor<4>, sample: Tensor<4>, rng: &mut TorchRng) -> Result<Tensor<4>, SchedulerError>;
+    fn step(
+        &mut self,
+        model_output: Tensor<4>,
+        sample: Tensor<4>,
+        rng: &mut TorchRng,
+    ) -> Result<Tensor<4>, SchedulerError>;
     /// Noises clean latents to `timesteps()[index]` (img2img), with noise drawn by the caller.
     fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, index: usize) -> Result<Tensor<4>, SchedulerError>;
 }

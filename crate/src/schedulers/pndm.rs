@@ -38,7 +38,10 @@ impl PndmScheduler {
         let alphas_cumprod = alphas_cumprod(&betas(config, "linear", 0.0001, 0.02)?);
         let prediction = config.prediction_type("epsilon")?;
         if prediction == PredictionType::Sample {
-            return Err(SchedulerError::UnsupportedPrediction { scheduler: "PNDMScheduler", prediction: "sample".into() });
+            return Err(SchedulerError::UnsupportedPrediction {
+                scheduler: "PNDMScheduler",
+                prediction: "sample".into(),
+            });
         }
         Ok(Self {
             final_alpha_cumprod: if config.bool_or("set_alpha_to_one", false)? { 1.0 } else { alphas_cumprod[0] },
@@ -63,7 +66,9 @@ impl PndmScheduler {
     fn base_timesteps(&self, steps: usize) -> Vec<i64> {
         let t = self.train_steps;
         match self.spacing {
-            TimestepSpacing::Linspace => np_linspace(0.0, (t - 1) as f64, steps).into_iter().map(|v| v.round_ties_even() as i64).collect(),
+            TimestepSpacing::Linspace => {
+                np_linspace(0.0, (t - 1) as f64, steps).into_iter().map(|v| v.round_ties_even() as i64).collect()
+            }
             TimestepSpacing::Leading => (0..steps).map(|i| (i * (t / steps) + self.steps_offset) as i64).collect(),
             TimestepSpacing::Trailing => {
                 let mut v = super::tables::spaced_timesteps(TimestepSpacing::Trailing, t, steps, 0);
@@ -75,7 +80,8 @@ impl PndmScheduler {
 
     fn prev_sample(&self, sample: Tensor<4>, t: i64, prev_t: i64, model_output: Tensor<4>) -> Tensor<4> {
         let alpha_prod_t = self.alphas_cumprod[t as usize];
-        let alpha_prod_t_prev = if prev_t >= 0 { self.alphas_cumprod[prev_t as usize] } else { self.final_alpha_cumprod };
+        let alpha_prod_t_prev =
+            if prev_t >= 0 { self.alphas_cumprod[prev_t as usize] } else { self.final_alpha_cumprod };
         let beta_prod_t = 1.0 - alpha_prod_t;
         let beta_prod_t_prev = 1.0 - alpha_prod_t_prev;
         let model_output = match self.prediction {
@@ -187,19 +193,16 @@ impl Scheduler for PndmScheduler {
         &self.timesteps
     }
 
-    fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
     fn set_begin_index(&mut self, index: usize) {
         self.begin = index;
     }
 
-    fn scale_model_input(&self, sample: Tensor<4>) -> Result<Tensor<4>, SchedulerError> {
-        Ok(sample)
-    }
-
-    fn step(&mut self, model_output: Tensor<4>, sample: Tensor<4>, _rng: &mut TorchRng) -> Result<Tensor<4>, SchedulerError> {
+    fn step(
+        &mut self,
+        model_output: Tensor<4>,
+        sample: Tensor<4>,
+        _rng: &mut TorchRng,
+    ) -> Result<Tensor<4>, SchedulerError> {
         let index = self.begin + self.counter;
         let len = self.timesteps.len();
         let t = *self.timesteps.get(index).ok_or(SchedulerError::OutOfSteps { index, len })? as i64;
@@ -213,7 +216,6 @@ impl Scheduler for PndmScheduler {
     }
 
     fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, index: usize) -> Result<Tensor<4>, SchedulerError> {
-        let t = *self.timesteps.get(index).ok_or(SchedulerError::OutOfSteps { index, len: self.timesteps.len() })?;
-        Ok(add_noise_alpha(&self.alphas_cumprod, original, noise, t as usize))
+        add_noise_alpha(&self.alphas_cumprod, &self.timesteps, original, noise, index)
     }
 }

@@ -2,8 +2,8 @@
 //! computed the way diffusers computes it (torch float32 where diffusers uses torch, numpy float64
 //! where it uses numpy), so the timesteps match exactly and the sigmas to the last bit or two.
 
-use super::config::{SchedulerConfig, TimestepSpacing};
 use super::SchedulerError;
+use super::config::{SchedulerConfig, TimestepSpacing};
 
 /// `torch.linspace(start, end, steps, dtype=torch.float32)` on the CPU: f32 arithmetic, the first half
 /// counted up from `start` and the second half down from `end`, as ATen's kernel does.
@@ -58,7 +58,12 @@ pub fn np_interp(x: f64, fp: &[f64]) -> f64 {
 }
 
 /// The beta schedule of a config, as torch float32 values.
-pub fn betas(config: &SchedulerConfig, default_schedule: &str, default_start: f64, default_end: f64) -> Result<Vec<f32>, SchedulerError> {
+pub fn betas(
+    config: &SchedulerConfig,
+    default_schedule: &str,
+    default_start: f64,
+    default_end: f64,
+) -> Result<Vec<f32>, SchedulerError> {
     let train_steps = config.usize_or("num_train_timesteps", 1000)?;
     let start = config.f64_or("beta_start", default_start)?;
     let end = config.f64_or("beta_end", default_end)?;
@@ -67,7 +72,9 @@ pub fn betas(config: &SchedulerConfig, default_schedule: &str, default_start: f6
     } else {
         match config.str_or("beta_schedule", default_schedule)? {
             "linear" => torch_linspace_f32(start, end, train_steps),
-            "scaled_linear" => torch_linspace_f32(start.sqrt(), end.sqrt(), train_steps).into_iter().map(|b| b * b).collect(),
+            "scaled_linear" => {
+                torch_linspace_f32(start.sqrt(), end.sqrt(), train_steps).into_iter().map(|b| b * b).collect()
+            }
             "squaredcos_cap_v2" => cosine_betas(train_steps),
             other => {
                 return Err(SchedulerError::Unsupported {
@@ -79,7 +86,10 @@ pub fn betas(config: &SchedulerConfig, default_schedule: &str, default_start: f6
         }
     };
     if betas.len() != train_steps {
-        return Err(SchedulerError::BadField { field: "trained_betas".into(), expected: "one beta per training timestep" });
+        return Err(SchedulerError::BadField {
+            field: "trained_betas".into(),
+            expected: "one beta per training timestep",
+        });
     }
     if config.bool_or("rescale_betas_zero_snr", false)? {
         return Ok(rescale_zero_terminal_snr(&betas));

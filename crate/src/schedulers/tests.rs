@@ -133,7 +133,11 @@ fn values(t: Tensor<4>) -> Vec<f32> {
 
 /// With a UNet that predicts the true noise exactly, a deterministic scheduler must land each step on
 /// the forward-noised sample of the next timestep: an end-to-end check of its formulas.
-fn exact_noise_trajectory(kind: SchedulerKind, config: &SchedulerConfig, target: impl Fn(&dyn Scheduler, usize, &[f32], &[f32]) -> Vec<f32>) {
+fn exact_noise_trajectory(
+    kind: SchedulerKind,
+    config: &SchedulerConfig,
+    target: impl Fn(&dyn Scheduler, usize, &[f32], &[f32]) -> Vec<f32>,
+) {
     let device = Device::flex();
     let mut rng = TorchRng::new(1);
     let x0 = rng.randn(16);
@@ -160,7 +164,9 @@ fn ddim_pndm_and_dpm_follow_the_exact_noise_trajectory() {
     let ac = alphas_cumprod(&betas(&sd15(), "linear", 0.0, 0.0).unwrap());
     let alpha_at = |t: i64| if t >= 0 { ac[t as usize] } else { ac[0] };
     // DDIM: from t to t - 1000/8.
-    exact_noise_trajectory(SchedulerKind::Ddim, &sd15(), |s, i, x0, eps| vp(alpha_at(s.timesteps()[i] as i64 - 125), x0, eps));
+    exact_noise_trajectory(SchedulerKind::Ddim, &sd15(), |s, i, x0, eps| {
+        vp(alpha_at(s.timesteps()[i] as i64 - 125), x0, eps)
+    });
     // PLMS: the same transfer, except the second call re-does the first step from the stored sample.
     exact_noise_trajectory(SchedulerKind::Pndm, &sd15(), |s, i, x0, eps| {
         let t = s.timesteps()[i] as i64;
@@ -168,7 +174,8 @@ fn ddim_pndm_and_dpm_follow_the_exact_noise_trajectory() {
     });
     // DPM-Solver++ (orders 1 and 2, with and without Karras sigmas): VP form of the next sigma.
     for kind in [SchedulerKind::DpmSolverMultistep, SchedulerKind::DpmSolverMultistepKarras] {
-        let mut probe = DpmSolverMultistepScheduler::new(&sd15(), Some(kind == SchedulerKind::DpmSolverMultistepKarras)).unwrap();
+        let mut probe =
+            DpmSolverMultistepScheduler::new(&sd15(), Some(kind == SchedulerKind::DpmSolverMultistepKarras)).unwrap();
         probe.set_timesteps(8).unwrap();
         let sigmas = probe.sigmas.clone();
         exact_noise_trajectory(kind, &sd15(), move |_, i, x0, eps| {
@@ -264,7 +271,10 @@ fn names_and_class_names() {
 #[test]
 fn bad_input_is_a_typed_error() {
     assert!(matches!(SchedulerKind::from_name("heun"), Err(SchedulerError::UnknownScheduler(_))));
-    assert!(matches!(SchedulerKind::from_class_name("FooScheduler", &sd15()), Err(SchedulerError::UnknownScheduler(_))));
+    assert!(matches!(
+        SchedulerKind::from_class_name("FooScheduler", &sd15()),
+        Err(SchedulerError::UnknownScheduler(_))
+    ));
     for kind in SchedulerKind::ALL {
         let mut s = build(kind, &sd15()).unwrap();
         assert_eq!(s.set_timesteps(0).unwrap_err(), SchedulerError::ZeroSteps, "{}", kind.name());
@@ -277,7 +287,10 @@ fn bad_input_is_a_typed_error() {
     let sample = sd15().with("prediction_type", json!("sample"));
     assert!(matches!(build(SchedulerKind::Pndm, &sample), Err(SchedulerError::UnsupportedPrediction { .. })));
     assert!(matches!(build(SchedulerKind::EulerAncestral, &sample), Err(SchedulerError::UnsupportedPrediction { .. })));
-    assert!(matches!(build(SchedulerKind::Ddim, &sd15().with("num_train_timesteps", json!("many"))), Err(SchedulerError::BadField { .. })));
+    assert!(matches!(
+        build(SchedulerKind::Ddim, &sd15().with("num_train_timesteps", json!("many"))),
+        Err(SchedulerError::BadField { .. })
+    ));
     // Stepping before set_timesteps.
     let mut s = build(SchedulerKind::Euler, &sd15()).unwrap();
     let x = tensor(vec![0.0; 16], &Device::flex());
@@ -286,12 +299,15 @@ fn bad_input_is_a_typed_error() {
 
 #[test]
 fn python_json_non_finite_values_are_read() {
-    let c = SchedulerConfig::from_json(r#"{"lambda_min_clipped": -Infinity, "note": "-Infinity \" NaN", "x": NaN}"#).unwrap();
+    let c = SchedulerConfig::from_json(r#"{"lambda_min_clipped": -Infinity, "note": "-Infinity \" NaN", "x": NaN}"#)
+        .unwrap();
     assert_eq!(c.f64_or("lambda_min_clipped", 0.0).unwrap(), f64::NEG_INFINITY);
     assert!(c.f64_or("x", 0.0).unwrap().is_nan());
     assert_eq!(c.str_or("note", "").unwrap(), "-Infinity \" NaN");
     // `_use_default_values` keys fall back to the class defaults, as diffusers' from_config does.
-    let c = SchedulerConfig::from_json(r#"{"timestep_spacing": "leading", "_use_default_values": ["timestep_spacing"]}"#).unwrap();
+    let c =
+        SchedulerConfig::from_json(r#"{"timestep_spacing": "leading", "_use_default_values": ["timestep_spacing"]}"#)
+            .unwrap();
     assert_eq!(c.timestep_spacing("linspace").unwrap(), TimestepSpacing::Linspace);
 }
 
@@ -312,7 +328,8 @@ fn stochastic_step(kind: SchedulerKind, expected: impl Fn(&dyn Scheduler, &[f32]
 
 #[test]
 fn ddpm_step_is_the_posterior_mean_plus_posterior_noise() {
-    let ac: Vec<f64> = alphas_cumprod(&betas(&sd15(), "linear", 0.0, 0.0).unwrap()).into_iter().map(f64::from).collect();
+    let ac: Vec<f64> =
+        alphas_cumprod(&betas(&sd15(), "linear", 0.0, 0.0).unwrap()).into_iter().map(f64::from).collect();
     stochastic_step(SchedulerKind::Ddpm, |s, x, eps, z| {
         let (t, prev) = (s.timesteps()[0] as usize, s.timesteps()[1] as usize);
         let (a_t, a_prev) = (ac[t], ac[prev]);
@@ -323,7 +340,8 @@ fn ddpm_step_is_the_posterior_mean_plus_posterior_noise() {
             .map(|k| {
                 let (x, e) = (x[k] as f64, eps[k] as f64);
                 let x0 = (x - (1.0 - a_t).sqrt() * e) / a_t.sqrt();
-                let mean = a_prev.sqrt() * beta_t / (1.0 - a_t) * x0 + (a_t / a_prev).sqrt() * (1.0 - a_prev) / (1.0 - a_t) * x;
+                let mean = a_prev.sqrt() * beta_t / (1.0 - a_t) * x0
+                    + (a_t / a_prev).sqrt() * (1.0 - a_prev) / (1.0 - a_t) * x;
                 (mean + var.sqrt() * z[k] as f64) as f32
             })
             .collect()
@@ -345,7 +363,8 @@ fn euler_ancestral_step_splits_sigma_into_down_and_up() {
 
 #[test]
 fn lcm_step_applies_the_consistency_boundary_condition() {
-    let ac: Vec<f64> = alphas_cumprod(&betas(&sd15(), "scaled_linear", 0.00085, 0.012).unwrap()).into_iter().map(f64::from).collect();
+    let ac: Vec<f64> =
+        alphas_cumprod(&betas(&sd15(), "scaled_linear", 0.00085, 0.012).unwrap()).into_iter().map(f64::from).collect();
     stochastic_step(SchedulerKind::Lcm, |s, x, eps, z| {
         let (t, prev) = (s.timesteps()[0], s.timesteps()[1] as usize);
         let a_t = ac[t as usize];
