@@ -10,6 +10,7 @@ pub mod probe;
 pub mod protocol;
 pub mod rng;
 pub mod schedulers;
+pub mod tokenizer;
 pub mod weights;
 
 #[cfg(target_arch = "wasm32")]
