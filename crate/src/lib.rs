@@ -6,6 +6,7 @@
 
 pub mod error;
 pub mod gpu;
+pub mod models;
 pub mod probe;
 pub mod protocol;
 pub mod rng;

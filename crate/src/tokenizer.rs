@@ -184,7 +184,8 @@ mod tests {
     }
 
     fn cases() -> Vec<(String, Vec<u32>)> {
-        let cases: Value = serde_json::from_slice(&std::fs::read(fixture("tokenizer/tokenizer_cases.json")).unwrap()).unwrap();
+        let cases: Value =
+            serde_json::from_slice(&std::fs::read(fixture("tokenizer/tokenizer_cases.json")).unwrap()).unwrap();
         cases
             .as_array()
             .unwrap()
@@ -218,7 +219,8 @@ mod tests {
     #[test]
     fn reproduces_transformers_ids_from_vocab_and_merges() {
         let dir = fixture("tokenizer");
-        let (vocab, merges) = (std::fs::read(dir.join("vocab.json")).unwrap(), std::fs::read(dir.join("merges.txt")).unwrap());
+        let (vocab, merges) =
+            (std::fs::read(dir.join("vocab.json")).unwrap(), std::fs::read(dir.join("merges.txt")).unwrap());
         let tok = ClipTokenizer::from_files(TokenizerFiles {
             vocab_json: Some(&vocab),
             merges_txt: Some(&merges),
@@ -244,7 +246,13 @@ mod tests {
     #[test]
     fn odd_input_does_not_panic() {
         let tok = ClipTokenizer::from_dir(&fixture("tiny-sd/tokenizer")).unwrap();
-        for text in ["nul\0byte", "\u{202e}rtl override עברית العربية", "\u{fffd}\u{fffd}", "\u{1F600}".repeat(300).as_str(), "\t\n\r"] {
+        for text in [
+            "nul\0byte",
+            "\u{202e}rtl override עברית العربية",
+            "\u{fffd}\u{fffd}",
+            "\u{1F600}".repeat(300).as_str(),
+            "\t\n\r",
+        ] {
             let e = tok.encode(text).unwrap();
             assert_eq!(e.ids.len(), 77, "{text:?}");
         }
@@ -277,6 +285,9 @@ mod tests {
             ..Default::default()
         });
         assert!(matches!(bad_pad.err(), Some(TokenizerError::UnknownToken { role: "pad", .. })));
-        assert!(matches!(ClipTokenizer::from_dir(std::path::Path::new("/nonexistent")).err(), Some(TokenizerError::MissingFiles)));
+        assert!(matches!(
+            ClipTokenizer::from_dir(std::path::Path::new("/nonexistent")).err(),
+            Some(TokenizerError::MissingFiles)
+        ));
     }
 }

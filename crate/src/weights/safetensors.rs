@@ -189,9 +189,12 @@ impl SafetensorsHeader {
         let mut tensors = BTreeMap::new();
         for (name, entry) in header {
             if name == "__metadata__" {
-                let map = entry.as_object().ok_or_else(|| WeightsError::BadHeader("__metadata__ is not an object".into()))?;
+                let map =
+                    entry.as_object().ok_or_else(|| WeightsError::BadHeader("__metadata__ is not an object".into()))?;
                 for (k, v) in map {
-                    let v = v.as_str().ok_or_else(|| WeightsError::BadHeader(format!("__metadata__.{k} is not a string")))?;
+                    let v = v
+                        .as_str()
+                        .ok_or_else(|| WeightsError::BadHeader(format!("__metadata__.{k} is not a string")))?;
                     metadata.insert(k.clone(), v.to_string());
                 }
                 continue;
@@ -230,7 +233,8 @@ impl SafetensorsHeader {
             .iter()
             .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()).ok_or_else(|| bad(format!("bad dimension {d}"))))
             .collect::<Result<Vec<usize>, _>>()?;
-        let offsets = entry["data_offsets"].as_array().filter(|o| o.len() == 2).ok_or_else(|| bad("no data_offsets".into()))?;
+        let offsets =
+            entry["data_offsets"].as_array().filter(|o| o.len() == 2).ok_or_else(|| bad("no data_offsets".into()))?;
         let [begin, end] = [0, 1].map(|i| offsets[i].as_u64());
         let (Some(begin), Some(end)) = (begin, end) else { return Err(bad("data_offsets are not integers".into())) };
         if begin > end {

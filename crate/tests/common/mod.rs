@@ -71,6 +71,15 @@ impl Run {
         (view.shape().to_vec(), values)
     }
 
+    /// A recorded i64 tensor: its shape and values.
+    pub fn i64(&self, name: &str) -> (Vec<usize>, Vec<i64>) {
+        let st = self.parsed();
+        let view = st.tensor(name).unwrap_or_else(|_| panic!("{}: no tensor {name}", self.name));
+        assert_eq!(view.dtype(), Dtype::I64, "{name} is i64");
+        let values = view.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect();
+        (view.shape().to_vec(), values)
+    }
+
     /// A recorded 4-d f32 tensor on `device`.
     pub fn tensor4(&self, name: &str, device: &Device) -> Tensor<4> {
         let (shape, values) = self.f32(name);

@@ -1,0 +1,183 @@
+//! The CLIP text encoder (transformers' `CLIPTextModel`): SD 1.x's CLIP-L and SD 2.x's OpenCLIP-H.
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::nn::{Embedding, LayerNorm, Linear};
+use burn::tensor::activation::{gelu, sigmoid};
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Device, Int, Tensor};
+
+use crate::weights::{ByteSource, LoadError, TensorLoader};
+
+/// transformers' `CLIPTextConfig` (`text_encoder/config.json`); other fields of the file are ignored.
+#[derive(Config, Debug)]
+pub struct ClipTextConfig {
+    /// Tokens in the vocabulary.
+    pub vocab_size: usize,
+    /// Width of the hidden states.
+    pub hidden_size: usize,
+    /// Width of the MLP.
+    pub intermediate_size: usize,
+    /// Transformer layers.
+    pub num_hidden_layers: usize,
+    /// Attention heads per layer.
+    pub num_attention_heads: usize,
+    /// Positions (the tokenizer's maximum length).
+    #[config(default = 77)]
+    pub max_position_embeddings: usize,
+    /// MLP activation: `quick_gelu` (CLIP-L) or `gelu` (OpenCLIP-H).
+    #[config(default = "String::from(\"quick_gelu\")")]
+    pub hidden_act: String,
+    /// Layer norm epsilon.
+    #[config(default = 1e-5)]
+    pub layer_norm_eps: f64,
+    /// End-of-text id; the pooled output is taken at its first occurrence.
+    #[config(default = 2)]
+    pub eos_token_id: u32,
+}
+
+#[derive(Module, Debug)]
+struct ClipAttention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    out_proj: Linear,
+    heads: usize,
+}
+
+impl ClipAttention {
+    /// Causal multi-head self-attention. Shapes: `[batch, seq, hidden]` in and out.
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let [b, l, d] = x.dims();
+        let split = |t: Tensor<3>| t.reshape([b, l, self.heads, d / self.heads]).swap_dims(1, 2);
+        let (q, k, v) = (
+            split(self.q_proj.forward(x.clone())),
+            split(self.k_proj.forward(x.clone())),
+            split(self.v_proj.forward(x)),
+        );
+        let options = AttentionModuleOptions { is_causal: true, ..Default::default() };
+        let out = attention(q, k, v, None, None, options);
+        self.out_proj.forward(out.swap_dims(1, 2).reshape([b, l, d]))
+    }
+}
+
+#[derive(Module, Debug)]
+struct ClipLayer {
+    layer_norm1: LayerNorm,
+    self_attn: ClipAttention,
+    layer_norm2: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    quick_gelu: bool,
+}
+
+impl ClipLayer {
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let x = x.clone() + self.self_attn.forward(self.layer_norm1.forward(x));
+        let h = self.fc1.forward(self.layer_norm2.forward(x.clone()));
+        // quick_gelu(x) = x * sigmoid(1.702 x), as OpenAI's CLIP.
+        let h = if self.quick_gelu { h.clone() * sigmoid(h * 1.702) } else { gelu(h) };
+        x + self.fc2.forward(h)
+    }
+}
+
+/// The text encoder's outputs.
+#[derive(Debug, Clone)]
+pub struct ClipTextOutput {
+    /// After the final layer norm: what SD 1.x/2.x condition the UNet on. `[batch, seq, hidden]`
+    pub last_hidden_state: Tensor<3>,
+    /// The second-to-last layer's output, before the final layer norm (SDXL, "clip skip"). `[batch, seq, hidden]`
+    pub penultimate_hidden_state: Tensor<3>,
+    /// The last hidden state at each sequence's first end-of-text token. `[batch, hidden]`
+    pub pooled: Tensor<2>,
+}
+
+/// transformers' `CLIPTextModel`.
+#[derive(Module, Debug)]
+pub struct ClipTextModel {
+    token_embedding: Embedding,
+    position_embedding: Embedding,
+    layers: Vec<ClipLayer>,
+    final_layer_norm: LayerNorm,
+    eos_token_id: u32,
+}
+
+/// Key mapping for text encoder files: the Hub's SD repos prefix every name with `text_model.` and
+/// store the `position_ids` buffer; transformers 5 writes neither.
+pub fn clip_key_map(name: &str) -> Option<String> {
+    let name = name.strip_prefix("text_model.").unwrap_or(name);
+    (name != "embeddings.position_ids").then(|| name.to_string())
+}
+
+impl ClipTextConfig {
+    /// Parses `text_encoder/config.json`; a missing required field is named in the error.
+    pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+
+    /// Loads the model's weights from a safetensors source (either key naming scheme).
+    pub fn load<S: ByteSource>(&self, source: S, device: &Device) -> Result<ClipTextModel, LoadError> {
+        let mut w = TensorLoader::new(source, clip_key_map, device)?;
+        let (d, ff, eps) = (self.hidden_size, self.intermediate_size, self.layer_norm_eps);
+        let token_embedding = w.embedding("embeddings.token_embedding.weight", self.vocab_size, d)?;
+        let position_embedding =
+            w.embedding("embeddings.position_embedding.weight", self.max_position_embeddings, d)?;
+        let layers = (0..self.num_hidden_layers)
+            .map(|i| {
+                let p = format!("encoder.layers.{i}");
+                Ok(ClipLayer {
+                    layer_norm1: w.layer_norm(&format!("{p}.layer_norm1"), d, eps)?,
+                    self_attn: ClipAttention {
+                        q_proj: w.linear(&format!("{p}.self_attn.q_proj"), d, d, true)?,
+                        k_proj: w.linear(&format!("{p}.self_attn.k_proj"), d, d, true)?,
+                        v_proj: w.linear(&format!("{p}.self_attn.v_proj"), d, d, true)?,
+                        out_proj: w.linear(&format!("{p}.self_attn.out_proj"), d, d, true)?,
+                        heads: self.num_attention_heads,
+                    },
+                    layer_norm2: w.layer_norm(&format!("{p}.layer_norm2"), d, eps)?,
+                    fc1: w.linear(&format!("{p}.mlp.fc1"), d, ff, true)?,
+                    fc2: w.linear(&format!("{p}.mlp.fc2"), ff, d, true)?,
+                    quick_gelu: self.hidden_act == "quick_gelu",
+                })
+            })
+            .collect::<Result<Vec<_>, LoadError>>()?;
+        let final_layer_norm = w.layer_norm("final_layer_norm", d, eps)?;
+        w.finish()?;
+        Ok(ClipTextModel {
+            token_embedding,
+            position_embedding,
+            layers,
+            final_layer_norm,
+            eos_token_id: self.eos_token_id,
+        })
+    }
+}
+
+impl ClipTextModel {
+    /// # Shapes
+    /// - input_ids: `[batch, seq]` (seq <= max_position_embeddings)
+    /// - outputs: see [`ClipTextOutput`]
+    pub fn forward(&self, input_ids: Tensor<2, Int>) -> ClipTextOutput {
+        let [b, l] = input_ids.dims();
+        let device = input_ids.device();
+        let positions = Tensor::<1, Int>::arange(0..l as i64, &device).reshape([1, l]);
+        let mut x = self.token_embedding.forward(input_ids.clone()) + self.position_embedding.forward(positions);
+        let mut penultimate = x.clone();
+        for layer in &self.layers {
+            penultimate = x.clone();
+            x = layer.forward(x);
+        }
+        let last = self.final_layer_norm.forward(x);
+        // transformers: eos_token_id 2 marks old configs whose eos is the largest id (argmax); else the
+        // first position of the eos id.
+        let eos_index = if self.eos_token_id == 2 {
+            input_ids.argmax(1)
+        } else {
+            input_ids.equal_elem(self.eos_token_id as i64).int().argmax(1)
+        };
+        let d = last.dims()[2];
+        let pooled = last.clone().gather(1, eos_index.reshape([b, 1, 1]).expand([b, 1, d])).reshape([b, d]);
+        ClipTextOutput { last_hidden_state: last, penultimate_hidden_state: penultimate, pooled }
+    }
+}

@@ -1,0 +1,3 @@
+//! The networks of a Stable Diffusion pipeline, in burn, built from the model's own config files.
+
+pub mod clip;

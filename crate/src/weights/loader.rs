@@ -1,0 +1,150 @@
+//! Building burn modules from a safetensors file, tensor by tensor, under the model's own key names.
+//!
+//! A key mapping turns each name in the file into the canonical name the model asks for (diffusers
+//! 0.42 / transformers 5 write one scheme, the Hub's SD repos another), so both load identically.
+//! Every tensor the model asks for must exist with the expected shape, and every tensor in the file
+//! must be used (or be declared ignorable by the mapping): anything else is an error naming the tensors.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use burn::module::Param;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{
+    Embedding, EmbeddingConfig, GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig,
+    PaddingConfig2d,
+};
+use burn::tensor::{Device, Tensor, TensorData};
+
+use super::{ByteSource, SafetensorsReader, WeightsError};
+
+/// Errors of loading a model's weights.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+    /// Tensors the model needs are not in the file.
+    #[error("missing tensors: {}", .0.join(", "))]
+    Missing(Vec<String>),
+    /// Tensors in the file that the model does not use.
+    #[error("unexpected tensors: {}", .0.join(", "))]
+    Unexpected(Vec<String>),
+    /// A tensor has another shape than the config implies.
+    #[error("tensor {name} has shape {actual:?}, the config implies {expected:?}")]
+    Shape { name: String, expected: Vec<usize>, actual: Vec<usize> },
+}
+
+/// How a file's tensor names map to the model's canonical names: `None` drops a tensor the model does
+/// not need (such as a stored `position_ids` buffer).
+pub type KeyMap = fn(&str) -> Option<String>;
+
+/// Loads tensors by canonical name onto a device, converted to f32.
+pub struct TensorLoader<S> {
+    reader: SafetensorsReader<S>,
+    device: Device,
+    /// Canonical name -> name in the file.
+    names: BTreeMap<String, String>,
+    used: BTreeSet<String>,
+    missing: Vec<String>,
+}
+
+impl<S: ByteSource> TensorLoader<S> {
+    /// Reads the file's header and applies `key_map` to its names.
+    pub fn new(source: S, key_map: KeyMap, device: &Device) -> Result<Self, LoadError> {
+        let reader = SafetensorsReader::new(source)?;
+        let names = reader.header().tensors().filter_map(|t| Some((key_map(&t.name)?, t.name.clone()))).collect();
+        Ok(Self { reader, device: device.clone(), names, used: BTreeSet::new(), missing: Vec::new() })
+    }
+
+    /// The tensor `name` with the given shape. A missing tensor is recorded and reported by
+    /// [`Self::finish`] together with the others, so one run names everything that is wrong; until
+    /// then it is a one-element placeholder, so a model must not be used before `finish` succeeds.
+    pub fn tensor<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Result<Tensor<D>, LoadError> {
+        let Some(file_name) = self.names.get(name) else {
+            self.missing.push(name.to_string());
+            return Ok(Tensor::zeros([1; D], &self.device));
+        };
+        let (actual, values) = self.reader.read_f32(file_name)?;
+        if actual != shape {
+            return Err(LoadError::Shape { name: name.to_string(), expected: shape.to_vec(), actual });
+        }
+        self.used.insert(name.to_string());
+        Ok(Tensor::from_data(TensorData::new(values, shape), &self.device))
+    }
+
+    fn param<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Result<Param<Tensor<D>>, LoadError> {
+        self.tensor(name, shape).map(Param::from_tensor)
+    }
+
+    /// A torch `nn.Linear` (`weight [out, in]`, optional `bias [out]`).
+    pub fn linear(&mut self, prefix: &str, d_in: usize, d_out: usize, bias: bool) -> Result<Linear, LoadError> {
+        let mut linear = LinearConfig::new(d_in, d_out).with_bias(bias).init(&self.device);
+        // burn multiplies by [in, out]; the transposed view of torch's [out, in] needs no copy.
+        linear.weight = Param::from_tensor(self.tensor(&format!("{prefix}.weight"), [d_out, d_in])?.transpose());
+        if bias {
+            linear.bias = Some(self.param(&format!("{prefix}.bias"), [d_out])?);
+        }
+        Ok(linear)
+    }
+
+    /// A torch `nn.LayerNorm` over `d` features.
+    pub fn layer_norm(&mut self, prefix: &str, d: usize, epsilon: f64) -> Result<LayerNorm, LoadError> {
+        let mut norm = LayerNormConfig::new(d).with_epsilon(epsilon).init(&self.device);
+        norm.gamma = self.param(&format!("{prefix}.weight"), [d])?;
+        norm.beta = Some(self.param(&format!("{prefix}.bias"), [d])?);
+        Ok(norm)
+    }
+
+    /// A torch `nn.GroupNorm`.
+    pub fn group_norm(
+        &mut self,
+        prefix: &str,
+        groups: usize,
+        channels: usize,
+        epsilon: f64,
+    ) -> Result<GroupNorm, LoadError> {
+        let mut norm = GroupNormConfig::new(groups, channels).with_epsilon(epsilon).init(&self.device);
+        norm.gamma = Some(self.param(&format!("{prefix}.weight"), [channels])?);
+        norm.beta = Some(self.param(&format!("{prefix}.bias"), [channels])?);
+        Ok(norm)
+    }
+
+    /// A torch `nn.Conv2d` with a square kernel, `stride` and symmetric `padding`.
+    pub fn conv2d(
+        &mut self,
+        prefix: &str,
+        c_in: usize,
+        c_out: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Conv2d, LoadError> {
+        let mut conv = Conv2dConfig::new([c_in, c_out], [kernel, kernel])
+            .with_stride([stride, stride])
+            .with_padding(PaddingConfig2d::Explicit(padding, padding, padding, padding))
+            .init(&self.device);
+        conv.weight = self.param(&format!("{prefix}.weight"), [c_out, c_in, kernel, kernel])?;
+        conv.bias = Some(self.param(&format!("{prefix}.bias"), [c_out])?);
+        Ok(conv)
+    }
+
+    /// A torch `nn.Embedding` (`weight [n, d]`).
+    pub fn embedding(&mut self, name: &str, n: usize, d: usize) -> Result<Embedding, LoadError> {
+        let mut embedding = EmbeddingConfig::new(n, d).init(&self.device);
+        embedding.weight = self.param(name, [n, d])?;
+        Ok(embedding)
+    }
+
+    /// Checks that nothing was missing and that every tensor of the file was used.
+    pub fn finish(self) -> Result<(), LoadError> {
+        if !self.missing.is_empty() {
+            return Err(LoadError::Missing(self.missing));
+        }
+        let unused: Vec<String> =
+            self.names.into_iter().filter(|(canonical, _)| !self.used.contains(canonical)).map(|(_, f)| f).collect();
+        if !unused.is_empty() {
+            return Err(LoadError::Unexpected(unused));
+        }
+        Ok(())
+    }
+}
