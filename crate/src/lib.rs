@@ -4,6 +4,7 @@
 //! The backend is chosen at run time through burn's [`Device`](burn::tensor::Device); nothing here is
 //! generic over a backend type.
 
+pub mod config;
 pub mod error;
 pub mod gpu;
 pub mod models;
