@@ -13,9 +13,9 @@ use burn::nn::{
     Embedding, EmbeddingConfig, GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig,
     PaddingConfig2d,
 };
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, FloatDType, Tensor, TensorData, f16};
 
-use super::{ByteSource, SafetensorsReader, WeightsError};
+use super::{ByteSource, Dtype, SafetensorsReader, WeightsError};
 
 /// Errors of loading a model's weights.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -64,12 +64,20 @@ impl<S: ByteSource> TensorLoader<S> {
             self.missing.push(name.to_string());
             return Ok(Tensor::zeros([1; D], &self.device));
         };
-        let (actual, values) = self.reader.read_f32(file_name)?;
-        if actual != shape {
-            return Err(LoadError::Shape { name: name.to_string(), expected: shape.to_vec(), actual });
+        let (info, bytes) = self.reader.read_bytes(file_name)?;
+        if info.shape != shape {
+            return Err(LoadError::Shape { name: name.to_string(), expected: shape.to_vec(), actual: info.shape });
         }
         self.used.insert(name.to_string());
-        Ok(Tensor::from_data(TensorData::new(values, shape), &self.device))
+        // fp16 weights stay f16 on a device computing in f16 (WebGPU with shader-f16); everything else
+        // is converted to f32 on the host (Flex, WebGPU without shader-f16), then to the device's dtype.
+        let data = if info.dtype == Dtype::F16 && self.device.settings().float_dtype == FloatDType::F16 {
+            let halves: Vec<f16> = bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]])).collect();
+            TensorData::new(halves, shape)
+        } else {
+            TensorData::new(info.to_f32(&bytes)?, shape)
+        };
+        Ok(Tensor::from_data(data, &self.device))
     }
 
     fn param<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Result<Param<Tensor<D>>, LoadError> {
