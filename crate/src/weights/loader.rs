@@ -38,7 +38,7 @@ pub enum LoadError {
 /// not need (such as a stored `position_ids` buffer).
 pub type KeyMap = fn(&str) -> Option<String>;
 
-/// Loads tensors by canonical name onto a device, converted to f32.
+/// Loads tensors by canonical name onto a device, in the device's float dtype (fp16 stays f16 on an f16 device).
 pub struct TensorLoader<S> {
     reader: SafetensorsReader<S>,
     device: Device,
