@@ -131,14 +131,16 @@ pub async fn self_test(gpu: &Device, now_ms: impl Fn() -> f64) -> Result<SelfTes
     let on_cpu = run_probe(&Device::flex(), shape).await?;
     let t2 = now_ms();
     let max_abs_diff = max_abs_diff(&on_gpu, &on_cpu);
+    let gpu_errors = crate::gpu::uncaptured_errors();
     Ok(SelfTestReport {
         shape: shape.to_vec(),
         max_abs_diff,
         tolerance: SELF_TEST_TOLERANCE,
-        passed: max_abs_diff <= SELF_TEST_TOLERANCE,
+        // A device error means some kernel did not run as written: a later result could be garbage.
+        passed: max_abs_diff <= SELF_TEST_TOLERANCE && gpu_errors == 0,
         gpu_ms: t1 - t0,
         cpu_ms: t2 - t1,
-        gpu_errors: crate::gpu::uncaptured_errors(),
+        gpu_errors,
     })
 }
 
