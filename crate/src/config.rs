@@ -141,6 +141,36 @@ pub struct UNet2DConditionConfig {
     /// Class conditioning; none for SD 1.x/2.x.
     #[serde(default)]
     pub class_embed_type: Option<String>,
+    /// Guidance-embedding width of LCM-distilled U-Nets; none for SD 1.x/2.x.
+    #[serde(default)]
+    pub time_cond_proj_dim: Option<usize>,
+    /// How the time embedding enters the ResNets (`default`: added; `scale_shift`: FiLM).
+    #[serde(default = "default_default")]
+    pub resnet_time_scale_shift: String,
+    /// Whether the input is mapped to [-1, 1] first (`2 x - 1`).
+    #[serde(default)]
+    pub center_input_sample: bool,
+    /// Kernel of `conv_in`.
+    #[serde(default = "default_three")]
+    pub conv_in_kernel: usize,
+    /// Kernel of `conv_out`.
+    #[serde(default = "default_three")]
+    pub conv_out_kernel: usize,
+    /// Two text encoders attended separately (Versatile Diffusion).
+    #[serde(default)]
+    pub dual_cross_attention: bool,
+    /// `positional` (sinusoidal) or `fourier`.
+    #[serde(default = "default_positional")]
+    pub time_embedding_type: String,
+    /// Output scale of the mid block's ResNets.
+    #[serde(default = "default_one_f64")]
+    pub mid_block_scale_factor: f64,
+    /// Projection of the text embeddings before cross-attention (none for SD).
+    #[serde(default)]
+    pub encoder_hid_dim_type: Option<String>,
+    /// `default` attention (gated attention is GLIGEN's).
+    #[serde(default = "default_default")]
+    pub attention_type: String,
 }
 
 /// diffusers' `AutoencoderKL` config (`vae/config.json`).
@@ -216,6 +246,15 @@ fn default_groups() -> usize {
 }
 fn default_norm_eps() -> f64 {
     1e-5
+}
+fn default_default() -> String {
+    "default".into()
+}
+fn default_positional() -> String {
+    "positional".into()
+}
+fn default_one_f64() -> f64 {
+    1.0
 }
 fn default_silu() -> String {
     "silu".into()

@@ -1,5 +1,6 @@
-//! diffusers' `AutoencoderKL`. So far: the encoder (image to latent distribution, for img2img and
-//! inpainting) and the key mapping of its weight files; the decoder comes with the U-Net.
+//! diffusers' `AutoencoderKL`: the encoder (image to latent distribution, for img2img and inpainting),
+//! the decoder (latents to image, decoded in row bands so no buffer outgrows a browser's limits) and the
+//! key mapping of its weight files.
 
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
@@ -9,6 +10,10 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Tensor};
 
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::ConvOptions;
+
+use super::resnet::{Downsample2D, ResnetBlock2D, Upsample2D, upsample_nearest};
 use crate::config::AutoencoderKLConfig;
 use crate::weights::{ByteSource, LoadError, TensorLoader};
 
@@ -31,50 +36,6 @@ pub fn vae_key_map(name: &str) -> Option<String> {
     Some(format!("{head}.attentions.{index}.{projection}.{param}"))
 }
 
-/// diffusers' `ResnetBlock2D` without a time embedding (the VAE's).
-#[derive(Module, Debug)]
-pub struct ResnetBlock2D {
-    norm1: GroupNorm,
-    conv1: Conv2d,
-    norm2: GroupNorm,
-    conv2: Conv2d,
-    conv_shortcut: Option<Conv2d>,
-}
-
-impl ResnetBlock2D {
-    fn load<S: ByteSource>(
-        w: &mut TensorLoader<S>,
-        p: &str,
-        c_in: usize,
-        c_out: usize,
-        groups: usize,
-    ) -> Result<Self, LoadError> {
-        Ok(Self {
-            norm1: w.group_norm(&format!("{p}.norm1"), groups, c_in, 1e-6)?,
-            conv1: w.conv2d(&format!("{p}.conv1"), c_in, c_out, 3, 1, 1)?,
-            norm2: w.group_norm(&format!("{p}.norm2"), groups, c_out, 1e-6)?,
-            conv2: w.conv2d(&format!("{p}.conv2"), c_out, c_out, 3, 1, 1)?,
-            conv_shortcut: if c_in != c_out {
-                Some(w.conv2d(&format!("{p}.conv_shortcut"), c_in, c_out, 1, 1, 0)?)
-            } else {
-                None
-            },
-        })
-    }
-
-    /// # Shapes
-    /// - x: `[batch, c_in, h, w]` -> `[batch, c_out, h, w]`
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
-        let h = self.conv2.forward(silu(self.norm2.forward(h)));
-        let shortcut = match &self.conv_shortcut {
-            Some(conv) => conv.forward(x),
-            None => x,
-        };
-        shortcut + h
-    }
-}
-
 /// The VAE's single-head spatial self-attention (mid block), with its residual.
 #[derive(Module, Debug)]
 pub struct VaeAttention {
@@ -86,7 +47,7 @@ pub struct VaeAttention {
 }
 
 impl VaeAttention {
-    fn load<S: ByteSource>(w: &mut TensorLoader<S>, p: &str, c: usize, groups: usize) -> Result<Self, LoadError> {
+    pub fn load<S: ByteSource>(w: &mut TensorLoader<S>, p: &str, c: usize, groups: usize) -> Result<Self, LoadError> {
         Ok(Self {
             group_norm: w.group_norm(&format!("{p}.group_norm"), groups, c, 1e-6)?,
             to_q: w.linear(&format!("{p}.to_q"), c, c, true)?,
@@ -116,7 +77,7 @@ impl VaeAttention {
 #[derive(Module, Debug)]
 struct DownEncoderBlock {
     resnets: Vec<ResnetBlock2D>,
-    downsample: Option<Conv2d>,
+    downsample: Option<Downsample2D>,
 }
 
 /// The VAE encoder (`Encoder` + `quant_conv`): image to the latent distribution's mean and log-variance.
@@ -164,11 +125,12 @@ impl VaeEncoder {
             let resnets = (0..config.layers_per_block)
                 .map(|j| {
                     let c = if j == 0 { c_in } else { c_out };
-                    ResnetBlock2D::load(&mut w, &format!("encoder.down_blocks.{i}.resnets.{j}"), c, c_out, groups)
+                    let p = format!("encoder.down_blocks.{i}.resnets.{j}");
+                    ResnetBlock2D::load(&mut w, &p, c, c_out, None, groups, 1e-6)
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let downsample = if i + 1 < channels.len() {
-                Some(w.conv2d(&format!("encoder.down_blocks.{i}.downsamplers.0.conv"), c_out, c_out, 3, 2, 0)?)
+                Some(Downsample2D::load(&mut w, &format!("encoder.down_blocks.{i}.downsamplers.0"), c_out, 0)?)
             } else {
                 None
             };
@@ -176,13 +138,13 @@ impl VaeEncoder {
             c_in = c_out;
         }
         let c = c_in;
-        let mid_resnet_1 = ResnetBlock2D::load(&mut w, "encoder.mid_block.resnets.0", c, c, groups)?;
+        let mid_resnet_1 = ResnetBlock2D::load(&mut w, "encoder.mid_block.resnets.0", c, c, None, groups, 1e-6)?;
         let mid_attention = if config.mid_block_add_attention {
             Some(VaeAttention::load(&mut w, "encoder.mid_block.attentions.0", c, groups)?)
         } else {
             None
         };
-        let mid_resnet_2 = ResnetBlock2D::load(&mut w, "encoder.mid_block.resnets.1", c, c, groups)?;
+        let mid_resnet_2 = ResnetBlock2D::load(&mut w, "encoder.mid_block.resnets.1", c, c, None, groups, 1e-6)?;
         let conv_norm_out = w.group_norm("encoder.conv_norm_out", groups, c, 1e-6)?;
         let moments = 2 * config.latent_channels;
         let conv_out = w.conv2d("encoder.conv_out", c, moments, 3, 1, 1)?;
@@ -209,17 +171,17 @@ impl VaeEncoder {
         let mut x = self.conv_in.forward(image);
         for block in &self.down_blocks {
             for resnet in &block.resnets {
-                x = resnet.forward(x);
+                x = resnet.forward(x, None);
             }
-            if let Some(conv) = &block.downsample {
-                x = conv.forward(x.pad((0, 1, 0, 1), 0.0));
+            if let Some(down) = &block.downsample {
+                x = down.forward(x);
             }
         }
-        x = self.mid_resnet_1.forward(x);
+        x = self.mid_resnet_1.forward(x, None);
         if let Some(attention) = &self.mid_attention {
             x = attention.forward(x);
         }
-        x = self.mid_resnet_2.forward(x);
+        x = self.mid_resnet_2.forward(x, None);
         x = self.conv_out.forward(silu(self.conv_norm_out.forward(x)));
         if let Some(conv) = &self.quant_conv {
             x = conv.forward(x);
@@ -228,6 +190,241 @@ impl VaeEncoder {
         let logvar = x.narrow(1, self.latent_channels, self.latent_channels).clamp(-30.0, 20.0);
         LatentDistribution { mean, std: (logvar * 0.5).exp() }
     }
+}
+
+/// One `UpDecoderBlock2D`: ResNet blocks, then (except the last block) a 2x upsampler.
+#[derive(Module, Debug)]
+struct UpDecoderBlock {
+    resnets: Vec<ResnetBlock2D>,
+    upsample: Option<Upsample2D>,
+}
+
+/// The VAE decoder (`post_quant_conv` + `Decoder`): latents to an image in [-1, 1].
+///
+/// The high-resolution stages dominate memory (at 512 px one activation is `[1, 256, 512, 512]` f32 =
+/// 256 MiB, past WebGPU's 128 MiB binding limit), so [`VaeDecoder::decode`] runs everything after the
+/// mid block on horizontal row bands: convolutions read one halo row from each neighbouring band, and
+/// GroupNorm statistics are accumulated over all bands before any band is normalised. The result is
+/// the untiled decode (up to float summation order): no seams, unlike overlapping tiles.
+#[derive(Module, Debug)]
+pub struct VaeDecoder {
+    post_quant_conv: Option<Conv2d>,
+    conv_in: Conv2d,
+    mid_resnet_1: ResnetBlock2D,
+    mid_attention: Option<VaeAttention>,
+    mid_resnet_2: ResnetBlock2D,
+    up_blocks: Vec<UpDecoderBlock>,
+    conv_norm_out: GroupNorm,
+    conv_out: Conv2d,
+}
+
+/// Largest activation a band may hold by default: a quarter of WebGPU's guaranteed 128 MiB binding
+/// size, leaving room for the convolution kernels' own temporaries.
+pub const DEFAULT_BAND_BYTES: usize = 32 << 20;
+
+impl VaeDecoder {
+    /// Loads the decoder half of a VAE weights file (the encoder's tensors are left for the encoder).
+    pub fn load<S: ByteSource>(config: &AutoencoderKLConfig, source: S, device: &Device) -> Result<Self, LoadError> {
+        let decoder_only = |name: &str| {
+            (name.starts_with("decoder.") || name.starts_with("post_quant_conv.")).then(|| vae_key_map(name)).flatten()
+        };
+        let mut w = TensorLoader::new(source, decoder_only, device)?;
+        let (groups, latent) = (config.norm_num_groups, config.latent_channels);
+        let channels: Vec<usize> = config.block_out_channels.iter().rev().copied().collect();
+        let post_quant_conv =
+            if config.use_post_quant_conv { Some(w.conv2d("post_quant_conv", latent, latent, 1, 1, 0)?) } else { None };
+        let c = channels[0];
+        let conv_in = w.conv2d("decoder.conv_in", latent, c, 3, 1, 1)?;
+        let mid_resnet_1 = ResnetBlock2D::load(&mut w, "decoder.mid_block.resnets.0", c, c, None, groups, 1e-6)?;
+        let mid_attention = if config.mid_block_add_attention {
+            Some(VaeAttention::load(&mut w, "decoder.mid_block.attentions.0", c, groups)?)
+        } else {
+            None
+        };
+        let mid_resnet_2 = ResnetBlock2D::load(&mut w, "decoder.mid_block.resnets.1", c, c, None, groups, 1e-6)?;
+        let mut up_blocks = Vec::new();
+        let mut c_in = c;
+        for (i, &c_out) in channels.iter().enumerate() {
+            let resnets = (0..config.layers_per_block + 1)
+                .map(|j| {
+                    let p = format!("decoder.up_blocks.{i}.resnets.{j}");
+                    ResnetBlock2D::load(&mut w, &p, if j == 0 { c_in } else { c_out }, c_out, None, groups, 1e-6)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let upsample = if i + 1 < channels.len() {
+                Some(Upsample2D::load(&mut w, &format!("decoder.up_blocks.{i}.upsamplers.0"), c_out)?)
+            } else {
+                None
+            };
+            up_blocks.push(UpDecoderBlock { resnets, upsample });
+            c_in = c_out;
+        }
+        let conv_norm_out = w.group_norm("decoder.conv_norm_out", groups, c_in, 1e-6)?;
+        let conv_out = w.conv2d("decoder.conv_out", c_in, config.out_channels, 3, 1, 1)?;
+        w.finish()?;
+        Ok(Self {
+            post_quant_conv,
+            conv_in,
+            mid_resnet_1,
+            mid_attention,
+            mid_resnet_2,
+            up_blocks,
+            conv_norm_out,
+            conv_out,
+        })
+    }
+
+    /// Latent rows per band so that no band activation exceeds `max_band_bytes` (at least one row).
+    pub fn band_rows(&self, latent_h: usize, latent_w: usize, max_band_bytes: usize) -> usize {
+        let bytes = |rows: usize| {
+            let mut worst = 0;
+            let mut scale = 1;
+            for block in &self.up_blocks {
+                for resnet in &block.resnets {
+                    let [c_out, c_in, _, _] = resnet.conv1.weight.dims();
+                    // The widest tensor of a ResNet, with the two halo rows its convolutions read.
+                    worst = worst.max(c_in.max(c_out) * (rows * scale + 2) * latent_w * scale * 4);
+                }
+                if let Some(up) = &block.upsample {
+                    scale *= 2;
+                    let c = up.conv.weight.dims()[0];
+                    worst = worst.max(c * (rows * scale + 2) * latent_w * scale * 4);
+                }
+            }
+            worst
+        };
+        (1..=latent_h).rev().find(|&rows| bytes(rows) <= max_band_bytes).unwrap_or(1)
+    }
+
+    /// Decodes latents (already divided by the scaling factor) one image at a time, in row bands no
+    /// larger than `max_band_bytes` ([`DEFAULT_BAND_BYTES`] in the app).
+    ///
+    /// # Shapes
+    /// - latents: `[batch, latent_channels, h, w]`
+    /// - output: `[batch, out_channels, h * f, w * f]`, in [-1, 1] up to the model's overshoot
+    pub fn decode(&self, latents: Tensor<4>, max_band_bytes: usize) -> Tensor<4> {
+        let [batch, _, h, w] = latents.dims();
+        let rows = self.band_rows(h, w, max_band_bytes);
+        let images = (0..batch).map(|i| self.decode_one(latents.clone().narrow(0, i, 1), rows)).collect();
+        Tensor::cat(images, 0)
+    }
+
+    /// Decodes without banding (the reference the banded decode is tested against).
+    pub fn decode_untiled(&self, latents: Tensor<4>) -> Tensor<4> {
+        let h = latents.dims()[2];
+        self.decode_one(latents, h)
+    }
+
+    fn decode_one(&self, z: Tensor<4>, band_rows: usize) -> Tensor<4> {
+        let z = match &self.post_quant_conv {
+            Some(conv) => conv.forward(z),
+            None => z,
+        };
+        let mut x = self.mid_resnet_1.forward(self.conv_in.forward(z), None);
+        if let Some(attention) = &self.mid_attention {
+            x = attention.forward(x);
+        }
+        x = self.mid_resnet_2.forward(x, None);
+
+        let h = x.dims()[2];
+        let mut bands: Vec<Tensor<4>> =
+            (0..h).step_by(band_rows.max(1)).map(|r| x.clone().narrow(2, r, band_rows.min(h - r))).collect();
+        drop(x);
+        for block in &self.up_blocks {
+            for resnet in &block.resnets {
+                bands = banded_resnet(resnet, bands);
+            }
+            if let Some(up) = &block.upsample {
+                let doubled = bands
+                    .into_iter()
+                    .map(|b| {
+                        let [_, _, bh, bw] = b.dims();
+                        upsample_nearest(b, (2 * bh, 2 * bw))
+                    })
+                    .collect();
+                bands = banded_conv(&up.conv, doubled);
+            }
+        }
+        let bands = group_norm_banded(&self.conv_norm_out, bands).into_iter().map(silu).collect();
+        Tensor::cat(banded_conv(&self.conv_out, bands), 2)
+    }
+}
+
+/// A VAE ResNet block over row bands.
+fn banded_resnet(resnet: &ResnetBlock2D, bands: Vec<Tensor<4>>) -> Vec<Tensor<4>> {
+    let h = group_norm_banded(&resnet.norm1, bands.clone()).into_iter().map(silu).collect();
+    let h = banded_conv(&resnet.conv1, h);
+    let h = group_norm_banded(&resnet.norm2, h).into_iter().map(silu).collect();
+    let h = banded_conv(&resnet.conv2, h);
+    bands
+        .into_iter()
+        .zip(h)
+        .map(|(x, h)| match &resnet.conv_shortcut {
+            Some(conv) => conv.forward(x) + h,
+            None => x + h,
+        })
+        .collect()
+}
+
+/// A stride-1 convolution with "same" padding over row bands: each band is extended by the rows of its
+/// neighbours that the kernel reaches, and zero-padded only at the image's own top and bottom.
+fn banded_conv(conv: &Conv2d, bands: Vec<Tensor<4>>) -> Vec<Tensor<4>> {
+    if bands.len() == 1 {
+        return vec![conv.forward(bands.into_iter().next().expect("one band"))];
+    }
+    let [_, _, kh, kw] = conv.weight.dims();
+    let (halo, pad_w) = (kh / 2, kw / 2);
+    let weight = conv.weight.val();
+    let bias = conv.bias.as_ref().map(|b| b.val());
+    let n = bands.len();
+    (0..n)
+        .map(|i| {
+            let mut parts = Vec::with_capacity(3);
+            if i > 0 {
+                let above = &bands[i - 1];
+                let rows = above.dims()[2];
+                parts.push(above.clone().narrow(2, rows - halo, halo));
+            }
+            parts.push(bands[i].clone());
+            if i + 1 < n {
+                parts.push(bands[i + 1].clone().narrow(2, 0, halo));
+            }
+            let top = if i == 0 { halo } else { 0 };
+            let bottom = if i + 1 == n { halo } else { 0 };
+            let options = ConvOptions::new_with_padding([1, 1], [(top, bottom), (pad_w, pad_w)], [1, 1], 1);
+            conv2d(Tensor::cat(parts, 2), weight.clone(), bias.clone(), options)
+        })
+        .collect()
+}
+
+/// GroupNorm over row bands, with the statistics of the whole image (two passes, as burn's GroupNorm).
+fn group_norm_banded(norm: &GroupNorm, bands: Vec<Tensor<4>>) -> Vec<Tensor<4>> {
+    if bands.len() == 1 {
+        return vec![norm.forward(bands.into_iter().next().expect("one band"))];
+    }
+    let groups = norm.num_groups;
+    let grouped = |t: &Tensor<4>| {
+        let [b, c, h, w] = t.dims();
+        t.clone().reshape([b, groups, c / groups * h * w])
+    };
+    let count: usize = bands.iter().map(|t| t.dims()[1..].iter().product::<usize>() / groups).sum();
+    let sum = |parts: Vec<Tensor<3>>| parts.into_iter().reduce(|a, b| a + b).expect("at least one band");
+    let mean = sum(bands.iter().map(|t| grouped(t).sum_dim(2)).collect()) / count as f32;
+    let var = sum(bands.iter().map(|t| (grouped(t) - mean.clone()).square().sum_dim(2)).collect()) / count as f32;
+    let std = (var + norm.epsilon).sqrt();
+    bands
+        .iter()
+        .map(|t| {
+            let [b, c, h, w] = t.dims();
+            let normalized = ((grouped(t) - mean.clone()) / std.clone()).reshape([b, c, h, w]);
+            let gamma = norm.gamma.as_ref().map(|g| g.val().reshape([1, c, 1, 1]));
+            let beta = norm.beta.as_ref().map(|b| b.val().reshape([1, c, 1, 1]));
+            match (gamma, beta) {
+                (Some(g), Some(b)) => normalized * g + b,
+                _ => normalized,
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

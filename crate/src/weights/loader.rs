@@ -29,6 +29,9 @@ pub enum LoadError {
     /// Tensors in the file that the model does not use.
     #[error("unexpected tensors: {}", .0.join(", "))]
     Unexpected(Vec<String>),
+    /// The config asks for an architecture this crate does not implement (yet).
+    #[error("unsupported model: {0}")]
+    Unsupported(String),
     /// A tensor has another shape than the config implies.
     #[error("tensor {name} has shape {actual:?}, the config implies {expected:?}")]
     Shape { name: String, expected: Vec<usize>, actual: Vec<usize> },
