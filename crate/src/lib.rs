@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod gpu;
 pub mod models;
+pub mod pipeline;
 pub mod probe;
 pub mod protocol;
 pub mod rng;

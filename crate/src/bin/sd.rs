@@ -12,12 +12,18 @@ fn main() -> std::process::ExitCode {
 
 #[cfg(not(target_arch = "wasm32"))]
 mod native {
+    use std::io::{IsTerminal, Read, Write};
+    use std::path::{Path, PathBuf};
     use std::process::ExitCode;
     use std::time::Instant;
 
-    use clap::{Parser, Subcommand};
-    use websd::Error;
+    use burn::tensor::Device;
+    use clap::{Parser, Subcommand, ValueEnum};
+    use sha2::{Digest, Sha256};
+    use websd::pipeline::{GenerateRequest, Image, Progress, StableDiffusion};
     use websd::protocol::SelfTestReport;
+    use websd::schedulers::SchedulerKind;
+    use websd::weights::Variant;
 
     #[derive(Parser)]
     #[command(name = "sd", version, about = "Stable Diffusion on burn (CPU or wgpu)")]
@@ -26,8 +32,77 @@ mod native {
         command: Command,
     }
 
+    #[derive(Clone, Copy, ValueEnum)]
+    enum VariantArg {
+        Fp16,
+        Fp32,
+    }
+
+    #[derive(Clone, Copy, ValueEnum)]
+    enum Backend {
+        Cpu,
+        Wgpu,
+    }
+
+    #[derive(clap::Args)]
+    struct GenerateArgs {
+        /// A diffusers model folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/).
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        prompt: String,
+        /// PNG to write; with --batch N > 1, OUT-0.png .. OUT-{N-1}.png.
+        #[arg(long)]
+        out: PathBuf,
+        /// Weight files to read (default: fp16 if present, else fp32).
+        #[arg(long, value_enum)]
+        variant: Option<VariantArg>,
+        /// Negative prompt (default: the empty string's embedding, as diffusers).
+        #[arg(long, default_value = "")]
+        negative: String,
+        #[arg(long, default_value_t = 50)]
+        steps: usize,
+        /// Classifier-free guidance scale; <= 1 disables guidance.
+        #[arg(long, default_value_t = 7.5, allow_negative_numbers = true)]
+        guidance: f32,
+        /// Same seed, same image as diffusers with torch.Generator("cpu").manual_seed(seed).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        width: Option<usize>,
+        #[arg(long)]
+        height: Option<usize>,
+        /// Images per prompt (one generator for the whole batch, as diffusers).
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// ddpm, ddim, pndm, euler, euler-a, dpmpp-2m, dpmpp-2m-karras or lcm (default: the model's own).
+        #[arg(long)]
+        scheduler: Option<String>,
+        /// img2img / inpainting source image (PNG, the output's size).
+        #[arg(long)]
+        init_image: Option<PathBuf>,
+        /// How much of the schedule runs on the init image (default 1 for inpainting, 0.8 for img2img).
+        #[arg(long, allow_negative_numbers = true)]
+        strength: Option<f32>,
+        /// Inpainting mask (PNG, white = repaint, the init image's size).
+        #[arg(long)]
+        mask: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "cpu")]
+        backend: Backend,
+        /// Write every intermediate tensor (f32 safetensors, the fixtures' names).
+        #[arg(long)]
+        dump: Option<PathBuf>,
+    }
+
     #[derive(Subcommand)]
     enum Command {
+        /// Generate images (txt2img, img2img with --init-image, inpainting with --mask).
+        Generate(Box<GenerateArgs>),
+        /// Print a JSON manifest of a model folder (every file's path, size and sha256) for the web app.
+        Manifest {
+            /// The diffusers model folder.
+            dir: PathBuf,
+        },
         /// Print the wgpu adapter, its shader-f16 support and limits as JSON.
         GpuInfo,
         /// Run the conv + group norm + attention probe on the wgpu device and on the CPU and compare.
@@ -35,18 +110,34 @@ mod native {
     }
 
     pub fn main() -> ExitCode {
-        let cli = Cli::parse();
+        let cli = match Cli::try_parse() {
+            Ok(cli) => cli,
+            Err(err) if !err.use_stderr() => {
+                // --help, --version
+                print!("{err}");
+                return ExitCode::SUCCESS;
+            }
+            Err(err) => {
+                let text = err.to_string();
+                let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid arguments");
+                eprintln!("sd: {}", line.trim_start_matches("error: "));
+                return ExitCode::from(2);
+            }
+        };
         let result = match cli.command {
-            Command::GpuInfo => websd::gpu::wgpu_device().map(|(_, info)| json(&info)),
-            Command::SelfTest => self_test().map(|report| json(&report)),
+            Command::Generate(args) => generate(*args),
+            Command::Manifest { dir } => manifest(&dir).map(|m| json(&m)),
+            Command::GpuInfo => websd::gpu::wgpu_device().map(|(_, info)| json(&info)).map_err(|e| e.to_string()),
+            Command::SelfTest => self_test().map(|report| json(&report)).map_err(|e| e.to_string()),
         };
         match result {
+            Ok(text) if text.is_empty() => ExitCode::SUCCESS,
             Ok(text) => {
                 println!("{text}");
                 ExitCode::SUCCESS
             }
             Err(err) => {
-                eprintln!("sd: {err}");
+                eprintln!("sd: {}", err.replace('\n', " "));
                 ExitCode::from(2)
             }
         }
@@ -56,9 +147,221 @@ mod native {
         serde_json::to_string_pretty(value).expect("serialisable")
     }
 
-    fn self_test() -> Result<SelfTestReport, Error> {
+    fn self_test() -> Result<SelfTestReport, websd::Error> {
         let (gpu, _) = websd::gpu::wgpu_device()?;
         let start = Instant::now();
         pollster::block_on(websd::probe::self_test(&gpu, || start.elapsed().as_secs_f64() * 1e3))
+    }
+
+    /// Reads a PNG as RGB in [0, 1] (or luminance, PIL's "L" weights, for masks).
+    fn read_png(path: &Path, gray: bool) -> Result<Image, String> {
+        let err = |e: &dyn std::fmt::Display| format!("{}: not a readable PNG image ({e})", path.display());
+        let file = std::fs::File::open(path).map_err(|e| err(&e))?;
+        let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
+        decoder.set_transformations(png::Transformations::normalize_to_color8());
+        let mut reader = decoder.read_info().map_err(|e| err(&e))?;
+        let mut buf = vec![0; reader.output_buffer_size().ok_or_else(|| err(&"too large"))?];
+        let frame = reader.next_frame(&mut buf).map_err(|e| err(&e))?;
+        let (w, h) = (frame.width as usize, frame.height as usize);
+        let rgb: Vec<[f32; 3]> = match frame.color_type {
+            png::ColorType::Rgb => buf[..w * h * 3].chunks(3).map(|p| [p[0], p[1], p[2]].map(|v| v as f32)).collect(),
+            png::ColorType::Rgba => buf[..w * h * 4].chunks(4).map(|p| [p[0], p[1], p[2]].map(|v| v as f32)).collect(),
+            png::ColorType::Grayscale => buf[..w * h].iter().map(|&v| [v as f32; 3]).collect(),
+            png::ColorType::GrayscaleAlpha => buf[..w * h * 2].chunks(2).map(|p| [p[0] as f32; 3]).collect(),
+            png::ColorType::Indexed => return Err(err(&"palette not expanded")),
+        };
+        let data = if gray {
+            // PIL's convert("L"): L = R * 299/1000 + G * 587/1000 + B * 114/1000, rounded.
+            rgb.iter().map(|p| ((p[0] * 299.0 + p[1] * 587.0 + p[2] * 114.0) / 1000.0).round() / 255.0).collect()
+        } else {
+            rgb.iter().flat_map(|p| p.map(|v| v / 255.0)).collect()
+        };
+        Ok(Image { width: w, height: h, channels: if gray { 1 } else { 3 }, data })
+    }
+
+    fn write_png(path: &Path, w: usize, h: usize, rgba: &[u8], parameters: &str) -> Result<(), String> {
+        let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+        let file = std::fs::File::create(path).map_err(|e| err(&e))?;
+        let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), w as u32, h as u32);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Eight);
+        // A1111's `parameters` chunk: other tools read the settings back from it.
+        encoder.add_itxt_chunk("parameters".into(), parameters.into()).map_err(|e| err(&e))?;
+        let mut writer = encoder.write_header().map_err(|e| err(&e))?;
+        let rgb: Vec<u8> = rgba.chunks(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
+        writer.write_image_data(&rgb).map_err(|e| err(&e))?;
+        writer.finish().map_err(|e| err(&e))
+    }
+
+    /// f32 tensors as a safetensors file (header JSON, then the little-endian data).
+    fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<(), String> {
+        let mut header = serde_json::Map::new();
+        let mut offset = 0;
+        for (name, shape, values) in tensors {
+            let end = offset + values.len() * 4;
+            header.insert(
+                name.clone(),
+                serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, end]}),
+            );
+            offset = end;
+        }
+        let mut text = serde_json::to_string(&header).expect("json");
+        while text.len() % 8 != 0 {
+            text.push(' ');
+        }
+        let err = |e: std::io::Error| format!("{}: {e}", path.display());
+        let mut out = std::io::BufWriter::new(std::fs::File::create(path).map_err(err)?);
+        out.write_all(&(text.len() as u64).to_le_bytes()).map_err(err)?;
+        out.write_all(text.as_bytes()).map_err(err)?;
+        for (_, _, values) in tensors {
+            for v in values {
+                out.write_all(&v.to_le_bytes()).map_err(err)?;
+            }
+        }
+        out.flush().map_err(err)
+    }
+
+    fn sha256_file(path: &Path) -> Result<String, String> {
+        let mut file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0; 1 << 20];
+        loop {
+            let n = file.read(&mut buf).map_err(|e| format!("{}: {e}", path.display()))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        Ok(format!("{:x}", hasher.finalize()))
+    }
+
+    #[derive(serde::Serialize)]
+    struct ManifestFile {
+        path: String,
+        size: u64,
+        sha256: String,
+    }
+
+    #[derive(serde::Serialize)]
+    struct Manifest {
+        files: Vec<ManifestFile>,
+    }
+
+    fn manifest(dir: &Path) -> Result<Manifest, String> {
+        if !dir.join("model_index.json").is_file() {
+            return Err(format!("{}: not a diffusers model folder (no model_index.json)", dir.display()));
+        }
+        let mut paths = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for entry in std::fs::read_dir(&d).map_err(|e| format!("{}: {e}", d.display()))? {
+                let path = entry.map_err(|e| e.to_string())?.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else {
+                    paths.push(path);
+                }
+            }
+        }
+        paths.sort();
+        let files = paths
+            .iter()
+            .map(|p| {
+                let rel = p.strip_prefix(dir).expect("inside dir").to_string_lossy().replace('\\', "/");
+                let size = std::fs::metadata(p).map_err(|e| e.to_string())?.len();
+                Ok(ManifestFile { path: rel, size, sha256: sha256_file(p)? })
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(Manifest { files })
+    }
+
+    fn generate(a: GenerateArgs) -> Result<String, String> {
+        let scheduler = a.scheduler.as_deref().map(SchedulerKind::from_name).transpose().map_err(|e| e.to_string())?;
+        let init_image = a.init_image.as_deref().map(|p| read_png(p, false)).transpose()?;
+        let mask = a.mask.as_deref().map(|p| read_png(p, true)).transpose()?;
+        if a.strength.is_some() && init_image.is_none() {
+            return Err("--strength needs --init-image".into());
+        }
+        if mask.is_some() && init_image.is_none() {
+            return Err("--mask needs --init-image".into());
+        }
+        // diffusers' defaults: img2img strength 0.8, inpainting 1.0.
+        let strength = a.strength.unwrap_or(if init_image.is_some() && mask.is_none() { 0.8 } else { 1.0 });
+        let request = GenerateRequest {
+            prompt: a.prompt.clone(),
+            negative_prompt: a.negative.clone(),
+            steps: a.steps,
+            guidance: a.guidance,
+            seed: a.seed,
+            width: a.width,
+            height: a.height,
+            batch: a.batch,
+            scheduler,
+            init_image,
+            mask,
+            strength,
+        };
+        let variant = a.variant.map(|v| match v {
+            VariantArg::Fp16 => Variant::Fp16,
+            VariantArg::Fp32 => Variant::Fp32,
+        });
+        let device = match a.backend {
+            Backend::Cpu => Device::flex(),
+            Backend::Wgpu => websd::gpu::wgpu_device().map_err(|e| e.to_string())?.0,
+        };
+        let model = StableDiffusion::load_dir(&a.model, variant, &device).map_err(|e| e.to_string())?;
+        // Validate before any work, so bad input costs nothing.
+        model.validate(&request).map_err(|e| e.to_string())?;
+        let tty = std::io::stderr().is_terminal();
+        let start = Instant::now();
+        let output = model
+            .generate(&request, a.dump.is_some(), |p| {
+                if tty {
+                    match p {
+                        Progress::Encoded => eprint!("\rencoded ({:.1} s)", start.elapsed().as_secs_f64()),
+                        Progress::Step { step, total } => {
+                            eprint!("\rstep {step}/{total} ({:.1} s)   ", start.elapsed().as_secs_f64())
+                        }
+                        Progress::Decoded => eprintln!("\rdone in {:.1} s          ", start.elapsed().as_secs_f64()),
+                    }
+                }
+                true
+            })
+            .map_err(|e| e.to_string())?;
+        if let Some(path) = &a.dump {
+            write_safetensors(path, &output.dump)?;
+        }
+        let unet_file = websd::weights::component_weights(&a.model.join("unet"), variant).map_err(|e| e.to_string())?;
+        let model_hash = sha256_file(&unet_file)?;
+        let model_name = a.model.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        let mut parameters = request.prompt.clone();
+        if !request.negative_prompt.is_empty() {
+            parameters.push_str(&format!("\nNegative prompt: {}", request.negative_prompt));
+        }
+        parameters.push_str(&format!(
+            "\nSteps: {}, Sampler: {}, CFG scale: {}, Seed: {}, Size: {}x{}, Model hash: {}, Model: {}",
+            request.steps,
+            output.scheduler.a1111_name(),
+            request.guidance,
+            request.seed,
+            output.width,
+            output.height,
+            &model_hash[..10],
+            model_name
+        ));
+        if request.init_image.is_some() {
+            parameters.push_str(&format!(", Denoising strength: {}", request.strength));
+        }
+        let images = output.rgba8();
+        for (i, rgba) in images.iter().enumerate() {
+            let path = if images.len() == 1 {
+                a.out.clone()
+            } else {
+                let stem = a.out.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+                a.out.with_file_name(format!("{stem}-{i}.png"))
+            };
+            write_png(&path, output.width, output.height, rgba, &parameters)?;
+        }
+        Ok(String::new())
     }
 }

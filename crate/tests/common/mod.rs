@@ -31,9 +31,13 @@ pub struct Run {
 
 impl Run {
     pub fn load(name: &str) -> Self {
-        let path = fixtures_dir().join("runs").join(name).join("tensors.safetensors");
-        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        Self { name: name.to_string(), bytes }
+        Self::from_path(&fixtures_dir().join("runs").join(name).join("tensors.safetensors"))
+    }
+
+    /// Any safetensors file (such as `sd generate --dump` output).
+    pub fn from_path(path: &std::path::Path) -> Self {
+        let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        Self { name: path.display().to_string(), bytes }
     }
 
     fn parsed(&self) -> SafeTensors<'_> {

@@ -1,0 +1,420 @@
+//! The Stable Diffusion pipelines (txt2img, img2img, inpainting), following diffusers'
+//! `StableDiffusionPipeline`, `StableDiffusionImg2ImgPipeline` and `StableDiffusionInpaintPipeline`
+//! step for step, on any device (Flex, native wgpu, WebGPU). Random numbers come from one
+//! [`TorchRng`] in diffusers' order, so a seed gives diffusers' image.
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use crate::config::{AutoencoderKLConfig, UNet2DConditionConfig};
+use crate::models::autoencoder_kl::{DEFAULT_BAND_BYTES, VaeDecoder, VaeEncoder};
+use crate::models::clip::ClipTextModel;
+use crate::models::resnet::upsample_nearest;
+use crate::models::unet_2d_condition::UNet2DConditionModel;
+use crate::rng::TorchRng;
+use crate::schedulers::{self, SchedulerConfig, SchedulerError, SchedulerKind};
+use crate::tokenizer::{ClipTokenizer, TokenizerError};
+
+/// Why a generation did not produce images. Every variant is the caller's input or the model; none
+/// leaves the pipeline unusable.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PipelineError {
+    /// A request field is out of range or inconsistent.
+    #[error("{0}")]
+    Invalid(String),
+    /// The scheduler refused the settings (unknown name, unsupported config, too many steps).
+    #[error(transparent)]
+    Scheduler(#[from] SchedulerError),
+    /// The prompt could not be tokenised.
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    /// The request needs a model part this model does not have (inpainting with a 4-channel U-Net...).
+    #[error("{0}")]
+    Unsupported(String),
+    /// The caller cancelled (between two steps).
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// An RGB image with values in [0, 1], row-major `[height, width, 3]` (or one channel for masks).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Image {
+    pub width: usize,
+    pub height: usize,
+    pub channels: usize,
+    pub data: Vec<f32>,
+}
+
+/// What to generate. Defaults follow diffusers' `__call__`.
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    pub prompt: String,
+    /// Absent means the empty string's embedding, as diffusers.
+    pub negative_prompt: String,
+    pub steps: usize,
+    /// Classifier-free guidance scale; <= 1 runs the U-Net on the positive batch alone.
+    pub guidance: f32,
+    pub seed: u64,
+    /// Multiples of 8; `None`: the init image's size, else the U-Net's `sample_size` x the VAE's factor.
+    pub width: Option<usize>,
+    pub height: Option<usize>,
+    /// Images per prompt.
+    pub batch: usize,
+    /// `None`: the model's own scheduler.
+    pub scheduler: Option<SchedulerKind>,
+    /// img2img / inpainting source image.
+    pub init_image: Option<Image>,
+    /// Inpainting mask (white = repaint), the init image's size.
+    pub mask: Option<Image>,
+    /// How much of the schedule runs on an init image (1: all of it).
+    pub strength: f32,
+}
+
+impl Default for GenerateRequest {
+    fn default() -> Self {
+        Self {
+            prompt: String::new(),
+            negative_prompt: String::new(),
+            steps: 50,
+            guidance: 7.5,
+            seed: 0,
+            width: None,
+            height: None,
+            batch: 1,
+            scheduler: None,
+            init_image: None,
+            mask: None,
+            strength: 1.0,
+        }
+    }
+}
+
+/// Progress reported to the caller; returning `false` from the callback cancels.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Progress {
+    /// Text encoding (and image encoding for img2img/inpainting) is done.
+    Encoded,
+    /// Denoising step `step` (1-based) of `total` is done.
+    Step { step: usize, total: usize },
+    /// The VAE decode is done.
+    Decoded,
+}
+
+/// The images and, when asked for, every intermediate tensor under the fixtures' names.
+#[derive(Debug, Clone)]
+pub struct GenerateOutput {
+    /// `[batch, height, width, 3]` in [0, 1].
+    pub images: Tensor<4>,
+    pub width: usize,
+    pub height: usize,
+    pub scheduler: SchedulerKind,
+    /// (name, shape, values) in the order they were produced; empty unless requested.
+    pub dump: Vec<(String, Vec<usize>, Vec<f32>)>,
+}
+
+impl GenerateOutput {
+    /// RGBA8 pixels per image (diffusers rounds `image * 255`).
+    pub fn rgba8(&self) -> Vec<Vec<u8>> {
+        let values: Vec<f32> = self.images.clone().into_data().try_to_vec::<f32>().expect("f32 images");
+        values
+            .chunks(self.width * self.height * 3)
+            .map(|img| img.chunks(3).flat_map(|p| [q(p[0]), q(p[1]), q(p[2]), 255]).collect())
+            .collect()
+    }
+}
+
+fn q(v: f32) -> u8 {
+    (v * 255.0).round().clamp(0.0, 255.0) as u8
+}
+
+/// A loaded Stable Diffusion model: every component on one device.
+pub struct StableDiffusion {
+    pub tokenizer: ClipTokenizer,
+    pub text_encoder: ClipTextModel,
+    pub unet: UNet2DConditionModel,
+    pub unet_config: UNet2DConditionConfig,
+    pub vae_decoder: VaeDecoder,
+    pub vae_encoder: VaeEncoder,
+    pub vae_config: AutoencoderKLConfig,
+    pub scheduler_config: SchedulerConfig,
+    pub device: Device,
+}
+
+/// Tensor dumps for `--dump`, collected only when asked.
+struct Dump(Option<Vec<(String, Vec<usize>, Vec<f32>)>>);
+
+impl Dump {
+    fn add<const D: usize>(&mut self, name: impl Into<String>, t: &Tensor<D>) {
+        if let Some(list) = &mut self.0 {
+            let values = t.clone().into_data().try_to_vec::<f32>().expect("f32 tensor");
+            list.push((name.into(), t.dims().to_vec(), values));
+        }
+    }
+}
+
+impl StableDiffusion {
+    /// The scheduler the model ships with (`scheduler/scheduler_config.json`'s `_class_name`).
+    pub fn default_scheduler(&self) -> Result<SchedulerKind, SchedulerError> {
+        let class = self.scheduler_config.class_name().unwrap_or("PNDMScheduler");
+        SchedulerKind::from_class_name(class, &self.scheduler_config)
+    }
+
+    /// Pixels per latent.
+    pub fn vae_scale_factor(&self) -> usize {
+        self.vae_config.scale_factor()
+    }
+
+    fn text_embeddings(&self, text: &str) -> Result<Tensor<3>, PipelineError> {
+        let ids: Vec<i64> = self.tokenizer.encode(text)?.ids.iter().map(|&i| i as i64).collect();
+        let n = ids.len();
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, n]), &self.device);
+        Ok(self.text_encoder.forward(ids).last_hidden_state)
+    }
+
+    fn image_tensor(&self, image: &Image) -> Tensor<4> {
+        let t = Tensor::<3>::from_data(
+            TensorData::new(image.data.clone(), [image.height, image.width, image.channels]),
+            &self.device,
+        );
+        t.permute([2, 0, 1]).unsqueeze::<4>()
+    }
+
+    /// Checks a request against diffusers' `check_inputs` and this model; returns (width, height).
+    pub fn validate(&self, r: &GenerateRequest) -> Result<(usize, usize), PipelineError> {
+        let bad = |m: String| Err(PipelineError::Invalid(m));
+        let f = self.vae_scale_factor();
+        let default = self.unet_config.sample_size * f;
+        let (iw, ih) = r.init_image.as_ref().map_or((default, default), |i| (i.width, i.height));
+        let (w, h) = (r.width.unwrap_or(iw), r.height.unwrap_or(ih));
+        if w == 0 || h == 0 || w % 8 != 0 || h % 8 != 0 {
+            return bad(format!("width and height must be positive multiples of 8, got {w}x{h}"));
+        }
+        if w > 4096 || h > 4096 {
+            return bad(format!("{w}x{h} is larger than the 4096 px this app supports"));
+        }
+        if r.steps == 0 || r.steps > 1000 {
+            return bad(format!("steps must be between 1 and 1000, got {}", r.steps));
+        }
+        if !r.guidance.is_finite() || r.guidance < 0.0 {
+            return bad(format!("guidance must be a finite number >= 0, got {}", r.guidance));
+        }
+        if r.batch == 0 || r.batch > 16 {
+            return bad(format!("batch must be between 1 and 16, got {}", r.batch));
+        }
+        if !(0.0..=1.0).contains(&r.strength) || r.strength.is_nan() {
+            return bad(format!("strength must be in [0, 1], got {}", r.strength));
+        }
+        if r.strength < 1.0 && r.init_image.is_none() {
+            return bad("strength below 1 needs an init image".into());
+        }
+        if r.mask.is_some() && r.init_image.is_none() {
+            return bad("a mask needs an init image".into());
+        }
+        if let Some(image) = &r.init_image {
+            if (image.width, image.height) != (w, h) {
+                return bad(format!(
+                    "the init image is {}x{}, the requested size {w}x{h} (images are not resized)",
+                    image.width, image.height
+                ));
+            }
+        }
+        if let (Some(mask), Some(image)) = (&r.mask, &r.init_image) {
+            if (mask.width, mask.height) != (image.width, image.height) {
+                return bad(format!(
+                    "the mask is {}x{}, the init image {}x{} (masks are not resized)",
+                    mask.width, mask.height, image.width, image.height
+                ));
+            }
+        }
+        let unet_in = self.unet_config.in_channels;
+        match (r.mask.is_some(), unet_in) {
+            (true, 9) | (false, 4) => {}
+            (true, c) => {
+                return Err(PipelineError::Unsupported(format!(
+                    "inpainting needs a 9-channel inpainting U-Net, this one takes {c}"
+                )));
+            }
+            (false, 9) => {
+                return Err(PipelineError::Unsupported(
+                    "this is an inpainting model: it needs --init-image and --mask".into(),
+                ));
+            }
+            (false, c) => return Err(PipelineError::Unsupported(format!("a U-Net with {c} input channels"))),
+        }
+        Ok((w, h))
+    }
+
+    /// Runs the pipeline. `progress` is called after encoding, after each step and after decoding;
+    /// returning `false` cancels with [`PipelineError::Cancelled`]. `dump` records every intermediate.
+    pub fn generate(
+        &self,
+        r: &GenerateRequest,
+        dump: bool,
+        mut progress: impl FnMut(Progress) -> bool,
+    ) -> Result<GenerateOutput, PipelineError> {
+        let (width, height) = self.validate(r)?;
+        let kind = match r.scheduler {
+            Some(kind) => kind,
+            None => self.default_scheduler()?,
+        };
+        let mut scheduler = schedulers::build(kind, &self.scheduler_config)?;
+        scheduler.set_timesteps(r.steps)?;
+        let mut dump = Dump(dump.then(Vec::new));
+        let device = &self.device;
+        let b = r.batch;
+        let cfg = r.guidance > 1.0;
+        let f = self.vae_scale_factor();
+        let (lh, lw) = (height / f, width / f);
+        let latent_c = self.vae_config.latent_channels;
+        let scaling = self.vae_config.scaling_factor as f32;
+
+        // Text: [negative x batch, positive x batch] under guidance, as diffusers' encode_prompt.
+        let positive = self.text_embeddings(&r.prompt)?;
+        let negative = self.text_embeddings(&r.negative_prompt)?;
+        dump.add("prompt_embeds", &positive);
+        dump.add("negative_prompt_embeds", &negative);
+        let repeat = |t: &Tensor<3>| Tensor::cat(vec![t.clone(); b], 0);
+        let context = if cfg { Tensor::cat(vec![repeat(&negative), repeat(&positive)], 0) } else { repeat(&positive) };
+
+        // Timesteps kept by strength (img2img / inpainting).
+        let steps = r.steps;
+        let init_timestep = ((steps as f64 * r.strength as f64) as usize).min(steps);
+        let t_start = (steps - init_timestep) * scheduler.order();
+        let timesteps: Vec<f64> = scheduler.timesteps()[t_start..].to_vec();
+        if timesteps.is_empty() {
+            return Err(PipelineError::Invalid(format!(
+                "strength {} with {steps} steps leaves no denoising step",
+                r.strength
+            )));
+        }
+        scheduler.set_begin_index(t_start);
+
+        let mut rng = TorchRng::new(r.seed);
+        let shape = [b, latent_c, lh, lw];
+        let is_strength_max = r.strength >= 1.0;
+        let encode = |image: Tensor<4>, rng: &mut TorchRng| {
+            let dist = self.vae_encoder.forward(image);
+            let noise = schedulers::randn(rng, dist.mean.dims(), device);
+            dist.sample(noise) * scaling
+        };
+        let init = r.init_image.as_ref().map(|i| self.image_tensor(i) * 2.0 - 1.0);
+        // Image latents first (the VAE draws before the initial noise), unless the noise replaces them.
+        let image_latents = match (&init, is_strength_max) {
+            (Some(image), false) => {
+                let latents = encode(image.clone(), &mut rng);
+                Some(Tensor::cat(vec![latents; b], 0))
+            }
+            _ => None,
+        };
+        let noise = schedulers::randn(&mut rng, shape, device);
+        let mut latents = match image_latents {
+            Some(image_latents) => scheduler.add_noise(image_latents, noise, t_start)?,
+            None => noise * scheduler.init_noise_sigma(),
+        };
+        dump.add("initial_latents", &latents);
+
+        // Inpainting: the mask at latent size and the masked image's latents, as extra U-Net channels.
+        let mask_channels = match (&r.mask, &init) {
+            (Some(mask), Some(image)) => {
+                let mask = self.image_tensor(mask).narrow(1, 0, 1);
+                // Binarised at 0.5 like diffusers' mask processor.
+                let mask = mask.greater_equal_elem(0.5).float();
+                let masked_image = image.clone() * mask.clone().lower_elem(0.5).float();
+                let mask = upsample_nearest(mask, (lh, lw));
+                let masked_latents = encode(masked_image, &mut rng);
+                let mask = Tensor::cat(vec![mask; b], 0);
+                let masked_latents = Tensor::cat(vec![masked_latents; b], 0);
+                let both = |t: Tensor<4>| if cfg { Tensor::cat(vec![t.clone(), t], 0) } else { t };
+                Some(Tensor::cat(vec![both(mask), both(masked_latents)], 1))
+            }
+            _ => None,
+        };
+        if !progress(Progress::Encoded) {
+            return Err(PipelineError::Cancelled);
+        }
+
+        let total = timesteps.len();
+        for (i, &t) in timesteps.iter().enumerate() {
+            let input = if cfg { Tensor::cat(vec![latents.clone(), latents.clone()], 0) } else { latents.clone() };
+            let mut input = scheduler.scale_model_input(input)?;
+            if let Some(extra) = &mask_channels {
+                input = Tensor::cat(vec![input, extra.clone()], 1);
+            }
+            let out = self.unet.forward(input, t as f32, context.clone());
+            dump.add(format!("unet_out_{i:02}"), &out);
+            let noise_pred = if cfg {
+                let uncond = out.clone().narrow(0, 0, b);
+                let text = out.narrow(0, b, b);
+                uncond.clone() + (text - uncond) * r.guidance
+            } else {
+                out
+            };
+            latents = scheduler.step(noise_pred, latents, &mut rng)?;
+            dump.add(format!("latents_after_step_{i:02}"), &latents);
+            if !progress(Progress::Step { step: i + 1, total }) {
+                return Err(PipelineError::Cancelled);
+            }
+        }
+        dump.add("final_latents", &latents);
+
+        let raw = self.vae_decoder.decode(latents / scaling, DEFAULT_BAND_BYTES);
+        dump.add("vae_decoded_raw", &raw);
+        let images = (raw / 2.0 + 0.5).clamp(0.0, 1.0).permute([0, 2, 3, 1]);
+        dump.add("image", &images);
+        progress(Progress::Decoded);
+        Ok(GenerateOutput { images, width, height, scheduler: kind, dump: dump.0.unwrap_or_default() })
+    }
+}
+
+/// Loading a diffusers model folder from disk (native; the browser streams the same files).
+#[cfg(not(target_arch = "wasm32"))]
+impl StableDiffusion {
+    /// Loads every component of a diffusers folder onto `device`.
+    pub fn load_dir(
+        dir: &std::path::Path,
+        variant: Option<crate::weights::Variant>,
+        device: &Device,
+    ) -> Result<Self, PipelineError> {
+        use crate::config::parse;
+        use crate::models::clip::ClipTextConfig;
+        use crate::weights::component_weights;
+
+        let model_err = |m: String| PipelineError::Invalid(format!("model {}: {m}", dir.display()));
+        if !dir.is_dir() {
+            return Err(model_err("is not a folder".into()));
+        }
+        let read = |file: &str| {
+            std::fs::read_to_string(dir.join(file)).map_err(|e| model_err(format!("cannot read {file}: {e}")))
+        };
+        let open = |component: &str| {
+            let path = component_weights(&dir.join(component), variant).map_err(|e| model_err(e.to_string()))?;
+            std::fs::File::open(&path).map_err(|e| model_err(format!("{}: {e}", path.display())))
+        };
+        let cfg_err = |e: crate::config::ConfigError| model_err(e.to_string());
+        let load_err =
+            |component: &'static str| move |e: crate::weights::LoadError| model_err(format!("{component}: {e}"));
+
+        let tokenizer = ClipTokenizer::from_dir(&dir.join("tokenizer"))?;
+        let clip_config = ClipTextConfig::from_json(&read("text_encoder/config.json")?)
+            .map_err(|e| model_err(format!("text_encoder/config.json: {e}")))?;
+        let text_encoder = clip_config.load(open("text_encoder")?, device).map_err(load_err("text_encoder"))?;
+        let unet_config: UNet2DConditionConfig =
+            parse("unet/config.json", &read("unet/config.json")?).map_err(cfg_err)?;
+        let unet = UNet2DConditionModel::load(&unet_config, open("unet")?, device).map_err(load_err("unet"))?;
+        let vae_config: AutoencoderKLConfig = parse("vae/config.json", &read("vae/config.json")?).map_err(cfg_err)?;
+        let vae_decoder = VaeDecoder::load(&vae_config, open("vae")?, device).map_err(load_err("vae"))?;
+        let vae_encoder = VaeEncoder::load(&vae_config, open("vae")?, device).map_err(load_err("vae"))?;
+        let scheduler_config = SchedulerConfig::from_json(&read("scheduler/scheduler_config.json")?)
+            .map_err(|e| model_err(format!("scheduler/scheduler_config.json: {e}")))?;
+        Ok(Self {
+            tokenizer,
+            text_encoder,
+            unet,
+            unet_config,
+            vae_decoder,
+            vae_encoder,
+            vae_config,
+            scheduler_config,
+            device: device.clone(),
+        })
+    }
+}
