@@ -1,0 +1,64 @@
+//! The tiny model on native wgpu (lavapipe on machines without a GPU): the U-Net's recorded calls within
+//! 1e-3 and whole pipelines within 2e-2 of diffusers, with no device error.
+
+mod common;
+
+use burn::tensor::{Tensor, TensorData};
+use common::{Run, fixtures_dir, max_diff};
+use websd::config::{UNet2DConditionConfig, parse};
+use websd::models::unet_2d_condition::UNet2DConditionModel;
+use websd::pipeline::{GenerateRequest, Image, StableDiffusion};
+use websd::schedulers::{SchedulerConfig, SchedulerKind};
+use websd::weights::Variant;
+
+#[test]
+fn tiny_model_on_wgpu_matches_diffusers() {
+    let (device, info) = websd::gpu::wgpu_device().expect("a wgpu adapter (install mesa-vulkan-drivers)");
+    eprintln!("wgpu adapter: {} ({})", info.adapter, info.backend);
+
+    // Every U-Net call of one run.
+    let dir = fixtures_dir().join("tiny-sd/unet");
+    let config: UNet2DConditionConfig =
+        parse("unet/config.json", &std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let file = std::fs::File::open(dir.join("diffusion_pytorch_model.safetensors")).unwrap();
+    let unet = UNet2DConditionModel::load(&config, file, &device).unwrap();
+    let run = Run::load("txt2img_euler");
+    let (shape, context) = run.f32("unet_in_encoder_hidden_states");
+    let context = Tensor::<3>::from_data(TensorData::new(context, [shape[0], shape[1], shape[2]]), &device);
+    let mut worst = 0f32;
+    for n in 0..run.names_with_prefix("unet_out_").len() {
+        let sample = run.tensor4(&format!("unet_in_sample_{n:02}"), &device);
+        let t = run.f32(&format!("unet_in_timestep_{n:02}")).1[0];
+        worst = worst.max(max_diff(unet.forward(sample, t, context.clone()), &run.f32(&format!("unet_out_{n:02}")).1));
+    }
+    eprintln!("U-Net on wgpu, txt2img_euler's 8 calls: max abs diff {worst:e}");
+    assert!(worst <= 1e-3, "U-Net on wgpu differs by {worst}");
+
+    // Whole runs from the seed: a deterministic sampler, the stochastic one and img2img (the other
+    // schedulers are the same pipeline code; all of them run on Flex in pipeline_fixtures).
+    let mut model = StableDiffusion::load_dir(&fixtures_dir().join("tiny-sd"), Some(Variant::Fp32), &device).unwrap();
+    for name in ["txt2img_ddim", "txt2img_lcm", "img2img_ddim"] {
+        let run = Run::load(name);
+        let json = run.meta("scheduler_config").unwrap_or_else(|| {
+            std::fs::read_to_string(fixtures_dir().join("scheduler_configs/ddim/scheduler_config.json")).unwrap()
+        });
+        model.scheduler_config = SchedulerConfig::from_json(&json).unwrap();
+        let class = run.meta("scheduler").unwrap_or_else(|| "DDIMScheduler".into());
+        let (shape, data) = if run.has("init_image") { run.f32("init_image") } else { (vec![], vec![]) };
+        let request = GenerateRequest {
+            prompt: "a photo of an astronaut riding a horse".into(),
+            negative_prompt: "blurry".into(),
+            steps: 8,
+            seed: 0,
+            scheduler: Some(SchedulerKind::from_class_name(&class, &model.scheduler_config).unwrap()),
+            strength: run.meta("strength").map_or(1.0, |s| s.parse().unwrap()),
+            init_image: (!data.is_empty()).then(|| Image { width: shape[1], height: shape[0], channels: 3, data }),
+            ..Default::default()
+        };
+        let out = model.generate(&request, false, |_| true).unwrap();
+        let diff = max_diff(out.images, &run.f32("image").1);
+        eprintln!("{name} on wgpu: image max abs diff {diff:e}");
+        assert!(diff <= 2e-2, "{name} on wgpu differs by {diff}");
+    }
+    assert_eq!(websd::gpu::uncaptured_errors(), 0, "wgpu validation errors");
+}
