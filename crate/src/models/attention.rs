@@ -7,6 +7,7 @@ use burn::tensor::activation::gelu;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 
+use super::linear;
 use crate::weights::{ByteSource, LoadError, TensorLoader};
 
 /// Multi-head attention with bias-free q/k/v projections and a biased output projection.
@@ -53,12 +54,12 @@ impl Attention {
             let [b, n, d] = t.dims();
             t.reshape([b, n, self.heads, d / self.heads]).swap_dims(1, 2)
         };
-        let q = split(self.to_q.forward(x));
-        let k = split(self.to_k.forward(context.clone()));
-        let v = split(self.to_v.forward(context));
+        let q = split(linear(&self.to_q, x));
+        let k = split(linear(&self.to_k, context.clone()));
+        let v = split(linear(&self.to_v, context));
         let out = attention(q, k, v, None, None, AttentionModuleOptions::default());
         let [b, h, n, d] = out.dims();
-        self.to_out.forward(out.swap_dims(1, 2).reshape([b, n, h * d]))
+        linear(&self.to_out, out.swap_dims(1, 2).reshape([b, n, h * d]))
     }
 }
 
@@ -81,11 +82,11 @@ impl FeedForward {
     /// # Shapes
     /// - x: `[batch, tokens, dim]`, returned in the same shape
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let h = self.proj.forward(x);
+        let h = linear(&self.proj, x);
         let inner = h.dims()[2] / 2;
         let value = h.clone().narrow(2, 0, inner);
         let gate = h.narrow(2, inner, inner);
-        self.out.forward(value * gelu(gate))
+        linear(&self.out, value * gelu(gate))
     }
 }
 

@@ -13,6 +13,7 @@ use burn::tensor::{Device, Tensor};
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 
+use super::linear;
 use super::resnet::{Downsample2D, ResnetBlock2D, Upsample2D, upsample_nearest};
 use crate::config::AutoencoderKLConfig;
 use crate::weights::{ByteSource, LoadError, TensorLoader};
@@ -63,11 +64,11 @@ impl VaeAttention {
         let [b, c, h, w] = x.dims();
         let tokens = self.group_norm.forward(x.clone()).reshape([b, c, h * w]).swap_dims(1, 2);
         let heads = |t: Tensor<3>| t.reshape([b, 1, h * w, c]);
-        let q = heads(self.to_q.forward(tokens.clone()));
-        let k = heads(self.to_k.forward(tokens.clone()));
-        let v = heads(self.to_v.forward(tokens));
+        let q = heads(linear(&self.to_q, tokens.clone()));
+        let k = heads(linear(&self.to_k, tokens.clone()));
+        let v = heads(linear(&self.to_v, tokens));
         let out = attention(q, k, v, None, None, AttentionModuleOptions::default()).reshape([b, h * w, c]);
-        let out = self.to_out.forward(out).swap_dims(1, 2).reshape([b, c, h, w]);
+        let out = linear(&self.to_out, out).swap_dims(1, 2).reshape([b, c, h, w]);
         out + x
     }
 }

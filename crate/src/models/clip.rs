@@ -8,6 +8,7 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Int, Tensor};
 
+use super::linear;
 use crate::weights::{ByteSource, LoadError, TensorLoader};
 
 /// transformers' `CLIPTextConfig` (`text_encoder/config.json`); other fields of the file are ignored.
@@ -52,13 +53,13 @@ impl ClipAttention {
         let [b, l, d] = x.dims();
         let split = |t: Tensor<3>| t.reshape([b, l, self.heads, d / self.heads]).swap_dims(1, 2);
         let (q, k, v) = (
-            split(self.q_proj.forward(x.clone())),
-            split(self.k_proj.forward(x.clone())),
-            split(self.v_proj.forward(x)),
+            split(linear(&self.q_proj, x.clone())),
+            split(linear(&self.k_proj, x.clone())),
+            split(linear(&self.v_proj, x)),
         );
         let options = AttentionModuleOptions { is_causal: true, ..Default::default() };
         let out = attention(q, k, v, None, None, options);
-        self.out_proj.forward(out.swap_dims(1, 2).reshape([b, l, d]))
+        linear(&self.out_proj, out.swap_dims(1, 2).reshape([b, l, d]))
     }
 }
 
@@ -75,10 +76,10 @@ struct ClipLayer {
 impl ClipLayer {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let x = x.clone() + self.self_attn.forward(self.layer_norm1.forward(x));
-        let h = self.fc1.forward(self.layer_norm2.forward(x.clone()));
+        let h = linear(&self.fc1, self.layer_norm2.forward(x.clone()));
         // quick_gelu(x) = x * sigmoid(1.702 x), as OpenAI's CLIP.
         let h = if self.quick_gelu { h.clone() * sigmoid(h * 1.702) } else { gelu(h) };
-        x + self.fc2.forward(h)
+        x + linear(&self.fc2, h)
     }
 }
 

@@ -6,6 +6,7 @@ use burn::nn::{GroupNorm, Linear};
 use burn::tensor::activation::silu;
 use burn::tensor::{Int, Tensor, TensorData};
 
+use super::conv3x3;
 use crate::weights::{ByteSource, LoadError, TensorLoader};
 
 /// A residual block: GroupNorm, SiLU, 3x3 conv, (+ projected time embedding), GroupNorm, SiLU, 3x3 conv,
@@ -56,13 +57,13 @@ impl ResnetBlock2D {
     ///   `None` for VAE blocks
     /// - output: `[batch, c_out, h, w]`
     pub fn forward(&self, x: Tensor<4>, temb: Option<&Tensor<2>>) -> Tensor<4> {
-        let mut h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
+        let mut h = conv3x3(&self.conv1, silu(self.norm1.forward(x.clone())));
         if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
             let t = proj.forward(silu(temb.clone()));
             let [b, c] = t.dims();
             h = h + t.reshape([b, c, 1, 1]);
         }
-        let h = self.conv2.forward(silu(self.norm2.forward(h)));
+        let h = conv3x3(&self.conv2, silu(self.norm2.forward(h)));
         let shortcut = match &self.conv_shortcut {
             Some(conv) => conv.forward(x),
             None => x,
@@ -115,7 +116,7 @@ impl Upsample2D {
     /// - x: `[batch, c, h, w]` -> `[batch, c, size.0, size.1]` (twice the size unless the U-Net's skip
     ///   connections need another one, for latents not divisible by its overall downscale)
     pub fn forward(&self, x: Tensor<4>, size: (usize, usize)) -> Tensor<4> {
-        self.conv.forward(upsample_nearest(x, size))
+        conv3x3(&self.conv, upsample_nearest(x, size))
     }
 }
 

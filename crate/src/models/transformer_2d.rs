@@ -7,6 +7,7 @@ use burn::nn::conv::Conv2d;
 use burn::tensor::Tensor;
 
 use super::attention::BasicTransformerBlock;
+use super::linear;
 use crate::weights::{ByteSource, LoadError, TensorLoader};
 
 /// `proj_in`/`proj_out`: 1x1 convolutions (SD 1.x) or linear layers (`use_linear_projection`, SD 2.x).
@@ -92,14 +93,14 @@ impl Transformer2DModel {
         let normed = self.norm.forward(x.clone());
         let mut tokens = match &self.proj_in {
             Projection::Conv(conv) => to_tokens(conv.forward(normed)),
-            Projection::Linear(linear) => linear.forward(to_tokens(normed)),
+            Projection::Linear(layer) => linear(layer, to_tokens(normed)),
         };
         for block in &self.transformer_blocks {
             tokens = block.forward(tokens, context);
         }
         let out = match &self.proj_out {
             Projection::Conv(conv) => conv.forward(to_image(tokens)),
-            Projection::Linear(linear) => to_image(linear.forward(tokens)),
+            Projection::Linear(layer) => to_image(linear(layer, tokens)),
         };
         out + x
     }
