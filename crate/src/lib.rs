@@ -7,6 +7,7 @@
 pub mod config;
 pub mod error;
 pub mod gpu;
+pub mod image;
 pub mod models;
 pub mod pipeline;
 pub mod probe;

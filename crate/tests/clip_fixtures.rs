@@ -30,6 +30,7 @@ fn prompt_embeddings_match_diffusers_for_every_run() {
     let fp32 = model("tiny-sd", "model.safetensors");
     let fp16 = model("tiny-sd", "model.fp16.safetensors");
     let legacy = model("tiny-sd-legacykeys", "model.fp16.safetensors");
+    let fp16_reference = common::Run::from_path(&common::fixtures_dir().join("fp16/fp16_reference.safetensors"));
     let mut runs = 0;
     for name in common::run_names() {
         let run = common::Run::load(&name);
@@ -52,11 +53,19 @@ fn prompt_embeddings_match_diffusers_for_every_run() {
             let legacy_vs_new = max_diff(&embed(&legacy, &ids), &embed(&fp16, &ids));
             eprintln!("{name} {embeds_key}: fp32 {d32:e}, fp16 files {d16:e}, legacy keys vs new {legacy_vs_new:e}");
             assert!(d32 <= 1e-4, "{name} {embeds_key}: fp32 weights differ by {d32}");
-            // The fp16 files hold exactly the f16-rounded fp32 weights (see the weights tests), so their
-            // distance to the fp32 reference (`d16`, printed) is the rounding's own effect, which the
-            // reference cannot tell apart from ours; it is reported, not asserted against a tolerance
-            // meant for computation error.
+            // The fp16 files hold exactly the f16-rounded fp32 weights (see the weights tests): their
+            // distance to this fp32-file reference (`d16`, ~1.5e-3) is the rounding's own effect, and
+            // diffusers shows the same. They are held to diffusers' embeddings from the same fp16 files
+            // (`tests/fixtures/fp16/`) below.
+            let fp16_want = fp16_reference.f32(embeds_key).1;
+            let d16_same_files = max_diff(&embed(&fp16, &ids), &fp16_want);
+            let legacy_same_files = max_diff(&embed(&legacy, &ids), &fp16_want);
+            eprintln!("{name} {embeds_key}: fp16 files vs diffusers on the fp16 files {d16_same_files:e}");
             assert!(d16.is_finite() && d16 > 0.0);
+            assert!(
+                d16_same_files <= 1e-4 && legacy_same_files <= 1e-4,
+                "{name} {embeds_key}: fp16 files differ by {d16_same_files}"
+            );
             assert_eq!(legacy_vs_new, 0.0, "both key schemes load the same weights");
         }
     }

@@ -147,6 +147,18 @@ fn bad_requests_are_typed_errors() {
     let init = Image { width: 64, height: 64, channels: 3, data: vec![0.5; 64 * 64 * 3] };
     let inpaint_on_plain = GenerateRequest { init_image: Some(init), mask: Some(mask), ..ok.clone() };
     assert!(matches!(model.validate(&inpaint_on_plain), Err(PipelineError::Unsupported(_))));
+    // Previews every 2 steps, at latent resolution.
+    let r = GenerateRequest { steps: 4, preview_every: 2, ..ok.clone() };
+    let mut previews = Vec::new();
+    model
+        .generate(&r, false, |p| {
+            if let websd::pipeline::Progress::Preview { step, image } = p {
+                previews.push((step, image.dims()));
+            }
+            true
+        })
+        .unwrap();
+    assert_eq!(previews, vec![(2, [1, 32, 32, 3]), (4, [1, 32, 32, 3])]);
     // Cancelling after the first step stops the run with a typed error.
     let r = GenerateRequest { steps: 4, ..ok };
     let mut steps = 0;

@@ -20,7 +20,8 @@ mod native {
     use burn::tensor::Device;
     use clap::{Parser, Subcommand, ValueEnum};
     use sha2::{Digest, Sha256};
-    use websd::pipeline::{GenerateRequest, Image, Progress, StableDiffusion};
+    use websd::image::{a1111_parameters, read_png, write_png};
+    use websd::pipeline::{GenerateRequest, Progress, StableDiffusion};
     use websd::protocol::SelfTestReport;
     use websd::schedulers::SchedulerKind;
     use websd::weights::Variant;
@@ -153,46 +154,6 @@ mod native {
         pollster::block_on(websd::probe::self_test(&gpu, || start.elapsed().as_secs_f64() * 1e3))
     }
 
-    /// Reads a PNG as RGB in [0, 1] (or luminance, PIL's "L" weights, for masks).
-    fn read_png(path: &Path, gray: bool) -> Result<Image, String> {
-        let err = |e: &dyn std::fmt::Display| format!("{}: not a readable PNG image ({e})", path.display());
-        let file = std::fs::File::open(path).map_err(|e| err(&e))?;
-        let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
-        decoder.set_transformations(png::Transformations::normalize_to_color8());
-        let mut reader = decoder.read_info().map_err(|e| err(&e))?;
-        let mut buf = vec![0; reader.output_buffer_size().ok_or_else(|| err(&"too large"))?];
-        let frame = reader.next_frame(&mut buf).map_err(|e| err(&e))?;
-        let (w, h) = (frame.width as usize, frame.height as usize);
-        let rgb: Vec<[f32; 3]> = match frame.color_type {
-            png::ColorType::Rgb => buf[..w * h * 3].chunks(3).map(|p| [p[0], p[1], p[2]].map(|v| v as f32)).collect(),
-            png::ColorType::Rgba => buf[..w * h * 4].chunks(4).map(|p| [p[0], p[1], p[2]].map(|v| v as f32)).collect(),
-            png::ColorType::Grayscale => buf[..w * h].iter().map(|&v| [v as f32; 3]).collect(),
-            png::ColorType::GrayscaleAlpha => buf[..w * h * 2].chunks(2).map(|p| [p[0] as f32; 3]).collect(),
-            png::ColorType::Indexed => return Err(err(&"palette not expanded")),
-        };
-        let data = if gray {
-            // PIL's convert("L"): L = R * 299/1000 + G * 587/1000 + B * 114/1000, rounded.
-            rgb.iter().map(|p| ((p[0] * 299.0 + p[1] * 587.0 + p[2] * 114.0) / 1000.0).round() / 255.0).collect()
-        } else {
-            rgb.iter().flat_map(|p| p.map(|v| v / 255.0)).collect()
-        };
-        Ok(Image { width: w, height: h, channels: if gray { 1 } else { 3 }, data })
-    }
-
-    fn write_png(path: &Path, w: usize, h: usize, rgba: &[u8], parameters: &str) -> Result<(), String> {
-        let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
-        let file = std::fs::File::create(path).map_err(|e| err(&e))?;
-        let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), w as u32, h as u32);
-        encoder.set_color(png::ColorType::Rgb);
-        encoder.set_depth(png::BitDepth::Eight);
-        // A1111's `parameters` chunk: other tools read the settings back from it.
-        encoder.add_itxt_chunk("parameters".into(), parameters.into()).map_err(|e| err(&e))?;
-        let mut writer = encoder.write_header().map_err(|e| err(&e))?;
-        let rgb: Vec<u8> = rgba.chunks(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
-        writer.write_image_data(&rgb).map_err(|e| err(&e))?;
-        writer.finish().map_err(|e| err(&e))
-    }
-
     /// f32 tensors as a safetensors file (header JSON, then the little-endian data).
     fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<(), String> {
         let mut header = serde_json::Map::new();
@@ -277,8 +238,8 @@ mod native {
 
     fn generate(a: GenerateArgs) -> Result<String, String> {
         let scheduler = a.scheduler.as_deref().map(SchedulerKind::from_name).transpose().map_err(|e| e.to_string())?;
-        let init_image = a.init_image.as_deref().map(|p| read_png(p, false)).transpose()?;
-        let mask = a.mask.as_deref().map(|p| read_png(p, true)).transpose()?;
+        let init_image = a.init_image.as_deref().map(|p| read_png(p, false)).transpose().map_err(|e| e.to_string())?;
+        let mask = a.mask.as_deref().map(|p| read_png(p, true)).transpose().map_err(|e| e.to_string())?;
         if a.strength.is_some() && init_image.is_none() {
             return Err("--strength needs --init-image".into());
         }
@@ -300,6 +261,7 @@ mod native {
             init_image,
             mask,
             strength,
+            preview_every: 0,
         };
         let variant = a.variant.map(|v| match v {
             VariantArg::Fp16 => Variant::Fp16,
@@ -323,6 +285,7 @@ mod native {
                             eprint!("\rstep {step}/{total} ({:.1} s)   ", start.elapsed().as_secs_f64())
                         }
                         Progress::Decoded => eprintln!("\rdone in {:.1} s          ", start.elapsed().as_secs_f64()),
+                        Progress::Preview { .. } => {}
                     }
                 }
                 true
@@ -334,24 +297,7 @@ mod native {
         let unet_file = websd::weights::component_weights(&a.model.join("unet"), variant).map_err(|e| e.to_string())?;
         let model_hash = sha256_file(&unet_file)?;
         let model_name = a.model.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-        let mut parameters = request.prompt.clone();
-        if !request.negative_prompt.is_empty() {
-            parameters.push_str(&format!("\nNegative prompt: {}", request.negative_prompt));
-        }
-        parameters.push_str(&format!(
-            "\nSteps: {}, Sampler: {}, CFG scale: {}, Seed: {}, Size: {}x{}, Model hash: {}, Model: {}",
-            request.steps,
-            output.scheduler.a1111_name(),
-            request.guidance,
-            request.seed,
-            output.width,
-            output.height,
-            &model_hash[..10],
-            model_name
-        ));
-        if request.init_image.is_some() {
-            parameters.push_str(&format!(", Denoising strength: {}", request.strength));
-        }
+        let parameters = a1111_parameters(&request, &output, &model_hash[..10], &model_name);
         let images = output.rgba8();
         for (i, rgba) in images.iter().enumerate() {
             let path = if images.len() == 1 {
@@ -360,7 +306,7 @@ mod native {
                 let stem = a.out.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
                 a.out.with_file_name(format!("{stem}-{i}.png"))
             };
-            write_png(&path, output.width, output.height, rgba, &parameters)?;
+            write_png(&path, output.width, output.height, rgba, &parameters).map_err(|e| e.to_string())?;
         }
         Ok(String::new())
     }

@@ -1,0 +1,85 @@
+//! Images in and out: the pipeline's [`Image`] from PNG files and PNG files (with A1111's `parameters`
+//! text chunk) from RGBA pixels. The browser decodes and encodes images itself (canvas), so the PNG part
+//! is native only.
+
+use crate::pipeline::{GenerateOutput, GenerateRequest};
+#[cfg(not(target_arch = "wasm32"))]
+use std::path::Path;
+
+pub use crate::pipeline::Image;
+
+/// An image file that could not be read or written.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ImageError {
+    /// Not a PNG we can decode (or not there): the path and the decoder's reason.
+    #[error("{path}: not a readable PNG image ({reason})")]
+    Unreadable { path: String, reason: String },
+    /// Writing failed.
+    #[error("{path}: {reason}")]
+    Write { path: String, reason: String },
+}
+
+/// A1111's `parameters` text: the prompt, the negative prompt, then one line of settings, so other tools
+/// (A1111, ComfyUI, civitai) read the generation settings back from the PNG.
+pub fn a1111_parameters(r: &GenerateRequest, out: &GenerateOutput, model_hash: &str, model_name: &str) -> String {
+    let mut text = r.prompt.clone();
+    if !r.negative_prompt.is_empty() {
+        text.push_str(&format!("\nNegative prompt: {}", r.negative_prompt));
+    }
+    text.push_str(&format!(
+        "\nSteps: {}, Sampler: {}, CFG scale: {}, Seed: {}, Size: {}x{}, Model hash: {model_hash}, Model: {model_name}",
+        r.steps,
+        out.scheduler.a1111_name(),
+        r.guidance,
+        r.seed,
+        out.width,
+        out.height,
+    ));
+    if r.init_image.is_some() {
+        text.push_str(&format!(", Denoising strength: {}", r.strength));
+    }
+    text
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+/// Reads a PNG as RGB in [0, 1] (or luminance, PIL's "L" weights, for masks).
+pub fn read_png(path: &Path, gray: bool) -> Result<Image, ImageError> {
+    let err =
+        |e: &dyn std::fmt::Display| ImageError::Unreadable { path: path.display().to_string(), reason: e.to_string() };
+    let file = std::fs::File::open(path).map_err(|e| err(&e))?;
+    let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
+    decoder.set_transformations(png::Transformations::normalize_to_color8());
+    let mut reader = decoder.read_info().map_err(|e| err(&e))?;
+    let mut buf = vec![0; reader.output_buffer_size().ok_or_else(|| err(&"too large"))?];
+    let frame = reader.next_frame(&mut buf).map_err(|e| err(&e))?;
+    let (w, h) = (frame.width as usize, frame.height as usize);
+    let rgb: Vec<[f32; 3]> = match frame.color_type {
+        png::ColorType::Rgb => buf[..w * h * 3].chunks(3).map(|p| [p[0], p[1], p[2]].map(|v| v as f32)).collect(),
+        png::ColorType::Rgba => buf[..w * h * 4].chunks(4).map(|p| [p[0], p[1], p[2]].map(|v| v as f32)).collect(),
+        png::ColorType::Grayscale => buf[..w * h].iter().map(|&v| [v as f32; 3]).collect(),
+        png::ColorType::GrayscaleAlpha => buf[..w * h * 2].chunks(2).map(|p| [p[0] as f32; 3]).collect(),
+        png::ColorType::Indexed => return Err(err(&"palette not expanded")),
+    };
+    let data = if gray {
+        // PIL's convert("L"): L = R * 299/1000 + G * 587/1000 + B * 114/1000, rounded.
+        rgb.iter().map(|p| ((p[0] * 299.0 + p[1] * 587.0 + p[2] * 114.0) / 1000.0).round() / 255.0).collect()
+    } else {
+        rgb.iter().flat_map(|p| p.map(|v| v / 255.0)).collect()
+    };
+    Ok(Image { width: w, height: h, channels: if gray { 1 } else { 3 }, data })
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+pub fn write_png(path: &Path, w: usize, h: usize, rgba: &[u8], parameters: &str) -> Result<(), ImageError> {
+    let err = |e: &dyn std::fmt::Display| ImageError::Write { path: path.display().to_string(), reason: e.to_string() };
+    let file = std::fs::File::create(path).map_err(|e| err(&e))?;
+    let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), w as u32, h as u32);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    // A1111's `parameters` chunk: other tools read the settings back from it.
+    encoder.add_itxt_chunk("parameters".into(), parameters.into()).map_err(|e| err(&e))?;
+    let mut writer = encoder.write_header().map_err(|e| err(&e))?;
+    let rgb: Vec<u8> = rgba.chunks(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
+    writer.write_image_data(&rgb).map_err(|e| err(&e))?;
+    writer.finish().map_err(|e| err(&e))
+}
