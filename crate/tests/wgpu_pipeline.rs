@@ -62,3 +62,26 @@ fn tiny_model_on_wgpu_matches_diffusers() {
     }
     assert_eq!(websd::gpu::uncaptured_errors(), 0, "wgpu validation errors");
 }
+
+/// GroupNorm over long groups on wgpu: `[1, 960, 64, 64]` is the U-Net's last up block at 512 px (122,880
+/// values per group), where burn's own GroupNorm returned garbage on lavapipe without any device error.
+#[test]
+fn group_norm_over_long_groups_on_wgpu() {
+    use burn::nn::GroupNormConfig;
+    use burn::tensor::{Device, Distribution};
+    let (gpu, _) = websd::gpu::wgpu_device().expect("a wgpu adapter");
+    let cpu = Device::flex();
+    let x: Vec<f32> = Tensor::<4>::random([1, 960, 64, 64], Distribution::Normal(0.5, 2.0), &cpu)
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
+    let run = |device: &Device| {
+        let norm = GroupNormConfig::new(32, 960).with_epsilon(1e-5).init(device);
+        let x = Tensor::<4>::from_data(TensorData::new(x.clone(), [1, 960, 64, 64]), device);
+        websd::models::group_norm(&norm, x).into_data().try_to_vec::<f32>().unwrap()
+    };
+    let (on_gpu, on_cpu) = (run(&gpu), run(&cpu));
+    let diff = on_gpu.iter().zip(&on_cpu).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    eprintln!("GroupNorm [1, 960, 64, 64] on wgpu vs Flex: max abs diff {diff:e}");
+    assert!(diff <= 1e-4, "GroupNorm on wgpu differs by {diff}");
+}

@@ -13,8 +13,8 @@ use burn::tensor::{Device, Tensor};
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 
-use super::linear;
 use super::resnet::{Downsample2D, ResnetBlock2D, Upsample2D, upsample_nearest};
+use super::{GroupStats, group_norm, linear};
 use crate::config::AutoencoderKLConfig;
 use crate::weights::{ByteSource, LoadError, TensorLoader};
 
@@ -62,7 +62,7 @@ impl VaeAttention {
     /// - x: `[batch, channels, h, w]`, returned in the same shape
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let [b, c, h, w] = x.dims();
-        let tokens = self.group_norm.forward(x.clone()).reshape([b, c, h * w]).swap_dims(1, 2);
+        let tokens = group_norm(&self.group_norm, x.clone()).reshape([b, c, h * w]).swap_dims(1, 2);
         let heads = |t: Tensor<3>| t.reshape([b, 1, h * w, c]);
         let q = heads(linear(&self.to_q, tokens.clone()));
         let k = heads(linear(&self.to_k, tokens.clone()));
@@ -183,7 +183,7 @@ impl VaeEncoder {
             x = attention.forward(x);
         }
         x = self.mid_resnet_2.forward(x, None);
-        x = self.conv_out.forward(silu(self.conv_norm_out.forward(x)));
+        x = self.conv_out.forward(silu(group_norm(&self.conv_norm_out, x)));
         if let Some(conv) = &self.quant_conv {
             x = conv.forward(x);
         }
@@ -398,34 +398,10 @@ fn banded_conv(conv: &Conv2d, bands: Vec<Tensor<4>>) -> Vec<Tensor<4>> {
         .collect()
 }
 
-/// GroupNorm over row bands, with the statistics of the whole image (two passes, as burn's GroupNorm).
+/// GroupNorm over row bands, with the statistics of the whole image (see [`super::group_norm`]).
 fn group_norm_banded(norm: &GroupNorm, bands: Vec<Tensor<4>>) -> Vec<Tensor<4>> {
-    if bands.len() == 1 {
-        return vec![norm.forward(bands.into_iter().next().expect("one band"))];
-    }
-    let groups = norm.num_groups;
-    let grouped = |t: &Tensor<4>| {
-        let [b, c, h, w] = t.dims();
-        t.clone().reshape([b, groups, c / groups * h * w])
-    };
-    let count: usize = bands.iter().map(|t| t.dims()[1..].iter().product::<usize>() / groups).sum();
-    let sum = |parts: Vec<Tensor<3>>| parts.into_iter().reduce(|a, b| a + b).expect("at least one band");
-    let mean = sum(bands.iter().map(|t| grouped(t).sum_dim(2)).collect()) / count as f32;
-    let var = sum(bands.iter().map(|t| (grouped(t) - mean.clone()).square().sum_dim(2)).collect()) / count as f32;
-    let std = (var + norm.epsilon).sqrt();
-    bands
-        .iter()
-        .map(|t| {
-            let [b, c, h, w] = t.dims();
-            let normalized = ((grouped(t) - mean.clone()) / std.clone()).reshape([b, c, h, w]);
-            let gamma = norm.gamma.as_ref().map(|g| g.val().reshape([1, c, 1, 1]));
-            let beta = norm.beta.as_ref().map(|b| b.val().reshape([1, c, 1, 1]));
-            match (gamma, beta) {
-                (Some(g), Some(b)) => normalized * g + b,
-                _ => normalized,
-            }
-        })
-        .collect()
+    let stats = GroupStats::new(norm.num_groups, &bands, norm.epsilon);
+    bands.into_iter().map(|band| stats.normalize(norm, band)).collect()
 }
 
 #[cfg(test)]

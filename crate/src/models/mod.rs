@@ -47,3 +47,51 @@ pub(crate) fn conv3x3(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     }
     out.reshape([c_out, b, h, w]).swap_dims(0, 1)
 }
+
+/// GroupNorm as burn's (two-pass: mean, then the mean of squared deviations), with every reduction over
+/// a short axis: the statistics are reduced over each row (`w`) first, then over the group's rows.
+///
+/// burn 0.22's GroupNorm reduces a whole group in one `mean_dim`, which on wgpu (lavapipe) returns
+/// garbage for long groups: `[1, 960, 64, 64]` (122,880 values per group, the U-Net's last up block at
+/// 512 px) came out 1.6e3 off with no device error, while 40,960 per group was exact.
+pub fn group_norm(norm: &burn::nn::GroupNorm, x: Tensor<4>) -> Tensor<4> {
+    let stats = GroupStats::new(norm.num_groups, &[x.clone()], norm.epsilon);
+    stats.normalize(norm, x)
+}
+
+/// Mean and standard deviation of each (batch, group), over one tensor or over row bands of one image.
+pub(crate) struct GroupStats {
+    groups: usize,
+    /// `[batch, groups, 1, 1]`
+    mean: Tensor<4>,
+    std: Tensor<4>,
+}
+
+impl GroupStats {
+    fn rows(t: &Tensor<4>, groups: usize) -> Tensor<4> {
+        let [b, c, h, w] = t.dims();
+        t.clone().reshape([b, groups, c / groups * h, w])
+    }
+
+    /// Statistics over all `parts` together (row bands of one image, or a single tensor).
+    pub(crate) fn new(groups: usize, parts: &[Tensor<4>], epsilon: f64) -> Self {
+        let count: usize = parts.iter().map(|t| t.dims()[1..].iter().product::<usize>() / groups).sum();
+        let total = |ts: Vec<Tensor<4>>| ts.into_iter().reduce(|a, b| a + b).expect("at least one part");
+        // Sums over w, then over the group's rows; divided once by the count.
+        let sum = |t: Tensor<4>| t.sum_dim(3).sum_dim(2);
+        let mean = total(parts.iter().map(|t| sum(Self::rows(t, groups))).collect()) / count as f32;
+        let var =
+            total(parts.iter().map(|t| sum((Self::rows(t, groups) - mean.clone()).square())).collect()) / count as f32;
+        Self { groups, mean, std: (var + epsilon).sqrt() }
+    }
+
+    /// `(x - mean) / std * gamma + beta` for one tensor (or band) of the image the stats came from.
+    pub(crate) fn normalize(&self, norm: &burn::nn::GroupNorm, x: Tensor<4>) -> Tensor<4> {
+        let [b, c, h, w] = x.dims();
+        let normalized = ((Self::rows(&x, self.groups) - self.mean.clone()) / self.std.clone()).reshape([b, c, h, w]);
+        match (&norm.gamma, &norm.beta) {
+            (Some(g), Some(beta)) => normalized * g.val().reshape([1, c, 1, 1]) + beta.val().reshape([1, c, 1, 1]),
+            _ => normalized,
+        }
+    }
+}

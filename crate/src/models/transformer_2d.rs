@@ -7,7 +7,7 @@ use burn::nn::conv::Conv2d;
 use burn::tensor::Tensor;
 
 use super::attention::BasicTransformerBlock;
-use super::linear;
+use super::{group_norm, linear};
 use crate::weights::{ByteSource, LoadError, TensorLoader};
 
 /// `proj_in`/`proj_out`: 1x1 convolutions (SD 1.x) or linear layers (`use_linear_projection`, SD 2.x).
@@ -90,7 +90,7 @@ impl Transformer2DModel {
         let [b, c, h, w] = x.dims();
         let to_tokens = |t: Tensor<4>| t.reshape([b, c, h * w]).swap_dims(1, 2);
         let to_image = |t: Tensor<3>| t.swap_dims(1, 2).reshape([b, c, h, w]);
-        let normed = self.norm.forward(x.clone());
+        let normed = group_norm(&self.norm, x.clone());
         let mut tokens = match &self.proj_in {
             Projection::Conv(conv) => to_tokens(conv.forward(normed)),
             Projection::Linear(layer) => linear(layer, to_tokens(normed)),

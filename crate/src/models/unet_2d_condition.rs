@@ -7,6 +7,7 @@ use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
 
 use super::embeddings::{TimestepEmbedding, timestep_tensor};
+use super::group_norm;
 use super::unet_2d_blocks::{
     BlockAttention, BlockSettings, DownBlock2D, UNetMidBlock2DCrossAttn, UpBlock2D, UpBlockChannels,
 };
@@ -200,6 +201,6 @@ impl UNet2DConditionModel {
         for block in &self.up_blocks {
             x = block.forward(x, &temb, context, &mut skips);
         }
-        self.conv_out.forward(silu(self.conv_norm_out.forward(x)))
+        self.conv_out.forward(silu(group_norm(&self.conv_norm_out, x)))
     }
 }
