@@ -151,3 +151,31 @@ fn banded_decode_equals_untiled_at_256px() {
     eprintln!("256 px decode, 16 bands vs untiled: max abs diff {diff:e}");
     assert!(diff <= 1e-5, "banded decode differs from the untiled one by {diff}");
 }
+
+/// The encoder's row bands (with stride-2 convolutions) must reproduce the untiled encode: a 256 px
+/// image in bands of 16 rows.
+#[test]
+fn banded_encode_equals_untiled_at_256px() {
+    use websd::models::autoencoder_kl::VaeEncoder;
+    let device = Device::flex();
+    let file = std::fs::File::open(fixtures_dir().join("tiny-sd/vae/diffusion_pytorch_model.safetensors")).unwrap();
+    let encoder = VaeEncoder::load(&vae_config("tiny-sd"), file, &device).unwrap();
+    let (h, w) = (256, 256);
+    let values: Vec<f32> = (0..3 * h * w)
+        .map(|i| {
+            let (c, y, x) = (i / (h * w), (i / w) % h, i % w);
+            ((x as f32 * 0.11 + c as f32).sin() * (y as f32 * 0.07).cos() + ((x + 3 * y) % 5) as f32 * 0.1 - 0.2)
+                .clamp(-1.0, 1.0)
+        })
+        .collect();
+    let image = Tensor::<4>::from_data(TensorData::new(values, [1, 3, h, w]), &device);
+    let untiled = encoder.encode_untiled(image.clone());
+    // The widest full-resolution stage is 32 channels: 16 rows (+ halo) per band.
+    let budget = 32 * (16 + 2) * (w + 2) * 4;
+    assert_eq!(encoder.band_rows(h, w, budget), 16);
+    let banded = encoder.encode(image, budget);
+    let mean = max_diff(banded.mean, &untiled.mean.into_data().try_to_vec::<f32>().unwrap());
+    let std = max_diff(banded.std, &untiled.std.into_data().try_to_vec::<f32>().unwrap());
+    eprintln!("256 px encode, 16 bands vs untiled: mean {mean:e}, std {std:e}");
+    assert!(mean <= 1e-5 && std <= 1e-5, "banded encode differs: mean {mean}, std {std}");
+}

@@ -165,19 +165,67 @@ impl VaeEncoder {
         })
     }
 
+    /// Encodes with row bands of at most [`DEFAULT_BAND_BYTES`] (see [`Self::encode`]).
+    ///
     /// # Shapes
     /// - image: `[batch, 3, h, w]` in [-1, 1]
     /// - output: mean and std `[batch, latent_channels, h / f, w / f]`
     pub fn forward(&self, image: Tensor<4>) -> LatentDistribution {
-        let mut x = self.conv_in.forward(image);
+        self.encode(image, DEFAULT_BAND_BYTES)
+    }
+
+    /// Image rows per band so that no band activation exceeds `max_band_bytes`: a multiple of the
+    /// downscale, so every stride-2 convolution sees whole row pairs.
+    pub fn band_rows(&self, h: usize, w: usize, max_band_bytes: usize) -> usize {
+        let f = 1 << self.down_blocks.iter().filter(|b| b.downsample.is_some()).count();
+        let bytes = |rows: usize| {
+            let (mut worst, mut scale) = (0, 1);
+            for block in &self.down_blocks {
+                for resnet in &block.resnets {
+                    let [c_out, c_in, _, _] = resnet.conv1.weight.dims();
+                    worst = worst.max(c_in.max(c_out) * (rows / scale + 2) * (w / scale + 2) * 4);
+                }
+                if block.downsample.is_some() {
+                    scale *= 2;
+                }
+            }
+            worst
+        };
+        (1..=h.div_ceil(f)).rev().map(|n| n * f).find(|&rows| bytes(rows) <= max_band_bytes).unwrap_or(f)
+    }
+
+    /// Encodes one image at a time; the full-resolution stages (everything before the mid block) run on
+    /// row bands no larger than `max_band_bytes`, exactly as the decoder's (halo rows for convolutions,
+    /// GroupNorm statistics over all bands), so a 512 px img2img source fits WebGPU's limits.
+    pub fn encode(&self, image: Tensor<4>, max_band_bytes: usize) -> LatentDistribution {
+        let [batch, _, h, w] = image.dims();
+        let rows = self.band_rows(h, w, max_band_bytes);
+        let parts: Vec<LatentDistribution> =
+            (0..batch).map(|i| self.encode_one(image.clone().narrow(0, i, 1), rows)).collect();
+        let (means, stds) = parts.into_iter().map(|d| (d.mean, d.std)).unzip();
+        LatentDistribution { mean: Tensor::cat(means, 0), std: Tensor::cat(stds, 0) }
+    }
+
+    /// Encodes without bands (the reference the banded encode is tested against).
+    pub fn encode_untiled(&self, image: Tensor<4>) -> LatentDistribution {
+        let h = image.dims()[2];
+        self.encode_one(image, h)
+    }
+
+    fn encode_one(&self, image: Tensor<4>, band_rows: usize) -> LatentDistribution {
+        let h = image.dims()[2];
+        let bands: Vec<Tensor<4>> =
+            (0..h).step_by(band_rows.max(1)).map(|r| image.clone().narrow(2, r, band_rows.min(h - r))).collect();
+        let mut bands = banded_conv(&self.conv_in, bands);
         for block in &self.down_blocks {
             for resnet in &block.resnets {
-                x = resnet.forward(x, None);
+                bands = banded_resnet(resnet, bands);
             }
             if let Some(down) = &block.downsample {
-                x = down.forward(x);
+                bands = banded_downsample(down, bands);
             }
         }
+        let mut x = Tensor::cat(bands, 2);
         x = self.mid_resnet_1.forward(x, None);
         if let Some(attention) = &self.mid_attention {
             x = attention.forward(x);
@@ -191,6 +239,39 @@ impl VaeEncoder {
         let logvar = x.narrow(1, self.latent_channels, self.latent_channels).clamp(-30.0, 20.0);
         LatentDistribution { mean, std: (logvar * 0.5).exp() }
     }
+}
+
+/// The encoder's stride-2 convolution over row bands (each an even number of rows). With diffusers'
+/// padding 0 the input is padded at the bottom and right only, so a band needs the first row of the
+/// band below it; with symmetric padding 1 it also needs the last row of the band above.
+fn banded_downsample(down: &Downsample2D, bands: Vec<Tensor<4>>) -> Vec<Tensor<4>> {
+    if bands.len() == 1 {
+        return vec![down.forward(bands.into_iter().next().expect("one band"))];
+    }
+    let weight = down.conv.weight.val();
+    let bias = down.conv.bias.as_ref().map(|b| b.val());
+    let n = bands.len();
+    (0..n)
+        .map(|i| {
+            let mut parts = Vec::with_capacity(3);
+            let symmetric = !down.asymmetric_pad;
+            if symmetric && i > 0 {
+                let above = &bands[i - 1];
+                parts.push(above.clone().narrow(2, above.dims()[2] - 1, 1));
+            }
+            parts.push(bands[i].clone());
+            if i + 1 < n {
+                parts.push(bands[i + 1].clone().narrow(2, 0, 1));
+            }
+            let (top, bottom) = match (symmetric, i == 0, i + 1 == n) {
+                (true, first, last) => (usize::from(first), usize::from(last)),
+                (false, _, last) => (0, usize::from(last)),
+            };
+            let sides = if symmetric { (1, 1) } else { (0, 1) };
+            let options = ConvOptions::new_with_padding([2, 2], [(top, bottom), sides], [1, 1], 1);
+            conv2d(Tensor::cat(parts, 2), weight.clone(), bias.clone(), options)
+        })
+        .collect()
 }
 
 /// One `UpDecoderBlock2D`: ResNet blocks, then (except the last block) a 2x upsampler.
