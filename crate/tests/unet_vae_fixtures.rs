@@ -179,3 +179,17 @@ fn banded_encode_equals_untiled_at_256px() {
     eprintln!("256 px encode, 16 bands vs untiled: mean {mean:e}, std {std:e}");
     assert!(mean <= 1e-5 && std <= 1e-5, "banded encode differs: mean {mean}, std {std}");
 }
+
+/// A latent size the U-Net's downsampling does not divide (17 -> 9 -> back to 17): the up block
+/// upsamples to the skip connection's size, as diffusers' `forward_upsample_size` does.
+#[test]
+fn odd_latent_sizes_keep_their_shape() {
+    let device = Device::flex();
+    let unet = unet("tiny-sd", "diffusion_pytorch_model.safetensors", &device);
+    let sample = Tensor::<4>::ones([2, 4, 17, 13], &device);
+    let context = Tensor::<3>::zeros([2, 77, 32], &device);
+    let out = unet.forward(sample, 500.0, context);
+    assert_eq!(out.dims(), [2, 4, 17, 13]);
+    let values: Vec<f32> = out.into_data().try_to_vec::<f32>().unwrap();
+    assert!(values.iter().all(|v| v.is_finite()));
+}
