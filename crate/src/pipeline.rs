@@ -222,6 +222,10 @@ impl StableDiffusion {
         if !(0.0..=1.0).contains(&r.strength) || r.strength.is_nan() {
             return bad(format!("strength must be in [0, 1], got {}", r.strength));
         }
+        if (r.steps as f64 * r.strength as f64) as usize == 0 {
+            // diffusers keeps int(steps * strength) timesteps: none would leave nothing to denoise.
+            return bad(format!("strength {} with {} steps leaves no denoising step", r.strength, r.steps));
+        }
         if r.strength < 1.0 && r.init_image.is_none() {
             return bad("strength below 1 needs an init image".into());
         }
@@ -298,13 +302,8 @@ impl StableDiffusion {
         let steps = r.steps;
         let init_timestep = ((steps as f64 * r.strength as f64) as usize).min(steps);
         let t_start = (steps - init_timestep) * scheduler.order();
+        // Not empty: `validate` requires at least one kept step.
         let timesteps: Vec<f64> = scheduler.timesteps()[t_start..].to_vec();
-        if timesteps.is_empty() {
-            return Err(PipelineError::Invalid(format!(
-                "strength {} with {steps} steps leaves no denoising step",
-                r.strength
-            )));
-        }
         scheduler.set_begin_index(t_start);
 
         let mut rng = TorchRng::new(r.seed);

@@ -73,6 +73,51 @@ impl VaeAttention {
     }
 }
 
+/// `UNetMidBlock2D` of the encoder and the decoder: ResNet, single-head attention (unless the config
+/// leaves it out), ResNet, at the latent resolution.
+#[derive(Module, Debug)]
+struct VaeMidBlock {
+    resnet_1: ResnetBlock2D,
+    attention: Option<VaeAttention>,
+    resnet_2: ResnetBlock2D,
+}
+
+impl VaeMidBlock {
+    fn load<S: ByteSource>(
+        w: &mut TensorLoader<S>,
+        prefix: &str,
+        c: usize,
+        config: &AutoencoderKLConfig,
+    ) -> Result<Self, LoadError> {
+        let groups = config.norm_num_groups;
+        Ok(Self {
+            resnet_1: ResnetBlock2D::load(w, &format!("{prefix}.resnets.0"), c, c, None, groups, 1e-6)?,
+            attention: if config.mid_block_add_attention {
+                Some(VaeAttention::load(w, &format!("{prefix}.attentions.0"), c, groups)?)
+            } else {
+                None
+            },
+            resnet_2: ResnetBlock2D::load(w, &format!("{prefix}.resnets.1"), c, c, None, groups, 1e-6)?,
+        })
+    }
+
+    /// # Shapes
+    /// - x: `[1, channels, h, w]`, returned in the same shape
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let mut x = self.resnet_1.forward(x, None);
+        if let Some(attention) = &self.attention {
+            x = attention.forward(x);
+        }
+        self.resnet_2.forward(x, None)
+    }
+}
+
+/// Splits `x` into horizontal bands of `rows` rows (the last one may be shorter).
+fn split_rows(x: Tensor<4>, rows: usize) -> Vec<Tensor<4>> {
+    let h = x.dims()[2];
+    (0..h).step_by(rows.max(1)).map(|r| x.clone().narrow(2, r, rows.min(h - r))).collect()
+}
+
 /// One `DownEncoderBlock2D`: ResNet blocks, then (except the last block) a stride-2 convolution on the
 /// input padded by one pixel at the right and bottom, as diffusers' `Downsample2D(padding=0)`.
 #[derive(Module, Debug)]
@@ -86,9 +131,7 @@ struct DownEncoderBlock {
 pub struct VaeEncoder {
     conv_in: Conv2d,
     down_blocks: Vec<DownEncoderBlock>,
-    mid_resnet_1: ResnetBlock2D,
-    mid_attention: Option<VaeAttention>,
-    mid_resnet_2: ResnetBlock2D,
+    mid_block: VaeMidBlock,
     conv_norm_out: GroupNorm,
     conv_out: Conv2d,
     quant_conv: Option<Conv2d>,
@@ -139,13 +182,7 @@ impl VaeEncoder {
             c_in = c_out;
         }
         let c = c_in;
-        let mid_resnet_1 = ResnetBlock2D::load(&mut w, "encoder.mid_block.resnets.0", c, c, None, groups, 1e-6)?;
-        let mid_attention = if config.mid_block_add_attention {
-            Some(VaeAttention::load(&mut w, "encoder.mid_block.attentions.0", c, groups)?)
-        } else {
-            None
-        };
-        let mid_resnet_2 = ResnetBlock2D::load(&mut w, "encoder.mid_block.resnets.1", c, c, None, groups, 1e-6)?;
+        let mid_block = VaeMidBlock::load(&mut w, "encoder.mid_block", c, config)?;
         let conv_norm_out = w.group_norm("encoder.conv_norm_out", groups, c, 1e-6)?;
         let moments = 2 * config.latent_channels;
         let conv_out = w.conv2d("encoder.conv_out", c, moments, 3, 1, 1)?;
@@ -155,9 +192,7 @@ impl VaeEncoder {
         Ok(Self {
             conv_in,
             down_blocks,
-            mid_resnet_1,
-            mid_attention,
-            mid_resnet_2,
+            mid_block,
             conv_norm_out,
             conv_out,
             quant_conv,
@@ -213,10 +248,7 @@ impl VaeEncoder {
     }
 
     fn encode_one(&self, image: Tensor<4>, band_rows: usize) -> LatentDistribution {
-        let h = image.dims()[2];
-        let bands: Vec<Tensor<4>> =
-            (0..h).step_by(band_rows.max(1)).map(|r| image.clone().narrow(2, r, band_rows.min(h - r))).collect();
-        let mut bands = banded_conv(&self.conv_in, bands);
+        let mut bands = banded_conv(&self.conv_in, split_rows(image, band_rows));
         for block in &self.down_blocks {
             for resnet in &block.resnets {
                 bands = banded_resnet(resnet, bands);
@@ -225,13 +257,8 @@ impl VaeEncoder {
                 bands = banded_downsample(down, bands);
             }
         }
-        let mut x = Tensor::cat(bands, 2);
-        x = self.mid_resnet_1.forward(x, None);
-        if let Some(attention) = &self.mid_attention {
-            x = attention.forward(x);
-        }
-        x = self.mid_resnet_2.forward(x, None);
-        x = self.conv_out.forward(silu(group_norm(&self.conv_norm_out, x)));
+        let x = self.mid_block.forward(Tensor::cat(bands, 2));
+        let mut x = self.conv_out.forward(silu(group_norm(&self.conv_norm_out, x)));
         if let Some(conv) = &self.quant_conv {
             x = conv.forward(x);
         }
@@ -241,34 +268,25 @@ impl VaeEncoder {
     }
 }
 
-/// The encoder's stride-2 convolution over row bands (each an even number of rows). With diffusers'
-/// padding 0 the input is padded at the bottom and right only, so a band needs the first row of the
-/// band below it; with symmetric padding 1 it also needs the last row of the band above.
+/// The encoder's stride-2 convolution over row bands (each an even number of rows). diffusers pads the
+/// encoder's input at the bottom and right only (`Downsample2D(padding=0)`), so a band needs just the
+/// first row of the band below it.
 fn banded_downsample(down: &Downsample2D, bands: Vec<Tensor<4>>) -> Vec<Tensor<4>> {
     if bands.len() == 1 {
         return vec![down.forward(bands.into_iter().next().expect("one band"))];
     }
+    debug_assert!(down.asymmetric_pad, "the VAE encoder's downsamplers have padding 0");
     let weight = down.conv.weight.val();
     let bias = down.conv.bias.as_ref().map(|b| b.val());
     let n = bands.len();
     (0..n)
         .map(|i| {
-            let mut parts = Vec::with_capacity(3);
-            let symmetric = !down.asymmetric_pad;
-            if symmetric && i > 0 {
-                let above = &bands[i - 1];
-                parts.push(above.clone().narrow(2, above.dims()[2] - 1, 1));
-            }
-            parts.push(bands[i].clone());
+            let mut parts = vec![bands[i].clone()];
             if i + 1 < n {
                 parts.push(bands[i + 1].clone().narrow(2, 0, 1));
             }
-            let (top, bottom) = match (symmetric, i == 0, i + 1 == n) {
-                (true, first, last) => (usize::from(first), usize::from(last)),
-                (false, _, last) => (0, usize::from(last)),
-            };
-            let sides = if symmetric { (1, 1) } else { (0, 1) };
-            let options = ConvOptions::new_with_padding([2, 2], [(top, bottom), sides], [1, 1], 1);
+            let bottom = usize::from(i + 1 == n);
+            let options = ConvOptions::new_with_padding([2, 2], [(0, bottom), (0, 1)], [1, 1], 1);
             conv2d(Tensor::cat(parts, 2), weight.clone(), bias.clone(), options)
         })
         .collect()
@@ -292,9 +310,7 @@ struct UpDecoderBlock {
 pub struct VaeDecoder {
     post_quant_conv: Option<Conv2d>,
     conv_in: Conv2d,
-    mid_resnet_1: ResnetBlock2D,
-    mid_attention: Option<VaeAttention>,
-    mid_resnet_2: ResnetBlock2D,
+    mid_block: VaeMidBlock,
     up_blocks: Vec<UpDecoderBlock>,
     conv_norm_out: GroupNorm,
     conv_out: Conv2d,
@@ -317,13 +333,7 @@ impl VaeDecoder {
             if config.use_post_quant_conv { Some(w.conv2d("post_quant_conv", latent, latent, 1, 1, 0)?) } else { None };
         let c = channels[0];
         let conv_in = w.conv2d("decoder.conv_in", latent, c, 3, 1, 1)?;
-        let mid_resnet_1 = ResnetBlock2D::load(&mut w, "decoder.mid_block.resnets.0", c, c, None, groups, 1e-6)?;
-        let mid_attention = if config.mid_block_add_attention {
-            Some(VaeAttention::load(&mut w, "decoder.mid_block.attentions.0", c, groups)?)
-        } else {
-            None
-        };
-        let mid_resnet_2 = ResnetBlock2D::load(&mut w, "decoder.mid_block.resnets.1", c, c, None, groups, 1e-6)?;
+        let mid_block = VaeMidBlock::load(&mut w, "decoder.mid_block", c, config)?;
         let mut up_blocks = Vec::new();
         let mut c_in = c;
         for (i, &c_out) in channels.iter().enumerate() {
@@ -344,16 +354,7 @@ impl VaeDecoder {
         let conv_norm_out = w.group_norm("decoder.conv_norm_out", groups, c_in, 1e-6)?;
         let conv_out = w.conv2d("decoder.conv_out", c_in, config.out_channels, 3, 1, 1)?;
         w.finish()?;
-        Ok(Self {
-            post_quant_conv,
-            conv_in,
-            mid_resnet_1,
-            mid_attention,
-            mid_resnet_2,
-            up_blocks,
-            conv_norm_out,
-            conv_out,
-        })
+        Ok(Self { post_quant_conv, conv_in, mid_block, up_blocks, conv_norm_out, conv_out })
     }
 
     /// Latent rows per band so that no band activation exceeds `max_band_bytes` (at least one row).
@@ -402,16 +403,8 @@ impl VaeDecoder {
             Some(conv) => conv.forward(z),
             None => z,
         };
-        let mut x = self.mid_resnet_1.forward(self.conv_in.forward(z), None);
-        if let Some(attention) = &self.mid_attention {
-            x = attention.forward(x);
-        }
-        x = self.mid_resnet_2.forward(x, None);
-
-        let h = x.dims()[2];
-        let mut bands: Vec<Tensor<4>> =
-            (0..h).step_by(band_rows.max(1)).map(|r| x.clone().narrow(2, r, band_rows.min(h - r))).collect();
-        drop(x);
+        let x = self.mid_block.forward(self.conv_in.forward(z));
+        let mut bands = split_rows(x, band_rows);
         for block in &self.up_blocks {
             for resnet in &block.resnets {
                 bands = banded_resnet(resnet, bands);

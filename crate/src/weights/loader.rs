@@ -63,10 +63,16 @@ impl<S: ByteSource> TensorLoader<S> {
     /// [`Self::finish`] together with the others, so one run names everything that is wrong; until
     /// then it is a one-element placeholder, so a model must not be used before `finish` succeeds.
     pub fn tensor<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Result<Tensor<D>, LoadError> {
-        Ok(match self.data(name, &shape, false)? {
+        let data = self.data(name, &shape, false)?;
+        Ok(self.upload(data))
+    }
+
+    /// The data on the device, or the one-element placeholder of a missing tensor.
+    fn upload<const D: usize>(&self, data: Option<TensorData>) -> Tensor<D> {
+        match data {
             Some(data) => Tensor::from_data(data, &self.device),
             None => Tensor::zeros([1; D], &self.device),
-        })
+        }
     }
 
     /// The tensor's data in the device's float dtype (`None` when missing: recorded for `finish`),
@@ -101,10 +107,8 @@ impl<S: ByteSource> TensorLoader<S> {
         let mut linear = LinearConfig::new(d_in, d_out).with_bias(bias).init(&self.device);
         // burn multiplies by [in, out]. A transposed view of torch's [out, in] would need no copy, but
         // the CPU matmul is 1.8x slower on it, so the weight is transposed on the host while loading.
-        linear.weight = Param::from_tensor(match self.data(&format!("{prefix}.weight"), &[d_out, d_in], true)? {
-            Some(data) => Tensor::from_data(data, &self.device),
-            None => Tensor::zeros([1, 1], &self.device),
-        });
+        let weight = self.data(&format!("{prefix}.weight"), &[d_out, d_in], true)?;
+        linear.weight = Param::from_tensor(self.upload(weight));
         if bias {
             linear.bias = Some(self.param(&format!("{prefix}.bias"), [d_out])?);
         }
