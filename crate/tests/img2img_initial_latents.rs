@@ -9,7 +9,7 @@ use common::{Run, max_diff};
 use websd::config::{AutoencoderKLConfig, parse};
 use websd::models::autoencoder_kl::VaeEncoder;
 use websd::rng::TorchRng;
-use websd::schedulers::{self, SchedulerConfig, SchedulerKind};
+use websd::schedulers::{self, SchedulerKind};
 
 #[test]
 fn img2img_initial_latents_match_diffusers() {
@@ -31,9 +31,7 @@ fn img2img_initial_latents_match_diffusers() {
     let noise = schedulers::randn(&mut rng, dist.mean.dims(), &device);
     let image_latents = dist.sample(noise) * config.scaling_factor as f32;
 
-    let ddim =
-        std::fs::read_to_string(common::fixtures_dir().join("scheduler_configs/ddim/scheduler_config.json")).unwrap();
-    let mut scheduler = schedulers::build(SchedulerKind::Ddim, &SchedulerConfig::from_json(&ddim).unwrap()).unwrap();
+    let mut scheduler = schedulers::build(SchedulerKind::Ddim, &common::ddim_scheduler_config()).unwrap();
     scheduler.set_timesteps(8).unwrap();
     let t_start = 8 - (8.0 * 0.75) as usize;
     let noise = schedulers::randn(&mut rng, image_latents.dims(), &device);

@@ -7,7 +7,6 @@ mod common;
 use burn::tensor::{Device, Tensor, TensorData};
 use common::{Run, fixtures_dir, max_diff};
 use websd::pipeline::{GenerateRequest, Image, PipelineError, StableDiffusion};
-use websd::schedulers::{SchedulerConfig, SchedulerKind};
 use websd::weights::Variant;
 
 fn load(model: &str, variant: Variant) -> StableDiffusion {
@@ -49,13 +48,9 @@ fn replay(
 ) -> Vec<(String, Vec<usize>, Vec<f32>)> {
     let run = Run::load(name);
     let mut r = request(&run);
-    // The run's own scheduler config (the model's, through diffusers' from_config), else the model's.
-    let json = run.meta("scheduler_config").unwrap_or_else(|| {
-        std::fs::read_to_string(fixtures_dir().join("scheduler_configs/ddim/scheduler_config.json")).unwrap()
-    });
-    model.scheduler_config = SchedulerConfig::from_json(&json).unwrap();
-    let class = run.meta("scheduler").unwrap_or_else(|| "DDIMScheduler".into());
-    r.scheduler = Some(SchedulerKind::from_class_name(&class, &model.scheduler_config).unwrap());
+    let (config, kind) = common::run_scheduler(&run);
+    model.scheduler_config = config;
+    r.scheduler = Some(kind);
     let out = model.generate(&r, true, |_| true).unwrap();
     let get = |n: &str| {
         let (_, shape, values) = out.dump.iter().find(|(k, _, _)| k == n).unwrap_or_else(|| panic!("no dump {n}"));
@@ -139,6 +134,8 @@ fn bad_requests_are_typed_errors() {
         GenerateRequest { guidance: -1.0, ..ok.clone() },
         GenerateRequest { strength: 1.5, ..ok.clone() },
         GenerateRequest { strength: 0.5, ..ok.clone() },
+        // int(steps * strength) = 0 kept steps.
+        GenerateRequest { strength: 0.05, steps: 8, ..ok.clone() },
     ];
     for r in cases {
         assert!(matches!(model.validate(&r), Err(PipelineError::Invalid(_))), "{r:?}");

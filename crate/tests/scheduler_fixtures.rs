@@ -6,18 +6,7 @@ mod common;
 use burn::tensor::{Device, Tensor};
 use common::{Run, max_diff};
 use websd::rng::TorchRng;
-use websd::schedulers::{self, Scheduler, SchedulerConfig, SchedulerKind};
-
-fn scheduler_config(run: &Run) -> SchedulerConfig {
-    match run.meta("scheduler_config") {
-        Some(json) => SchedulerConfig::from_json(&json).unwrap(),
-        // img2img / inpaint were run with the tiny model's own DDIM config.
-        None => {
-            let path = common::fixtures_dir().join("scheduler_configs/ddim/scheduler_config.json");
-            SchedulerConfig::from_json(&std::fs::read_to_string(path).unwrap()).unwrap()
-        }
-    }
-}
+use websd::schedulers::{self, Scheduler};
 
 /// classifier-free guidance as the pipelines apply it: `uncond + g * (text - uncond)`.
 fn guided(unet_out: Tensor<4>, guidance: f32) -> Tensor<4> {
@@ -29,8 +18,7 @@ fn guided(unet_out: Tensor<4>, guidance: f32) -> Tensor<4> {
 fn check_run(name: &str, tolerance: f32) {
     let device = Device::flex();
     let run = Run::load(name);
-    let config = scheduler_config(&run);
-    let kind = SchedulerKind::from_class_name(config.class_name().unwrap_or("DDIMScheduler"), &config).unwrap();
+    let (config, kind) = common::run_scheduler(&run);
     let mut scheduler: Box<dyn Scheduler> = schedulers::build(kind, &config).unwrap();
     let steps: usize = run.meta("steps").unwrap().parse().unwrap();
     let seed: u64 = run.meta("seed").unwrap().parse().unwrap();

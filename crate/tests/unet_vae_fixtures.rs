@@ -6,19 +6,13 @@ mod common;
 use std::path::Path;
 
 use burn::tensor::{Device, Tensor, TensorData};
-use common::{Run, fixtures_dir, max_diff};
-use websd::config::{AutoencoderKLConfig, UNet2DConditionConfig, parse};
+use common::{Run, fixtures_dir, max_diff, unet};
+use websd::config::{AutoencoderKLConfig, parse};
 use websd::models::autoencoder_kl::{DEFAULT_BAND_BYTES, VaeDecoder};
 use websd::models::unet_2d_condition::UNet2DConditionModel;
 
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn unet(model: &str, file: &str, device: &Device) -> UNet2DConditionModel {
-    let dir = fixtures_dir().join(model).join("unet");
-    let config: UNet2DConditionConfig = parse("unet/config.json", &read(&dir.join("config.json"))).unwrap();
-    UNet2DConditionModel::load(&config, std::fs::File::open(dir.join(file)).unwrap(), device).unwrap()
 }
 
 fn vae_config(model: &str) -> AutoencoderKLConfig {

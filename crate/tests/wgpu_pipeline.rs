@@ -5,10 +5,7 @@ mod common;
 
 use burn::tensor::{Tensor, TensorData};
 use common::{Run, fixtures_dir, max_diff};
-use websd::config::{UNet2DConditionConfig, parse};
-use websd::models::unet_2d_condition::UNet2DConditionModel;
 use websd::pipeline::{GenerateRequest, Image, StableDiffusion};
-use websd::schedulers::{SchedulerConfig, SchedulerKind};
 use websd::weights::Variant;
 
 #[test]
@@ -17,11 +14,7 @@ fn tiny_model_on_wgpu_matches_diffusers() {
     eprintln!("wgpu adapter: {} ({})", info.adapter, info.backend);
 
     // Every U-Net call of one run.
-    let dir = fixtures_dir().join("tiny-sd/unet");
-    let config: UNet2DConditionConfig =
-        parse("unet/config.json", &std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
-    let file = std::fs::File::open(dir.join("diffusion_pytorch_model.safetensors")).unwrap();
-    let unet = UNet2DConditionModel::load(&config, file, &device).unwrap();
+    let unet = common::unet("tiny-sd", "diffusion_pytorch_model.safetensors", &device);
     let run = Run::load("txt2img_euler");
     let (shape, context) = run.f32("unet_in_encoder_hidden_states");
     let context = Tensor::<3>::from_data(TensorData::new(context, [shape[0], shape[1], shape[2]]), &device);
@@ -39,18 +32,15 @@ fn tiny_model_on_wgpu_matches_diffusers() {
     let mut model = StableDiffusion::load_dir(&fixtures_dir().join("tiny-sd"), Some(Variant::Fp32), &device).unwrap();
     for name in ["txt2img_ddim", "txt2img_lcm", "img2img_ddim"] {
         let run = Run::load(name);
-        let json = run.meta("scheduler_config").unwrap_or_else(|| {
-            std::fs::read_to_string(fixtures_dir().join("scheduler_configs/ddim/scheduler_config.json")).unwrap()
-        });
-        model.scheduler_config = SchedulerConfig::from_json(&json).unwrap();
-        let class = run.meta("scheduler").unwrap_or_else(|| "DDIMScheduler".into());
+        let (config, kind) = common::run_scheduler(&run);
+        model.scheduler_config = config;
         let (shape, data) = if run.has("init_image") { run.f32("init_image") } else { (vec![], vec![]) };
         let request = GenerateRequest {
             prompt: "a photo of an astronaut riding a horse".into(),
             negative_prompt: "blurry".into(),
             steps: 8,
             seed: 0,
-            scheduler: Some(SchedulerKind::from_class_name(&class, &model.scheduler_config).unwrap()),
+            scheduler: Some(kind),
             strength: run.meta("strength").map_or(1.0, |s| s.parse().unwrap()),
             init_image: (!data.is_empty()).then(|| Image { width: shape[1], height: shape[0], channels: 3, data }),
             ..Default::default()

@@ -7,6 +7,9 @@ use std::path::PathBuf;
 use burn::tensor::{Device, Tensor, TensorData};
 use safetensors::SafeTensors;
 use safetensors::tensor::Dtype;
+use websd::config::{UNet2DConditionConfig, parse};
+use websd::models::unet_2d_condition::UNet2DConditionModel;
+use websd::schedulers::{SchedulerConfig, SchedulerKind};
 
 /// `tests/fixtures/` at the workspace root.
 pub fn fixtures_dir() -> PathBuf {
@@ -97,4 +100,30 @@ pub fn max_diff(actual: Tensor<4>, expected: &[f32]) -> f32 {
     let actual: Vec<f32> = actual.into_data().try_to_vec::<f32>().unwrap();
     assert_eq!(actual.len(), expected.len(), "sizes differ");
     actual.iter().zip(expected).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
+}
+
+/// The tiny model's own scheduler config (DDIM), which the runs without a recorded one (img2img,
+/// inpainting) used.
+pub fn ddim_scheduler_config() -> SchedulerConfig {
+    let path = fixtures_dir().join("scheduler_configs/ddim/scheduler_config.json");
+    SchedulerConfig::from_json(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// The scheduler a run used: its recorded config (diffusers' `from_config` of the model's) and class,
+/// else the tiny model's DDIM.
+pub fn run_scheduler(run: &Run) -> (SchedulerConfig, SchedulerKind) {
+    let config = match run.meta("scheduler_config") {
+        Some(json) => SchedulerConfig::from_json(&json).unwrap(),
+        None => ddim_scheduler_config(),
+    };
+    let kind = SchedulerKind::from_class_name(config.class_name().unwrap_or("DDIMScheduler"), &config).unwrap();
+    (config, kind)
+}
+
+/// A fixture model's U-Net from one of its weight files.
+pub fn unet(model: &str, file: &str, device: &Device) -> UNet2DConditionModel {
+    let dir = fixtures_dir().join(model).join("unet");
+    let text = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let config: UNet2DConditionConfig = parse("unet/config.json", &text).unwrap();
+    UNet2DConditionModel::load(&config, std::fs::File::open(dir.join(file)).unwrap(), device).unwrap()
 }
