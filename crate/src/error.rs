@@ -16,6 +16,37 @@ pub enum Error {
     /// A request could not be understood.
     #[error("invalid request: {0}")]
     BadRequest(String),
+    /// The GPU device was lost (driver reset, another tab took the GPU, or `LoseDevice`). The engine
+    /// re-initialises it on the next request.
+    #[error("the GPU device was lost: {0}")]
+    DeviceLost(String),
+    /// The settings are out of range or inconsistent (the message says which).
+    #[error("{0}")]
+    Invalid(String),
+    /// The model needs something this app does not implement (yet).
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// The model's files are inconsistent (bad config, missing or mis-shaped tensors).
+    #[error("the model is broken: {0}")]
+    Model(String),
+    /// The model is not stored (run `EnsureModel` first), or a file of it is missing.
+    #[error("{0}")]
+    NotStored(String),
+    /// The download failed for good (after retries), or the manifest could not be fetched.
+    #[error("network: {0}")]
+    Network(String),
+    /// A file kept failing its sha256 check.
+    #[error("integrity: {0}")]
+    Integrity(String),
+    /// The origin's storage quota is too small for the model.
+    #[error("not enough storage: {needed} bytes needed, {available} available{detail}")]
+    Quota { needed: u64, available: u64, detail: String },
+    /// IndexedDB failed for another reason.
+    #[error("storage: {0}")]
+    Storage(String),
+    /// The request was cancelled (reported as a `Cancelled` event, not an error).
+    #[error("cancelled")]
+    Cancelled,
 }
 
 impl Error {
@@ -26,6 +57,30 @@ impl Error {
             Error::GpuInit(_) => "gpu-init",
             Error::Readback(_) => "readback",
             Error::BadRequest(_) => "bad-request",
+            Error::DeviceLost(_) => "device-lost",
+            Error::Invalid(_) => "invalid",
+            Error::Unsupported(_) => "unsupported",
+            Error::Model(_) => "model",
+            Error::NotStored(_) => "not-stored",
+            Error::Network(_) => "network",
+            Error::Integrity(_) => "integrity",
+            Error::Quota { .. } => "quota",
+            Error::Storage(_) => "storage",
+            Error::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl From<crate::pipeline::PipelineError> for Error {
+    fn from(err: crate::pipeline::PipelineError) -> Self {
+        use crate::pipeline::PipelineError as P;
+        match err {
+            P::Invalid(m) => Error::Invalid(m),
+            P::Scheduler(e) => Error::Invalid(e.to_string()),
+            P::Tokenizer(e) => Error::Invalid(e.to_string()),
+            P::Unsupported(m) => Error::Unsupported(m),
+            P::Cancelled => Error::Cancelled,
+            P::Device(m) => Error::Readback(m),
         }
     }
 }

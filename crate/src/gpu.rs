@@ -137,28 +137,114 @@ pub fn wgpu_device() -> Result<(Device, GpuInfo), Error> {
 }
 
 #[cfg(target_arch = "wasm32")]
+struct WebGpu {
+    device: Device,
+    info: GpuInfo,
+    /// The wgpu device under burn's, to destroy it on request (`LoseDevice`).
+    raw: wgpu::Device,
+    /// Set by the device-lost callback.
+    lost: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+#[cfg(target_arch = "wasm32")]
 thread_local! {
-    static WGPU: std::cell::RefCell<Option<(Device, GpuInfo)>> = const { std::cell::RefCell::new(None) };
+    static WGPU: std::cell::RefCell<Option<WebGpu>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Why the current WebGPU device was lost, if it was.
+#[cfg(target_arch = "wasm32")]
+pub fn device_lost() -> Option<String> {
+    WGPU.with(|c| c.borrow().as_ref().and_then(|g| g.lost.lock().ok()?.clone()))
 }
 
 /// The shared WebGPU device, initialised asynchronously on first use (synchronous initialisation
-/// panics in browsers: it would have to block on a condvar).
+/// panics in browsers: it would have to block on a condvar). After a device loss, a new device is
+/// created on a fresh adapter and registered with burn under a new id; models on the old one must be
+/// loaded again.
 #[cfg(target_arch = "wasm32")]
 pub async fn wgpu_device() -> Result<(Device, GpuInfo), Error> {
-    if let Some(cached) = WGPU.with(|c| c.borrow().clone()) {
-        return Ok(cached);
-    }
+    let cached = WGPU.with(|c| c.borrow().as_ref().map(|g| (g.device.clone(), g.info.clone(), g.lost.clone())));
+    let relost = match cached {
+        Some((device, info, lost)) => match lost.lock().ok().and_then(|l| l.clone()) {
+            None => return Ok((device, info)),
+            Some(reason) => Some(reason),
+        },
+        None => None,
+    };
     // Ignored if a logger is already installed (the page may have its own).
     let _ = console_log::init_with_level(log::Level::Warn);
-    let (device, setup) = Device::wgpu_options().init_with_setup_async().await.map_err(init_error)?;
+    let (device, setup) = match relost {
+        None => Device::wgpu_options().init_with_setup_async().await.map_err(init_error)?,
+        Some(reason) => {
+            warn(&format!("websd: the GPU device was lost ({reason}); creating a new one"));
+            let setup = fresh_setup().await?;
+            let device = Device::wgpu_options()
+                .setup(setup.clone())
+                .init()
+                .map_err(|e| Error::GpuInit(format!("after a device loss: {e}")))?;
+            (device, setup)
+        }
+    };
     install_error_handler(&setup);
+    let lost = Arc::new(std::sync::Mutex::new(None));
+    let flag = lost.clone();
+    setup.device.set_device_lost_callback(move |reason, message| {
+        if let Ok(mut l) = flag.lock() {
+            *l = Some(format!("{reason:?}: {message}"));
+        }
+    });
     let mut info = GpuInfo::from_setup(&setup);
     if info.adapter.is_empty() {
         info.adapter = browser_adapter_label().await.unwrap_or_default();
     }
-    let entry = (device, info);
-    WGPU.with(|c| *c.borrow_mut() = Some(entry.clone()));
-    Ok(entry)
+    let entry = WebGpu { device: device.clone(), info: info.clone(), raw: setup.device.clone(), lost };
+    WGPU.with(|c| *c.borrow_mut() = Some(entry));
+    Ok((device, info))
+}
+
+/// A new adapter and device with the adapter's own limits and `shader-f16` where offered, as burn's
+/// first initialisation requests.
+#[cfg(target_arch = "wasm32")]
+async fn fresh_setup() -> Result<WgpuSetup, Error> {
+    let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle();
+    descriptor.backends = wgpu::Backends::BROWSER_WEBGPU;
+    let instance = wgpu::Instance::new(descriptor);
+    let adapter = instance
+        .request_adapter(&wgpu::RequestAdapterOptions {
+            power_preference: wgpu::PowerPreference::HighPerformance,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| Error::NoGpu(e.to_string()))?;
+    let (device, queue) = adapter
+        .request_device(&wgpu::DeviceDescriptor {
+            label: Some("websd"),
+            required_features: adapter.features() & wgpu::Features::SHADER_F16,
+            required_limits: adapter.limits(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| Error::GpuInit(e.to_string()))?;
+    Ok(WgpuSetup { instance, adapter, device, queue, backend: wgpu::Backend::BrowserWebGpu })
+}
+
+/// Destroys the current device, as a driver reset would (a testing aid): the lost callback fires and
+/// the next [`wgpu_device`] call creates a new one.
+#[cfg(target_arch = "wasm32")]
+pub async fn lose_device() -> Result<(), Error> {
+    wgpu_device().await?;
+    let raw = WGPU.with(|c| c.borrow().as_ref().map(|g| g.raw.clone()));
+    if let Some(raw) = raw {
+        raw.destroy();
+    }
+    // The lost callback runs from the browser's promise: give it a turn of the event loop.
+    for _ in 0..50 {
+        if device_lost().is_some() {
+            return Ok(());
+        }
+        crate::web::sleep_ms(20).await;
+    }
+    Err(Error::GpuInit("the destroyed device did not report itself lost".into()))
 }
 
 /// Browsers leave `GPUAdapterInfo.description` (wgpu's adapter name) empty; vendor and architecture

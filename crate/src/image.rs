@@ -1,6 +1,6 @@
 //! Images in and out: the pipeline's [`Image`] from PNG files and PNG files (with A1111's `parameters`
-//! text chunk) from RGBA pixels. The browser decodes and encodes images itself (canvas), so the PNG part
-//! is native only.
+//! text chunk) from RGBA pixels. The browser page decodes uploads itself (canvas) and sends RGBA; the
+//! worker encodes the results here, so every PNG carries the same metadata.
 
 use crate::pipeline::{GenerateOutput, GenerateRequest};
 #[cfg(not(target_arch = "wasm32"))]
@@ -69,17 +69,45 @@ pub fn read_png(path: &Path, gray: bool) -> Result<Image, ImageError> {
     Ok(Image { width: w, height: h, channels: if gray { 1 } else { 3 }, data })
 }
 
+/// RGBA8 pixels (from the page's `ImageData`) as the pipeline's [`Image`]: RGB in [0, 1], or for masks
+/// luminance with PIL's "L" weights (alpha ignored, as PIL's convert does).
+pub fn image_from_rgba(width: usize, height: usize, rgba: &[u8], gray: bool) -> Result<Image, String> {
+    if width == 0 || height == 0 || rgba.len() != width * height * 4 {
+        return Err(format!("{} bytes is not a {width}x{height} RGBA image", rgba.len()));
+    }
+    let pixels = rgba.chunks_exact(4);
+    let data = if gray {
+        pixels
+            .map(|p| ((p[0] as f32 * 299.0 + p[1] as f32 * 587.0 + p[2] as f32 * 114.0) / 1000.0).round() / 255.0)
+            .collect()
+    } else {
+        pixels.flat_map(|p| [p[0], p[1], p[2]].map(|v| v as f32 / 255.0)).collect()
+    };
+    Ok(Image { width, height, channels: if gray { 1 } else { 3 }, data })
+}
+
+/// Encodes RGBA8 pixels as an RGB PNG carrying A1111's `parameters` text chunk.
+pub fn encode_png(w: usize, h: usize, rgba: &[u8], parameters: &str) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    write_png_to(&mut out, w, h, rgba, parameters).map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+fn write_png_to(out: impl std::io::Write, w: usize, h: usize, rgba: &[u8], parameters: &str) -> Result<(), png::EncodingError> {
+    let mut encoder = png::Encoder::new(out, w as u32, h as u32);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    // A1111's `parameters` chunk: other tools read the settings back from it.
+    encoder.add_itxt_chunk("parameters".into(), parameters.into())?;
+    let mut writer = encoder.write_header()?;
+    let rgb: Vec<u8> = rgba.chunks(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
+    writer.write_image_data(&rgb)?;
+    writer.finish()
+}
+
 #[cfg(not(target_arch = "wasm32"))]
 pub fn write_png(path: &Path, w: usize, h: usize, rgba: &[u8], parameters: &str) -> Result<(), ImageError> {
     let err = |e: &dyn std::fmt::Display| ImageError::Write { path: path.display().to_string(), reason: e.to_string() };
     let file = std::fs::File::create(path).map_err(|e| err(&e))?;
-    let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), w as u32, h as u32);
-    encoder.set_color(png::ColorType::Rgb);
-    encoder.set_depth(png::BitDepth::Eight);
-    // A1111's `parameters` chunk: other tools read the settings back from it.
-    encoder.add_itxt_chunk("parameters".into(), parameters.into()).map_err(|e| err(&e))?;
-    let mut writer = encoder.write_header().map_err(|e| err(&e))?;
-    let rgb: Vec<u8> = rgba.chunks(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
-    writer.write_image_data(&rgb).map_err(|e| err(&e))?;
-    writer.finish().map_err(|e| err(&e))
+    write_png_to(std::io::BufWriter::new(file), w, h, rgba, parameters).map_err(|e| err(&e))
 }

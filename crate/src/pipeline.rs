@@ -33,6 +33,9 @@ pub enum PipelineError {
     /// The caller cancelled (between two steps).
     #[error("cancelled")]
     Cancelled,
+    /// The device failed to run the work or to return a result (device lost, out of memory).
+    #[error("the GPU failed: {0}")]
+    Device(String),
 }
 
 /// An RGB image with values in [0, 1], row-major `[height, width, 3]` (or one channel for masks).
@@ -96,8 +99,9 @@ impl Default for GenerateRequest {
 pub enum Progress {
     /// Text encoding (and image encoding for img2img/inpainting) is done.
     Encoded,
-    /// Denoising step `step` (1-based) of `total` is done.
-    Step { step: usize, total: usize },
+    /// Denoising step `step` (1-based) of `total` is done (queued: on a GPU, `latents` is ready once a
+    /// readback of it completes, which is how the browser paces itself).
+    Step { step: usize, total: usize, latents: Tensor<4> },
     /// A cheap preview of the first image after `step` (every `preview_every` steps): the latents through
     /// a fixed linear latent-to-RGB map, at latent resolution, `[1, h / f, w / f, 3]` in [0, 1]. The tensor
     /// stays on the device; the caller reads it back (asynchronously in browsers).
@@ -119,14 +123,26 @@ pub struct GenerateOutput {
 }
 
 impl GenerateOutput {
-    /// RGBA8 pixels per image (diffusers rounds `image * 255`).
+    /// RGBA8 pixels per image (diffusers rounds `image * 255`). Blocks on the readback (native only).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn rgba8(&self) -> Vec<Vec<u8>> {
-        let values: Vec<f32> = self.images.clone().into_data().try_to_vec::<f32>().expect("f32 images");
-        values
+        pollster::block_on(self.rgba8_async()).expect("reading the images back")
+    }
+
+    /// RGBA8 pixels per image, read back without blocking (the browser's way).
+    pub async fn rgba8_async(&self) -> Result<Vec<Vec<u8>>, PipelineError> {
+        let values = read_f32(self.images.clone()).await?;
+        Ok(values
             .chunks(self.width * self.height * 3)
             .map(|img| img.chunks(3).flat_map(|p| [q(p[0]), q(p[1]), q(p[2]), 255]).collect())
-            .collect()
+            .collect())
     }
+}
+
+/// A tensor's values on the host (asynchronously: a browser cannot block on the GPU).
+pub async fn read_f32<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, PipelineError> {
+    let data = t.into_data_async().await.map_err(|e| PipelineError::Device(format!("{e:?}")))?;
+    data.convert::<f32>().try_into_vec::<f32>().map_err(|e| PipelineError::Device(format!("{e:?}")))
 }
 
 fn q(v: f32) -> u8 {
@@ -162,11 +178,12 @@ pub struct StableDiffusion {
 struct Dump(Option<Vec<(String, Vec<usize>, Vec<f32>)>>);
 
 impl Dump {
-    fn add<const D: usize>(&mut self, name: impl Into<String>, t: &Tensor<D>) {
+    async fn add<const D: usize>(&mut self, name: impl Into<String>, t: &Tensor<D>) -> Result<(), PipelineError> {
         if let Some(list) = &mut self.0 {
-            let values = t.clone().into_data().try_to_vec::<f32>().expect("f32 tensor");
+            let values = read_f32(t.clone()).await?;
             list.push((name.into(), t.dims().to_vec(), values));
         }
+        Ok(())
     }
 }
 
@@ -266,13 +283,27 @@ impl StableDiffusion {
         Ok((w, h))
     }
 
-    /// Runs the pipeline. `progress` is called after encoding, after each step and after decoding;
-    /// returning `false` cancels with [`PipelineError::Cancelled`]. `dump` records every intermediate.
+    /// Runs the pipeline, blocking (native). `progress` is called after encoding, after each step and
+    /// after decoding; returning `false` cancels with [`PipelineError::Cancelled`]. `dump` records every
+    /// intermediate.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn generate(
         &self,
         r: &GenerateRequest,
         dump: bool,
         mut progress: impl FnMut(Progress) -> bool,
+    ) -> Result<GenerateOutput, PipelineError> {
+        pollster::block_on(self.generate_async(r, dump, async |p| progress(p)))
+    }
+
+    /// Runs the pipeline without blocking: every readback is awaited and `progress` is async, so a
+    /// browser worker stays responsive (it awaits the GPU and yields to its event loop there, which is
+    /// what lets a `Cancel` message in between steps).
+    pub async fn generate_async(
+        &self,
+        r: &GenerateRequest,
+        dump: bool,
+        mut progress: impl AsyncFnMut(Progress) -> bool,
     ) -> Result<GenerateOutput, PipelineError> {
         let (width, height) = self.validate(r)?;
         let kind = match r.scheduler {
@@ -293,8 +324,8 @@ impl StableDiffusion {
         // Text: [negative x batch, positive x batch] under guidance, as diffusers' encode_prompt.
         let positive = self.text_embeddings(&r.prompt)?;
         let negative = self.text_embeddings(&r.negative_prompt)?;
-        dump.add("prompt_embeds", &positive);
-        dump.add("negative_prompt_embeds", &negative);
+        dump.add("prompt_embeds", &positive).await?;
+        dump.add("negative_prompt_embeds", &negative).await?;
         let repeat = |t: &Tensor<3>| Tensor::cat(vec![t.clone(); b], 0);
         let context = if cfg { Tensor::cat(vec![repeat(&negative), repeat(&positive)], 0) } else { repeat(&positive) };
 
@@ -328,7 +359,7 @@ impl StableDiffusion {
             Some(image_latents) => scheduler.add_noise(image_latents, noise, t_start)?,
             None => noise * scheduler.init_noise_sigma(),
         };
-        dump.add("initial_latents", &latents);
+        dump.add("initial_latents", &latents).await?;
 
         // Inpainting: the mask at latent size and the masked image's latents, as extra U-Net channels.
         let mask_channels = match (&r.mask, &init) {
@@ -346,7 +377,7 @@ impl StableDiffusion {
             }
             _ => None,
         };
-        if !progress(Progress::Encoded) {
+        if !progress(Progress::Encoded).await {
             return Err(PipelineError::Cancelled);
         }
 
@@ -358,7 +389,7 @@ impl StableDiffusion {
                 input = Tensor::cat(vec![input, extra.clone()], 1);
             }
             let out = self.unet.forward(input, t as f32, context.clone());
-            dump.add(format!("unet_out_{i:02}"), &out);
+            dump.add(format!("unet_out_{i:02}"), &out).await?;
             let noise_pred = if cfg {
                 let uncond = out.clone().narrow(0, 0, b);
                 let text = out.narrow(0, b, b);
@@ -367,24 +398,24 @@ impl StableDiffusion {
                 out
             };
             latents = scheduler.step(noise_pred, latents, &mut rng)?;
-            dump.add(format!("latents_after_step_{i:02}"), &latents);
-            if !progress(Progress::Step { step: i + 1, total }) {
+            dump.add(format!("latents_after_step_{i:02}"), &latents).await?;
+            if !progress(Progress::Step { step: i + 1, total, latents: latents.clone() }).await {
                 return Err(PipelineError::Cancelled);
             }
             if r.preview_every > 0 && (i + 1) % r.preview_every == 0 && latent_c == 4 {
                 let image = latent_preview(latents.clone().narrow(0, 0, 1));
-                if !progress(Progress::Preview { step: i + 1, image }) {
+                if !progress(Progress::Preview { step: i + 1, image }).await {
                     return Err(PipelineError::Cancelled);
                 }
             }
         }
-        dump.add("final_latents", &latents);
+        dump.add("final_latents", &latents).await?;
 
         let raw = self.vae_decoder.decode(latents / scaling, DEFAULT_BAND_BYTES);
-        dump.add("vae_decoded_raw", &raw);
+        dump.add("vae_decoded_raw", &raw).await?;
         let images = (raw / 2.0 + 0.5).clamp(0.0, 1.0).permute([0, 2, 3, 1]);
-        dump.add("image", &images);
-        progress(Progress::Decoded);
+        dump.add("image", &images).await?;
+        progress(Progress::Decoded).await;
         Ok(GenerateOutput { images, width, height, scheduler: kind, dump: dump.0.unwrap_or_default() })
     }
 }

@@ -5,7 +5,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::gpu::GpuInfo;
 
-/// A request from the page to the worker.
+/// A request from the page to the worker. Requests run one at a time in arrival order, except
+/// [`Request::Cancel`], which the worker hands to the engine at once.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
 pub enum Request {
@@ -13,6 +14,232 @@ pub enum Request {
     Status,
     /// Run the probe graph on the GPU and on the CPU (Flex) and compare.
     SelfTest,
+    /// Make a model available offline: fetch its manifest (or use the stored one when offline),
+    /// download what is missing into IndexedDB (resuming), verify, and answer [`Event::ModelReady`].
+    #[serde(rename_all = "camelCase")]
+    EnsureModel {
+        /// Absolute URL of the `sd manifest` JSON; also the model's id.
+        manifest_url: String,
+        /// Weights variant; absent: fp16 where the model has it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        variant: Option<WeightsVariant>,
+        /// Abort and resume a response that delivers no byte for this long (default 30 s).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stall_timeout_ms: Option<u32>,
+        /// Chunk size for files not yet started (default 4 MiB; tests use small ones).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        chunk_bytes: Option<u32>,
+    },
+    /// Generate with a stored model (loading it to the GPU first if another one is loaded).
+    #[serde(rename_all = "camelCase")]
+    Generate {
+        /// The model's id (its manifest URL).
+        model: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        variant: Option<WeightsVariant>,
+        settings: GenerateSettings,
+    },
+    /// Stop the running download, load or generation at its next check (between two chunks, tensors
+    /// or denoising steps); the request then ends with [`Event::Cancelled`].
+    Cancel,
+    /// List the stored models.
+    ListModels,
+    /// Delete a stored model (its files and chunks) and unload it.
+    DeleteModel { id: String },
+    /// Testing aid: destroy the GPU device, as a driver reset would; the next request re-initialises.
+    LoseDevice,
+}
+
+/// Which weight files a model loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum WeightsVariant {
+    Fp16,
+    Fp32,
+}
+
+impl From<WeightsVariant> for crate::weights::Variant {
+    fn from(v: WeightsVariant) -> Self {
+        match v {
+            WeightsVariant::Fp16 => Self::Fp16,
+            WeightsVariant::Fp32 => Self::Fp32,
+        }
+    }
+}
+
+/// An RGBA8 image from the page (`ImageData`), for img2img and inpainting masks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RgbaImage {
+    pub width: u32,
+    pub height: u32,
+    /// `width * height * 4` bytes, row-major.
+    #[serde(with = "serde_bytes")]
+    pub rgba: Vec<u8>,
+}
+
+/// What to generate. Absent fields take diffusers' defaults (or the model's, for the scheduler).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GenerateSettings {
+    pub prompt: String,
+    #[serde(default)]
+    pub negative_prompt: String,
+    #[serde(default = "default_steps")]
+    pub steps: u32,
+    #[serde(default = "default_guidance")]
+    pub guidance: f32,
+    /// Below 2^53 (JS numbers are exact up to there).
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<u32>,
+    #[serde(default = "default_batch")]
+    pub batch: u32,
+    /// The CLI's scheduler names (`ddim`, `euler-a`, ...); absent: the model's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduler: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_image: Option<RgbaImage>,
+    /// White = repaint; the init image's size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask: Option<RgbaImage>,
+    /// img2img / inpainting strength; absent: 0.8 for img2img, 1 for inpainting (diffusers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strength: Option<f32>,
+    /// Send a [`Event::Preview`] every this many steps (0: never).
+    #[serde(default)]
+    pub preview_every: u32,
+}
+
+fn default_steps() -> u32 {
+    50
+}
+fn default_guidance() -> f32 {
+    7.5
+}
+fn default_batch() -> u32 {
+    1
+}
+
+/// What a phase of a long request has done so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Phase {
+    /// Fetching weights: `done`/`total` in bytes stored of the model's selected files.
+    Download,
+    /// Loading to the GPU: `done`/`total` in bytes of weights uploaded.
+    Load,
+    /// Text (and image) encoding: 0/1, then 1/1.
+    Encode,
+    /// Denoising steps.
+    Denoise,
+    /// VAE decode: 0/1, then 1/1.
+    Decode,
+}
+
+/// A stored model, as [`Event::Models`] lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelSummary {
+    /// Its manifest URL.
+    pub id: String,
+    /// Bytes stored (complete and partial files).
+    pub stored_bytes: u64,
+    /// Bytes of every file the manifest lists.
+    pub manifest_bytes: u64,
+    /// Files stored complete and verified.
+    pub complete_files: Vec<String>,
+    /// Whether all files of some variant are complete (the model works offline).
+    pub ready: bool,
+}
+
+/// What [`Request::EnsureModel`] did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DownloadReport {
+    /// The model's id (manifest URL).
+    pub id: String,
+    /// The files this variant needs, all now complete and verified.
+    pub files: Vec<String>,
+    /// Their total size.
+    pub total_bytes: u64,
+    /// Bytes received from the network during this request (0 when everything was stored).
+    pub fetched_bytes: u64,
+    /// Requests that failed and were resumed (network error, server error, stall, short body).
+    pub retries: u32,
+    /// Files whose content did not match the manifest's sha256 and were fetched again.
+    pub corrupt_files: Vec<String>,
+    /// Whether the manifest came from the store because the network failed.
+    pub offline: bool,
+}
+
+/// An event from the worker to the page.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum Event {
+    /// Sent once the worker's wasm module is initialised and ready for requests.
+    Ready,
+    /// Answer to [`Request::Status`].
+    Status { gpu: GpuInfo },
+    /// Answer to [`Request::SelfTest`].
+    SelfTest { report: SelfTestReport },
+    /// Progress of a download, load or generation.
+    #[serde(rename_all = "camelCase")]
+    Progress {
+        phase: Phase,
+        done: u64,
+        total: u64,
+        /// Download: bytes received from the network so far in this request (for the speed).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bytes: Option<u64>,
+        /// Download/load: the file being worked on.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        file: Option<String>,
+    },
+    /// Answer to [`Request::EnsureModel`].
+    ModelReady { report: DownloadReport },
+    /// A cheap live preview (latent resolution, RGBA8).
+    Preview {
+        step: u32,
+        width: u32,
+        height: u32,
+        #[serde(with = "serde_bytes")]
+        rgba: Vec<u8>,
+    },
+    /// One finished image (`index` of `count` in the batch); the request ends with the last one.
+    #[serde(rename_all = "camelCase")]
+    Result {
+        /// PNG with the A1111 `parameters` text chunk.
+        #[serde(with = "serde_bytes")]
+        png: Vec<u8>,
+        width: u32,
+        height: u32,
+        seed: u64,
+        index: u32,
+        count: u32,
+        /// The settings as run (scheduler resolved; images left out).
+        settings: GenerateSettings,
+        /// Wall time of the whole request, including loading the model.
+        elapsed_ms: f64,
+    },
+    /// Answer to [`Request::ListModels`].
+    Models { models: Vec<ModelSummary> },
+    /// Answer to [`Request::DeleteModel`].
+    Deleted { id: String },
+    /// The running request stopped because of [`Request::Cancel`]; nothing half-done is kept as done.
+    Cancelled { phase: Phase },
+    /// A request failed; `code` is stable (see [`crate::Error::code`]), `message` is for people.
+    /// `needed`/`available` (bytes) come with `quota`.
+    Error {
+        code: String,
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        needed: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        available: Option<u64>,
+    },
 }
 
 /// Result of [`Request::SelfTest`].
@@ -35,23 +262,13 @@ pub struct SelfTestReport {
     pub gpu_errors: u32,
 }
 
-/// An event from the worker to the page.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "camelCase")]
-pub enum Event {
-    /// Sent once the worker's wasm module is initialised and ready for requests.
-    Ready,
-    /// Answer to [`Request::Status`].
-    Status { gpu: GpuInfo },
-    /// Answer to [`Request::SelfTest`].
-    SelfTest { report: SelfTestReport },
-    /// A request failed; `code` is stable (see [`crate::Error::code`]), `message` is for people.
-    Error { code: String, message: String },
-}
-
 impl From<crate::Error> for Event {
     fn from(err: crate::Error) -> Self {
-        Event::Error { code: err.code().to_string(), message: err.to_string() }
+        let (needed, available) = match &err {
+            crate::Error::Quota { needed, available, .. } => (Some(*needed), Some(*available)),
+            _ => (None, None),
+        };
+        Event::Error { code: err.code().to_string(), message: err.to_string(), needed, available }
     }
 }
 
@@ -61,6 +278,8 @@ pub const SELF_TEST_TOLERANCE: f32 = 1e-4;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gpu::GpuLimits;
+    use serde_json::Value;
 
     #[test]
     fn wire_format_is_tagged_camel_case() {
@@ -71,5 +290,220 @@ mod tests {
         assert_eq!(json["type"], "error");
         assert_eq!(json["code"], "no-webgpu");
         assert!(serde_json::from_str::<Request>(r#"{"type":"explode"}"#).is_err());
+        // Absent settings take diffusers' defaults.
+        let req: Request =
+            serde_json::from_str(r#"{"type":"generate","model":"m","settings":{"prompt":"a cat"}}"#).unwrap();
+        let Request::Generate { settings, .. } = req else { panic!() };
+        assert_eq!((settings.steps, settings.guidance, settings.batch, settings.seed), (50, 7.5, 1, 0));
+        let quota = Event::from(crate::Error::Quota { needed: 10, available: 3, detail: String::new() });
+        let json = serde_json::to_value(&quota).unwrap();
+        assert_eq!((json["code"].as_str(), json["needed"].as_u64(), json["available"].as_u64()), (Some("quota"), Some(10), Some(3)));
+    }
+
+    /// Forces a sample for every variant: adding one without a sample does not compile.
+    fn request_tag(r: &Request) -> &'static str {
+        match r {
+            Request::Status => "status",
+            Request::SelfTest => "selfTest",
+            Request::EnsureModel { .. } => "ensureModel",
+            Request::Generate { .. } => "generate",
+            Request::Cancel => "cancel",
+            Request::ListModels => "listModels",
+            Request::DeleteModel { .. } => "deleteModel",
+            Request::LoseDevice => "loseDevice",
+        }
+    }
+
+    fn event_tag(e: &Event) -> &'static str {
+        match e {
+            Event::Ready => "ready",
+            Event::Status { .. } => "status",
+            Event::SelfTest { .. } => "selfTest",
+            Event::Progress { .. } => "progress",
+            Event::ModelReady { .. } => "modelReady",
+            Event::Preview { .. } => "preview",
+            Event::Result { .. } => "result",
+            Event::Models { .. } => "models",
+            Event::Deleted { .. } => "deleted",
+            Event::Cancelled { .. } => "cancelled",
+            Event::Error { .. } => "error",
+        }
+    }
+
+    fn samples() -> (Vec<Request>, Vec<Event>) {
+        let image = RgbaImage { width: 1, height: 1, rgba: vec![1, 2, 3, 255] };
+        let full = GenerateSettings {
+            prompt: "a cat".into(),
+            negative_prompt: "blurry".into(),
+            steps: 2,
+            guidance: 7.5,
+            seed: 0,
+            width: Some(64),
+            height: Some(64),
+            batch: 1,
+            scheduler: Some("euler-a".into()),
+            init_image: Some(image.clone()),
+            mask: Some(image),
+            strength: Some(0.75),
+            preview_every: 1,
+        };
+        let minimal: GenerateSettings = serde_json::from_str(r#"{"prompt":""}"#).unwrap();
+        let requests = vec![
+            Request::Status,
+            Request::SelfTest,
+            Request::EnsureModel {
+                manifest_url: "http://127.0.0.1:8080/models/tiny-sd/manifest.json".into(),
+                variant: Some(WeightsVariant::Fp16),
+                stall_timeout_ms: Some(1000),
+                chunk_bytes: Some(65536),
+            },
+            Request::EnsureModel { manifest_url: "m".into(), variant: None, stall_timeout_ms: None, chunk_bytes: None },
+            Request::Generate { model: "m".into(), variant: Some(WeightsVariant::Fp32), settings: full.clone() },
+            Request::Generate { model: "m".into(), variant: None, settings: minimal },
+            Request::Cancel,
+            Request::ListModels,
+            Request::DeleteModel { id: "m".into() },
+            Request::LoseDevice,
+        ];
+        let limits = GpuLimits {
+            max_buffer_size: 1,
+            max_storage_buffer_binding_size: 1,
+            max_storage_buffers_per_shader_stage: 1,
+            max_compute_workgroup_storage_size: 1,
+            max_compute_invocations_per_workgroup: 1,
+            max_compute_workgroup_size_x: 1,
+            max_compute_workgroups_per_dimension: 1,
+        };
+        let gpu = GpuInfo {
+            adapter: "a".into(),
+            backend: "BrowserWebGpu".into(),
+            device_type: "Cpu".into(),
+            driver: String::new(),
+            shader_f16: false,
+            limits,
+        };
+        let mut events = vec![
+            Event::Ready,
+            Event::Status { gpu },
+            Event::SelfTest {
+                report: SelfTestReport {
+                    shape: vec![1, 2],
+                    max_abs_diff: 0.0,
+                    tolerance: 1e-4,
+                    passed: true,
+                    gpu_ms: 1.0,
+                    cpu_ms: 1.0,
+                    gpu_errors: 0,
+                },
+            },
+            Event::Progress { phase: Phase::Download, done: 1, total: 2, bytes: Some(1), file: Some("unet/x".into()) },
+            Event::Progress { phase: Phase::Denoise, done: 1, total: 2, bytes: None, file: None },
+            Event::ModelReady {
+                report: DownloadReport {
+                    id: "m".into(),
+                    files: vec!["a".into()],
+                    total_bytes: 1,
+                    fetched_bytes: 1,
+                    retries: 0,
+                    corrupt_files: vec![],
+                    offline: false,
+                },
+            },
+            Event::Preview { step: 1, width: 1, height: 1, rgba: vec![0, 0, 0, 255] },
+            Event::Result {
+                png: vec![137, 80],
+                width: 64,
+                height: 64,
+                seed: 0,
+                index: 0,
+                count: 1,
+                settings: GenerateSettings { init_image: None, mask: None, ..full },
+                elapsed_ms: 1.5,
+            },
+            Event::Models {
+                models: vec![ModelSummary {
+                    id: "m".into(),
+                    stored_bytes: 1,
+                    manifest_bytes: 2,
+                    complete_files: vec!["a".into()],
+                    ready: false,
+                }],
+            },
+            Event::Deleted { id: "m".into() },
+            Event::Cancelled { phase: Phase::Denoise },
+        ];
+        for phase in [Phase::Load, Phase::Encode, Phase::Decode] {
+            events.push(Event::Progress { phase, done: 0, total: 1, bytes: None, file: None });
+        }
+        use crate::Error as E;
+        for err in [
+            E::NoGpu(String::new()),
+            E::GpuInit(String::new()),
+            E::Readback(String::new()),
+            E::BadRequest(String::new()),
+            E::DeviceLost(String::new()),
+            E::Invalid(String::new()),
+            E::Unsupported(String::new()),
+            E::Model(String::new()),
+            E::NotStored(String::new()),
+            E::Network(String::new()),
+            E::Integrity(String::new()),
+            E::Quota { needed: 2, available: 1, detail: String::new() },
+            E::Storage(String::new()),
+            E::Cancelled,
+        ] {
+            events.push(err.into());
+        }
+        (requests, events)
+    }
+
+    /// A TypeScript literal of a serde value; the `serde_bytes` fields become `Uint8Array`s.
+    fn ts(v: &Value, key: Option<&str>) -> String {
+        match v {
+            Value::Array(items) if matches!(key, Some("png" | "rgba")) => {
+                format!("new Uint8Array({})", serde_json::to_string(items).unwrap())
+            }
+            Value::Array(items) => format!("[{}]", items.iter().map(|i| ts(i, None)).collect::<Vec<_>>().join(", ")),
+            Value::Object(map) => format!(
+                "{{ {} }}",
+                map.iter().map(|(k, v)| format!("{k}: {}", ts(v, Some(k)))).collect::<Vec<_>>().join(", ")
+            ),
+            other => other.to_string(),
+        }
+    }
+
+    /// The TS side must accept every message the Rust side produces (tsc checks the generated file in
+    /// CI through `web/src/protocol-check.ts`), and cover every variant.
+    #[test]
+    fn typescript_samples_are_current() {
+        let (requests, events) = samples();
+        let tags: std::collections::BTreeSet<_> = requests.iter().map(request_tag).collect();
+        assert_eq!(tags.len(), 8, "a sample for every request variant");
+        let tags: std::collections::BTreeSet<_> = events.iter().map(event_tag).collect();
+        assert_eq!(tags.len(), 11, "a sample for every event variant");
+        for r in &requests {
+            let back: Request = serde_json::from_value(serde_json::to_value(r).unwrap()).unwrap();
+            assert_eq!(&back, r);
+        }
+        let lines = |items: Vec<Value>| items.iter().map(|v| format!("  {},\n", ts(v, None))).collect::<String>();
+        let text = format!(
+            "// Generated by the Rust test protocol::tests::typescript_samples_are_current: one of every message\n\
+             // as serde writes it. Regenerate with UPDATE_PROTOCOL_SAMPLES=1 cargo test -p websd --lib protocol.\n\
+             import type {{ Request, WorkerEvent }} from \"./protocol\";\n\n\
+             export const requests = [\n{}] as const satisfies readonly Request[];\n\n\
+             export const events = [\n{}] as const satisfies readonly WorkerEvent[];\n",
+            lines(requests.iter().map(|r| serde_json::to_value(r).unwrap()).collect()),
+            lines(events.iter().map(|e| serde_json::to_value(e).unwrap()).collect()),
+        );
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../web/src/protocol-samples.gen.ts");
+        if std::env::var_os("UPDATE_PROTOCOL_SAMPLES").is_some() {
+            std::fs::write(&path, &text).unwrap();
+        }
+        let current = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            current == text,
+            "{} is stale: run UPDATE_PROTOCOL_SAMPLES=1 cargo test -p websd --lib protocol",
+            path.display()
+        );
     }
 }

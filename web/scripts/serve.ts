@@ -1,4 +1,5 @@
-// `npm run serve -- --root ../dist [--models DIR] [--port 8080]`
+// `npm run serve -- --root ../dist [--models DIR] [--port 8080] [--fault PATH=KIND:N ...]`
+// Serves the app, and model folders under /models/ through the fault-injecting model server.
 import { parseArgs } from "node:util";
 import { startServer } from "./static-server";
 
@@ -8,12 +9,19 @@ const { values } = parseArgs({
     models: { type: "string" },
     port: { type: "string", default: "8080" },
     host: { type: "string", default: "127.0.0.1" },
+    fault: { type: "string", multiple: true },
   },
+});
+const faults = (values.fault ?? []).map((spec) => {
+  const at = spec.lastIndexOf("=");
+  if (at < 0) throw new Error(`--fault ${spec}: expected PATH=KIND:N`);
+  return { path: spec.slice(0, at), fault: spec.slice(at + 1) };
 });
 const { url } = await startServer({
   root: values.root,
   port: Number(values.port),
   host: values.host,
+  faults,
   ...(values.models ? { models: values.models } : {}),
 });
 console.log(`serving ${values.root} at ${url}` + (values.models ? ` and ${values.models} at ${url}models/` : ""));

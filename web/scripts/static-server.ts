@@ -1,10 +1,11 @@
-// A small static file server for dist/ (and, beside it, a local model folder under /models/), used by
-// `scripts/serve.sh` and by the end-to-end tests. Serves `.wasm` as application/wasm and honours
-// single byte ranges, as a CDN does for resumable downloads.
+// A small static file server for dist/ (and, beside it, local model folders under /models/, served by
+// the fault-injecting model server of model-server.ts), used by `scripts/serve.sh` and by the
+// end-to-end tests. Serves `.wasm` as application/wasm and honours single byte ranges.
 import { createReadStream, promises as fs } from "node:fs";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import path from "node:path";
+import { ModelServer, resolveInside, type FaultRule } from "./model-server";
 
 const MIME: Record<string, string> = {
   ".html": "text/html; charset=utf-8",
@@ -25,15 +26,10 @@ export interface ServerOptions {
   root: string;
   /** Folder served at `/models/` (diffusers model folders and their manifests). */
   models?: string;
+  /** One-shot faults for the model server (see model-server.ts). */
+  faults?: FaultRule[];
   host?: string;
   port?: number;
-}
-
-/** Resolves `urlPath` inside `base`, refusing anything that escapes it. */
-function resolveInside(base: string, urlPath: string): string | null {
-  const decoded = decodeURIComponent(urlPath);
-  const full = path.resolve(base, "." + path.posix.normalize("/" + decoded));
-  return full === base || full.startsWith(base + path.sep) ? full : null;
 }
 
 async function serveFile(req: IncomingMessage, res: ServerResponse, file: string): Promise<void> {
@@ -69,14 +65,22 @@ async function serveFile(req: IncomingMessage, res: ServerResponse, file: string
   createReadStream(file).pipe(res);
 }
 
-export async function startServer(options: ServerOptions): Promise<{ server: Server; url: string }> {
+export async function startServer(
+  options: ServerOptions,
+): Promise<{ server: Server; url: string; models: ModelServer | null }> {
   const root = path.resolve(options.root);
-  const models = options.models ? path.resolve(options.models) : null;
+  const models = options.models ? new ModelServer(path.resolve(options.models)) : null;
+  if (models && options.faults) models.addFaults(options.faults);
   const server = createServer((req, res) => {
     const urlPath = new URL(req.url ?? "/", "http://localhost").pathname;
-    const [base, rest] =
-      models && urlPath.startsWith("/models/") ? [models, urlPath.slice("/models".length)] : [root, urlPath];
-    const file = resolveInside(base, rest);
+    if (models && urlPath.startsWith("/models/")) {
+      models.handle(req, res, urlPath.slice("/models".length)).catch((err: unknown) => {
+        if (!res.headersSent) res.writeHead(500, { "content-type": "text/plain" });
+        res.end(String(err));
+      });
+      return;
+    }
+    const file = resolveInside(root, urlPath);
     if (!file || (req.method !== "GET" && req.method !== "HEAD")) {
       res.writeHead(file ? 405 : 403, { "content-type": "text/plain" }).end();
       return;
@@ -92,5 +96,5 @@ export async function startServer(options: ServerOptions): Promise<{ server: Ser
     server.listen(options.port ?? 0, host, resolve);
   });
   const { port } = server.address() as AddressInfo;
-  return { server, url: `http://${host}:${port}/` };
+  return { server, url: `http://${host}:${port}/`, models };
 }

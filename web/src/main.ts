@@ -10,10 +10,23 @@ const HINTS: Record<ErrorCode, string> = {
   readback: "Reading results from the GPU failed (the device may have been lost). Try again.",
   "bad-request": "The app sent a request the engine did not understand. Reload the page.",
   "wasm-load": "The engine failed to load. Check your connection and reload.",
-  panic: "The engine crashed. Reload the page to restart it.",
+  panic: "The engine crashed and was restarted. Try again.",
+  "device-lost": "The GPU was reset. Try again: the engine sets it up anew.",
+  invalid: "Check the settings.",
+  unsupported: "This model needs a feature this app does not support yet.",
+  model: "The model's files are inconsistent. Delete it from storage and download it again.",
+  "not-stored": "Download the model first.",
+  network: "The download failed. Check your connection and try again: it resumes where it stopped.",
+  integrity: "A downloaded file was corrupted repeatedly. Try again later.",
+  quota: "Not enough storage. Delete stored models or free disk space.",
+  storage: "The browser's storage failed. Reload the page.",
+  cancelled: "Cancelled.",
 };
 
 const engine = new EngineClient();
+// Ask the browser not to evict the stored weights under storage pressure (only a page can ask; the
+// worker cannot). Granted or not, downloads work; the storage panel shows the answer.
+void navigator.storage?.persist?.().catch(() => false);
 const errorBox = byTestId("error");
 const selfTestButton = byTestId<HTMLButtonElement>("self-test");
 
@@ -38,6 +51,8 @@ engine.subscribe((event: WorkerEvent) => {
     case "error":
       showError(event.code, event.message);
       selfTestButton.disabled = false;
+      break;
+    default:
       break;
   }
 });

@@ -1,5 +1,7 @@
 // The typed messages between the page and the worker. Mirrors crate/src/protocol.rs (serde, `type` tag,
-// camelCase); change both together.
+// camelCase); change both together. `web/src/protocol-samples.gen.ts` (written by the Rust test
+// `protocol::tests::typescript_samples_are_current`) holds one of every message as Rust serialises it,
+// and `protocol-check.ts` makes tsc prove that each sample is a valid `Request`/`WorkerEvent`.
 
 /** Limits of the logical GPU device (crate::gpu::GpuLimits). */
 export interface GpuLimits {
@@ -34,15 +36,113 @@ export interface SelfTestReport {
   gpuErrors: number;
 }
 
+export type WeightsVariant = "fp16" | "fp32";
+
+/** The CLI's scheduler names. */
+export type SchedulerName = "ddpm" | "ddim" | "pndm" | "euler" | "euler-a" | "dpmpp-2m" | "dpmpp-2m-karras" | "lcm";
+
+/** An RGBA8 image (ImageData's layout). */
+export interface RgbaImage {
+  width: number;
+  height: number;
+  rgba: Uint8Array;
+}
+
+/** crate::protocol::GenerateSettings; absent fields take diffusers' (or the model's) defaults. */
+export interface GenerateSettings {
+  prompt: string;
+  negativePrompt?: string;
+  steps?: number;
+  guidance?: number;
+  seed?: number;
+  width?: number;
+  height?: number;
+  batch?: number;
+  scheduler?: SchedulerName;
+  initImage?: RgbaImage;
+  mask?: RgbaImage;
+  strength?: number;
+  previewEvery?: number;
+}
+
+export type Phase = "download" | "load" | "encode" | "denoise" | "decode";
+
+/** crate::protocol::ModelSummary */
+export interface ModelSummary {
+  id: string;
+  storedBytes: number;
+  manifestBytes: number;
+  completeFiles: string[];
+  ready: boolean;
+}
+
+/** crate::protocol::DownloadReport */
+export interface DownloadReport {
+  id: string;
+  files: string[];
+  totalBytes: number;
+  fetchedBytes: number;
+  retries: number;
+  corruptFiles: string[];
+  offline: boolean;
+}
+
 /** Page -> worker. */
-export type Request = { type: "status" } | { type: "selfTest" };
+export type Request =
+  | { type: "status" }
+  | { type: "selfTest" }
+  | {
+      type: "ensureModel";
+      manifestUrl: string;
+      variant?: WeightsVariant;
+      stallTimeoutMs?: number;
+      chunkBytes?: number;
+    }
+  | { type: "generate"; model: string; variant?: WeightsVariant; settings: GenerateSettings }
+  | { type: "cancel" }
+  | { type: "listModels" }
+  | { type: "deleteModel"; id: string }
+  | { type: "loseDevice" };
+
+/** Stable error codes (crate::Error::code, plus the ones only the worker script produces). */
+export type ErrorCode =
+  | "no-webgpu"
+  | "gpu-init"
+  | "readback"
+  | "bad-request"
+  | "device-lost"
+  | "invalid"
+  | "unsupported"
+  | "model"
+  | "not-stored"
+  | "network"
+  | "integrity"
+  | "quota"
+  | "storage"
+  | "cancelled"
+  | "wasm-load"
+  | "panic";
 
 /** Worker -> page. */
 export type WorkerEvent =
   | { type: "ready" }
   | { type: "status"; gpu: GpuInfo }
   | { type: "selfTest"; report: SelfTestReport }
-  | { type: "error"; code: ErrorCode; message: string };
-
-/** Stable error codes (crate::Error::code, plus the ones only the worker script produces). */
-export type ErrorCode = "no-webgpu" | "gpu-init" | "readback" | "bad-request" | "wasm-load" | "panic";
+  | { type: "progress"; phase: Phase; done: number; total: number; bytes?: number; file?: string }
+  | { type: "modelReady"; report: DownloadReport }
+  | { type: "preview"; step: number; width: number; height: number; rgba: Uint8Array }
+  | {
+      type: "result";
+      png: Uint8Array;
+      width: number;
+      height: number;
+      seed: number;
+      index: number;
+      count: number;
+      settings: GenerateSettings;
+      elapsedMs: number;
+    }
+  | { type: "models"; models: ModelSummary[] }
+  | { type: "deleted"; id: string }
+  | { type: "cancelled"; phase: Phase }
+  | { type: "error"; code: ErrorCode; message: string; needed?: number; available?: number };

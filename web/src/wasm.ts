@@ -3,6 +3,7 @@
 
 export interface Engine {
   handle(request: unknown): Promise<void>;
+  cancel(): void;
   free(): void;
 }
 

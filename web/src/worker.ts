@@ -1,5 +1,6 @@
 // Dedicated worker: hosts the wasm engine and hands it one request at a time, so a long request
-// (generation) never interleaves with the next one.
+// (download, generation) never interleaves with the next one. `cancel` skips the queue: it reaches the
+// running request at once, and requests queued before it are answered `cancelled` without running.
 import type { Request, WorkerEvent } from "./protocol";
 import { loadWasm, type Engine } from "./wasm";
 
@@ -18,13 +19,29 @@ engine.catch((err: unknown) => {
 });
 
 let queue: Promise<void> = Promise.resolve();
+/** Bumped by every cancel; a queued request that sees another value than at its arrival is dropped. */
+let cancelEpoch = 0;
 
 scope.onmessage = (message: MessageEvent<Request>) => {
+  const request = message.data;
+  if (request?.type === "cancel") {
+    cancelEpoch += 1;
+    void engine.then((e) => e.cancel()).catch(() => undefined);
+    return;
+  }
+  const epoch = cancelEpoch;
   queue = queue
-    .then(async () => (await engine).handle(message.data))
+    .then(async () => {
+      if (epoch !== cancelEpoch) {
+        post({ type: "cancelled", phase: request.type === "generate" ? "encode" : "download" });
+        return;
+      }
+      await (await engine).handle(request);
+    })
     .catch((err: unknown) => {
       // A Rust panic surfaces as a rejected promise (RuntimeError: unreachable); its message went to
-      // the console through console_error_panic_hook.
+      // the console through console_error_panic_hook. The instance is not trusted after that: the page
+      // restarts the worker (engine.ts).
       post({ type: "error", code: loadFailed ? "wasm-load" : "panic", message: String(err) });
     });
 };

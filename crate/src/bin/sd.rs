@@ -21,6 +21,7 @@ mod native {
     use clap::{Parser, Subcommand, ValueEnum};
     use sha2::{Digest, Sha256};
     use websd::image::{a1111_parameters, read_png, write_png};
+    use websd::manifest::{Manifest, ManifestFile};
     use websd::pipeline::{GenerateRequest, Progress, StableDiffusion};
     use websd::protocol::SelfTestReport;
     use websd::schedulers::SchedulerKind;
@@ -196,18 +197,6 @@ mod native {
         Ok(format!("{:x}", hasher.finalize()))
     }
 
-    #[derive(serde::Serialize)]
-    struct ManifestFile {
-        path: String,
-        size: u64,
-        sha256: String,
-    }
-
-    #[derive(serde::Serialize)]
-    struct Manifest {
-        files: Vec<ManifestFile>,
-    }
-
     fn manifest(dir: &Path) -> Result<Manifest, String> {
         if !dir.join("model_index.json").is_file() {
             return Err(format!("{}: not a diffusers model folder (no model_index.json)", dir.display()));
@@ -233,7 +222,7 @@ mod native {
                 Ok(ManifestFile { path: rel, size, sha256: sha256_file(p)? })
             })
             .collect::<Result<_, String>>()?;
-        Ok(Manifest { files })
+        Ok(Manifest { base_url: None, files })
     }
 
     fn generate(a: GenerateArgs) -> Result<String, String> {
@@ -281,7 +270,7 @@ mod native {
                 if tty {
                     match p {
                         Progress::Encoded => eprint!("\rencoded ({:.1} s)", start.elapsed().as_secs_f64()),
-                        Progress::Step { step, total } => {
+                        Progress::Step { step, total, .. } => {
                             eprint!("\rstep {step}/{total} ({:.1} s)   ", start.elapsed().as_secs_f64())
                         }
                         Progress::Decoded => eprintln!("\rdone in {:.1} s          ", start.elapsed().as_secs_f64()),

@@ -8,7 +8,7 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 
 use super::linear;
-use crate::weights::{ByteSource, LoadError, TensorLoader};
+use crate::weights::{LoadError, TensorLoader, TensorSource};
 
 /// Multi-head attention with bias-free q/k/v projections and a biased output projection.
 ///
@@ -26,7 +26,7 @@ pub struct Attention {
 impl Attention {
     /// `context_dim` is the key/value input width: the query width for self-attention, the text
     /// embedding width for cross-attention.
-    pub fn load<S: ByteSource>(
+    pub fn load<S: TensorSource>(
         w: &mut TensorLoader<S>,
         prefix: &str,
         query_dim: usize,
@@ -71,7 +71,7 @@ pub struct FeedForward {
 }
 
 impl FeedForward {
-    pub fn load<S: ByteSource>(w: &mut TensorLoader<S>, prefix: &str, dim: usize) -> Result<Self, LoadError> {
+    pub fn load<S: TensorSource>(w: &mut TensorLoader<S>, prefix: &str, dim: usize) -> Result<Self, LoadError> {
         let inner = dim * 4;
         Ok(Self {
             proj: w.linear(&format!("{prefix}.net.0.proj"), dim, inner * 2, true)?,
@@ -103,7 +103,7 @@ pub struct BasicTransformerBlock {
 }
 
 impl BasicTransformerBlock {
-    pub fn load<S: ByteSource>(
+    pub fn load<S: TensorSource>(
         w: &mut TensorLoader<S>,
         prefix: &str,
         dim: usize,

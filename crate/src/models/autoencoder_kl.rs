@@ -16,7 +16,7 @@ use burn::tensor::ops::ConvOptions;
 use super::resnet::{Downsample2D, ResnetBlock2D, Upsample2D, upsample_nearest};
 use super::{GroupStats, group_norm, linear};
 use crate::config::AutoencoderKLConfig;
-use crate::weights::{ByteSource, LoadError, TensorLoader};
+use crate::weights::{IntoTensorSource, LoadError, TensorLoader, TensorSource};
 
 /// Key mapping for VAE files: the Hub's SD 1.x repos store the mid-block attention as
 /// `query`/`key`/`value`/`proj_attn`, diffusers 0.42 writes `to_q`/`to_k`/`to_v`/`to_out.0`.
@@ -48,7 +48,7 @@ pub struct VaeAttention {
 }
 
 impl VaeAttention {
-    pub fn load<S: ByteSource>(w: &mut TensorLoader<S>, p: &str, c: usize, groups: usize) -> Result<Self, LoadError> {
+    pub fn load<S: TensorSource>(w: &mut TensorLoader<S>, p: &str, c: usize, groups: usize) -> Result<Self, LoadError> {
         Ok(Self {
             group_norm: w.group_norm(&format!("{p}.group_norm"), groups, c, 1e-6)?,
             to_q: w.linear(&format!("{p}.to_q"), c, c, true)?,
@@ -83,7 +83,7 @@ struct VaeMidBlock {
 }
 
 impl VaeMidBlock {
-    fn load<S: ByteSource>(
+    fn load<S: TensorSource>(
         w: &mut TensorLoader<S>,
         prefix: &str,
         c: usize,
@@ -156,7 +156,7 @@ impl LatentDistribution {
 
 impl VaeEncoder {
     /// Loads the encoder half of a VAE weights file (the decoder's tensors are left for the decoder).
-    pub fn load<S: ByteSource>(config: &AutoencoderKLConfig, source: S, device: &Device) -> Result<Self, LoadError> {
+    pub fn load<S: IntoTensorSource>(config: &AutoencoderKLConfig, source: S, device: &Device) -> Result<Self, LoadError> {
         let encoder_only = |name: &str| {
             (name.starts_with("encoder.") || name.starts_with("quant_conv.")).then(|| vae_key_map(name)).flatten()
         };
@@ -322,7 +322,7 @@ pub const DEFAULT_BAND_BYTES: usize = 32 << 20;
 
 impl VaeDecoder {
     /// Loads the decoder half of a VAE weights file (the encoder's tensors are left for the encoder).
-    pub fn load<S: ByteSource>(config: &AutoencoderKLConfig, source: S, device: &Device) -> Result<Self, LoadError> {
+    pub fn load<S: IntoTensorSource>(config: &AutoencoderKLConfig, source: S, device: &Device) -> Result<Self, LoadError> {
         let decoder_only = |name: &str| {
             (name.starts_with("decoder.") || name.starts_with("post_quant_conv.")).then(|| vae_key_map(name)).flatten()
         };

@@ -9,7 +9,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Int, Tensor};
 
 use super::linear;
-use crate::weights::{ByteSource, LoadError, TensorLoader};
+use crate::weights::{IntoTensorSource, LoadError, TensorLoader};
 
 /// transformers' `CLIPTextConfig` (`text_encoder/config.json`); other fields of the file are ignored.
 #[derive(Config, Debug)]
@@ -118,7 +118,7 @@ impl ClipTextConfig {
     }
 
     /// Loads the model's weights from a safetensors source (either key naming scheme).
-    pub fn load<S: ByteSource>(&self, source: S, device: &Device) -> Result<ClipTextModel, LoadError> {
+    pub fn load<S: IntoTensorSource>(&self, source: S, device: &Device) -> Result<ClipTextModel, LoadError> {
         let mut w = TensorLoader::new(source, clip_key_map, device)?;
         let (d, ff, eps) = (self.hidden_size, self.intermediate_size, self.layer_norm_eps);
         let token_embedding = w.embedding("embeddings.token_embedding.weight", self.vocab_size, d)?;

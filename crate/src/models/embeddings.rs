@@ -5,7 +5,7 @@ use burn::nn::Linear;
 use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor, TensorData};
 
-use crate::weights::{ByteSource, LoadError, TensorLoader};
+use crate::weights::{LoadError, TensorLoader, TensorSource};
 
 /// diffusers' `get_timestep_embedding` for one timestep, in f32 as torch computes it:
 /// `exp(-ln(10000) * i / (dim / 2 - freq_shift))` frequencies, `[sin, cos]` or `[cos, sin]` when flipped.
@@ -30,7 +30,7 @@ pub struct TimestepEmbedding {
 }
 
 impl TimestepEmbedding {
-    pub fn load<S: ByteSource>(
+    pub fn load<S: TensorSource>(
         w: &mut TensorLoader<S>,
         prefix: &str,
         features: usize,

@@ -7,7 +7,7 @@ use burn::tensor::activation::silu;
 use burn::tensor::{Int, Tensor, TensorData};
 
 use super::{conv3x3, group_norm};
-use crate::weights::{ByteSource, LoadError, TensorLoader};
+use crate::weights::{LoadError, TensorLoader, TensorSource};
 
 /// A residual block: GroupNorm, SiLU, 3x3 conv, (+ projected time embedding), GroupNorm, SiLU, 3x3 conv,
 /// plus the input (through a 1x1 conv when the channel count changes).
@@ -24,7 +24,7 @@ pub struct ResnetBlock2D {
 
 impl ResnetBlock2D {
     /// Loads `{prefix}.norm1`, `conv1`, ... ; `temb_channels` is `Some` for the U-Net's blocks.
-    pub fn load<S: ByteSource>(
+    pub fn load<S: TensorSource>(
         w: &mut TensorLoader<S>,
         prefix: &str,
         c_in: usize,
@@ -81,7 +81,7 @@ pub struct Downsample2D {
 }
 
 impl Downsample2D {
-    pub fn load<S: ByteSource>(
+    pub fn load<S: TensorSource>(
         w: &mut TensorLoader<S>,
         prefix: &str,
         channels: usize,
@@ -108,7 +108,7 @@ pub struct Upsample2D {
 }
 
 impl Upsample2D {
-    pub fn load<S: ByteSource>(w: &mut TensorLoader<S>, prefix: &str, channels: usize) -> Result<Self, LoadError> {
+    pub fn load<S: TensorSource>(w: &mut TensorLoader<S>, prefix: &str, channels: usize) -> Result<Self, LoadError> {
         Ok(Self { conv: w.conv2d(&format!("{prefix}.conv"), channels, channels, 3, 1, 1)? })
     }
 

@@ -8,7 +8,7 @@ use burn::tensor::Tensor;
 
 use super::attention::BasicTransformerBlock;
 use super::{group_norm, linear};
-use crate::weights::{ByteSource, LoadError, TensorLoader};
+use crate::weights::{LoadError, TensorLoader, TensorSource};
 
 /// `proj_in`/`proj_out`: 1x1 convolutions (SD 1.x) or linear layers (`use_linear_projection`, SD 2.x).
 #[derive(Module, Debug)]
@@ -18,7 +18,7 @@ enum Projection {
 }
 
 impl Projection {
-    fn load<S: ByteSource>(
+    fn load<S: TensorSource>(
         w: &mut TensorLoader<S>,
         prefix: &str,
         c_in: usize,
@@ -60,7 +60,7 @@ pub struct Transformer2DShape {
 }
 
 impl Transformer2DModel {
-    pub fn load<S: ByteSource>(
+    pub fn load<S: TensorSource>(
         w: &mut TensorLoader<S>,
         prefix: &str,
         shape: Transformer2DShape,

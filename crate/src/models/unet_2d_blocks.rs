@@ -7,7 +7,7 @@ use burn::tensor::Tensor;
 
 use super::resnet::{Downsample2D, ResnetBlock2D, Upsample2D};
 use super::transformer_2d::{Transformer2DModel, Transformer2DShape};
-use crate::weights::{ByteSource, LoadError, TensorLoader};
+use crate::weights::{LoadError, TensorLoader, TensorSource};
 
 /// The per-block settings shared by all blocks of a U-Net.
 #[derive(Debug, Clone, Copy)]
@@ -26,7 +26,7 @@ pub struct BlockAttention {
     pub transformer_layers: usize,
 }
 
-fn transformer<S: ByteSource>(
+fn transformer<S: TensorSource>(
     w: &mut TensorLoader<S>,
     prefix: &str,
     channels: usize,
@@ -55,7 +55,7 @@ pub struct DownBlock2D {
 
 impl DownBlock2D {
     #[allow(clippy::too_many_arguments)]
-    pub fn load<S: ByteSource>(
+    pub fn load<S: TensorSource>(
         w: &mut TensorLoader<S>,
         prefix: &str,
         c_in: usize,
@@ -116,7 +116,7 @@ pub struct UNetMidBlock2DCrossAttn {
 }
 
 impl UNetMidBlock2DCrossAttn {
-    pub fn load<S: ByteSource>(
+    pub fn load<S: TensorSource>(
         w: &mut TensorLoader<S>,
         prefix: &str,
         channels: usize,
@@ -164,7 +164,7 @@ pub struct UpBlockChannels {
 }
 
 impl UpBlock2D {
-    pub fn load<S: ByteSource>(
+    pub fn load<S: TensorSource>(
         w: &mut TensorLoader<S>,
         prefix: &str,
         channels: UpBlockChannels,

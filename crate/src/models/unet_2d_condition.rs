@@ -12,7 +12,7 @@ use super::unet_2d_blocks::{
     BlockAttention, BlockSettings, DownBlock2D, UNetMidBlock2DCrossAttn, UpBlock2D, UpBlockChannels,
 };
 use crate::config::UNet2DConditionConfig;
-use crate::weights::{ByteSource, LoadError, TensorLoader};
+use crate::weights::{IntoTensorSource, LoadError, TensorLoader};
 
 /// The U-Net: timestep embedding, `conv_in`, down blocks, mid block, up blocks (consuming the down
 /// blocks' skip connections), `conv_norm_out`, SiLU, `conv_out`.
@@ -31,7 +31,7 @@ pub struct UNet2DConditionModel {
 }
 
 /// Refuses configs that ask for something this implementation does not do, rather than misreading them.
-fn check_supported(c: &UNet2DConditionConfig) -> Result<(), LoadError> {
+pub fn check_supported(c: &UNet2DConditionConfig) -> Result<(), LoadError> {
     let unsupported = |what: String| Err(LoadError::Unsupported(format!("unet/config.json: {what}")));
     if let Some(kind) = &c.addition_embed_type {
         return unsupported(format!("addition_embed_type {kind:?} (SDXL conditioning is not implemented yet)"));
@@ -86,7 +86,7 @@ fn block_has_attention(kind: &str, plain: &str, cross: &str) -> Result<bool, Loa
 impl UNet2DConditionModel {
     /// Builds the U-Net described by `config` from a weights file (fp32 or fp16; the tensors must match
     /// the config exactly, and every tensor of the file must be used).
-    pub fn load<S: ByteSource>(config: &UNet2DConditionConfig, source: S, device: &Device) -> Result<Self, LoadError> {
+    pub fn load<S: IntoTensorSource>(config: &UNet2DConditionConfig, source: S, device: &Device) -> Result<Self, LoadError> {
         check_supported(config)?;
         let mut w = TensorLoader::new(source, |name: &str| Some(name.to_string()), device)?;
         let channels = &config.block_out_channels;

@@ -1,7 +1,13 @@
 //! The worker side of the browser app (wasm32 only): `web/src/worker.ts` creates an [`Engine`] and
-//! forwards every message from the page to [`Engine::handle`]; the engine answers through the callback
-//! it was given, with [`Event`]s serialised by serde-wasm-bindgen.
+//! forwards every message from the page to [`Engine::handle`] (one at a time), except `cancel`, which
+//! goes straight to [`Engine::cancel`]. The engine answers through the callback it was given, with
+//! [`Event`]s serialised by serde-wasm-bindgen.
 
+mod download;
+mod load;
+mod store;
+
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use js_sys::{Function, Promise};
@@ -10,7 +16,13 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
 use crate::Error;
-use crate::protocol::{Event, Request};
+use crate::image::{a1111_parameters, encode_png, image_from_rgba};
+use crate::pipeline::{GenerateRequest, Progress, read_f32};
+use crate::protocol::{Event, GenerateSettings, ModelSummary, Phase, Request};
+use crate::schedulers::SchedulerKind;
+use download::{DEFAULT_CHUNK_BYTES, DEFAULT_STALL_MS, DownloadOptions};
+use load::LoadedModel;
+use store::Store;
 
 /// Installs the panic hook once the module is instantiated, so a Rust panic reaches the console with
 /// its message (the worker turns the resulting exception into an `Error` event).
@@ -19,20 +31,34 @@ fn start() {
     console_error_panic_hook::set_once();
 }
 
-/// Converts an [`Event`] to the plain JS object the page receives (maps become objects).
+/// Converts an [`Event`] to the plain JS object the page receives (maps become objects, bytes
+/// `Uint8Array`s).
 fn to_js(event: &Event) -> JsValue {
     let serializer = serde_wasm_bindgen::Serializer::new().serialize_maps_as_objects(true);
     event.serialize(&serializer).unwrap_or_else(|e| JsValue::from_str(&e.to_string()))
+}
+
+/// Waits `ms` on the event loop.
+pub async fn sleep_ms(ms: u32) {
+    download::sleep(ms).await
 }
 
 fn now_ms() -> f64 {
     js_sys::Date::now()
 }
 
-/// The engine living in the dedicated worker (`web/src/worker.ts` hands it one request at a time).
+#[derive(Default)]
+struct State {
+    store: Option<Rc<Store>>,
+    model: Option<Rc<LoadedModel>>,
+}
+
+/// The engine living in the dedicated worker.
 #[wasm_bindgen]
 pub struct Engine {
-    post: Rc<Function>,
+    post: Rc<dyn Fn(Event)>,
+    cancel: Rc<Cell<bool>>,
+    state: Rc<RefCell<State>>,
 }
 
 #[wasm_bindgen]
@@ -40,33 +66,279 @@ impl Engine {
     /// `post(event)` is called for every event (the worker passes `self.postMessage`).
     #[wasm_bindgen(constructor)]
     pub fn new(post: Function) -> Engine {
-        Engine { post: Rc::new(post) }
+        let post: Rc<dyn Fn(Event)> = Rc::new(move |event: Event| {
+            let _ = post.call1(&JsValue::NULL, &to_js(&event));
+        });
+        Engine { post, cancel: Rc::new(Cell::new(false)), state: Rc::new(RefCell::new(State::default())) }
     }
 
     /// Handles one request object (see `web/src/protocol.ts`). Never rejects: failures, including a
-    /// malformed request, are posted as `Error` events.
+    /// malformed request, are posted as `Error` events; a cancelled request posts `Cancelled`.
     pub fn handle(&self, request: JsValue) -> Promise {
-        let post = self.post.clone();
+        let (post, cancel, state) = (self.post.clone(), self.cancel.clone(), self.state.clone());
         future_to_promise(async move {
-            let event = match serde_wasm_bindgen::from_value::<Request>(request) {
-                Ok(request) => run(request).await.unwrap_or_else(Event::from),
-                Err(e) => Error::BadRequest(e.to_string()).into(),
+            let request = match serde_wasm_bindgen::from_value::<Request>(request) {
+                Ok(request) => request,
+                Err(e) => {
+                    post(Error::BadRequest(e.to_string()).into());
+                    return Ok(JsValue::UNDEFINED);
+                }
             };
-            post.call1(&JsValue::NULL, &to_js(&event))?;
+            if request == Request::Cancel {
+                cancel.set(true);
+                return Ok(JsValue::UNDEFINED);
+            }
+            cancel.set(false);
+            let phase = Rc::new(Cell::new(Phase::Download));
+            let context = Context { post: post.clone(), cancel, state, phase: phase.clone() };
+            match run(request, &context).await {
+                Ok(Some(event)) => post(event),
+                Ok(None) => {}
+                Err(Error::Cancelled) => post(Event::Cancelled { phase: phase.get() }),
+                Err(e) => post(e.into()),
+            }
             Ok(JsValue::UNDEFINED)
         })
     }
+
+    /// Asks the running request to stop at its next check (between two chunks, tensors or steps).
+    pub fn cancel(&self) {
+        self.cancel.set(true);
+    }
 }
 
-async fn run(request: Request) -> Result<Event, Error> {
+struct Context {
+    post: Rc<dyn Fn(Event)>,
+    cancel: Rc<Cell<bool>>,
+    state: Rc<RefCell<State>>,
+    /// The phase a cancellation would interrupt.
+    phase: Rc<Cell<Phase>>,
+}
+
+impl Context {
+    async fn store(&self) -> Result<Rc<Store>, Error> {
+        if let Some(store) = self.state.borrow().store.clone() {
+            return Ok(store);
+        }
+        let store = Rc::new(Store::open().await?);
+        self.state.borrow_mut().store = Some(store.clone());
+        Ok(store)
+    }
+
+    fn emit(&self, event: Event) {
+        if let Event::Progress { phase, .. } = &event {
+            self.phase.set(*phase);
+        }
+        (self.post)(event)
+    }
+}
+
+async fn run(request: Request, cx: &Context) -> Result<Option<Event>, Error> {
     match request {
         Request::Status => {
             let (_, gpu) = crate::gpu::wgpu_device().await?;
-            Ok(Event::Status { gpu })
+            Ok(Some(Event::Status { gpu }))
         }
         Request::SelfTest => {
             let (gpu, _) = crate::gpu::wgpu_device().await?;
-            Ok(Event::SelfTest { report: crate::probe::self_test(&gpu, now_ms).await? })
+            Ok(Some(Event::SelfTest { report: crate::probe::self_test(&gpu, now_ms).await? }))
         }
+        Request::Cancel => Ok(None),
+        Request::EnsureModel { manifest_url, variant, stall_timeout_ms, chunk_bytes } => {
+            let store = cx.store().await?;
+            let options = DownloadOptions {
+                stall_ms: stall_timeout_ms.unwrap_or(DEFAULT_STALL_MS).max(100),
+                chunk_bytes: chunk_bytes.map_or(DEFAULT_CHUNK_BYTES, |c| c.clamp(1 << 10, 64 << 20) as u64),
+            };
+            let post = cx.post.clone();
+            let phase = cx.phase.clone();
+            let emit: Rc<dyn Fn(Event)> = Rc::new(move |event: Event| {
+                if let Event::Progress { phase: p, .. } = &event {
+                    phase.set(*p);
+                }
+                post(event)
+            });
+            let report = download::ensure_model(
+                store,
+                manifest_url,
+                variant.map(Into::into),
+                options,
+                emit,
+                cx.cancel.clone(),
+            )
+            .await?;
+            Ok(Some(Event::ModelReady { report }))
+        }
+        Request::ListModels => {
+            let store = cx.store().await?;
+            let mut models = Vec::new();
+            for record in store.models().await? {
+                let files = store.files(&record.id).await?;
+                let manifest = crate::manifest::Manifest::from_json(&record.manifest).ok();
+                let complete: Vec<String> = files.iter().filter(|f| f.complete).map(|f| f.path.clone()).collect();
+                let ready = manifest.as_ref().is_some_and(|m| {
+                    [None, Some(crate::weights::Variant::Fp32)].into_iter().any(|v| {
+                        m.select(v).is_ok_and(|sel| sel.iter().all(|f| complete.contains(&f.path)))
+                    })
+                });
+                models.push(ModelSummary {
+                    id: record.id.clone(),
+                    stored_bytes: files.iter().map(|f| f.stored).sum(),
+                    manifest_bytes: manifest.map_or(0, |m| m.files.iter().map(|f| f.size).sum()),
+                    complete_files: complete,
+                    ready,
+                });
+            }
+            Ok(Some(Event::Models { models }))
+        }
+        Request::DeleteModel { id } => {
+            let store = cx.store().await?;
+            if store.model(&id).await?.is_none() {
+                return Err(Error::NotStored(format!("no stored model {id}")));
+            }
+            {
+                let mut state = cx.state.borrow_mut();
+                if state.model.as_ref().is_some_and(|m| m.id == id) {
+                    state.model = None;
+                }
+            }
+            store.delete_model(&id).await?;
+            Ok(Some(Event::Deleted { id }))
+        }
+        Request::LoseDevice => {
+            crate::gpu::lose_device().await?;
+            cx.state.borrow_mut().model = None;
+            Ok(None)
+        }
+        Request::Generate { model, variant, settings } => generate(cx, model, variant.map(Into::into), settings).await,
     }
+}
+
+/// The request's settings as the pipeline's request.
+fn pipeline_request(s: &GenerateSettings) -> Result<GenerateRequest, Error> {
+    let image = |img: &crate::protocol::RgbaImage, gray: bool, what: &str| {
+        image_from_rgba(img.width as usize, img.height as usize, &img.rgba, gray)
+            .map_err(|e| Error::Invalid(format!("{what}: {e}")))
+    };
+    let init_image = s.init_image.as_ref().map(|i| image(i, false, "init image")).transpose()?;
+    let mask = s.mask.as_ref().map(|i| image(i, true, "mask")).transpose()?;
+    if mask.is_some() && init_image.is_none() {
+        return Err(Error::Invalid("a mask needs an init image".into()));
+    }
+    if s.seed > (1u64 << 53) {
+        return Err(Error::Invalid(format!("seed must be at most 2^53, got {}", s.seed)));
+    }
+    let scheduler =
+        s.scheduler.as_deref().map(SchedulerKind::from_name).transpose().map_err(|e| Error::Invalid(e.to_string()))?;
+    // diffusers' defaults: img2img strength 0.8, inpainting 1.0.
+    let strength = s.strength.unwrap_or(if init_image.is_some() && mask.is_none() { 0.8 } else { 1.0 });
+    Ok(GenerateRequest {
+        prompt: s.prompt.clone(),
+        negative_prompt: s.negative_prompt.clone(),
+        steps: s.steps as usize,
+        guidance: s.guidance,
+        seed: s.seed,
+        width: s.width.map(|w| w as usize),
+        height: s.height.map(|h| h as usize),
+        batch: s.batch as usize,
+        scheduler,
+        init_image,
+        mask,
+        strength,
+        preview_every: s.preview_every as usize,
+    })
+}
+
+async fn generate(
+    cx: &Context,
+    id: String,
+    variant: Option<crate::weights::Variant>,
+    settings: GenerateSettings,
+) -> Result<Option<Event>, Error> {
+    let t0 = now_ms();
+    let request = pipeline_request(&settings)?;
+    let (device, _) = crate::gpu::wgpu_device().await?;
+    let loaded = cx.state.borrow().model.clone().filter(|m| m.id == id && m.variant == variant);
+    let model = match loaded {
+        Some(model) => model,
+        None => {
+            // Free the previous model's GPU memory before loading the next.
+            cx.state.borrow_mut().model = None;
+            let store = cx.store().await?;
+            cx.phase.set(Phase::Load);
+            let model = load::load_model(&store, &id, variant, &device, &|e| cx.emit(e), &cx.cancel).await?;
+            let model = Rc::new(model);
+            cx.state.borrow_mut().model = Some(model.clone());
+            model
+        }
+    };
+    let sd = &model.pipeline;
+    sd.validate(&request).map_err(Error::from)?;
+    cx.emit(Event::Progress { phase: Phase::Encode, done: 0, total: 1, bytes: None, file: None });
+    let output = sd
+        .generate_async(&request, false, async |p| {
+            match p {
+                Progress::Encoded => {
+                    cx.emit(Event::Progress { phase: Phase::Encode, done: 1, total: 1, bytes: None, file: None })
+                }
+                Progress::Step { step, total, latents } => {
+                    // Wait for this step on the GPU (a one-value readback): progress is then true,
+                    // and the event loop gets to run, which is how a Cancel message arrives.
+                    let _ = read_f32(latents.slice([0..1, 0..1, 0..1, 0..1])).await;
+                    cx.emit(Event::Progress {
+                        phase: Phase::Denoise,
+                        done: step as u64,
+                        total: total as u64,
+                        bytes: None,
+                        file: None,
+                    });
+                    if step == total {
+                        cx.emit(Event::Progress { phase: Phase::Decode, done: 0, total: 1, bytes: None, file: None });
+                    }
+                }
+                Progress::Preview { step, image } => {
+                    let [_, h, w, _] = image.dims();
+                    if let Ok(values) = read_f32(image).await {
+                        let rgba = values.chunks(3).flat_map(|p| [q(p[0]), q(p[1]), q(p[2]), 255]).collect();
+                        cx.emit(Event::Preview { step: step as u32, width: w as u32, height: h as u32, rgba });
+                    }
+                }
+                Progress::Decoded => {
+                    cx.emit(Event::Progress { phase: Phase::Decode, done: 1, total: 1, bytes: None, file: None })
+                }
+            }
+            !cx.cancel.get()
+        })
+        .await
+        .map_err(Error::from)?;
+    let images = output.rgba8_async().await.map_err(Error::from)?;
+    let parameters = a1111_parameters(&request, &output, &model.hash, &model.name);
+    let mut echoed = settings.clone();
+    echoed.init_image = None;
+    echoed.mask = None;
+    echoed.scheduler = Some(output.scheduler.name().to_string());
+    echoed.width = Some(output.width as u32);
+    echoed.height = Some(output.height as u32);
+    if request.init_image.is_some() {
+        echoed.strength = Some(request.strength);
+    }
+    let count = images.len() as u32;
+    for (index, rgba) in images.iter().enumerate() {
+        let png = encode_png(output.width, output.height, rgba, &parameters).map_err(Error::Invalid)?;
+        cx.emit(Event::Result {
+            png,
+            width: output.width as u32,
+            height: output.height as u32,
+            seed: request.seed,
+            index: index as u32,
+            count,
+            settings: echoed.clone(),
+            elapsed_ms: now_ms() - t0,
+        });
+    }
+    Ok(None)
+}
+
+fn q(v: f32) -> u8 {
+    (v * 255.0).round().clamp(0.0, 255.0) as u8
 }

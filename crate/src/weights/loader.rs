@@ -15,7 +15,7 @@ use burn::nn::{
 };
 use burn::tensor::{Device, FloatDType, Tensor, TensorData, f16};
 
-use super::{ByteSource, Dtype, SafetensorsReader, WeightsError};
+use super::{ByteSource, Dtype, SafetensorsReader, TensorInfo, WeightsError};
 
 /// Errors of loading a model's weights.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -41,61 +41,159 @@ pub enum LoadError {
 /// not need (such as a stored `position_ids` buffer).
 pub type KeyMap = fn(&str) -> Option<String>;
 
+/// Where a loader's tensors come from: a safetensors file read tensor by tensor on the host (native,
+/// tests), or tensors already uploaded to the device (the browser streams them from IndexedDB, see
+/// [`DeviceTensors`]).
+pub trait TensorSource {
+    /// Every tensor the source holds, under its name in the file.
+    fn infos(&self) -> Vec<TensorInfo>;
+    /// The tensor `info` on `device` in the device's float dtype, with its shape (2-D: transposed when
+    /// asked).
+    fn fetch<const D: usize>(
+        &mut self,
+        info: &TensorInfo,
+        transpose: bool,
+        device: &Device,
+    ) -> Result<Tensor<D>, WeightsError>;
+}
+
+/// What a model's `load` accepts: any [`ByteSource`] holding a safetensors file, or [`DeviceTensors`].
+pub trait IntoTensorSource {
+    type Source: TensorSource;
+    fn into_tensor_source(self) -> Result<Self::Source, WeightsError>;
+}
+
+impl<B: ByteSource> IntoTensorSource for B {
+    type Source = SafetensorsReader<B>;
+    fn into_tensor_source(self) -> Result<Self::Source, WeightsError> {
+        SafetensorsReader::new(self)
+    }
+}
+
+impl<B: ByteSource> TensorSource for SafetensorsReader<B> {
+    fn infos(&self) -> Vec<TensorInfo> {
+        self.header().tensors().cloned().collect()
+    }
+
+    fn fetch<const D: usize>(
+        &mut self,
+        info: &TensorInfo,
+        transpose: bool,
+        device: &Device,
+    ) -> Result<Tensor<D>, WeightsError> {
+        let (info, bytes) = self.read_bytes(&info.name)?;
+        Ok(Tensor::from_data(host_data(&info, &bytes, transpose, device)?, device))
+    }
+}
+
+/// One tensor's bytes as [`TensorData`] in the device's float dtype: fp16 stays f16 on a device computing
+/// in f16 (WebGPU with shader-f16), everything else becomes f32 (Flex, WebGPU without shader-f16).
+/// 2-D tensors can be transposed on the way (in cache-friendly tiles).
+pub fn host_data(info: &TensorInfo, bytes: &[u8], transpose: bool, device: &Device) -> Result<TensorData, WeightsError> {
+    let shape = &info.shape;
+    let out_shape: Vec<usize> = if transpose { vec![shape[1], shape[0]] } else { shape.clone() };
+    Ok(if info.dtype == Dtype::F16 && device.settings().float_dtype == FloatDType::F16 {
+        let halves: Vec<f16> = bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]])).collect();
+        TensorData::new(arrange(halves, shape, transpose), out_shape)
+    } else {
+        TensorData::new(arrange(info.to_f32(bytes)?, shape, transpose), out_shape)
+    })
+}
+
+/// Tensors of one safetensors file already on the device, flat, by name in the file. Cloning is cheap
+/// (tensors are shared handles): the VAE's encoder and decoder each take their half of one upload.
+#[derive(Clone, Default)]
+pub struct DeviceTensors {
+    tensors: BTreeMap<String, (TensorInfo, Tensor<1>)>,
+}
+
+impl DeviceTensors {
+    /// Adds one tensor, uploaded flat (`numel` elements, as stored: not transposed).
+    pub fn insert(&mut self, info: TensorInfo, flat: Tensor<1>) {
+        self.tensors.insert(info.name.clone(), (info, flat));
+    }
+
+    /// Number of tensors.
+    pub fn len(&self) -> usize {
+        self.tensors.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+}
+
+impl IntoTensorSource for DeviceTensors {
+    type Source = DeviceTensors;
+    fn into_tensor_source(self) -> Result<Self, WeightsError> {
+        Ok(self)
+    }
+}
+
+impl TensorSource for DeviceTensors {
+    fn infos(&self) -> Vec<TensorInfo> {
+        self.tensors.values().map(|(info, _)| info.clone()).collect()
+    }
+
+    fn fetch<const D: usize>(
+        &mut self,
+        info: &TensorInfo,
+        transpose: bool,
+        _device: &Device,
+    ) -> Result<Tensor<D>, WeightsError> {
+        let (_, flat) = self.tensors.remove(&info.name).ok_or_else(|| WeightsError::BadEntry {
+            name: info.name.clone(),
+            reason: "already taken".into(),
+        })?;
+        let shape: [usize; D] = info.shape.clone().try_into().map_err(|_| WeightsError::BadEntry {
+            name: info.name.clone(),
+            reason: format!("{}-D, {D}-D expected", info.shape.len()),
+        })?;
+        let tensor = flat.reshape(shape);
+        // On the GPU a transposed view costs nothing: the matmul reads either layout.
+        Ok(if transpose { tensor.transpose() } else { tensor })
+    }
+}
+
 /// Loads tensors by canonical name onto a device, in the device's float dtype (fp16 stays f16 on an f16 device).
 pub struct TensorLoader<S> {
-    reader: SafetensorsReader<S>,
+    source: S,
     device: Device,
-    /// Canonical name -> name in the file.
-    names: BTreeMap<String, String>,
+    /// Canonical name -> the tensor in the file.
+    names: BTreeMap<String, TensorInfo>,
     used: BTreeSet<String>,
     missing: Vec<String>,
 }
 
-impl<S: ByteSource> TensorLoader<S> {
+impl<S: TensorSource> TensorLoader<S> {
     /// Reads the file's header and applies `key_map` to its names.
-    pub fn new(source: S, key_map: KeyMap, device: &Device) -> Result<Self, LoadError> {
-        let reader = SafetensorsReader::new(source)?;
-        let names = reader.header().tensors().filter_map(|t| Some((key_map(&t.name)?, t.name.clone()))).collect();
-        Ok(Self { reader, device: device.clone(), names, used: BTreeSet::new(), missing: Vec::new() })
+    pub fn new<I: IntoTensorSource<Source = S>>(source: I, key_map: KeyMap, device: &Device) -> Result<Self, LoadError> {
+        let source = source.into_tensor_source()?;
+        let names = source.infos().into_iter().filter_map(|t| Some((key_map(&t.name)?, t))).collect();
+        Ok(Self { source, device: device.clone(), names, used: BTreeSet::new(), missing: Vec::new() })
     }
 
     /// The tensor `name` with the given shape. A missing tensor is recorded and reported by
     /// [`Self::finish`] together with the others, so one run names everything that is wrong; until
     /// then it is a one-element placeholder, so a model must not be used before `finish` succeeds.
     pub fn tensor<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Result<Tensor<D>, LoadError> {
-        let data = self.data(name, &shape, false)?;
-        Ok(self.upload(data))
+        self.fetch(name, shape, false)
     }
 
-    /// The data on the device, or the one-element placeholder of a missing tensor.
-    fn upload<const D: usize>(&self, data: Option<TensorData>) -> Tensor<D> {
-        match data {
-            Some(data) => Tensor::from_data(data, &self.device),
-            None => Tensor::zeros([1; D], &self.device),
-        }
-    }
-
-    /// The tensor's data in the device's float dtype (`None` when missing: recorded for `finish`),
-    /// optionally transposed (2-D only) on the host, before it reaches the device.
-    fn data(&mut self, name: &str, shape: &[usize], transpose: bool) -> Result<Option<TensorData>, LoadError> {
-        let Some(file_name) = self.names.get(name) else {
+    /// The tensor on the device (transposed if asked, 2-D only), or the one-element placeholder of a
+    /// missing tensor (recorded for `finish`).
+    fn fetch<const D: usize>(&mut self, name: &str, shape: [usize; D], transpose: bool) -> Result<Tensor<D>, LoadError> {
+        let Some(info) = self.names.get(name) else {
             self.missing.push(name.to_string());
-            return Ok(None);
+            return Ok(Tensor::zeros([1; D], &self.device));
         };
-        let (info, bytes) = self.reader.read_bytes(file_name)?;
         if info.shape != shape {
-            return Err(LoadError::Shape { name: name.to_string(), expected: shape.to_vec(), actual: info.shape });
+            return Err(LoadError::Shape { name: name.to_string(), expected: shape.to_vec(), actual: info.shape.clone() });
         }
+        let tensor = self.source.fetch(info, transpose, &self.device)?;
         self.used.insert(name.to_string());
-        let out_shape: Vec<usize> = if transpose { vec![shape[1], shape[0]] } else { shape.to_vec() };
-        // fp16 weights stay f16 on a device computing in f16 (WebGPU with shader-f16); everything else
-        // is converted to f32 on the host (Flex, WebGPU without shader-f16), then to the device's dtype.
-        Ok(Some(if info.dtype == Dtype::F16 && self.device.settings().float_dtype == FloatDType::F16 {
-            let halves: Vec<f16> = bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]])).collect();
-            TensorData::new(arrange(halves, shape, transpose), out_shape)
-        } else {
-            TensorData::new(arrange(info.to_f32(&bytes)?, shape, transpose), out_shape)
-        }))
+        Ok(tensor)
     }
 
     fn param<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Result<Param<Tensor<D>>, LoadError> {
@@ -107,8 +205,7 @@ impl<S: ByteSource> TensorLoader<S> {
         let mut linear = LinearConfig::new(d_in, d_out).with_bias(bias).init(&self.device);
         // burn multiplies by [in, out]. A transposed view of torch's [out, in] would need no copy, but
         // the CPU matmul is 1.8x slower on it, so the weight is transposed on the host while loading.
-        let weight = self.data(&format!("{prefix}.weight"), &[d_out, d_in], true)?;
-        linear.weight = Param::from_tensor(self.upload(weight));
+        linear.weight = Param::from_tensor(self.fetch(&format!("{prefix}.weight"), [d_out, d_in], true)?);
         if bias {
             linear.bias = Some(self.param(&format!("{prefix}.bias"), [d_out])?);
         }
@@ -169,7 +266,7 @@ impl<S: ByteSource> TensorLoader<S> {
             return Err(LoadError::Missing(self.missing));
         }
         let unused: Vec<String> =
-            self.names.into_iter().filter(|(canonical, _)| !self.used.contains(canonical)).map(|(_, f)| f).collect();
+            self.names.into_iter().filter(|(canonical, _)| !self.used.contains(canonical)).map(|(_, f)| f.name).collect();
         if !unused.is_empty() {
             return Err(LoadError::Unexpected(unused));
         }

@@ -4,7 +4,7 @@
 mod loader;
 mod safetensors;
 
-pub use loader::{KeyMap, LoadError, TensorLoader};
+pub use loader::{DeviceTensors, IntoTensorSource, KeyMap, LoadError, TensorLoader, TensorSource, host_data};
 
 pub use safetensors::{ByteSource, Dtype, SafetensorsHeader, SafetensorsReader, TensorInfo, WeightsError};
 

@@ -1,0 +1,185 @@
+//! A model as the browser downloads it: the `sd manifest` listing of a diffusers folder (every file's
+//! path, size and sha256), plus an optional base URL. Files resolve relative to the manifest's own URL
+//! unless `base_url` is set (a Hugging Face `resolve/<revision>/` URL in production).
+//!
+//! Only the files a pipeline needs are fetched: configs, tokenizer, and one weights variant per
+//! component ([`Manifest::select`]).
+
+use serde::{Deserialize, Serialize};
+
+use crate::weights::Variant;
+
+/// One file of a model folder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestFile {
+    /// Path inside the model folder, `/`-separated (`unet/diffusion_pytorch_model.fp16.safetensors`).
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Lower-case hex SHA-256 of the content.
+    pub sha256: String,
+}
+
+/// The `sd manifest` output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Where the files live; absent: next to the manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+    pub files: Vec<ManifestFile>,
+}
+
+/// Why a manifest cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    #[error("the manifest is not valid JSON of the expected shape: {0}")]
+    Json(String),
+    #[error("manifest entry {path:?}: {reason}")]
+    BadEntry { path: String, reason: String },
+    #[error("the model lacks {0} (not in the manifest)")]
+    Missing(String),
+}
+
+/// The components whose weights a pipeline loads.
+pub const WEIGHT_COMPONENTS: [&str; 3] = ["text_encoder", "unet", "vae"];
+
+impl Manifest {
+    /// Parses and checks a manifest: safe relative paths, hex hashes, no duplicates.
+    pub fn from_json(text: &str) -> Result<Self, ManifestError> {
+        let manifest: Manifest = serde_json::from_str(text).map_err(|e| ManifestError::Json(e.to_string()))?;
+        let mut seen = std::collections::BTreeSet::new();
+        for f in &manifest.files {
+            let bad = |reason: &str| Err(ManifestError::BadEntry { path: f.path.clone(), reason: reason.into() });
+            let safe = !f.path.is_empty()
+                && !f.path.starts_with('/')
+                && !f.path.contains('\\')
+                && f.path.split('/').all(|part| !part.is_empty() && part != "." && part != "..");
+            if !safe {
+                return bad("not a relative path inside the model folder");
+            }
+            if f.sha256.len() != 64 || !f.sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+                return bad("sha256 must be 64 lower-case hex digits");
+            }
+            if !seen.insert(f.path.as_str()) {
+                return bad("listed twice");
+            }
+        }
+        Ok(manifest)
+    }
+
+    /// The entry for `path`.
+    pub fn file(&self, path: &str) -> Option<&ManifestFile> {
+        self.files.iter().find(|f| f.path == path)
+    }
+
+    /// The weights file of `component` for `variant` (`None`: fp16 when listed, half the download).
+    pub fn weights(&self, component: &str, variant: Option<Variant>) -> Result<&ManifestFile, ManifestError> {
+        let candidates = |stem: &str| {
+            let fp16 = self.file(&format!("{component}/{stem}.fp16.safetensors"));
+            let fp32 = self.file(&format!("{component}/{stem}.safetensors"));
+            match variant {
+                Some(Variant::Fp16) => fp16,
+                Some(Variant::Fp32) => fp32,
+                None => fp16.or(fp32),
+            }
+        };
+        candidates("diffusion_pytorch_model").or_else(|| candidates("model")).ok_or_else(|| {
+            let which = match variant {
+                Some(Variant::Fp16) => "fp16 ",
+                Some(Variant::Fp32) => "fp32 ",
+                None => "",
+            };
+            ManifestError::Missing(format!("{which}safetensors weights for {component}"))
+        })
+    }
+
+    /// Every file the pipeline reads for `variant`: `model_index.json`, the component configs, the
+    /// scheduler config, the tokenizer (vocab + merges when present, the smaller pair; else
+    /// `tokenizer.json`) and one weights file per component. Other files (`.bin`, `.ckpt`, the other
+    /// variant, safety checker...) are never fetched.
+    pub fn select(&self, variant: Option<Variant>) -> Result<Vec<&ManifestFile>, ManifestError> {
+        let need = |path: &str| self.file(path).ok_or_else(|| ManifestError::Missing(path.to_string()));
+        let mut files = vec![need("model_index.json")?, need("scheduler/scheduler_config.json")?];
+        for component in WEIGHT_COMPONENTS {
+            files.push(need(&format!("{component}/config.json"))?);
+            files.push(self.weights(component, variant)?);
+        }
+        match (self.file("tokenizer/vocab.json"), self.file("tokenizer/merges.txt")) {
+            (Some(vocab), Some(merges)) => files.extend([vocab, merges]),
+            _ => files.push(need("tokenizer/tokenizer.json")?),
+        }
+        files.extend(["tokenizer/tokenizer_config.json", "tokenizer/special_tokens_map.json"].iter().filter_map(|p| self.file(p)));
+        Ok(files)
+    }
+
+    /// Total bytes of `files`.
+    pub fn total(files: &[&ManifestFile]) -> u64 {
+        files.iter().map(|f| f.size).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &str, size: u64) -> ManifestFile {
+        ManifestFile { path: path.into(), size, sha256: "0".repeat(64) }
+    }
+
+    fn tiny() -> Manifest {
+        let paths = [
+            "model_index.json",
+            "scheduler/scheduler_config.json",
+            "text_encoder/config.json",
+            "text_encoder/model.safetensors",
+            "text_encoder/model.fp16.safetensors",
+            "tokenizer/merges.txt",
+            "tokenizer/vocab.json",
+            "tokenizer/tokenizer.json",
+            "tokenizer/tokenizer_config.json",
+            "unet/config.json",
+            "unet/diffusion_pytorch_model.safetensors",
+            "unet/diffusion_pytorch_model.fp16.safetensors",
+            "unet/diffusion_pytorch_model.bin",
+            "vae/config.json",
+            "vae/diffusion_pytorch_model.safetensors",
+        ];
+        Manifest { base_url: None, files: paths.iter().map(|p| entry(p, 10)).collect() }
+    }
+
+    #[test]
+    fn select_picks_one_variant_and_the_small_tokenizer_files() {
+        let m = tiny();
+        let paths = |v| m.select(v).unwrap().iter().map(|f| f.path.clone()).collect::<Vec<_>>();
+        let fp16 = paths(None);
+        assert!(fp16.contains(&"unet/diffusion_pytorch_model.fp16.safetensors".to_string()));
+        assert!(fp16.contains(&"text_encoder/model.fp16.safetensors".to_string()));
+        // vae has no fp16 file: the default falls back to fp32 per component.
+        assert!(fp16.contains(&"vae/diffusion_pytorch_model.safetensors".to_string()));
+        assert!(!fp16.iter().any(|p| p.ends_with(".bin") || p == "tokenizer/tokenizer.json"));
+        let fp32 = paths(Some(Variant::Fp32));
+        assert!(fp32.contains(&"unet/diffusion_pytorch_model.safetensors".to_string()));
+        assert!(!fp32.iter().any(|p| p.contains("fp16")));
+        // An explicit fp16 request fails where a component has none.
+        assert_eq!(m.select(Some(Variant::Fp16)).unwrap_err(), ManifestError::Missing("fp16 safetensors weights for vae".into()));
+    }
+
+    #[test]
+    fn bad_manifests_are_refused() {
+        let bad = |json: &str| Manifest::from_json(json).unwrap_err();
+        assert!(matches!(bad("{"), ManifestError::Json(_)));
+        let one = |path: &str, sha: &str| format!(r#"{{"files":[{{"path":"{path}","size":1,"sha256":"{sha}"}}]}}"#);
+        let ok_sha = "a".repeat(64);
+        assert!(Manifest::from_json(&one("unet/config.json", &ok_sha)).is_ok());
+        for path in ["../etc/passwd", "/abs", "a//b", "a/./b", ""] {
+            assert!(matches!(bad(&one(path, &ok_sha)), ManifestError::BadEntry { .. }), "{path}");
+        }
+        assert!(matches!(bad(&one("x", "XYZ")), ManifestError::BadEntry { .. }));
+        let twice = format!(
+            r#"{{"files":[{{"path":"a","size":1,"sha256":"{ok_sha}"}},{{"path":"a","size":1,"sha256":"{ok_sha}"}}]}}"#
+        );
+        assert!(matches!(bad(&twice), ManifestError::BadEntry { .. }));
+        let m = Manifest { base_url: None, files: vec![entry("model_index.json", 1)] };
+        assert!(matches!(m.select(None), Err(ManifestError::Missing(p)) if p == "scheduler/scheduler_config.json"));
+    }
+}

@@ -1,0 +1,228 @@
+//! Loading a stored model onto the GPU, tensor by tensor: each weights file is read chunk by chunk in
+//! file order, every tensor goes to the device as soon as its bytes are in, so the wasm heap holds one
+//! chunk and one tensor at a time, never a whole file.
+
+use std::cell::Cell;
+
+use burn::tensor::{Device, Tensor};
+
+use super::store::{FileRecord, Store};
+use crate::Error;
+use crate::config::{AutoencoderKLConfig, UNet2DConditionConfig, parse};
+use crate::manifest::{Manifest, WEIGHT_COMPONENTS};
+use crate::models::autoencoder_kl::{VaeDecoder, VaeEncoder};
+use crate::models::clip::ClipTextConfig;
+use crate::models::unet_2d_condition::UNet2DConditionModel;
+use crate::pipeline::StableDiffusion;
+use crate::protocol::{Event, Phase};
+use crate::schedulers::SchedulerConfig;
+use crate::tokenizer::{ClipTokenizer, TokenizerFiles};
+use crate::weights::{DeviceTensors, SafetensorsHeader, TensorInfo, Variant, host_data};
+
+/// A model on the GPU, with what the results' metadata needs.
+pub struct LoadedModel {
+    pub id: String,
+    pub variant: Option<Variant>,
+    pub pipeline: StableDiffusion,
+    /// A1111's "Model hash": the first 10 hex digits of the U-Net file's sha256.
+    pub hash: String,
+    /// The model folder's name (the manifest URL's last folder).
+    pub name: String,
+}
+
+/// Sequential reads over a stored file's chunks (one chunk in memory).
+struct ChunkReader<'a> {
+    store: &'a Store,
+    record: FileRecord,
+    buf: Vec<u8>,
+    buf_start: u64,
+}
+
+impl<'a> ChunkReader<'a> {
+    fn new(store: &'a Store, record: FileRecord) -> Self {
+        Self { store, record, buf: Vec::new(), buf_start: 0 }
+    }
+
+    async fn read(&mut self, start: u64, len: usize) -> Result<Vec<u8>, Error> {
+        if start + len as u64 > self.record.size {
+            return Err(Error::Model(format!("{}: read past the end", self.record.path)));
+        }
+        let mut out = Vec::with_capacity(len);
+        let mut pos = start;
+        while out.len() < len {
+            let in_buf = self.buf_start <= pos && pos < self.buf_start + self.buf.len() as u64;
+            if !in_buf {
+                let index = pos / self.record.chunk_bytes;
+                self.buf = self.store.chunk(&self.record.id, &self.record.path, index).await?;
+                self.buf_start = index * self.record.chunk_bytes;
+                if self.buf.is_empty() {
+                    return Err(Error::Model(format!("{}: chunk {index} is empty", self.record.path)));
+                }
+            }
+            let offset = (pos - self.buf_start) as usize;
+            let n = (len - out.len()).min(self.buf.len() - offset);
+            out.extend_from_slice(&self.buf[offset..offset + n]);
+            pos += n as u64;
+        }
+        Ok(out)
+    }
+}
+
+/// A whole (small) file: configs, tokenizer.
+async fn read_file(store: &Store, record: &FileRecord) -> Result<Vec<u8>, Error> {
+    ChunkReader::new(store, record.clone()).read(0, record.size as usize).await
+}
+
+struct LoadProgress<'a> {
+    emit: &'a dyn Fn(Event),
+    cancel: &'a Cell<bool>,
+    done: u64,
+    total: u64,
+}
+
+/// Streams one safetensors file from the store to the device.
+async fn upload_weights(
+    store: &Store,
+    record: FileRecord,
+    device: &Device,
+    progress: &mut LoadProgress<'_>,
+) -> Result<DeviceTensors, Error> {
+    let path = record.path.clone();
+    let bad = |e: crate::weights::WeightsError| Error::Model(format!("{path}: {e}"));
+    let size = record.size;
+    let mut reader = ChunkReader::new(store, record);
+    let first8 = reader.read(0, 8.min(size as usize)).await?;
+    let prefix_len = SafetensorsHeader::prefix_len(&first8).map_err(bad)?;
+    if prefix_len > size {
+        return Err(Error::Model(format!("{path}: header longer than the file")));
+    }
+    let prefix = reader.read(0, prefix_len as usize).await?;
+    let header = SafetensorsHeader::parse(&prefix, size).map_err(bad)?;
+    let mut infos: Vec<TensorInfo> = header.tensors().cloned().collect();
+    infos.sort_by_key(|t| t.start);
+    let mut tensors = DeviceTensors::default();
+    for info in infos {
+        if progress.cancel.get() {
+            return Err(Error::Cancelled);
+        }
+        let len = (info.end - info.start) as usize;
+        let bytes = reader.read(info.start, len).await?;
+        let flat = TensorInfo { shape: vec![info.numel()], ..info.clone() };
+        let data = host_data(&flat, &bytes, false, device).map_err(bad)?;
+        drop(bytes);
+        tensors.insert(info, Tensor::<1>::from_data(data, device));
+        progress.done += len as u64;
+        (progress.emit)(Event::Progress {
+            phase: Phase::Load,
+            done: progress.done,
+            total: progress.total,
+            bytes: None,
+            file: Some(path.clone()),
+        });
+    }
+    Ok(tensors)
+}
+
+/// Loads the stored model `id` (every file of `variant` must be complete) onto `device`.
+pub async fn load_model(
+    store: &Store,
+    id: &str,
+    variant: Option<Variant>,
+    device: &Device,
+    emit: &dyn Fn(Event),
+    cancel: &Cell<bool>,
+) -> Result<LoadedModel, Error> {
+    let record = store
+        .model(id)
+        .await?
+        .ok_or_else(|| Error::NotStored(format!("the model {id} is not stored: download it first (EnsureModel)")))?;
+    let manifest = Manifest::from_json(&record.manifest).map_err(|e| Error::Storage(e.to_string()))?;
+    let selected = manifest.select(variant).map_err(|e| Error::Model(e.to_string()))?;
+    let mut records = std::collections::BTreeMap::new();
+    let mut incomplete = Vec::new();
+    for f in &selected {
+        match store.file(id, &f.path).await? {
+            Some(r) if r.complete && r.sha256 == f.sha256 => {
+                records.insert(f.path.clone(), r);
+            }
+            _ => incomplete.push(f.path.clone()),
+        }
+    }
+    if !incomplete.is_empty() {
+        return Err(Error::NotStored(format!(
+            "the model {id} is not completely stored (missing {}): download it first (EnsureModel)",
+            incomplete.join(", ")
+        )));
+    }
+    let text = async |path: &str| -> Result<String, Error> {
+        let bytes = read_file(store, &records[path]).await?;
+        String::from_utf8(bytes).map_err(|e| Error::Model(format!("{path}: {e}")))
+    };
+    let model_err = |path: &str, e: &dyn std::fmt::Display| Error::Model(format!("{path}: {e}"));
+
+    let mut tokenizer_bytes = std::collections::BTreeMap::new();
+    for path in records.keys().filter(|p| p.starts_with("tokenizer/")) {
+        tokenizer_bytes.insert(path.trim_start_matches("tokenizer/").to_string(), read_file(store, &records[path]).await?);
+    }
+    let file = |name: &str| tokenizer_bytes.get(name).map(Vec::as_slice);
+    let tokenizer = ClipTokenizer::from_files(TokenizerFiles {
+        tokenizer_json: file("tokenizer.json"),
+        vocab_json: file("vocab.json"),
+        merges_txt: file("merges.txt"),
+        tokenizer_config_json: file("tokenizer_config.json"),
+        special_tokens_map_json: file("special_tokens_map.json"),
+    })
+    .map_err(|e| model_err("tokenizer", &e))?;
+    drop(tokenizer_bytes);
+
+    let clip_config = ClipTextConfig::from_json(&text("text_encoder/config.json").await?)
+        .map_err(|e| model_err("text_encoder/config.json", &e))?;
+    let unet_config: UNet2DConditionConfig =
+        parse("unet/config.json", &text("unet/config.json").await?).map_err(|e| Error::Model(e.to_string()))?;
+    let vae_config: AutoencoderKLConfig =
+        parse("vae/config.json", &text("vae/config.json").await?).map_err(|e| Error::Model(e.to_string()))?;
+    let scheduler_config = SchedulerConfig::from_json(&text("scheduler/scheduler_config.json").await?)
+        .map_err(|e| model_err("scheduler/scheduler_config.json", &e))?;
+    // Refuse an unsupported U-Net before uploading anything.
+    crate::models::unet_2d_condition::check_supported(&unet_config).map_err(|e| Error::Unsupported(e.to_string()))?;
+
+    let weights: Vec<FileRecord> = WEIGHT_COMPONENTS
+        .iter()
+        .map(|c| manifest.weights(c, variant).map(|f| records[&f.path].clone()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| Error::Model(e.to_string()))?;
+    let mut progress = LoadProgress { emit, cancel, done: 0, total: weights.iter().map(|r| r.size).sum() };
+    let load_err = |component: &str, e: crate::weights::LoadError| match e {
+        crate::weights::LoadError::Unsupported(m) => Error::Unsupported(m),
+        e => Error::Model(format!("{component}: {e}")),
+    };
+    let [te, unet, vae] = <[FileRecord; 3]>::try_from(weights).expect("three components");
+    let hash = unet.sha256[..10].to_string();
+
+    let tensors = upload_weights(store, te, device, &mut progress).await?;
+    let text_encoder = clip_config.load(tensors, device).map_err(|e| load_err("text_encoder", e))?;
+    let tensors = upload_weights(store, unet, device, &mut progress).await?;
+    let unet = UNet2DConditionModel::load(&unet_config, tensors, device).map_err(|e| load_err("unet", e))?;
+    let tensors = upload_weights(store, vae, device, &mut progress).await?;
+    let vae_decoder = VaeDecoder::load(&vae_config, tensors.clone(), device).map_err(|e| load_err("vae", e))?;
+    let vae_encoder = VaeEncoder::load(&vae_config, tensors, device).map_err(|e| load_err("vae", e))?;
+
+    let name = id.trim_end_matches("manifest.json").trim_end_matches('/').rsplit('/').next().unwrap_or(id).to_string();
+    Ok(LoadedModel {
+        id: id.to_string(),
+        variant,
+        pipeline: StableDiffusion {
+            tokenizer,
+            text_encoder,
+            unet,
+            unet_config,
+            vae_decoder,
+            vae_encoder,
+            vae_config,
+            scheduler_config,
+            device: device.clone(),
+        },
+        hash,
+        name,
+    })
+}

@@ -1,0 +1,246 @@
+//! The weight store: models in IndexedDB (through the `idb` crate), in the worker.
+//!
+//! Three object stores:
+//! - `models`: id (the manifest URL) -> [`ModelRecord`] (the manifest as fetched);
+//! - `files`: `[id, path]` -> [`FileRecord`] (bytes stored so far, whether verified);
+//! - `chunks`: `[id, path, index]` -> `Uint8Array` of `chunk_bytes` (the last one shorter).
+//!
+//! A chunk and its file record are written in one transaction, so `stored` never counts a chunk that
+//! is not there, whatever interrupts the worker (reload, quota, crash). A file is `complete` only
+//! after its sha256 matched.
+
+use idb::{Database, DatabaseEvent, Factory, KeyRange, ObjectStoreParams, Query, TransactionMode};
+use js_sys::{Array, Uint8Array};
+use serde::{Deserialize, Serialize};
+use wasm_bindgen::JsValue;
+
+use crate::Error;
+
+const DB_NAME: &str = "websd-weights";
+const DB_VERSION: u32 = 1;
+const MODELS: &str = "models";
+const FILES: &str = "files";
+const CHUNKS: &str = "chunks";
+
+/// A stored model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelRecord {
+    pub id: String,
+    /// The manifest JSON as last fetched (used offline).
+    pub manifest: String,
+}
+
+/// The state of one file of a model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FileRecord {
+    pub id: String,
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+    /// Chunk size this file is stored in (kept when resuming).
+    pub chunk_bytes: u64,
+    /// Bytes in whole chunks stored so far (the last chunk may be shorter once `stored == size`).
+    pub stored: u64,
+    /// Stored in full and the sha256 matched.
+    pub complete: bool,
+}
+
+impl FileRecord {
+    /// Number of chunks stored.
+    pub fn chunks_stored(&self) -> u64 {
+        self.stored.div_ceil(self.chunk_bytes)
+    }
+}
+
+/// Maps IndexedDB failures to the crate's errors; a full quota (Chrome aborts the transaction with
+/// `QuotaExceededError`) gets its own variant, with the sizes filled in by the caller.
+pub fn store_error(context: &str, err: impl std::fmt::Display) -> Error {
+    let text = err.to_string();
+    if text.contains("QuotaExceeded") || text.contains("quota") {
+        Error::Quota { needed: 0, available: 0, detail: format!(" ({context}: {text})") }
+    } else {
+        Error::Storage(format!("{context}: {text}"))
+    }
+}
+
+fn to_js<T: Serialize>(value: &T) -> Result<JsValue, Error> {
+    value
+        .serialize(&serde_wasm_bindgen::Serializer::json_compatible())
+        .map_err(|e| Error::Storage(format!("encoding a record: {e}")))
+}
+
+fn from_js<T: for<'de> Deserialize<'de>>(value: JsValue) -> Result<T, Error> {
+    serde_wasm_bindgen::from_value(value).map_err(|e| Error::Storage(format!("decoding a record: {e}")))
+}
+
+fn key(parts: &[JsValue]) -> JsValue {
+    parts.iter().collect::<Array>().into()
+}
+
+fn file_key(id: &str, path: &str) -> JsValue {
+    key(&[id.into(), path.into()])
+}
+
+fn chunk_key(id: &str, path: &str, index: u64) -> JsValue {
+    key(&[id.into(), path.into(), JsValue::from_f64(index as f64)])
+}
+
+/// Every key that starts with `prefix` (arrays compare element-wise; a proper prefix sorts first, and
+/// `last + "\0"` sorts after every extension of it).
+fn prefix_range(prefix: &[&str]) -> Result<Query, Error> {
+    let lower = key(&prefix.iter().map(|s| JsValue::from_str(s)).collect::<Vec<_>>());
+    let mut upper: Vec<JsValue> = prefix.iter().map(|s| JsValue::from_str(s)).collect();
+    let last = format!("{}\0", prefix.last().expect("non-empty prefix"));
+    *upper.last_mut().unwrap() = JsValue::from_str(&last);
+    let range = KeyRange::bound(&lower, &key(&upper), Some(false), Some(true))
+        .map_err(|e| Error::Storage(format!("key range: {e}")))?;
+    Ok(Query::KeyRange(range))
+}
+
+/// The open database.
+pub struct Store {
+    db: Database,
+}
+
+impl Store {
+    /// Opens (creating or upgrading) the database.
+    pub async fn open() -> Result<Store, Error> {
+        let factory = Factory::new().map_err(|e| Error::Storage(format!("IndexedDB is not available: {e}")))?;
+        let mut request = factory.open(DB_NAME, Some(DB_VERSION)).map_err(|e| store_error("opening", e))?;
+        request.on_upgrade_needed(|event| {
+            let Ok(db) = event.database() else { return };
+            for name in [MODELS, FILES, CHUNKS] {
+                if !db.store_names().iter().any(|n| n == name) {
+                    let _ = db.create_object_store(name, ObjectStoreParams::new());
+                }
+            }
+        });
+        let db = request.await.map_err(|e| store_error("opening", e))?;
+        Ok(Store { db })
+    }
+
+    async fn get(&self, store: &str, key: JsValue) -> Result<Option<JsValue>, Error> {
+        let tx = self.db.transaction(&[store], TransactionMode::ReadOnly).map_err(|e| store_error("reading", e))?;
+        let os = tx.object_store(store).map_err(|e| store_error("reading", e))?;
+        let value = os.get(key).map_err(|e| store_error("reading", e))?.await.map_err(|e| store_error("reading", e))?;
+        Ok(value.filter(|v| !v.is_undefined()))
+    }
+
+    async fn put(&self, store: &str, key: JsValue, value: &JsValue) -> Result<(), Error> {
+        let tx = self.db.transaction(&[store], TransactionMode::ReadWrite).map_err(|e| store_error("writing", e))?;
+        let os = tx.object_store(store).map_err(|e| store_error("writing", e))?;
+        os.put(value, Some(&key)).map_err(|e| store_error("writing", e))?.await.map_err(|e| store_error("writing", e))?;
+        finish(tx, "writing").await
+    }
+
+    /// The stored model `id`.
+    pub async fn model(&self, id: &str) -> Result<Option<ModelRecord>, Error> {
+        self.get(MODELS, id.into()).await?.map(from_js).transpose()
+    }
+
+    pub async fn put_model(&self, record: &ModelRecord) -> Result<(), Error> {
+        self.put(MODELS, record.id.as_str().into(), &to_js(record)?).await
+    }
+
+    /// Every stored model.
+    pub async fn models(&self) -> Result<Vec<ModelRecord>, Error> {
+        let tx = self.db.transaction(&[MODELS], TransactionMode::ReadOnly).map_err(|e| store_error("listing", e))?;
+        let os = tx.object_store(MODELS).map_err(|e| store_error("listing", e))?;
+        let all = os.get_all(None, None).map_err(|e| store_error("listing", e))?.await.map_err(|e| store_error("listing", e))?;
+        all.into_iter().map(from_js).collect()
+    }
+
+    /// The record of one file.
+    pub async fn file(&self, id: &str, path: &str) -> Result<Option<FileRecord>, Error> {
+        self.get(FILES, file_key(id, path)).await?.map(from_js).transpose()
+    }
+
+    /// Every file record of a model.
+    pub async fn files(&self, id: &str) -> Result<Vec<FileRecord>, Error> {
+        let tx = self.db.transaction(&[FILES], TransactionMode::ReadOnly).map_err(|e| store_error("listing", e))?;
+        let os = tx.object_store(FILES).map_err(|e| store_error("listing", e))?;
+        let all = os
+            .get_all(Some(prefix_range(&[id])?), None)
+            .map_err(|e| store_error("listing", e))?
+            .await
+            .map_err(|e| store_error("listing", e))?;
+        all.into_iter().map(from_js).collect()
+    }
+
+    pub async fn put_file(&self, record: &FileRecord) -> Result<(), Error> {
+        self.put(FILES, file_key(&record.id, &record.path), &to_js(record)?).await
+    }
+
+    /// Stores chunk `index` of a file and its updated record in one transaction.
+    pub async fn put_chunk(&self, record: &FileRecord, index: u64, bytes: &[u8]) -> Result<(), Error> {
+        let tx =
+            self.db.transaction(&[FILES, CHUNKS], TransactionMode::ReadWrite).map_err(|e| store_error("writing", e))?;
+        let chunks = tx.object_store(CHUNKS).map_err(|e| store_error("writing", e))?;
+        let files = tx.object_store(FILES).map_err(|e| store_error("writing", e))?;
+        let data: JsValue = Uint8Array::from(bytes).into();
+        let put_chunk = chunks.put(&data, Some(&chunk_key(&record.id, &record.path, index)));
+        let put_record = files.put(&to_js(record)?, Some(&file_key(&record.id, &record.path)));
+        put_chunk.map_err(|e| store_error("writing a chunk", e))?.await.map_err(|e| store_error("writing a chunk", e))?;
+        put_record.map_err(|e| store_error("writing", e))?.await.map_err(|e| store_error("writing", e))?;
+        finish(tx, "writing a chunk").await
+    }
+
+    /// Chunk `index` of a file.
+    pub async fn chunk(&self, id: &str, path: &str, index: u64) -> Result<Vec<u8>, Error> {
+        let value = self
+            .get(CHUNKS, chunk_key(id, path, index))
+            .await?
+            .ok_or_else(|| Error::NotStored(format!("{path}: chunk {index} is missing from the store")))?;
+        Ok(Uint8Array::new(&value).to_vec())
+    }
+
+    /// Removes a file's chunks and resets its record to nothing stored (one transaction).
+    pub async fn reset_file(&self, record: &FileRecord) -> Result<(), Error> {
+        let tx =
+            self.db.transaction(&[FILES, CHUNKS], TransactionMode::ReadWrite).map_err(|e| store_error("deleting", e))?;
+        let chunks = tx.object_store(CHUNKS).map_err(|e| store_error("deleting", e))?;
+        let files = tx.object_store(FILES).map_err(|e| store_error("deleting", e))?;
+        chunks
+            .delete(prefix_range(&[&record.id, &record.path])?)
+            .map_err(|e| store_error("deleting", e))?
+            .await
+            .map_err(|e| store_error("deleting", e))?;
+        let reset = FileRecord { stored: 0, complete: false, ..record.clone() };
+        files
+            .put(&to_js(&reset)?, Some(&file_key(&record.id, &record.path)))
+            .map_err(|e| store_error("deleting", e))?
+            .await
+            .map_err(|e| store_error("deleting", e))?;
+        finish(tx, "deleting").await
+    }
+
+    /// Removes a model: its record, files and chunks (one transaction).
+    pub async fn delete_model(&self, id: &str) -> Result<(), Error> {
+        let tx = self
+            .db
+            .transaction(&[MODELS, FILES, CHUNKS], TransactionMode::ReadWrite)
+            .map_err(|e| store_error("deleting", e))?;
+        for (store, query) in
+            [(CHUNKS, prefix_range(&[id])?), (FILES, prefix_range(&[id])?), (MODELS, Query::Key(id.into()))]
+        {
+            let os = tx.object_store(store).map_err(|e| store_error("deleting", e))?;
+            os.delete(query).map_err(|e| store_error("deleting", e))?.await.map_err(|e| store_error("deleting", e))?;
+        }
+        finish(tx, "deleting").await
+    }
+}
+
+/// Waits for the transaction; an abort (quota, ...) is an error naming the transaction's reason.
+async fn finish(tx: idb::Transaction, context: &str) -> Result<(), Error> {
+    // Keep a handle: the reason of an abort (`QuotaExceededError` at commit) is on the transaction.
+    let raw: web_sys::IdbTransaction = tx.into();
+    let result = idb::Transaction::from(raw.clone()).await;
+    let reason = || raw.error().map(|e| format!("{}: {}", e.name(), e.message()));
+    match result {
+        Ok(result) if result.is_committed() => Ok(()),
+        Ok(_) => Err(store_error(context, reason().unwrap_or_else(|| "transaction aborted".into()))),
+        Err(e) => Err(store_error(context, reason().unwrap_or_else(|| e.to_string()))),
+    }
+}

@@ -1,0 +1,299 @@
+// The worker engine end to end in headless Chromium (SwiftShader WebGPU, dedicated worker): the tiny
+// model downloaded from the fault-injecting model server (another origin) into IndexedDB, loaded tensor
+// by tensor, and run against diffusers' fixtures; resumption after every fault type and a reload;
+// quota; cancellation; device loss; no WebGPU.
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+import { chromium } from "playwright-core";
+import type { DownloadReport, GenerateSettings, Request } from "../src/protocol";
+import { ARGS, FIXTURES, maxDiff, openEngine, readSafetensors, startHarness, type EnginePage, type Harness } from "./harness";
+
+const UNET16 = "tiny-sd/unet/diffusion_pytorch_model.fp16.safetensors";
+const CHUNK = 256 * 1024;
+let h: Harness;
+
+before(async () => {
+  h = await startHarness();
+});
+after(async () => {
+  await h?.close();
+});
+
+function manifestUrl(run: string): string {
+  return `${h.cdn.url}tiny-sd/manifest.json?run=${run}`;
+}
+
+function ensure(run: string, extra: Partial<Extract<Request, { type: "ensureModel" }>> = {}): Request {
+  return { type: "ensureModel", manifestUrl: manifestUrl(run), variant: "fp16", chunkBytes: CHUNK, stallTimeoutMs: 1500, ...extra };
+}
+
+/** The txt2img_ddim fixture's settings (from its metadata) and image. */
+function fixture(run: string): { settings: GenerateSettings; image: Float32Array } {
+  const { meta, data } = readSafetensors(`${FIXTURES}/runs/${run}/tensors.safetensors`, "image");
+  return {
+    settings: {
+      prompt: meta["prompt"]!,
+      negativePrompt: meta["negative_prompt"] ?? "",
+      steps: Number(meta["steps"]),
+      guidance: Number(meta["guidance_scale"]),
+      seed: Number(meta["seed"]),
+      width: Number(meta["width"]),
+      height: Number(meta["height"]),
+      scheduler: "ddim",
+    },
+    image: data,
+  };
+}
+
+/** SHA-256 of a file as stored in IndexedDB (chunks concatenated), computed in the page. */
+async function storedSha256(e: EnginePage, id: string, path: string): Promise<string> {
+  return e.page.evaluate(
+    async ([id, path]) => {
+      const db = await new Promise<IDBDatabase>((ok, err) => {
+        const r = indexedDB.open("websd-weights");
+        r.onsuccess = () => ok(r.result);
+        r.onerror = () => err(r.error);
+      });
+      const chunks = await new Promise<Uint8Array[]>((ok, err) => {
+        const r = db
+          .transaction("chunks")
+          .objectStore("chunks")
+          .getAll(IDBKeyRange.bound([id, path], [id, path + "\0"], false, true));
+        r.onsuccess = () => ok(r.result as Uint8Array[]);
+        r.onerror = () => err(r.error);
+      });
+      db.close();
+      const all = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
+      let at = 0;
+      for (const c of chunks) {
+        all.set(c, at);
+        at += c.length;
+      }
+      const digest = await crypto.subtle.digest("SHA-256", all);
+      return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
+    },
+    [id, path] as const,
+  );
+}
+
+/** Every file record and its chunks agree: `stored` bytes are exactly there, `complete` means verified. */
+async function storeConsistent(e: EnginePage, id: string): Promise<{ files: number; complete: number; problems: string[] }> {
+  return e.page.evaluate(async (id) => {
+    const db = await new Promise<IDBDatabase>((ok, err) => {
+      const r = indexedDB.open("websd-weights");
+      r.onsuccess = () => ok(r.result);
+      r.onerror = () => err(r.error);
+    });
+    const get = <T>(store: string, range: IDBKeyRange) =>
+      new Promise<T[]>((ok, err) => {
+        const r = db.transaction(store).objectStore(store).getAll(range);
+        r.onsuccess = () => ok(r.result as T[]);
+        r.onerror = () => err(r.error);
+      });
+    type F = { path: string; size: number; stored: number; chunkBytes: number; complete: boolean };
+    const files = await get<F>("files", IDBKeyRange.bound([id], [id + "\0"], false, true));
+    const problems: string[] = [];
+    for (const f of files) {
+      const chunks = await get<Uint8Array>("chunks", IDBKeyRange.bound([id, f.path], [id, f.path + "\0"], false, true));
+      const bytes = chunks.reduce((n, c) => n + c.length, 0);
+      if (bytes !== f.stored) problems.push(`${f.path}: ${bytes} bytes in chunks, record says ${f.stored}`);
+      if (f.complete && f.stored !== f.size) problems.push(`${f.path}: complete with ${f.stored} of ${f.size}`);
+    }
+    db.close();
+    return { files: files.length, complete: files.filter((f) => f.complete).length, problems };
+  }, id);
+}
+
+async function generateAndCompare(e: EnginePage, model: string, variant: "fp16" | "fp32", run: string): Promise<number> {
+  const { settings, image } = fixture(run);
+  const pngsBefore = (await e.events()).filter((x) => x.type === "result").length;
+  const { final, events } = await e.call({ type: "generate", model, variant, settings }, 300_000);
+  assert.equal(final.type, "result", JSON.stringify(final));
+  const steps = events.filter((x) => x.type === "progress" && x.phase === "denoise");
+  assert.equal(steps.length, settings.steps, "one progress event per step");
+  const decoded = await e.decodePng(pngsBefore);
+  assert.equal(decoded.width, settings.width);
+  const diff = maxDiff(image, decoded.rgba);
+  const ms = final.type === "result" ? final.elapsedMs : NaN;
+  const t = (match: (x: (typeof events)[number]) => boolean) => events.find(match)?.at ?? NaN;
+  const t0 = events[0]?.at ?? NaN;
+  const phases = {
+    load: t((x) => x.type === "progress" && x.phase === "encode") - t0,
+    encode: t((x) => x.type === "progress" && x.phase === "encode" && x.done === 1) - t((x) => x.type === "progress" && x.phase === "encode"),
+    firstStep: t((x) => x.type === "progress" && x.phase === "denoise") - t((x) => x.type === "progress" && x.phase === "encode" && x.done === 1),
+    denoise: t((x) => x.type === "progress" && x.phase === "decode") - t((x) => x.type === "progress" && x.phase === "encode" && x.done === 1),
+    decode: final.at - t((x) => x.type === "progress" && x.phase === "decode"),
+  };
+  console.log(`${run} ${variant} phases (ms): ${JSON.stringify(Object.fromEntries(Object.entries(phases).map(([k, v]) => [k, Math.round(v)])))}`);
+  console.log(`${run} ${variant}: max |diff| ${diff.toExponential(2)} vs diffusers, ${ms.toFixed(0)} ms`);
+  return diff;
+}
+
+describe("worker engine", () => {
+  test("tiny model: download into IndexedDB, load, txt2img matches diffusers (fp16 and fp32 files)", { timeout: 600_000 }, async () => {
+    const e = await openEngine(h);
+    h.cdn.models.resetStats();
+    const { final } = await e.call(ensure("clean"));
+    assert.equal(final.type, "modelReady", JSON.stringify(final));
+    const report = (final as { report: DownloadReport }).report;
+    assert.equal(report.retries, 0);
+    assert.equal(report.fetchedBytes, report.totalBytes);
+    assert.ok(!report.files.some((f) => f.endsWith("unet/diffusion_pytorch_model.safetensors")), "fp32 not fetched");
+    // A second ensure fetches nothing.
+    const again = await e.call(ensure("clean"));
+    assert.equal((again.final as { report: DownloadReport }).report.fetchedBytes, 0);
+
+    const fp16 = await generateAndCompare(e, manifestUrl("clean"), "fp16", "txt2img_ddim");
+    assert.ok(fp16 <= 2e-2, `fp16 image off by ${fp16}`);
+    const ready32 = await e.call(ensure("clean", { variant: "fp32" }));
+    assert.equal(ready32.final.type, "modelReady");
+    const fp32 = await generateAndCompare(e, manifestUrl("clean"), "fp32", "txt2img_ddim");
+    assert.ok(fp32 <= 2e-2, `fp32 image off by ${fp32}`);
+
+    const listed = await e.call({ type: "listModels" });
+    assert.equal(listed.final.type, "models");
+    const model = (listed.final as { models: { id: string; ready: boolean; storedBytes: number }[] }).models.find(
+      (m) => m.id === manifestUrl("clean"),
+    );
+    assert.ok(model?.ready);
+    console.log(`stored: ${model!.storedBytes} bytes`);
+    assert.deepEqual((await storeConsistent(e, manifestUrl("clean"))).problems, []);
+    await e.page.close();
+  });
+
+  for (const fault of ["reset:1000000", "truncate:1000000", "status:500", "status:503", "stall:1000000", "flip:1000000"]) {
+    test(`resume after ${fault}`, { timeout: 300_000 }, async () => {
+      const e = await openEngine(h);
+      const run = `fault-${fault.replace(":", "-")}`;
+      h.cdn.models.resetStats();
+      h.cdn.models.addFaults([{ path: UNET16, fault }]);
+      const { final } = await e.call(ensure(run));
+      assert.equal(final.type, "modelReady", JSON.stringify(final));
+      assert.equal(h.cdn.models.pendingFaults(), 0, "the fault fired");
+      const report = (final as { report: DownloadReport }).report;
+      const served = h.cdn.models.stats.bytes[`/${UNET16}`] ?? 0;
+      const size = 2888024;
+      console.log(`${fault}: retries ${report.retries}, unet bytes served ${served} for ${size}, corrupt ${report.corruptFiles}`);
+      if (fault.startsWith("flip")) {
+        // No per-chunk hashes exist: the whole file is fetched again.
+        assert.deepEqual(report.corruptFiles, [UNET16.slice("tiny-sd/".length)]);
+        assert.ok(served <= 2 * size);
+      } else {
+        assert.ok(report.retries >= 1);
+        assert.ok(served <= size + CHUNK, `re-fetched more than one chunk: ${served - size} extra bytes`);
+      }
+      const manifest = JSON.parse(await (await fetch(manifestUrl(run))).text()) as { files: { path: string; sha256: string }[] };
+      for (const f of report.files) {
+        const want = manifest.files.find((m) => m.path === f)!.sha256;
+        assert.equal(await storedSha256(e, manifestUrl(run), f), want, `${f} stored byte-identical`);
+      }
+      await e.page.close();
+    });
+  }
+
+  test("a reload mid-download resumes where it stopped", { timeout: 300_000 }, async () => {
+    const e = await openEngine(h);
+    const run = "reload";
+    h.cdn.models.resetStats();
+    // The U-Net's response stalls after 1.5 MB; the engine would wait a minute: the page reloads first.
+    h.cdn.models.addFaults([{ path: UNET16, fault: "stall:1500000" }]);
+    await e.send(ensure(run, { stallTimeoutMs: 60_000 }));
+    await e.waitFor((x) => x.type === "progress" && x.file === UNET16.slice(8) && x.done > 0 && (x.bytes ?? 0) > 0, 60_000);
+    await new Promise((r) => setTimeout(r, 1000));
+    const before = await storeConsistent(e, manifestUrl(run));
+    await e.page.reload();
+    await e.startWorker();
+    const { final } = await e.call(ensure(run));
+    assert.equal(final.type, "modelReady", JSON.stringify(final));
+    const served = h.cdn.models.stats.bytes[`/${UNET16}`] ?? 0;
+    console.log(`reload: ${before.complete}/${before.files} files complete before; unet bytes served ${served} for 2888024`);
+    assert.ok(served <= 2888024 + CHUNK, `re-fetched ${served - 2888024} extra bytes`);
+    assert.deepEqual((await storeConsistent(e, manifestUrl(run))).problems, []);
+    await e.page.close();
+  });
+
+  test("quota: a clear error with the sizes, and a consistent store", { timeout: 300_000 }, async () => {
+    const page = await h.browser.newPage();
+    const cdp = await page.context().newCDPSession(page);
+    const e = await openEngine(h, page);
+    const origin = new URL(h.app.url).origin;
+    // Far too small: refused before anything is fetched.
+    await cdp.send("Storage.overrideQuotaForOrigin", { origin, quotaSize: 1024 * 1024 });
+    const small = await e.call(ensure("quota"));
+    assert.equal(small.final.type, "error", JSON.stringify(small.final));
+    const err = small.final as { code: string; needed?: number; available?: number; message: string };
+    assert.equal(err.code, "quota");
+    assert.ok((err.needed ?? 0) > (err.available ?? 0), err.message);
+    console.log(`quota (before download): ${err.message}`);
+    // Enough to start, too little to finish: the browser refuses a write mid-download.
+    const usage = await page.evaluate(async () => (await navigator.storage.estimate()).usage ?? 0);
+    await cdp.send("Storage.overrideQuotaForOrigin", { origin, quotaSize: usage + 20 * 1024 * 1024 });
+    const mid = await e.call(ensure("quota-mid", { variant: "fp32" }));
+    console.log(`quota (mid-download): ${JSON.stringify(mid.final)}`);
+    const state = await storeConsistent(e, manifestUrl("quota-mid"));
+    assert.deepEqual(state.problems, []);
+    if (mid.final.type === "error") assert.equal((mid.final as { code: string }).code, "quota");
+    // With the quota back, the same request completes.
+    await cdp.send("Storage.overrideQuotaForOrigin", { origin });
+    const done = await e.call(ensure("quota-mid", { variant: "fp32" }));
+    assert.equal(done.final.type, "modelReady", JSON.stringify(done.final));
+    assert.deepEqual((await storeConsistent(e, manifestUrl("quota-mid"))).problems, []);
+    await page.close();
+  });
+
+  test("cancel during denoising stops within one step; the next generate works; a lost device recovers", { timeout: 600_000 }, async () => {
+    const e = await openEngine(h);
+    const model = manifestUrl("clean");
+    assert.equal((await e.call(ensure("clean"))).final.type, "modelReady");
+    const { settings } = fixture("txt2img_ddim");
+    const from = (await e.events()).length;
+    await e.send({ type: "generate", model, variant: "fp16", settings: { ...settings, steps: 40 } });
+    await e.waitFor((x) => x.type === "progress" && x.phase === "denoise" && x.done >= 2, 300_000, from);
+    await e.send({ type: "cancel" });
+    const sentAt = (await e.events()).length;
+    const cancelled = await e.waitFor((x) => x.type !== "progress", 60_000, from);
+    assert.equal(cancelled.type, "cancelled", JSON.stringify(cancelled));
+    const stepsAfter = (await e.events()).slice(sentAt).filter((x) => x.type === "progress" && x.phase === "denoise");
+    assert.ok(stepsAfter.length <= 1, `${stepsAfter.length} steps ran after cancel`);
+    console.log(`cancelled in phase ${(cancelled as { phase: string }).phase}, ${stepsAfter.length} step(s) after the request`);
+    const diff = await generateAndCompare(e, model, "fp16", "txt2img_ddim");
+    assert.ok(diff <= 2e-2);
+
+    await e.call({ type: "loseDevice" }).catch(() => undefined);
+    const afterLoss = await generateAndCompare(e, model, "fp16", "txt2img_ddim");
+    assert.ok(afterLoss <= 2e-2, `after a device loss: ${afterLoss}`);
+    await e.page.close();
+  });
+
+  test("bad requests get typed errors and the worker survives", { timeout: 120_000 }, async () => {
+    const e = await openEngine(h);
+    const bad = await e.call({ type: "explode" } as unknown as Request);
+    assert.equal((bad.final as { code: string }).code, "bad-request");
+    const missing = await e.call({ type: "generate", model: "https://nowhere.invalid/m.json", settings: { prompt: "x" } });
+    assert.equal((missing.final as { code: string }).code, "not-stored");
+    const gone = await e.call(ensure("x", { manifestUrl: `${h.cdn.url}no-such-model/manifest.json` }));
+    assert.equal((gone.final as { code: string }).code, "network", JSON.stringify(gone.final));
+    assert.equal((await e.call(ensure("clean"))).final.type, "modelReady");
+    const size = await e.call({ type: "generate", model: manifestUrl("clean"), variant: "fp16", settings: { prompt: "x", width: 63 } });
+    assert.equal((size.final as { code: string }).code, "invalid");
+    const status = await e.call({ type: "status" });
+    assert.equal(status.final.type, "status");
+    await e.page.close();
+  });
+});
+
+test("without WebGPU the engine answers no-webgpu instead of hanging", { timeout: 120_000 }, async () => {
+  const browser = await chromium.launch({
+    executablePath: process.env["CHROMIUM"] ?? "/usr/bin/chromium",
+    headless: true,
+    args: ARGS.filter((a) => a !== "--enable-unsafe-webgpu"),
+  });
+  try {
+    const page = await browser.newPage();
+    const e = await openEngine(h, page);
+    const { final } = await e.call({ type: "status" }, 60_000);
+    assert.equal((final as { code: string }).code, "no-webgpu", JSON.stringify(final));
+  } finally {
+    await browser.close();
+  }
+});

@@ -1,0 +1,172 @@
+// Shared pieces of the end-to-end tests: Debian's Chromium through playwright-core, the built app, the
+// fault-injecting model server on another origin, and a bare worker engine driven from the page.
+import { readFileSync } from "node:fs";
+import type { Server } from "node:http";
+import { fileURLToPath } from "node:url";
+import { chromium, type Browser, type Page } from "playwright-core";
+import type { Request, WorkerEvent } from "../src/protocol";
+import { startModelServer, type ModelServer } from "../scripts/model-server";
+import { startServer } from "../scripts/static-server";
+
+export const DIST = process.env["DIST"] ?? fileURLToPath(new URL("../../dist", import.meta.url));
+export const FIXTURES = fileURLToPath(new URL("../../tests/fixtures", import.meta.url));
+const CHROMIUM = process.env["CHROMIUM"] ?? "/usr/bin/chromium";
+// The flags proven on these machines (shared/NOTES.md); --enable-unsafe-webgpu is what exposes WebGPU.
+export const ARGS = [
+  "--no-sandbox",
+  "--disable-quic",
+  "--no-first-run",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+  "--disable-dev-shm-usage",
+  "--enable-unsafe-webgpu",
+];
+
+export interface Harness {
+  browser: Browser;
+  app: { server: Server; url: string };
+  cdn: { server: Server; url: string; models: ModelServer };
+  close(): Promise<void>;
+}
+
+export async function startHarness(): Promise<Harness> {
+  const app = await startServer({ root: DIST });
+  const cdn = await startModelServer({ root: FIXTURES });
+  const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ARGS });
+  return {
+    browser,
+    app,
+    cdn,
+    async close() {
+      await browser.close();
+      app.server.close();
+      cdn.server.closeAllConnections();
+      cdn.server.close();
+    },
+  };
+}
+
+/** A page of the app with a second, bare engine worker whose events are recorded in `window.__events`. */
+export async function openEngine(h: Harness, page?: Page): Promise<EnginePage> {
+  page ??= await h.browser.newPage();
+  // tsx (esbuild keepNames) wraps functions in __name(...): give evaluated code a no-op one.
+  await page.addInitScript("globalThis.__name = (f) => f;");
+  const logs: string[] = [];
+  page.on("console", (m) => logs.push(`${m.type()}: ${m.text()}`));
+  page.on("pageerror", (e) => logs.push(`pageerror: ${String(e)}`));
+  await page.goto(h.app.url);
+  const engine = new EnginePage(page, logs);
+  await engine.startWorker();
+  return engine;
+}
+
+export type Recorded = WorkerEvent & { at: number };
+
+export class EnginePage {
+  constructor(
+    readonly page: Page,
+    readonly logs: string[],
+  ) {}
+
+  async startWorker(): Promise<void> {
+    await this.page.evaluate(() => {
+      const w = window as unknown as { __events: unknown[]; __worker: Worker };
+      w.__events = [];
+      w.__worker = new Worker("./worker.js", { type: "module" });
+      w.__worker.onmessage = (m: MessageEvent) => {
+        const e = m.data as { type: string; png?: Uint8Array; rgba?: Uint8Array };
+        // Byte arrays stay in the page (window.__pngs); the test reads them through decodePng.
+        if (e.png) {
+          const pngs = ((window as unknown as { __pngs?: Uint8Array[] }).__pngs ??= []);
+          pngs.push(e.png);
+          w.__events.push({ ...e, png: pngs.length - 1, at: performance.now() });
+        } else if (e.rgba) {
+          w.__events.push({ ...e, rgba: e.rgba.length, at: performance.now() });
+        } else {
+          w.__events.push({ ...e, at: performance.now() });
+        }
+      };
+    });
+    await this.waitFor((e) => e.type === "ready", 60_000);
+  }
+
+  async events(): Promise<Recorded[]> {
+    return this.page.evaluate(() => (window as unknown as { __events: Recorded[] }).__events);
+  }
+
+  async send(request: Request): Promise<void> {
+    await this.page.evaluate((r) => (window as unknown as { __worker: Worker }).__worker.postMessage(r), request);
+  }
+
+  /** Waits for the first event after index `from` that matches. */
+  async waitFor(match: (e: Recorded) => boolean, timeoutMs: number, from = 0): Promise<Recorded> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const events = await this.events();
+      const found = events.slice(from).find(match);
+      if (found) return found;
+      if (Date.now() > deadline) {
+        throw new Error(
+          `timed out; last events: ${JSON.stringify(events.slice(-5))}\nconsole:\n${this.logs.slice(-20).join("\n")}`,
+        );
+      }
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+
+  /** Sends `request` and waits for its final event (anything but progress/preview/result before the last). */
+  async call(request: Request, timeoutMs = 120_000): Promise<{ final: Recorded; events: Recorded[] }> {
+    const from = (await this.events()).length;
+    await this.send(request);
+    const final = await this.waitFor(
+      (e) =>
+        e.type !== "progress" &&
+        e.type !== "preview" &&
+        e.type !== "ready" &&
+        !(e.type === "result" && e.index + 1 < e.count),
+      timeoutMs,
+      from,
+    );
+    const events = (await this.events()).slice(from);
+    return { final, events };
+  }
+
+  /** RGBA pixels of the n-th PNG received, decoded by the browser. */
+  async decodePng(n: number): Promise<{ width: number; height: number; rgba: number[] }> {
+    return this.page.evaluate(async (i) => {
+      const png = (window as unknown as { __pngs: Uint8Array<ArrayBuffer>[] }).__pngs[i]!;
+      const bitmap = await createImageBitmap(new Blob([png], { type: "image/png" }), {
+        colorSpaceConversion: "none",
+        premultiplyAlpha: "none",
+      });
+      const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
+      const ctx = canvas.getContext("2d")!;
+      ctx.drawImage(bitmap, 0, 0);
+      const data = ctx.getImageData(0, 0, bitmap.width, bitmap.height).data;
+      return { width: bitmap.width, height: bitmap.height, rgba: Array.from(data) };
+    }, n);
+  }
+}
+
+/** A safetensors file's header metadata and one f32 tensor. */
+export function readSafetensors(file: string, name: string): { meta: Record<string, string>; shape: number[]; data: Float32Array } {
+  const buf = readFileSync(file);
+  const n = Number(buf.readBigUInt64LE(0));
+  const header = JSON.parse(buf.subarray(8, 8 + n).toString("utf8")) as Record<string, unknown>;
+  const entry = header[name] as { dtype: string; shape: number[]; data_offsets: [number, number] };
+  if (entry.dtype !== "F32") throw new Error(`${name}: ${entry.dtype}, F32 expected`);
+  const [a, b] = entry.data_offsets;
+  const bytes = buf.subarray(8 + n + a, 8 + n + b);
+  const data = new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength));
+  return { meta: (header["__metadata__"] ?? {}) as Record<string, string>, shape: entry.shape, data };
+}
+
+/** Largest |a - b/255| over RGB, with `a` the fixture image [H, W, 3] in [0, 1]. */
+export function maxDiff(fixture: Float32Array, rgba: number[]): number {
+  let max = 0;
+  for (let p = 0; p < fixture.length / 3; p++) {
+    for (let c = 0; c < 3; c++) max = Math.max(max, Math.abs(fixture[p * 3 + c]! - rgba[p * 4 + c]! / 255));
+  }
+  return max;
+}

@@ -1,0 +1,16 @@
+// Compile-time proof that protocol.ts and crate/src/protocol.rs agree: every sample the Rust side
+// serialised (protocol-samples.gen.ts) must type-check as a Request / WorkerEvent (`satisfies` there),
+// and every TS variant and error code must occur among the samples (below). Nothing here runs.
+import type { ErrorCode, Request, WorkerEvent } from "./protocol";
+import type { events, requests } from "./protocol-samples.gen";
+
+type Missing<T extends string, S extends string> = Exclude<T, S>;
+type Sampled<S extends readonly { type: string }[]> = S[number]["type"];
+type ErrorSamples = Extract<(typeof events)[number], { type: "error" }>["code"];
+// The page-only codes come from worker.ts / engine.ts, never from Rust.
+type PageOnly = "wasm-load" | "panic";
+
+export const everyRequestSampled: [Missing<Request["type"], Sampled<typeof requests>>] extends [never] ? true : false = true;
+export const everyEventSampled: [Missing<WorkerEvent["type"], Sampled<typeof events>>] extends [never] ? true : false = true;
+export const everyErrorCodeSampled: [Missing<Exclude<ErrorCode, PageOnly>, ErrorSamples>] extends [never] ? true : false =
+  true;
