@@ -39,6 +39,12 @@ pub enum Request {
         variant: Option<WeightsVariant>,
         settings: GenerateSettings,
     },
+    /// Load a stored model onto the GPU now (a `Generate` loads it too); answers [`Event::ModelLoaded`].
+    Load {
+        model: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        variant: Option<WeightsVariant>,
+    },
     /// Stop the running download, load or generation at its next check (between two chunks, tensors
     /// or denoising steps); the request then ends with [`Event::Cancelled`].
     Cancel,
@@ -224,6 +230,16 @@ pub enum Event {
         /// Wall time of the whole request, including loading the model.
         elapsed_ms: f64,
     },
+    /// Answer to [`Request::Load`].
+    #[serde(rename_all = "camelCase")]
+    ModelLoaded {
+        id: String,
+        /// Time to read the weights from IndexedDB and upload them (0 when already loaded).
+        load_ms: f64,
+        /// Size of the wasm heap (`WebAssembly.Memory`) afterwards: it never shrinks, so this is the
+        /// peak so far.
+        wasm_memory_bytes: u64,
+    },
     /// Answer to [`Request::ListModels`].
     Models { models: Vec<ModelSummary> },
     /// Answer to [`Request::DeleteModel`].
@@ -307,6 +323,7 @@ mod tests {
             Request::SelfTest => "selfTest",
             Request::EnsureModel { .. } => "ensureModel",
             Request::Generate { .. } => "generate",
+            Request::Load { .. } => "load",
             Request::Cancel => "cancel",
             Request::ListModels => "listModels",
             Request::DeleteModel { .. } => "deleteModel",
@@ -323,6 +340,7 @@ mod tests {
             Event::ModelReady { .. } => "modelReady",
             Event::Preview { .. } => "preview",
             Event::Result { .. } => "result",
+            Event::ModelLoaded { .. } => "modelLoaded",
             Event::Models { .. } => "models",
             Event::Deleted { .. } => "deleted",
             Event::Cancelled { .. } => "cancelled",
@@ -360,6 +378,7 @@ mod tests {
             Request::EnsureModel { manifest_url: "m".into(), variant: None, stall_timeout_ms: None, chunk_bytes: None },
             Request::Generate { model: "m".into(), variant: Some(WeightsVariant::Fp32), settings: full.clone() },
             Request::Generate { model: "m".into(), variant: None, settings: minimal },
+            Request::Load { model: "m".into(), variant: Some(WeightsVariant::Fp16) },
             Request::Cancel,
             Request::ListModels,
             Request::DeleteModel { id: "m".into() },
@@ -429,6 +448,7 @@ mod tests {
                     ready: false,
                 }],
             },
+            Event::ModelLoaded { id: "m".into(), load_ms: 1.5, wasm_memory_bytes: 65536 },
             Event::Deleted { id: "m".into() },
             Event::Cancelled { phase: Phase::Denoise },
         ];
@@ -478,9 +498,9 @@ mod tests {
     fn typescript_samples_are_current() {
         let (requests, events) = samples();
         let tags: std::collections::BTreeSet<_> = requests.iter().map(request_tag).collect();
-        assert_eq!(tags.len(), 8, "a sample for every request variant");
+        assert_eq!(tags.len(), 9, "a sample for every request variant");
         let tags: std::collections::BTreeSet<_> = events.iter().map(event_tag).collect();
-        assert_eq!(tags.len(), 11, "a sample for every event variant");
+        assert_eq!(tags.len(), 12, "a sample for every event variant");
         for r in &requests {
             let back: Request = serde_json::from_value(serde_json::to_value(r).unwrap()).unwrap();
             assert_eq!(&back, r);

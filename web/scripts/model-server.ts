@@ -22,6 +22,9 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from "node:net";
 import path from "node:path";
 
+/** How long after the last byte a reset or truncation happens. */
+const FAULT_DELAY_MS = 1000;
+
 export type Fault =
   | { kind: "reset"; after: number }
   | { kind: "truncate"; after: number }
@@ -196,9 +199,14 @@ export class ModelServer {
         const part = content.subarray(0, Math.min(f.after, content.length));
         count(part.length);
         res.write(part, () => {
-          if (f.kind === "reset") res.socket?.resetAndDestroy();
-          else if (f.kind === "truncate") res.socket?.end();
-          // stall: leave the connection open; the client gives up and resumes.
+          // The bytes are on the wire; break the connection a moment later, as a real network would.
+          // (Chrome drops bytes it has buffered but not yet handed to the page when a connection
+          // errors, so an instant reset would also take away data the client never saw.)
+          setTimeout(() => {
+            if (f.kind === "reset") res.socket?.resetAndDestroy();
+            else if (f.kind === "truncate") res.socket?.end();
+            // stall: leave the connection open; the client gives up and resumes.
+          }, FAULT_DELAY_MS);
         });
         return;
       }

@@ -99,6 +99,7 @@ export type Request =
       chunkBytes?: number;
     }
   | { type: "generate"; model: string; variant?: WeightsVariant; settings: GenerateSettings }
+  | { type: "load"; model: string; variant?: WeightsVariant }
   | { type: "cancel" }
   | { type: "listModels" }
   | { type: "deleteModel"; id: string }
@@ -142,6 +143,7 @@ export type WorkerEvent =
       settings: GenerateSettings;
       elapsedMs: number;
     }
+  | { type: "modelLoaded"; id: string; loadMs: number; wasmMemoryBytes: number }
   | { type: "models"; models: ModelSummary[] }
   | { type: "deleted"; id: string }
   | { type: "cancelled"; phase: Phase }

@@ -12,6 +12,7 @@ use std::rc::Rc;
 
 use js_sys::{Function, Promise};
 use serde::Serialize;
+use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
@@ -208,10 +209,45 @@ async fn run(request: Request, cx: &Context) -> Result<Option<Event>, Error> {
         Request::LoseDevice => {
             crate::gpu::lose_device().await?;
             cx.state.borrow_mut().model = None;
-            Ok(None)
+            // What a page sees after a real device loss; the next request re-initialises.
+            Err(Error::DeviceLost(crate::gpu::device_lost().unwrap_or_else(|| "destroyed on request".into())))
         }
         Request::Generate { model, variant, settings } => generate(cx, model, variant.map(Into::into), settings).await,
+        Request::Load { model, variant } => {
+            let t0 = now_ms();
+            let (device, _) = crate::gpu::wgpu_device().await?;
+            let was_loaded = loaded_model(cx, &model, variant.map(Into::into), &device).await?.1;
+            let load_ms = if was_loaded { 0.0 } else { now_ms() - t0 };
+            Ok(Some(Event::ModelLoaded { id: model, load_ms, wasm_memory_bytes: wasm_memory_bytes() }))
+        }
     }
+}
+
+/// The model `id` on the GPU (loading it, after dropping another one, if needed); whether it was
+/// already there. A device loss since it was loaded means loading it again.
+async fn loaded_model(
+    cx: &Context,
+    id: &str,
+    variant: Option<crate::weights::Variant>,
+    device: &burn::tensor::Device,
+) -> Result<(Rc<LoadedModel>, bool), Error> {
+    let loaded = cx.state.borrow().model.clone().filter(|m| m.id == id && m.variant == variant && &m.pipeline.device == device);
+    if let Some(model) = loaded {
+        return Ok((model, true));
+    }
+    // Free the previous model's GPU memory before loading the next.
+    cx.state.borrow_mut().model = None;
+    let store = cx.store().await?;
+    cx.phase.set(Phase::Load);
+    let model = Rc::new(load::load_model(&store, id, variant, device, &|e| cx.emit(e), &cx.cancel).await?);
+    cx.state.borrow_mut().model = Some(model.clone());
+    Ok((model, false))
+}
+
+/// The wasm heap's size now (it only grows: this is the peak so far).
+fn wasm_memory_bytes() -> u64 {
+    let memory: js_sys::WebAssembly::Memory = wasm_bindgen::memory().unchecked_into();
+    memory.buffer().unchecked_into::<js_sys::ArrayBuffer>().byte_length() as u64
 }
 
 /// The request's settings as the pipeline's request.
@@ -258,20 +294,7 @@ async fn generate(
     let t0 = now_ms();
     let request = pipeline_request(&settings)?;
     let (device, _) = crate::gpu::wgpu_device().await?;
-    let loaded = cx.state.borrow().model.clone().filter(|m| m.id == id && m.variant == variant);
-    let model = match loaded {
-        Some(model) => model,
-        None => {
-            // Free the previous model's GPU memory before loading the next.
-            cx.state.borrow_mut().model = None;
-            let store = cx.store().await?;
-            cx.phase.set(Phase::Load);
-            let model = load::load_model(&store, &id, variant, &device, &|e| cx.emit(e), &cx.cancel).await?;
-            let model = Rc::new(model);
-            cx.state.borrow_mut().model = Some(model.clone());
-            model
-        }
-    };
+    let (model, _) = loaded_model(cx, &id, variant, &device).await?;
     let sd = &model.pipeline;
     sd.validate(&request).map_err(Error::from)?;
     cx.emit(Event::Progress { phase: Phase::Encode, done: 0, total: 1, bytes: None, file: None });
