@@ -8,11 +8,47 @@ use burn::tensor::{DType, FloatDType, Int, Tensor, TensorData};
 use websd::models::clip::ClipTextConfig;
 use websd::tokenizer::ClipTokenizer;
 
-#[test]
-fn fp16_weights_stay_f16_on_an_f16_device() {
+/// The shared wgpu device, computing in f16 (configured once, before any tensor: both tests use it).
+fn f16_device() -> (burn::tensor::Device, websd::gpu::GpuInfo) {
+    static CONFIGURED: std::sync::Once = std::sync::Once::new();
     let (mut device, info) = websd::gpu::wgpu_device().expect("a wgpu adapter (install mesa-vulkan-drivers)");
     assert!(info.shader_f16, "this check needs shader-f16: {info:?}");
-    device.configure(FloatDType::F16).unwrap();
+    CONFIGURED.call_once(|| device.configure(FloatDType::F16).unwrap());
+    (device, info)
+}
+
+/// The whole pipeline from the fp16 files with weights *and compute* in f16, as the browser engine
+/// could run where WebGPU has `shader-f16`. Not yet: on lavapipe the image is 0.59 off diffusers (fp32),
+/// so the engine computes in f32 everywhere; this is the check to make pass first (`--ignored`).
+#[test]
+#[ignore = "f16 compute is 0.59 off: the engine stays f32 until this passes"]
+fn txt2img_in_f16_matches_diffusers() {
+    use websd::pipeline::{GenerateRequest, StableDiffusion};
+    let (device, info) = f16_device();
+    let mut model =
+        StableDiffusion::load_dir(&common::fixtures_dir().join("tiny-sd"), Some(websd::weights::Variant::Fp16), &device)
+            .unwrap();
+    let run = common::Run::load("txt2img_ddim");
+    let (config, kind) = common::run_scheduler(&run);
+    model.scheduler_config = config;
+    let request = GenerateRequest {
+        prompt: run.meta("prompt").unwrap(),
+        negative_prompt: run.meta("negative_prompt").unwrap(),
+        steps: 8,
+        seed: 0,
+        scheduler: Some(kind),
+        ..Default::default()
+    };
+    let out = model.generate(&request, false, |_| true).unwrap();
+    assert_eq!(out.images.dtype(), DType::F16);
+    let diff = common::max_diff(out.images.cast(FloatDType::F32), &run.f32("image").1);
+    eprintln!("txt2img_ddim in f16 on {}: image max abs diff {diff:e} vs diffusers (fp32)", info.adapter);
+    assert!(diff.is_finite() && diff <= 2e-2, "{diff}");
+}
+
+#[test]
+fn fp16_weights_stay_f16_on_an_f16_device() {
+    let (device, info) = f16_device();
 
     let root = common::fixtures_dir().join("tiny-sd/text_encoder");
     let config = ClipTextConfig::from_json(&std::fs::read_to_string(root.join("config.json")).unwrap()).unwrap();

@@ -8,16 +8,27 @@ import assert from "node:assert/strict";
 import path from "node:path";
 import { test } from "node:test";
 import type { DownloadReport } from "../src/protocol";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { chromium } from "playwright-core";
 import { startModelServer } from "../scripts/model-server";
-import { openEngine, startHarness } from "./harness";
+import { ARGS, openEngine, startHarness } from "./harness";
 
 const DIR = process.env["SD15_DIR"];
 
 test("full-size SD1.5-shaped model: download, load tensor by tensor, wasm heap peak", { skip: !DIR, timeout: 7_200_000 }, async () => {
   const h = await startHarness();
   const cdn = await startModelServer({ root: path.dirname(path.resolve(DIR!)) });
+  // A profile on disk: an ephemeral (incognito-like) context keeps IndexedDB in memory and refuses
+  // writes after ~1.4 GB with QuotaExceededError.
+  const profile = mkdtempSync(path.join(tmpdir(), "websd-profile-"));
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: process.env["CHROMIUM"] ?? "/usr/bin/chromium",
+    headless: true,
+    args: ARGS,
+  });
   try {
-    const e = await openEngine(h);
+    const e = await openEngine(h, context.pages()[0] ?? (await context.newPage()));
     const id = `${cdn.url}${path.basename(path.resolve(DIR!))}/manifest.json`;
     let t = Date.now();
     const ready = await e.call({ type: "ensureModel", manifestUrl: id, variant: "fp16" }, 3_600_000);
@@ -66,6 +77,8 @@ test("full-size SD1.5-shaped model: download, load tensor by tensor, wasm heap p
     );
     assert.ok(wasmMemoryBytes <= 512 * 2 ** 20, `wasm heap peak ${mib(wasmMemoryBytes)} MiB > 512 MiB`);
   } finally {
+    await context.close();
+    rmSync(profile, { recursive: true, force: true });
     cdn.server.closeAllConnections();
     cdn.server.close();
     await h.close();
