@@ -300,6 +300,16 @@ describe("worker engine", () => {
     assert.equal((size.final as { code: string }).code, "invalid");
     const status = await e.call({ type: "status" });
     assert.equal(status.final.type, "status");
+    // Deleting removes the files and chunks; the model is then unknown.
+    const deleted = await e.call({ type: "deleteModel", id: manifestUrl("clean") });
+    assert.equal(deleted.final.type, "deleted", JSON.stringify(deleted.final));
+    const listed = await e.call({ type: "listModels" });
+    assert.ok(!(listed.final as { models: { id: string }[] }).models.some((m) => m.id === manifestUrl("clean")));
+    assert.deepEqual(await storeConsistent(e, manifestUrl("clean")), { files: 0, complete: 0, problems: [] });
+    const gen = await e.call({ type: "generate", model: manifestUrl("clean"), settings: { prompt: "x" } });
+    assert.equal((gen.final as { code: string }).code, "not-stored");
+    const again = await e.call({ type: "deleteModel", id: manifestUrl("clean") });
+    assert.equal((again.final as { code: string }).code, "not-stored");
     await e.page.close();
   });
 });

@@ -17,7 +17,10 @@ use crate::pipeline::StableDiffusion;
 use crate::protocol::{Event, Phase};
 use crate::schedulers::SchedulerConfig;
 use crate::tokenizer::{ClipTokenizer, TokenizerFiles};
-use crate::weights::{DeviceTensors, SafetensorsHeader, TensorInfo, Variant, host_data};
+use crate::weights::{DeviceTensors, Dtype, SafetensorsHeader, TensorInfo, Variant, host_data};
+
+/// Bytes of a weights file converted and uploaded at a time (a tensor above this goes up in pieces).
+const UPLOAD_PIECE_BYTES: usize = 8 << 20;
 
 /// A model on the GPU, with what the results' metadata needs.
 pub struct LoadedModel {
@@ -106,11 +109,29 @@ async fn upload_weights(
             return Err(Error::Cancelled);
         }
         let len = (info.end - info.start) as usize;
-        let bytes = reader.read(info.start, len).await?;
-        let flat = TensorInfo { shape: vec![info.numel()], ..info.clone() };
-        let data = host_data(&flat, &bytes, false, device).map_err(bad)?;
-        drop(bytes);
-        tensors.insert(info, Tensor::<1>::from_data(data, device));
+        if !matches!(info.dtype, Dtype::F16 | Dtype::BF16 | Dtype::F32 | Dtype::F64) {
+            // Integer buffers (CLIP's stored `position_ids`) are no weights: no model reads them.
+            progress.done += len as u64;
+            continue;
+        }
+        // Big tensors (CLIP's token embedding is 76 MB in fp16, 152 MB as f32) go up in pieces that are
+        // joined on the GPU: the wasm heap never holds more than one piece.
+        let elem = info.dtype.size() as usize;
+        let per_piece = (UPLOAD_PIECE_BYTES / elem).max(1);
+        let numel = info.numel();
+        let mut pieces = Vec::with_capacity(numel.div_ceil(per_piece));
+        let mut first = 0;
+        while first < numel {
+            let last = (first + per_piece).min(numel);
+            let start = info.start + (first * elem) as u64;
+            let end = info.start + (last * elem) as u64;
+            let bytes = reader.read(start, (end - start) as usize).await?;
+            let piece = TensorInfo { shape: vec![last - first], start, end, ..info.clone() };
+            pieces.push(Tensor::<1>::from_data(host_data(&piece, &bytes, false, device).map_err(bad)?, device));
+            first = last;
+        }
+        let flat = if pieces.len() == 1 { pieces.pop().expect("one piece") } else { Tensor::cat(pieces, 0) };
+        tensors.insert(info, flat);
         progress.done += len as u64;
         (progress.emit)(Event::Progress {
             phase: Phase::Load,
