@@ -186,6 +186,14 @@ pub async fn wgpu_device() -> Result<(Device, GpuInfo), Error> {
         }
     };
     install_error_handler(&setup);
+    let mut device = device;
+    if setup.device.features().contains(wgpu::Features::SHADER_F16) {
+        // Weights stay f16 and the pipeline computes in f16 (GroupNorm statistics in f32): on lavapipe
+        // the tiny pipeline is then 1.0e-2 from diffusers' fp32 image (crate/tests/f16_wgpu.rs).
+        if let Err(e) = device.configure(burn::tensor::FloatDType::F16) {
+            warn(&format!("websd: shader-f16 is there but f16 compute could not be configured ({e:?}); using f32"));
+        }
+    }
     let lost = Arc::new(std::sync::Mutex::new(None));
     let flag = lost.clone();
     setup.device.set_device_lost_callback(move |reason, message| {

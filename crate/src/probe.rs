@@ -132,12 +132,18 @@ pub async fn self_test(gpu: &Device, now_ms: impl Fn() -> f64) -> Result<SelfTes
     let t2 = now_ms();
     let max_abs_diff = max_abs_diff(&on_gpu, &on_cpu);
     let gpu_errors = crate::gpu::uncaptured_errors();
+    // A device computing in f16 (WebGPU with shader-f16) is judged at f16 precision.
+    let tolerance = if gpu.settings().float_dtype == burn::tensor::FloatDType::F16 {
+        crate::protocol::SELF_TEST_TOLERANCE_F16
+    } else {
+        SELF_TEST_TOLERANCE
+    };
     Ok(SelfTestReport {
         shape: shape.to_vec(),
         max_abs_diff,
-        tolerance: SELF_TEST_TOLERANCE,
+        tolerance,
         // A device error means some kernel did not run as written: a later result could be garbage.
-        passed: max_abs_diff <= SELF_TEST_TOLERANCE && gpu_errors == 0,
+        passed: max_abs_diff <= tolerance && gpu_errors == 0,
         gpu_ms: t1 - t0,
         cpu_ms: t2 - t1,
         gpu_errors,

@@ -291,6 +291,9 @@ impl From<crate::Error> for Event {
 /// Tolerance of the self-test: the fixtures contract's f32 tolerance for a single model call.
 pub const SELF_TEST_TOLERANCE: f32 = 1e-4;
 
+/// The same on a device computing in f16 (about 10 f16 ulps at 1.0).
+pub const SELF_TEST_TOLERANCE_F16: f32 = 1e-2;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,20 +7,10 @@ import { fileURLToPath } from "node:url";
 import type { Server } from "node:http";
 import { chromium, type Browser } from "playwright-core";
 import { startServer } from "../scripts/static-server";
+import { ARGS } from "./harness";
 
 const dist = fileURLToPath(new URL("../../dist", import.meta.url));
 const CHROMIUM = process.env["CHROMIUM"] ?? "/usr/bin/chromium";
-// The flags proven on these machines (shared/NOTES.md); --enable-unsafe-webgpu is what exposes WebGPU.
-const ARGS = [
-  "--no-sandbox",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-  "--disable-dev-shm-usage",
-  "--enable-unsafe-webgpu",
-];
 
 let server: Server;
 let url: string;

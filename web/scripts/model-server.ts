@@ -280,11 +280,16 @@ export async function startModelServer(options: {
   });
   // Keep-alive sockets would hold `server.close()` open after a stall fault.
   server.keepAliveTimeout = 1000;
+  return { server, url: await listen(server, options), models };
+}
+
+/** Starts `server` on `host:port` (default 127.0.0.1 and any free port); its base URL. */
+export async function listen(server: Server, options: { host?: string; port?: number }): Promise<string> {
   const host = options.host ?? "127.0.0.1";
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
     server.listen(options.port ?? 0, host, resolve);
   });
   const { port } = server.address() as AddressInfo;
-  return { server, url: `http://${host}:${port}/`, models };
+  return `http://${host}:${port}/`;
 }

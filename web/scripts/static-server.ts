@@ -3,9 +3,8 @@
 // end-to-end tests. Serves `.wasm` as application/wasm and honours single byte ranges.
 import { createReadStream, promises as fs } from "node:fs";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
-import type { AddressInfo } from "node:net";
 import path from "node:path";
-import { ModelServer, resolveInside, type FaultRule } from "./model-server";
+import { listen, ModelServer, resolveInside, type FaultRule } from "./model-server";
 
 const MIME: Record<string, string> = {
   ".html": "text/html; charset=utf-8",
@@ -90,11 +89,5 @@ export async function startServer(
       res.end(String(err));
     });
   });
-  const host = options.host ?? "127.0.0.1";
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(options.port ?? 0, host, resolve);
-  });
-  const { port } = server.address() as AddressInfo;
-  return { server, url: `http://${host}:${port}/`, models };
+  return { server, url: await listen(server, options), models };
 }

@@ -12,7 +12,7 @@ pub mod unet_2d_condition;
 
 use burn::nn::Linear;
 use burn::nn::conv::Conv2d;
-use burn::tensor::Tensor;
+use burn::tensor::{DType, FloatDType, Tensor};
 
 /// A linear layer on `[batch, tokens, features]` as one 2-D matmul: burn's batched matmul with a
 /// broadcast weight is about 1.6x slower on the CPU than the same product flattened.
@@ -59,6 +59,11 @@ pub fn group_norm(norm: &burn::nn::GroupNorm, x: Tensor<4>) -> Tensor<4> {
     stats.normalize(norm, x)
 }
 
+/// `t` in f32 (a no-op on f32 devices).
+fn to_f32(t: Tensor<4>) -> Tensor<4> {
+    if t.dtype() == DType::F32 { t } else { t.cast(FloatDType::F32) }
+}
+
 /// Mean and standard deviation of each (batch, group), over one tensor or over row bands of one image.
 pub(crate) struct GroupStats {
     groups: usize,
@@ -73,22 +78,27 @@ impl GroupStats {
         t.clone().reshape([b, groups, c / groups * h, w])
     }
 
-    /// Statistics over all `parts` together (row bands of one image, or a single tensor).
+    /// Statistics over all `parts` together (row bands of one image, or a single tensor). Always in
+    /// f32: on an f16 device, sums of squares over a group overflow f16's 65504.
     pub(crate) fn new(groups: usize, parts: &[Tensor<4>], epsilon: f64) -> Self {
         let count: usize = parts.iter().map(|t| t.dims()[1..].iter().product::<usize>() / groups).sum();
         let total = |ts: Vec<Tensor<4>>| ts.into_iter().reduce(|a, b| a + b).expect("at least one part");
         // Sums over w, then over the group's rows; divided once by the count.
         let sum = |t: Tensor<4>| t.sum_dim(3).sum_dim(2);
-        let mean = total(parts.iter().map(|t| sum(Self::rows(t, groups))).collect()) / count as f32;
-        let var =
-            total(parts.iter().map(|t| sum((Self::rows(t, groups) - mean.clone()).square())).collect()) / count as f32;
+        let rows = |t: &Tensor<4>| Self::rows(&to_f32(t.clone()), groups);
+        let mean = total(parts.iter().map(|t| sum(rows(t))).collect()) / count as f32;
+        let var = total(parts.iter().map(|t| sum((rows(t) - mean.clone()).square())).collect()) / count as f32;
         Self { groups, mean, std: (var + epsilon).sqrt() }
     }
 
-    /// `(x - mean) / std * gamma + beta` for one tensor (or band) of the image the stats came from.
+    /// `(x - mean) / std * gamma + beta` for one tensor (or band) of the image the stats came from, in
+    /// f32, returned in `x`'s dtype.
     pub(crate) fn normalize(&self, norm: &burn::nn::GroupNorm, x: Tensor<4>) -> Tensor<4> {
         let [b, c, h, w] = x.dims();
+        let dtype = x.dtype();
+        let x = to_f32(x);
         let normalized = ((Self::rows(&x, self.groups) - self.mean.clone()) / self.std.clone()).reshape([b, c, h, w]);
+        let normalized = if dtype == DType::F16 { normalized.cast(FloatDType::F16) } else { normalized };
         match (&norm.gamma, &norm.beta) {
             (Some(g), Some(beta)) => normalized * g.val().reshape([1, c, 1, 1]) + beta.val().reshape([1, c, 1, 1]),
             _ => normalized,

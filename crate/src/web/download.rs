@@ -103,24 +103,36 @@ pub fn resolve_url(path: &str, base: &str) -> Result<String, Error> {
 
 /// `GET url` with no HTTP cache involved; the whole body as text (manifests).
 async fn fetch_text(url: &str, stall_ms: u32) -> Result<String, FetchFailure> {
-    let init = RequestInit::new();
-    init.set_cache(RequestCache::NoStore);
-    let controller = AbortController::new().map_err(|e| FetchFailure::Network(js_text(&e)))?;
-    init.set_signal(Some(&controller.signal()));
-    let response = match within(fetch_with_init(url, &init), stall_ms).await {
-        Ok(Some(r)) => r.unchecked_into::<Response>(),
-        Ok(None) => {
-            controller.abort();
-            return Err(FetchFailure::Network("no response (timed out)".into()));
-        }
-        Err(e) => return Err(FetchFailure::Network(js_text(&e))),
-    };
+    let (response, _) = start_get(url, 0, stall_ms).await.map_err(FetchFailure::Network)?;
     if !response.ok() {
         return Err(FetchFailure::Http(response.status()));
     }
     let text = response.text().map_err(|e| FetchFailure::Network(js_text(&e)))?;
     let text = JsFuture::from(text).await.map_err(|e| FetchFailure::Network(js_text(&e)))?;
     Ok(text.as_string().unwrap_or_default())
+}
+
+/// Starts `GET url` (from byte `from` when > 0), bypassing the HTTP cache: it must not answer a Range
+/// request with stale or partial data of its own. The controller aborts the body. `Err` when no
+/// response came (network error, or nothing within `stall_ms`).
+async fn start_get(url: &str, from: u64, stall_ms: u32) -> Result<(Response, AbortController), String> {
+    let init = RequestInit::new();
+    init.set_cache(RequestCache::NoStore);
+    let controller = AbortController::new().map_err(|e| js_text(&e))?;
+    init.set_signal(Some(&controller.signal()));
+    if from > 0 {
+        let headers = Headers::new().map_err(|e| js_text(&e))?;
+        headers.set("Range", &format!("bytes={from}-")).map_err(|e| js_text(&e))?;
+        init.set_headers(&headers);
+    }
+    match within(fetch_with_init(url, &init), stall_ms).await {
+        Ok(Some(r)) => Ok((r.unchecked_into::<Response>(), controller)),
+        Ok(None) => {
+            controller.abort();
+            Err(format!("no response within {stall_ms} ms"))
+        }
+        Err(e) => Err(format!("network error: {}", js_text(&e))),
+    }
 }
 
 enum FetchFailure {
@@ -419,24 +431,7 @@ async fn fetch_range(
     hasher: &mut Sha256,
 ) -> Result<(), Attempt> {
     let start = record.stored;
-    let init = RequestInit::new();
-    // The HTTP cache must not answer a Range request with stale or partial data of its own.
-    init.set_cache(RequestCache::NoStore);
-    let controller = AbortController::new().map_err(|e| Attempt::Retry(js_text(&e)))?;
-    init.set_signal(Some(&controller.signal()));
-    if start > 0 {
-        let headers = Headers::new().map_err(|e| Attempt::Retry(js_text(&e)))?;
-        headers.set("Range", &format!("bytes={start}-")).map_err(|e| Attempt::Retry(js_text(&e)))?;
-        init.set_headers(&headers);
-    }
-    let response = match within(fetch_with_init(url, &init), options.stall_ms).await {
-        Ok(Some(r)) => r.unchecked_into::<Response>(),
-        Ok(None) => {
-            controller.abort();
-            return Err(Attempt::Retry("no response (stalled)".into()));
-        }
-        Err(e) => return Err(Attempt::Retry(format!("network error: {}", js_text(&e)))),
-    };
+    let (response, controller) = start_get(url, start, options.stall_ms).await.map_err(Attempt::Retry)?;
     let status = response.status();
     // 206 from `start`, or 200 (no Range support: skip what is stored).
     let mut skip = match status {
