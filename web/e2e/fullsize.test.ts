@@ -75,6 +75,7 @@ test("full-size SD1.5-shaped model: download, load tensor by tensor, wasm heap p
         `load ${(loadMs / 1000).toFixed(1)} s (${(loadMs / readMs[0]).toFixed(2)}x the plain read); ` +
         `wasm heap peak ${mib(wasmMemoryBytes)} MiB`,
     );
+    for (const line of e.logs.filter((l) => l.includes("websd:"))) console.log(line);
     assert.ok(wasmMemoryBytes <= 512 * 2 ** 20, `wasm heap peak ${mib(wasmMemoryBytes)} MiB > 512 MiB`);
   } finally {
     await context.close();

@@ -104,6 +104,10 @@ async fn upload_weights(
     let mut infos: Vec<TensorInfo> = header.tensors().cloned().collect();
     infos.sort_by_key(|t| t.start);
     let mut tensors = DeviceTensors::default();
+    // Where the time goes (reported on the console): reading chunks, decoding to the device's dtype,
+    // handing tensors to the GPU.
+    let now = js_sys::Date::now;
+    let (t_start, mut t_read, mut t_decode, mut t_upload) = (now(), 0.0, 0.0, 0.0);
     for info in infos {
         if progress.cancel.get() {
             return Err(Error::Cancelled);
@@ -125,12 +129,19 @@ async fn upload_weights(
             let last = (first + per_piece).min(numel);
             let start = info.start + (first * elem) as u64;
             let end = info.start + (last * elem) as u64;
+            let t0 = now();
             let bytes = reader.read(start, (end - start) as usize).await?;
             let piece = TensorInfo { shape: vec![last - first], start, end, ..info.clone() };
-            pieces.push(Tensor::<1>::from_data(host_data(&piece, &bytes, false, device).map_err(bad)?, device));
+            let t1 = now();
+            let data = host_data(&piece, &bytes, false, device).map_err(bad)?;
+            let t2 = now();
+            pieces.push(Tensor::<1>::from_data(data, device));
+            (t_read, t_decode, t_upload) = (t_read + t1 - t0, t_decode + t2 - t1, t_upload + now() - t2);
             first = last;
         }
+        let t0 = now();
         let flat = if pieces.len() == 1 { pieces.pop().expect("one piece") } else { Tensor::cat(pieces, 0) };
+        t_upload += now() - t0;
         tensors.insert(info, flat);
         progress.done += len as u64;
         (progress.emit)(Event::Progress {
@@ -141,6 +152,16 @@ async fn upload_weights(
             file: Some(path.clone()),
         });
     }
+    web_sys::console::info_1(
+        &format!(
+            "websd: {path} loaded in {:.1} s: reading chunks {:.1} s, decoding {:.1} s, handing to the GPU {:.1} s",
+            (now() - t_start) / 1e3,
+            t_read / 1e3,
+            t_decode / 1e3,
+            t_upload / 1e3
+        )
+        .into(),
+    );
     Ok(tensors)
 }
 
@@ -220,13 +241,22 @@ pub async fn load_model(
     let [te, unet, vae] = <[FileRecord; 3]>::try_from(weights).expect("three components");
     let hash = unet.sha256[..10].to_string();
 
+    let mut t_build = 0.0;
+    let mut timed = |t0: f64| t_build += js_sys::Date::now() - t0;
     let tensors = upload_weights(store, te, device, &mut progress).await?;
+    let t0 = js_sys::Date::now();
     let text_encoder = clip_config.load(tensors, device).map_err(|e| load_err("text_encoder", e))?;
+    timed(t0);
     let tensors = upload_weights(store, unet, device, &mut progress).await?;
+    let t0 = js_sys::Date::now();
     let unet = UNet2DConditionModel::load(&unet_config, tensors, device).map_err(|e| load_err("unet", e))?;
+    timed(t0);
     let tensors = upload_weights(store, vae, device, &mut progress).await?;
+    let t0 = js_sys::Date::now();
     let vae_decoder = VaeDecoder::load(&vae_config, tensors.clone(), device).map_err(|e| load_err("vae", e))?;
     let vae_encoder = VaeEncoder::load(&vae_config, tensors, device).map_err(|e| load_err("vae", e))?;
+    timed(t0);
+    web_sys::console::info_1(&format!("websd: building the modules took {:.1} s", t_build / 1e3).into());
 
     let name = id.trim_end_matches("manifest.json").trim_end_matches('/').rsplit('/').next().unwrap_or(id).to_string();
     Ok(LoadedModel {
