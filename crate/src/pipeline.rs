@@ -134,7 +134,7 @@ impl GenerateOutput {
         let values = read_f32(self.images.clone()).await?;
         Ok(values
             .chunks(self.width * self.height * 3)
-            .map(|img| img.chunks(3).flat_map(|p| [q(p[0]), q(p[1]), q(p[2]), 255]).collect())
+            .map(rgba8)
             .collect())
     }
 }
@@ -143,6 +143,11 @@ impl GenerateOutput {
 pub async fn read_f32<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, PipelineError> {
     let data = t.into_data_async().await.map_err(|e| PipelineError::Device(format!("{e:?}")))?;
     data.convert::<f32>().try_into_vec::<f32>().map_err(|e| PipelineError::Device(format!("{e:?}")))
+}
+
+/// RGB values in [0, 1] (`[.., 3]` row-major) as opaque RGBA8.
+pub fn rgba8(rgb: &[f32]) -> Vec<u8> {
+    rgb.chunks(3).flat_map(|p| [q(p[0]), q(p[1]), q(p[2]), 255]).collect()
 }
 
 fn q(v: f32) -> u8 {

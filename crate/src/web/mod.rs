@@ -18,7 +18,7 @@ use wasm_bindgen_futures::future_to_promise;
 
 use crate::Error;
 use crate::image::{a1111_parameters, encode_png, image_from_rgba};
-use crate::pipeline::{GenerateRequest, Progress, read_f32};
+use crate::pipeline::{GenerateRequest, Progress, read_f32, rgba8};
 use crate::protocol::{Event, GenerateSettings, ModelSummary, Phase, Request};
 use crate::schedulers::SchedulerKind;
 use download::{DEFAULT_CHUNK_BYTES, DEFAULT_STALL_MS, DownloadOptions};
@@ -91,7 +91,18 @@ impl Engine {
             }
             cancel.set(false);
             let phase = Rc::new(Cell::new(Phase::Download));
-            let context = Context { post: post.clone(), cancel, state, phase: phase.clone() };
+            // Every event goes out through this; progress events also record the phase a cancel would
+            // interrupt.
+            let emit: Rc<dyn Fn(Event)> = {
+                let (post, phase) = (post.clone(), phase.clone());
+                Rc::new(move |event: Event| {
+                    if let Event::Progress { phase: p, .. } = &event {
+                        phase.set(*p);
+                    }
+                    post(event)
+                })
+            };
+            let context = Context { emit, cancel, state, phase: phase.clone() };
             match run(request, &context).await {
                 Ok(Some(event)) => post(event),
                 Ok(None) => {}
@@ -109,7 +120,7 @@ impl Engine {
 }
 
 struct Context {
-    post: Rc<dyn Fn(Event)>,
+    emit: Rc<dyn Fn(Event)>,
     cancel: Rc<Cell<bool>>,
     state: Rc<RefCell<State>>,
     /// The phase a cancellation would interrupt.
@@ -127,10 +138,7 @@ impl Context {
     }
 
     fn emit(&self, event: Event) {
-        if let Event::Progress { phase, .. } = &event {
-            self.phase.set(*phase);
-        }
-        (self.post)(event)
+        (self.emit)(event)
     }
 }
 
@@ -151,20 +159,12 @@ async fn run(request: Request, cx: &Context) -> Result<Option<Event>, Error> {
                 stall_ms: stall_timeout_ms.unwrap_or(DEFAULT_STALL_MS).max(100),
                 chunk_bytes: chunk_bytes.map_or(DEFAULT_CHUNK_BYTES, |c| c.clamp(1 << 10, 64 << 20) as u64),
             };
-            let post = cx.post.clone();
-            let phase = cx.phase.clone();
-            let emit: Rc<dyn Fn(Event)> = Rc::new(move |event: Event| {
-                if let Event::Progress { phase: p, .. } = &event {
-                    phase.set(*p);
-                }
-                post(event)
-            });
             let report = download::ensure_model(
                 store,
                 manifest_url,
                 variant.map(Into::into),
                 options,
-                emit,
+                cx.emit.clone(),
                 cx.cancel.clone(),
             )
             .await?;
@@ -322,7 +322,7 @@ async fn generate(
                 Progress::Preview { step, image } => {
                     let [_, h, w, _] = image.dims();
                     if let Ok(values) = read_f32(image).await {
-                        let rgba = values.chunks(3).flat_map(|p| [q(p[0]), q(p[1]), q(p[2]), 255]).collect();
+                        let rgba = rgba8(&values);
                         cx.emit(Event::Preview { step: step as u32, width: w as u32, height: h as u32, rgba });
                     }
                 }
@@ -360,8 +360,4 @@ async fn generate(
         });
     }
     Ok(None)
-}
-
-fn q(v: f32) -> u8 {
-    (v * 255.0).round().clamp(0.0, 255.0) as u8
 }
