@@ -99,7 +99,10 @@ impl Manifest {
     /// variant, safety checker...) are never fetched.
     pub fn select(&self, variant: Option<Variant>) -> Result<Vec<&ManifestFile>, ManifestError> {
         let need = |path: &str| self.file(path).ok_or_else(|| ManifestError::Missing(path.to_string()));
-        let mut files = vec![need("model_index.json")?, need("scheduler/scheduler_config.json")?];
+        // model_index.json only names the components, whose own configs the pipeline reads: fetched
+        // when listed, not required (a pinned Hub manifest may lack a verified copy of it).
+        let mut files: Vec<&ManifestFile> = self.file("model_index.json").into_iter().collect();
+        files.push(need("scheduler/scheduler_config.json")?);
         for component in WEIGHT_COMPONENTS {
             files.push(need(&format!("{component}/config.json"))?);
             files.push(self.weights(component, variant)?);
@@ -181,5 +184,29 @@ mod tests {
         assert!(matches!(bad(&twice), ManifestError::BadEntry { .. }));
         let m = Manifest { base_url: None, files: vec![entry("model_index.json", 1)] };
         assert!(matches!(m.select(None), Err(ManifestError::Missing(p)) if p == "scheduler/scheduler_config.json"));
+    }
+
+    /// The app's built-in manifests (www/hub/) are valid, pinned to a Hub commit, and complete for
+    /// the fp16 pipeline.
+    #[test]
+    fn builtin_manifests_are_pinned_and_complete() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../www/hub");
+        let mut count = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            count += 1;
+            let m = Manifest::from_json(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            let base = m.base_url.as_deref().unwrap();
+            let rev = base.trim_end_matches('/').rsplit('/').next().unwrap();
+            assert!(base.starts_with("https://huggingface.co/") && base.contains("/resolve/"), "{base}");
+            assert!(rev.len() == 40 && rev.bytes().all(|b| b.is_ascii_hexdigit()), "{}: revision {rev}", path.display());
+            let selected = m.select(None).unwrap();
+            assert!(selected.iter().all(|f| !f.path.ends_with(".safetensors") || f.path.ends_with(".fp16.safetensors")));
+            assert_eq!(selected.len(), m.files.len(), "{}: every listed file is used", path.display());
+        }
+        assert!(count >= 2);
     }
 }

@@ -29,6 +29,21 @@ pub enum Request {
         /// Chunk size for files not yet started (default 4 MiB; tests use small ones).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         chunk_bytes: Option<u32>,
+        /// Origins (`https://host:port`) weights may come from besides the app's own; absent:
+        /// [`crate::web::DEFAULT_ALLOWED_ORIGINS`]. The manifest and its `base_url` must both be allowed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        allowed_origins: Option<Vec<String>>,
+    },
+    /// Fetch (or read back) a model's manifest and its small files (configs, tokenizer), and answer
+    /// [`Event::ModelInfo`]: what the form needs before the weights are downloaded.
+    #[serde(rename_all = "camelCase")]
+    InspectModel {
+        manifest_url: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        variant: Option<WeightsVariant>,
+        /// As in [`Request::EnsureModel`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        allowed_origins: Option<Vec<String>>,
     },
     /// Generate with a stored model (loading it to the GPU first if another one is loaded).
     #[serde(rename_all = "camelCase")]
@@ -129,6 +144,30 @@ fn default_batch() -> u32 {
     1
 }
 
+/// A model's own defaults and download state, from its configs (answer to [`Request::InspectModel`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelInfo {
+    /// The model's id (its manifest URL).
+    pub id: String,
+    /// Default image size: the U-Net's `sample_size` times the VAE's scale factor.
+    pub width: u32,
+    pub height: u32,
+    /// The scheduler of `scheduler/scheduler_config.json`, as a CLI name (`ddim`, `euler`, ...).
+    pub scheduler: String,
+    /// A 9-channel inpainting U-Net (needs an init image and a mask).
+    pub inpainting: bool,
+    /// The weights variant the selection uses.
+    pub variant: WeightsVariant,
+    /// Bytes of every file the variant needs, and how many of them are stored and verified.
+    pub total_bytes: u64,
+    pub stored_bytes: u64,
+    /// Every needed file is stored and verified: generating needs no network.
+    pub ready: bool,
+    /// The manifest came from the store because the network failed.
+    pub offline: bool,
+}
+
 /// What a phase of a long request has done so far.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -206,6 +245,8 @@ pub enum Event {
     },
     /// Answer to [`Request::EnsureModel`].
     ModelReady { report: DownloadReport },
+    /// Answer to [`Request::InspectModel`].
+    ModelInfo { info: ModelInfo },
     /// A cheap live preview (latent resolution, RGBA8).
     Preview {
         step: u32,
@@ -325,6 +366,7 @@ mod tests {
             Request::Status => "status",
             Request::SelfTest => "selfTest",
             Request::EnsureModel { .. } => "ensureModel",
+            Request::InspectModel { .. } => "inspectModel",
             Request::Generate { .. } => "generate",
             Request::Load { .. } => "load",
             Request::Cancel => "cancel",
@@ -341,6 +383,7 @@ mod tests {
             Event::SelfTest { .. } => "selfTest",
             Event::Progress { .. } => "progress",
             Event::ModelReady { .. } => "modelReady",
+            Event::ModelInfo { .. } => "modelInfo",
             Event::Preview { .. } => "preview",
             Event::Result { .. } => "result",
             Event::ModelLoaded { .. } => "modelLoaded",
@@ -377,8 +420,21 @@ mod tests {
                 variant: Some(WeightsVariant::Fp16),
                 stall_timeout_ms: Some(1000),
                 chunk_bytes: Some(65536),
+                allowed_origins: Some(vec!["https://huggingface.co".into()]),
             },
-            Request::EnsureModel { manifest_url: "m".into(), variant: None, stall_timeout_ms: None, chunk_bytes: None },
+            Request::EnsureModel {
+                manifest_url: "m".into(),
+                variant: None,
+                stall_timeout_ms: None,
+                chunk_bytes: None,
+                allowed_origins: None,
+            },
+            Request::InspectModel {
+                manifest_url: "m".into(),
+                variant: Some(WeightsVariant::Fp16),
+                allowed_origins: Some(vec!["http://127.0.0.1:9000".into()]),
+            },
+            Request::InspectModel { manifest_url: "m".into(), variant: None, allowed_origins: None },
             Request::Generate { model: "m".into(), variant: Some(WeightsVariant::Fp32), settings: full.clone() },
             Request::Generate { model: "m".into(), variant: None, settings: minimal },
             Request::Load { model: "m".into(), variant: Some(WeightsVariant::Fp16) },
@@ -428,6 +484,20 @@ mod tests {
                     fetched_bytes: 1,
                     retries: 0,
                     corrupt_files: vec![],
+                    offline: false,
+                },
+            },
+            Event::ModelInfo {
+                info: ModelInfo {
+                    id: "m".into(),
+                    width: 512,
+                    height: 512,
+                    scheduler: "pndm".into(),
+                    inpainting: false,
+                    variant: WeightsVariant::Fp16,
+                    total_bytes: 2,
+                    stored_bytes: 1,
+                    ready: false,
                     offline: false,
                 },
             },
@@ -501,9 +571,9 @@ mod tests {
     fn typescript_samples_are_current() {
         let (requests, events) = samples();
         let tags: std::collections::BTreeSet<_> = requests.iter().map(request_tag).collect();
-        assert_eq!(tags.len(), 9, "a sample for every request variant");
+        assert_eq!(tags.len(), 10, "a sample for every request variant");
         let tags: std::collections::BTreeSet<_> = events.iter().map(event_tag).collect();
-        assert_eq!(tags.len(), 12, "a sample for every event variant");
+        assert_eq!(tags.len(), 13, "a sample for every event variant");
         for r in &requests {
             let back: Request = serde_json::from_value(serde_json::to_value(r).unwrap()).unwrap();
             assert_eq!(&back, r);

@@ -117,6 +117,10 @@ export class ModelServer {
       if (req.method === "DELETE") this.resetStats();
       return void res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify(this.stats));
     }
+    if (urlPath === "/index.json" && (req.method === "GET" || req.method === "HEAD")) {
+      const body = JSON.stringify(await this.index());
+      return void res.writeHead(200, { "content-type": "application/json", "cache-control": "no-cache" }).end(body);
+    }
     let fault: Fault | undefined;
     const prefixed = /^\/_fault\/([^/]+)(\/.*)$/.exec(urlPath);
     if (prefixed) {
@@ -211,6 +215,18 @@ export class ModelServer {
         return;
       }
     }
+  }
+
+  /** The model folders served (those with a `model_index.json`), for the app's model picker. */
+  async index(): Promise<{ models: { name: string; manifest: string }[] }> {
+    const models: { name: string; manifest: string }[] = [];
+    for (const entry of await fs.readdir(this.root, { withFileTypes: true })) {
+      if (!entry.isDirectory()) continue;
+      const ok = await fs.access(path.join(this.root, entry.name, "model_index.json")).then(() => true, () => false);
+      if (ok) models.push({ name: entry.name, manifest: `${entry.name}/manifest.json` });
+    }
+    models.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    return { models };
   }
 
   /** The `sd manifest` JSON of a model folder (generated once). */

@@ -31,7 +31,15 @@ export interface ServerOptions {
   port?: number;
 }
 
-async function serveFile(req: IncomingMessage, res: ServerResponse, file: string): Promise<void> {
+/** The app's Content-Security-Policy, from its index.html `<meta>`: sent as a header too, since a
+ * worker is bound by the policy of its own response, not by its page's `<meta>`. */
+export async function appCsp(root: string): Promise<string | null> {
+  const html = await fs.readFile(path.join(root, "index.html"), "utf8").catch(() => "");
+  const meta = /<meta\s+http-equiv="Content-Security-Policy"\s+content="([^"]*)"/i.exec(html);
+  return meta ? meta[1]!.replace(/\s+/g, " ").trim() : null;
+}
+
+async function serveFile(req: IncomingMessage, res: ServerResponse, file: string, csp: string | null): Promise<void> {
   let stat = await fs.stat(file).catch(() => null);
   if (stat?.isDirectory()) {
     file = path.join(file, "index.html");
@@ -45,6 +53,7 @@ async function serveFile(req: IncomingMessage, res: ServerResponse, file: string
     "content-type": MIME[path.extname(file)] ?? "application/octet-stream",
     "accept-ranges": "bytes",
     "cache-control": "no-cache",
+    ...(csp ? { "content-security-policy": csp } : {}),
   };
   const range = /^bytes=(\d+)-(\d*)$/.exec(req.headers.range ?? "");
   if (range) {
@@ -70,6 +79,7 @@ export async function startServer(
   const root = path.resolve(options.root);
   const models = options.models ? new ModelServer(path.resolve(options.models)) : null;
   if (models && options.faults) models.addFaults(options.faults);
+  const csp = await appCsp(root);
   const server = createServer((req, res) => {
     const urlPath = new URL(req.url ?? "/", "http://localhost").pathname;
     if (models && urlPath.startsWith("/models/")) {
@@ -79,12 +89,16 @@ export async function startServer(
       });
       return;
     }
+    if (!models && urlPath === "/models/index.json") {
+      // The app asks its development server for local models: none here.
+      return void res.writeHead(200, { "content-type": "application/json" }).end('{"models":[]}');
+    }
     const file = resolveInside(root, urlPath);
     if (!file || (req.method !== "GET" && req.method !== "HEAD")) {
       res.writeHead(file ? 405 : 403, { "content-type": "text/plain" }).end();
       return;
     }
-    serveFile(req, res, file).catch((err: unknown) => {
+    serveFile(req, res, file, csp).catch((err: unknown) => {
       if (!res.headersSent) res.writeHead(500, { "content-type": "text/plain" });
       res.end(String(err));
     });

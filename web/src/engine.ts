@@ -1,13 +1,31 @@
-// The page's handle on the worker: posts typed requests, dispatches typed events. A panic leaves the
-// wasm instance in an unknown state, so the worker is replaced by a fresh one (the page keeps running;
-// stored models survive in IndexedDB).
+// The page's handle on the worker: posts typed requests, dispatches typed events. The worker answers
+// requests one at a time in order, so `call` keeps a FIFO of pending requests and settles the oldest
+// with its final event (progress, previews and all but the last image go to subscribers only).
+// A panic leaves the wasm instance in an unknown state, so the worker is replaced by a fresh one (the
+// page keeps running; stored models survive in IndexedDB) and pending calls end with that error.
 import type { Request, WorkerEvent } from "./protocol";
 
 export type Listener = (event: WorkerEvent) => void;
+type Pending = { request: Request; resolve: (event: WorkerEvent) => void };
+
+/** Whether `event` ends the request at the head of the worker's queue. */
+export function isFinal(event: WorkerEvent): boolean {
+  switch (event.type) {
+    case "ready":
+    case "progress":
+    case "preview":
+      return false;
+    case "result":
+      return event.index + 1 >= event.count;
+    default:
+      return true;
+  }
+}
 
 export class EngineClient {
   private worker!: Worker;
   private readonly listeners = new Set<Listener>();
+  private pending: Pending[] = [];
   /** Workers started so far (1 + restarts). */
   starts = 0;
 
@@ -22,12 +40,25 @@ export class EngineClient {
     worker.onmessage = (message: MessageEvent<WorkerEvent>) => {
       const event = message.data;
       this.dispatch(event);
-      if (event.type === "error" && event.code === "panic") this.restart();
+      if (event.type === "error" && event.code === "panic") {
+        this.failPending(event);
+        this.restart();
+      } else if (isFinal(event)) {
+        this.pending.shift()?.resolve(event);
+      }
     };
     worker.onerror = (err: ErrorEvent) => {
-      this.dispatch({ type: "error", code: "wasm-load", message: err.message || "the worker failed to start" });
+      const event: WorkerEvent = { type: "error", code: "wasm-load", message: err.message || "the worker failed to start" };
+      this.dispatch(event);
+      this.failPending(event);
     };
     this.worker = worker;
+  }
+
+  private failPending(event: WorkerEvent): void {
+    const pending = this.pending;
+    this.pending = [];
+    for (const p of pending) p.resolve(event);
   }
 
   /** Replaces the worker (after a panic); requests sent meanwhile go to the new one. */
@@ -40,8 +71,17 @@ export class EngineClient {
     for (const listener of this.listeners) listener(event);
   }
 
-  send(request: Request): void {
+  /** Fire and forget (`cancel` has no answer of its own: the running request ends `cancelled`). */
+  send(request: Extract<Request, { type: "cancel" }>): void {
     this.worker.postMessage(request);
+  }
+
+  /** Sends `request`; resolves with its final event (its answer, `error` or `cancelled`). */
+  call(request: Request): Promise<WorkerEvent> {
+    return new Promise((resolve) => {
+      this.pending.push({ request, resolve });
+      this.worker.postMessage(request);
+    });
   }
 
   subscribe(listener: Listener): () => void {

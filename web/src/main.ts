@@ -1,64 +1,479 @@
-// Page entry: starts the worker engine and shows what GPU it got.
-import { byTestId } from "./dom";
+// Page entry: wires the form, the worker engine, progress, results, the gallery, the storage panel and
+// the service worker's update flow. Everything user- or model-provided is rendered as text.
+import { builtinChoices, DIFFUSERS_DEFAULTS, labelOf, localChoices, manifestUrl, modelParam, type ModelChoice } from "./catalog";
+import { byTestId, el } from "./dom";
 import { EngineClient } from "./engine";
+import * as errors from "./errors";
+import { bytes, duration } from "./format";
+import { Gallery, fileName, type GalleryItem } from "./gallery";
 import { renderGpu, renderSelfTest } from "./gpu-panel";
-import type { ErrorCode, WorkerEvent } from "./protocol";
+import { decodeImage, fittedSize, NotAnImage, rgbaAt } from "./images";
+import { MaskEditor } from "./mask-editor";
+import { ProgressView } from "./progress";
+import type { GenerateSettings, ModelInfo, WorkerEvent } from "./protocol";
+import { formValuesOf, parseSettings, randomSeed, SCHEDULER_LABELS, SCHEDULERS, type FormValues, type Mode } from "./settings";
+import { StoragePanel } from "./storage-panel";
+import { Updater } from "./sw-client";
 
-const HINTS: Record<ErrorCode, string> = {
-  "no-webgpu": "This browser exposes no WebGPU adapter. Use a recent Chrome or Edge (or enable WebGPU) and reload.",
-  "gpu-init": "The GPU could not be initialised. Close other GPU-heavy tabs and reload.",
-  readback: "Reading results from the GPU failed (the device may have been lost). Try again.",
-  "bad-request": "The app sent a request the engine did not understand. Reload the page.",
-  "wasm-load": "The engine failed to load. Check your connection and reload.",
-  panic: "The engine crashed and was restarted. Try again.",
-  "device-lost": "The GPU was reset. Try again: the engine sets it up anew.",
-  invalid: "Check the settings.",
-  unsupported: "This model needs a feature this app does not support yet.",
-  model: "The model's files are inconsistent. Delete it from storage and download it again.",
-  "not-stored": "Download the model first.",
-  network: "The download failed. Check your connection and try again: it resumes where it stopped.",
-  integrity: "A downloaded file was corrupted repeatedly. Try again later.",
-  quota: "Not enough storage. Delete stored models or free disk space.",
-  storage: "The browser's storage failed. Reload the page.",
-  cancelled: "Cancelled.",
-};
+const FIELDS = ["prompt", "negative", "steps", "guidance", "seed", "width", "height", "scheduler", "batch", "strength"] as const;
+type Field = (typeof FIELDS)[number];
+type Input = HTMLInputElement | HTMLTextAreaElement | HTMLSelectElement;
+const input = (f: Field): Input => byTestId<Input>(f);
+const LAST_MODEL = "websd-model";
 
 const engine = new EngineClient();
+const progress = new ProgressView();
+const updater = new Updater(() => busy);
+const mask = new MaskEditor(byTestId<HTMLCanvasElement>("mask"));
+const generateButton = byTestId<HTMLButtonElement>("generate");
+const cancelButton = byTestId<HTMLButtonElement>("cancel");
+const downloadButton = byTestId<HTMLButtonElement>("model-download");
+const picker = byTestId<HTMLSelectElement>("model");
+const resultImg = byTestId<HTMLImageElement>("result");
+
+let busy = false;
+let choices: ModelChoice[] = [];
+let current: ModelChoice | null = null;
+let info: ModelInfo | null = null;
+/** The pending inspection of `current` (the form's defaults depend on it). */
+let inspected: Promise<void> = Promise.resolve();
+let initBitmap: ImageBitmap | null = null;
+let resultUrl: string | null = null;
+/** Fields the user changed: a model's defaults never overwrite them. */
+const dirty = new Set<Field>();
+
 // Ask the browser not to evict the stored weights under storage pressure (only a page can ask; the
 // worker cannot). Granted or not, downloads work; the storage panel shows the answer.
 void navigator.storage?.persist?.().catch(() => false);
-const errorBox = byTestId("error");
-const selfTestButton = byTestId<HTMLButtonElement>("self-test");
 
-function showError(code: ErrorCode, message: string): void {
-  errorBox.textContent = `${HINTS[code] ?? ""} (${code}: ${message})`;
-  errorBox.hidden = false;
+const gallery = new Gallery(byTestId("gallery"), { reuse: (item) => reuse(item) });
+const storage = new StoragePanel(engine, (id) => choices.find((c) => c.url === id)?.label ?? labelOf(id), (id) => {
+  if (current?.url === id) void inspect(current);
+});
+
+// ---- form ----------------------------------------------------------------------------------------
+
+for (const name of SCHEDULERS) {
+  const option = el("option", SCHEDULER_LABELS[name]);
+  option.value = name;
+  input("scheduler").append(option);
+}
+for (const f of FIELDS) input(f).addEventListener("input", () => dirty.add(f));
+input("seed").value = String(randomSeed());
+
+function mode(): Mode {
+  return (document.querySelector<HTMLInputElement>('input[name="mode"]:checked')?.value ?? "txt2img") as Mode;
 }
 
-engine.subscribe((event: WorkerEvent) => {
+function setMode(m: Mode): void {
+  const radio = document.querySelector<HTMLInputElement>(`input[name="mode"][value="${m}"]`);
+  if (radio) radio.checked = true;
+  renderMode();
+}
+
+function renderMode(): void {
+  const m = mode();
+  byTestId("image-panel").hidden = m === "txt2img";
+  byTestId("mask-tools").hidden = m !== "inpaint";
+  byTestId("mask").hidden = m !== "inpaint";
+  if (!dirty.has("strength")) input("strength").value = m === "inpaint" ? "1" : "0.8";
+}
+for (const radio of document.querySelectorAll<HTMLInputElement>('input[name="mode"]')) {
+  radio.addEventListener("change", renderMode);
+}
+
+function values(): FormValues {
+  return Object.fromEntries(FIELDS.map((f) => [f, input(f).value])) as unknown as FormValues;
+}
+
+function setField(f: Field, value: string | undefined): void {
+  if (value !== undefined) input(f).value = value;
+}
+
+/** The model's defaults, into the fields the user has not changed. */
+function applyDefaults(choice: ModelChoice, i: ModelInfo): void {
+  const set = (f: Field, v: string): void => {
+    if (!dirty.has(f)) input(f).value = v;
+  };
+  set("steps", String(choice.defaults?.steps ?? DIFFUSERS_DEFAULTS.steps));
+  set("guidance", String(choice.defaults?.guidance ?? DIFFUSERS_DEFAULTS.guidance));
+  if (!initBitmap) {
+    set("width", String(i.width));
+    set("height", String(i.height));
+  }
+  set("scheduler", i.scheduler);
+  if (i.inpainting && mode() !== "inpaint") setMode("inpaint");
+}
+
+function reuse(item: GalleryItem): void {
+  const v = formValuesOf(item.settings);
+  for (const f of FIELDS) {
+    const value = v[f];
+    if (value !== undefined) {
+      setField(f, value);
+      dirty.add(f);
+    }
+  }
+  const choice = choices.find((c) => c.url === item.model);
+  if (choice && choice !== current) selectModel(choice);
+  if (item.settings.strength === undefined) setMode("txt2img");
+  byTestId("prompt").scrollIntoView({ behavior: "smooth", block: "center" });
+}
+
+byTestId("seed-random").addEventListener("click", () => {
+  input("seed").value = String(randomSeed());
+  dirty.add("seed");
+});
+
+// ---- init image and mask ------------------------------------------------------------------------
+
+async function useInitImage(file: File): Promise<void> {
+  try {
+    const bitmap = await decodeImage(file, file.name);
+    initBitmap?.close();
+    initBitmap = bitmap;
+    const maxSide = Math.max(info?.width ?? 512, info?.height ?? 512);
+    const size = fittedSize(bitmap.width, bitmap.height, maxSide);
+    input("width").value = String(size.width);
+    input("height").value = String(size.height);
+    const canvas = byTestId<HTMLCanvasElement>("init-preview");
+    canvas.width = size.width;
+    canvas.height = size.height;
+    const rgba = rgbaAt(bitmap, size.width, size.height);
+    const pixels = new Uint8ClampedArray(rgba.rgba.length);
+    pixels.set(rgba.rgba);
+    canvas.getContext("2d")?.putImageData(new ImageData(pixels, size.width, size.height), 0, 0);
+    mask.reset(size.width, size.height);
+    byTestId("init-info").textContent = `${file.name}: ${bitmap.width}x${bitmap.height}, used at ${size.width}x${size.height}`;
+    errors.clear();
+  } catch (err) {
+    errors.show(err instanceof NotAnImage ? err.message : `Cannot use that image: ${String(err)}`);
+  }
+}
+
+const initInput = byTestId<HTMLInputElement>("init-image");
+initInput.addEventListener("change", () => {
+  const file = initInput.files?.[0];
+  if (file) void useInitImage(file);
+});
+const drop = byTestId("image-panel");
+drop.addEventListener("dragover", (e) => {
+  e.preventDefault();
+  drop.classList.add("dragging");
+});
+drop.addEventListener("dragleave", () => drop.classList.remove("dragging"));
+drop.addEventListener("drop", (e) => {
+  e.preventDefault();
+  drop.classList.remove("dragging");
+  const file = e.dataTransfer?.files[0];
+  if (file) void useInitImage(file);
+});
+
+const maskInput = byTestId<HTMLInputElement>("mask-image");
+maskInput.addEventListener("change", () => {
+  const file = maskInput.files?.[0];
+  if (!file) return;
+  if (!initBitmap) {
+    errors.show("Choose the image to inpaint first, then its mask.");
+    return;
+  }
+  void decodeImage(file, file.name).then(
+    (bitmap) => {
+      mask.load(bitmap);
+      bitmap.close();
+      errors.clear();
+    },
+    (err: unknown) => errors.show(err instanceof NotAnImage ? err.message : String(err)),
+  );
+});
+const brush = byTestId<HTMLInputElement>("brush");
+brush.addEventListener("input", () => (mask.brush = Number(brush.value)));
+byTestId("mask-clear").addEventListener("click", () => mask.clear());
+byTestId("mask-invert").addEventListener("click", () => mask.invert());
+const eraser = byTestId<HTMLInputElement>("mask-erase");
+eraser.addEventListener("change", () => (mask.erase = eraser.checked));
+mask.onChange = () => {
+  byTestId("mask-coverage").textContent = `${Math.round(mask.coverage() * 100)}% marked for repainting`;
+};
+
+// ---- models -------------------------------------------------------------------------------------
+
+function renderPicker(): void {
+  picker.replaceChildren(
+    ...choices.map((c) => {
+      const option = el("option", c.label + (c.bytes ? ` · ${bytes(c.bytes)}` : ""));
+      option.value = c.url;
+      option.selected = c === current;
+      return option;
+    }),
+  );
+}
+
+function selectModel(choice: ModelChoice): void {
+  current = choice;
+  info = null;
+  localStorage.setItem(LAST_MODEL, choice.url);
+  renderPicker();
+  inspected = inspect(choice);
+}
+
+async function inspect(choice: ModelChoice): Promise<void> {
+  const status = byTestId("model-status");
+  status.textContent = "reading the model's configuration…";
+  const answer = await engine.call({ type: "inspectModel", manifestUrl: choice.url });
+  if (current !== choice) return;
+  if (answer.type === "modelInfo") {
+    info = answer.info;
+    applyDefaults(choice, info);
+    const stored = info.ready
+      ? "stored: works offline"
+      : `${bytes(info.totalBytes - info.storedBytes)} to download` + (info.storedBytes > 0 ? ` (${bytes(info.storedBytes)} already stored)` : "");
+    status.textContent =
+      `${info.width}x${info.height} · ${SCHEDULER_LABELS[info.scheduler] ?? info.scheduler} · ${info.variant} weights` +
+      (info.inpainting ? " · inpainting model" : "") +
+      ` · ${stored}` +
+      (info.offline ? " · offline" : "");
+  } else if (answer.type === "error") {
+    status.textContent = "unavailable";
+    errors.showEngineError(answer);
+  }
+}
+
+picker.addEventListener("change", () => {
+  const choice = choices.find((c) => c.url === picker.value);
+  if (choice) selectModel(choice);
+});
+
+function useModelUrl(value: string): boolean {
+  const parsed = manifestUrl(value, location.href);
+  if (parsed.kind === "error") {
+    errors.show(parsed.message);
+    return false;
+  }
+  let choice = choices.find((c) => c.url === parsed.url);
+  if (!choice) {
+    choice = { url: parsed.url, label: labelOf(parsed.url), source: "url" };
+    choices.push(choice);
+  }
+  errors.clear();
+  selectModel(choice);
+  return true;
+}
+
+byTestId("model-use").addEventListener("click", () => {
+  const value = byTestId<HTMLInputElement>("model-url").value;
+  if (useModelUrl(value)) {
+    const url = new URL(location.href);
+    url.searchParams.set("model", current!.url);
+    history.replaceState(null, "", url);
+  }
+});
+
+async function initModels(): Promise<void> {
+  choices = builtinChoices(location.href);
+  // The development server (scripts/serve.sh) lists its local model folders; a deployed site has none.
+  if (["localhost", "127.0.0.1", "[::1]"].includes(location.hostname)) {
+    const indexUrl = new URL("models/index.json", location.href).href;
+    try {
+      const response = await fetch(indexUrl, { cache: "no-store" });
+      if (response.ok) choices.push(...localChoices(await response.json(), indexUrl));
+    } catch {
+      // Offline, or another server: the built-in models only.
+    }
+  }
+  const param = modelParam(location.href);
+  if (param.kind === "url") {
+    useModelUrl(param.url);
+    return;
+  }
+  if (param.kind === "error") {
+    errors.show(param.message);
+    renderPicker();
+    byTestId("model-status").textContent = "no model selected";
+    return;
+  }
+  const last = localStorage.getItem(LAST_MODEL);
+  const lastChoice = choices.find((c) => c.url === last);
+  if (lastChoice) selectModel(lastChoice);
+  else if (last) useModelUrl(last);
+  else {
+    const choice = choices.find((c) => c.source === "local") ?? choices[0];
+    if (choice) selectModel(choice);
+    else {
+      renderPicker();
+      byTestId("model-status").textContent = "no model: give the URL of a manifest.json below";
+    }
+  }
+}
+
+// ---- jobs ---------------------------------------------------------------------------------------
+
+function setBusy(on: boolean): void {
+  busy = on;
+  generateButton.disabled = on;
+  downloadButton.disabled = on;
+  cancelButton.disabled = !on;
+  picker.disabled = on;
+}
+
+/** Ends a job: the final event decides what the user sees. */
+function finish(last: WorkerEvent | null): void {
+  setBusy(false);
+  if (last === null) progress.stop("Done", true);
+  else if (last.type === "cancelled") progress.stop(`Cancelled while ${last.phase === "denoise" ? "denoising" : last.phase === "download" ? "downloading" : last.phase + "ing"}`, false);
+  else if (last.type === "error") {
+    progress.stop("Failed", false);
+    errors.showEngineError(last);
+  }
+  updater.applyWhenIdle();
+  void storage.refresh();
+  if (current) void inspect(current);
+}
+
+/** Makes the current model complete in the store; the final event when that failed. */
+async function ensureModel(): Promise<WorkerEvent | null> {
+  const answer = await engine.call({ type: "ensureModel", manifestUrl: current!.url });
+  return answer.type === "modelReady" ? null : answer;
+}
+
+downloadButton.addEventListener("click", () => {
+  if (busy || !current) return;
+  errors.clear();
+  setBusy(true);
+  progress.start("Downloading the model");
+  void ensureModel().then(finish);
+});
+
+generateButton.addEventListener("click", () => void generate());
+
+async function generate(): Promise<void> {
+  if (busy) return;
+  errors.clear();
+  if (!current) {
+    errors.show("Choose a model first (or give the URL of a manifest.json).");
+    return;
+  }
+  setBusy(true);
+  progress.start("Preparing");
+  await inspected;
+  const m = mode();
+  const parsed = parseSettings(values(), m);
+  if (!parsed.ok) {
+    setBusy(false);
+    progress.stop("Check the settings", false);
+    errors.show(parsed.message);
+    input(parsed.field).focus();
+    return;
+  }
+  const settings: GenerateSettings = { ...parsed.settings, previewEvery: byTestId<HTMLInputElement>("live-preview").checked ? 1 : 0 };
+  if (m !== "txt2img") {
+    const problem = !initBitmap
+      ? "Choose an image to start from (upload or drop one)."
+      : m === "inpaint" && info && !info.inpainting
+        ? "This model is not an inpainting model (its U-Net takes no mask): pick an inpainting model, or use Image to image."
+        : m === "inpaint" && mask.coverage() === 0
+          ? "Paint the area to repaint on the image (or load a mask)."
+          : null;
+    if (problem) {
+      setBusy(false);
+      progress.stop("Check the settings", false);
+      errors.show(problem);
+      return;
+    }
+    settings.initImage = rgbaAt(initBitmap!, settings.width!, settings.height!);
+    if (m === "inpaint") settings.mask = mask.export(settings.width!, settings.height!);
+  } else if (info?.inpainting) {
+    setBusy(false);
+    progress.stop("Check the settings", false);
+    errors.show("This is an inpainting model: use Inpaint, with an image and a mask.");
+    return;
+  }
+  const failed = await ensureModel();
+  if (failed) return finish(failed);
+  const answer = await engine.call({ type: "generate", model: current.url, settings });
+  finish(answer.type === "result" ? null : answer);
+}
+
+cancelButton.addEventListener("click", () => {
+  if (!busy) return;
+  cancelButton.disabled = true;
+  progress.stop("Cancelling…", false);
+  engine.send({ type: "cancel" });
+});
+
+function showResult(event: Extract<WorkerEvent, { type: "result" }>): void {
+  const blob = new Blob([event.png as Uint8Array<ArrayBuffer>], { type: "image/png" });
+  if (resultUrl) URL.revokeObjectURL(resultUrl);
+  resultUrl = URL.createObjectURL(blob);
+  resultImg.src = resultUrl;
+  resultImg.width = event.width;
+  resultImg.height = event.height;
+  resultImg.alt = event.settings.prompt;
+  const item: GalleryItem = {
+    png: blob,
+    width: event.width,
+    height: event.height,
+    seed: event.seed,
+    settings: event.settings,
+    model: current?.url ?? "",
+    modelLabel: current?.label ?? "",
+    createdAt: Date.now(),
+    elapsedMs: event.elapsedMs,
+  };
+  const link = byTestId<HTMLAnchorElement>("download");
+  link.href = resultUrl;
+  link.download = fileName(item);
+  link.hidden = false;
+  byTestId("result-info").textContent =
+    `Image ${event.index + 1} of ${event.count} · seed ${event.seed} · ${event.width}x${event.height} · ${duration(event.elapsedMs)}`;
+  void gallery.add(item);
+}
+
+engine.subscribe((event) => {
   switch (event.type) {
-    case "ready":
-      engine.send({ type: "status" });
+    case "progress":
+    case "preview":
+      progress.update(event);
       break;
-    case "status":
-      renderGpu(event.gpu);
-      selfTestButton.disabled = false;
-      break;
-    case "selfTest":
-      renderSelfTest(event.report);
-      selfTestButton.disabled = false;
-      break;
-    case "error":
-      showError(event.code, event.message);
-      selfTestButton.disabled = false;
+    case "result":
+      showResult(event);
       break;
     default:
       break;
   }
 });
 
+// ---- GPU panel ----------------------------------------------------------------------------------
+
+const selfTestButton = byTestId<HTMLButtonElement>("self-test");
 selfTestButton.addEventListener("click", () => {
   selfTestButton.disabled = true;
   byTestId("self-test-result").textContent = "running…";
-  engine.send({ type: "selfTest" });
+  void engine.call({ type: "selfTest" }).then((answer) => {
+    if (answer.type === "selfTest") renderSelfTest(answer.report);
+    else if (answer.type === "error") {
+      byTestId("self-test-result").textContent = "";
+      errors.showEngineError(answer);
+    }
+    selfTestButton.disabled = false;
+  });
 });
+
+async function start(): Promise<void> {
+  renderMode();
+  setBusy(false);
+  const status = engine.call({ type: "status" }).then((answer) => {
+    if (answer.type === "status") {
+      renderGpu(answer.gpu);
+      selfTestButton.disabled = false;
+    } else if (answer.type === "error") {
+      byTestId("gpu-adapter").textContent = "none";
+      errors.showEngineError(answer);
+    }
+  });
+  await Promise.all([initModels(), gallery.render(), status]);
+  await storage.refresh();
+  await updater.register().catch((err: unknown) => console.warn("service worker:", err));
+}
+
+void start();

@@ -87,6 +87,20 @@ export interface DownloadReport {
   offline: boolean;
 }
 
+/** crate::protocol::ModelInfo: a model's own defaults and how much of it is stored. */
+export interface ModelInfo {
+  id: string;
+  width: number;
+  height: number;
+  scheduler: SchedulerName;
+  inpainting: boolean;
+  variant: WeightsVariant;
+  totalBytes: number;
+  storedBytes: number;
+  ready: boolean;
+  offline: boolean;
+}
+
 /** Page -> worker. */
 export type Request =
   | { type: "status" }
@@ -97,7 +111,10 @@ export type Request =
       variant?: WeightsVariant;
       stallTimeoutMs?: number;
       chunkBytes?: number;
+      /** Origins weights may come from besides the app's own (absent: the engine's default list). */
+      allowedOrigins?: string[];
     }
+  | { type: "inspectModel"; manifestUrl: string; variant?: WeightsVariant; allowedOrigins?: string[] }
   | { type: "generate"; model: string; variant?: WeightsVariant; settings: GenerateSettings }
   | { type: "load"; model: string; variant?: WeightsVariant }
   | { type: "cancel" }
@@ -131,6 +148,7 @@ export type WorkerEvent =
   | { type: "selfTest"; report: SelfTestReport }
   | { type: "progress"; phase: Phase; done: number; total: number; bytes?: number; file?: string }
   | { type: "modelReady"; report: DownloadReport }
+  | { type: "modelInfo"; info: ModelInfo }
   | { type: "preview"; step: number; width: number; height: number; rgba: Uint8Array }
   | {
       type: "result";

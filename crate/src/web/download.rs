@@ -214,22 +214,73 @@ async fn with_lock<T: 'static>(
     value.ok_or_else(|| Error::Storage(format!("Web Lock {name}: the download did not run")))
 }
 
-/// Makes every file `variant` needs complete and verified in the store.
+/// Origins weights may come from besides the app's own: the Hub, and this machine (development, and
+/// a model server the user runs). An entry without a port allows every port of its host.
+pub const DEFAULT_ALLOWED_ORIGINS: [&str; 3] =
+    ["https://huggingface.co", "http://localhost", "http://127.0.0.1"];
+
+/// The origin of the worker's own page (`self.location.origin`).
+fn own_origin() -> Option<String> {
+    get(&get(&js_sys::global(), "location")?, "origin")?.as_string()
+}
+
+/// Refuses a URL whose origin is neither the app's own nor allow-listed: a `?model=` link must not
+/// make the app fetch (and store gigabytes) from anywhere its author likes.
+pub fn check_origin(url: &str, allowed: &[String]) -> Result<(), Error> {
+    let parsed = web_sys::Url::new(url).map_err(|e| Error::BadRequest(format!("{url}: {}", js_text(&e))))?;
+    let origin = parsed.origin();
+    if own_origin().as_deref() == Some(origin.as_str()) {
+        return Ok(());
+    }
+    let matches = |entry: &String| {
+        web_sys::Url::new(entry).is_ok_and(|e| {
+            e.protocol() == parsed.protocol()
+                && e.hostname() == parsed.hostname()
+                && (e.port().is_empty() || e.port() == parsed.port())
+        })
+    };
+    if allowed.iter().any(matches) {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "{origin} is not an allowed model origin (allowed: this site, {}): {url}",
+            allowed.join(", ")
+        )))
+    }
+}
+
+/// Which of the variant's files an `ensure_model` makes complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Files {
+    All,
+    /// Configs and tokenizer only (what `InspectModel` needs), not the weights.
+    Small,
+}
+
+/// Makes every file `variant` needs (or only its small ones) complete and verified in the store.
+#[allow(clippy::too_many_arguments)]
 pub async fn ensure_model(
     store: Rc<Store>,
     manifest_url: String,
     variant: Option<Variant>,
+    files: Files,
+    allowed: &[String],
     options: DownloadOptions,
     emit: Rc<dyn Fn(Event)>,
     cancel: Rc<Cell<bool>>,
 ) -> Result<DownloadReport, Error> {
+    check_origin(&manifest_url, allowed)?;
     let (manifest, offline) = manifest(&store, &manifest_url, options.stall_ms).await?;
-    let selected: Vec<ManifestFile> =
+    let mut selected: Vec<ManifestFile> =
         manifest.select(variant).map_err(|e| Error::Model(e.to_string()))?.into_iter().cloned().collect();
+    if files == Files::Small {
+        selected.retain(|f| !f.path.ends_with(".safetensors"));
+    }
     let base = match &manifest.base_url {
         Some(base) => resolve_url(base, &manifest_url)?,
         None => manifest_url.clone(),
     };
+    check_origin(&base, allowed)?;
     let lock = format!("websd-download {manifest_url}");
     let work = async move {
         let reporter = Reporter { emit: &*emit, cancel: &cancel };

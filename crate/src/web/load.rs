@@ -14,8 +14,8 @@ use crate::models::autoencoder_kl::{VaeDecoder, VaeEncoder};
 use crate::models::clip::ClipTextConfig;
 use crate::models::unet_2d_condition::UNet2DConditionModel;
 use crate::pipeline::StableDiffusion;
-use crate::protocol::{Event, Phase};
-use crate::schedulers::SchedulerConfig;
+use crate::protocol::{Event, ModelInfo, Phase, WeightsVariant};
+use crate::schedulers::{SchedulerConfig, SchedulerKind};
 use crate::tokenizer::{ClipTokenizer, TokenizerFiles};
 use crate::weights::{DeviceTensors, Dtype, SafetensorsHeader, TensorInfo, Variant, host_data};
 
@@ -163,6 +163,50 @@ async fn upload_weights(
         .into(),
     );
     Ok(tensors)
+}
+
+/// A stored model's defaults (from its configs, which must be stored) and how much of `variant` is.
+pub async fn model_info(store: &Store, id: &str, variant: Option<Variant>, offline: bool) -> Result<ModelInfo, Error> {
+    let record = store.model(id).await?.ok_or_else(|| Error::NotStored(format!("the model {id} is not stored")))?;
+    let manifest = Manifest::from_json(&record.manifest).map_err(|e| Error::Storage(e.to_string()))?;
+    let selected = manifest.select(variant).map_err(|e| Error::Model(e.to_string()))?;
+    let (mut stored_bytes, mut ready) = (0, true);
+    let mut configs = std::collections::BTreeMap::new();
+    for f in &selected {
+        let file = store.file(id, &f.path).await?.filter(|r| r.sha256 == f.sha256);
+        let complete = file.as_ref().is_some_and(|r| r.complete);
+        stored_bytes += file.as_ref().map_or(0, |r| if complete { r.size } else { r.stored });
+        ready &= complete;
+        if let (Some(r), true) = (file, f.path.ends_with("config.json")) {
+            configs.insert(f.path.clone(), r);
+        }
+    }
+    let text = async |path: &str| -> Result<String, Error> {
+        let record = configs.get(path).ok_or_else(|| Error::NotStored(format!("{id}: {path} is not stored")))?;
+        String::from_utf8(read_file(store, record).await?).map_err(|e| Error::Model(format!("{path}: {e}")))
+    };
+    let unet: UNet2DConditionConfig =
+        parse("unet/config.json", &text("unet/config.json").await?).map_err(|e| Error::Model(e.to_string()))?;
+    let vae: AutoencoderKLConfig =
+        parse("vae/config.json", &text("vae/config.json").await?).map_err(|e| Error::Model(e.to_string()))?;
+    let scheduler_config = SchedulerConfig::from_json(&text("scheduler/scheduler_config.json").await?)
+        .map_err(|e| Error::Model(format!("scheduler/scheduler_config.json: {e}")))?;
+    let class = scheduler_config.class_name().unwrap_or("PNDMScheduler");
+    let scheduler = SchedulerKind::from_class_name(class, &scheduler_config).map_err(|e| Error::Unsupported(e.to_string()))?;
+    let size = (unet.sample_size * vae.scale_factor()) as u32;
+    let fp16 = manifest.weights("unet", variant).is_ok_and(|f| f.path.ends_with(".fp16.safetensors"));
+    Ok(ModelInfo {
+        id: id.to_string(),
+        width: size,
+        height: size,
+        scheduler: scheduler.name().to_string(),
+        inpainting: unet.in_channels == 9,
+        variant: if fp16 { WeightsVariant::Fp16 } else { WeightsVariant::Fp32 },
+        total_bytes: selected.iter().map(|f| f.size).sum(),
+        stored_bytes,
+        ready,
+        offline,
+    })
 }
 
 /// Loads the stored model `id` (every file of `variant` must be complete) onto `device`.

@@ -21,7 +21,7 @@ use crate::image::{a1111_parameters, encode_png, image_from_rgba};
 use crate::pipeline::{GenerateRequest, Progress, read_f32, rgba8};
 use crate::protocol::{Event, GenerateSettings, ModelSummary, Phase, Request};
 use crate::schedulers::SchedulerKind;
-use download::{DEFAULT_CHUNK_BYTES, DEFAULT_STALL_MS, DownloadOptions};
+use download::{DEFAULT_ALLOWED_ORIGINS, DEFAULT_CHUNK_BYTES, DEFAULT_STALL_MS, DownloadOptions, Files};
 use load::LoadedModel;
 use store::Store;
 
@@ -153,7 +153,7 @@ async fn run(request: Request, cx: &Context) -> Result<Option<Event>, Error> {
             Ok(Some(Event::SelfTest { report: crate::probe::self_test(&gpu, now_ms).await? }))
         }
         Request::Cancel => Ok(None),
-        Request::EnsureModel { manifest_url, variant, stall_timeout_ms, chunk_bytes } => {
+        Request::EnsureModel { manifest_url, variant, stall_timeout_ms, chunk_bytes, allowed_origins } => {
             let store = cx.store().await?;
             let options = DownloadOptions {
                 stall_ms: stall_timeout_ms.unwrap_or(DEFAULT_STALL_MS).max(100),
@@ -163,12 +163,32 @@ async fn run(request: Request, cx: &Context) -> Result<Option<Event>, Error> {
                 store,
                 manifest_url,
                 variant.map(Into::into),
+                Files::All,
+                &allowed(allowed_origins),
                 options,
                 cx.emit.clone(),
                 cx.cancel.clone(),
             )
             .await?;
             Ok(Some(Event::ModelReady { report }))
+        }
+        Request::InspectModel { manifest_url, variant, allowed_origins } => {
+            let store = cx.store().await?;
+            let options = DownloadOptions { stall_ms: DEFAULT_STALL_MS, chunk_bytes: DEFAULT_CHUNK_BYTES };
+            let variant = variant.map(Into::into);
+            let report = download::ensure_model(
+                store.clone(),
+                manifest_url.clone(),
+                variant,
+                Files::Small,
+                &allowed(allowed_origins),
+                options,
+                cx.emit.clone(),
+                cx.cancel.clone(),
+            )
+            .await?;
+            let info = load::model_info(&store, &manifest_url, variant, report.offline).await?;
+            Ok(Some(Event::ModelInfo { info }))
         }
         Request::ListModels => {
             let store = cx.store().await?;
@@ -242,6 +262,11 @@ async fn loaded_model(
     let model = Rc::new(load::load_model(&store, id, variant, device, &|e| cx.emit(e), &cx.cancel).await?);
     cx.state.borrow_mut().model = Some(model.clone());
     Ok((model, false))
+}
+
+/// The request's allow-list, or the default one.
+fn allowed(origins: Option<Vec<String>>) -> Vec<String> {
+    origins.unwrap_or_else(|| DEFAULT_ALLOWED_ORIGINS.iter().map(|o| o.to_string()).collect())
 }
 
 /// The wasm heap's size now (it only grows: this is the peak so far).

@@ -1,0 +1,301 @@
+// The web app end to end, driven only through its form (the data-testid contract), in headless
+// Chromium (SwiftShader WebGPU) with the built dist/ and the tiny models on the model server: txt2img,
+// img2img and inpainting against diffusers' fixtures, progress, the gallery across reloads, cancel,
+// offline from the service worker, bad input, and the installable manifest and CSP.
+import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import { after, before, test } from "node:test";
+import type { BrowserContext, Page } from "playwright-core";
+import { FIXTURES, maxDiff, readSafetensors, startHarness, type Harness } from "./harness";
+
+let h: Harness;
+let context: BrowserContext;
+let page: Page;
+const logs: string[] = [];
+
+before(async () => {
+  h = await startHarness();
+  context = await h.browser.newContext();
+  page = await context.newPage();
+  page.on("console", (m) => logs.push(`${m.type()}: ${m.text()}`));
+  page.on("pageerror", (e) => logs.push(`pageerror: ${String(e)}`));
+});
+after(async () => {
+  await context?.close();
+  await h?.close();
+});
+
+const model = (name: string): string => `${h.cdn.url}${name}/manifest.json`;
+const appUrl = (name: string): string => `${h.app.url}?model=${encodeURIComponent(model(name))}`;
+
+/** The fixture run's settings (its metadata) and diffusers' image. */
+function fixture(run: string): { meta: Record<string, string>; image: Float32Array } {
+  const tensors = `${FIXTURES}/runs/${run}/tensors.safetensors`;
+  const { data } = readSafetensors(tensors, "image");
+  const txt = readSafetensors(`${FIXTURES}/runs/txt2img_ddim/tensors.safetensors`, "image").meta;
+  // img2img / inpaint runs share txt2img_ddim's prompt, negative prompt and guidance (oracle step3_tiny.py).
+  return { meta: { ...txt, ...readSafetensors(tensors, "image").meta }, image: data };
+}
+
+async function fill(values: Record<string, string>): Promise<void> {
+  for (const [id, value] of Object.entries(values)) {
+    const field = page.getByTestId(id);
+    if (id === "scheduler") await field.selectOption(value);
+    else await field.fill(value);
+  }
+}
+
+async function errorText(): Promise<string> {
+  const box = page.getByTestId("error");
+  return (await box.isVisible()) ? (await box.innerText()).trim() : "";
+}
+
+async function resultSrc(): Promise<string | null> {
+  return page.getByTestId("result").getAttribute("src");
+}
+
+/** Clicks Generate and waits for the result image's src to change (or an error). */
+async function generate(timeoutMs = 300_000): Promise<{ src: string; ms: number }> {
+  const before = await resultSrc();
+  const t0 = Date.now();
+  await page.getByTestId("generate").click();
+  const deadline = t0 + timeoutMs;
+  for (;;) {
+    const src = await resultSrc();
+    if (src && src !== before && !(await page.getByTestId("cancel").isEnabled())) return { src, ms: Date.now() - t0 };
+    const error = await errorText();
+    if (error) throw new Error(`error shown: ${error}\n${logs.slice(-15).join("\n")}`);
+    if (Date.now() > deadline) throw new Error(`no result after ${timeoutMs} ms\n${logs.slice(-15).join("\n")}`);
+    await page.waitForTimeout(250);
+  }
+}
+
+/** The result image's pixels, decoded by the browser without colour conversion. */
+async function resultPixels(): Promise<{ width: number; height: number; rgba: number[] }> {
+  return page.evaluate(async () => {
+    const img = document.querySelector<HTMLImageElement>('[data-testid="result"]')!;
+    await img.decode();
+    const bitmap = await createImageBitmap(img, { colorSpaceConversion: "none", premultiplyAlpha: "none" });
+    const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
+    const ctx = canvas.getContext("2d")!;
+    ctx.drawImage(bitmap, 0, 0);
+    return { width: bitmap.width, height: bitmap.height, rgba: Array.from(ctx.getImageData(0, 0, bitmap.width, bitmap.height).data) };
+  });
+}
+
+async function waitReady(): Promise<void> {
+  // The model's configs are read (the status line shows its size) before the form is filled.
+  await page.waitForFunction(() => /\dx\d/.test(document.querySelector('[data-testid="model-status"]')?.textContent ?? ""), null, {
+    timeout: 120_000,
+  });
+}
+
+test("the manifest is installable and the CSP forbids eval", { timeout: 120_000 }, async () => {
+  const response = await page.goto(appUrl("tiny-sd"));
+  const header = response!.headers()["content-security-policy"] ?? "";
+  const meta = (await page.locator('meta[http-equiv="Content-Security-Policy"]').getAttribute("content")) ?? "";
+  for (const [where, csp] of [["header", header], ["meta", meta]] as const) {
+    const directives = new Map(csp.split(";").map((d) => d.trim().split(/\s+/)).map(([k, ...v]) => [k!, v]));
+    const scripts = directives.get("script-src") ?? [];
+    assert.ok(scripts.includes("'wasm-unsafe-eval'"), `${where}: script-src allows compiling wasm: ${csp}`);
+    assert.ok(!scripts.includes("'unsafe-eval'") && !scripts.includes("'unsafe-inline'"), `${where}: no eval, no inline scripts: ${csp}`);
+    assert.deepEqual(directives.get("object-src"), ["'none'"], where);
+    assert.ok(!(directives.get("connect-src") ?? []).includes("*"), `${where}: weights only from listed origins`);
+  }
+  assert.equal(header.replace(/\s+/g, " "), meta.replace(/\s+/g, " "), "the header is the meta policy");
+  assert.equal(await page.locator("script:not([src])").count(), 0, "no inline scripts");
+
+  const manifestHref = await page.locator('link[rel="manifest"]').getAttribute("href");
+  const manifest = (await (await page.request.get(new URL(manifestHref!, page.url()).href)).json()) as {
+    name: string;
+    short_name: string;
+    start_url: string;
+    display: string;
+    icons: { src: string; sizes: string; purpose?: string }[];
+  };
+  assert.ok(manifest.name && manifest.short_name);
+  assert.ok(["standalone", "fullscreen", "minimal-ui"].includes(manifest.display));
+  for (const size of ["192x192", "512x512"]) assert.ok(manifest.icons.some((i) => i.sizes === size), `icon ${size}`);
+  assert.ok(manifest.icons.some((i) => i.purpose?.includes("maskable")), "a maskable icon");
+  for (const icon of manifest.icons) {
+    const r = await page.request.get(new URL(icon.src, new URL(manifestHref!, page.url())).href);
+    assert.equal(r.status(), 200, icon.src);
+  }
+  // Chromium's own installability check (what Lighthouse reports), once the service worker controls.
+  await page.waitForFunction(() => navigator.serviceWorker.controller !== null, null, { timeout: 60_000 });
+  const cdp = await context.newCDPSession(page);
+  const { installabilityErrors } = (await cdp.send("Page.getInstallabilityErrors")) as {
+    installabilityErrors: { errorId: string }[];
+  };
+  console.log(`installability errors: ${JSON.stringify(installabilityErrors)}`);
+  assert.deepEqual(
+    installabilityErrors.map((e) => e.errorId).filter((id) => id !== "in-incognito"),
+    [],
+  );
+});
+
+test("txt2img through the form matches diffusers; progress reaches 100%; the gallery keeps it", { timeout: 600_000 }, async () => {
+  await waitReady();
+  const { meta, image } = fixture("txt2img_ddim");
+  await fill({
+    prompt: meta["prompt"]!,
+    negative: meta["negative_prompt"]!,
+    steps: meta["steps"]!,
+    guidance: meta["guidance_scale"]!,
+    seed: meta["seed"]!,
+    width: meta["width"]!,
+    height: meta["height"]!,
+    scheduler: "ddim",
+  });
+  const { ms } = await generate();
+  const pixels = await resultPixels();
+  assert.deepEqual([pixels.width, pixels.height], [64, 64]);
+  const diff = maxDiff(image, pixels.rgba);
+  console.log(`txt2img via the app: max |app - diffusers| = ${diff.toExponential(2)} (x255: ${(diff * 255).toFixed(1)}), ${ms} ms including download and load`);
+  assert.ok(diff <= 2e-2, `image diff ${diff}`);
+  const progress = page.getByTestId("progress");
+  assert.equal(await progress.evaluate((p) => (p as HTMLProgressElement).value), 100);
+  assert.match((await progress.textContent()) ?? "", /100%/);
+  assert.match(await page.getByTestId("download").getAttribute("download") ?? "", /\.png$/);
+
+  await page.reload();
+  await page.waitForSelector('[data-testid="gallery-item"]', { timeout: 30_000 });
+  const items = page.getByTestId("gallery-item");
+  assert.equal(await items.count(), 1);
+  const caption = await items.first().innerText();
+  assert.match(caption, /astronaut/);
+  assert.match(caption, /seed 0/);
+  assert.match(caption, /DDIM/);
+});
+
+test("bad input gets a clear message and the worker survives", { timeout: 300_000 }, async () => {
+  await waitReady();
+  const cases: [Record<string, string>, RegExp][] = [
+    [{ width: "63" }, /multiple of 8/],
+    [{ width: "64", height: "100" }, /multiple of 8/],
+    [{ height: "64", steps: "100000" }, /Steps must be .* 1 to 1000/],
+    [{ steps: "abc" }, /Steps must be/],
+    [{ steps: "1", guidance: "-1" }, /Guidance/],
+    [{ guidance: "7.5", seed: "-5" }, /seed/],
+  ];
+  for (const [values, expected] of cases) {
+    await fill(values);
+    await page.getByTestId("generate").click();
+    await page.waitForFunction(() => !document.querySelector<HTMLElement>('[data-testid="error"]')?.hidden, null, { timeout: 10_000 });
+    assert.match(await errorText(), expected, JSON.stringify(values));
+  }
+  await fill({ seed: "0" });
+  // A file that is not an image, for img2img.
+  await page.getByTestId("mode-img2img").check();
+  await page.getByTestId("init-image").setInputFiles({ name: "notes.txt", mimeType: "text/plain", buffer: Buffer.from("not an image") });
+  await page.waitForFunction(() => !document.querySelector<HTMLElement>('[data-testid="error"]')?.hidden, null, { timeout: 10_000 });
+  assert.match(await errorText(), /not an image/);
+  await page.getByTestId("generate").click();
+  await page.waitForFunction(() => /image to start from/.test(document.querySelector('[data-testid="error"]')?.textContent ?? ""), null, {
+    timeout: 10_000,
+  });
+  await page.getByTestId("mode-txt2img").check();
+  // An empty model URL, in the page URL and in the form.
+  await page.goto(`${h.app.url}?model=`);
+  await page.waitForFunction(() => /model URL .* empty/.test(document.querySelector('[data-testid="error"]')?.textContent ?? ""), null, {
+    timeout: 30_000,
+  });
+  await page.getByTestId("model-use").click({ force: true }).catch(() => undefined);
+  // A manifest URL on a origin that is not allowed is refused by the engine, before any fetch.
+  await page.goto(`${h.app.url}?model=${encodeURIComponent("https://example.com/evil/manifest.json")}`);
+  await page.waitForFunction(() => /not an allowed model origin/.test(document.querySelector('[data-testid="error"]')?.textContent ?? ""), null, {
+    timeout: 60_000,
+  });
+  // The engine still answers: the tiny model generates.
+  await page.goto(appUrl("tiny-sd"));
+  await waitReady();
+  assert.equal(await errorText(), "");
+  await fill({ steps: "1", width: "64", height: "64", seed: "1" });
+  await generate();
+});
+
+test("cancel mid-run, then generate again", { timeout: 300_000 }, async () => {
+  await fill({ steps: "40" });
+  await page.getByTestId("generate").click();
+  await page.waitForFunction(() => /step [1-9]/.test(document.querySelector('[data-testid="progress-detail"]')?.textContent ?? ""), null, {
+    timeout: 120_000,
+  });
+  await page.getByTestId("cancel").click();
+  await page.waitForFunction(() => /Cancelled/.test(document.querySelector('[data-testid="progress-text"]')?.textContent ?? ""), null, {
+    timeout: 60_000,
+  });
+  assert.equal(await errorText(), "");
+  assert.equal(await page.getByTestId("generate").isEnabled(), true);
+  const stoppedAt = await page.getByTestId("progress-detail").innerText();
+  console.log(`cancelled at: ${stoppedAt}`);
+  await fill({ steps: "1" });
+  await generate();
+});
+
+test("offline: the app reloads from the service worker and generates from IndexedDB", { timeout: 300_000 }, async () => {
+  assert.ok(await page.evaluate(() => navigator.serviceWorker.controller !== null), "a service worker controls the page");
+  await context.setOffline(true);
+  try {
+    await page.reload();
+    await waitReady();
+    assert.match(await page.getByTestId("model-status").innerText(), /offline/);
+    await fill({ steps: "1", seed: "2" });
+    await generate();
+    assert.equal(await errorText(), "");
+  } finally {
+    await context.setOffline(false);
+  }
+});
+
+for (const [run, name, mode] of [
+  ["img2img_ddim", "tiny-sd", "img2img"],
+  ["inpaint_ddim", "tiny-sd-inpaint", "inpaint"],
+] as const) {
+  test(`${mode} through the form matches diffusers (${run})`, { timeout: 600_000 }, async () => {
+    await page.goto(appUrl(name));
+    await waitReady();
+    const { meta, image } = fixture(run);
+    await page.getByTestId(`mode-${mode}`).check();
+    await page.getByTestId("init-image").setInputFiles(`${FIXTURES}/runs/${run}/init_image.png`);
+    await page.waitForFunction(() => /used at/.test(document.querySelector('[data-testid="init-info"]')?.textContent ?? ""));
+    if (mode === "inpaint") {
+      await page.getByTestId("mask-image").setInputFiles(`${FIXTURES}/runs/${run}/mask.png`);
+      await page.waitForFunction(() => /\d+% marked/.test(document.querySelector('[data-testid="mask-coverage"]')?.textContent ?? ""));
+    }
+    await fill({
+      prompt: meta["prompt"]!,
+      negative: meta["negative_prompt"]!,
+      steps: meta["steps"]!,
+      guidance: meta["guidance_scale"]!,
+      seed: meta["seed"]!,
+      strength: meta["strength"]!,
+      scheduler: "ddim",
+    });
+    assert.equal(await page.getByTestId("width").inputValue(), "64");
+    const { ms } = await generate();
+    const pixels = await resultPixels();
+    const diff = maxDiff(image, pixels.rgba);
+    console.log(`${mode} via the app: max |app - diffusers| = ${diff.toExponential(2)} (x255: ${(diff * 255).toFixed(1)}), ${ms} ms`);
+    assert.ok(diff <= 2e-2, `image diff ${diff}`);
+  });
+}
+
+test("the mask brush paints, inverts and clears", { timeout: 60_000 }, async () => {
+  const mask = page.getByTestId("mask");
+  const box = (await mask.boundingBox())!;
+  await page.mouse.move(box.x + box.width * 0.3, box.y + box.height * 0.5);
+  await page.mouse.down();
+  await page.mouse.move(box.x + box.width * 0.7, box.y + box.height * 0.5, { steps: 5 });
+  await page.mouse.up();
+  await page.getByTestId("mask-clear").click();
+  assert.match(await page.getByTestId("mask-coverage").innerText(), /^0%/);
+  await page.mouse.move(box.x + box.width * 0.5, box.y + box.height * 0.5);
+  await page.mouse.down();
+  await page.mouse.up();
+  const painted = Number(/(\d+)%/.exec(await page.getByTestId("mask-coverage").innerText())![1]);
+  assert.ok(painted > 0 && painted < 100, `painted ${painted}%`);
+  await page.getByTestId("mask-invert").click();
+  const inverted = Number(/(\d+)%/.exec(await page.getByTestId("mask-coverage").innerText())![1]);
+  assert.ok(Math.abs(inverted - (100 - painted)) <= 1, `inverted ${inverted}% vs ${painted}%`);
+  void readFileSync;
+});

@@ -1,0 +1,72 @@
+// Unit tests of the form's parsing (node:test through tsx; run by `npm run typecheck`).
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { formValuesOf, parseSettings, type FormValues } from "./settings";
+
+const good: FormValues = {
+  prompt: "a cat",
+  negative: "blurry",
+  steps: "8",
+  guidance: "7.5",
+  seed: "0",
+  width: "64",
+  height: "64",
+  scheduler: "ddim",
+  batch: "1",
+  strength: "0.75",
+};
+
+test("valid values become the engine's settings", () => {
+  const p = parseSettings(good, "txt2img");
+  assert.ok(p.ok);
+  assert.deepEqual(p.settings, {
+    prompt: "a cat",
+    negativePrompt: "blurry",
+    steps: 8,
+    guidance: 7.5,
+    seed: 0,
+    width: 64,
+    height: 64,
+    batch: 1,
+    scheduler: "ddim",
+  });
+  const i2i = parseSettings(good, "img2img");
+  assert.ok(i2i.ok && i2i.settings.strength === 0.75);
+});
+
+test("each bad field is named with a message", () => {
+  const cases: [Partial<FormValues>, keyof FormValues, RegExp][] = [
+    [{ width: "63" }, "width", /multiple of 8/],
+    [{ height: "0" }, "height", /multiple of 8/],
+    [{ width: "4096" }, "width", /2048/],
+    [{ steps: "100000" }, "steps", /1 to 1000/],
+    [{ steps: "2.5" }, "steps", /whole number/],
+    [{ steps: "" }, "steps", /whole number/],
+    [{ guidance: "abc" }, "guidance", /Guidance/],
+    [{ guidance: "-1" }, "guidance", /Guidance/],
+    [{ seed: "-1" }, "seed", /seed/],
+    [{ seed: String(2 ** 53 + 2) }, "seed", /2\^53/],
+    [{ scheduler: "heun" }, "scheduler", /Unknown scheduler/],
+    [{ batch: "0" }, "batch", /batch/],
+  ];
+  for (const [change, field, message] of cases) {
+    const p = parseSettings({ ...good, ...change }, "txt2img");
+    assert.ok(!p.ok, JSON.stringify(change));
+    assert.equal(p.field, field);
+    assert.match(p.message, message);
+  }
+  const strength = parseSettings({ ...good, strength: "1.5" }, "img2img");
+  assert.ok(!strength.ok && strength.field === "strength");
+  const noStep = parseSettings({ ...good, steps: "2", strength: "0.2" }, "img2img");
+  assert.ok(!noStep.ok && /no denoising step/.test(noStep.message));
+  // txt2img ignores the strength field.
+  assert.ok(parseSettings({ ...good, strength: "junk" }, "txt2img").ok);
+});
+
+test("settings round-trip through the form values (reuse)", () => {
+  const p = parseSettings(good, "img2img");
+  assert.ok(p.ok);
+  const back = parseSettings({ ...good, ...formValuesOf(p.settings) }, "img2img");
+  assert.ok(back.ok);
+  assert.deepEqual(back.settings, p.settings);
+});

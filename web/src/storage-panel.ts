@@ -1,0 +1,55 @@
+// The storage panel: models stored by the engine (size, complete or not, delete), whether the browser
+// granted persistent storage, and how much of the origin's quota is used.
+import { byTestId, el } from "./dom";
+import type { EngineClient } from "./engine";
+import { bytes } from "./format";
+import type { ModelSummary } from "./protocol";
+
+export class StoragePanel {
+  constructor(
+    private readonly engine: EngineClient,
+    private readonly labelOf: (id: string) => string,
+    /** Called after a model was deleted. */
+    private readonly onDeleted: (id: string) => void,
+  ) {}
+
+  async refresh(): Promise<void> {
+    const persisted = (await navigator.storage?.persisted?.().catch(() => false)) ?? false;
+    byTestId("persisted").textContent = persisted
+      ? "persistent: the browser will not evict the stored models"
+      : "best effort: the browser may evict the stored models when disk space runs low";
+    const estimate = await navigator.storage?.estimate?.().catch(() => null);
+    byTestId("usage").textContent =
+      estimate?.usage !== undefined && estimate.quota !== undefined
+        ? `${bytes(estimate.usage)} used of ${bytes(estimate.quota)} available to this site`
+        : "unknown";
+    const answer = await this.engine.call({ type: "listModels" });
+    if (answer.type === "models") this.render(answer.models);
+  }
+
+  private render(models: ModelSummary[]): void {
+    const list = byTestId("models");
+    if (models.length === 0) {
+      list.replaceChildren(el("li", "No models stored."));
+      return;
+    }
+    list.replaceChildren(
+      ...models.map((m) => {
+        const item = el("li", undefined, "stored-model");
+        const state = m.ready ? "ready offline" : `incomplete (${bytes(m.storedBytes)} of ${bytes(m.manifestBytes)})`;
+        item.append(el("span", `${this.labelOf(m.id)}: ${bytes(m.storedBytes)}, ${state}`));
+        const remove = el("button", "Delete", "delete-model");
+        remove.type = "button";
+        remove.addEventListener("click", () => {
+          remove.disabled = true;
+          void this.engine.call({ type: "deleteModel", id: m.id }).then(async (answer) => {
+            if (answer.type === "deleted") this.onDeleted(m.id);
+            await this.refresh();
+          });
+        });
+        item.append(" ", remove);
+        return item;
+      }),
+    );
+  }
+}
