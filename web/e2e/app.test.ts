@@ -3,10 +3,13 @@
 // img2img and inpainting against diffusers' fixtures, progress, the gallery across reloads, cancel,
 // offline from the service worker, bad input, and the installable manifest and CSP.
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
 import { after, before, test } from "node:test";
 import type { BrowserContext, Page } from "playwright-core";
-import { FIXTURES, maxDiff, readSafetensors, startHarness, type Harness } from "./harness";
+import { startServer } from "../scripts/static-server";
+import { DIST, FIXTURES, maxDiff, readSafetensors, startHarness, type Harness } from "./harness";
 
 let h: Harness;
 let context: BrowserContext;
@@ -48,6 +51,18 @@ async function fill(values: Record<string, string>): Promise<void> {
 async function errorText(): Promise<string> {
   const box = page.getByTestId("error");
   return (await box.isVisible()) ? (await box.innerText()).trim() : "";
+}
+
+/** Waits until the error box shows text matching `re`. */
+async function waitError(re: RegExp, timeout = 10_000): Promise<void> {
+  await page.waitForFunction(
+    (source) => {
+      const box = document.querySelector<HTMLElement>('[data-testid="error"]');
+      return !!box && !box.hidden && new RegExp(source).test(box.textContent ?? "");
+    },
+    re.source,
+    { timeout },
+  );
 }
 
 async function resultSrc(): Promise<string | null> {
@@ -181,31 +196,26 @@ test("bad input gets a clear message and the worker survives", { timeout: 300_00
   for (const [values, expected] of cases) {
     await fill(values);
     await page.getByTestId("generate").click();
-    await page.waitForFunction(() => !document.querySelector<HTMLElement>('[data-testid="error"]')?.hidden, null, { timeout: 10_000 });
-    assert.match(await errorText(), expected, JSON.stringify(values));
+    await waitError(expected);
   }
-  await fill({ seed: "0" });
+  await fill({ seed: "0", steps: "8" });
   // A file that is not an image, for img2img.
   await page.getByTestId("mode-img2img").check();
   await page.getByTestId("init-image").setInputFiles({ name: "notes.txt", mimeType: "text/plain", buffer: Buffer.from("not an image") });
-  await page.waitForFunction(() => !document.querySelector<HTMLElement>('[data-testid="error"]')?.hidden, null, { timeout: 10_000 });
-  assert.match(await errorText(), /not an image/);
+  await waitError(/"notes.txt" is not an image/);
   await page.getByTestId("generate").click();
-  await page.waitForFunction(() => /image to start from/.test(document.querySelector('[data-testid="error"]')?.textContent ?? ""), null, {
-    timeout: 10_000,
-  });
+  await waitError(/image to start from/);
   await page.getByTestId("mode-txt2img").check();
   // An empty model URL, in the page URL and in the form.
   await page.goto(`${h.app.url}?model=`);
-  await page.waitForFunction(() => /model URL .* empty/.test(document.querySelector('[data-testid="error"]')?.textContent ?? ""), null, {
-    timeout: 30_000,
-  });
-  await page.getByTestId("model-use").click({ force: true }).catch(() => undefined);
-  // A manifest URL on a origin that is not allowed is refused by the engine, before any fetch.
+  await waitError(/model URL .* empty/, 30_000);
+  await page.locator("summary", { hasText: "Use another model" }).click();
+  await page.getByTestId("model-url").fill("  ");
+  await page.getByTestId("model-use").click();
+  await waitError(/model URL is empty/);
+  // A manifest on an origin that is not allowed is refused by the engine, before any fetch.
   await page.goto(`${h.app.url}?model=${encodeURIComponent("https://example.com/evil/manifest.json")}`);
-  await page.waitForFunction(() => /not an allowed model origin/.test(document.querySelector('[data-testid="error"]')?.textContent ?? ""), null, {
-    timeout: 60_000,
-  });
+  await waitError(/not an allowed model origin/, 60_000);
   // The engine still answers: the tiny model generates.
   await page.goto(appUrl("tiny-sd"));
   await waitReady();
@@ -297,5 +307,50 @@ test("the mask brush paints, inverts and clears", { timeout: 60_000 }, async () 
   await page.getByTestId("mask-invert").click();
   const inverted = Number(/(\d+)%/.exec(await page.getByTestId("mask-coverage").innerText())![1]);
   assert.ok(Math.abs(inverted - (100 - painted)) <= 1, `inverted ${inverted}% vs ${painted}%`);
-  void readFileSync;
+});
+
+test("a new version is announced, waits for the running generation, then applies on reload", { timeout: 300_000 }, async () => {
+  // A copy of the site whose sw.js is then replaced by a "new build" (another version).
+  const root = mkdtempSync(path.join(tmpdir(), "websd-dist-"));
+  cpSync(DIST, root, { recursive: true });
+  const site = await startServer({ root });
+  const ctx = await h.browser.newContext();
+  try {
+    const p = await ctx.newPage();
+    await p.goto(`${site.url}?model=${encodeURIComponent(model("tiny-sd"))}`);
+    await p.waitForFunction(() => navigator.serviceWorker.controller !== null, null, { timeout: 60_000 });
+    const caches1 = await p.evaluate(() => caches.keys());
+    const sw = readFileSync(path.join(root, "sw.js"), "utf8");
+    const version = /"version":"([0-9a-f]+)"/.exec(sw)![1]!;
+    writeFileSync(path.join(root, "sw.js"), sw.replace(`"version":"${version}"`, `"version":"next${version.slice(4)}"`));
+
+    // A generation runs while the update arrives; asking to update must not interrupt it.
+    await p.waitForFunction(() => /\dx\d/.test(document.querySelector('[data-testid="model-status"]')?.textContent ?? ""), null, { timeout: 60_000 });
+    await p.getByTestId("steps").fill("40");
+    await p.getByTestId("generate").click();
+    await p.waitForFunction(() => /step [1-9]/.test(document.querySelector('[data-testid="progress-detail"]')?.textContent ?? ""), null, {
+      timeout: 180_000,
+    });
+    await p.evaluate(async () => (await navigator.serviceWorker.getRegistration())!.update());
+    await p.getByTestId("update").waitFor({ state: "visible", timeout: 60_000 });
+    await p.getByTestId("update-apply").click();
+    await p.waitForFunction(() => /when the current generation ends/.test(document.querySelector('[data-testid="update-text"]')?.textContent ?? ""));
+    const stepBefore = await p.getByTestId("progress-detail").innerText();
+    await p.waitForTimeout(3000);
+    assert.equal(await p.evaluate(() => navigator.serviceWorker.controller?.scriptURL !== undefined), true);
+    assert.match(await p.getByTestId("progress-text").innerText(), /Denoising/, `still generating (${stepBefore})`);
+    // The generation ends (cancelled here, to be quick): then the update applies and the page reloads.
+    const reloaded = p.waitForEvent("load", { timeout: 120_000 });
+    await p.getByTestId("cancel").click();
+    await reloaded;
+    await p.waitForFunction(() => navigator.serviceWorker.controller !== null, null, { timeout: 60_000 });
+    const caches2 = await p.evaluate(() => caches.keys());
+    console.log(`caches before: ${JSON.stringify(caches1)}, after: ${JSON.stringify(caches2)}`);
+    assert.deepEqual(caches2, [`websd-shell-next${version.slice(4)}`], "the new version's cache only");
+    assert.equal(await p.getByTestId("update").isVisible(), false);
+  } finally {
+    await ctx.close();
+    site.server.close();
+    rmSync(root, { recursive: true, force: true });
+  }
 });

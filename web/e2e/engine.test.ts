@@ -130,7 +130,7 @@ async function generateAndCompare(e: EnginePage, model: string, variant: "fp16" 
 }
 
 describe("worker engine", () => {
-  test("tiny model: download into IndexedDB, load, txt2img matches diffusers (fp16 and fp32 files)", { timeout: 600_000 }, async () => {
+  test("tiny model: download into IndexedDB, load, txt2img from the fp32 files matches diffusers", { timeout: 600_000 }, async () => {
     const e = await openEngine(h);
     h.cdn.models.resetStats();
     const { final } = await e.call(ensure("clean"));
@@ -143,8 +143,7 @@ describe("worker engine", () => {
     const again = await e.call(ensure("clean"));
     assert.equal((again.final as { report: DownloadReport }).report.fetchedBytes, 0);
 
-    const fp16 = await generateAndCompare(e, manifestUrl("clean"), "fp16", "txt2img_ddim");
-    assert.ok(fp16 <= 2e-2, `fp16 image off by ${fp16}`);
+    // The fp16 files are generated from, and compared, through the app's form (app.test.ts).
     const ready32 = await e.call(ensure("clean", { variant: "fp32" }));
     assert.equal(ready32.final.type, "modelReady");
     const fp32 = await generateAndCompare(e, manifestUrl("clean"), "fp32", "txt2img_ddim");

@@ -48,7 +48,7 @@ void navigator.storage?.persist?.().catch(() => false);
 
 const gallery = new Gallery(byTestId("gallery"), { reuse: (item) => reuse(item) });
 const storage = new StoragePanel(engine, (id) => choices.find((c) => c.url === id)?.label ?? labelOf(id), (id) => {
-  if (current?.url === id) void inspect(current);
+  if (current?.url === id) void inspect(current, false);
 });
 
 // ---- form ----------------------------------------------------------------------------------------
@@ -209,15 +209,16 @@ function renderPicker(): void {
   );
 }
 
-function selectModel(choice: ModelChoice): void {
+/** `chosen`: the user picked it (a failure to read it is then an error, not just a status line). */
+function selectModel(choice: ModelChoice, chosen = true): void {
   current = choice;
   info = null;
-  localStorage.setItem(LAST_MODEL, choice.url);
+  if (chosen) localStorage.setItem(LAST_MODEL, choice.url);
   renderPicker();
-  inspected = inspect(choice);
+  inspected = inspect(choice, chosen);
 }
 
-async function inspect(choice: ModelChoice): Promise<void> {
+async function inspect(choice: ModelChoice, chosen = true): Promise<void> {
   const status = byTestId("model-status");
   status.textContent = "reading the model's configuration…";
   const answer = await engine.call({ type: "inspectModel", manifestUrl: choice.url });
@@ -234,8 +235,9 @@ async function inspect(choice: ModelChoice): Promise<void> {
       ` · ${stored}` +
       (info.offline ? " · offline" : "");
   } else if (answer.type === "error") {
-    status.textContent = "unavailable";
-    errors.showEngineError(answer);
+    status.textContent =
+      answer.code === "network" ? "cannot reach the model's server (offline?): it will be fetched when you generate" : `unavailable (${answer.code}: ${answer.message})`;
+    if (chosen) errors.showEngineError(answer);
   }
 }
 
@@ -298,7 +300,7 @@ async function initModels(): Promise<void> {
   else if (last) useModelUrl(last);
   else {
     const choice = choices.find((c) => c.source === "local") ?? choices[0];
-    if (choice) selectModel(choice);
+    if (choice) selectModel(choice, false);
     else {
       renderPicker();
       byTestId("model-status").textContent = "no model: give the URL of a manifest.json below";
@@ -327,7 +329,7 @@ function finish(last: WorkerEvent | null): void {
   }
   updater.applyWhenIdle();
   void storage.refresh();
-  if (current) void inspect(current);
+  if (current) void inspect(current, false);
 }
 
 /** Makes the current model complete in the store; the final event when that failed. */
@@ -357,36 +359,30 @@ async function generate(): Promise<void> {
   progress.start("Preparing");
   await inspected;
   const m = mode();
-  const parsed = parseSettings(values(), m);
-  if (!parsed.ok) {
+  const refuse = (message: string, focus?: Field): void => {
     setBusy(false);
     progress.stop("Check the settings", false);
-    errors.show(parsed.message);
-    input(parsed.field).focus();
-    return;
-  }
-  const settings: GenerateSettings = { ...parsed.settings, previewEvery: byTestId<HTMLInputElement>("live-preview").checked ? 1 : 0 };
-  if (m !== "txt2img") {
-    const problem = !initBitmap
+    errors.show(message);
+    if (focus) input(focus).focus();
+  };
+  // What is missing for the mode first, then the numbers.
+  const problem =
+    m !== "txt2img" && !initBitmap
       ? "Choose an image to start from (upload or drop one)."
       : m === "inpaint" && info && !info.inpainting
         ? "This model is not an inpainting model (its U-Net takes no mask): pick an inpainting model, or use Image to image."
         : m === "inpaint" && mask.coverage() === 0
           ? "Paint the area to repaint on the image (or load a mask)."
-          : null;
-    if (problem) {
-      setBusy(false);
-      progress.stop("Check the settings", false);
-      errors.show(problem);
-      return;
-    }
+          : m === "txt2img" && info?.inpainting
+            ? "This is an inpainting model: use Inpaint, with an image and a mask."
+            : null;
+  if (problem) return refuse(problem);
+  const parsed = parseSettings(values(), m);
+  if (!parsed.ok) return refuse(parsed.message, parsed.field);
+  const settings: GenerateSettings = { ...parsed.settings, previewEvery: byTestId<HTMLInputElement>("live-preview").checked ? 1 : 0 };
+  if (m !== "txt2img") {
     settings.initImage = rgbaAt(initBitmap!, settings.width!, settings.height!);
     if (m === "inpaint") settings.mask = mask.export(settings.width!, settings.height!);
-  } else if (info?.inpainting) {
-    setBusy(false);
-    progress.stop("Check the settings", false);
-    errors.show("This is an inpainting model: use Inpaint, with an image and a mask.");
-    return;
   }
   const failed = await ensureModel();
   if (failed) return finish(failed);
