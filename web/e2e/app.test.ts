@@ -7,9 +7,9 @@ import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:f
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { after, before, test } from "node:test";
-import type { BrowserContext, Page } from "playwright-core";
+import { chromium, type BrowserContext, type Page } from "playwright-core";
 import { startServer } from "../scripts/static-server";
-import { DIST, FIXTURES, maxDiff, readSafetensors, startHarness, type Harness } from "./harness";
+import { ARGS, CHROMIUM, DIST, FIXTURES, maxDiff, readSafetensors, startHarness, type Harness } from "./harness";
 
 let h: Harness;
 let context: BrowserContext;
@@ -38,6 +38,30 @@ function fixture(run: string): { meta: Record<string, string>; image: Float32Arr
   const txt = readSafetensors(`${FIXTURES}/runs/txt2img_ddim/tensors.safetensors`, "image").meta;
   // img2img / inpaint runs share txt2img_ddim's prompt, negative prompt and guidance (oracle step3_tiny.py).
   return { meta: { ...txt, ...readSafetensors(tensors, "image").meta }, image: data };
+}
+
+/** The tEXt chunks of a PNG file. */
+function pngText(png: Buffer): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (let at = 8; at + 8 <= png.length; ) {
+    const length = png.readUInt32BE(at);
+    const type = png.toString("latin1", at + 4, at + 8);
+    if (type === "tEXt" || type === "iTXt") {
+      const data = png.subarray(at + 8, at + 8 + length);
+      const nul = data.indexOf(0);
+      const key = data.toString("latin1", 0, nul);
+      // iTXt: compression flag, method, language\0, translated keyword\0, then UTF-8 text.
+      let text = data.subarray(nul + 1);
+      if (type === "iTXt") {
+        text = text.subarray(2);
+        text = text.subarray(text.indexOf(0) + 1);
+        text = text.subarray(text.indexOf(0) + 1);
+      }
+      out[key] = type === "iTXt" ? text.toString("utf8") : text.toString("latin1");
+    }
+    at += 12 + length;
+  }
+  return out;
 }
 
 async function fill(values: Record<string, string>): Promise<void> {
@@ -136,17 +160,24 @@ test("the manifest is installable and the CSP forbids eval", { timeout: 120_000 
     const r = await page.request.get(new URL(icon.src, new URL(manifestHref!, page.url())).href);
     assert.equal(r.status(), 200, icon.src);
   }
-  // Chromium's own installability check (what Lighthouse reports), once the service worker controls.
-  await page.waitForFunction(() => navigator.serviceWorker.controller !== null, null, { timeout: 60_000 });
-  const cdp = await context.newCDPSession(page);
-  const { installabilityErrors } = (await cdp.send("Page.getInstallabilityErrors")) as {
-    installabilityErrors: { errorId: string }[];
-  };
-  console.log(`installability errors: ${JSON.stringify(installabilityErrors)}`);
-  assert.deepEqual(
-    installabilityErrors.map((e) => e.errorId).filter((id) => id !== "in-incognito"),
-    [],
-  );
+  // Chromium's own installability check (what Lighthouse reports), once the service worker controls,
+  // in a profile on disk (an incognito-like context is never installable).
+  const profile = mkdtempSync(path.join(tmpdir(), "websd-profile-"));
+  const persistent = await chromium.launchPersistentContext(profile, { executablePath: CHROMIUM, headless: true, args: ARGS });
+  try {
+    const p = persistent.pages()[0] ?? (await persistent.newPage());
+    await p.goto(appUrl("tiny-sd"));
+    await p.waitForFunction(() => navigator.serviceWorker.controller !== null, null, { timeout: 60_000 });
+    const cdp = await persistent.newCDPSession(p);
+    const { installabilityErrors } = (await cdp.send("Page.getInstallabilityErrors")) as {
+      installabilityErrors: { errorId: string }[];
+    };
+    console.log(`installability errors: ${JSON.stringify(installabilityErrors)}`);
+    assert.deepEqual(installabilityErrors, []);
+  } finally {
+    await persistent.close();
+    rmSync(profile, { recursive: true, force: true });
+  }
 });
 
 test("txt2img through the form matches diffusers; progress reaches 100%; the gallery keeps it", { timeout: 600_000 }, async () => {
@@ -171,7 +202,13 @@ test("txt2img through the form matches diffusers; progress reaches 100%; the gal
   const progress = page.getByTestId("progress");
   assert.equal(await progress.evaluate((p) => (p as HTMLProgressElement).value), 100);
   assert.match((await progress.textContent()) ?? "", /100%/);
-  assert.match(await page.getByTestId("download").getAttribute("download") ?? "", /\.png$/);
+  // The PNG as downloaded carries A1111's `parameters` text chunk.
+  const [download] = await Promise.all([page.waitForEvent("download"), page.getByTestId("download").click()]);
+  assert.match(download.suggestedFilename(), /^websd-0-a-photo-of-an-astronaut.*\.png$/);
+  const png = readFileSync((await download.path())!);
+  const parameters = pngText(png)["parameters"] ?? "";
+  console.log(`PNG parameters: ${JSON.stringify(parameters)}`);
+  assert.match(parameters, /^a photo of an astronaut riding a horse\nNegative prompt: blurry\nSteps: 8, Sampler: DDIM, CFG scale: 7.5, Seed: 0, Size: 64x64/);
 
   await page.reload();
   await page.waitForSelector('[data-testid="gallery-item"]', { timeout: 30_000 });

@@ -10,7 +10,7 @@ import { startServer } from "../scripts/static-server";
 
 export const DIST = process.env["DIST"] ?? fileURLToPath(new URL("../../dist", import.meta.url));
 export const FIXTURES = fileURLToPath(new URL("../../tests/fixtures", import.meta.url));
-const CHROMIUM = process.env["CHROMIUM"] ?? "/usr/bin/chromium";
+export const CHROMIUM = process.env["CHROMIUM"] ?? "/usr/bin/chromium";
 // The flags proven on these machines (shared/NOTES.md); --enable-unsafe-webgpu is what exposes WebGPU.
 export const ARGS = [
   "--no-sandbox",
