@@ -40,6 +40,18 @@ function fixture(run: string): { meta: Record<string, string>; image: Float32Arr
   return { meta: { ...txt, ...readSafetensors(tensors, "image").meta }, image: data };
 }
 
+/** The form fields of a fixture run's settings (all runs here use DDIM). */
+function fixtureFields(meta: Record<string, string>): Record<string, string> {
+  return {
+    prompt: meta["prompt"]!,
+    negative: meta["negative_prompt"]!,
+    steps: meta["steps"]!,
+    guidance: meta["guidance_scale"]!,
+    seed: meta["seed"]!,
+    scheduler: "ddim",
+  };
+}
+
 /** The tEXt chunks of a PNG file. */
 function pngText(png: Buffer): Record<string, string> {
   const out: Record<string, string> = {};
@@ -183,16 +195,7 @@ test("the manifest is installable and the CSP forbids eval", { timeout: 120_000 
 test("txt2img through the form matches diffusers; progress reaches 100%; the gallery keeps it", { timeout: 600_000 }, async () => {
   await waitReady();
   const { meta, image } = fixture("txt2img_ddim");
-  await fill({
-    prompt: meta["prompt"]!,
-    negative: meta["negative_prompt"]!,
-    steps: meta["steps"]!,
-    guidance: meta["guidance_scale"]!,
-    seed: meta["seed"]!,
-    width: meta["width"]!,
-    height: meta["height"]!,
-    scheduler: "ddim",
-  });
+  await fill({ ...fixtureFields(meta), width: meta["width"]!, height: meta["height"]! });
   const { ms } = await generate();
   const pixels = await resultPixels();
   assert.deepEqual([pixels.width, pixels.height], [64, 64]);
@@ -309,15 +312,7 @@ for (const [run, name, mode] of [
       await page.getByTestId("mask-image").setInputFiles(`${FIXTURES}/runs/${run}/mask.png`);
       await page.waitForFunction(() => /\d+% marked/.test(document.querySelector('[data-testid="mask-coverage"]')?.textContent ?? ""));
     }
-    await fill({
-      prompt: meta["prompt"]!,
-      negative: meta["negative_prompt"]!,
-      steps: meta["steps"]!,
-      guidance: meta["guidance_scale"]!,
-      seed: meta["seed"]!,
-      strength: meta["strength"]!,
-      scheduler: "ddim",
-    });
+    await fill({ ...fixtureFields(meta), strength: meta["strength"]! });
     assert.equal(await page.getByTestId("width").inputValue(), "64");
     const { ms } = await generate();
     const pixels = await resultPixels();

@@ -154,40 +154,19 @@ async fn run(request: Request, cx: &Context) -> Result<Option<Event>, Error> {
         }
         Request::Cancel => Ok(None),
         Request::EnsureModel { manifest_url, variant, stall_timeout_ms, chunk_bytes, allowed_origins } => {
-            let store = cx.store().await?;
             let options = DownloadOptions {
                 stall_ms: stall_timeout_ms.unwrap_or(DEFAULT_STALL_MS).max(100),
                 chunk_bytes: chunk_bytes.map_or(DEFAULT_CHUNK_BYTES, |c| c.clamp(1 << 10, 64 << 20) as u64),
             };
-            let report = download::ensure_model(
-                store,
-                manifest_url,
-                variant.map(Into::into),
-                Files::All,
-                &allowed(allowed_origins),
-                options,
-                cx.emit.clone(),
-                cx.cancel.clone(),
-            )
-            .await?;
+            let variant = variant.map(Into::into);
+            let report = ensure_model(cx, &manifest_url, variant, Files::All, allowed_origins, options).await?;
             Ok(Some(Event::ModelReady { report }))
         }
         Request::InspectModel { manifest_url, variant, allowed_origins } => {
-            let store = cx.store().await?;
             let options = DownloadOptions { stall_ms: DEFAULT_STALL_MS, chunk_bytes: DEFAULT_CHUNK_BYTES };
             let variant = variant.map(Into::into);
-            let report = download::ensure_model(
-                store.clone(),
-                manifest_url.clone(),
-                variant,
-                Files::Small,
-                &allowed(allowed_origins),
-                options,
-                cx.emit.clone(),
-                cx.cancel.clone(),
-            )
-            .await?;
-            let info = load::model_info(&store, &manifest_url, variant, report.offline).await?;
+            let report = ensure_model(cx, &manifest_url, variant, Files::Small, allowed_origins, options).await?;
+            let info = load::model_info(&*cx.store().await?, &manifest_url, variant, report.offline).await?;
             Ok(Some(Event::ModelInfo { info }))
         }
         Request::ListModels => {
@@ -264,9 +243,19 @@ async fn loaded_model(
     Ok((model, false))
 }
 
-/// The request's allow-list, or the default one.
-fn allowed(origins: Option<Vec<String>>) -> Vec<String> {
-    origins.unwrap_or_else(|| DEFAULT_ALLOWED_ORIGINS.iter().map(|o| o.to_string()).collect())
+/// [`download::ensure_model`] with the request's allow-list (or the default one).
+async fn ensure_model(
+    cx: &Context,
+    manifest_url: &str,
+    variant: Option<crate::weights::Variant>,
+    files: Files,
+    allowed_origins: Option<Vec<String>>,
+    options: DownloadOptions,
+) -> Result<crate::protocol::DownloadReport, Error> {
+    let allowed = allowed_origins.unwrap_or_else(|| DEFAULT_ALLOWED_ORIGINS.iter().map(|o| o.to_string()).collect());
+    let store = cx.store().await?;
+    download::ensure_model(store, manifest_url.to_string(), variant, files, &allowed, options, cx.emit.clone(), cx.cancel.clone())
+        .await
 }
 
 /// The wasm heap's size now (it only grows: this is the peak so far).
