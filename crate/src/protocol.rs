@@ -69,6 +69,41 @@ pub enum Request {
     DeleteModel { id: String },
     /// Testing aid: destroy the GPU device, as a driver reset would; the next request re-initialises.
     LoseDevice,
+    /// Benchmark aid: run the stored model's U-Net `reps` times on the given inputs, each call timed
+    /// including the readback of its output; answers [`Event::BenchUnet`].
+    #[serde(rename_all = "camelCase")]
+    BenchUnet {
+        model: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        variant: Option<WeightsVariant>,
+        /// `[batch, in_channels, h, w]`
+        sample: F32Tensor,
+        timestep: f32,
+        /// `[batch, tokens, cross_attention_dim]`
+        encoder_hidden_states: F32Tensor,
+        reps: u32,
+    },
+}
+
+/// An f32 tensor on the wire: its shape and its values as little-endian bytes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct F32Tensor {
+    pub shape: Vec<u32>,
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+}
+
+impl F32Tensor {
+    pub fn from_values(shape: &[usize], values: &[f32]) -> Self {
+        Self { shape: shape.iter().map(|&d| d as u32).collect(), data: values.iter().flat_map(|v| v.to_le_bytes()).collect() }
+    }
+
+    /// The values, when the byte count matches the shape.
+    pub fn values(&self) -> Option<Vec<f32>> {
+        let n: usize = self.shape.iter().map(|&d| d as usize).product();
+        (self.data.len() == n * 4)
+            .then(|| self.data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+    }
 }
 
 /// Which weight files a model loads.
@@ -283,6 +318,8 @@ pub enum Event {
     },
     /// Answer to [`Request::ListModels`].
     Models { models: Vec<ModelSummary> },
+    /// Answer to [`Request::BenchUnet`]: wall time of each call (ms) and the last call's output.
+    BenchUnet { ms: Vec<f64>, output: F32Tensor },
     /// Answer to [`Request::DeleteModel`].
     Deleted { id: String },
     /// The running request stopped because of [`Request::Cancel`]; nothing half-done is kept as done.
@@ -373,6 +410,7 @@ mod tests {
             Request::ListModels => "listModels",
             Request::DeleteModel { .. } => "deleteModel",
             Request::LoseDevice => "loseDevice",
+            Request::BenchUnet { .. } => "benchUnet",
         }
     }
 
@@ -388,6 +426,7 @@ mod tests {
             Event::Result { .. } => "result",
             Event::ModelLoaded { .. } => "modelLoaded",
             Event::Models { .. } => "models",
+            Event::BenchUnet { .. } => "benchUnet",
             Event::Deleted { .. } => "deleted",
             Event::Cancelled { .. } => "cancelled",
             Event::Error { .. } => "error",
@@ -442,6 +481,14 @@ mod tests {
             Request::ListModels,
             Request::DeleteModel { id: "m".into() },
             Request::LoseDevice,
+            Request::BenchUnet {
+                model: "m".into(),
+                variant: Some(WeightsVariant::Fp32),
+                sample: F32Tensor::from_values(&[1, 1, 1, 1], &[0.5]),
+                timestep: 876.0,
+                encoder_hidden_states: F32Tensor::from_values(&[1, 1, 1], &[1.0]),
+                reps: 3,
+            },
         ];
         let limits = GpuLimits {
             max_buffer_size: 1,
@@ -523,6 +570,7 @@ mod tests {
             },
             Event::ModelLoaded { id: "m".into(), load_ms: 1.5, wasm_memory_bytes: 65536 },
             Event::Deleted { id: "m".into() },
+            Event::BenchUnet { ms: vec![1.5], output: F32Tensor::from_values(&[1, 1, 1, 1], &[0.25]) },
             Event::Cancelled { phase: Phase::Denoise },
         ];
         for phase in [Phase::Load, Phase::Encode, Phase::Decode] {
@@ -553,7 +601,7 @@ mod tests {
     /// A TypeScript literal of a serde value; the `serde_bytes` fields become `Uint8Array`s.
     fn ts(v: &Value, key: Option<&str>) -> String {
         match v {
-            Value::Array(items) if matches!(key, Some("png" | "rgba")) => {
+            Value::Array(items) if matches!(key, Some("png" | "rgba" | "data")) => {
                 format!("new Uint8Array({})", serde_json::to_string(items).unwrap())
             }
             Value::Array(items) => format!("[{}]", items.iter().map(|i| ts(i, None)).collect::<Vec<_>>().join(", ")),
@@ -571,9 +619,9 @@ mod tests {
     fn typescript_samples_are_current() {
         let (requests, events) = samples();
         let tags: std::collections::BTreeSet<_> = requests.iter().map(request_tag).collect();
-        assert_eq!(tags.len(), 10, "a sample for every request variant");
+        assert_eq!(tags.len(), 11, "a sample for every request variant");
         let tags: std::collections::BTreeSet<_> = events.iter().map(event_tag).collect();
-        assert_eq!(tags.len(), 13, "a sample for every event variant");
+        assert_eq!(tags.len(), 14, "a sample for every event variant");
         for r in &requests {
             let back: Request = serde_json::from_value(serde_json::to_value(r).unwrap()).unwrap();
             assert_eq!(&back, r);

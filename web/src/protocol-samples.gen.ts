@@ -16,6 +16,7 @@ export const requests = [
   { type: "listModels" },
   { id: "m", type: "deleteModel" },
   { type: "loseDevice" },
+  { encoderHiddenStates: { data: new Uint8Array([0,0,128,63]), shape: [1, 1, 1] }, model: "m", reps: 3, sample: { data: new Uint8Array([0,0,0,63]), shape: [1, 1, 1, 1] }, timestep: 876.0, type: "benchUnet", variant: "fp32" },
 ] as const satisfies readonly Request[];
 
 export const events = [
@@ -31,6 +32,7 @@ export const events = [
   { models: [{ completeFiles: ["a"], id: "m", manifestBytes: 2, ready: false, storedBytes: 1 }], type: "models" },
   { id: "m", loadMs: 1.5, type: "modelLoaded", wasmMemoryBytes: 65536 },
   { id: "m", type: "deleted" },
+  { ms: [1.5], output: { data: new Uint8Array([0,0,128,62]), shape: [1, 1, 1, 1] }, type: "benchUnet" },
   { phase: "denoise", type: "cancelled" },
   { done: 0, phase: "load", total: 1, type: "progress" },
   { done: 0, phase: "encode", total: 1, type: "progress" },

@@ -101,6 +101,12 @@ export interface ModelInfo {
   offline: boolean;
 }
 
+/** crate::protocol::F32Tensor: a shape and its f32 values as little-endian bytes. */
+export interface F32Tensor {
+  shape: number[];
+  data: Uint8Array;
+}
+
 /** Page -> worker. */
 export type Request =
   | { type: "status" }
@@ -120,7 +126,17 @@ export type Request =
   | { type: "cancel" }
   | { type: "listModels" }
   | { type: "deleteModel"; id: string }
-  | { type: "loseDevice" };
+  | { type: "loseDevice" }
+  | {
+      /** Benchmark aid: the U-Net alone, `reps` timed calls (each including its output's readback). */
+      type: "benchUnet";
+      model: string;
+      variant?: WeightsVariant;
+      sample: F32Tensor;
+      timestep: number;
+      encoderHiddenStates: F32Tensor;
+      reps: number;
+    };
 
 /** Stable error codes (crate::Error::code, plus the ones only the worker script produces). */
 export type ErrorCode =
@@ -163,6 +179,7 @@ export type WorkerEvent =
     }
   | { type: "modelLoaded"; id: string; loadMs: number; wasmMemoryBytes: number }
   | { type: "models"; models: ModelSummary[] }
+  | { type: "benchUnet"; ms: number[]; output: F32Tensor }
   | { type: "deleted"; id: string }
   | { type: "cancelled"; phase: Phase }
   | { type: "error"; code: ErrorCode; message: string; needed?: number; available?: number };

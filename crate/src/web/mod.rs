@@ -10,6 +10,7 @@ mod store;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
+use burn::tensor::{Tensor, TensorData};
 use js_sys::{Function, Promise};
 use serde::Serialize;
 use wasm_bindgen::JsCast;
@@ -212,6 +213,35 @@ async fn run(request: Request, cx: &Context) -> Result<Option<Event>, Error> {
             Err(Error::DeviceLost(crate::gpu::device_lost().unwrap_or_else(|| "destroyed on request".into())))
         }
         Request::Generate { model, variant, settings } => generate(cx, model, variant.map(Into::into), settings).await,
+        Request::BenchUnet { model, variant, sample, timestep, encoder_hidden_states, reps } => {
+            let (device, _) = crate::gpu::wgpu_device().await?;
+            let (loaded, _) = loaded_model(cx, &model, variant.map(Into::into), &device).await?;
+            let tensor = |t: &crate::protocol::F32Tensor, what: &str| {
+                t.values().ok_or_else(|| Error::BadRequest(format!("{what}: {} bytes for shape {:?}", t.data.len(), t.shape)))
+            };
+            let dims = |t: &crate::protocol::F32Tensor| t.shape.iter().map(|&d| d as usize).collect::<Vec<_>>();
+            let (s, e) = (dims(&sample), dims(&encoder_hidden_states));
+            if s.len() != 4 || e.len() != 3 {
+                return Err(Error::BadRequest(format!("sample {s:?} must be 4-D, encoder_hidden_states {e:?} 3-D")));
+            }
+            let sample = Tensor::<4>::from_data(TensorData::new(tensor(&sample, "sample")?, [s[0], s[1], s[2], s[3]]), &device);
+            let ehs = Tensor::<3>::from_data(
+                TensorData::new(tensor(&encoder_hidden_states, "encoder_hidden_states")?, [e[0], e[1], e[2]]),
+                &device,
+            );
+            let (mut ms, mut output) = (Vec::new(), Vec::new());
+            for _ in 0..reps.max(1) {
+                if cx.cancel.get() {
+                    return Err(Error::Cancelled);
+                }
+                let t0 = now_ms();
+                let out = loaded.pipeline.unet.forward(sample.clone(), timestep, ehs.clone());
+                output = read_f32(out).await.map_err(Error::from)?;
+                ms.push(now_ms() - t0);
+            }
+            let shape = [s[0], loaded.pipeline.unet_config.out_channels, s[2], s[3]];
+            Ok(Some(Event::BenchUnet { ms, output: crate::protocol::F32Tensor::from_values(&shape, &output) }))
+        }
         Request::Load { model, variant } => {
             let t0 = now_ms();
             let (device, _) = crate::gpu::wgpu_device().await?;

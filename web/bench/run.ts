@@ -1,0 +1,186 @@
+// The side-by-side benchmark (not part of CI): one headless Chromium session, one page, our worker
+// engine and onnxruntime-web 1.30 (WebGPU and WASM execution providers) alternating on the same U-Net
+// with the same inputs; the outputs are compared so the work is known to be equal. Writes
+// BENCHMARKS.md and web/bench/results.json at the repository root.
+//   scripts/bench.sh [--reps N]
+import { execSync } from "node:child_process";
+import { readFileSync, promises as fs, writeFileSync } from "node:fs";
+import { createServer } from "node:http";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+import { build } from "esbuild";
+import { chromium } from "playwright-core";
+import { ARGS, CHROMIUM, DIST, FIXTURES } from "../e2e/harness";
+import { listen, startModelServer } from "../scripts/model-server";
+import type { Inputs } from "./page";
+
+const here = fileURLToPath(new URL(".", import.meta.url));
+const repo = path.resolve(here, "../..");
+const { values: args } = parseArgs({ options: { reps: { type: "string", default: "5" } } });
+const REPS = Number(args.reps);
+
+/** A .npy file (little-endian f4 or i8, C order). */
+function npy(file: string): { shape: number[]; values: number[] } {
+  const buf = readFileSync(file);
+  const headerLen = buf.readUInt16LE(8);
+  const header = buf.toString("latin1", 10, 10 + headerLen);
+  const shape = /'shape': \(([^)]*)\)/.exec(header)![1]!.split(",").map((s) => s.trim()).filter(Boolean).map(Number);
+  const body = buf.subarray(10 + headerLen);
+  if (header.includes("'<f4'")) return { shape, values: Array.from(new Float32Array(body.buffer.slice(body.byteOffset, body.byteOffset + body.byteLength))) };
+  if (header.includes("'<i8'")) return { shape, values: Array.from(new BigInt64Array(body.buffer.slice(body.byteOffset, body.byteOffset + body.byteLength)), Number) };
+  throw new Error(`${file}: unsupported dtype in ${header}`);
+}
+
+const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+};
+const maxAbs = (a: number[], b: number[]): number => a.reduce((m, v, i) => Math.max(m, Math.abs(v - b[i]!)), 0);
+
+await build({
+  entryPoints: [path.join(here, "page.ts")],
+  outfile: path.join(here, "build/bench.js"),
+  bundle: true,
+  format: "esm",
+  target: "es2022",
+  logLevel: "warning",
+});
+
+const MIME: Record<string, string> = { ".html": "text/html", ".js": "text/javascript", ".mjs": "text/javascript", ".wasm": "application/wasm" };
+const mounts: [string, string][] = [
+  ["/app/", DIST],
+  ["/ort/", path.join(here, "node_modules/onnxruntime-web/dist")],
+  ["/onnx/", path.join(FIXTURES, "onnx")],
+  ["/", path.join(here, "build")],
+];
+const server = createServer((req, res) => {
+  const url = new URL(req.url ?? "/", "http://x").pathname;
+  const [prefix, root] = mounts.find(([p]) => url.startsWith(p))!;
+  let rel = url.slice(prefix.length) || "index.html";
+  if (prefix === "/" && rel === "index.html") rel = "../index.html";
+  const file = path.resolve(root, rel);
+  fs.readFile(file).then(
+    (body) => res.writeHead(200, { "content-type": MIME[path.extname(file)] ?? "application/octet-stream" }).end(body),
+    () => res.writeHead(404).end(),
+  );
+});
+const url = await listen(server, {});
+const cdn = await startModelServer({ root: FIXTURES });
+const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ARGS });
+const page = await browser.newPage();
+const logs: string[] = [];
+page.on("console", (m) => logs.push(`${m.type()}: ${m.text()}`));
+await page.goto(url);
+await page.waitForFunction(() => "bench" in window);
+
+type Bench = {
+  status(): Promise<{ type: string; gpu?: { adapter: string; backend: string; shaderF16: boolean } }>;
+  ensure(u: string): Promise<{ type: string }>;
+  ours(model: string, x: Inputs, reps: number): Promise<{ ms: number[]; output: number[] } | { error: string }>;
+  ort(onnx: string, ep: string, x: Inputs, reps: number): Promise<{ ms: number[]; output: number[] } | { error: string }>;
+};
+const status = await page.evaluate(() => (window as unknown as { bench: Bench }).bench.status());
+const model = `${cdn.url}tiny-sd/manifest.json`;
+const ensured = await page.evaluate((m) => (window as unknown as { bench: Bench }).bench.ensure(m), model);
+if (ensured.type !== "modelReady") throw new Error(`ensureModel: ${JSON.stringify(ensured)}`);
+
+const dir = path.join(FIXTURES, "onnx");
+const ts = npy(path.join(dir, "io_timestep.npy")).values;
+const inputs: Inputs = { sample: npy(path.join(dir, "io_sample.npy")), timestep: ts[0]!, ehs: npy(path.join(dir, "io_encoder_hidden_states.npy")) };
+const torchOut = npy(path.join(dir, "io_torch_out.npy")).values;
+const onnx = `${url}onnx/tiny_unet_legacy_opset17.onnx`;
+
+type Row = { name: string; ms: number[]; first: number; output: number[] | null; error?: string };
+const rows: Row[] = [
+  { name: "websd (WebGPU, worker)", ms: [], first: NaN, output: null },
+  { name: "onnxruntime-web 1.30 WebGPU EP", ms: [], first: NaN, output: null },
+  { name: "onnxruntime-web 1.30 WASM EP", ms: [], first: NaN, output: null },
+];
+const runOne = async (row: Row, i: number): Promise<void> => {
+  if (row.error) return;
+  const r = await page.evaluate(
+    ([i, model, onnx, x]) => {
+      const b = (window as unknown as { bench: Bench }).bench;
+      return i === 0 ? b.ours(model, x, 1) : b.ort(onnx, i === 1 ? "webgpu" : "wasm", x, 1);
+    },
+    [i, model, onnx, inputs] as const,
+  );
+  if ("error" in r) {
+    row.error = r.error;
+    return;
+  }
+  if (Number.isNaN(row.first)) row.first = r.ms[0]!;
+  else row.ms.push(r.ms[0]!);
+  row.output = r.output;
+};
+// Warm-up call (shader compilation, session creation) reported apart; then alternate call by call.
+for (let rep = 0; rep <= REPS; rep++) {
+  for (let i = 0; i < rows.length; i++) await runOne(rows[i]!, i);
+  console.error(`round ${rep}: ${rows.map((r) => r.error ? "error" : `${r.ms.at(-1)?.toFixed(0) ?? r.first.toFixed(0)} ms`).join(", ")}`);
+}
+await browser.close();
+server.close();
+cdn.server.closeAllConnections();
+cdn.server.close();
+
+const ours = rows[0]!;
+const results = {
+  date: new Date().toISOString(),
+  machine: `${os.cpus()[0]?.model ?? "?"} x${os.cpus().length}, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, ${os.type()} ${os.release()}`,
+  browser: `Chromium ${browser.version()} (headless, ${ARGS.includes("--enable-unsafe-webgpu") ? "--enable-unsafe-webgpu" : ""})`,
+  adapter: status.gpu ? `${status.gpu.adapter} (${status.gpu.backend}, shader-f16 ${status.gpu.shaderF16 ? "yes" : "no"})` : "none",
+  versions: {
+    websd: execSync("git rev-parse --short HEAD", { cwd: repo }).toString().trim(),
+    burn: "0.22.1",
+    "onnxruntime-web": JSON.parse(readFileSync(path.join(here, "node_modules/onnxruntime-web/package.json"), "utf8")).version as string,
+  },
+  model: "tiny-sd U-Net (fixtures), fp32, batch 2, 32x32 latents, 77 tokens; inputs: the DDIM run's first step",
+  reps: REPS,
+  rows: rows.map((r) => ({
+    name: r.name,
+    error: r.error ?? null,
+    firstMs: r.first,
+    medianMs: r.ms.length ? median(r.ms) : null,
+    ms: r.ms,
+    maxAbsVsTorch: r.output ? maxAbs(r.output, torchOut) : null,
+    maxAbsVsWebsd: r.output && ours.output ? maxAbs(r.output, ours.output) : null,
+    ratioWebsdToThis: r.ms.length && ours.ms.length ? median(ours.ms) / median(r.ms) : null,
+  })),
+};
+writeFileSync(path.join(here, "results.json"), JSON.stringify(results, null, 2) + "\n");
+const fmt = (v: number | null, d = 1): string => (v === null || Number.isNaN(v) ? "–" : v.toFixed(d));
+const table = results.rows
+  .map((r) =>
+    r.error
+      ? `| ${r.name} | failed: ${r.error.slice(0, 120).replace(/\|/g, "/")} | | | | |`
+      : `| ${r.name} | ${fmt(r.medianMs)} | ${fmt(r.firstMs)} | ${r.maxAbsVsTorch?.toExponential(2) ?? "–"} | ${r.maxAbsVsWebsd?.toExponential(2) ?? "–"} | ${fmt(r.ratioWebsdToThis, 2)} |`,
+  )
+  .join("\n");
+const md = `# Benchmarks
+
+Written by \`scripts/bench.sh\` (web/bench/run.ts); raw figures in \`web/bench/results.json\`. Not part of CI.
+
+| | |
+|---|---|
+| date | ${results.date} |
+| machine | ${results.machine} |
+| browser | ${results.browser} |
+| WebGPU adapter | ${results.adapter} |
+| versions | websd ${results.versions.websd}, burn ${results.versions.burn}, onnxruntime-web ${results.versions["onnxruntime-web"]} |
+
+## Browser, one U-Net call
+
+${results.model}. One page; the three engines alternate call by call (${REPS} timed calls each after one
+warm-up call, which includes shader compilation or session creation). Each call includes reading its output
+back to the CPU. "vs torch": max abs difference from diffusers' torch output for the same inputs.
+
+| engine | median ms / call | first call ms | max abs vs torch | max abs vs websd | websd / this |
+|---|---|---|---|---|---|
+${table}
+`;
+writeFileSync(path.join(repo, "BENCHMARKS.md"), md);
+console.log(md);
+if (logs.some((l) => l.startsWith("error"))) console.error(logs.filter((l) => l.startsWith("error")).slice(0, 10).join("\n"));
