@@ -7,4 +7,10 @@ scripts/setup.sh
 source scripts/env.sh
 [ "${SKIP_BUILD:-}" = 1 ] || trunk build --release
 npm --prefix web/bench ci --silent
+# The larger, SD 1.5-shaped U-Net and its ONNX export come from torch (the oracle venv of
+# ../shared/oracle, ORACLE_PY); without it only the tiny U-Net is measured.
+py=${ORACLE_PY:-/tmp/sd-oracle/venv/bin/python}
+if [ -x "$py" ] && [ ! -f web/bench/build/sd-shaped/unet.onnx ]; then
+  "$py" web/bench/make_sd_shaped.py tests/fixtures/tiny-sd tests/fixtures/onnx web/bench/build/sd-shaped
+fi
 cd web && exec npx tsx bench/run.ts "$@"

@@ -83,10 +83,10 @@ const bench = {
         ort = (await import(/* @vite-ignore */ "/ort/ort.all.min.mjs" as string)) as Ort;
         ort.env.wasm.wasmPaths = "/ort/";
       }
-      let session = sessions.get(ep);
+      let session = sessions.get(`${ep} ${onnxUrl}`);
       if (!session) {
         session = await ort.InferenceSession.create(onnxUrl, { executionProviders: [ep] });
-        sessions.set(ep, session);
+        sessions.set(`${ep} ${onnxUrl}`, session);
       }
       const batch = x.sample.shape[0]!;
       const feeds = {

@@ -4,7 +4,7 @@
 // BENCHMARKS.md and web/bench/results.json at the repository root.
 //   scripts/bench.sh [--reps N]
 import { execSync } from "node:child_process";
-import { readFileSync, promises as fs, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, promises as fs, writeFileSync } from "node:fs";
 import { createServer } from "node:http";
 import os from "node:os";
 import path from "node:path";
@@ -54,6 +54,7 @@ const mounts: [string, string][] = [
   ["/app/", DIST],
   ["/ort/", path.join(here, "node_modules/onnxruntime-web/dist")],
   ["/onnx/", path.join(FIXTURES, "onnx")],
+  ["/built/", path.join(here, "build")],
   ["/", path.join(here, "build")],
 ];
 const server = createServer((req, res) => {
@@ -69,6 +70,7 @@ const server = createServer((req, res) => {
 });
 const url = await listen(server, {});
 const cdn = await startModelServer({ root: FIXTURES });
+const builtCdn = await startModelServer({ root: path.join(here, "build") });
 const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ARGS });
 const page = await browser.newPage();
 const logs: string[] = [];
@@ -83,82 +85,121 @@ type Bench = {
   ort(onnx: string, ep: string, x: Inputs, reps: number): Promise<{ ms: number[]; output: number[] } | { error: string }>;
 };
 const status = await page.evaluate(() => (window as unknown as { bench: Bench }).bench.status());
-const model = `${cdn.url}tiny-sd/manifest.json`;
-const ensured = await page.evaluate((m) => (window as unknown as { bench: Bench }).bench.ensure(m), model);
-if (ensured.type !== "modelReady") throw new Error(`ensureModel: ${JSON.stringify(ensured)}`);
-
 const dir = path.join(FIXTURES, "onnx");
 const ts = npy(path.join(dir, "io_timestep.npy")).values;
 const inputs: Inputs = { sample: npy(path.join(dir, "io_sample.npy")), timestep: ts[0]!, ehs: npy(path.join(dir, "io_encoder_hidden_states.npy")) };
-const torchOut = npy(path.join(dir, "io_torch_out.npy")).values;
-const onnx = `${url}onnx/tiny_unet_legacy_opset17.onnx`;
+const built = path.join(here, "build/sd-shaped");
+const models = [
+  {
+    title: "tiny-sd U-Net (the fixtures' tiny model: 2 levels, 32/64 channels)",
+    manifest: `${cdn.url}tiny-sd/manifest.json`,
+    onnx: `${url}onnx/tiny_unet_legacy_opset17.onnx`,
+    torchOut: path.join(dir, "io_torch_out.npy"),
+  },
+  ...(existsSync(path.join(built, "unet.onnx"))
+    ? [
+        {
+          title: "SD 1.5-shaped U-Net at 1/10 width (4 levels, 32/64/128/128 channels, cross-attention in 3 levels + mid; web/bench/make_sd_shaped.py)",
+          manifest: `${builtCdn.url}sd-shaped/manifest.json`,
+          onnx: `${url}built/sd-shaped/unet.onnx`,
+          torchOut: path.join(built, "io_torch_out.npy"),
+        },
+      ]
+    : []),
+];
 
 type Row = { name: string; ms: number[]; first: number; output: number[] | null; error?: string };
-const rows: Row[] = [
-  { name: "websd (WebGPU, worker)", ms: [], first: NaN, output: null },
-  { name: "onnxruntime-web 1.30 WebGPU EP", ms: [], first: NaN, output: null },
-  { name: "onnxruntime-web 1.30 WASM EP", ms: [], first: NaN, output: null },
-];
-const runOne = async (row: Row, i: number): Promise<void> => {
-  if (row.error) return;
-  const r = await page.evaluate(
-    ([i, model, onnx, x]) => {
-      const b = (window as unknown as { bench: Bench }).bench;
-      return i === 0 ? b.ours(model, x, 1) : b.ort(onnx, i === 1 ? "webgpu" : "wasm", x, 1);
-    },
-    [i, model, onnx, inputs] as const,
-  );
-  if ("error" in r) {
-    row.error = r.error;
-    return;
+interface Section {
+  model: string;
+  rows: {
+    name: string;
+    error: string | null;
+    firstMs: number;
+    medianMs: number | null;
+    ms: number[];
+    maxAbsVsTorch: number | null;
+    maxAbsVsWebsd: number | null;
+    ratioWebsdToThis: number | null;
+  }[];
+}
+const sections: Section[] = [];
+for (const m of models) {
+  const ensured = await page.evaluate((u) => (window as unknown as { bench: Bench }).bench.ensure(u), m.manifest);
+  if (ensured.type !== "modelReady") throw new Error(`ensureModel: ${JSON.stringify(ensured)}`);
+  const torchOut = npy(m.torchOut).values;
+  const rows: Row[] = [
+    { name: "websd (WebGPU, worker)", ms: [], first: NaN, output: null },
+    { name: "onnxruntime-web WebGPU EP", ms: [], first: NaN, output: null },
+    { name: "onnxruntime-web WASM EP", ms: [], first: NaN, output: null },
+  ];
+  const runOne = async (row: Row, i: number): Promise<void> => {
+    if (row.error) return;
+    const r = await page.evaluate(
+      ([i, model, onnx, x]) => {
+        const b = (window as unknown as { bench: Bench }).bench;
+        return i === 0 ? b.ours(model, x, 1) : b.ort(onnx, i === 1 ? "webgpu" : "wasm", x, 1);
+      },
+      [i, m.manifest, m.onnx, inputs] as const,
+    );
+    if ("error" in r) {
+      row.error = r.error;
+      return;
+    }
+    if (Number.isNaN(row.first)) row.first = r.ms[0]!;
+    else row.ms.push(r.ms[0]!);
+    row.output = r.output;
+  };
+  // A warm-up call each (shader compilation, session creation), reported apart; then alternate call by call.
+  for (let rep = 0; rep <= REPS; rep++) {
+    for (let i = 0; i < rows.length; i++) await runOne(rows[i]!, i);
+    console.error(`${m.manifest} round ${rep}: ${rows.map((r) => (r.error ? "error" : `${(r.ms.at(-1) ?? r.first).toFixed(0)} ms`)).join(", ")}`);
   }
-  if (Number.isNaN(row.first)) row.first = r.ms[0]!;
-  else row.ms.push(r.ms[0]!);
-  row.output = r.output;
-};
-// Warm-up call (shader compilation, session creation) reported apart; then alternate call by call.
-for (let rep = 0; rep <= REPS; rep++) {
-  for (let i = 0; i < rows.length; i++) await runOne(rows[i]!, i);
-  console.error(`round ${rep}: ${rows.map((r) => r.error ? "error" : `${r.ms.at(-1)?.toFixed(0) ?? r.first.toFixed(0)} ms`).join(", ")}`);
+  const ours = rows[0]!;
+  sections.push({
+    model: m.title,
+    rows: rows.map((r) => ({
+      name: r.name,
+      error: r.error ?? null,
+      firstMs: r.first,
+      medianMs: r.ms.length ? median(r.ms) : null,
+      ms: r.ms,
+      maxAbsVsTorch: r.output ? maxAbs(r.output, torchOut) : null,
+      maxAbsVsWebsd: r.output && ours.output ? maxAbs(r.output, ours.output) : null,
+      ratioWebsdToThis: r.ms.length && ours.ms.length ? median(ours.ms) / median(r.ms) : null,
+    })),
+  });
 }
 await browser.close();
 server.close();
-cdn.server.closeAllConnections();
-cdn.server.close();
+for (const c of [cdn, builtCdn]) {
+  c.server.closeAllConnections();
+  c.server.close();
+}
 
-const ours = rows[0]!;
 const results = {
   date: new Date().toISOString(),
   machine: `${os.cpus()[0]?.model ?? "?"} x${os.cpus().length}, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, ${os.type()} ${os.release()}`,
-  browser: `Chromium ${browser.version()} (headless, ${ARGS.includes("--enable-unsafe-webgpu") ? "--enable-unsafe-webgpu" : ""})`,
+  browser: `Chromium ${browser.version()} (headless, --enable-unsafe-webgpu)`,
   adapter: status.gpu ? `${status.gpu.adapter} (${status.gpu.backend}, shader-f16 ${status.gpu.shaderF16 ? "yes" : "no"})` : "none",
   versions: {
     websd: execSync("git rev-parse --short HEAD", { cwd: repo }).toString().trim(),
     burn: "0.22.1",
     "onnxruntime-web": JSON.parse(readFileSync(path.join(here, "node_modules/onnxruntime-web/package.json"), "utf8")).version as string,
   },
-  model: "tiny-sd U-Net (fixtures), fp32, batch 2, 32x32 latents, 77 tokens; inputs: the DDIM run's first step",
+  inputs: "fp32 weights, batch 2 (CFG's pair), 32x32 latents, 77 tokens x 32; the tiny DDIM run's first-step U-Net inputs (tests/fixtures/onnx)",
   reps: REPS,
-  rows: rows.map((r) => ({
-    name: r.name,
-    error: r.error ?? null,
-    firstMs: r.first,
-    medianMs: r.ms.length ? median(r.ms) : null,
-    ms: r.ms,
-    maxAbsVsTorch: r.output ? maxAbs(r.output, torchOut) : null,
-    maxAbsVsWebsd: r.output && ours.output ? maxAbs(r.output, ours.output) : null,
-    ratioWebsdToThis: r.ms.length && ours.ms.length ? median(ours.ms) / median(r.ms) : null,
-  })),
+  sections,
 };
 writeFileSync(path.join(here, "results.json"), JSON.stringify(results, null, 2) + "\n");
 const fmt = (v: number | null, d = 1): string => (v === null || Number.isNaN(v) ? "–" : v.toFixed(d));
-const table = results.rows
-  .map((r) =>
-    r.error
-      ? `| ${r.name} | failed: ${r.error.slice(0, 120).replace(/\|/g, "/")} | | | | |`
-      : `| ${r.name} | ${fmt(r.medianMs)} | ${fmt(r.firstMs)} | ${r.maxAbsVsTorch?.toExponential(2) ?? "–"} | ${r.maxAbsVsWebsd?.toExponential(2) ?? "–"} | ${fmt(r.ratioWebsdToThis, 2)} |`,
-  )
-  .join("\n");
+const table = (rows: Section["rows"]): string =>
+  rows
+    .map((r) =>
+      r.error
+        ? `| ${r.name} | failed: ${r.error.slice(0, 120).replace(/\|/g, "/")} | | | | |`
+        : `| ${r.name} | ${fmt(r.medianMs)} | ${fmt(r.firstMs)} | ${r.maxAbsVsTorch?.toExponential(2) ?? "–"} | ${r.maxAbsVsWebsd?.toExponential(2) ?? "–"} | ${fmt(r.ratioWebsdToThis, 2)} |`,
+    )
+    .join("\n");
 const md = `# Benchmarks
 
 Written by \`scripts/bench.sh\` (web/bench/run.ts); raw figures in \`web/bench/results.json\`. Not part of CI.
@@ -173,14 +214,17 @@ Written by \`scripts/bench.sh\` (web/bench/run.ts); raw figures in \`web/bench/r
 
 ## Browser, one U-Net call
 
-${results.model}. One page; the three engines alternate call by call (${REPS} timed calls each after one
+${results.inputs}. One page; the three engines alternate call by call (${REPS} timed calls each after one
 warm-up call, which includes shader compilation or session creation). Each call includes reading its output
-back to the CPU. "vs torch": max abs difference from diffusers' torch output for the same inputs.
+back to the CPU. "vs torch": max abs difference from diffusers' torch output for the same inputs;
+"websd / this" below 1 means websd is faster.
+${sections.map((sec) => `
+### ${sec.model}
 
 | engine | median ms / call | first call ms | max abs vs torch | max abs vs websd | websd / this |
 |---|---|---|---|---|---|
-${table}
-`;
+${table(sec.rows)}
+`).join("")}`;
 writeFileSync(path.join(repo, "BENCHMARKS.md"), md);
 console.log(md);
 if (logs.some((l) => l.startsWith("error"))) console.error(logs.filter((l) => l.startsWith("error")).slice(0, 10).join("\n"));

@@ -1,0 +1,46 @@
+//! One U-Net call on given inputs against torch's output for them (the benchmark's models):
+//! `cargo run --release --example unet_io_check -- <model dir> <io dir with io_sample.npy,
+//! io_timestep.npy, io_encoder_hidden_states.npy> <torch output .npy> [cpu|wgpu]`
+
+use std::path::Path;
+
+use burn::tensor::{Device, Tensor, TensorData};
+use websd::pipeline::StableDiffusion;
+use websd::weights::Variant;
+
+/// A little-endian f4 or i8 .npy file as f32 values and its shape.
+fn npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
+    let buf = std::fs::read(path).unwrap();
+    let n = u16::from_le_bytes([buf[8], buf[9]]) as usize;
+    let header = std::str::from_utf8(&buf[10..10 + n]).unwrap();
+    let shape_text = header.split("'shape': (").nth(1).unwrap().split(')').next().unwrap();
+    let shape: Vec<usize> = shape_text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| s.parse().unwrap()).collect();
+    let body = &buf[10 + n..];
+    let values = if header.contains("'<f4'") {
+        body.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+    } else {
+        body.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f32).collect()
+    };
+    (shape, values)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let (dir, io, out) = (Path::new(&args[1]), Path::new(&args[2]), Path::new(&args[3]));
+    let device = match args.get(4).map(String::as_str) {
+        Some("wgpu") => websd::gpu::wgpu_device().expect("a wgpu adapter").0,
+        _ => Device::flex(),
+    };
+    let sd = StableDiffusion::load_dir(dir, Some(Variant::Fp32), &device).unwrap();
+    let (ss, s) = npy(&io.join("io_sample.npy"));
+    let (_, t) = npy(&io.join("io_timestep.npy"));
+    let (es, e) = npy(&io.join("io_encoder_hidden_states.npy"));
+    let (_, reference) = npy(out);
+    let sample = Tensor::<4>::from_data(TensorData::new(s, [ss[0], ss[1], ss[2], ss[3]]), &device);
+    let ehs = Tensor::<3>::from_data(TensorData::new(e, [es[0], es[1], es[2]]), &device);
+    let t0 = std::time::Instant::now();
+    let y = sd.unet.forward(sample, t[0], ehs);
+    let values = y.into_data().convert::<f32>().into_vec::<f32>().unwrap();
+    let diff = values.iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    println!("max abs diff vs torch {diff:e} ({} values, {:.0} ms)", values.len(), t0.elapsed().as_secs_f64() * 1e3);
+}
