@@ -195,8 +195,7 @@ impl Dump {
 impl StableDiffusion {
     /// The scheduler the model ships with (`scheduler/scheduler_config.json`'s `_class_name`).
     pub fn default_scheduler(&self) -> Result<SchedulerKind, SchedulerError> {
-        let class = self.scheduler_config.class_name().unwrap_or("PNDMScheduler");
-        SchedulerKind::from_class_name(class, &self.scheduler_config)
+        SchedulerKind::model_default(&self.scheduler_config)
     }
 
     /// Pixels per latent.

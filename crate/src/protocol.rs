@@ -30,7 +30,7 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         chunk_bytes: Option<u32>,
         /// Origins (`https://host:port`) weights may come from besides the app's own; absent:
-        /// [`crate::web::DEFAULT_ALLOWED_ORIGINS`]. The manifest and its `base_url` must both be allowed.
+        /// the engine's `DEFAULT_ALLOWED_ORIGINS` (`web/download.rs`). The manifest and its `base_url` must both be allowed.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         allowed_origins: Option<Vec<String>>,
     },

@@ -1,5 +1,6 @@
 // The benchmark page: our worker engine and onnxruntime-web side by side in one page, one call at a
 // time, driven by run.ts through `window.bench`.
+import { isFinal } from "../src/engine";
 import type { F32Tensor, Request, WorkerEvent } from "../src/protocol";
 
 interface OrtTensor {
@@ -27,8 +28,7 @@ let waiting: ((e: WorkerEvent) => void) | null = null;
 worker.onmessage = (m: MessageEvent<WorkerEvent>) => {
   const e = m.data;
   events.push(e);
-  const final = e.type !== "progress" && e.type !== "preview" && e.type !== "ready";
-  if (final && waiting) {
+  if (isFinal(e) && waiting) {
     const w = waiting;
     waiting = null;
     w(e);

@@ -4,6 +4,7 @@ import { readFileSync } from "node:fs";
 import type { Server } from "node:http";
 import { fileURLToPath } from "node:url";
 import { chromium, type Browser, type Page } from "playwright-core";
+import { isFinal } from "../src/engine";
 import type { Request, WorkerEvent } from "../src/protocol";
 import { startModelServer, type ModelServer } from "../scripts/model-server";
 import { startServer } from "../scripts/static-server";
@@ -115,19 +116,11 @@ export class EnginePage {
     }
   }
 
-  /** Sends `request` and waits for its final event (anything but progress/preview/result before the last). */
+  /** Sends `request` and waits for its final event (engine.ts's `isFinal`). */
   async call(request: Request, timeoutMs = 120_000): Promise<{ final: Recorded; events: Recorded[] }> {
     const from = (await this.events()).length;
     await this.send(request);
-    const final = await this.waitFor(
-      (e) =>
-        e.type !== "progress" &&
-        e.type !== "preview" &&
-        e.type !== "ready" &&
-        !(e.type === "result" && e.index + 1 < e.count),
-      timeoutMs,
-      from,
-    );
+    const final = await this.waitFor(isFinal, timeoutMs, from);
     const events = (await this.events()).slice(from);
     return { final, events };
   }

@@ -43,3 +43,13 @@ export function rgbaAt(source: CanvasImageSource & { width: number; height: numb
   const data = ctx.getImageData(0, 0, width, height).data;
   return { width, height, rgba: new Uint8Array(data.buffer, data.byteOffset, data.byteLength) };
 }
+
+/** Shows RGBA8 pixels in `canvas`, resized to them. */
+export function drawRgba(canvas: HTMLCanvasElement, image: RgbaImage): void {
+  canvas.width = image.width;
+  canvas.height = image.height;
+  // ImageData wants a Uint8ClampedArray of its own.
+  const pixels = new Uint8ClampedArray(image.rgba.length);
+  pixels.set(image.rgba);
+  canvas.getContext("2d")?.putImageData(new ImageData(pixels, image.width, image.height), 0, 0);
+}

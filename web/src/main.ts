@@ -7,7 +7,7 @@ import * as errors from "./errors";
 import { bytes, duration } from "./format";
 import { Gallery, fileName, type GalleryItem } from "./gallery";
 import { renderGpu, renderSelfTest } from "./gpu-panel";
-import { decodeImage, fittedSize, NotAnImage, rgbaAt } from "./images";
+import { decodeImage, drawRgba, fittedSize, NotAnImage, rgbaAt } from "./images";
 import { MaskEditor } from "./mask-editor";
 import { ProgressView } from "./progress";
 import type { GenerateSettings, ModelInfo, WorkerEvent } from "./protocol";
@@ -136,13 +136,7 @@ async function useInitImage(file: File): Promise<void> {
     const size = fittedSize(bitmap.width, bitmap.height, maxSide);
     input("width").value = String(size.width);
     input("height").value = String(size.height);
-    const canvas = byTestId<HTMLCanvasElement>("init-preview");
-    canvas.width = size.width;
-    canvas.height = size.height;
-    const rgba = rgbaAt(bitmap, size.width, size.height);
-    const pixels = new Uint8ClampedArray(rgba.rgba.length);
-    pixels.set(rgba.rgba);
-    canvas.getContext("2d")?.putImageData(new ImageData(pixels, size.width, size.height), 0, 0);
+    drawRgba(byTestId<HTMLCanvasElement>("init-preview"), rgbaAt(bitmap, size.width, size.height));
     mask.reset(size.width, size.height);
     byTestId("init-info").textContent = `${file.name}: ${bitmap.width}x${bitmap.height}, used at ${size.width}x${size.height}`;
     errors.clear();
@@ -322,14 +316,15 @@ function setBusy(on: boolean): void {
 function finish(last: WorkerEvent | null): void {
   setBusy(false);
   if (last === null) progress.stop("Done", true);
-  else if (last.type === "cancelled") progress.stop(`Cancelled while ${last.phase === "denoise" ? "denoising" : last.phase === "download" ? "downloading" : last.phase + "ing"}`, false);
+  else if (last.type === "cancelled") progress.cancelled(last.phase);
   else if (last.type === "error") {
     progress.stop("Failed", false);
     errors.showEngineError(last);
   }
   updater.applyWhenIdle();
   void storage.refresh();
-  if (current) void inspect(current, false);
+  // A download may have changed what is stored; once everything is, the model's info cannot change.
+  if (current && !info?.ready) void inspect(current, false);
 }
 
 /** Makes the current model complete in the store; the final event when that failed. */

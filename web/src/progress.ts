@@ -2,6 +2,7 @@
 // the step for denoising, the elapsed time, and the live preview.
 import { byTestId } from "./dom";
 import { bytes, duration } from "./format";
+import { drawRgba } from "./images";
 import type { Phase, WorkerEvent } from "./protocol";
 
 const PHASE_LABEL: Record<Phase, string> = {
@@ -10,6 +11,14 @@ const PHASE_LABEL: Record<Phase, string> = {
   encode: "Encoding the prompt",
   denoise: "Denoising",
   decode: "Decoding the image",
+};
+
+const CANCELLED_WHILE: Record<Phase, string> = {
+  download: "downloading",
+  load: "loading",
+  encode: "encoding the prompt",
+  denoise: "denoising",
+  decode: "decoding",
 };
 
 export class ProgressView {
@@ -42,6 +51,11 @@ export class ProgressView {
     else this.label.textContent = label;
   }
 
+  /** The job was cancelled during `phase`. */
+  cancelled(phase: Phase): void {
+    this.stop(`Cancelled while ${CANCELLED_WHILE[phase]}`, false);
+  }
+
   private tick(): void {
     this.elapsed.textContent = `elapsed ${duration(performance.now() - this.started)}`;
   }
@@ -57,7 +71,8 @@ export class ProgressView {
 
   update(event: WorkerEvent): void {
     if (event.type === "preview") {
-      this.showPreview(event.width, event.height, event.rgba);
+      drawRgba(this.preview, event);
+      this.preview.hidden = false;
       return;
     }
     if (event.type !== "progress") return;
@@ -89,15 +104,5 @@ export class ProgressView {
     }
   }
 
-  private showPreview(width: number, height: number, rgba: Uint8Array): void {
-    const canvas = this.preview;
-    canvas.width = width;
-    canvas.height = height;
-    const ctx = canvas.getContext("2d");
-    if (!ctx) return;
-    const pixels = new Uint8ClampedArray(rgba.length);
-    pixels.set(rgba);
-    ctx.putImageData(new ImageData(pixels, width, height), 0, 0);
-    canvas.hidden = false;
-  }
+
 }

@@ -105,6 +105,12 @@ impl SchedulerKind {
             .ok_or_else(|| SchedulerError::UnknownScheduler(name.to_string()))
     }
 
+    /// The scheduler a model ships with: its `scheduler_config.json`'s `_class_name` (PNDM when absent,
+    /// as in diffusers' SD pipelines).
+    pub fn model_default(config: &SchedulerConfig) -> Result<Self, SchedulerError> {
+        Self::from_class_name(config.class_name().unwrap_or("PNDMScheduler"), config)
+    }
+
     /// The kind a diffusers `_class_name` denotes (a model's default scheduler).
     pub fn from_class_name(class: &str, config: &SchedulerConfig) -> Result<Self, SchedulerError> {
         Ok(match class {

@@ -3,6 +3,7 @@
 //! chunk and one tensor at a time, never a whole file.
 
 use std::cell::Cell;
+use std::collections::BTreeMap;
 
 use burn::tensor::{Device, Tensor};
 
@@ -165,13 +166,36 @@ async fn upload_weights(
     Ok(tensors)
 }
 
+/// A stored small file (config, tokenizer) as text.
+async fn read_text(store: &Store, records: &BTreeMap<String, FileRecord>, path: &str) -> Result<String, Error> {
+    let record = records.get(path).ok_or_else(|| Error::NotStored(format!("{path} is not stored")))?;
+    String::from_utf8(read_file(store, record).await?).map_err(|e| Error::Model(format!("{path}: {e}")))
+}
+
+/// The configs both the form's defaults and the pipeline come from.
+struct ComponentConfigs {
+    unet: UNet2DConditionConfig,
+    vae: AutoencoderKLConfig,
+    scheduler: SchedulerConfig,
+}
+
+async fn read_configs(store: &Store, records: &BTreeMap<String, FileRecord>) -> Result<ComponentConfigs, Error> {
+    let text = async |path: &str| read_text(store, records, path).await;
+    Ok(ComponentConfigs {
+        unet: parse("unet/config.json", &text("unet/config.json").await?).map_err(|e| Error::Model(e.to_string()))?,
+        vae: parse("vae/config.json", &text("vae/config.json").await?).map_err(|e| Error::Model(e.to_string()))?,
+        scheduler: SchedulerConfig::from_json(&text("scheduler/scheduler_config.json").await?)
+            .map_err(|e| Error::Model(format!("scheduler/scheduler_config.json: {e}")))?,
+    })
+}
+
 /// A stored model's defaults (from its configs, which must be stored) and how much of `variant` is.
 pub async fn model_info(store: &Store, id: &str, variant: Option<Variant>, offline: bool) -> Result<ModelInfo, Error> {
     let record = store.model(id).await?.ok_or_else(|| Error::NotStored(format!("the model {id} is not stored")))?;
     let manifest = Manifest::from_json(&record.manifest).map_err(|e| Error::Storage(e.to_string()))?;
     let selected = manifest.select(variant).map_err(|e| Error::Model(e.to_string()))?;
     let (mut stored_bytes, mut ready) = (0, true);
-    let mut configs = std::collections::BTreeMap::new();
+    let mut configs = BTreeMap::new();
     for f in &selected {
         let file = store.file(id, &f.path).await?.filter(|r| r.sha256 == f.sha256);
         let complete = file.as_ref().is_some_and(|r| r.complete);
@@ -181,18 +205,8 @@ pub async fn model_info(store: &Store, id: &str, variant: Option<Variant>, offli
             configs.insert(f.path.clone(), r);
         }
     }
-    let text = async |path: &str| -> Result<String, Error> {
-        let record = configs.get(path).ok_or_else(|| Error::NotStored(format!("{id}: {path} is not stored")))?;
-        String::from_utf8(read_file(store, record).await?).map_err(|e| Error::Model(format!("{path}: {e}")))
-    };
-    let unet: UNet2DConditionConfig =
-        parse("unet/config.json", &text("unet/config.json").await?).map_err(|e| Error::Model(e.to_string()))?;
-    let vae: AutoencoderKLConfig =
-        parse("vae/config.json", &text("vae/config.json").await?).map_err(|e| Error::Model(e.to_string()))?;
-    let scheduler_config = SchedulerConfig::from_json(&text("scheduler/scheduler_config.json").await?)
-        .map_err(|e| Error::Model(format!("scheduler/scheduler_config.json: {e}")))?;
-    let class = scheduler_config.class_name().unwrap_or("PNDMScheduler");
-    let scheduler = SchedulerKind::from_class_name(class, &scheduler_config).map_err(|e| Error::Unsupported(e.to_string()))?;
+    let ComponentConfigs { unet, vae, scheduler } = read_configs(store, &configs).await?;
+    let scheduler = SchedulerKind::model_default(&scheduler).map_err(|e| Error::Unsupported(e.to_string()))?;
     let size = (unet.sample_size * vae.scale_factor()) as u32;
     let fp16 = manifest.weights("unet", variant).is_ok_and(|f| f.path.ends_with(".fp16.safetensors"));
     Ok(ModelInfo {
@@ -224,7 +238,7 @@ pub async fn load_model(
         .ok_or_else(|| Error::NotStored(format!("the model {id} is not stored: download it first (EnsureModel)")))?;
     let manifest = Manifest::from_json(&record.manifest).map_err(|e| Error::Storage(e.to_string()))?;
     let selected = manifest.select(variant).map_err(|e| Error::Model(e.to_string()))?;
-    let mut records = std::collections::BTreeMap::new();
+    let mut records = BTreeMap::new();
     let mut incomplete = Vec::new();
     for f in &selected {
         match store.file(id, &f.path).await? {
@@ -240,13 +254,9 @@ pub async fn load_model(
             incomplete.join(", ")
         )));
     }
-    let text = async |path: &str| -> Result<String, Error> {
-        let bytes = read_file(store, &records[path]).await?;
-        String::from_utf8(bytes).map_err(|e| Error::Model(format!("{path}: {e}")))
-    };
     let model_err = |path: &str, e: &dyn std::fmt::Display| Error::Model(format!("{path}: {e}"));
 
-    let mut tokenizer_bytes = std::collections::BTreeMap::new();
+    let mut tokenizer_bytes = BTreeMap::new();
     for path in records.keys().filter(|p| p.starts_with("tokenizer/")) {
         tokenizer_bytes.insert(path.trim_start_matches("tokenizer/").to_string(), read_file(store, &records[path]).await?);
     }
@@ -261,14 +271,10 @@ pub async fn load_model(
     .map_err(|e| model_err("tokenizer", &e))?;
     drop(tokenizer_bytes);
 
-    let clip_config = ClipTextConfig::from_json(&text("text_encoder/config.json").await?)
+    let clip_config = ClipTextConfig::from_json(&read_text(store, &records, "text_encoder/config.json").await?)
         .map_err(|e| model_err("text_encoder/config.json", &e))?;
-    let unet_config: UNet2DConditionConfig =
-        parse("unet/config.json", &text("unet/config.json").await?).map_err(|e| Error::Model(e.to_string()))?;
-    let vae_config: AutoencoderKLConfig =
-        parse("vae/config.json", &text("vae/config.json").await?).map_err(|e| Error::Model(e.to_string()))?;
-    let scheduler_config = SchedulerConfig::from_json(&text("scheduler/scheduler_config.json").await?)
-        .map_err(|e| model_err("scheduler/scheduler_config.json", &e))?;
+    let ComponentConfigs { unet: unet_config, vae: vae_config, scheduler: scheduler_config } =
+        read_configs(store, &records).await?;
     // Refuse an unsupported U-Net before uploading anything.
     crate::models::unet_2d_condition::check_supported(&unet_config).map_err(|e| Error::Unsupported(e.to_string()))?;
 
