@@ -1,8 +1,12 @@
-// The side-by-side benchmark (not part of CI): one headless Chromium session, one page, our worker
-// engine and onnxruntime-web 1.30 (WebGPU and WASM execution providers) alternating on the same U-Net
-// with the same inputs; the outputs are compared so the work is known to be equal. Writes
-// BENCHMARKS.md and web/bench/results.json at the repository root.
-//   scripts/bench.sh [--reps N]
+// The benchmark (not part of CI), in three sections that can be run apart (--only unet,image,memory;
+// a section not run keeps its last figures in results.json):
+// - unet: one headless Chromium session, one page, our worker engine and onnxruntime-web 1.30 (WebGPU
+//   and WASM execution providers) alternating on the same U-Net with the same inputs; the outputs are
+//   compared so the work is known to be equal;
+// - image: time to first image, cold and warm, by phase (image.ts);
+// - memory: the full-size SD1.5-shaped model's load and 512 px buffers (image.ts; needs --sd15 DIR).
+// Writes BENCHMARKS.md and web/bench/results.json.
+//   scripts/bench.sh [--reps N] [--only SECTIONS] [--sd15 DIR]
 import { execSync } from "node:child_process";
 import { existsSync, readFileSync, promises as fs, writeFileSync } from "node:fs";
 import { createServer } from "node:http";
@@ -12,14 +16,23 @@ import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { build } from "esbuild";
 import { chromium } from "playwright-core";
-import { ARGS, CHROMIUM, DIST, FIXTURES } from "../e2e/harness";
+import { ARGS, CHROMIUM, DIST, FIXTURES, startHarness } from "../e2e/harness";
 import { listen, startModelServer } from "../scripts/model-server";
+import { memory, wholeImage, type ImageSection, type MemorySection } from "./image";
 import type { Inputs } from "./page";
 
 const here = fileURLToPath(new URL(".", import.meta.url));
 const repo = path.resolve(here, "../..");
-const { values: args } = parseArgs({ options: { reps: { type: "string", default: "5" } } });
+const { values: args } = parseArgs({
+  options: {
+    reps: { type: "string", default: "5" },
+    only: { type: "string", default: "unet,image,memory" },
+    sd15: { type: "string", default: process.env["SD15_DIR"] ?? "" },
+    "quiet-s": { type: "string", default: "120" },
+  },
+});
 const REPS = Number(args.reps);
+const ONLY = new Set(args.only.split(","));
 
 /** A .npy file (little-endian f4 or i8, C order). */
 function npy(file: string): { shape: number[]; values: number[] } {
@@ -40,75 +53,6 @@ const median = (xs: number[]): number => {
 };
 const maxAbs = (a: number[], b: number[]): number => a.reduce((m, v, i) => Math.max(m, Math.abs(v - b[i]!)), 0);
 
-await build({
-  entryPoints: [path.join(here, "page.ts")],
-  outfile: path.join(here, "build/bench.js"),
-  bundle: true,
-  format: "esm",
-  target: "es2022",
-  logLevel: "warning",
-});
-
-const MIME: Record<string, string> = { ".html": "text/html", ".js": "text/javascript", ".mjs": "text/javascript", ".wasm": "application/wasm" };
-const mounts: [string, string][] = [
-  ["/app/", DIST],
-  ["/ort/", path.join(here, "node_modules/onnxruntime-web/dist")],
-  ["/onnx/", path.join(FIXTURES, "onnx")],
-  ["/built/", path.join(here, "build")],
-  ["/", path.join(here, "build")],
-];
-const server = createServer((req, res) => {
-  const url = new URL(req.url ?? "/", "http://x").pathname;
-  const [prefix, root] = mounts.find(([p]) => url.startsWith(p))!;
-  let rel = url.slice(prefix.length) || "index.html";
-  if (prefix === "/" && rel === "index.html") rel = "../index.html";
-  const file = path.resolve(root, rel);
-  fs.readFile(file).then(
-    (body) => res.writeHead(200, { "content-type": MIME[path.extname(file)] ?? "application/octet-stream" }).end(body),
-    () => res.writeHead(404).end(),
-  );
-});
-const url = await listen(server, {});
-const cdn = await startModelServer({ root: FIXTURES });
-const builtCdn = await startModelServer({ root: path.join(here, "build") });
-const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ARGS });
-const page = await browser.newPage();
-const logs: string[] = [];
-page.on("console", (m) => logs.push(`${m.type()}: ${m.text()}`));
-await page.goto(url);
-await page.waitForFunction(() => "bench" in window);
-
-type Bench = {
-  status(): Promise<{ type: string; gpu?: { adapter: string; backend: string; shaderF16: boolean } }>;
-  ensure(u: string): Promise<{ type: string }>;
-  ours(model: string, x: Inputs, reps: number): Promise<{ ms: number[]; output: number[] } | { error: string }>;
-  ort(onnx: string, ep: string, x: Inputs, reps: number): Promise<{ ms: number[]; output: number[] } | { error: string }>;
-};
-const status = await page.evaluate(() => (window as unknown as { bench: Bench }).bench.status());
-const dir = path.join(FIXTURES, "onnx");
-const ts = npy(path.join(dir, "io_timestep.npy")).values;
-const inputs: Inputs = { sample: npy(path.join(dir, "io_sample.npy")), timestep: ts[0]!, ehs: npy(path.join(dir, "io_encoder_hidden_states.npy")) };
-const built = path.join(here, "build/sd-shaped");
-const models = [
-  {
-    title: "tiny-sd U-Net (the fixtures' tiny model: 2 levels, 32/64 channels)",
-    manifest: `${cdn.url}tiny-sd/manifest.json`,
-    onnx: `${url}onnx/tiny_unet_legacy_opset17.onnx`,
-    torchOut: path.join(dir, "io_torch_out.npy"),
-  },
-  ...(existsSync(path.join(built, "unet.onnx"))
-    ? [
-        {
-          title: "SD 1.5-shaped U-Net at 1/10 width (4 levels, 32/64/128/128 channels, cross-attention in 3 levels + mid; web/bench/make_sd_shaped.py)",
-          manifest: `${builtCdn.url}sd-shaped/manifest.json`,
-          onnx: `${url}built/sd-shaped/unet.onnx`,
-          torchOut: path.join(built, "io_torch_out.npy"),
-        },
-      ]
-    : []),
-];
-
-type Row = { name: string; ms: number[]; first: number; output: number[] | null; error?: string };
 interface Section {
   model: string;
   rows: {
@@ -122,76 +66,192 @@ interface Section {
     ratioWebsdToThis: number | null;
   }[];
 }
-const sections: Section[] = [];
-for (const m of models) {
-  const ensured = await page.evaluate((u) => (window as unknown as { bench: Bench }).bench.ensure(u), m.manifest);
-  if (ensured.type !== "modelReady") throw new Error(`ensureModel: ${JSON.stringify(ensured)}`);
-  const torchOut = npy(m.torchOut).values;
-  const rows: Row[] = [
-    { name: "websd (WebGPU, worker)", ms: [], first: NaN, output: null },
-    { name: "onnxruntime-web WebGPU EP", ms: [], first: NaN, output: null },
-    { name: "onnxruntime-web WASM EP", ms: [], first: NaN, output: null },
-  ];
-  const runOne = async (row: Row, i: number): Promise<void> => {
-    if (row.error) return;
-    const r = await page.evaluate(
-      ([i, model, onnx, x]) => {
-        const b = (window as unknown as { bench: Bench }).bench;
-        return i === 0 ? b.ours(model, x, 1) : b.ort(onnx, i === 1 ? "webgpu" : "wasm", x, 1);
-      },
-      [i, m.manifest, m.onnx, inputs] as const,
-    );
-    if ("error" in r) {
-      row.error = r.error;
-      return;
-    }
-    if (Number.isNaN(row.first)) row.first = r.ms[0]!;
-    else row.ms.push(r.ms[0]!);
-    row.output = r.output;
-  };
-  // A warm-up call each (shader compilation, session creation), reported apart; then alternate call by call.
-  for (let rep = 0; rep <= REPS; rep++) {
-    for (let i = 0; i < rows.length; i++) await runOne(rows[i]!, i);
-    console.error(`${m.manifest} round ${rep}: ${rows.map((r) => (r.error ? "error" : `${(r.ms.at(-1) ?? r.first).toFixed(0)} ms`)).join(", ")}`);
-  }
-  const ours = rows[0]!;
-  sections.push({
-    model: m.title,
-    rows: rows.map((r) => ({
-      name: r.name,
-      error: r.error ?? null,
-      firstMs: r.first,
-      medianMs: r.ms.length ? median(r.ms) : null,
-      ms: r.ms,
-      maxAbsVsTorch: r.output ? maxAbs(r.output, torchOut) : null,
-      maxAbsVsWebsd: r.output && ours.output ? maxAbs(r.output, ours.output) : null,
-      ratioWebsdToThis: r.ms.length && ours.ms.length ? median(ours.ms) / median(r.ms) : null,
-    })),
+
+/** The U-Net section: both engines alternating on each model, outputs compared. */
+async function unetBench(): Promise<{ adapter: string; browser: string; sections: Section[] }> {
+  await build({
+    entryPoints: [path.join(here, "page.ts")],
+    outfile: path.join(here, "build/bench.js"),
+    bundle: true,
+    format: "esm",
+    target: "es2022",
+    logLevel: "warning",
   });
-}
-await browser.close();
-server.close();
-for (const c of [cdn, builtCdn]) {
-  c.server.closeAllConnections();
-  c.server.close();
+
+  const MIME: Record<string, string> = { ".html": "text/html", ".js": "text/javascript", ".mjs": "text/javascript", ".wasm": "application/wasm" };
+  const mounts: [string, string][] = [
+    ["/app/", DIST],
+    ["/ort/", path.join(here, "node_modules/onnxruntime-web/dist")],
+    ["/onnx/", path.join(FIXTURES, "onnx")],
+    ["/built/", path.join(here, "build")],
+    ["/", path.join(here, "build")],
+  ];
+  const server = createServer((req, res) => {
+    const url = new URL(req.url ?? "/", "http://x").pathname;
+    const [prefix, root] = mounts.find(([p]) => url.startsWith(p))!;
+    let rel = url.slice(prefix.length) || "index.html";
+    if (prefix === "/" && rel === "index.html") rel = "../index.html";
+    const file = path.resolve(root, rel);
+    fs.readFile(file).then(
+      (body) => res.writeHead(200, { "content-type": MIME[path.extname(file)] ?? "application/octet-stream" }).end(body),
+      () => res.writeHead(404).end(),
+    );
+  });
+  const url = await listen(server, {});
+  const cdn = await startModelServer({ root: FIXTURES });
+  const builtCdn = await startModelServer({ root: path.join(here, "build") });
+  const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ARGS });
+  const page = await browser.newPage();
+  const logs: string[] = [];
+  page.on("console", (m) => logs.push(`${m.type()}: ${m.text()}`));
+  await page.goto(url);
+  await page.waitForFunction(() => "bench" in window);
+
+  type Bench = {
+    status(): Promise<{ type: string; gpu?: { adapter: string; backend: string; shaderF16: boolean } }>;
+    ensure(u: string): Promise<{ type: string }>;
+    ours(model: string, x: Inputs, reps: number): Promise<{ ms: number[]; output: number[] } | { error: string }>;
+    ort(onnx: string, ep: string, x: Inputs, reps: number): Promise<{ ms: number[]; output: number[] } | { error: string }>;
+  };
+  const status = await page.evaluate(() => (window as unknown as { bench: Bench }).bench.status());
+  const dir = path.join(FIXTURES, "onnx");
+  const ts = npy(path.join(dir, "io_timestep.npy")).values;
+  const inputs: Inputs = { sample: npy(path.join(dir, "io_sample.npy")), timestep: ts[0]!, ehs: npy(path.join(dir, "io_encoder_hidden_states.npy")) };
+  const built = path.join(here, "build/sd-shaped");
+  const models = [
+    {
+      title: "tiny-sd U-Net (the fixtures' tiny model: 2 levels, 32/64 channels)",
+      manifest: `${cdn.url}tiny-sd/manifest.json`,
+      onnx: `${url}onnx/tiny_unet_legacy_opset17.onnx`,
+      torchOut: path.join(dir, "io_torch_out.npy"),
+    },
+    ...(existsSync(path.join(built, "unet.onnx"))
+      ? [
+          {
+            title: "SD 1.5-shaped U-Net at 1/10 width (4 levels, 32/64/128/128 channels, cross-attention in 3 levels + mid; web/bench/make_sd_shaped.py)",
+            manifest: `${builtCdn.url}sd-shaped/manifest.json`,
+            onnx: `${url}built/sd-shaped/unet.onnx`,
+            torchOut: path.join(built, "io_torch_out.npy"),
+          },
+        ]
+      : []),
+  ];
+
+  type Row = { name: string; ms: number[]; first: number; output: number[] | null; error?: string };
+  const sections: Section[] = [];
+  for (const m of models) {
+    const ensured = await page.evaluate((u) => (window as unknown as { bench: Bench }).bench.ensure(u), m.manifest);
+    if (ensured.type !== "modelReady") throw new Error(`ensureModel: ${JSON.stringify(ensured)}`);
+    const torchOut = npy(m.torchOut).values;
+    const rows: Row[] = [
+      { name: "websd (WebGPU, worker)", ms: [], first: NaN, output: null },
+      { name: "onnxruntime-web WebGPU EP", ms: [], first: NaN, output: null },
+      { name: "onnxruntime-web WASM EP", ms: [], first: NaN, output: null },
+    ];
+    const runOne = async (row: Row, i: number): Promise<void> => {
+      if (row.error) return;
+      const r = await page.evaluate(
+        ([i, model, onnx, x]) => {
+          const b = (window as unknown as { bench: Bench }).bench;
+          return i === 0 ? b.ours(model, x, 1) : b.ort(onnx, i === 1 ? "webgpu" : "wasm", x, 1);
+        },
+        [i, m.manifest, m.onnx, inputs] as const,
+      );
+      if ("error" in r) {
+        row.error = r.error;
+        return;
+      }
+      if (Number.isNaN(row.first)) row.first = r.ms[0]!;
+      else row.ms.push(r.ms[0]!);
+      row.output = r.output;
+    };
+    // A warm-up call each (shader compilation, session creation), reported apart; then alternate call by call.
+    for (let rep = 0; rep <= REPS; rep++) {
+      for (let i = 0; i < rows.length; i++) await runOne(rows[i]!, i);
+      console.error(`${m.manifest} round ${rep}: ${rows.map((r) => (r.error ? "error" : `${(r.ms.at(-1) ?? r.first).toFixed(0)} ms`)).join(", ")}`);
+    }
+    const ours = rows[0]!;
+    sections.push({
+      model: m.title,
+      rows: rows.map((r) => ({
+        name: r.name,
+        error: r.error ?? null,
+        firstMs: r.first,
+        medianMs: r.ms.length ? median(r.ms) : null,
+        ms: r.ms,
+        maxAbsVsTorch: r.output ? maxAbs(r.output, torchOut) : null,
+        maxAbsVsWebsd: r.output && ours.output ? maxAbs(r.output, ours.output) : null,
+        ratioWebsdToThis: r.ms.length && ours.ms.length ? median(ours.ms) / median(r.ms) : null,
+      })),
+    });
+  }
+  await browser.close();
+  server.close();
+  for (const c of [cdn, builtCdn]) {
+    c.server.closeAllConnections();
+    c.server.close();
+  }
+  if (logs.some((l) => l.startsWith("error"))) console.error(logs.filter((l) => l.startsWith("error")).slice(0, 10).join("\n"));
+  return { adapter: status.gpu ? `${status.gpu.adapter} (${status.gpu.backend}, shader-f16 ${status.gpu.shaderF16 ? "yes" : "no"})` : "none", browser: browser.version(), sections };
 }
 
-const results = {
-  date: new Date().toISOString(),
+type Results = {
+  date: string;
+  machine: string;
+  browser: string;
+  adapter: string;
+  versions: Record<string, string>;
+  unet?: undefined | { date: string; websd: string; inputs: string; reps: number; sections: Section[] };
+  image?: undefined | ({ date: string; websd: string } & ImageSection);
+  memory?: undefined | ({ date: string; websd: string } & MemorySection);
+};
+const resultsFile = path.join(here, "results.json");
+const previous: Partial<Results> = existsSync(resultsFile) ? (JSON.parse(readFileSync(resultsFile, "utf8")) as Partial<Results>) : {};
+const websd = execSync("git rev-parse --short HEAD", { cwd: repo }).toString().trim();
+const date = new Date().toISOString();
+const results: Results = {
+  date,
   machine: `${os.cpus()[0]?.model ?? "?"} x${os.cpus().length}, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, ${os.type()} ${os.release()}`,
-  browser: `Chromium ${browser.version()} (headless, --enable-unsafe-webgpu)`,
-  adapter: status.gpu ? `${status.gpu.adapter} (${status.gpu.backend}, shader-f16 ${status.gpu.shaderF16 ? "yes" : "no"})` : "none",
+  browser: previous.browser ?? "",
+  adapter: previous.adapter ?? "",
   versions: {
-    websd: execSync("git rev-parse --short HEAD", { cwd: repo }).toString().trim(),
+    websd,
     burn: "0.22.1",
     "onnxruntime-web": JSON.parse(readFileSync(path.join(here, "node_modules/onnxruntime-web/package.json"), "utf8")).version as string,
   },
-  inputs: "fp32 weights, batch 2 (CFG's pair), 32x32 latents, 77 tokens x 32; the tiny DDIM run's first-step U-Net inputs (tests/fixtures/onnx)",
-  reps: REPS,
-  sections,
+  unet: previous.unet,
+  image: previous.image,
+  memory: previous.memory,
 };
-writeFileSync(path.join(here, "results.json"), JSON.stringify(results, null, 2) + "\n");
+if (ONLY.has("unet")) {
+  const u = await unetBench();
+  results.browser = `Chromium ${u.browser} (headless, --enable-unsafe-webgpu)`;
+  results.adapter = u.adapter;
+  results.unet = {
+    date,
+    websd,
+    inputs: "fp32 weights, batch 2 (CFG's pair), 32x32 latents, 77 tokens x 32; the tiny DDIM run's first-step U-Net inputs (tests/fixtures/onnx)",
+    reps: REPS,
+    sections: u.sections,
+  };
+}
+if (ONLY.has("image")) {
+  const h = await startHarness();
+  try {
+    results.image = { date, websd, ...(await wholeImage(h, Math.max(1, Math.min(REPS, 2)))) };
+  } finally {
+    await h.close();
+  }
+}
+if (ONLY.has("memory")) {
+  if (!args.sd15) console.error("memory: skipped (no --sd15 DIR / SD15_DIR: the full-size model of ../shared/oracle/step4_fullsize.py)");
+  else results.memory = { date, websd, ...(await memory(args.sd15, Number(args["quiet-s"]) * 1000)) };
+}
+writeFileSync(resultsFile, JSON.stringify(results, null, 2) + "\n");
+
 const fmt = (v: number | null, d = 1): string => (v === null || Number.isNaN(v) ? "–" : v.toFixed(d));
+const mib = (n: number): string => `${(n / 2 ** 20).toFixed(1)} MiB`;
+const s = (ms: number): string => `${(ms / 1000).toFixed(1)} s`;
 const table = (rows: Section["rows"]): string =>
   rows
     .map((r) =>
@@ -200,9 +260,68 @@ const table = (rows: Section["rows"]): string =>
         : `| ${r.name} | ${fmt(r.medianMs)} | ${fmt(r.firstMs)} | ${r.maxAbsVsTorch?.toExponential(2) ?? "–"} | ${r.maxAbsVsWebsd?.toExponential(2) ?? "–"} | ${fmt(r.ratioWebsdToThis, 2)} |`,
     )
     .join("\n");
+const u = results.unet;
+const unetMd = u
+  ? `## Browser, one U-Net call (${u.date}, websd ${u.websd})
+
+${u.inputs}. One page; the three engines alternate call by call (${u.reps} timed calls each after one
+warm-up call, which includes shader compilation or session creation). Each call includes reading its output
+back to the CPU. "vs torch": max abs difference from diffusers' torch output for the same inputs;
+"websd / this" below 1 means websd is faster.
+${u.sections
+  .map(
+    (sec) => `
+### ${sec.model}
+
+| engine | median ms / call | first call ms | max abs vs torch | max abs vs websd | websd / this |
+|---|---|---|---|---|---|
+${table(sec.rows)}
+`,
+  )
+  .join("")}`
+  : "## Browser, one U-Net call\n\nNot run yet.\n";
+const im = results.image;
+const imageMd = im
+  ? `## Browser, whole image (${im.date}, websd ${im.websd})
+
+${im.model}; \`runs/txt2img_ddim\`'s settings (${im.settings.width}x${im.settings.height}, ${im.settings.steps} DDIM steps,
+guidance ${im.settings.guidance}, seed ${im.settings.seed}). Cold: a new browser profile, the files downloaded from the
+local model server into IndexedDB. Warm: a new worker in the same profile, the files read back from IndexedDB.
+Each phase is a separate request (ensureModel, load, generate); "total" is from the first request to the
+image's arrival in the page. Every image is compared with diffusers'.
+
+| run | download | load | text encode | denoise (first step) | decode | total | max abs vs diffusers |
+|---|---|---|---|---|---|---|---|
+${im.runs.map((r) => `| ${r.kind} | ${s(r.downloadMs)} | ${s(r.loadMs)} | ${s(r.encodeMs)} | ${s(r.denoiseMs)} (${s(r.firstStepMs)}) | ${s(r.decodeMs)} | ${s(r.totalMs)} | ${r.maxAbsVsDiffusers.toExponential(2)} |`).join("\n")}
+`
+  : "## Browser, whole image\n\nNot run yet.\n";
+const m = results.memory;
+const memoryMd = m
+  ? `## Browser, memory (${m.date}, websd ${m.websd})
+
+${m.model}, ${mib(m.totalBytes)} of files; GPU buffers counted at \`GPUDevice.createBuffer\` in the worker.
+
+| figure | value | target |
+|---|---|---|
+| download from the local server into IndexedDB | ${s(m.downloadMs)} | |
+| plain IndexedDB read of the weight chunks | ${s(m.idbReadMs)} | |
+| load (read, decode, upload) | ${s(m.loadMs)} = **${(m.loadMs / m.idbReadMs).toFixed(2)}x** the plain read | <= 1.2x |
+| wasm heap peak after the load | **${mib(m.wasmMemoryAfterLoad)}** | <= 512 MiB |
+| GPU buffers after the load | ${m.gpuAfterLoad.buffers}, ${mib(m.gpuAfterLoad.bytes)} in all, largest **${mib(m.gpuAfterLoad.largest)}** | <= 128 MiB |
+| 512 px, 1 step, guidance 7.5: largest GPU buffer | **${mib(m.at512.largest)}** (${m.at512.buffers} buffers, ${mib(m.at512.bytes)} created in all) | <= 128 MiB |
+| 512 px: wasm heap | ${mib(m.at512.wasmMemory)} | <= 512 MiB |
+
+The 512 px run was watched for ${s(m.at512.watchedMs)} (${m.at512.finished ? "it finished" : "until no new buffer came for the quiet period; it had not finished, and was ended"}); events seen: ${m.at512.seenPhases.join(", ")}.
+
+The engine's account of the load:
+
+${m.loadBreakdown.map((l) => `- ${l.replace(/^info: /, "")}`).join("\n")}
+`
+  : "## Browser, memory\n\nNot run yet (needs --sd15 DIR).\n";
 const md = `# Benchmarks
 
 Written by \`scripts/bench.sh\` (web/bench/run.ts); raw figures in \`web/bench/results.json\`. Not part of CI.
+Each section says when and at which commit it was last run.
 
 | | |
 |---|---|
@@ -210,21 +329,10 @@ Written by \`scripts/bench.sh\` (web/bench/run.ts); raw figures in \`web/bench/r
 | machine | ${results.machine} |
 | browser | ${results.browser} |
 | WebGPU adapter | ${results.adapter} |
-| versions | websd ${results.versions.websd}, burn ${results.versions.burn}, onnxruntime-web ${results.versions["onnxruntime-web"]} |
+| versions | websd ${results.versions["websd"]}, burn ${results.versions["burn"]}, onnxruntime-web ${results.versions["onnxruntime-web"]} |
 
-## Browser, one U-Net call
-
-${results.inputs}. One page; the three engines alternate call by call (${REPS} timed calls each after one
-warm-up call, which includes shader compilation or session creation). Each call includes reading its output
-back to the CPU. "vs torch": max abs difference from diffusers' torch output for the same inputs;
-"websd / this" below 1 means websd is faster.
-${sections.map((sec) => `
-### ${sec.model}
-
-| engine | median ms / call | first call ms | max abs vs torch | max abs vs websd | websd / this |
-|---|---|---|---|---|---|
-${table(sec.rows)}
-`).join("")}`;
+${unetMd}
+${imageMd}
+${memoryMd}`;
 writeFileSync(path.join(repo, "BENCHMARKS.md"), md);
 console.log(md);
-if (logs.some((l) => l.startsWith("error"))) console.error(logs.filter((l) => l.startsWith("error")).slice(0, 10).join("\n"));

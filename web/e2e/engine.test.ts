@@ -5,8 +5,8 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { chromium } from "playwright-core";
-import type { DownloadReport, GenerateSettings, Request } from "../src/protocol";
-import { ARGS, FIXTURES, maxDiff, openEngine, readSafetensors, startHarness, type EnginePage, type Harness } from "./harness";
+import type { DownloadReport, Request } from "../src/protocol";
+import { ARGS, fixture, generationPhases, maxDiff, openEngine, startHarness, type EnginePage, type Harness } from "./harness";
 
 const UNET16 = "tiny-sd/unet/diffusion_pytorch_model.fp16.safetensors";
 const CHUNK = 256 * 1024;
@@ -28,23 +28,6 @@ function ensure(run: string, extra: Partial<Extract<Request, { type: "ensureMode
 }
 
 /** The txt2img_ddim fixture's settings (from its metadata) and image. */
-function fixture(run: string): { settings: GenerateSettings; image: Float32Array } {
-  const { meta, data } = readSafetensors(`${FIXTURES}/runs/${run}/tensors.safetensors`, "image");
-  return {
-    settings: {
-      prompt: meta["prompt"]!,
-      negativePrompt: meta["negative_prompt"] ?? "",
-      steps: Number(meta["steps"]),
-      guidance: Number(meta["guidance_scale"]),
-      seed: Number(meta["seed"]),
-      width: Number(meta["width"]),
-      height: Number(meta["height"]),
-      scheduler: "ddim",
-    },
-    image: data,
-  };
-}
-
 /** SHA-256 of a file as stored in IndexedDB (chunks concatenated), computed in the page. */
 async function storedSha256(e: EnginePage, id: string, path: string): Promise<string> {
   return e.page.evaluate(
@@ -115,15 +98,7 @@ async function generateAndCompare(e: EnginePage, model: string, variant: "fp16" 
   assert.equal(decoded.width, settings.width);
   const diff = maxDiff(image, decoded.rgba);
   const ms = final.type === "result" ? final.elapsedMs : NaN;
-  const t = (match: (x: (typeof events)[number]) => boolean) => events.find(match)?.at ?? NaN;
-  const t0 = events[0]?.at ?? NaN;
-  const phases = {
-    load: t((x) => x.type === "progress" && x.phase === "encode") - t0,
-    encode: t((x) => x.type === "progress" && x.phase === "encode" && x.done === 1) - t((x) => x.type === "progress" && x.phase === "encode"),
-    firstStep: t((x) => x.type === "progress" && x.phase === "denoise") - t((x) => x.type === "progress" && x.phase === "encode" && x.done === 1),
-    denoise: t((x) => x.type === "progress" && x.phase === "decode") - t((x) => x.type === "progress" && x.phase === "encode" && x.done === 1),
-    decode: final.at - t((x) => x.type === "progress" && x.phase === "decode"),
-  };
+  const phases = generationPhases(events, final);
   console.log(`${run} ${variant} phases (ms): ${JSON.stringify(Object.fromEntries(Object.entries(phases).map(([k, v]) => [k, Math.round(v)])))}`);
   console.log(`${run} ${variant}: max |diff| ${diff.toExponential(2)} vs diffusers, ${ms.toFixed(0)} ms`);
   return diff;

@@ -5,7 +5,8 @@ import type { Server } from "node:http";
 import { fileURLToPath } from "node:url";
 import { chromium, type Browser, type Page } from "playwright-core";
 import { isFinal } from "../src/engine";
-import type { Request, WorkerEvent } from "../src/protocol";
+import type { GenerateSettings, Request, WorkerEvent } from "../src/protocol";
+import type { EngineStats } from "../src/stats";
 import { startModelServer, type ModelServer } from "../scripts/model-server";
 import { startServer } from "../scripts/static-server";
 
@@ -63,6 +64,8 @@ export async function openEngine(h: Harness, page?: Page): Promise<EnginePage> {
 }
 
 export type Recorded = WorkerEvent & { at: number };
+/** The name of the bare engine worker, which tells it apart from the app page's own. */
+const ENGINE_WORKER = "websd-engine-under-test";
 
 export class EnginePage {
   constructor(
@@ -71,10 +74,10 @@ export class EnginePage {
   ) {}
 
   async startWorker(): Promise<void> {
-    await this.page.evaluate(() => {
+    await this.page.evaluate((name) => {
       const w = window as unknown as { __events: unknown[]; __worker: Worker };
       w.__events = [];
-      w.__worker = new Worker("./worker.js", { type: "module" });
+      w.__worker = new Worker("./worker.js", { type: "module", name });
       w.__worker.onmessage = (m: MessageEvent) => {
         const e = m.data as { type: string; png?: Uint8Array; rgba?: Uint8Array };
         // Byte arrays stay in the page (window.__pngs); the test reads them through decodePng.
@@ -88,8 +91,21 @@ export class EnginePage {
           w.__events.push({ ...e, at: performance.now() });
         }
       };
-    });
+    }, ENGINE_WORKER);
     await this.waitFor((e) => e.type === "ready", 60_000);
+  }
+
+  /** The engine worker's `self.websdStats` (worker.ts), read through the DevTools protocol: it answers
+   * while a request is still running, between the worker's awaits. */
+  async stats(): Promise<{ gpuBuffers: number; gpuBufferBytes: number; largestGpuBuffer: number; wasmMemoryBytes: number }> {
+    for (const worker of this.page.workers()) {
+      if ((await worker.evaluate(() => self.name)) !== ENGINE_WORKER) continue;
+      return worker.evaluate(() => {
+        const s = (self as unknown as { websdStats: EngineStats }).websdStats;
+        return { gpuBuffers: s.gpuBuffers, gpuBufferBytes: s.gpuBufferBytes, largestGpuBuffer: s.largestGpuBuffer, wasmMemoryBytes: s.wasmMemoryBytes() };
+      });
+    }
+    throw new Error("the engine worker is gone");
   }
 
   async events(): Promise<Recorded[]> {
@@ -162,4 +178,42 @@ export function maxDiff(fixture: Float32Array, rgba: number[]): number {
     for (let c = 0; c < 3; c++) max = Math.max(max, Math.abs(fixture[p * 3 + c]! - rgba[p * 4 + c]! / 255));
   }
   return max;
+}
+
+/** A fixture run's settings (from its tensors' metadata) and diffusers' image. */
+export function fixture(run: string): { settings: GenerateSettings; image: Float32Array } {
+  const { meta, data } = readSafetensors(`${FIXTURES}/runs/${run}/tensors.safetensors`, "image");
+  return {
+    settings: {
+      prompt: meta["prompt"]!,
+      negativePrompt: meta["negative_prompt"] ?? "",
+      steps: Number(meta["steps"]),
+      guidance: Number(meta["guidance_scale"]),
+      seed: Number(meta["seed"]),
+      width: Number(meta["width"]),
+      height: Number(meta["height"]),
+      scheduler: "ddim",
+    },
+    image: data,
+  };
+}
+
+/** Where a generate request's time went (ms), from its events' page timestamps: `load` is the model
+ * load when the request had to do it, `firstStep` is included in `denoise`. */
+export function generationPhases(
+  events: Recorded[],
+  final: Recorded,
+): { load: number; encode: number; firstStep: number; denoise: number; decode: number } {
+  const at = (match: (x: Recorded) => boolean): number => events.find(match)?.at ?? NaN;
+  const t0 = events[0]?.at ?? NaN;
+  const encodeStart = at((x) => x.type === "progress" && x.phase === "encode");
+  const encoded = at((x) => x.type === "progress" && x.phase === "encode" && x.done === 1);
+  const decodeStart = at((x) => x.type === "progress" && x.phase === "decode");
+  return {
+    load: encodeStart - t0,
+    encode: encoded - encodeStart,
+    firstStep: at((x) => x.type === "progress" && x.phase === "denoise") - encoded,
+    denoise: decodeStart - encoded,
+    decode: final.at - decodeStart,
+  };
 }

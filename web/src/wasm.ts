@@ -9,14 +9,14 @@ export interface Engine {
 
 export interface WasmModule {
   /** Fetches and instantiates websd_bg.wasm (resolved next to websd.js). */
-  default(): Promise<unknown>;
+  default(): Promise<{ memory: WebAssembly.Memory }>;
   Engine: new (post: (event: unknown) => void) => Engine;
 }
 
-export async function loadWasm(): Promise<WasmModule> {
+export async function loadWasm(): Promise<{ Engine: WasmModule["Engine"]; memory: WebAssembly.Memory }> {
   const url = new URL("./websd.js", import.meta.url).href;
   const module: unknown = await import(/* @vite-ignore */ url);
   const wasm = module as WasmModule;
-  await wasm.default();
-  return wasm;
+  const { memory } = await wasm.default();
+  return { Engine: wasm.Engine, memory };
 }

@@ -2,12 +2,39 @@
 // (download, generation) never interleaves with the next one. `cancel` skips the queue: it reaches the
 // running request at once, and requests queued before it are answered `cancelled` without running.
 import type { Request, WorkerEvent } from "./protocol";
+import type { EngineStats } from "./stats";
 import { loadWasm, type Engine } from "./wasm";
 
 const scope = self as unknown as DedicatedWorkerGlobalScope;
 const post = (event: WorkerEvent): void => scope.postMessage(event);
 
+// Counters for the benchmark (stats.ts): how many GPU buffers, how big, and the heap.
+let memory: WebAssembly.Memory | null = null;
+const stats: EngineStats = {
+  gpuBuffers: 0,
+  gpuBufferBytes: 0,
+  largestGpuBuffer: 0,
+  wasmMemoryBytes: () => memory?.buffer.byteLength ?? 0,
+};
+(scope as unknown as { websdStats: EngineStats }).websdStats = stats;
+// Only `createBuffer`'s size is read: a structural type instead of all of @webgpu/types.
+type CreateBuffer = (this: unknown, descriptor: { size: number }) => unknown;
+const gpuDevice = (scope as unknown as { GPUDevice?: { prototype: { createBuffer: CreateBuffer } } }).GPUDevice;
+if (gpuDevice) {
+  // wgpu's bindings call `device.createBuffer` by name, so counting here sees every buffer.
+  const createBuffer = gpuDevice.prototype.createBuffer;
+  gpuDevice.prototype.createBuffer = function (descriptor) {
+    stats.gpuBuffers += 1;
+    stats.gpuBufferBytes += descriptor.size;
+    stats.largestGpuBuffer = Math.max(stats.largestGpuBuffer, descriptor.size);
+    // Past WebGPU's guaranteed binding size: the stack names the wasm function that asked.
+    if (descriptor.size > 128 * 2 ** 20) console.warn(`websd: a ${descriptor.size}-byte GPU buffer`, new Error().stack);
+    return createBuffer.call(this, descriptor);
+  };
+}
+
 const engine: Promise<Engine> = loadWasm().then((wasm) => {
+  memory = wasm.memory;
   const engine = new wasm.Engine((event) => scope.postMessage(event));
   post({ type: "ready" });
   return engine;

@@ -10,10 +10,48 @@ use burn::tensor::ops::AttentionModuleOptions;
 use super::linear;
 use crate::weights::{LoadError, TensorLoader, TensorSource};
 
-/// Multi-head attention with bias-free q/k/v projections and a biased output projection.
+/// Largest `[batch, heads, queries, keys]` score matrix (counted as f32) that one attention call may
+/// materialise in the browser.
+pub const MAX_SCORE_BYTES: usize = 32 << 20;
+
+/// burn's `attention` (non-causal, default scale), in blocks of queries where it would materialise a
+/// score matrix above [`MAX_SCORE_BYTES`]: exact, since each query row is independent.
 ///
-/// burn's fused `attention` op never materialises the `[batch, heads, queries, keys]` score matrix: at
-/// 512 px SD 1.5's first self-attention would need 1 GiB for it, past every browser's buffer limit.
+/// On Flex, and natively on wgpu where autotune picks a flash kernel, burn never builds the score
+/// matrix. In the browser autotune is off (see Cargo.toml), so burn takes its fallback, which does:
+/// 1 GiB for 512 px SD 1.5's first self-attention (`[2, 8, 4096, 4096]`), 8x WebGPU's guaranteed
+/// binding size. There the queries go through in blocks (128 rows at that shape: 32 MiB each).
+///
+/// # Shapes
+/// - q: `[batch, heads, queries, head_dim]`
+/// - k, v: `[batch, heads, keys, head_dim]`
+/// - output: `[batch, heads, queries, head_dim]`
+pub fn attention_in_blocks(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
+    let [b, h, queries, _] = q.dims();
+    let keys = k.dims()[2];
+    let rows = if cfg!(target_arch = "wasm32") { (MAX_SCORE_BYTES / (4 * b * h * keys)).max(1) } else { queries };
+    attention_query_blocks(q, k, v, rows)
+}
+
+/// burn's `attention` on `rows` queries at a time.
+fn attention_query_blocks(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, rows: usize) -> Tensor<4> {
+    let queries = q.dims()[2];
+    if rows >= queries {
+        return attention(q, k, v, None, None, AttentionModuleOptions::default());
+    }
+    let blocks = (0..queries)
+        .step_by(rows)
+        .map(|first| {
+            let q = q.clone().narrow(2, first, rows.min(queries - first));
+            // No mask, no causality: the blocks need no offsets.
+            attention(q, k.clone(), v.clone(), None, None, AttentionModuleOptions::default())
+        })
+        .collect();
+    Tensor::cat(blocks, 2)
+}
+
+/// Multi-head attention with bias-free q/k/v projections and a biased output projection; see
+/// [`attention_in_blocks`] for how the score matrix stays small.
 #[derive(Module, Debug)]
 pub struct Attention {
     to_q: Linear,
@@ -57,7 +95,7 @@ impl Attention {
         let q = split(linear(&self.to_q, x));
         let k = split(linear(&self.to_k, context.clone()));
         let v = split(linear(&self.to_v, context));
-        let out = attention(q, k, v, None, None, AttentionModuleOptions::default());
+        let out = attention_in_blocks(q, k, v);
         let [b, h, n, d] = out.dims();
         linear(&self.to_out, out.swap_dims(1, 2).reshape([b, n, h * d]))
     }
@@ -129,5 +167,25 @@ impl BasicTransformerBlock {
         let x = x.clone() + self.attn1.forward(self.norm1.forward(x), None);
         let x = x.clone() + self.attn2.forward(self.norm2.forward(x), Some(context));
         x.clone() + self.ff.forward(self.norm3.forward(x))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Device, Distribution, Tolerance};
+
+    #[test]
+    fn attention_in_query_blocks_equals_one_call() {
+        let device = Device::flex();
+        let normal = Distribution::Normal(0.0, 1.0);
+        let q = Tensor::<4>::random([2, 3, 10, 4], normal, &device);
+        let k = Tensor::<4>::random([2, 3, 7, 4], normal, &device);
+        let v = Tensor::<4>::random([2, 3, 7, 4], normal, &device);
+        let whole = attention(q.clone(), k.clone(), v.clone(), None, None, AttentionModuleOptions::default());
+        for rows in [1, 3, 9, 10, 64] {
+            let blocks = attention_query_blocks(q.clone(), k.clone(), v.clone(), rows);
+            blocks.into_data().assert_approx_eq::<f32>(&whole.clone().into_data(), Tolerance::absolute(1e-6));
+        }
     }
 }

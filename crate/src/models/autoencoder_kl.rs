@@ -6,13 +6,12 @@ use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, Linear};
 use burn::tensor::activation::silu;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Tensor};
 
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 
+use super::attention::attention_in_blocks;
 use super::resnet::{Downsample2D, ResnetBlock2D, Upsample2D, upsample_nearest};
 use super::{GroupStats, group_norm, linear};
 use crate::config::AutoencoderKLConfig;
@@ -67,7 +66,7 @@ impl VaeAttention {
         let q = heads(linear(&self.to_q, tokens.clone()));
         let k = heads(linear(&self.to_k, tokens.clone()));
         let v = heads(linear(&self.to_v, tokens));
-        let out = attention(q, k, v, None, None, AttentionModuleOptions::default()).reshape([b, h * w, c]);
+        let out = attention_in_blocks(q, k, v).reshape([b, h * w, c]);
         let out = linear(&self.to_out, out).swap_dims(1, 2).reshape([b, c, h, w]);
         out + x
     }

@@ -1,7 +1,7 @@
 //! The CLIP text encoder (transformers' `CLIPTextModel`): SD 1.x's CLIP-L and SD 2.x's OpenCLIP-H.
 
 use burn::config::Config;
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::nn::{Embedding, LayerNorm, Linear};
 use burn::tensor::activation::{gelu, sigmoid};
 use burn::tensor::module::attention;
@@ -94,10 +94,62 @@ pub struct ClipTextOutput {
     pub pooled: Tensor<2>,
 }
 
+/// A token embedding table kept in row blocks of at most [`TokenEmbedding::MAX_BLOCK_BYTES`]: CLIP-L's
+/// 49408x768 table is 145 MiB as f32 and OpenCLIP-H's 193 MiB, past the 128 MiB that WebGPU guarantees
+/// for one binding. A lookup picks each token's row from every block and keeps the one in range.
+#[derive(Module, Debug)]
+pub struct TokenEmbedding {
+    blocks: Vec<Param<Tensor<2>>>,
+}
+
+impl TokenEmbedding {
+    /// Largest block, counted as f32 (half of it on an f16 device).
+    pub const MAX_BLOCK_BYTES: usize = 64 << 20;
+
+    /// Rows per block for `d`-wide embeddings.
+    pub fn max_rows(d: usize) -> usize {
+        (Self::MAX_BLOCK_BYTES / (4 * d)).max(1)
+    }
+
+    /// # Shapes
+    /// - ids: `[batch, seq]`, each below the table's row count
+    /// - output: `[batch, seq, d]`
+    pub fn forward(&self, ids: Tensor<2, Int>) -> Tensor<3> {
+        let [b, l] = ids.dims();
+        let ids = ids.reshape([b * l]);
+        let mut out: Option<Tensor<2>> = None;
+        let mut first = 0i64;
+        for block in &self.blocks {
+            let block = block.val();
+            let [rows, d] = block.dims();
+            let picked = if self.blocks.len() == 1 {
+                block.select(0, ids.clone())
+            } else {
+                let local = ids.clone().sub_scalar(first).clamp(0, rows as i64 - 1);
+                let outside = ids
+                    .clone()
+                    .greater_equal_elem(first)
+                    .bool_and(ids.clone().lower_elem(first + rows as i64))
+                    .bool_not();
+                // Zeroed, not multiplied by a 0/1 mask: the sum is then exactly the row in range.
+                block.select(0, local).mask_fill(outside.unsqueeze_dim::<2>(1).expand([b * l, d]), 0.0)
+            };
+            out = Some(match out {
+                Some(sum) => sum + picked,
+                None => picked,
+            });
+            first += rows as i64;
+        }
+        let out = out.expect("a table has at least one block");
+        let d = out.dims()[1];
+        out.reshape([b, l, d])
+    }
+}
+
 /// transformers' `CLIPTextModel`.
 #[derive(Module, Debug)]
 pub struct ClipTextModel {
-    token_embedding: Embedding,
+    token_embedding: TokenEmbedding,
     position_embedding: Embedding,
     layers: Vec<ClipLayer>,
     final_layer_norm: LayerNorm,
@@ -121,7 +173,13 @@ impl ClipTextConfig {
     pub fn load<S: IntoTensorSource>(&self, source: S, device: &Device) -> Result<ClipTextModel, LoadError> {
         let mut w = TensorLoader::new(source, clip_key_map, device)?;
         let (d, ff, eps) = (self.hidden_size, self.intermediate_size, self.layer_norm_eps);
-        let token_embedding = w.embedding("embeddings.token_embedding.weight", self.vocab_size, d)?;
+        let token_embedding = TokenEmbedding {
+            blocks: w
+                .row_blocks("embeddings.token_embedding.weight", [self.vocab_size, d], TokenEmbedding::max_rows(d))?
+                .into_iter()
+                .map(Param::from_tensor)
+                .collect(),
+        };
         let position_embedding =
             w.embedding("embeddings.position_embedding.weight", self.max_position_embeddings, d)?;
         let layers = (0..self.num_hidden_layers)
@@ -180,5 +238,30 @@ impl ClipTextModel {
         let d = last.dims()[2];
         let pooled = last.clone().gather(1, eos_index.reshape([b, 1, 1]).expand([b, 1, d])).reshape([b, d]);
         ClipTextOutput { last_hidden_state: last, penultimate_hidden_state: penultimate, pooled }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_embedding_in_blocks_equals_one_table() {
+        let device = Device::flex();
+        let table = Tensor::<2>::random([10, 3], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+        let ids = Tensor::<2, Int>::from_ints([[0, 3, 4, 9], [8, 7, 5, 1]], &device);
+        let expected = table.clone().select(0, ids.clone().reshape([8])).reshape([2, 4, 3]);
+        for rows in [[10, 0, 0], [4, 4, 2], [3, 3, 4], [1, 8, 1]] {
+            let mut blocks = Vec::new();
+            let mut first = 0;
+            for r in rows.into_iter().filter(|&r| r > 0) {
+                blocks.push(Param::from_tensor(table.clone().narrow(0, first, r)));
+                first += r;
+            }
+            let embedding = TokenEmbedding { blocks };
+            let got = embedding.forward(ids.clone());
+            assert_eq!(got.into_data(), expected.clone().into_data(), "blocks of {rows:?}");
+        }
+        assert_eq!(TokenEmbedding::max_rows(768), 21845, "CLIP-L: 3 blocks of at most 64 MiB");
     }
 }

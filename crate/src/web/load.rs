@@ -119,10 +119,12 @@ async fn upload_weights(
             progress.done += len as u64;
             continue;
         }
-        // Big tensors (CLIP's token embedding is 76 MB in fp16, 152 MB as f32) go up in pieces that are
-        // joined on the GPU: the wasm heap never holds more than one piece.
+        // Big tensors (CLIP's token embedding is 76 MB in fp16, 152 MB as f32) go up in pieces of whole
+        // rows: the wasm heap never holds more than one piece, and the model may keep row blocks apart
+        // (`TensorLoader::row_blocks`) instead of joining them past the GPU's binding limit.
         let elem = info.dtype.size() as usize;
-        let per_piece = (UPLOAD_PIECE_BYTES / elem).max(1);
+        let row: usize = info.shape.iter().skip(1).product::<usize>().max(1);
+        let per_piece = (UPLOAD_PIECE_BYTES / elem / row).max(1) * row;
         let numel = info.numel();
         let mut pieces = Vec::with_capacity(numel.div_ceil(per_piece));
         let mut first = 0;
@@ -140,10 +142,7 @@ async fn upload_weights(
             (t_read, t_decode, t_upload) = (t_read + t1 - t0, t_decode + t2 - t1, t_upload + now() - t2);
             first = last;
         }
-        let t0 = now();
-        let flat = if pieces.len() == 1 { pieces.pop().expect("one piece") } else { Tensor::cat(pieces, 0) };
-        t_upload += now() - t0;
-        tensors.insert(info, flat);
+        tensors.insert(info, pieces);
         progress.done += len as u64;
         (progress.emit)(Event::Progress {
             phase: Phase::Load,

@@ -55,6 +55,9 @@ pub trait TensorSource {
         transpose: bool,
         device: &Device,
     ) -> Result<Tensor<D>, WeightsError>;
+    /// The 2-D tensor `info` in row blocks of at most `max_rows` rows, each its own device buffer (a
+    /// table too large for one GPU binding, see [`TensorLoader::row_blocks`]).
+    fn fetch_rows(&mut self, info: &TensorInfo, max_rows: usize, device: &Device) -> Result<Vec<Tensor<2>>, WeightsError>;
 }
 
 /// What a model's `load` accepts: any [`ByteSource`] holding a safetensors file, or [`DeviceTensors`].
@@ -84,6 +87,30 @@ impl<B: ByteSource> TensorSource for SafetensorsReader<B> {
         let (info, bytes) = self.read_bytes(&info.name)?;
         Ok(Tensor::from_data(host_data(&info, &bytes, transpose, device)?, device))
     }
+
+    fn fetch_rows(&mut self, info: &TensorInfo, max_rows: usize, device: &Device) -> Result<Vec<Tensor<2>>, WeightsError> {
+        let (info, bytes) = self.read_bytes(&info.name)?;
+        let [rows, cols] = two_d(&info)?;
+        let row_bytes = cols * info.dtype.size() as usize;
+        (0..rows)
+            .step_by(max_rows.max(1))
+            .map(|first| {
+                let last = (first + max_rows.max(1)).min(rows);
+                let start = info.start + (first * row_bytes) as u64;
+                let end = info.start + (last * row_bytes) as u64;
+                let block = TensorInfo { shape: vec![last - first, cols], start, end, ..info.clone() };
+                let data = host_data(&block, &bytes[first * row_bytes..last * row_bytes], false, device)?;
+                Ok(Tensor::from_data(data, device))
+            })
+            .collect()
+    }
+}
+
+fn two_d(info: &TensorInfo) -> Result<[usize; 2], WeightsError> {
+    info.shape.clone().try_into().map_err(|_| WeightsError::BadEntry {
+        name: info.name.clone(),
+        reason: format!("{}-D, 2-D expected", info.shape.len()),
+    })
 }
 
 /// One tensor's bytes as [`TensorData`] in the device's float dtype: fp16 stays f16 on a device computing
@@ -104,13 +131,15 @@ pub fn host_data(info: &TensorInfo, bytes: &[u8], transpose: bool, device: &Devi
 /// (tensors are shared handles): the VAE's encoder and decoder each take their half of one upload.
 #[derive(Clone, Default)]
 pub struct DeviceTensors {
-    tensors: BTreeMap<String, (TensorInfo, Tensor<1>)>,
+    /// Each tensor as the flat pieces it was uploaded in, in order (joined when the model takes it).
+    tensors: BTreeMap<String, (TensorInfo, Vec<Tensor<1>>)>,
 }
 
 impl DeviceTensors {
-    /// Adds one tensor, uploaded flat (`numel` elements, as stored: not transposed).
-    pub fn insert(&mut self, info: TensorInfo, flat: Tensor<1>) {
-        self.tensors.insert(info.name.clone(), (info, flat));
+    /// Adds one tensor, uploaded flat (`numel` elements, as stored: not transposed) in one or more
+    /// pieces. A 2-D tensor's pieces must hold whole rows, so that it can be taken in row blocks.
+    pub fn insert(&mut self, info: TensorInfo, pieces: Vec<Tensor<1>>) {
+        self.tensors.insert(info.name.clone(), (info, pieces));
     }
 
     /// Number of tensors.
@@ -142,10 +171,8 @@ impl TensorSource for DeviceTensors {
         transpose: bool,
         _device: &Device,
     ) -> Result<Tensor<D>, WeightsError> {
-        let (_, flat) = self.tensors.remove(&info.name).ok_or_else(|| WeightsError::BadEntry {
-            name: info.name.clone(),
-            reason: "already taken".into(),
-        })?;
+        let mut pieces = self.take(info)?;
+        let flat = if pieces.len() == 1 { pieces.pop().expect("one piece") } else { Tensor::cat(pieces, 0) };
         let shape: [usize; D] = info.shape.clone().try_into().map_err(|_| WeightsError::BadEntry {
             name: info.name.clone(),
             reason: format!("{}-D, {D}-D expected", info.shape.len()),
@@ -153,6 +180,45 @@ impl TensorSource for DeviceTensors {
         let tensor = flat.reshape(shape);
         // On the GPU a transposed view costs nothing: the matmul reads either layout.
         Ok(if transpose { tensor.transpose() } else { tensor })
+    }
+
+    fn fetch_rows(&mut self, info: &TensorInfo, max_rows: usize, _device: &Device) -> Result<Vec<Tensor<2>>, WeightsError> {
+        let [_, cols] = two_d(info)?;
+        let bad = |reason: String| WeightsError::BadEntry { name: info.name.clone(), reason };
+        // Consecutive upload pieces joined while they fit in `max_rows` (a piece is never split).
+        let mut blocks = Vec::new();
+        let mut group: Vec<Tensor<1>> = Vec::new();
+        let mut group_rows = 0;
+        let mut close = |group: &mut Vec<Tensor<1>>, rows: usize| {
+            if !group.is_empty() {
+                let flat = if group.len() == 1 { group.pop().expect("one piece") } else { Tensor::cat(std::mem::take(group), 0) };
+                blocks.push(flat.reshape([rows, cols]));
+            }
+        };
+        for piece in self.take(info)? {
+            let n = piece.dims()[0];
+            if n % cols != 0 {
+                return Err(bad(format!("an uploaded piece of {n} values is not whole rows of {cols}")));
+            }
+            if group_rows > 0 && group_rows + n / cols > max_rows {
+                close(&mut group, group_rows);
+                group_rows = 0;
+            }
+            group.push(piece);
+            group_rows += n / cols;
+        }
+        close(&mut group, group_rows);
+        Ok(blocks)
+    }
+}
+
+impl DeviceTensors {
+    fn take(&mut self, info: &TensorInfo) -> Result<Vec<Tensor<1>>, WeightsError> {
+        let (_, pieces) = self.tensors.remove(&info.name).ok_or_else(|| WeightsError::BadEntry {
+            name: info.name.clone(),
+            reason: "already taken".into(),
+        })?;
+        Ok(pieces)
     }
 }
 
@@ -194,6 +260,23 @@ impl<S: TensorSource> TensorLoader<S> {
         let tensor = self.source.fetch(info, transpose, &self.device)?;
         self.used.insert(name.to_string());
         Ok(tensor)
+    }
+
+    /// The 2-D tensor `name` (`[rows, cols]`) in row blocks of at most `max_rows` rows, each its own
+    /// device buffer: a table larger than one GPU binding may hold (CLIP's token embedding is 145 MiB as
+    /// f32, WebGPU guarantees 128 MiB) is never joined into one buffer. A missing tensor is recorded as
+    /// in [`Self::tensor`].
+    pub fn row_blocks(&mut self, name: &str, shape: [usize; 2], max_rows: usize) -> Result<Vec<Tensor<2>>, LoadError> {
+        let Some(info) = self.names.get(name) else {
+            self.missing.push(name.to_string());
+            return Ok(vec![Tensor::zeros([1, 1], &self.device)]);
+        };
+        if info.shape != shape {
+            return Err(LoadError::Shape { name: name.to_string(), expected: shape.to_vec(), actual: info.shape.clone() });
+        }
+        let blocks = self.source.fetch_rows(info, max_rows, &self.device)?;
+        self.used.insert(name.to_string());
+        Ok(blocks)
     }
 
     fn param<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Result<Param<Tensor<D>>, LoadError> {
@@ -293,4 +376,53 @@ fn arrange<T: Copy + Default>(values: Vec<T>, shape: &[usize], transpose: bool) 
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(t: Tensor<2>) -> Vec<f32> {
+        t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+    }
+
+    #[test]
+    fn device_tensors_give_row_blocks_without_joining_past_the_limit() {
+        let device = Device::flex();
+        let table: Vec<f32> = (0..30).map(|v| v as f32).collect();
+        let info = TensorInfo { name: "t".into(), dtype: Dtype::F32, shape: vec![10, 3], start: 0, end: 120 };
+        // Uploaded as 4 + 4 + 2 rows.
+        let pieces = |bounds: &[(usize, usize)]| {
+            bounds.iter().map(|&(a, b)| Tensor::<1>::from_floats(&table[a * 3..b * 3], &device)).collect::<Vec<_>>()
+        };
+        let uploaded = pieces(&[(0, 4), (4, 8), (8, 10)]);
+        for (max_rows, rows) in [(8, vec![8, 2]), (5, vec![4, 4, 2]), (10, vec![10]), (1, vec![4, 4, 2])] {
+            let mut tensors = DeviceTensors::default();
+            tensors.insert(info.clone(), uploaded.clone());
+            let blocks = tensors.fetch_rows(&info, max_rows, &device).unwrap();
+            assert_eq!(blocks.iter().map(|b| b.dims()).collect::<Vec<_>>(), rows.iter().map(|&r| [r, 3]).collect::<Vec<_>>());
+            let joined: Vec<f32> = blocks.into_iter().flat_map(values).collect();
+            assert_eq!(joined, table, "max_rows {max_rows}");
+        }
+        // A piece that splits a row cannot make row blocks.
+        let mut tensors = DeviceTensors::default();
+        tensors.insert(info.clone(), vec![Tensor::<1>::from_floats(&table[..16], &device), Tensor::from_floats(&table[16..], &device)]);
+        assert!(tensors.fetch_rows(&info, 4, &device).is_err());
+    }
+
+    #[test]
+    fn a_file_gives_row_blocks_of_at_most_max_rows() {
+        let device = Device::flex();
+        // A safetensors file with one f16 [5, 2] tensor.
+        let values: Vec<f32> = (0..10).map(|v| v as f32 * 0.5).collect();
+        let header = br#"{"t":{"dtype":"F16","shape":[5,2],"data_offsets":[0,20]}}"#;
+        let mut file = (header.len() as u64).to_le_bytes().to_vec();
+        file.extend_from_slice(header);
+        file.extend(values.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()));
+        let mut w = TensorLoader::new(std::io::Cursor::new(file), |n| Some(n.to_string()), &device).unwrap();
+        let blocks = w.row_blocks("t", [5, 2], 2).unwrap();
+        w.finish().unwrap();
+        assert_eq!(blocks.iter().map(|b| b.dims()[0]).collect::<Vec<_>>(), [2, 2, 1]);
+        assert_eq!(blocks.into_iter().flat_map(super::tests::values).collect::<Vec<_>>(), values);
+    }
 }

@@ -1,0 +1,201 @@
+// The benchmark's whole-image and memory sections (run.ts calls them): our worker engine alone, driven
+// like the e2e tests drive it (harness.ts), with phase times from the events' page timestamps and the
+// GPU/heap counters from the worker's `self.websdStats` (worker.ts).
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { chromium } from "playwright-core";
+import type { DownloadReport, GenerateSettings } from "../src/protocol";
+import { startModelServer } from "../scripts/model-server";
+import { startServer } from "../scripts/static-server";
+import { ARGS, CHROMIUM, DIST, fixture, generationPhases, maxDiff, openEngine, type EnginePage, type Harness } from "../e2e/harness";
+
+const MIB = 2 ** 20;
+
+export interface ImageRun {
+  /** "cold": a new browser profile, the model downloaded from the local server; "warm": a new worker
+   * in the same profile, the model read from IndexedDB. */
+  kind: "cold" | "warm";
+  downloadMs: number;
+  loadMs: number;
+  encodeMs: number;
+  denoiseMs: number;
+  firstStepMs: number;
+  decodeMs: number;
+  /** From the first request to the image's arrival in the page. */
+  totalMs: number;
+  maxAbsVsDiffusers: number;
+}
+
+export interface ImageSection {
+  model: string;
+  settings: GenerateSettings;
+  runs: ImageRun[];
+}
+
+/** Time to first image, cold then warm, with the fixtures' tiny model and `runs/txt2img_ddim`'s settings
+ * (so the image is also checked against diffusers'). */
+export async function wholeImage(h: Harness, reps: number): Promise<ImageSection> {
+  const { settings, image } = fixture("txt2img_ddim");
+  const model = `${h.cdn.url}tiny-sd/manifest.json`;
+  const runs: ImageRun[] = [];
+  for (let rep = 0; rep < reps; rep++) {
+    // A fresh context is a fresh profile: empty IndexedDB, HTTP cache and shader caches.
+    const context = await h.browser.newContext();
+    try {
+      for (const kind of ["cold", "warm"] as const) {
+        const e = await openEngine(h, await context.newPage());
+        const run = await timeImage(e, model, settings, image, kind);
+        console.error(`whole image ${kind}: ${JSON.stringify(run)}`);
+        runs.push(run);
+        await e.page.close();
+      }
+    } finally {
+      await context.close();
+    }
+  }
+  return { model: "tiny-sd (fixtures), fp16 files, f32 compute (no shader-f16)", settings, runs };
+}
+
+async function timeImage(e: EnginePage, model: string, settings: GenerateSettings, image: Float32Array, kind: ImageRun["kind"]): Promise<ImageRun> {
+  const t0 = Date.now();
+  const ready = await e.call({ type: "ensureModel", manifestUrl: model, variant: "fp16" }, 600_000);
+  if (ready.final.type !== "modelReady") throw new Error(`ensureModel: ${JSON.stringify(ready.final)}`);
+  const downloadMs = Date.now() - t0;
+  const loaded = await e.call({ type: "load", model, variant: "fp16" }, 600_000);
+  if (loaded.final.type !== "modelLoaded") throw new Error(`load: ${JSON.stringify(loaded.final)}`);
+  const pngs = (await e.events()).filter((x) => x.type === "result").length;
+  const { final, events } = await e.call({ type: "generate", model, variant: "fp16", settings }, 1_800_000);
+  if (final.type !== "result") throw new Error(`generate: ${JSON.stringify(final)}`);
+  const totalMs = Date.now() - t0;
+  const p = generationPhases(events, final);
+  const decoded = await e.decodePng(pngs);
+  return {
+    kind,
+    downloadMs,
+    loadMs: loaded.final.loadMs,
+    encodeMs: p.encode,
+    firstStepMs: p.firstStep,
+    denoiseMs: p.denoise,
+    decodeMs: p.decode,
+    totalMs,
+    maxAbsVsDiffusers: maxDiff(image, decoded.rgba),
+  };
+}
+
+export interface MemorySection {
+  model: string;
+  totalBytes: number;
+  downloadMs: number;
+  /** A plain read of the same IndexedDB chunks in the page: no decoding, no upload. */
+  idbReadMs: number;
+  loadMs: number;
+  /** The wasm heap's peak by the end of the load. */
+  wasmMemoryAfterLoad: number;
+  gpuAfterLoad: { buffers: number; bytes: number; largest: number };
+  /** The engine's own account of the load ("websd: … loaded in …" console lines). */
+  loadBreakdown: string[];
+  /** A 512 px, 1-step, guided generation, watched until no new buffer came for `quietMs`. */
+  at512: { seenPhases: string[]; watchedMs: number; finished: boolean; largest: number; buffers: number; bytes: number; wasmMemory: number };
+}
+
+/** The full-size SD1.5-shaped model (`dir`, 2.1 GB fp16 random weights from ../shared/oracle): download
+ * into IndexedDB, load against a plain read of the same bytes, the heap's peak, the GPU buffers of the
+ * load and of a 512 px generation. SwiftShader needs hours for one full-size U-Net step, but the buffers
+ * are created as the work is queued: the counters stop moving long before, and are read then. */
+export async function memory(dir: string, quietMs: number): Promise<MemorySection> {
+  const app = await startServer({ root: DIST });
+  const cdn = await startModelServer({ root: path.dirname(path.resolve(dir)) });
+  // A profile on disk: an ephemeral context keeps IndexedDB in memory and refuses writes past ~1.4 GB.
+  const profile = mkdtempSync(path.join(tmpdir(), "websd-bench-profile-"));
+  const context = await chromium.launchPersistentContext(profile, { executablePath: CHROMIUM, headless: true, args: ARGS });
+  try {
+    const h = { app } as unknown as Harness;
+    const e = await openEngine(h, context.pages()[0] ?? (await context.newPage()));
+    const id = `${cdn.url}${path.basename(path.resolve(dir))}/manifest.json`;
+    let t = Date.now();
+    const ready = await e.call({ type: "ensureModel", manifestUrl: id, variant: "fp16" }, 3_600_000);
+    if (ready.final.type !== "modelReady") throw new Error(`ensureModel: ${JSON.stringify(ready.final)}`);
+    const downloadMs = Date.now() - t;
+    const report: DownloadReport = ready.final.report;
+    const weights = report.files.filter((f) => f.endsWith(".safetensors"));
+    const idbReadMs = await e.page.evaluate(
+      async ([id, files]) => {
+        const db = await new Promise<IDBDatabase>((ok, err) => {
+          const r = indexedDB.open("websd-weights");
+          r.onsuccess = () => ok(r.result);
+          r.onerror = () => err(r.error);
+        });
+        const t0 = performance.now();
+        for (const f of files) {
+          for (let i = 0; ; i++) {
+            const chunk = await new Promise<Uint8Array | undefined>((ok, err) => {
+              const r = db.transaction("chunks").objectStore("chunks").get([id, f, i]);
+              r.onsuccess = () => ok(r.result as Uint8Array | undefined);
+              r.onerror = () => err(r.error);
+            });
+            if (!chunk) break;
+          }
+        }
+        db.close();
+        return performance.now() - t0;
+      },
+      [id, weights] as const,
+    );
+    console.error(`memory: downloaded ${(report.totalBytes / MIB).toFixed(0)} MiB in ${downloadMs} ms, plain read ${idbReadMs.toFixed(0)} ms`);
+    const loaded = await e.call({ type: "load", model: id, variant: "fp16" }, 3_600_000);
+    if (loaded.final.type !== "modelLoaded") throw new Error(`load: ${JSON.stringify(loaded.final)}\n${e.logs.slice(-20).join("\n")}`);
+    const afterLoad = await e.stats();
+    console.error(`memory: loaded in ${loaded.final.loadMs} ms; ${JSON.stringify(afterLoad)}`);
+
+    const from = (await e.events()).length;
+    t = Date.now();
+    await e.send({
+      type: "generate",
+      model: id,
+      variant: "fp16",
+      settings: { prompt: "a photo of an astronaut riding a horse", negativePrompt: "blurry", steps: 1, guidance: 7.5, seed: 0, width: 512, height: 512, scheduler: "ddim" },
+    });
+    let last = await e.stats();
+    let lastChange = Date.now();
+    let finished = false;
+    const seen = new Set<string>();
+    for (;;) {
+      await new Promise((r) => setTimeout(r, 5_000));
+      const events = (await e.events()).slice(from);
+      for (const x of events) seen.add(x.type === "progress" ? `${x.phase} ${x.done}/${x.total}` : x.type);
+      if (events.some((x) => x.type === "result" || x.type === "error" || x.type === "cancelled")) finished = true;
+      const now = await e.stats();
+      if (now.gpuBuffers !== last.gpuBuffers) lastChange = Date.now();
+      last = now;
+      if (finished || (seen.has("encode 1/1") && Date.now() - lastChange > quietMs)) break;
+    }
+    console.error(`memory: 512 px after ${Date.now() - t} ms: ${JSON.stringify(last)}; events ${[...seen].join(", ")}`);
+    return {
+      model: `${path.basename(path.resolve(dir))}: SD 1.5's configs (CLIP-L, 860M U-Net, VAE), random fp16 weights`,
+      totalBytes: report.totalBytes,
+      downloadMs,
+      idbReadMs,
+      loadMs: loaded.final.loadMs,
+      wasmMemoryAfterLoad: loaded.final.wasmMemoryBytes,
+      gpuAfterLoad: { buffers: afterLoad.gpuBuffers, bytes: afterLoad.gpuBufferBytes, largest: afterLoad.largestGpuBuffer },
+      loadBreakdown: e.logs.filter((l) => l.includes("websd:") && l.includes("loaded in")),
+      at512: {
+        seenPhases: [...seen],
+        watchedMs: Date.now() - t,
+        finished,
+        largest: last.largestGpuBuffer,
+        buffers: last.gpuBuffers,
+        bytes: last.gpuBufferBytes,
+        wasmMemory: last.wasmMemoryBytes,
+      },
+    };
+  } finally {
+    // Closing the context ends the worker and the queued GPU work with it.
+    await context.close();
+    rmSync(profile, { recursive: true, force: true });
+    cdn.server.closeAllConnections();
+    cdn.server.close();
+    app.server.close();
+  }
+}
