@@ -1,6 +1,10 @@
 //! One U-Net call on given inputs against torch's output for them (the benchmark's models):
 //! `cargo run --release --example unet_io_check -- <model dir> <io dir with io_sample.npy,
 //! io_timestep.npy, io_encoder_hidden_states.npy> <torch output .npy> [cpu|wgpu]`
+//!
+//! `unet_io_check <model dir> --serve` loads the model on Flex once, then answers each stdin line
+//! `<io dir> <torch output .npy>` with one timed U-Net call, `ms <time> diff <max abs diff>`: the
+//! benchmark's native section (web/bench/native.py) alternates it with diffusers' torch U-Net.
 
 use std::path::Path;
 
@@ -24,23 +28,42 @@ fn npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
     (shape, values)
 }
 
+/// One U-Net call on the inputs in `io`: milliseconds and the max abs difference from `out`.
+fn call(sd: &StableDiffusion, device: &Device, io: &Path, out: &Path) -> (f64, f32, usize) {
+    let (ss, s) = npy(&io.join("io_sample.npy"));
+    let (_, t) = npy(&io.join("io_timestep.npy"));
+    let (es, e) = npy(&io.join("io_encoder_hidden_states.npy"));
+    let (_, reference) = npy(out);
+    let sample = Tensor::<4>::from_data(TensorData::new(s, [ss[0], ss[1], ss[2], ss[3]]), device);
+    let ehs = Tensor::<3>::from_data(TensorData::new(e, [es[0], es[1], es[2]]), device);
+    let t0 = std::time::Instant::now();
+    let y = sd.unet.forward(sample, t[0], ehs);
+    let values = y.into_data().convert::<f32>().try_into_vec::<f32>().unwrap();
+    let ms = t0.elapsed().as_secs_f64() * 1e3;
+    let diff = values.iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    (ms, diff, values.len())
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(2).map(String::as_str) == Some("--serve") {
+        let device = Device::flex();
+        let sd = StableDiffusion::load_dir(Path::new(&args[1]), None, &device).unwrap();
+        println!("ready");
+        for line in std::io::stdin().lines() {
+            let line = line.unwrap();
+            let (io, out) = line.split_once(' ').expect("<io dir> <torch output .npy>");
+            let (ms, diff, _) = call(&sd, &device, Path::new(io), Path::new(out));
+            println!("ms {ms} diff {diff:e}");
+        }
+        return;
+    }
     let (dir, io, out) = (Path::new(&args[1]), Path::new(&args[2]), Path::new(&args[3]));
     let device = match args.get(4).map(String::as_str) {
         Some("wgpu") => websd::gpu::wgpu_device().expect("a wgpu adapter").0,
         _ => Device::flex(),
     };
     let sd = StableDiffusion::load_dir(dir, Some(Variant::Fp32), &device).unwrap();
-    let (ss, s) = npy(&io.join("io_sample.npy"));
-    let (_, t) = npy(&io.join("io_timestep.npy"));
-    let (es, e) = npy(&io.join("io_encoder_hidden_states.npy"));
-    let (_, reference) = npy(out);
-    let sample = Tensor::<4>::from_data(TensorData::new(s, [ss[0], ss[1], ss[2], ss[3]]), &device);
-    let ehs = Tensor::<3>::from_data(TensorData::new(e, [es[0], es[1], es[2]]), &device);
-    let t0 = std::time::Instant::now();
-    let y = sd.unet.forward(sample, t[0], ehs);
-    let values = y.into_data().convert::<f32>().into_vec::<f32>().unwrap();
-    let diff = values.iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-    println!("max abs diff vs torch {diff:e} ({} values, {:.0} ms)", values.len(), t0.elapsed().as_secs_f64() * 1e3);
+    let (ms, diff, n) = call(&sd, &device, io, out);
+    println!("max abs diff vs torch {diff:e} ({n} values, {ms:.0} ms)");
 }

@@ -210,8 +210,13 @@ pub async fn wgpu_device() -> Result<(Device, GpuInfo), Error> {
     Ok((device, info))
 }
 
-/// A new adapter and device with the adapter's own limits and `shader-f16` where offered, as burn's
-/// first initialisation requests.
+/// Largest GPU buffer and binding the engine asks for: WebGPU's guaranteed 128 MiB, whatever more the
+/// adapter offers. cubecl sizes its memory pages by these limits, so the same run allocates the same
+/// buffers on every adapter, and one that would need more fails here as it would on the smallest GPU.
+pub const MAX_BUFFER_BYTES: u64 = 128 << 20;
+
+/// A new adapter and device with the adapter's own limits (buffers capped at [`MAX_BUFFER_BYTES`]) and
+/// `shader-f16` where offered, as burn's first initialisation requests.
 #[cfg(target_arch = "wasm32")]
 async fn fresh_setup() -> Result<WgpuSetup, Error> {
     let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle();
@@ -228,12 +233,21 @@ async fn fresh_setup() -> Result<WgpuSetup, Error> {
         .request_device(&wgpu::DeviceDescriptor {
             label: Some("websd"),
             required_features: adapter.features() & wgpu::Features::SHADER_F16,
-            required_limits: adapter.limits(),
+            required_limits: capped_limits(adapter.limits()),
             ..Default::default()
         })
         .await
         .map_err(|e| Error::GpuInit(e.to_string()))?;
     Ok(WgpuSetup { instance, adapter, device, queue, backend: wgpu::Backend::BrowserWebGpu })
+}
+
+/// The adapter's limits with buffers and storage bindings capped at [`MAX_BUFFER_BYTES`].
+pub fn capped_limits(adapter: wgpu::Limits) -> wgpu::Limits {
+    wgpu::Limits {
+        max_buffer_size: adapter.max_buffer_size.min(MAX_BUFFER_BYTES),
+        max_storage_buffer_binding_size: adapter.max_storage_buffer_binding_size.min(MAX_BUFFER_BYTES as _),
+        ..adapter
+    }
 }
 
 /// Destroys the current device, as a driver reset would (a testing aid): the lost callback fires and

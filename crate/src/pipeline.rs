@@ -106,6 +106,8 @@ pub enum Progress {
     /// a fixed linear latent-to-RGB map, at latent resolution, `[1, h / f, w / f, 3]` in [0, 1]. The tensor
     /// stays on the device; the caller reads it back (asynchronously in browsers).
     Preview { step: usize, image: Tensor<4> },
+    /// The denoising loop is done; the VAE decode is queued next.
+    Denoised,
     /// The VAE decode is done.
     Decoded,
 }
@@ -414,6 +416,9 @@ impl StableDiffusion {
             }
         }
         dump.add("final_latents", &latents).await?;
+        if !progress(Progress::Denoised).await {
+            return Err(PipelineError::Cancelled);
+        }
 
         let raw = self.vae_decoder.decode(latents / scaling, DEFAULT_BAND_BYTES);
         dump.add("vae_decoded_raw", &raw).await?;

@@ -4,11 +4,13 @@
 //   and WASM execution providers) alternating on the same U-Net with the same inputs; the outputs are
 //   compared so the work is known to be equal;
 // - image: time to first image, cold and warm, by phase (image.ts);
-// - memory: the full-size SD1.5-shaped model's load and 512 px buffers (image.ts; needs --sd15 DIR).
+// - memory: the full-size SD1.5-shaped model's load and 512 px buffers (image.ts; needs --sd15 DIR);
+// - native: that model's U-Net on the Flex CPU device against diffusers' torch on CPU (native.py; needs
+//   --sd15 DIR, the oracle venv's python in ORACLE_PY and the unet_io_check example built).
 // Writes BENCHMARKS.md and web/bench/results.json.
 //   scripts/bench.sh [--reps N] [--only SECTIONS] [--sd15 DIR]
-import { execSync } from "node:child_process";
-import { existsSync, readFileSync, promises as fs, writeFileSync } from "node:fs";
+import { execFileSync, execSync } from "node:child_process";
+import { existsSync, mkdtempSync, readFileSync, rmSync, promises as fs, writeFileSync } from "node:fs";
 import { createServer } from "node:http";
 import os from "node:os";
 import path from "node:path";
@@ -26,7 +28,7 @@ const repo = path.resolve(here, "../..");
 const { values: args } = parseArgs({
   options: {
     reps: { type: "string", default: "5" },
-    only: { type: "string", default: "unet,image,memory" },
+    only: { type: "string", default: "unet,image,memory,native" },
     sd15: { type: "string", default: process.env["SD15_DIR"] ?? "" },
     "quiet-s": { type: "string", default: "120" },
   },
@@ -204,7 +206,14 @@ type Results = {
   unet?: undefined | { date: string; websd: string; inputs: string; reps: number; sections: Section[] };
   image?: undefined | ({ date: string; websd: string } & ImageSection);
   memory?: undefined | ({ date: string; websd: string } & MemorySection);
+  native?: undefined | { date: string; websd: string; torch: string; threads: number; sections: NativeSection[] };
 };
+interface NativeSection {
+  latents: string;
+  torch: { firstMs: number; medianMs: number; ms: number[] };
+  websd: { firstMs: number; medianMs: number; ms: number[] };
+  maxAbsVsTorch: number;
+}
 const resultsFile = path.join(here, "results.json");
 const previous: Partial<Results> = existsSync(resultsFile) ? (JSON.parse(readFileSync(resultsFile, "utf8")) as Partial<Results>) : {};
 const websd = execSync("git rev-parse --short HEAD", { cwd: repo }).toString().trim();
@@ -222,6 +231,7 @@ const results: Results = {
   unet: previous.unet,
   image: previous.image,
   memory: previous.memory,
+  native: previous.native,
 };
 if (ONLY.has("unet")) {
   const u = await unetBench();
@@ -246,6 +256,25 @@ if (ONLY.has("image")) {
 if (ONLY.has("memory")) {
   if (!args.sd15) console.error("memory: skipped (no --sd15 DIR / SD15_DIR: the full-size model of ../shared/oracle/step4_fullsize.py)");
   else results.memory = { date, websd, ...(await memory(args.sd15, Number(args["quiet-s"]) * 1000)) };
+}
+if (ONLY.has("native")) {
+  const py = process.env["ORACLE_PY"] ?? "/tmp/sd-oracle/venv/bin/python";
+  const target = process.env["CARGO_TARGET_DIR"] ?? path.join(repo, "target");
+  const binary = path.join(target, "release/examples/unet_io_check");
+  if (!args.sd15 || !existsSync(py) || !existsSync(binary)) {
+    console.error(`native: skipped (needs --sd15 DIR, ORACLE_PY (${py}) and ${binary})`);
+  } else {
+    const work = mkdtempSync(path.join(os.tmpdir(), "websd-native-"));
+    try {
+      const out = execFileSync(py, [path.join(here, "native.py"), args.sd15, binary, String(REPS), work], {
+        stdio: ["ignore", "pipe", "inherit"],
+        maxBuffer: 1 << 24,
+      });
+      results.native = { date, websd, ...(JSON.parse(out.toString()) as { torch: string; threads: number; sections: NativeSection[] }) };
+    } finally {
+      rmSync(work, { recursive: true, force: true });
+    }
+  }
 }
 writeFileSync(resultsFile, JSON.stringify(results, null, 2) + "\n");
 
@@ -318,6 +347,20 @@ The engine's account of the load:
 ${m.loadBreakdown.map((l) => `- ${l.replace(/^info: /, "")}`).join("\n")}
 `
   : "## Browser, memory\n\nNot run yet (needs --sd15 DIR).\n";
+const n = results.native;
+const nativeMd = n
+  ? `## Native, one full-size U-Net call (${n.date}, websd ${n.websd})
+
+The SD1.5-shaped model's U-Net (860M parameters, fp16 files as f32), batch 2, 77x768 text states,
+random inputs; diffusers' torch ${n.torch} on CPU (${n.threads} threads) against websd on the Flex CPU device,
+alternating call by call in one session (web/bench/native.py drives both; the first call of each is a
+warm-up, reported apart).
+
+| latents | torch median ms | websd median ms | websd / torch (target <= 1.5) | first calls (torch, websd) | max abs vs torch |
+|---|---|---|---|---|---|
+${n.sections.map((x) => `| ${x.latents} | ${x.torch.medianMs.toFixed(0)} | ${x.websd.medianMs.toFixed(0)} | **${(x.websd.medianMs / x.torch.medianMs).toFixed(2)}** | ${x.torch.firstMs.toFixed(0)}, ${x.websd.firstMs.toFixed(0)} | ${x.maxAbsVsTorch.toExponential(2)} |`).join("\n")}
+`
+  : "## Native, one full-size U-Net call\n\nNot run yet (needs --sd15 DIR and the oracle venv).\n";
 const md = `# Benchmarks
 
 Written by \`scripts/bench.sh\` (web/bench/run.ts); raw figures in \`web/bench/results.json\`. Not part of CI.
@@ -333,6 +376,7 @@ Each section says when and at which commit it was last run.
 
 ${unetMd}
 ${imageMd}
-${memoryMd}`;
+${memoryMd}
+${nativeMd}`;
 writeFileSync(path.join(repo, "BENCHMARKS.md"), md);
 console.log(md);

@@ -274,7 +274,7 @@ mod native {
                             eprint!("\rstep {step}/{total} ({:.1} s)   ", start.elapsed().as_secs_f64())
                         }
                         Progress::Decoded => eprintln!("\rdone in {:.1} s          ", start.elapsed().as_secs_f64()),
-                        Progress::Preview { .. } => {}
+                        Progress::Preview { .. } | Progress::Denoised => {}
                     }
                 }
                 true

@@ -34,17 +34,36 @@ pub struct LoadedModel {
     pub name: String,
 }
 
-/// Sequential reads over a stored file's chunks (one chunk in memory).
+/// The next chunk's read, already issued.
+type ChunkAhead = (u64, std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<u8>, Error>>>>);
+
+/// Sequential reads over a stored file's chunks: one chunk in memory and the next one being read.
 struct ChunkReader<'a> {
     store: &'a Store,
     record: FileRecord,
     buf: Vec<u8>,
     buf_start: u64,
+    ahead: Option<ChunkAhead>,
 }
 
 impl<'a> ChunkReader<'a> {
     fn new(store: &'a Store, record: FileRecord) -> Self {
-        Self { store, record, buf: Vec::new(), buf_start: 0 }
+        Self { store, record, buf: Vec::new(), buf_start: 0, ahead: None }
+    }
+
+    /// Chunk `index`, and the read of the one after it started (sequential reads then wait for
+    /// IndexedDB only when decoding and uploading a chunk took less time than reading one).
+    async fn fetch(&mut self, index: u64) -> Result<Vec<u8>, Error> {
+        let (id, path) = (&self.record.id, &self.record.path);
+        let this = match self.ahead.take() {
+            Some((i, read)) if i == index => read,
+            _ => Box::pin(self.store.chunk_soon(id, path, index)?),
+        };
+        let next = index + 1;
+        if next * self.record.chunk_bytes < self.record.size {
+            self.ahead = Some((next, Box::pin(self.store.chunk_soon(id, path, next)?)));
+        }
+        this.await
     }
 
     async fn read(&mut self, start: u64, len: usize) -> Result<Vec<u8>, Error> {
@@ -57,7 +76,7 @@ impl<'a> ChunkReader<'a> {
             let in_buf = self.buf_start <= pos && pos < self.buf_start + self.buf.len() as u64;
             if !in_buf {
                 let index = pos / self.record.chunk_bytes;
-                self.buf = self.store.chunk(&self.record.id, &self.record.path, index).await?;
+                self.buf = self.fetch(index).await?;
                 self.buf_start = index * self.record.chunk_bytes;
                 if self.buf.is_empty() {
                     return Err(Error::Model(format!("{}: chunk {index} is empty", self.record.path)));

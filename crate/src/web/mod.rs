@@ -329,6 +329,62 @@ fn pipeline_request(s: &GenerateSettings) -> Result<GenerateRequest, Error> {
     })
 }
 
+/// A readback already submitted to the GPU queue. burn's readbacks are lazy `async fn`s and a readback
+/// waits for everything queued before it, so one polled only after the next step's work was queued
+/// would wait for that step too: the first poll, which submits the copy, happens at once.
+enum Readback {
+    Done(Result<Vec<f32>, crate::pipeline::PipelineError>),
+    Pending(std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<f32>, crate::pipeline::PipelineError>>>>),
+}
+
+impl Readback {
+    fn submit<const D: usize>(t: Tensor<D>) -> Self {
+        let mut read = Box::pin(read_f32(t));
+        let mut poll = std::task::Context::from_waker(std::task::Waker::noop());
+        match read.as_mut().poll(&mut poll) {
+            std::task::Poll::Ready(values) => Readback::Done(values),
+            std::task::Poll::Pending => Readback::Pending(read),
+        }
+    }
+
+    async fn values(self) -> Result<Vec<f32>, crate::pipeline::PipelineError> {
+        match self {
+            Readback::Done(values) => values,
+            Readback::Pending(read) => read.await,
+        }
+    }
+}
+
+/// A denoising step queued on the GPU whose progress (and preview) is not reported yet.
+struct StepBehind {
+    step: usize,
+    total: usize,
+    /// One value of the step's latents: complete once the step is.
+    done: Readback,
+    /// The step's preview image `[1, h, w, 3]` and its readback.
+    preview: Option<([usize; 4], Readback)>,
+}
+
+impl StepBehind {
+    /// Waits for the step on the GPU, then reports it (and sends its preview).
+    async fn finish(self, cx: &Context) {
+        let _ = self.done.values().await;
+        cx.emit(Event::Progress {
+            phase: Phase::Denoise,
+            done: self.step as u64,
+            total: self.total as u64,
+            bytes: None,
+            file: None,
+        });
+        if let Some(([_, h, w, _], read)) = self.preview
+            && let Ok(values) = read.values().await
+        {
+            let rgba = rgba8(&values);
+            cx.emit(Event::Preview { step: self.step as u32, width: w as u32, height: h as u32, rgba });
+        }
+    }
+}
+
 async fn generate(
     cx: &Context,
     id: String,
@@ -342,6 +398,11 @@ async fn generate(
     let sd = &model.pipeline;
     sd.validate(&request).map_err(Error::from)?;
     cx.emit(Event::Progress { phase: Phase::Encode, done: 0, total: 1, bytes: None, file: None });
+    // The loop runs one step ahead of the GPU: each step's callback waits for the step before it (a
+    // one-value readback, and that step's preview), so the GPU always has the next step queued instead
+    // of idling while the CPU records it. Progress is reported as steps finish, the event loop runs
+    // at each wait (which is how a Cancel message arrives).
+    let mut behind: Option<StepBehind> = None;
     let output = sd
         .generate_async(&request, false, async |p| {
             match p {
@@ -349,36 +410,32 @@ async fn generate(
                     cx.emit(Event::Progress { phase: Phase::Encode, done: 1, total: 1, bytes: None, file: None })
                 }
                 Progress::Step { step, total, latents } => {
-                    // Wait for this step on the GPU (a one-value readback): progress is then true,
-                    // and the event loop gets to run, which is how a Cancel message arrives.
-                    let _ = read_f32(latents.slice([0..1, 0..1, 0..1, 0..1])).await;
-                    cx.emit(Event::Progress {
-                        phase: Phase::Denoise,
-                        done: step as u64,
-                        total: total as u64,
-                        bytes: None,
-                        file: None,
-                    });
-                    if step == total {
-                        cx.emit(Event::Progress { phase: Phase::Decode, done: 0, total: 1, bytes: None, file: None });
+                    let done = Readback::submit(latents.slice([0..1, 0..1, 0..1, 0..1]));
+                    if let Some(previous) = behind.replace(StepBehind { step, total, done, preview: None }) {
+                        previous.finish(cx).await;
                     }
                 }
                 Progress::Preview { step, image } => {
-                    let [_, h, w, _] = image.dims();
-                    if let Ok(values) = read_f32(image).await {
-                        let rgba = rgba8(&values);
-                        cx.emit(Event::Preview { step: step as u32, width: w as u32, height: h as u32, rgba });
+                    if let Some(b) = behind.as_mut().filter(|b| b.step == step) {
+                        b.preview = Some((image.dims(), Readback::submit(image)));
                     }
                 }
-                Progress::Decoded => {
-                    cx.emit(Event::Progress { phase: Phase::Decode, done: 1, total: 1, bytes: None, file: None })
+                Progress::Denoised => {
+                    // The last step (and its preview) is reported before the decode is queued, so that
+                    // the progress says "decode" only while the VAE runs.
+                    if let Some(last) = behind.take() {
+                        last.finish(cx).await;
+                    }
+                    cx.emit(Event::Progress { phase: Phase::Decode, done: 0, total: 1, bytes: None, file: None });
                 }
+                Progress::Decoded => {}
             }
             !cx.cancel.get()
         })
         .await
         .map_err(Error::from)?;
     let images = output.rgba8_async().await.map_err(Error::from)?;
+    cx.emit(Event::Progress { phase: Phase::Decode, done: 1, total: 1, bytes: None, file: None });
     let parameters = a1111_parameters(&request, &output, &model.hash, &model.name);
     let mut echoed = settings.clone();
     echoed.init_image = None;

@@ -187,13 +187,36 @@ impl Store {
         finish(tx, "writing a chunk").await
     }
 
+    /// Chunk `index` of a file, its read issued before this returns: awaiting the result later lets
+    /// IndexedDB work while the caller does (the loader decodes and uploads one chunk while the next is
+    /// read).
+    pub fn chunk_soon(
+        &self,
+        id: &str,
+        path: &str,
+        index: u64,
+    ) -> Result<impl std::future::Future<Output = Result<Vec<u8>, Error>> + 'static, Error> {
+        let tx = self.db.transaction(&[CHUNKS], TransactionMode::ReadOnly).map_err(|e| store_error("reading", e))?;
+        let request = tx
+            .object_store(CHUNKS)
+            .map_err(|e| store_error("reading", e))?
+            .get(chunk_key(id, path, index))
+            .map_err(|e| store_error("reading", e))?
+            // Now, not at the first poll: the future's success callback must be in place before the
+            // request can complete, or a read awaited late would wait forever.
+            .into_future();
+        let path = path.to_string();
+        Ok(async move {
+            let _tx = tx;
+            let value = request.await.map_err(|e| store_error("reading", e))?.filter(|v| !v.is_undefined());
+            let value = value.ok_or_else(|| Error::NotStored(format!("{path}: chunk {index} is missing from the store")))?;
+            Ok(Uint8Array::new(&value).to_vec())
+        })
+    }
+
     /// Chunk `index` of a file.
     pub async fn chunk(&self, id: &str, path: &str, index: u64) -> Result<Vec<u8>, Error> {
-        let value = self
-            .get(CHUNKS, chunk_key(id, path, index))
-            .await?
-            .ok_or_else(|| Error::NotStored(format!("{path}: chunk {index} is missing from the store")))?;
-        Ok(Uint8Array::new(&value).to_vec())
+        self.chunk_soon(id, path, index)?.await
     }
 
     /// Removes a file's chunks and resets its record to nothing stored (one transaction).
