@@ -1,5 +1,6 @@
-//! Times the U-Net's main ops at SD 1.5's shapes for a batch-2, 32x32-latent call on the Flex CPU
-//! device (to find what to optimise against torch; `web/../oracle` has no equivalent script).
+//! Times the U-Net's main ops at SD 1.5's shapes for a batch-2 call on the Flex CPU device (to find
+//! what to optimise against torch; `web/../oracle` has no equivalent script):
+//! `cargo run --release --example flex_op_bench -- [latent size, default 32]`.
 use std::time::Instant;
 
 use burn::nn::conv::Conv2dConfig;
@@ -19,7 +20,8 @@ fn time(name: &str, reps: usize, mut f: impl FnMut()) {
 
 fn main() {
     let d = Device::flex();
-    for (c, s) in [(320, 32), (640, 16), (1280, 8), (1280, 4)] {
+    let n: usize = std::env::args().nth(1).map_or(32, |a| a.parse().expect("latent size"));
+    for (c, s) in [(320, n), (640, n / 2), (1280, n / 4), (1280, n / 8)] {
         let x = Tensor::<4>::random([2, c, s, s], Distribution::Normal(0.0, 1.0), &d);
         let conv = Conv2dConfig::new([c, c], [3, 3]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).init(&d);
         time(&format!("conv3x3 {c}ch {s}x{s}"), 5, || {
