@@ -216,7 +216,9 @@ interface NativeSection {
 }
 const resultsFile = path.join(here, "results.json");
 const previous: Partial<Results> = existsSync(resultsFile) ? (JSON.parse(readFileSync(resultsFile, "utf8")) as Partial<Results>) : {};
-const websd = execSync("git rev-parse --short HEAD", { cwd: repo }).toString().trim();
+// The commit measured; "+changes" when the working tree (outside the benchmark's own outputs) differs from it.
+const dirty = execSync("git status --porcelain -- . ':!BENCHMARKS.md' ':!web/bench/results.json'", { cwd: repo }).toString().trim() !== "";
+const websd = execSync("git rev-parse --short HEAD", { cwd: repo }).toString().trim() + (dirty ? "+changes" : "");
 const date = new Date().toISOString();
 const results: Results = {
   date,

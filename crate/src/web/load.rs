@@ -161,6 +161,14 @@ async fn upload_weights(
             (t_read, t_decode, t_upload) = (t_read + t1 - t0, t_decode + t2 - t1, t_upload + now() - t2);
             first = last;
         }
+        // Joined now, as they arrive, unless the whole would exceed one GPU buffer (CLIP's embedding,
+        // taken in row blocks): a join queues GPU work that also flushes the staged uploads, so waiting
+        // until the model is built would hold every upload staged in the wasm heap.
+        if pieces.len() > 1 && numel * 4 <= crate::gpu::MAX_BUFFER_BYTES as usize {
+            let t0 = now();
+            pieces = vec![Tensor::cat(pieces, 0)];
+            t_upload += now() - t0;
+        }
         tensors.insert(info, pieces);
         progress.done += len as u64;
         (progress.emit)(Event::Progress {

@@ -137,7 +137,8 @@ pub struct DeviceTensors {
 
 impl DeviceTensors {
     /// Adds one tensor, uploaded flat (`numel` elements, as stored: not transposed) in one or more
-    /// pieces. A 2-D tensor's pieces must hold whole rows, so that it can be taken in row blocks.
+    /// pieces. A 2-D tensor's pieces must hold whole rows, so that it can be taken in row blocks (a
+    /// piece is never split: one piece gives one block, whatever its size).
     pub fn insert(&mut self, info: TensorInfo, pieces: Vec<Tensor<1>>) {
         self.tensors.insert(info.name.clone(), (info, pieces));
     }
