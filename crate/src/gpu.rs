@@ -245,7 +245,7 @@ async fn fresh_setup() -> Result<WgpuSetup, Error> {
 pub fn capped_limits(adapter: wgpu::Limits) -> wgpu::Limits {
     wgpu::Limits {
         max_buffer_size: adapter.max_buffer_size.min(MAX_BUFFER_BYTES),
-        max_storage_buffer_binding_size: adapter.max_storage_buffer_binding_size.min(MAX_BUFFER_BYTES as _),
+        max_storage_buffer_binding_size: adapter.max_storage_buffer_binding_size.min(MAX_BUFFER_BYTES),
         ..adapter
     }
 }

@@ -8,7 +8,7 @@ import { chromium } from "playwright-core";
 import type { DownloadReport, GenerateSettings } from "../src/protocol";
 import { startModelServer } from "../scripts/model-server";
 import { startServer } from "../scripts/static-server";
-import { ARGS, CHROMIUM, DIST, fixture, generationPhases, maxDiff, openEngine, type EnginePage, type Harness } from "../e2e/harness";
+import { ARGS, CHROMIUM, DIST, fixture, generationPhases, maxDiff, openEngine, openEngineAt, type EnginePage, type Harness } from "../e2e/harness";
 
 const MIB = 2 ** 20;
 
@@ -110,8 +110,7 @@ export async function memory(dir: string, quietMs: number): Promise<MemorySectio
   const profile = mkdtempSync(path.join(tmpdir(), "websd-bench-profile-"));
   const context = await chromium.launchPersistentContext(profile, { executablePath: CHROMIUM, headless: true, args: ARGS });
   try {
-    const h = { app } as unknown as Harness;
-    const e = await openEngine(h, context.pages()[0] ?? (await context.newPage()));
+    const e = await openEngineAt(app.url, context.pages()[0] ?? (await context.newPage()));
     const id = `${cdn.url}${path.basename(path.resolve(dir))}/manifest.json`;
     let t = Date.now();
     const ready = await e.call({ type: "ensureModel", manifestUrl: id, variant: "fp16" }, 3_600_000);

@@ -51,13 +51,17 @@ export async function startHarness(): Promise<Harness> {
 
 /** A page of the app with a second, bare engine worker whose events are recorded in `window.__events`. */
 export async function openEngine(h: Harness, page?: Page): Promise<EnginePage> {
-  page ??= await h.browser.newPage();
+  return openEngineAt(h.app.url, page ?? (await h.browser.newPage()));
+}
+
+/** `openEngine` on the app served at `appUrl`, in `page` (a browser context the harness did not start). */
+export async function openEngineAt(appUrl: string, page: Page): Promise<EnginePage> {
   // tsx (esbuild keepNames) wraps functions in __name(...): give evaluated code a no-op one.
   await page.addInitScript("globalThis.__name = (f) => f;");
   const logs: string[] = [];
   page.on("console", (m) => logs.push(`${m.type()}: ${m.text()}`));
   page.on("pageerror", (e) => logs.push(`pageerror: ${String(e)}`));
-  await page.goto(h.app.url);
+  await page.goto(appUrl);
   const engine = new EnginePage(page, logs);
   await engine.startWorker();
   return engine;

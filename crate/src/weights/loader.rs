@@ -131,7 +131,8 @@ pub fn host_data(info: &TensorInfo, bytes: &[u8], transpose: bool, device: &Devi
 /// (tensors are shared handles): the VAE's encoder and decoder each take their half of one upload.
 #[derive(Clone, Default)]
 pub struct DeviceTensors {
-    /// Each tensor as the flat pieces it was uploaded in, in order (joined when the model takes it).
+    /// Each tensor as flat pieces in order: one, or (a tensor too large for one GPU buffer) the pieces it
+    /// was uploaded in, joined or kept in row blocks when the model takes it.
     tensors: BTreeMap<String, (TensorInfo, Vec<Tensor<1>>)>,
 }
 
@@ -172,8 +173,7 @@ impl TensorSource for DeviceTensors {
         transpose: bool,
         _device: &Device,
     ) -> Result<Tensor<D>, WeightsError> {
-        let mut pieces = self.take(info)?;
-        let flat = if pieces.len() == 1 { pieces.pop().expect("one piece") } else { Tensor::cat(pieces, 0) };
+        let flat = join(self.take(info)?);
         let shape: [usize; D] = info.shape.clone().try_into().map_err(|_| WeightsError::BadEntry {
             name: info.name.clone(),
             reason: format!("{}-D, {D}-D expected", info.shape.len()),
@@ -192,8 +192,7 @@ impl TensorSource for DeviceTensors {
         let mut group_rows = 0;
         let mut close = |group: &mut Vec<Tensor<1>>, rows: usize| {
             if !group.is_empty() {
-                let flat = if group.len() == 1 { group.pop().expect("one piece") } else { Tensor::cat(std::mem::take(group), 0) };
-                blocks.push(flat.reshape([rows, cols]));
+                blocks.push(join(std::mem::take(group)).reshape([rows, cols]));
             }
         };
         for piece in self.take(info)? {
@@ -211,6 +210,11 @@ impl TensorSource for DeviceTensors {
         close(&mut group, group_rows);
         Ok(blocks)
     }
+}
+
+/// Flat pieces as one tensor (a single piece as it is, without a copy).
+fn join(mut pieces: Vec<Tensor<1>>) -> Tensor<1> {
+    if pieces.len() == 1 { pieces.pop().expect("one piece") } else { Tensor::cat(pieces, 0) }
 }
 
 impl DeviceTensors {
@@ -248,19 +252,27 @@ impl<S: TensorSource> TensorLoader<S> {
         self.fetch(name, shape, false)
     }
 
-    /// The tensor on the device (transposed if asked, 2-D only), or the one-element placeholder of a
-    /// missing tensor (recorded for `finish`).
-    fn fetch<const D: usize>(&mut self, name: &str, shape: [usize; D], transpose: bool) -> Result<Tensor<D>, LoadError> {
+    /// The file's tensor for `name` once its shape is checked, or `None` for a missing tensor (recorded
+    /// for `finish`; the caller returns a placeholder).
+    fn lookup(&mut self, name: &str, shape: &[usize]) -> Result<Option<TensorInfo>, LoadError> {
         let Some(info) = self.names.get(name) else {
             self.missing.push(name.to_string());
-            return Ok(Tensor::zeros([1; D], &self.device));
+            return Ok(None);
         };
         if info.shape != shape {
             return Err(LoadError::Shape { name: name.to_string(), expected: shape.to_vec(), actual: info.shape.clone() });
         }
-        let tensor = self.source.fetch(info, transpose, &self.device)?;
         self.used.insert(name.to_string());
-        Ok(tensor)
+        Ok(Some(info.clone()))
+    }
+
+    /// The tensor on the device (transposed if asked, 2-D only), or the one-element placeholder of a
+    /// missing tensor (recorded for `finish`).
+    fn fetch<const D: usize>(&mut self, name: &str, shape: [usize; D], transpose: bool) -> Result<Tensor<D>, LoadError> {
+        match self.lookup(name, &shape)? {
+            Some(info) => Ok(self.source.fetch(&info, transpose, &self.device)?),
+            None => Ok(Tensor::zeros([1; D], &self.device)),
+        }
     }
 
     /// The 2-D tensor `name` (`[rows, cols]`) in row blocks of at most `max_rows` rows, each its own
@@ -268,16 +280,10 @@ impl<S: TensorSource> TensorLoader<S> {
     /// f32, WebGPU guarantees 128 MiB) is never joined into one buffer. A missing tensor is recorded as
     /// in [`Self::tensor`].
     pub fn row_blocks(&mut self, name: &str, shape: [usize; 2], max_rows: usize) -> Result<Vec<Tensor<2>>, LoadError> {
-        let Some(info) = self.names.get(name) else {
-            self.missing.push(name.to_string());
-            return Ok(vec![Tensor::zeros([1, 1], &self.device)]);
-        };
-        if info.shape != shape {
-            return Err(LoadError::Shape { name: name.to_string(), expected: shape.to_vec(), actual: info.shape.clone() });
+        match self.lookup(name, &shape)? {
+            Some(info) => Ok(self.source.fetch_rows(&info, max_rows, &self.device)?),
+            None => Ok(vec![Tensor::zeros([1, 1], &self.device)]),
         }
-        let blocks = self.source.fetch_rows(info, max_rows, &self.device)?;
-        self.used.insert(name.to_string());
-        Ok(blocks)
     }
 
     fn param<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Result<Param<Tensor<D>>, LoadError> {
