@@ -8,6 +8,7 @@ use burn::nn::{GroupNormConfig, LinearConfig, PaddingConfig2d};
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Distribution, Tensor};
+use websd::models::flex_attention;
 
 fn time(name: &str, reps: usize, mut f: impl FnMut()) {
     f();
@@ -45,10 +46,16 @@ fn main() {
             let _ =
                 attention(q.clone(), q.clone(), q.clone(), None, None, AttentionModuleOptions::default()).into_data();
         });
+        time(&format!("self-attention [2,8,{},{}], websd's Flex kernel", s * s, c / 8), 5, || {
+            let _ = flex_attention::attention(q.clone(), q.clone(), q.clone()).expect("f32").into_data();
+        });
         let k = Tensor::<4>::random([2, 8, 77, c / 8], Distribution::Normal(0.0, 1.0), &d);
         time(&format!("cross-attention [2,8,{},{}]x77", s * s, c / 8), 5, || {
             let _ =
                 attention(q.clone(), k.clone(), k.clone(), None, None, AttentionModuleOptions::default()).into_data();
+        });
+        time(&format!("cross-attention [2,8,{},{}]x77, websd's Flex kernel", s * s, c / 8), 5, || {
+            let _ = flex_attention::attention(q.clone(), k.clone(), k.clone()).expect("f32").into_data();
         });
     }
 }

@@ -17,8 +17,8 @@ pub const MAX_SCORE_BYTES: usize = 32 << 20;
 /// burn's `attention` (non-causal, default scale), in blocks of queries where it would materialise a
 /// score matrix above [`MAX_SCORE_BYTES`]: exact, since each query row is independent.
 ///
-/// On Flex, and natively on wgpu where autotune picks a flash kernel, burn never builds the score
-/// matrix. In the browser autotune is off (see Cargo.toml), so burn takes its fallback, which does:
+/// On Flex our own tiled kernel runs instead ([`super::flex_attention`]: about 2x burn-flex's at 512 px).
+/// Natively on wgpu, autotune picks a flash kernel, so burn never builds the score matrix. In the browser autotune is off (see Cargo.toml), so burn takes its fallback, which does:
 /// 1 GiB for 512 px SD 1.5's first self-attention (`[2, 8, 4096, 4096]`), 8x WebGPU's guaranteed
 /// binding size. There the queries go through in blocks (128 rows at that shape: 32 MiB each).
 ///
@@ -27,6 +27,12 @@ pub const MAX_SCORE_BYTES: usize = 32 << 20;
 /// - k, v: `[batch, heads, keys, head_dim]`
 /// - output: `[batch, heads, queries, head_dim]`
 pub fn attention_in_blocks(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
+    #[cfg(not(target_arch = "wasm32"))]
+    if q.device() == burn::tensor::Device::flex()
+        && let Some(out) = super::flex_attention::attention(q.clone(), k.clone(), v.clone())
+    {
+        return out;
+    }
     let [b, h, queries, _] = q.dims();
     let keys = k.dims()[2];
     let rows = if cfg!(target_arch = "wasm32") { (MAX_SCORE_BYTES / (4 * b * h * keys)).max(1) } else { queries };

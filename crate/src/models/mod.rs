@@ -5,6 +5,7 @@ pub mod attention;
 pub mod autoencoder_kl;
 pub mod clip;
 pub mod embeddings;
+pub mod flex_attention;
 pub mod resnet;
 pub mod transformer_2d;
 pub mod unet_2d_blocks;
