@@ -2,15 +2,18 @@
 //! `cargo run --release --example unet_io_check -- <model dir> <io dir with io_sample.npy,
 //! io_timestep.npy, io_encoder_hidden_states.npy> <torch output .npy> [cpu|wgpu]`
 //!
-//! `unet_io_check <model dir> --serve` loads the model on Flex once, then answers each stdin line
-//! `<io dir> <torch output .npy>` with one timed U-Net call, `ms <time> diff <max abs diff>`: the
-//! benchmark's native section (web/bench/native.py) alternates it with diffusers' torch U-Net.
+//! `unet_io_check <model dir> --serve [cpu|wgpu|wgpu-f16]` loads the U-Net once (on Flex, or on wgpu
+//! computing in f32 or in f16), then answers each stdin line `<io dir> <torch output .npy>` with one timed
+//! U-Net call, `ms <time> diff <max abs diff>`: the benchmark's native section (web/bench/native.py)
+//! alternates it with diffusers' torch U-Net.
 
 use std::path::Path;
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, FloatDType, Tensor, TensorData};
+use websd::config::UNet2DConditionConfig;
+use websd::models::unet_2d_condition::UNet2DConditionModel;
 use websd::pipeline::StableDiffusion;
-use websd::weights::Variant;
+use websd::weights::{Variant, component_weights};
 
 /// A little-endian f4 or i8 .npy file as f32 values and its shape.
 fn npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
@@ -18,7 +21,8 @@ fn npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
     let n = u16::from_le_bytes([buf[8], buf[9]]) as usize;
     let header = std::str::from_utf8(&buf[10..10 + n]).unwrap();
     let shape_text = header.split("'shape': (").nth(1).unwrap().split(')').next().unwrap();
-    let shape: Vec<usize> = shape_text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| s.parse().unwrap()).collect();
+    let shape: Vec<usize> =
+        shape_text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| s.parse().unwrap()).collect();
     let body = &buf[10 + n..];
     let values = if header.contains("'<f4'") {
         body.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
@@ -29,7 +33,7 @@ fn npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
 }
 
 /// One U-Net call on the inputs in `io`: milliseconds and the max abs difference from `out`.
-fn call(sd: &StableDiffusion, device: &Device, io: &Path, out: &Path) -> (f64, f32, usize) {
+fn call(unet: &UNet2DConditionModel, device: &Device, io: &Path, out: &Path) -> (f64, f32, usize) {
     let (ss, s) = npy(&io.join("io_sample.npy"));
     let (_, t) = npy(&io.join("io_timestep.npy"));
     let (es, e) = npy(&io.join("io_encoder_hidden_states.npy"));
@@ -37,7 +41,7 @@ fn call(sd: &StableDiffusion, device: &Device, io: &Path, out: &Path) -> (f64, f
     let sample = Tensor::<4>::from_data(TensorData::new(s, [ss[0], ss[1], ss[2], ss[3]]), device);
     let ehs = Tensor::<3>::from_data(TensorData::new(e, [es[0], es[1], es[2]]), device);
     let t0 = std::time::Instant::now();
-    let y = sd.unet.forward(sample, t[0], ehs);
+    let y = unet.forward(sample, t[0], ehs);
     let values = y.into_data().convert::<f32>().try_into_vec::<f32>().unwrap();
     let ms = t0.elapsed().as_secs_f64() * 1e3;
     let diff = values.iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
@@ -47,13 +51,28 @@ fn call(sd: &StableDiffusion, device: &Device, io: &Path, out: &Path) -> (f64, f
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(2).map(String::as_str) == Some("--serve") {
-        let device = Device::flex();
-        let sd = StableDiffusion::load_dir(Path::new(&args[1]), None, &device).unwrap();
+        let device = match args.get(3).map(String::as_str) {
+            None | Some("cpu") => Device::flex(),
+            Some(kind @ ("wgpu" | "wgpu-f16")) => {
+                let (mut device, info) = websd::gpu::wgpu_device().expect("a wgpu adapter");
+                if kind == "wgpu-f16" {
+                    device.configure(FloatDType::F16).expect("f16 compute (shader-f16)");
+                }
+                eprintln!("adapter: {} ({}), shader-f16 {}", info.adapter, info.backend, info.shader_f16);
+                device
+            }
+            Some(other) => panic!("unknown device {other}: cpu, wgpu or wgpu-f16"),
+        };
+        let dir = Path::new(&args[1]);
+        let config = std::fs::read_to_string(dir.join("unet/config.json")).unwrap();
+        let config: UNet2DConditionConfig = websd::config::parse("unet/config.json", &config).unwrap();
+        let weights = component_weights(&dir.join("unet"), None).unwrap();
+        let unet = UNet2DConditionModel::load(&config, std::fs::File::open(weights).unwrap(), &device).unwrap();
         println!("ready");
         for line in std::io::stdin().lines() {
             let line = line.unwrap();
             let (io, out) = line.split_once(' ').expect("<io dir> <torch output .npy>");
-            let (ms, diff, _) = call(&sd, &device, Path::new(io), Path::new(out));
+            let (ms, diff, _) = call(&unet, &device, Path::new(io), Path::new(out));
             println!("ms {ms} diff {diff:e}");
         }
         return;
@@ -64,6 +83,6 @@ fn main() {
         _ => Device::flex(),
     };
     let sd = StableDiffusion::load_dir(dir, Some(Variant::Fp32), &device).unwrap();
-    let (ms, diff, n) = call(&sd, &device, io, out);
+    let (ms, diff, n) = call(&sd.unet, &device, io, out);
     println!("max abs diff vs torch {diff:e} ({n} values, {ms:.0} ms)");
 }

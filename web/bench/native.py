@@ -2,11 +2,14 @@
 on 32x32 and 64x64 latents, diffusers' torch on CPU against websd on the Flex CPU device, alternating
 call by call in one session on the same weights and inputs (outputs compared).
 
-    python native.py <sd15 dir> <unet_io_check binary> <reps> <work dir>   (prints JSON)
+    python native.py <sd15 dir> <unet_io_check binary> <reps> <work dir> [options]   (prints JSON)
 
-Run with the oracle venv's python (../shared/oracle); run.ts --only native calls it.
+Run with the oracle venv's python (../shared/oracle); run.ts --only native calls it. The options run
+the same comparison on a GPU machine: `--torch-device cuda --ours wgpu` (both in f32: TF32 is turned
+off, as our f32 shaders have none), `--torch-dtype f16 --ours wgpu-f16` (both in f16), `--sizes`.
 """
 
+import argparse
 import json
 import os
 import subprocess
@@ -17,17 +20,37 @@ import numpy as np
 import torch
 from diffusers import UNet2DConditionModel
 
-model, binary, reps, work = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+cli = argparse.ArgumentParser()
+cli.add_argument("model")
+cli.add_argument("binary")
+cli.add_argument("reps", type=int)
+cli.add_argument("work")
+cli.add_argument("--torch-device", default="cpu", choices=["cpu", "cuda"])
+cli.add_argument("--torch-dtype", default="f32", choices=["f32", "f16"])
+cli.add_argument("--ours", default="cpu", choices=["cpu", "wgpu", "wgpu-f16"])
+cli.add_argument("--sizes", default="32,64")
+args = cli.parse_args()
+model, binary, reps, work = args.model, args.binary, args.reps, args.work
+dev = torch.device(args.torch_device)
+dtype = torch.float16 if args.torch_dtype == "f16" else torch.float32
 torch.set_num_threads(os.cpu_count())
-unet = UNet2DConditionModel.from_pretrained(os.path.join(model, "unet"), variant="fp16", torch_dtype=torch.float32).eval()
-ours = subprocess.Popen([binary, model, "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+torch.backends.cuda.matmul.allow_tf32 = False
+torch.backends.cudnn.allow_tf32 = False
+unet = UNet2DConditionModel.from_pretrained(os.path.join(model, "unet"), variant="fp16", torch_dtype=dtype).to(dev).eval()
+ours = subprocess.Popen([binary, model, "--serve", args.ours], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 assert ours.stdout.readline().strip() == "ready"
 
+
+def sync():
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
 sections = []
-for size in (32, 64):
+for size in map(int, args.sizes.split(",")):
     g = torch.Generator().manual_seed(size)
-    sample = torch.randn(2, 4, size, size, generator=g)
-    ehs = torch.randn(2, 77, 768, generator=g)
+    sample = torch.randn(2, unet.config.in_channels, size, size, generator=g)
+    ehs = torch.randn(2, 77, unet.config.cross_attention_dim, generator=g)
     t = torch.tensor([981.0])
     io = os.path.join(work, f"io{size}")
     os.makedirs(io, exist_ok=True)
@@ -38,12 +61,15 @@ for size in (32, 64):
     diffs = []
     out = os.path.join(io, "torch_out.npy")
     for rep in range(reps + 1):
+        x, e = sample.to(dev, dtype), ehs.to(dev, dtype)
+        sync()
         t0 = time.perf_counter()
         with torch.no_grad():
-            y = unet(sample, t, encoder_hidden_states=ehs).sample
+            y = unet(x, t.to(dev), encoder_hidden_states=e).sample
+        sync()
         rows["torch"].append((time.perf_counter() - t0) * 1e3)
         if rep == 0:
-            np.save(out, y.numpy())
+            np.save(out, y.float().cpu().numpy())
         ours.stdin.write(f"{io} {out}\n")
         ours.stdin.flush()
         _, ms, _, diff = ours.stdout.readline().split()
@@ -61,4 +87,7 @@ for size in (32, 64):
     )
 ours.stdin.close()
 ours.wait()
-print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "sections": sections}))
+setup = {"torchDevice": args.torch_device, "torchDtype": args.torch_dtype, "ours": args.ours}
+if dev.type == "cuda":
+    setup["gpu"] = torch.cuda.get_device_name()
+print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), **setup, "sections": sections}))
