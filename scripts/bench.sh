@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The benchmark (not part of CI): builds the app, installs onnxruntime-web for the benchmark only
 # (web/bench), and writes BENCHMARKS.md + web/bench/results.json. Pass --reps N, --only
-# unet,image,memory,native (a section not run keeps its last figures), --sd15 DIR (default SD15_DIR:
-# the full-size SD1.5-shaped model of ../shared/oracle/step4_fullsize.py, for memory and native).
+# unet,image,memory,native,gpu (a section not run keeps its last figures), --sd15 DIR (default SD15_DIR:
+# the full-size SD1.5-shaped model of ../shared/oracle/step4_fullsize.py, for memory and native), --gpu DIR
+# (what scripts/bench-gpu.sh wrote on a GPU machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh

@@ -77,7 +77,7 @@ fn main() {
             read(lin.forward(tokens.clone()));
         });
         let ff = LinearConfig::new(c, c * 8).init(&d);
-        time(&format!("linear {c}->{} (GEGLU proj)", c * 8), 5, || {
+        time(&format!("linear {c}->{} (GEGLU proj) x {} tokens", c * 8, s * s), 5, || {
             read(ff.forward(tokens.clone()));
         });
         let q = Tensor::<4>::random([2, 8, s * s, c / 8], normal, &d);

@@ -1,4 +1,4 @@
-// The benchmark (not part of CI), in three sections that can be run apart (--only unet,image,memory;
+// The benchmark (not part of CI), in sections that can be run apart (--only unet,image,memory,native,gpu;
 // a section not run keeps its last figures in results.json):
 // - unet: one headless Chromium session, one page, our worker engine and onnxruntime-web 1.30 (WebGPU
 //   and WASM execution providers) alternating on the same U-Net with the same inputs; the outputs are
@@ -6,9 +6,11 @@
 // - image: time to first image, cold and warm, by phase (image.ts);
 // - memory: the full-size SD1.5-shaped model's load and 512 px buffers (image.ts; needs --sd15 DIR);
 // - native: that model's U-Net on the Flex CPU device against diffusers' torch on CPU (native.py; needs
-//   --sd15 DIR, the oracle venv's python in ORACLE_PY and the unet_io_check example built).
+//   --sd15 DIR, the oracle venv's python in ORACLE_PY and the unet_io_check example built);
+// - gpu: only imports what scripts/bench-gpu.sh measured on a GPU machine (--gpu DIR); not in the
+//   default set.
 // Writes BENCHMARKS.md and web/bench/results.json.
-//   scripts/bench.sh [--reps N] [--only SECTIONS] [--sd15 DIR]
+//   scripts/bench.sh [--reps N] [--only SECTIONS] [--sd15 DIR] [--gpu DIR]
 import { execFileSync, execSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync, promises as fs, writeFileSync } from "node:fs";
 import { createServer } from "node:http";
@@ -29,6 +31,8 @@ const { values: args } = parseArgs({
   options: {
     reps: { type: "string", default: "5" },
     only: { type: "string", default: "unet,image,memory,native" },
+    // What scripts/bench-gpu.sh wrote on a GPU machine: imported by --only gpu.
+    gpu: { type: "string", default: "" },
     sd15: { type: "string", default: process.env["SD15_DIR"] ?? "" },
     "quiet-s": { type: "string", default: "120" },
   },
@@ -207,7 +211,18 @@ type Results = {
   image?: undefined | ({ date: string; websd: string } & ImageSection);
   memory?: undefined | ({ date: string; websd: string } & MemorySection);
   native?: undefined | { date: string; websd: string; torch: string; threads: number; sections: NativeSection[] };
+  gpu?: undefined | GpuSection;
 };
+interface GpuSection {
+  date: string;
+  websd: string;
+  gpu: string;
+  cpu: string;
+  /** native.py on CUDA torch against websd on wgpu, by precision. */
+  unet: Record<"f32" | "f16", { torch: string; ours: string; sections: NativeSection[] }>;
+  /** op_bench's lines at 64x64 latents, in its order: op name and median ms, by precision. */
+  ops: Record<"f32" | "f16", { adapter: string; ms: [string, number][] }>;
+}
 interface NativeSection {
   latents: string;
   torch: { firstMs: number; medianMs: number; ms: number[] };
@@ -234,6 +249,7 @@ const results: Results = {
   image: previous.image,
   memory: previous.memory,
   native: previous.native,
+  gpu: previous.gpu,
 };
 if (ONLY.has("unet")) {
   const u = await unetBench();
@@ -276,6 +292,26 @@ if (ONLY.has("native")) {
     } finally {
       rmSync(work, { recursive: true, force: true });
     }
+  }
+}
+if (ONLY.has("gpu")) {
+  if (!args.gpu) console.error("gpu: skipped (needs --gpu DIR, written by scripts/bench-gpu.sh on a GPU machine)");
+  else {
+    const read = (f: string): string => readFileSync(path.join(args.gpu!, f), "utf8");
+    const meta = JSON.parse(read("meta.json")) as { date: string; websd: string; gpu: string; cpu: string };
+    const ops = (f: string): { adapter: string; ms: [string, number][] } => {
+      const lines = read(f).trim().split("\n");
+      const ms = lines.flatMap((l): [string, number][] => {
+        const m = /^(.*): ([\d.]+) ms$/.exec(l);
+        return m ? [[m[1]!, Number(m[2])]] : [];
+      });
+      return { adapter: lines[0]!.replace(/^adapter: /, ""), ms };
+    };
+    results.gpu = {
+      ...meta,
+      unet: { f32: JSON.parse(read("unet-f32.json")), f16: JSON.parse(read("unet-f16.json")) },
+      ops: { f32: ops("ops-f32.txt"), f16: ops("ops-f16.txt") },
+    };
   }
 }
 writeFileSync(resultsFile, JSON.stringify(results, null, 2) + "\n");
@@ -363,6 +399,28 @@ warm-up, reported apart).
 ${n.sections.map((x) => `| ${x.latents} | ${x.torch.medianMs.toFixed(0)} | ${x.websd.medianMs.toFixed(0)} | **${(x.websd.medianMs / x.torch.medianMs).toFixed(2)}** | ${x.torch.firstMs.toFixed(0)}, ${x.websd.firstMs.toFixed(0)} | ${x.maxAbsVsTorch.toExponential(2)} |`).join("\n")}
 `
   : "## Native, one full-size U-Net call\n\nNot run yet (needs --sd15 DIR and the oracle venv).\n";
+const g = results.gpu;
+const gpuMd = g
+  ? `## Native on a real GPU (${g.date}, websd ${g.websd})
+
+${g.gpu} (${g.cpu}); websd natively on wgpu (${g.ops.f32.adapter}, autotune on) against
+diffusers' torch ${g.unet.f32.torch} on CUDA, the SD1.5-shaped U-Net (same random weights as above,
+made on the machine), batch 2, alternating call by call; f32 with TF32 off on both sides, and f16 (weights
+and compute). Measured by \`scripts/bench-gpu.sh\` (web/bench/native.py, op_bench), imported with
+\`--only gpu --gpu DIR\`. The browser could not be measured there (no Chromium on that machine).
+
+| precision | latents | torch CUDA median ms | websd wgpu median ms | websd / torch | websd's first call (autotune) | max abs vs torch |
+|---|---|---|---|---|---|---|
+${(["f32", "f16"] as const).flatMap((p) => g.unet[p].sections.map((x) => `| ${p} | ${x.latents} | ${x.torch.medianMs.toFixed(1)} | ${x.websd.medianMs.toFixed(1)} | **${(x.websd.medianMs / x.torch.medianMs).toFixed(1)}** | ${(x.websd.firstMs / 1000).toFixed(1)} s | ${x.maxAbsVsTorch.toExponential(2)} |`)).join("\n")}
+
+The U-Net's ops at 512 px shapes (batch 2, 64x64 latents; \`op_bench 64 wgpu\` / \`wgpu-f16\`), median ms of 5
+after an autotuned warm-up, each ending with a full readback (so about 0.5 ms is the floor):
+
+| op | f32 | f16 |
+|---|---|---|
+${g.ops.f32.ms.map(([k, v], i) => `| ${k} | ${fmt(v, 2)} | ${fmt(g.ops.f16.ms[i]?.[0] === k ? g.ops.f16.ms[i]![1] : null, 2)} |`).join("\n")}
+`
+  : "## Native on a real GPU\n\nNot run yet (scripts/bench-gpu.sh on a GPU machine, then --only gpu --gpu DIR).\n";
 const md = `# Benchmarks
 
 Written by \`scripts/bench.sh\` (web/bench/run.ts); raw figures in \`web/bench/results.json\`. Not part of CI.
@@ -379,6 +437,7 @@ Each section says when and at which commit it was last run.
 ${unetMd}
 ${imageMd}
 ${memoryMd}
-${nativeMd}`;
+${nativeMd}
+${gpuMd}`;
 writeFileSync(path.join(repo, "BENCHMARKS.md"), md);
 console.log(md);
