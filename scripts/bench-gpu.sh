@@ -10,7 +10,8 @@
 # The U-Net's weights are made here, as ../shared/oracle/step4_fullsize.py made them (torch seed 0,
 # diffusers' default initialisation, saved fp16), from UNET_CONFIG (default: the SD 1.5 U-Net config in
 # web/bench/sd15_unet_config.json). The binaries come from CARGO_TARGET_DIR, or UNET_IO_CHECK and
-# OP_BENCH where they were built elsewhere.
+# OP_BENCH where they were built elsewhere. TORCH_DEVICE (default cuda), SIZES (latent sizes, default
+# 32,64) and OPS_LATENT (default 64) exist to try the script out on a small model without a GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=$(realpath -m "$1"); config=${2:-web/bench/sd15_unet_config.json}
@@ -31,10 +32,11 @@ UNet2DConditionModel.from_config(json.load(open(sys.argv[1]))).half().save_pretr
 PY
 for mode in "f32 --ours wgpu" "f16 --torch-dtype f16 --ours wgpu-f16"; do
   set -- $mode; name=$1; shift
-  "$py" web/bench/native.py "$model" "$uic" 5 "$model" --torch-device cuda "$@" > "$out/unet-$name.json"
+  "$py" web/bench/native.py "$model" "$uic" 5 "$model" --torch-device "${TORCH_DEVICE:-cuda}" \
+    --sizes "${SIZES:-32,64}" "$@" > "$out/unet-$name.json"
 done
-"$ops" 64 wgpu > "$out/ops-f32.txt"
-"$ops" 64 wgpu-f16 > "$out/ops-f16.txt"
+"$ops" "${OPS_LATENT:-64}" wgpu > "$out/ops-f32.txt"
+"$ops" "${OPS_LATENT:-64}" wgpu-f16 > "$out/ops-f16.txt"
 { echo "{"; echo "  \"date\": \"$(date -u +%FT%TZ)\","; echo "  \"websd\": \"$(git rev-parse --short HEAD)\","
   echo "  \"gpu\": \"$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)\","
   echo "  \"cpu\": \"$(nproc) cores\""; echo "}"; } > "$out/meta.json"
