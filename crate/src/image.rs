@@ -93,7 +93,13 @@ pub fn encode_png(w: usize, h: usize, rgba: &[u8], parameters: &str) -> Result<V
     Ok(out)
 }
 
-fn write_png_to(out: impl std::io::Write, w: usize, h: usize, rgba: &[u8], parameters: &str) -> Result<(), png::EncodingError> {
+fn write_png_to(
+    out: impl std::io::Write,
+    w: usize,
+    h: usize,
+    rgba: &[u8],
+    parameters: &str,
+) -> Result<(), png::EncodingError> {
     let mut encoder = png::Encoder::new(out, w as u32, h as u32);
     encoder.set_color(png::ColorType::Rgb);
     encoder.set_depth(png::BitDepth::Eight);

@@ -111,7 +111,11 @@ impl Manifest {
             (Some(vocab), Some(merges)) => files.extend([vocab, merges]),
             _ => files.push(need("tokenizer/tokenizer.json")?),
         }
-        files.extend(["tokenizer/tokenizer_config.json", "tokenizer/special_tokens_map.json"].iter().filter_map(|p| self.file(p)));
+        files.extend(
+            ["tokenizer/tokenizer_config.json", "tokenizer/special_tokens_map.json"]
+                .iter()
+                .filter_map(|p| self.file(p)),
+        );
         Ok(files)
     }
 
@@ -164,7 +168,10 @@ mod tests {
         assert!(fp32.contains(&"unet/diffusion_pytorch_model.safetensors".to_string()));
         assert!(!fp32.iter().any(|p| p.contains("fp16")));
         // An explicit fp16 request fails where a component has none.
-        assert_eq!(m.select(Some(Variant::Fp16)).unwrap_err(), ManifestError::Missing("fp16 safetensors weights for vae".into()));
+        assert_eq!(
+            m.select(Some(Variant::Fp16)).unwrap_err(),
+            ManifestError::Missing("fp16 safetensors weights for vae".into())
+        );
     }
 
     #[test]
@@ -202,9 +209,15 @@ mod tests {
             let base = m.base_url.as_deref().unwrap();
             let rev = base.trim_end_matches('/').rsplit('/').next().unwrap();
             assert!(base.starts_with("https://huggingface.co/") && base.contains("/resolve/"), "{base}");
-            assert!(rev.len() == 40 && rev.bytes().all(|b| b.is_ascii_hexdigit()), "{}: revision {rev}", path.display());
+            assert!(
+                rev.len() == 40 && rev.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{}: revision {rev}",
+                path.display()
+            );
             let selected = m.select(None).unwrap();
-            assert!(selected.iter().all(|f| !f.path.ends_with(".safetensors") || f.path.ends_with(".fp16.safetensors")));
+            assert!(
+                selected.iter().all(|f| !f.path.ends_with(".safetensors") || f.path.ends_with(".fp16.safetensors"))
+            );
             assert_eq!(selected.len(), m.files.len(), "{}: every listed file is used", path.display());
         }
         assert!(count >= 2);

@@ -134,10 +134,7 @@ impl GenerateOutput {
     /// RGBA8 pixels per image, read back without blocking (the browser's way).
     pub async fn rgba8_async(&self) -> Result<Vec<Vec<u8>>, PipelineError> {
         let values = read_f32(self.images.clone()).await?;
-        Ok(values
-            .chunks(self.width * self.height * 3)
-            .map(rgba8)
-            .collect())
+        Ok(values.chunks(self.width * self.height * 3).map(rgba8).collect())
     }
 }
 

@@ -95,7 +95,10 @@ pub struct F32Tensor {
 
 impl F32Tensor {
     pub fn from_values(shape: &[usize], values: &[f32]) -> Self {
-        Self { shape: shape.iter().map(|&d| d as u32).collect(), data: values.iter().flat_map(|v| v.to_le_bytes()).collect() }
+        Self {
+            shape: shape.iter().map(|&d| d as u32).collect(),
+            data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        }
     }
 
     /// The values, when the byte count matches the shape.
@@ -394,7 +397,10 @@ mod tests {
         assert_eq!((settings.steps, settings.guidance, settings.batch, settings.seed), (50, 7.5, 1, 0));
         let quota = Event::from(crate::Error::Quota { needed: 10, available: 3, detail: String::new() });
         let json = serde_json::to_value(&quota).unwrap();
-        assert_eq!((json["code"].as_str(), json["needed"].as_u64(), json["available"].as_u64()), (Some("quota"), Some(10), Some(3)));
+        assert_eq!(
+            (json["code"].as_str(), json["needed"].as_u64(), json["available"].as_u64()),
+            (Some("quota"), Some(10), Some(3))
+        );
     }
 
     /// Forces a sample for every variant: adding one without a sample does not compile.

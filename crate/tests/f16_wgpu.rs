@@ -24,9 +24,12 @@ fn f16_device() -> (burn::tensor::Device, websd::gpu::GpuInfo) {
 fn txt2img_in_f16_matches_diffusers() {
     use websd::pipeline::{GenerateRequest, StableDiffusion};
     let (device, info) = f16_device();
-    let mut model =
-        StableDiffusion::load_dir(&common::fixtures_dir().join("tiny-sd"), Some(websd::weights::Variant::Fp16), &device)
-            .unwrap();
+    let mut model = StableDiffusion::load_dir(
+        &common::fixtures_dir().join("tiny-sd"),
+        Some(websd::weights::Variant::Fp16),
+        &device,
+    )
+    .unwrap();
     let run = common::Run::load("txt2img_ddim");
     let (config, kind) = common::run_scheduler(&run);
     model.scheduler_config = config;

@@ -155,7 +155,11 @@ impl LatentDistribution {
 
 impl VaeEncoder {
     /// Loads the encoder half of a VAE weights file (the decoder's tensors are left for the decoder).
-    pub fn load<S: IntoTensorSource>(config: &AutoencoderKLConfig, source: S, device: &Device) -> Result<Self, LoadError> {
+    pub fn load<S: IntoTensorSource>(
+        config: &AutoencoderKLConfig,
+        source: S,
+        device: &Device,
+    ) -> Result<Self, LoadError> {
         let encoder_only = |name: &str| {
             (name.starts_with("encoder.") || name.starts_with("quant_conv.")).then(|| vae_key_map(name)).flatten()
         };
@@ -321,7 +325,11 @@ pub const DEFAULT_BAND_BYTES: usize = 32 << 20;
 
 impl VaeDecoder {
     /// Loads the decoder half of a VAE weights file (the encoder's tensors are left for the encoder).
-    pub fn load<S: IntoTensorSource>(config: &AutoencoderKLConfig, source: S, device: &Device) -> Result<Self, LoadError> {
+    pub fn load<S: IntoTensorSource>(
+        config: &AutoencoderKLConfig,
+        source: S,
+        device: &Device,
+    ) -> Result<Self, LoadError> {
         let decoder_only = |name: &str| {
             (name.starts_with("decoder.") || name.starts_with("post_quant_conv.")).then(|| vae_key_map(name)).flatten()
         };

@@ -86,7 +86,11 @@ fn block_has_attention(kind: &str, plain: &str, cross: &str) -> Result<bool, Loa
 impl UNet2DConditionModel {
     /// Builds the U-Net described by `config` from a weights file (fp32 or fp16; the tensors must match
     /// the config exactly, and every tensor of the file must be used).
-    pub fn load<S: IntoTensorSource>(config: &UNet2DConditionConfig, source: S, device: &Device) -> Result<Self, LoadError> {
+    pub fn load<S: IntoTensorSource>(
+        config: &UNet2DConditionConfig,
+        source: S,
+        device: &Device,
+    ) -> Result<Self, LoadError> {
         check_supported(config)?;
         let mut w = TensorLoader::new(source, |name: &str| Some(name.to_string()), device)?;
         let channels = &config.block_out_channels;

@@ -190,10 +190,7 @@ async fn estimate() -> Option<(u64, u64)> {
 
 /// Runs `work` holding the Web Lock `name` (exclusive): a second tab asking for the same model waits,
 /// then finds the files complete. Without Web Locks (old browsers) it runs unlocked.
-async fn with_lock<T: 'static>(
-    name: &str,
-    work: impl std::future::Future<Output = T> + 'static,
-) -> Result<T, Error> {
+async fn with_lock<T: 'static>(name: &str, work: impl std::future::Future<Output = T> + 'static) -> Result<T, Error> {
     let locks = get(&js_sys::global(), "navigator").and_then(|n| get(&n, "locks"));
     let Some(locks) = locks else { return Ok(work.await) };
     let out: Rc<RefCell<Option<T>>> = Rc::new(RefCell::new(None));
@@ -216,8 +213,7 @@ async fn with_lock<T: 'static>(
 
 /// Origins weights may come from besides the app's own: the Hub, and this machine (development, and
 /// a model server the user runs). An entry without a port allows every port of its host.
-pub const DEFAULT_ALLOWED_ORIGINS: [&str; 3] =
-    ["https://huggingface.co", "http://localhost", "http://127.0.0.1"];
+pub const DEFAULT_ALLOWED_ORIGINS: [&str; 3] = ["https://huggingface.co", "http://localhost", "http://127.0.0.1"];
 
 /// The origin of the worker's own page (`self.location.origin`).
 fn own_origin() -> Option<String> {
@@ -425,8 +421,11 @@ async fn download_file(
             corrupt += 1;
             report.corrupt_files.push(record.path.clone());
             web_sys::console::warn_1(
-                &format!("websd: {} has sha256 {digest}, the manifest says {}; fetching it again", record.path, record.sha256)
-                    .into(),
+                &format!(
+                    "websd: {} has sha256 {digest}, the manifest says {}; fetching it again",
+                    record.path, record.sha256
+                )
+                .into(),
             );
             if corrupt >= MAX_CORRUPT {
                 return Err(Error::Integrity(format!(
@@ -449,7 +448,9 @@ async fn download_file(
                 if failures >= MAX_FAILURES {
                     return Err(Error::Network(format!("{}: {reason} ({failures} attempts in a row)", record.path)));
                 }
-                web_sys::console::warn_1(&format!("websd: {}: {reason}; resuming at byte {}", record.path, record.stored).into());
+                web_sys::console::warn_1(
+                    &format!("websd: {}: {reason}; resuming at byte {}", record.path, record.stored).into(),
+                );
                 // Back off: 0.25 s, 0.5 s, 1 s, ... (a first retry after progress is quick).
                 sleep(250 << (failures - 1).min(4)).await;
             }
@@ -488,7 +489,8 @@ async fn fetch_range(
     let mut skip = match status {
         206 => {
             let range = response.headers().get("content-range").ok().flatten().unwrap_or_default();
-            let first = range.strip_prefix("bytes ").and_then(|r| r.split('-').next()).and_then(|s| s.parse::<u64>().ok());
+            let first =
+                range.strip_prefix("bytes ").and_then(|r| r.split('-').next()).and_then(|s| s.parse::<u64>().ok());
             if first != Some(start) {
                 controller.abort();
                 return Err(Attempt::Retry(format!("asked for bytes {start}-, got Content-Range {range:?}")));

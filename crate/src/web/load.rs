@@ -284,7 +284,8 @@ pub async fn load_model(
 
     let mut tokenizer_bytes = BTreeMap::new();
     for path in records.keys().filter(|p| p.starts_with("tokenizer/")) {
-        tokenizer_bytes.insert(path.trim_start_matches("tokenizer/").to_string(), read_file(store, &records[path]).await?);
+        tokenizer_bytes
+            .insert(path.trim_start_matches("tokenizer/").to_string(), read_file(store, &records[path]).await?);
     }
     let file = |name: &str| tokenizer_bytes.get(name).map(Vec::as_slice);
     let tokenizer = ClipTokenizer::from_files(TokenizerFiles {

@@ -178,9 +178,9 @@ async fn run(request: Request, cx: &Context) -> Result<Option<Event>, Error> {
                 let manifest = crate::manifest::Manifest::from_json(&record.manifest).ok();
                 let complete: Vec<String> = files.iter().filter(|f| f.complete).map(|f| f.path.clone()).collect();
                 let ready = manifest.as_ref().is_some_and(|m| {
-                    [None, Some(crate::weights::Variant::Fp32)].into_iter().any(|v| {
-                        m.select(v).is_ok_and(|sel| sel.iter().all(|f| complete.contains(&f.path)))
-                    })
+                    [None, Some(crate::weights::Variant::Fp32)]
+                        .into_iter()
+                        .any(|v| m.select(v).is_ok_and(|sel| sel.iter().all(|f| complete.contains(&f.path))))
                 });
                 models.push(ModelSummary {
                     id: record.id.clone(),
@@ -217,14 +217,16 @@ async fn run(request: Request, cx: &Context) -> Result<Option<Event>, Error> {
             let (device, _) = crate::gpu::wgpu_device().await?;
             let (loaded, _) = loaded_model(cx, &model, variant.map(Into::into), &device).await?;
             let tensor = |t: &crate::protocol::F32Tensor, what: &str| {
-                t.values().ok_or_else(|| Error::BadRequest(format!("{what}: {} bytes for shape {:?}", t.data.len(), t.shape)))
+                t.values()
+                    .ok_or_else(|| Error::BadRequest(format!("{what}: {} bytes for shape {:?}", t.data.len(), t.shape)))
             };
             let dims = |t: &crate::protocol::F32Tensor| t.shape.iter().map(|&d| d as usize).collect::<Vec<_>>();
             let (s, e) = (dims(&sample), dims(&encoder_hidden_states));
             if s.len() != 4 || e.len() != 3 {
                 return Err(Error::BadRequest(format!("sample {s:?} must be 4-D, encoder_hidden_states {e:?} 3-D")));
             }
-            let sample = Tensor::<4>::from_data(TensorData::new(tensor(&sample, "sample")?, [s[0], s[1], s[2], s[3]]), &device);
+            let sample =
+                Tensor::<4>::from_data(TensorData::new(tensor(&sample, "sample")?, [s[0], s[1], s[2], s[3]]), &device);
             let ehs = Tensor::<3>::from_data(
                 TensorData::new(tensor(&encoder_hidden_states, "encoder_hidden_states")?, [e[0], e[1], e[2]]),
                 &device,
@@ -260,7 +262,8 @@ async fn loaded_model(
     variant: Option<crate::weights::Variant>,
     device: &burn::tensor::Device,
 ) -> Result<(Rc<LoadedModel>, bool), Error> {
-    let loaded = cx.state.borrow().model.clone().filter(|m| m.id == id && m.variant == variant && &m.pipeline.device == device);
+    let loaded =
+        cx.state.borrow().model.clone().filter(|m| m.id == id && m.variant == variant && &m.pipeline.device == device);
     if let Some(model) = loaded {
         return Ok((model, true));
     }
@@ -284,8 +287,17 @@ async fn ensure_model(
 ) -> Result<crate::protocol::DownloadReport, Error> {
     let allowed = allowed_origins.unwrap_or_else(|| DEFAULT_ALLOWED_ORIGINS.iter().map(|o| o.to_string()).collect());
     let store = cx.store().await?;
-    download::ensure_model(store, manifest_url.to_string(), variant, files, &allowed, options, cx.emit.clone(), cx.cancel.clone())
-        .await
+    download::ensure_model(
+        store,
+        manifest_url.to_string(),
+        variant,
+        files,
+        &allowed,
+        options,
+        cx.emit.clone(),
+        cx.cancel.clone(),
+    )
+    .await
 }
 
 /// The wasm heap's size now (it only grows: this is the peak so far).

@@ -131,7 +131,10 @@ impl Store {
     async fn put(&self, store: &str, key: JsValue, value: &JsValue) -> Result<(), Error> {
         let tx = self.db.transaction(&[store], TransactionMode::ReadWrite).map_err(|e| store_error("writing", e))?;
         let os = tx.object_store(store).map_err(|e| store_error("writing", e))?;
-        os.put(value, Some(&key)).map_err(|e| store_error("writing", e))?.await.map_err(|e| store_error("writing", e))?;
+        os.put(value, Some(&key))
+            .map_err(|e| store_error("writing", e))?
+            .await
+            .map_err(|e| store_error("writing", e))?;
         finish(tx, "writing").await
     }
 
@@ -148,7 +151,11 @@ impl Store {
     pub async fn models(&self) -> Result<Vec<ModelRecord>, Error> {
         let tx = self.db.transaction(&[MODELS], TransactionMode::ReadOnly).map_err(|e| store_error("listing", e))?;
         let os = tx.object_store(MODELS).map_err(|e| store_error("listing", e))?;
-        let all = os.get_all(None, None).map_err(|e| store_error("listing", e))?.await.map_err(|e| store_error("listing", e))?;
+        let all = os
+            .get_all(None, None)
+            .map_err(|e| store_error("listing", e))?
+            .await
+            .map_err(|e| store_error("listing", e))?;
         all.into_iter().map(from_js).collect()
     }
 
@@ -182,7 +189,10 @@ impl Store {
         let data: JsValue = Uint8Array::from(bytes).into();
         let put_chunk = chunks.put(&data, Some(&chunk_key(&record.id, &record.path, index)));
         let put_record = files.put(&to_js(record)?, Some(&file_key(&record.id, &record.path)));
-        put_chunk.map_err(|e| store_error("writing a chunk", e))?.await.map_err(|e| store_error("writing a chunk", e))?;
+        put_chunk
+            .map_err(|e| store_error("writing a chunk", e))?
+            .await
+            .map_err(|e| store_error("writing a chunk", e))?;
         put_record.map_err(|e| store_error("writing", e))?.await.map_err(|e| store_error("writing", e))?;
         finish(tx, "writing a chunk").await
     }
@@ -209,7 +219,8 @@ impl Store {
         Ok(async move {
             let _tx = tx;
             let value = request.await.map_err(|e| store_error("reading", e))?.filter(|v| !v.is_undefined());
-            let value = value.ok_or_else(|| Error::NotStored(format!("{path}: chunk {index} is missing from the store")))?;
+            let value =
+                value.ok_or_else(|| Error::NotStored(format!("{path}: chunk {index} is missing from the store")))?;
             Ok(Uint8Array::new(&value).to_vec())
         })
     }
@@ -221,8 +232,10 @@ impl Store {
 
     /// Removes a file's chunks and resets its record to nothing stored (one transaction).
     pub async fn reset_file(&self, record: &FileRecord) -> Result<(), Error> {
-        let tx =
-            self.db.transaction(&[FILES, CHUNKS], TransactionMode::ReadWrite).map_err(|e| store_error("deleting", e))?;
+        let tx = self
+            .db
+            .transaction(&[FILES, CHUNKS], TransactionMode::ReadWrite)
+            .map_err(|e| store_error("deleting", e))?;
         let chunks = tx.object_store(CHUNKS).map_err(|e| store_error("deleting", e))?;
         let files = tx.object_store(FILES).map_err(|e| store_error("deleting", e))?;
         chunks

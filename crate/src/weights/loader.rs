@@ -57,7 +57,12 @@ pub trait TensorSource {
     ) -> Result<Tensor<D>, WeightsError>;
     /// The 2-D tensor `info` in row blocks of at most `max_rows` rows, each its own device buffer (a
     /// table too large for one GPU binding, see [`TensorLoader::row_blocks`]).
-    fn fetch_rows(&mut self, info: &TensorInfo, max_rows: usize, device: &Device) -> Result<Vec<Tensor<2>>, WeightsError>;
+    fn fetch_rows(
+        &mut self,
+        info: &TensorInfo,
+        max_rows: usize,
+        device: &Device,
+    ) -> Result<Vec<Tensor<2>>, WeightsError>;
 }
 
 /// What a model's `load` accepts: any [`ByteSource`] holding a safetensors file, or [`DeviceTensors`].
@@ -88,7 +93,12 @@ impl<B: ByteSource> TensorSource for SafetensorsReader<B> {
         Ok(Tensor::from_data(host_data(&info, &bytes, transpose, device)?, device))
     }
 
-    fn fetch_rows(&mut self, info: &TensorInfo, max_rows: usize, device: &Device) -> Result<Vec<Tensor<2>>, WeightsError> {
+    fn fetch_rows(
+        &mut self,
+        info: &TensorInfo,
+        max_rows: usize,
+        device: &Device,
+    ) -> Result<Vec<Tensor<2>>, WeightsError> {
         let (info, bytes) = self.read_bytes(&info.name)?;
         let [rows, cols] = two_d(&info)?;
         let row_bytes = cols * info.dtype.size() as usize;
@@ -116,7 +126,12 @@ fn two_d(info: &TensorInfo) -> Result<[usize; 2], WeightsError> {
 /// One tensor's bytes as [`TensorData`] in the device's float dtype: fp16 stays f16 on a device computing
 /// in f16 (WebGPU with shader-f16), everything else becomes f32 (Flex, WebGPU without shader-f16).
 /// 2-D tensors can be transposed on the way (in cache-friendly tiles).
-pub fn host_data(info: &TensorInfo, bytes: &[u8], transpose: bool, device: &Device) -> Result<TensorData, WeightsError> {
+pub fn host_data(
+    info: &TensorInfo,
+    bytes: &[u8],
+    transpose: bool,
+    device: &Device,
+) -> Result<TensorData, WeightsError> {
     let shape = &info.shape;
     let out_shape: Vec<usize> = if transpose { vec![shape[1], shape[0]] } else { shape.clone() };
     Ok(if info.dtype == Dtype::F16 && device.settings().float_dtype == FloatDType::F16 {
@@ -183,7 +198,12 @@ impl TensorSource for DeviceTensors {
         Ok(if transpose { tensor.transpose() } else { tensor })
     }
 
-    fn fetch_rows(&mut self, info: &TensorInfo, max_rows: usize, _device: &Device) -> Result<Vec<Tensor<2>>, WeightsError> {
+    fn fetch_rows(
+        &mut self,
+        info: &TensorInfo,
+        max_rows: usize,
+        _device: &Device,
+    ) -> Result<Vec<Tensor<2>>, WeightsError> {
         let [_, cols] = two_d(info)?;
         let bad = |reason: String| WeightsError::BadEntry { name: info.name.clone(), reason };
         // Consecutive upload pieces joined while they fit in `max_rows` (a piece is never split).
@@ -219,10 +239,10 @@ fn join(mut pieces: Vec<Tensor<1>>) -> Tensor<1> {
 
 impl DeviceTensors {
     fn take(&mut self, info: &TensorInfo) -> Result<Vec<Tensor<1>>, WeightsError> {
-        let (_, pieces) = self.tensors.remove(&info.name).ok_or_else(|| WeightsError::BadEntry {
-            name: info.name.clone(),
-            reason: "already taken".into(),
-        })?;
+        let (_, pieces) = self
+            .tensors
+            .remove(&info.name)
+            .ok_or_else(|| WeightsError::BadEntry { name: info.name.clone(), reason: "already taken".into() })?;
         Ok(pieces)
     }
 }
@@ -239,7 +259,11 @@ pub struct TensorLoader<S> {
 
 impl<S: TensorSource> TensorLoader<S> {
     /// Reads the file's header and applies `key_map` to its names.
-    pub fn new<I: IntoTensorSource<Source = S>>(source: I, key_map: KeyMap, device: &Device) -> Result<Self, LoadError> {
+    pub fn new<I: IntoTensorSource<Source = S>>(
+        source: I,
+        key_map: KeyMap,
+        device: &Device,
+    ) -> Result<Self, LoadError> {
         let source = source.into_tensor_source()?;
         let names = source.infos().into_iter().filter_map(|t| Some((key_map(&t.name)?, t))).collect();
         Ok(Self { source, device: device.clone(), names, used: BTreeSet::new(), missing: Vec::new() })
@@ -260,7 +284,11 @@ impl<S: TensorSource> TensorLoader<S> {
             return Ok(None);
         };
         if info.shape != shape {
-            return Err(LoadError::Shape { name: name.to_string(), expected: shape.to_vec(), actual: info.shape.clone() });
+            return Err(LoadError::Shape {
+                name: name.to_string(),
+                expected: shape.to_vec(),
+                actual: info.shape.clone(),
+            });
         }
         self.used.insert(name.to_string());
         Ok(Some(info.clone()))
@@ -268,7 +296,12 @@ impl<S: TensorSource> TensorLoader<S> {
 
     /// The tensor on the device (transposed if asked, 2-D only), or the one-element placeholder of a
     /// missing tensor (recorded for `finish`).
-    fn fetch<const D: usize>(&mut self, name: &str, shape: [usize; D], transpose: bool) -> Result<Tensor<D>, LoadError> {
+    fn fetch<const D: usize>(
+        &mut self,
+        name: &str,
+        shape: [usize; D],
+        transpose: bool,
+    ) -> Result<Tensor<D>, LoadError> {
         match self.lookup(name, &shape)? {
             Some(info) => Ok(self.source.fetch(&info, transpose, &self.device)?),
             None => Ok(Tensor::zeros([1; D], &self.device)),
@@ -355,8 +388,12 @@ impl<S: TensorSource> TensorLoader<S> {
         if !self.missing.is_empty() {
             return Err(LoadError::Missing(self.missing));
         }
-        let unused: Vec<String> =
-            self.names.into_iter().filter(|(canonical, _)| !self.used.contains(canonical)).map(|(_, f)| f.name).collect();
+        let unused: Vec<String> = self
+            .names
+            .into_iter()
+            .filter(|(canonical, _)| !self.used.contains(canonical))
+            .map(|(_, f)| f.name)
+            .collect();
         if !unused.is_empty() {
             return Err(LoadError::Unexpected(unused));
         }
@@ -407,13 +444,19 @@ mod tests {
             let mut tensors = DeviceTensors::default();
             tensors.insert(info.clone(), uploaded.clone());
             let blocks = tensors.fetch_rows(&info, max_rows, &device).unwrap();
-            assert_eq!(blocks.iter().map(|b| b.dims()).collect::<Vec<_>>(), rows.iter().map(|&r| [r, 3]).collect::<Vec<_>>());
+            assert_eq!(
+                blocks.iter().map(|b| b.dims()).collect::<Vec<_>>(),
+                rows.iter().map(|&r| [r, 3]).collect::<Vec<_>>()
+            );
             let joined: Vec<f32> = blocks.into_iter().flat_map(values).collect();
             assert_eq!(joined, table, "max_rows {max_rows}");
         }
         // A piece that splits a row cannot make row blocks.
         let mut tensors = DeviceTensors::default();
-        tensors.insert(info.clone(), vec![Tensor::<1>::from_floats(&table[..16], &device), Tensor::from_floats(&table[16..], &device)]);
+        tensors.insert(
+            info.clone(),
+            vec![Tensor::<1>::from_floats(&table[..16], &device), Tensor::from_floats(&table[16..], &device)],
+        );
         assert!(tensors.fetch_rows(&info, 4, &device).is_err());
     }
 
