@@ -35,8 +35,9 @@ for mode in "f32 --ours wgpu" "f16 --torch-dtype f16 --ours wgpu-f16"; do
   "$py" web/bench/native.py "$model" "$uic" 5 "$model" --torch-device "${TORCH_DEVICE:-cuda}" \
     --sizes "${SIZES:-32,64}" "$@" > "$out/unet-$name.json"
 done
-"$ops" "${OPS_LATENT:-64}" wgpu > "$out/ops-f32.txt"
-"$ops" "${OPS_LATENT:-64}" wgpu-f16 > "$out/ops-f16.txt"
+# Its adapter line goes to stderr.
+"$ops" "${OPS_LATENT:-64}" wgpu > "$out/ops-f32.txt" 2>&1
+"$ops" "${OPS_LATENT:-64}" wgpu-f16 > "$out/ops-f16.txt" 2>&1
 { echo "{"; echo "  \"date\": \"$(date -u +%FT%TZ)\","; echo "  \"websd\": \"$(git rev-parse --short HEAD)\","
   echo "  \"gpu\": \"$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)\","
   echo "  \"cpu\": \"$(nproc) cores\""; echo "}"; } > "$out/meta.json"

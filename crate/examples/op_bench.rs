@@ -8,8 +8,10 @@ use burn::nn::{GroupNormConfig, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::softmax;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Device, Distribution, FloatDType, Tensor};
+use burn::tensor::{Distribution, Tensor};
 use websd::models::{flex_attention, group_norm};
+
+mod common;
 
 /// Median of `reps` timed calls after one untimed call (autotune, allocations). Each call ends with a
 /// [`read`], so a GPU's queue is drained.
@@ -48,18 +50,7 @@ fn matmul_attention(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>, rows: usize) ->
 fn main() {
     let n: usize = std::env::args().nth(1).map_or(32, |a| a.parse().expect("latent size"));
     let kind = std::env::args().nth(2).unwrap_or_else(|| "cpu".into());
-    let d = match kind.as_str() {
-        "cpu" => Device::flex(),
-        "wgpu" | "wgpu-f16" => {
-            let (mut device, info) = websd::gpu::wgpu_device().expect("a wgpu adapter");
-            if kind == "wgpu-f16" {
-                device.configure(FloatDType::F16).expect("f16 compute (shader-f16)");
-            }
-            println!("adapter: {} ({})", info.adapter, info.backend);
-            device
-        }
-        other => panic!("unknown device {other}: cpu, wgpu or wgpu-f16"),
-    };
+    let d = common::device(&kind);
     let normal = Distribution::Normal(0.0, 1.0);
     for (c, s) in [(320, n), (640, n / 2), (1280, n / 4), (1280, n / 8)] {
         let x = Tensor::<4>::random([2, c, s, s], normal, &d);
@@ -88,7 +79,7 @@ fn main() {
                 read(attention(q.clone(), keys.clone(), keys.clone(), None, None, AttentionModuleOptions::default()));
             });
             // Score blocks of at most 128 MiB (as f32), WebGPU's guaranteed binding size.
-            let rows = ((128 << 20) / (4 * 16 * keys.dims()[2])).min(s * s);
+            let rows = (websd::gpu::MAX_BUFFER_BYTES as usize / (4 * 16 * keys.dims()[2])).min(s * s);
             time(&format!("{what}-attention {shape}, matmul+softmax in {rows}-query blocks"), 5, || {
                 read(matmul_attention(&q, keys, keys, rows));
             });

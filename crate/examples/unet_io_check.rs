@@ -1,6 +1,6 @@
 //! One U-Net call on given inputs against torch's output for them (the benchmark's models):
 //! `cargo run --release --example unet_io_check -- <model dir> <io dir with io_sample.npy,
-//! io_timestep.npy, io_encoder_hidden_states.npy> <torch output .npy> [cpu|wgpu]`
+//! io_timestep.npy, io_encoder_hidden_states.npy> <torch output .npy> [cpu|wgpu|wgpu-f16]`
 //!
 //! `unet_io_check <model dir> --serve [cpu|wgpu|wgpu-f16]` loads the U-Net once (on Flex, or on wgpu
 //! computing in f32 or in f16), then answers each stdin line `<io dir> <torch output .npy>` with one timed
@@ -9,11 +9,13 @@
 
 use std::path::Path;
 
-use burn::tensor::{Device, FloatDType, Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
 use websd::config::UNet2DConditionConfig;
 use websd::models::unet_2d_condition::UNet2DConditionModel;
 use websd::pipeline::StableDiffusion;
 use websd::weights::{Variant, component_weights};
+
+mod common;
 
 /// A little-endian f4 or i8 .npy file as f32 values and its shape.
 fn npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
@@ -51,18 +53,7 @@ fn call(unet: &UNet2DConditionModel, device: &Device, io: &Path, out: &Path) -> 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(2).map(String::as_str) == Some("--serve") {
-        let device = match args.get(3).map(String::as_str) {
-            None | Some("cpu") => Device::flex(),
-            Some(kind @ ("wgpu" | "wgpu-f16")) => {
-                let (mut device, info) = websd::gpu::wgpu_device().expect("a wgpu adapter");
-                if kind == "wgpu-f16" {
-                    device.configure(FloatDType::F16).expect("f16 compute (shader-f16)");
-                }
-                eprintln!("adapter: {} ({}), shader-f16 {}", info.adapter, info.backend, info.shader_f16);
-                device
-            }
-            Some(other) => panic!("unknown device {other}: cpu, wgpu or wgpu-f16"),
-        };
+        let device = common::device(args.get(3).map_or("cpu", String::as_str));
         let dir = Path::new(&args[1]);
         let config = std::fs::read_to_string(dir.join("unet/config.json")).unwrap();
         let config: UNet2DConditionConfig = websd::config::parse("unet/config.json", &config).unwrap();
@@ -78,10 +69,7 @@ fn main() {
         return;
     }
     let (dir, io, out) = (Path::new(&args[1]), Path::new(&args[2]), Path::new(&args[3]));
-    let device = match args.get(4).map(String::as_str) {
-        Some("wgpu") => websd::gpu::wgpu_device().expect("a wgpu adapter").0,
-        _ => Device::flex(),
-    };
+    let device = common::device(args.get(4).map_or("cpu", String::as_str));
     let sd = StableDiffusion::load_dir(dir, Some(Variant::Fp32), &device).unwrap();
     let (ms, diff, n) = call(&sd.unet, &device, io, out);
     println!("max abs diff vs torch {diff:e} ({n} values, {ms:.0} ms)");

@@ -60,8 +60,8 @@ for size in map(int, args.sizes.split(",")):
     rows = {"torch": [], "websd": []}
     diffs = []
     out = os.path.join(io, "torch_out.npy")
+    x, e = sample.to(dev, dtype), ehs.to(dev, dtype)
     for rep in range(reps + 1):
-        x, e = sample.to(dev, dtype), ehs.to(dev, dtype)
         sync()
         t0 = time.perf_counter()
         with torch.no_grad():

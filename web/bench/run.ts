@@ -305,7 +305,7 @@ if (ONLY.has("gpu")) {
         const m = /^(.*): ([\d.]+) ms$/.exec(l);
         return m ? [[m[1]!, Number(m[2])]] : [];
       });
-      return { adapter: lines[0]!.replace(/^adapter: /, ""), ms };
+      return { adapter: lines.find((l) => l.startsWith("adapter: "))?.replace(/^adapter: /, "") ?? "?", ms };
     };
     results.gpu = {
       ...meta,

@@ -18,8 +18,9 @@ pub const MAX_SCORE_BYTES: usize = 32 << 20;
 /// score matrix above [`MAX_SCORE_BYTES`]: exact, since each query row is independent.
 ///
 /// On Flex our own tiled kernel runs instead ([`super::flex_attention`]: about 2x burn-flex's at 512 px).
-/// Natively on wgpu, autotune picks a flash kernel, so burn never builds the score matrix. In the browser autotune is off (see Cargo.toml), so burn takes its fallback, which does:
-/// 1 GiB for 512 px SD 1.5's first self-attention (`[2, 8, 4096, 4096]`), 8x WebGPU's guaranteed
+/// Natively on wgpu, autotune picks a flash kernel, so burn never builds the score matrix. In the browser
+/// autotune is off (see Cargo.toml), so burn takes its fallback, which does: 1 GiB for 512 px SD 1.5's
+/// first self-attention (`[2, 8, 4096, 4096]`), 8x WebGPU's guaranteed
 /// binding size. There the queries go through in blocks (128 rows at that shape: 32 MiB each).
 ///
 /// # Shapes
