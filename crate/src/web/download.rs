@@ -6,7 +6,7 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
-use js_sys::{Function, Object, Promise, Reflect, Uint8Array};
+use js_sys::{Function, Object, Promise, Reflect};
 use sha2::{Digest, Sha256};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::{JsCast, JsValue};
@@ -534,7 +534,7 @@ async fn fetch_range(
             break Ok(());
         }
         let Some(value) = get(&read, "value") else { continue };
-        let mut bytes = Uint8Array::new(&value).to_vec();
+        let mut bytes = super::store::byte_view(value).to_vec();
         progress.fetched += bytes.len() as u64;
         if skip > 0 {
             let n = (skip as usize).min(bytes.len());

@@ -6,6 +6,7 @@ use std::cell::Cell;
 use std::collections::BTreeMap;
 
 use burn::tensor::{Device, Tensor};
+use js_sys::Uint8Array;
 
 use super::store::{FileRecord, Store};
 use crate::Error;
@@ -35,25 +36,27 @@ pub struct LoadedModel {
 }
 
 /// The next chunk's read, already issued.
-type ChunkAhead = (u64, std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<u8>, Error>>>>);
+type ChunkAhead = (u64, std::pin::Pin<Box<dyn std::future::Future<Output = Result<Uint8Array, Error>>>>);
 
-/// Sequential reads over a stored file's chunks: one chunk in memory and the next one being read.
+/// Sequential reads over a stored file's chunks: one chunk at hand (left in JS) and the next one being
+/// read.
 struct ChunkReader<'a> {
     store: &'a Store,
     record: FileRecord,
-    buf: Vec<u8>,
+    buf: Option<Uint8Array>,
     buf_start: u64,
+    buf_len: u64,
     ahead: Option<ChunkAhead>,
 }
 
 impl<'a> ChunkReader<'a> {
     fn new(store: &'a Store, record: FileRecord) -> Self {
-        Self { store, record, buf: Vec::new(), buf_start: 0, ahead: None }
+        Self { store, record, buf: None, buf_start: 0, buf_len: 0, ahead: None }
     }
 
     /// Chunk `index`, and the read of the one after it started (sequential reads then wait for
     /// IndexedDB only when decoding and uploading a chunk took less time than reading one).
-    async fn fetch(&mut self, index: u64) -> Result<Vec<u8>, Error> {
+    async fn fetch(&mut self, index: u64) -> Result<Uint8Array, Error> {
         let (id, path) = (&self.record.id, &self.record.path);
         let this = match self.ahead.take() {
             Some((i, read)) if i == index => read,
@@ -66,6 +69,8 @@ impl<'a> ChunkReader<'a> {
         this.await
     }
 
+    /// `len` bytes from `start`, copied from the chunks in JS straight into the returned vector (one
+    /// copy per byte: a chunk is never brought into the wasm heap whole).
     async fn read(&mut self, start: u64, len: usize) -> Result<Vec<u8>, Error> {
         if start + len as u64 > self.record.size {
             return Err(Error::Model(format!("{}: read past the end", self.record.path)));
@@ -73,18 +78,24 @@ impl<'a> ChunkReader<'a> {
         let mut out = Vec::with_capacity(len);
         let mut pos = start;
         while out.len() < len {
-            let in_buf = self.buf_start <= pos && pos < self.buf_start + self.buf.len() as u64;
+            let in_buf = self.buf.is_some() && self.buf_start <= pos && pos < self.buf_start + self.buf_len;
             if !in_buf {
                 let index = pos / self.record.chunk_bytes;
-                self.buf = self.fetch(index).await?;
+                let chunk = self.fetch(index).await?;
                 self.buf_start = index * self.record.chunk_bytes;
-                if self.buf.is_empty() {
+                self.buf_len = chunk.length() as u64;
+                self.buf = Some(chunk);
+                if self.buf_len == 0 {
                     return Err(Error::Model(format!("{}: chunk {index} is empty", self.record.path)));
                 }
             }
-            let offset = (pos - self.buf_start) as usize;
-            let n = (len - out.len()).min(self.buf.len() - offset);
-            out.extend_from_slice(&self.buf[offset..offset + n]);
+            let chunk = self.buf.as_ref().expect("a chunk at hand");
+            let offset = (pos - self.buf_start) as u32;
+            let n = (len - out.len()).min((self.buf_len - offset as u64) as usize);
+            let filled = out.len();
+            chunk.subarray(offset, offset + n as u32).copy_to_uninit(&mut out.spare_capacity_mut()[..n]);
+            // SAFETY: `copy_to_uninit` initialised the `n` bytes after `filled`.
+            unsafe { out.set_len(filled + n) };
             pos += n as u64;
         }
         Ok(out)

@@ -12,7 +12,7 @@
 use idb::{Database, DatabaseEvent, Factory, KeyRange, ObjectStoreParams, Query, TransactionMode};
 use js_sys::{Array, Uint8Array};
 use serde::{Deserialize, Serialize};
-use wasm_bindgen::JsValue;
+use wasm_bindgen::{JsCast, JsValue};
 
 use crate::Error;
 
@@ -199,13 +199,13 @@ impl Store {
 
     /// Chunk `index` of a file, its read issued before this returns: awaiting the result later lets
     /// IndexedDB work while the caller does (the loader decodes and uploads one chunk while the next is
-    /// read).
+    /// read). The bytes stay in JS: the caller copies what it needs straight to where it goes.
     pub fn chunk_soon(
         &self,
         id: &str,
         path: &str,
         index: u64,
-    ) -> Result<impl std::future::Future<Output = Result<Vec<u8>, Error>> + 'static, Error> {
+    ) -> Result<impl std::future::Future<Output = Result<Uint8Array, Error>> + 'static, Error> {
         let tx = self.db.transaction(&[CHUNKS], TransactionMode::ReadOnly).map_err(|e| store_error("reading", e))?;
         let request = tx
             .object_store(CHUNKS)
@@ -221,13 +221,13 @@ impl Store {
             let value = request.await.map_err(|e| store_error("reading", e))?.filter(|v| !v.is_undefined());
             let value =
                 value.ok_or_else(|| Error::NotStored(format!("{path}: chunk {index} is missing from the store")))?;
-            Ok(Uint8Array::new(&value).to_vec())
+            Ok(byte_view(value))
         })
     }
 
     /// Chunk `index` of a file.
     pub async fn chunk(&self, id: &str, path: &str, index: u64) -> Result<Vec<u8>, Error> {
-        self.chunk_soon(id, path, index)?.await
+        Ok(self.chunk_soon(id, path, index)?.await?.to_vec())
     }
 
     /// Removes a file's chunks and resets its record to nothing stored (one transaction).
@@ -266,6 +266,13 @@ impl Store {
         }
         finish(tx, "deleting").await
     }
+}
+
+/// `value` (a `Uint8Array`, or an `ArrayBuffer`) as a `Uint8Array`, without copying: `new
+/// Uint8Array(typedArray)` (js-sys' `Uint8Array::new`) would copy a typed array's bytes, which doubled
+/// the time of reading the weights.
+pub fn byte_view(value: JsValue) -> Uint8Array {
+    value.dyn_into::<Uint8Array>().unwrap_or_else(|other| Uint8Array::new(&other))
 }
 
 /// Waits for the transaction; an abort (quota, ...) is an error naming the transaction's reason.

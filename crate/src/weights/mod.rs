@@ -1,9 +1,11 @@
 //! Reading model weights: the safetensors format, streamed tensor by tensor from any byte source, so a
 //! weight file is never in memory as a whole (a 1.7 GB UNet in a browser tab would not fit).
 
+mod f16_decode;
 mod loader;
 mod safetensors;
 
+pub use f16_decode::f16_le_to_f32;
 pub use loader::{DeviceTensors, IntoTensorSource, KeyMap, LoadError, TensorLoader, TensorSource, host_data};
 
 pub use safetensors::{ByteSource, Dtype, SafetensorsHeader, SafetensorsReader, TensorInfo, WeightsError};

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
 
-use burn::tensor::{bf16, f16};
+use burn::tensor::bf16;
 use serde_json::Value;
 
 /// The header may not be larger than this (the reference implementation's limit).
@@ -120,7 +120,7 @@ impl TensorInfo {
         let chunks = |n: usize| bytes.chunks_exact(n);
         Ok(match self.dtype {
             Dtype::F32 => chunks(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-            Dtype::F16 => chunks(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            Dtype::F16 => super::f16_le_to_f32(bytes),
             Dtype::BF16 => chunks(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
             Dtype::F64 => chunks(8).map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32).collect(),
             dtype => return Err(WeightsError::WrongDtype { name: self.name.clone(), dtype, wanted: "f32" }),
