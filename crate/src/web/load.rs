@@ -35,37 +35,49 @@ pub struct LoadedModel {
     pub name: String,
 }
 
-/// The next chunk's read, already issued.
-type ChunkAhead = (u64, std::pin::Pin<Box<dyn std::future::Future<Output = Result<Uint8Array, Error>>>>);
+/// Chunk reads kept in flight ahead of the one being used: IndexedDB serves a few requests in parallel
+/// faster than one at a time, and the reads go on while the worker decodes and uploads (each holds a
+/// 4 MiB chunk in the JS heap, not in the wasm heap).
+const READ_AHEAD: u64 = 3;
 
-/// Sequential reads over a stored file's chunks: one chunk at hand (left in JS) and the next one being
-/// read.
+/// A chunk's read, already issued.
+type ChunkRead = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Uint8Array, Error>>>>;
+
+/// Sequential reads over a stored file's chunks: one chunk at hand (left in JS) and the next
+/// [`READ_AHEAD`] being read.
 struct ChunkReader<'a> {
     store: &'a Store,
     record: FileRecord,
     buf: Option<Uint8Array>,
     buf_start: u64,
     buf_len: u64,
-    ahead: Option<ChunkAhead>,
+    /// Reads of the chunks from `ahead_from` on, in order.
+    ahead: std::collections::VecDeque<ChunkRead>,
+    ahead_from: u64,
 }
 
 impl<'a> ChunkReader<'a> {
     fn new(store: &'a Store, record: FileRecord) -> Self {
-        Self { store, record, buf: None, buf_start: 0, buf_len: 0, ahead: None }
+        Self { store, record, buf: None, buf_start: 0, buf_len: 0, ahead: Default::default(), ahead_from: 0 }
     }
 
-    /// Chunk `index`, and the read of the one after it started (sequential reads then wait for
-    /// IndexedDB only when decoding and uploading a chunk took less time than reading one).
+    /// Chunk `index`, with the reads of the [`READ_AHEAD`] after it issued (sequential reads then wait
+    /// for IndexedDB only when it is slower than decoding and uploading).
     async fn fetch(&mut self, index: u64) -> Result<Uint8Array, Error> {
         let (id, path) = (&self.record.id, &self.record.path);
-        let this = match self.ahead.take() {
-            Some((i, read)) if i == index => read,
-            _ => Box::pin(self.store.chunk_soon(id, path, index)?),
-        };
-        let next = index + 1;
-        if next * self.record.chunk_bytes < self.record.size {
-            self.ahead = Some((next, Box::pin(self.store.chunk_soon(id, path, next)?)));
+        if index != self.ahead_from {
+            // Not the next chunk (the header's re-read, or a seek): start over from `index`.
+            self.ahead.clear();
+            self.ahead_from = index;
         }
+        let chunks = self.record.size.div_ceil(self.record.chunk_bytes);
+        let end = (index + 1 + READ_AHEAD).min(chunks);
+        while self.ahead_from + (self.ahead.len() as u64) < end {
+            let next = self.ahead_from + self.ahead.len() as u64;
+            self.ahead.push_back(Box::pin(self.store.chunk_soon(id, path, next)?));
+        }
+        let this = self.ahead.pop_front().expect("the read of chunk `index` was issued");
+        self.ahead_from += 1;
         this.await
     }
 
