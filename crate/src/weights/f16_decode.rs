@@ -22,6 +22,7 @@ pub fn f16_le_to_f32(bytes: &[u8]) -> Vec<f32> {
     out
 }
 
+#[cfg(any(test, target_arch = "wasm32"))]
 fn scalar(b: [u8; 2]) -> f32 {
     f16::from_le_bytes(b).to_f32()
 }
