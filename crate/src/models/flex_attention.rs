@@ -240,7 +240,7 @@ mod tests {
     use super::*;
     use burn::tensor::module::attention as burn_attention;
     use burn::tensor::ops::AttentionModuleOptions;
-    use burn::tensor::{Device, Distribution, Tolerance};
+    use burn::tensor::{Device, Distribution};
 
     #[test]
     fn exp_matches_std_on_the_softmax_range() {
@@ -289,13 +289,13 @@ mod tests {
             let k = Tensor::<4>::random([2, 3, keys, 8], normal, &device);
             let v = Tensor::<4>::random([2, 3, keys, 5], normal, &device);
             let exact = reference(
-                &q.to_data().to_vec::<f32>().unwrap(),
-                &k.to_data().to_vec::<f32>().unwrap(),
-                &v.to_data().to_vec::<f32>().unwrap(),
+                &q.to_data().try_to_vec::<f32>().unwrap(),
+                &k.to_data().try_to_vec::<f32>().unwrap(),
+                &v.to_data().try_to_vec::<f32>().unwrap(),
                 [6, queries, keys, 8, 5],
             );
             let worst = |t: Tensor<4>| {
-                let t = t.into_data().to_vec::<f32>().unwrap();
+                let t = t.into_data().try_to_vec::<f32>().unwrap();
                 t.iter().zip(&exact).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max)
             };
             let ours = worst(attention(q.clone(), k.clone(), v.clone()).expect("f32"));

@@ -1,5 +1,7 @@
 use std::io::Cursor;
 
+use burn::tensor::f16;
+
 use super::*;
 
 /// Builds a safetensors file from (name, dtype, shape, bytes), tensors laid out in the given order.
