@@ -136,6 +136,24 @@ pub fn wgpu_device() -> Result<(Device, GpuInfo), Error> {
     .clone()
 }
 
+/// Runs wasm's static constructors (cubecl registers ~4,900 items through `inventory`), once.
+///
+/// wasm-ld takes a module that never calls `__wasm_call_ctors` for a command and wraps every export in
+/// a call to it. wasm-bindgen's glue calls exports for each JS value and string it hands to wasm
+/// (`__externref_table_alloc`, `__wbindgen_malloc`), so every crossing re-ran all the constructors,
+/// 0.3 ms a time: a progress event cost 6 ms, loading SD 1.5 spent 7 s on them. Referencing it here
+/// removes the wrappers, so it must run before cubecl is used: the worker's `start` and
+/// [`wgpu_device`] (the browser tests' entry) call this.
+#[cfg(target_arch = "wasm32")]
+pub fn run_static_constructors() {
+    unsafe extern "C" {
+        fn __wasm_call_ctors();
+    }
+    static DONE: std::sync::Once = std::sync::Once::new();
+    // SAFETY: synthesised by wasm-ld; `Once` keeps it to one call, as constructors expect.
+    DONE.call_once(|| unsafe { __wasm_call_ctors() });
+}
+
 #[cfg(target_arch = "wasm32")]
 struct WebGpu {
     device: Device,
@@ -163,6 +181,7 @@ pub fn device_lost() -> Option<String> {
 /// loaded again.
 #[cfg(target_arch = "wasm32")]
 pub async fn wgpu_device() -> Result<(Device, GpuInfo), Error> {
+    run_static_constructors();
     let cached = WGPU.with(|c| c.borrow().as_ref().map(|g| (g.device.clone(), g.info.clone(), g.lost.clone())));
     let relost = match cached {
         Some((device, info, lost)) => match lost.lock().ok().and_then(|l| l.clone()) {

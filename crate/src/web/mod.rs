@@ -26,22 +26,12 @@ use download::{DEFAULT_ALLOWED_ORIGINS, DEFAULT_CHUNK_BYTES, DEFAULT_STALL_MS, D
 use load::LoadedModel;
 use store::Store;
 
-unsafe extern "C" {
-    /// Runs the static constructors (`inventory` registrations in cubecl), synthesised by wasm-ld.
-    fn __wasm_call_ctors();
-}
-
 /// Runs the static constructors and installs the panic hook once the module is instantiated, so a Rust
 /// panic reaches the console with its message (the worker turns the resulting exception into an
 /// `Error` event).
 #[wasm_bindgen(start)]
 fn start() {
-    // wasm-ld takes a module that never calls `__wasm_call_ctors` for a command, and wraps every export
-    // in a call to it: then each JS value made from wasm (`__externref_table_alloc`), each string
-    // passed in (`__wbindgen_malloc`) re-ran cubecl's ~4,900 constructors, 0.3 ms a time (a progress
-    // event cost 6 ms, loading SD 1.5 spent 7 s on them). Calling it here, once, removes the wrappers.
-    // SAFETY: called once, at instantiation, before any other export.
-    unsafe { __wasm_call_ctors() };
+    crate::gpu::run_static_constructors();
     console_error_panic_hook::set_once();
 }
 
