@@ -41,7 +41,7 @@ step "web build: trunk build --release"
 timed trunk build --release
 # wasm-ld wraps the exports of a module that never calls __wasm_call_ctors in a call to it (named
 # *.command_export); the glue then re-runs cubecl's constructors at every JS value it passes to wasm.
-# web::start calls it once; this fails if the wrappers ever come back.
+# gpu::run_static_constructors calls it once; this fails if the wrappers ever come back.
 if grep -q '_command_export' dist/websd.js; then
   echo "dist/websd.js calls *_command_export wrappers: the static constructors run at every export call" >&2
   exit 1

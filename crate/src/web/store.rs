@@ -198,8 +198,8 @@ impl Store {
     }
 
     /// Chunk `index` of a file, its read issued before this returns: awaiting the result later lets
-    /// IndexedDB work while the caller does (the loader decodes and uploads one chunk while the next is
-    /// read). The bytes stay in JS: the caller copies what it needs straight to where it goes.
+    /// IndexedDB work while the caller does (the loader decodes and uploads one chunk while the next
+    /// ones are read). The bytes stay in JS: the caller copies what it needs straight to where it goes.
     pub fn chunk_soon(
         &self,
         id: &str,
@@ -269,8 +269,8 @@ impl Store {
 }
 
 /// `value` (a `Uint8Array`, or an `ArrayBuffer`) as a `Uint8Array`, without copying: `new
-/// Uint8Array(typedArray)` (js-sys' `Uint8Array::new`) would copy a typed array's bytes, which doubled
-/// the time of reading the weights.
+/// Uint8Array(typedArray)` (js-sys' `Uint8Array::new`) copies a typed array's bytes, once more for
+/// every chunk read or downloaded.
 pub fn byte_view(value: JsValue) -> Uint8Array {
     value.dyn_into::<Uint8Array>().unwrap_or_else(|other| Uint8Array::new(&other))
 }

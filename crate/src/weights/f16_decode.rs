@@ -18,11 +18,10 @@ pub fn f16_le_to_f32(bytes: &[u8]) -> Vec<f32> {
         }
     }
     #[cfg(not(target_arch = "wasm32"))]
-    out.extend(bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()));
+    out.extend(bytes.chunks_exact(2).map(|b| scalar([b[0], b[1]])));
     out
 }
 
-#[cfg(any(test, target_arch = "wasm32"))]
 fn scalar(b: [u8; 2]) -> f32 {
     f16::from_le_bytes(b).to_f32()
 }
