@@ -207,23 +207,29 @@ describe("worker engine", () => {
     const cdp = await page.context().newCDPSession(page);
     const e = await openEngine(h, page);
     const origin = new URL(h.app.url).origin;
-    // Far too small. (navigator.storage.estimate() in the worker does not see the CDP override, so
-    // the engine's pre-check passes and the browser refuses the first chunk write instead.)
+    // Chromium enforces an overridden quota only on a write bigger than what is left: it does not
+    // count stored chunks into the origin's usage right away (usage stays stale for seconds), so many
+    // 256 KiB writes all pass a 1 MiB quota. Each part below therefore uses chunks bigger than the
+    // space left, and one write is refused whatever the usage bookkeeping does. (The worker's
+    // navigator.storage.estimate() does not see the CDP override, so the engine's pre-check passes
+    // and the refusal comes from IndexedDB, as it would on a full disk.)
     await cdp.send("Storage.overrideQuotaForOrigin", { origin, quotaSize: 1024 * 1024 });
-    const small = await e.call(ensure("quota"));
+    const small = await e.call(ensure("quota", { chunkBytes: 2 << 20 }));
     assert.equal(small.final.type, "error", JSON.stringify(small.final));
     const err = small.final as { code: string; needed?: number; available?: number; message: string };
     assert.equal(err.code, "quota");
     assert.ok((err.needed ?? 0) > 0 && typeof err.available === "number", err.message);
     console.log(`quota (1 MiB): ${err.message}`);
     assert.deepEqual((await storeConsistent(e, manifestUrl("quota"))).problems, []);
-    // Enough to start, too little to finish: the browser refuses a write mid-download.
+    // Enough to start, too little to finish: the small files fit in the 3 MiB left, the first 4 MiB
+    // chunk (the text encoder's) does not, and the browser refuses it mid-download.
     const usage = await page.evaluate(async () => (await navigator.storage.estimate()).usage ?? 0);
     await cdp.send("Storage.overrideQuotaForOrigin", { origin, quotaSize: usage + 3 * 1024 * 1024 });
-    const mid = await e.call(ensure("quota-mid", { variant: "fp32" }));
+    const mid = await e.call(ensure("quota-mid", { variant: "fp32", chunkBytes: 4 << 20 }));
     const state = await storeConsistent(e, manifestUrl("quota-mid"));
     console.log(`quota (usage + 3 MiB): ${(mid.final as { message?: string }).message}; ${state.complete}/${state.files} files complete`);
     assert.equal((mid.final as { code?: string }).code, "quota", JSON.stringify(mid.final));
+    assert.ok(state.complete > 0 && state.complete < state.files, "refused part-way, not before the first file");
     assert.deepEqual(state.problems, []);
     // With the quota back, the same request completes.
     await cdp.send("Storage.overrideQuotaForOrigin", { origin });
