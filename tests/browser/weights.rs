@@ -4,7 +4,7 @@
 
 use burn::tensor::f16;
 use wasm_bindgen_test::*;
-use websd::weights::f16_le_to_f32;
+use websd::weights::{extend_f16_le_to_f32, f16_le_to_f32};
 
 wasm_bindgen_test_configure!(run_in_dedicated_worker);
 
@@ -23,5 +23,21 @@ fn every_half_decodes_like_half_in_wasm() {
                 "{skip} {i}: {value} vs {want}"
             );
         }
+    }
+}
+
+#[wasm_bindgen_test]
+fn halves_decoded_in_parts_append_in_wasm() {
+    // The loader decodes a tensor read by read into one vector: each part lands after what is there.
+    let bytes: Vec<u8> = (0..4099u16).map(|i| i.wrapping_mul(16411)).flat_map(u16::to_le_bytes).collect();
+    let whole = f16_le_to_f32(&bytes);
+    let mut parts = vec![1.5f32];
+    for part in bytes.chunks(2 * 37) {
+        extend_f16_le_to_f32(&mut parts, part);
+    }
+    assert_eq!(parts.len(), 1 + whole.len());
+    assert_eq!(parts[0], 1.5);
+    for (i, (a, b)) in parts[1..].iter().zip(&whole).enumerate() {
+        assert!(a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()), "{i}: {a} vs {b}");
     }
 }

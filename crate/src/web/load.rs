@@ -5,7 +5,7 @@
 use std::cell::Cell;
 use std::collections::BTreeMap;
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, FloatDType, Tensor, TensorData};
 use js_sys::Uint8Array;
 
 use super::store::{FileRecord, Store};
@@ -19,10 +19,50 @@ use crate::pipeline::StableDiffusion;
 use crate::protocol::{Event, ModelInfo, Phase, WeightsVariant};
 use crate::schedulers::{SchedulerConfig, SchedulerKind};
 use crate::tokenizer::{ClipTokenizer, TokenizerFiles};
-use crate::weights::{DeviceTensors, Dtype, SafetensorsHeader, TensorInfo, Variant, host_data};
+use crate::weights::{DeviceTensors, Dtype, SafetensorsHeader, TensorInfo, Variant};
 
-/// Bytes of a weights file converted and uploaded at a time (a tensor above this goes up in pieces).
-const UPLOAD_PIECE_BYTES: usize = 8 << 20;
+/// Bytes of a weights file read and decoded at a time, into the piece being built.
+const READ_PIECE_BYTES: usize = 8 << 20;
+
+/// Uploaded bytes after which the device is flushed: cubecl keeps a write's data (in the wasm heap)
+/// until its stream runs, so without flushes the whole model would wait there.
+const FLUSH_BYTES: usize = 32 << 20;
+
+/// A piece's values as the device takes them: f32, or f16 where the device computes in f16.
+enum HostValues {
+    F32(Vec<f32>),
+    F16(Vec<burn::tensor::f16>),
+}
+
+impl HostValues {
+    fn new(f16: bool, capacity: usize) -> Self {
+        if f16 { Self::F16(Vec::with_capacity(capacity)) } else { Self::F32(Vec::with_capacity(capacity)) }
+    }
+
+    /// Appends `bytes` (whole elements of `info`'s dtype).
+    fn extend(&mut self, info: &TensorInfo, bytes: &[u8]) -> Result<(), crate::weights::WeightsError> {
+        match self {
+            Self::F32(values) => info.extend_f32(bytes, values),
+            Self::F16(values) => {
+                values.extend(bytes.chunks_exact(2).map(|b| burn::tensor::f16::from_le_bytes([b[0], b[1]])));
+                Ok(())
+            }
+        }
+    }
+
+    fn into_data(self) -> TensorData {
+        match self {
+            Self::F32(values) => {
+                let n = values.len();
+                TensorData::new(values, [n])
+            }
+            Self::F16(values) => {
+                let n = values.len();
+                TensorData::new(values, [n])
+            }
+        }
+    }
+}
 
 /// A model on the GPU, with what the results' metadata needs.
 pub struct LoadedModel {
@@ -151,6 +191,7 @@ async fn upload_weights(
     // handing tensors to the GPU.
     let now = js_sys::Date::now;
     let (t_start, mut t_read, mut t_decode, mut t_upload) = (now(), 0.0, 0.0, 0.0);
+    let mut unflushed = 0;
     for info in infos {
         if progress.cancel.get() {
             return Err(Error::Cancelled);
@@ -161,36 +202,46 @@ async fn upload_weights(
             progress.done += len as u64;
             continue;
         }
-        // Big tensors (CLIP's token embedding is 76 MB in fp16, 152 MB as f32) go up in pieces of whole
-        // rows: the wasm heap never holds more than one piece, and the model may keep row blocks apart
-        // (`TensorLoader::row_blocks`) instead of joining them past the GPU's binding limit.
+        // Each tensor goes up whole, in one GPU buffer (no joins on the GPU: they cost SwiftShader a
+        // copy of most of the U-Net), unless it exceeds one: CLIP's token embedding (152 MB as f32) goes
+        // up in pieces of whole rows, the row blocks the model keeps it in (`TensorLoader::row_blocks`,
+        // `TokenEmbedding::max_rows`). The bytes are read and decoded [`READ_PIECE_BYTES`] at a time, so
+        // the wasm heap holds the piece's values and one read.
         let elem = info.dtype.size() as usize;
+        let device_f16 = info.dtype == Dtype::F16 && device.settings().float_dtype == FloatDType::F16;
+        let device_elem = if device_f16 { 2 } else { 4 };
         let row: usize = info.shape.iter().skip(1).product::<usize>().max(1);
-        let per_piece = (UPLOAD_PIECE_BYTES / elem / row).max(1) * row;
         let numel = info.numel();
-        let mut pieces = Vec::with_capacity(numel.div_ceil(per_piece));
+        let per_piece = if numel * device_elem <= crate::gpu::MAX_BUFFER_BYTES as usize {
+            numel
+        } else {
+            crate::models::clip::TokenEmbedding::max_rows(row) * row
+        };
+        let per_read = (READ_PIECE_BYTES / elem).max(1);
+        let mut pieces = Vec::with_capacity(numel.div_ceil(per_piece.max(1)));
         let mut first = 0;
         while first < numel {
             let last = (first + per_piece).min(numel);
-            let start = info.start + (first * elem) as u64;
-            let end = info.start + (last * elem) as u64;
+            let mut values = HostValues::new(device_f16, last - first);
+            let mut at = first;
+            while at < last {
+                let to = (at + per_read).min(last);
+                let t0 = now();
+                let bytes = reader.read(info.start + (at * elem) as u64, (to - at) * elem).await?;
+                let t1 = now();
+                values.extend(&info, &bytes).map_err(bad)?;
+                (t_read, t_decode) = (t_read + t1 - t0, t_decode + now() - t1);
+                at = to;
+            }
             let t0 = now();
-            let bytes = reader.read(start, (end - start) as usize).await?;
-            let piece = TensorInfo { shape: vec![last - first], start, end, ..info.clone() };
-            let t1 = now();
-            let data = host_data(&piece, &bytes, false, device).map_err(bad)?;
-            let t2 = now();
-            pieces.push(Tensor::<1>::from_data(data, device));
-            (t_read, t_decode, t_upload) = (t_read + t1 - t0, t_decode + t2 - t1, t_upload + now() - t2);
-            first = last;
-        }
-        // Joined now, as they arrive, unless the whole would exceed one GPU buffer (CLIP's embedding,
-        // taken in row blocks): a join queues GPU work that also flushes the staged uploads, so waiting
-        // until the model is built would hold every upload staged in the wasm heap.
-        if pieces.len() > 1 && numel * 4 <= crate::gpu::MAX_BUFFER_BYTES as usize {
-            let t0 = now();
-            pieces = vec![Tensor::cat(pieces, 0)];
+            pieces.push(Tensor::<1>::from_data(values.into_data(), device));
+            unflushed += (last - first) * device_elem;
+            if unflushed >= FLUSH_BYTES {
+                device.flush().map_err(|e| Error::DeviceLost(format!("handing {path} to the GPU: {e:?}")))?;
+                unflushed = 0;
+            }
             t_upload += now() - t0;
+            first = last;
         }
         tensors.insert(info, pieces);
         progress.done += len as u64;
@@ -201,6 +252,9 @@ async fn upload_weights(
             bytes: None,
             file: Some(path.clone()),
         });
+    }
+    if unflushed > 0 {
+        device.flush().map_err(|e| Error::DeviceLost(format!("handing {path} to the GPU: {e:?}")))?;
     }
     web_sys::console::info_1(
         &format!(

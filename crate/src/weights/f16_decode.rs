@@ -7,19 +7,26 @@ use burn::tensor::f16;
 /// Little-endian f16 bytes (an even number of them) as f32, exactly as `half::f16::to_f32` gives them
 /// (NaNs stay NaN, their payload may differ).
 pub fn f16_le_to_f32(bytes: &[u8]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(bytes.len() / 2);
+    extend_f16_le_to_f32(&mut out, bytes);
+    out
+}
+
+/// [`f16_le_to_f32`], appended to `out` (a tensor decoded part by part into one vector).
+pub fn extend_f16_le_to_f32(out: &mut Vec<f32>, bytes: &[u8]) {
     let n = bytes.len() / 2;
-    let mut out = Vec::with_capacity(n);
+    out.reserve(n);
     #[cfg(target_arch = "wasm32")]
     {
+        let len = out.len();
         // SAFETY: `decode` initialises every element of the spare capacity it is given (n of them).
         unsafe {
             simd::decode(&bytes[..2 * n], &mut out.spare_capacity_mut()[..n]);
-            out.set_len(n);
+            out.set_len(len + n);
         }
     }
     #[cfg(not(target_arch = "wasm32"))]
     out.extend(bytes.chunks_exact(2).map(|b| scalar([b[0], b[1]])));
-    out
 }
 
 fn scalar(b: [u8; 2]) -> f32 {

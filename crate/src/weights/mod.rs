@@ -5,7 +5,7 @@ mod f16_decode;
 mod loader;
 mod safetensors;
 
-pub use f16_decode::f16_le_to_f32;
+pub use f16_decode::{extend_f16_le_to_f32, f16_le_to_f32};
 pub use loader::{DeviceTensors, IntoTensorSource, KeyMap, LoadError, TensorLoader, TensorSource, host_data};
 
 pub use safetensors::{ByteSource, Dtype, SafetensorsHeader, SafetensorsReader, TensorInfo, WeightsError};

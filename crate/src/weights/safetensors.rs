@@ -117,14 +117,30 @@ impl TensorInfo {
     /// Decodes this tensor's bytes to f32 (F16, BF16 and F64 are converted).
     pub fn to_f32(&self, bytes: &[u8]) -> Result<Vec<f32>, WeightsError> {
         self.check_len(bytes)?;
+        let mut out = Vec::with_capacity(self.numel());
+        self.extend_f32(bytes, &mut out)?;
+        Ok(out)
+    }
+
+    /// Decodes part of this tensor's bytes (whole elements) to f32, appended to `out`: a tensor read
+    /// part by part goes into one vector without a copy of each part.
+    pub fn extend_f32(&self, bytes: &[u8], out: &mut Vec<f32>) -> Result<(), WeightsError> {
+        let size = self.dtype.size() as usize;
+        if !bytes.len().is_multiple_of(size.max(1)) {
+            return Err(WeightsError::BadEntry {
+                name: self.name.clone(),
+                reason: format!("{} bytes are not whole {:?} elements", bytes.len(), self.dtype),
+            });
+        }
         let chunks = |n: usize| bytes.chunks_exact(n);
-        Ok(match self.dtype {
-            Dtype::F32 => chunks(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-            Dtype::F16 => super::f16_le_to_f32(bytes),
-            Dtype::BF16 => chunks(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            Dtype::F64 => chunks(8).map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32).collect(),
+        match self.dtype {
+            Dtype::F32 => out.extend(chunks(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
+            Dtype::F16 => super::f16_decode::extend_f16_le_to_f32(out, bytes),
+            Dtype::BF16 => out.extend(chunks(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())),
+            Dtype::F64 => out.extend(chunks(8).map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32)),
             dtype => return Err(WeightsError::WrongDtype { name: self.name.clone(), dtype, wanted: "f32" }),
-        })
+        }
+        Ok(())
     }
 
     /// Decodes this tensor's bytes to i64 (I64, I32).

@@ -177,3 +177,22 @@ fn fixture_files_fp16_and_fp32_agree_and_position_ids_are_int64() {
     assert_eq!(info.dtype, Dtype::I64);
     assert_eq!(info.to_i64(&bytes).unwrap(), (0..77).collect::<Vec<i64>>());
 }
+
+#[test]
+fn a_tensor_decodes_in_parts_as_whole() {
+    let mut r = reader(sample()).unwrap();
+    for name in ["a.weight", "b.half", "c.bf"] {
+        let (info, bytes) = r.read_bytes(name).unwrap();
+        let size = info.dtype.size() as usize;
+        // One element at a time, after what the vector holds already.
+        let mut parts = vec![9.0];
+        for element in bytes.chunks(size) {
+            info.extend_f32(element, &mut parts).unwrap();
+        }
+        assert_eq!(parts[1..], info.to_f32(&bytes).unwrap()[..], "{name}");
+        // A part that is not whole elements is refused, and leaves the vector as it was.
+        let before = parts.clone();
+        assert!(matches!(info.extend_f32(&bytes[..size + 1], &mut parts), Err(WeightsError::BadEntry { .. })));
+        assert_eq!(parts, before);
+    }
+}
