@@ -90,6 +90,9 @@ export interface MemorySection {
   /** A plain read of the same IndexedDB chunks in the page: no decoding, no upload. */
   idbReadMs: number;
   loadMs: number;
+  /** Median of the reps' load / plain read ratios (the two medians above are each over the reps). */
+  loadRatio: number;
+  loadSamples: { idbReadMs: number; loadMs: number }[];
   /** The wasm heap's peak by the end of the load. */
   wasmMemoryAfterLoad: number;
   gpuAfterLoad: { buffers: number; bytes: number; largest: number };
@@ -103,14 +106,41 @@ export interface MemorySection {
  * into IndexedDB, load against a plain read of the same bytes, the heap's peak, the GPU buffers of the
  * load and of a 512 px generation. SwiftShader needs hours for one full-size U-Net step, but the buffers
  * are created as the work is queued: the counters stop moving long before, and are read then. */
-export async function memory(dir: string, quietMs: number): Promise<MemorySection> {
+/** Reads every chunk of `files` as stored, one after the other, in the page: no decoding, no upload. */
+async function plainRead(e: EnginePage, id: string, files: string[]): Promise<number> {
+  return e.page.evaluate(
+    async ([id, files]) => {
+      const db = await new Promise<IDBDatabase>((ok, err) => {
+        const r = indexedDB.open("websd-weights");
+        r.onsuccess = () => ok(r.result);
+        r.onerror = () => err(r.error);
+      });
+      const t0 = performance.now();
+      for (const f of files) {
+        for (let i = 0; ; i++) {
+          const chunk = await new Promise<Uint8Array | undefined>((ok, err) => {
+            const r = db.transaction("chunks").objectStore("chunks").get([id, f, i]);
+            r.onsuccess = () => ok(r.result as Uint8Array | undefined);
+            r.onerror = () => err(r.error);
+          });
+          if (!chunk) break;
+        }
+      }
+      db.close();
+      return performance.now() - t0;
+    },
+    [id, files] as const,
+  );
+}
+
+export async function memory(dir: string, quietMs: number, reps: number): Promise<MemorySection> {
   const app = await startServer({ root: DIST });
   const cdn = await startModelServer({ root: path.dirname(path.resolve(dir)) });
   // A profile on disk: an ephemeral context keeps IndexedDB in memory and refuses writes past ~1.4 GB.
   const profile = mkdtempSync(path.join(tmpdir(), "websd-bench-profile-"));
   const context = await chromium.launchPersistentContext(profile, { executablePath: CHROMIUM, headless: true, args: ARGS });
   try {
-    const e = await openEngineAt(app.url, context.pages()[0] ?? (await context.newPage()));
+    let e = await openEngineAt(app.url, context.pages()[0] ?? (await context.newPage()));
     const id = `${cdn.url}${path.basename(path.resolve(dir))}/manifest.json`;
     let t = Date.now();
     const ready = await e.call({ type: "ensureModel", manifestUrl: id, variant: "fp16" }, 3_600_000);
@@ -118,32 +148,28 @@ export async function memory(dir: string, quietMs: number): Promise<MemorySectio
     const downloadMs = Date.now() - t;
     const report: DownloadReport = ready.final.report;
     const weights = report.files.filter((f) => f.endsWith(".safetensors"));
-    const idbReadMs = await e.page.evaluate(
-      async ([id, files]) => {
-        const db = await new Promise<IDBDatabase>((ok, err) => {
-          const r = indexedDB.open("websd-weights");
-          r.onsuccess = () => ok(r.result);
-          r.onerror = () => err(r.error);
-        });
-        const t0 = performance.now();
-        for (const f of files) {
-          for (let i = 0; ; i++) {
-            const chunk = await new Promise<Uint8Array | undefined>((ok, err) => {
-              const r = db.transaction("chunks").objectStore("chunks").get([id, f, i]);
-              r.onsuccess = () => ok(r.result as Uint8Array | undefined);
-              r.onerror = () => err(r.error);
-            });
-            if (!chunk) break;
-          }
-        }
-        db.close();
-        return performance.now() - t0;
-      },
-      [id, weights] as const,
-    );
-    console.error(`memory: downloaded ${(report.totalBytes / MIB).toFixed(0)} MiB in ${downloadMs} ms, plain read ${idbReadMs.toFixed(0)} ms`);
-    const loaded = await e.call({ type: "load", model: id, variant: "fp16" }, 3_600_000);
-    if (loaded.final.type !== "modelLoaded") throw new Error(`load: ${JSON.stringify(loaded.final)}\n${e.logs.slice(-20).join("\n")}`);
+    // Each rep: a plain read of the chunks in the page, then a load in a new worker (the page before it
+    // closed, with its 4 GB of GPU buffers), alternating, since both vary with what the OS has cached.
+    const samples: { idbReadMs: number; loadMs: number }[] = [];
+    let loaded: Awaited<ReturnType<typeof e.call>> | undefined;
+    for (let rep = 0; rep < reps; rep++) {
+      if (rep > 0) {
+        const next = await openEngineAt(app.url, await context.newPage());
+        await e.page.close();
+        e = next;
+      }
+      const idbReadMs = await plainRead(e, id, weights);
+      loaded = await e.call({ type: "load", model: id, variant: "fp16" }, 3_600_000);
+      if (loaded.final.type !== "modelLoaded") throw new Error(`load: ${JSON.stringify(loaded.final)}\n${e.logs.slice(-20).join("\n")}`);
+      samples.push({ idbReadMs, loadMs: loaded.final.loadMs });
+      console.error(`memory: rep ${rep}: plain read ${idbReadMs.toFixed(0)} ms, load ${loaded.final.loadMs} ms`);
+    }
+    if (loaded?.final.type !== "modelLoaded") throw new Error("memory: no load ran (reps < 1)");
+    console.error(`memory: downloaded ${(report.totalBytes / MIB).toFixed(0)} MiB in ${downloadMs} ms`);
+    const middle = <T>(xs: T[], key: (x: T) => number): number => {
+      const v = xs.map(key).sort((a, b) => a - b);
+      return v.length % 2 ? v[(v.length - 1) / 2]! : (v[v.length / 2 - 1]! + v[v.length / 2]!) / 2;
+    };
     const afterLoad = await e.stats();
     console.error(`memory: loaded in ${loaded.final.loadMs} ms; ${JSON.stringify(afterLoad)}`);
 
@@ -174,8 +200,10 @@ export async function memory(dir: string, quietMs: number): Promise<MemorySectio
       model: `${path.basename(path.resolve(dir))}: SD 1.5's configs (CLIP-L, 860M U-Net, VAE), random fp16 weights`,
       totalBytes: report.totalBytes,
       downloadMs,
-      idbReadMs,
-      loadMs: loaded.final.loadMs,
+      idbReadMs: middle(samples, (x) => x.idbReadMs),
+      loadMs: middle(samples, (x) => x.loadMs),
+      loadRatio: middle(samples, (x) => x.loadMs / x.idbReadMs),
+      loadSamples: samples,
       wasmMemoryAfterLoad: loaded.final.wasmMemoryBytes,
       gpuAfterLoad: { buffers: afterLoad.gpuBuffers, bytes: afterLoad.gpuBufferBytes, largest: afterLoad.largestGpuBuffer },
       loadBreakdown: e.logs.filter((l) => l.includes("websd:") && l.includes("loaded in")),

@@ -273,7 +273,7 @@ if (ONLY.has("image")) {
 }
 if (ONLY.has("memory")) {
   if (!args.sd15) console.error("memory: skipped (no --sd15 DIR / SD15_DIR: the full-size model of ../shared/oracle/step4_fullsize.py)");
-  else results.memory = { date, websd, ...(await memory(args.sd15, Number(args["quiet-s"]) * 1000)) };
+  else results.memory = { date, websd, ...(await memory(args.sd15, Number(args["quiet-s"]) * 1000, REPS)) };
 }
 if (ONLY.has("native")) {
   const py = process.env["ORACLE_PY"] ?? "/tmp/sd-oracle/venv/bin/python";
@@ -371,8 +371,8 @@ ${m.model}, ${mib(m.totalBytes)} of files; GPU buffers counted at \`GPUDevice.cr
 | figure | value | target |
 |---|---|---|
 | download from the local server into IndexedDB | ${s(m.downloadMs)} | |
-| plain IndexedDB read of the weight chunks | ${s(m.idbReadMs)} | |
-| load (read, decode, upload) | ${s(m.loadMs)} = **${(m.loadMs / m.idbReadMs).toFixed(2)}x** the plain read | <= 1.2x |
+| plain IndexedDB read of the weight chunks (median) | ${s(m.idbReadMs)} | |
+| load (read, decode, upload; median) | ${s(m.loadMs)} = **${(m.loadRatio ?? m.loadMs / m.idbReadMs).toFixed(2)}x** the plain read${m.loadSamples ? ` (median of ${m.loadSamples.length} reps' ratios; reps, read / load: ${m.loadSamples.map((x) => `${s(x.idbReadMs)} / ${s(x.loadMs)}`).join(", ")})` : ""} | <= 1.2x |
 | wasm heap peak after the load | **${mib(m.wasmMemoryAfterLoad)}** | <= 512 MiB |
 | GPU buffers after the load | ${m.gpuAfterLoad.buffers}, ${mib(m.gpuAfterLoad.bytes)} in all, largest **${mib(m.gpuAfterLoad.largest)}** | <= 128 MiB |
 | 512 px, 1 step, guidance 7.5: largest GPU buffer | **${mib(m.at512.largest)}** (${m.at512.buffers} buffers, ${mib(m.at512.bytes)} created in all) | <= 128 MiB |
