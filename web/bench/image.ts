@@ -6,6 +6,7 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { chromium } from "playwright-core";
 import type { DownloadReport, GenerateSettings } from "../src/protocol";
+import { chromiumUsage, formatUsage, usageSince, type ProcessUsage } from "./procstat";
 import { startModelServer } from "../scripts/model-server";
 import { startServer } from "../scripts/static-server";
 import { ARGS, CHROMIUM, DIST, fixture, generationPhases, maxDiff, openEngine, openEngineAt, type EnginePage, type Harness } from "../e2e/harness";
@@ -87,12 +88,13 @@ export interface MemorySection {
   model: string;
   totalBytes: number;
   downloadMs: number;
-  /** A plain read of the same IndexedDB chunks in the page: no decoding, no upload. */
+  /** A plain read of the same IndexedDB chunks in the page, as many in flight as the loader keeps: no
+   * decoding, no upload. */
   idbReadMs: number;
   loadMs: number;
   /** Median of the reps' load / plain read ratios (the two medians above are each over the reps). */
   loadRatio: number;
-  loadSamples: { idbReadMs: number; loadMs: number }[];
+  loadSamples: { idbReadMs: number; loadMs: number; readUsage?: ProcessUsage; loadUsage?: ProcessUsage }[];
   /** The wasm heap's peak by the end of the load. */
   wasmMemoryAfterLoad: number;
   gpuAfterLoad: { buffers: number; bytes: number; largest: number };
@@ -106,30 +108,39 @@ export interface MemorySection {
  * into IndexedDB, load against a plain read of the same bytes, the heap's peak, the GPU buffers of the
  * load and of a 512 px generation. SwiftShader needs hours for one full-size U-Net step, but the buffers
  * are created as the work is queued: the counters stop moving long before, and are read then. */
-/** Reads every chunk of `files` as stored, one after the other, in the page: no decoding, no upload. */
+/** Chunk reads the loader keeps in flight (`READ_AHEAD` + 1 in crate/src/web/load.rs): the plain read
+ * gets the same, or it would time IndexedDB's latency rather than its throughput. */
+const READS_IN_FLIGHT = 4;
+
+/** Reads every chunk of `files` as stored (a Blob's contents, or a typed array as older stores hold),
+ * [`READS_IN_FLIGHT`] at a time, in the page: no decoding, no upload. */
 async function plainRead(e: EnginePage, id: string, files: string[]): Promise<number> {
   return e.page.evaluate(
-    async ([id, files]) => {
+    async ([id, files, inFlight]) => {
       const db = await new Promise<IDBDatabase>((ok, err) => {
         const r = indexedDB.open("websd-weights");
         r.onsuccess = () => ok(r.result);
         r.onerror = () => err(r.error);
       });
+      const chunk = (f: string, i: number) =>
+        new Promise<unknown>((ok, err) => {
+          const r = db.transaction("chunks").objectStore("chunks").get([id, f, i]);
+          r.onsuccess = () => ok(r.result);
+          r.onerror = () => err(r.error);
+        }).then((v) => (v instanceof Blob ? v.arrayBuffer() : v));
       const t0 = performance.now();
       for (const f of files) {
-        for (let i = 0; ; i++) {
-          const chunk = await new Promise<Uint8Array | undefined>((ok, err) => {
-            const r = db.transaction("chunks").objectStore("chunks").get([id, f, i]);
-            r.onsuccess = () => ok(r.result as Uint8Array | undefined);
-            r.onerror = () => err(r.error);
-          });
-          if (!chunk) break;
+        const reads = Array.from({ length: inFlight }, (_, i) => chunk(f, i));
+        for (let next = inFlight; ; next++) {
+          if (!(await reads.shift())) break;
+          reads.push(chunk(f, next));
         }
+        await Promise.all(reads);
       }
       db.close();
       return performance.now() - t0;
     },
-    [id, files] as const,
+    [id, files, READS_IN_FLIGHT] as const,
   );
 }
 
@@ -150,7 +161,7 @@ export async function memory(dir: string, quietMs: number, reps: number): Promis
     const weights = report.files.filter((f) => f.endsWith(".safetensors"));
     // Each rep: a plain read of the chunks in the page, then a load in a new worker (the page before it
     // closed, with its 4 GB of GPU buffers), alternating, since both vary with what the OS has cached.
-    const samples: { idbReadMs: number; loadMs: number }[] = [];
+    const samples: MemorySection["loadSamples"] = [];
     let loaded: Awaited<ReturnType<typeof e.call>> | undefined;
     for (let rep = 0; rep < reps; rep++) {
       if (rep > 0) {
@@ -158,11 +169,14 @@ export async function memory(dir: string, quietMs: number, reps: number): Promis
         await e.page.close();
         e = next;
       }
+      const u0 = chromiumUsage();
       const idbReadMs = await plainRead(e, id, weights);
+      const u1 = chromiumUsage();
       loaded = await e.call({ type: "load", model: id, variant: "fp16" }, 3_600_000);
       if (loaded.final.type !== "modelLoaded") throw new Error(`load: ${JSON.stringify(loaded.final)}\n${e.logs.slice(-20).join("\n")}`);
-      samples.push({ idbReadMs, loadMs: loaded.final.loadMs });
-      console.error(`memory: rep ${rep}: plain read ${idbReadMs.toFixed(0)} ms, load ${loaded.final.loadMs} ms`);
+      const [readUsage, loadUsage] = [usageSince(u0, u1), usageSince(u1, chromiumUsage())];
+      samples.push({ idbReadMs, loadMs: loaded.final.loadMs, readUsage, loadUsage });
+      console.error(`memory: rep ${rep}: plain read ${idbReadMs.toFixed(0)} ms (${formatUsage(readUsage)}), load ${loaded.final.loadMs} ms (${formatUsage(loadUsage)})`);
     }
     if (loaded?.final.type !== "modelLoaded") throw new Error("memory: no load ran (reps < 1)");
     console.error(`memory: downloaded ${(report.totalBytes / MIB).toFixed(0)} MiB in ${downloadMs} ms`);

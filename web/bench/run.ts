@@ -23,6 +23,7 @@ import { chromium } from "playwright-core";
 import { ARGS, CHROMIUM, DIST, FIXTURES, startHarness } from "../e2e/harness";
 import { listen, startModelServer } from "../scripts/model-server";
 import { memory, wholeImage, type ImageSection, type MemorySection } from "./image";
+import { formatUsage } from "./procstat";
 import type { Inputs } from "./page";
 
 const here = fileURLToPath(new URL(".", import.meta.url));
@@ -371,14 +372,20 @@ ${m.model}, ${mib(m.totalBytes)} of files; GPU buffers counted at \`GPUDevice.cr
 | figure | value | target |
 |---|---|---|
 | download from the local server into IndexedDB | ${s(m.downloadMs)} | |
-| plain IndexedDB read of the weight chunks (median) | ${s(m.idbReadMs)} | |
+| plain IndexedDB read of the weight chunks, 4 in flight as the loader (median) | ${s(m.idbReadMs)} | |
 | load (read, decode, upload; median) | ${s(m.loadMs)} = **${(m.loadRatio ?? m.loadMs / m.idbReadMs).toFixed(2)}x** the plain read${m.loadSamples ? ` (median of ${m.loadSamples.length} reps' ratios; reps, read / load: ${m.loadSamples.map((x) => `${s(x.idbReadMs)} / ${s(x.loadMs)}`).join(", ")})` : ""} | <= 1.2x |
 | wasm heap peak after the load | **${mib(m.wasmMemoryAfterLoad)}** | <= 512 MiB |
 | GPU buffers after the load | ${m.gpuAfterLoad.buffers}, ${mib(m.gpuAfterLoad.bytes)} in all, largest **${mib(m.gpuAfterLoad.largest)}** | <= 128 MiB |
 | 512 px, 1 step, guidance 7.5: largest GPU buffer | **${mib(m.at512.largest)}** (${m.at512.buffers} buffers, ${mib(m.at512.bytes)} created in all) | <= 128 MiB |
 | 512 px: wasm heap | ${mib(m.at512.wasmMemory)} | <= 512 MiB |
 
-The 512 px run was watched for ${s(m.at512.watchedMs)} (${m.at512.finished ? "it finished" : "until no new buffer came for the quiet period; it had not finished, and was ended"}); events seen: ${m.at512.seenPhases.join(", ")}.
+${m.loadSamples?.some((x) => x.loadUsage) ? `What each Chromium process spent, per rep (CPU seconds, and GiB of pages touched for the first time, which the kernel zero-fills; the GPU process holds SwiftShader's "GPU" memory):
+
+| rep | plain read | load |
+|---|---|---|
+${m.loadSamples.map((x, i) => `| ${i} | ${s(x.idbReadMs)}: ${formatUsage(x.readUsage ?? {})} | ${s(x.loadMs)}: ${formatUsage(x.loadUsage ?? {})} |`).join("\n")}
+
+` : ""}The 512 px run was watched for ${s(m.at512.watchedMs)} (${m.at512.finished ? "it finished" : "until no new buffer came for the quiet period; it had not finished, and was ended"}); events seen: ${m.at512.seenPhases.join(", ")}.
 
 The engine's account of the load:
 

@@ -37,29 +37,24 @@ async function storedSha256(e: EnginePage, id: string, path: string): Promise<st
         r.onsuccess = () => ok(r.result);
         r.onerror = () => err(r.error);
       });
-      const chunks = await new Promise<Uint8Array[]>((ok, err) => {
+      const chunks = await new Promise<BlobPart[]>((ok, err) => {
         const r = db
           .transaction("chunks")
           .objectStore("chunks")
           .getAll(IDBKeyRange.bound([id, path], [id, path + "\0"], false, true));
-        r.onsuccess = () => ok(r.result as Uint8Array[]);
+        r.onsuccess = () => ok(r.result as BlobPart[]);
         r.onerror = () => err(r.error);
       });
       db.close();
-      const all = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
-      let at = 0;
-      for (const c of chunks) {
-        all.set(c, at);
-        at += c.length;
-      }
-      const digest = await crypto.subtle.digest("SHA-256", all);
+      const digest = await crypto.subtle.digest("SHA-256", await new Blob(chunks).arrayBuffer());
       return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
     },
     [id, path] as const,
   );
 }
 
-/** Every file record and its chunks agree: `stored` bytes are exactly there, `complete` means verified. */
+/** Every file record and its chunks agree: `stored` bytes are exactly there, `complete` means verified;
+ * chunks are Blobs (a read then copies each byte once; crate/src/web/store.rs). */
 async function storeConsistent(e: EnginePage, id: string): Promise<{ files: number; complete: number; problems: string[] }> {
   return e.page.evaluate(async (id) => {
     const db = await new Promise<IDBDatabase>((ok, err) => {
@@ -77,8 +72,10 @@ async function storeConsistent(e: EnginePage, id: string): Promise<{ files: numb
     const files = await get<F>("files", IDBKeyRange.bound([id], [id + "\0"], false, true));
     const problems: string[] = [];
     for (const f of files) {
-      const chunks = await get<Uint8Array>("chunks", IDBKeyRange.bound([id, f.path], [id, f.path + "\0"], false, true));
-      const bytes = chunks.reduce((n, c) => n + c.length, 0);
+      const chunks = await get<Blob>("chunks", IDBKeyRange.bound([id, f.path], [id, f.path + "\0"], false, true));
+      const notBlobs = chunks.filter((c) => !(c instanceof Blob)).length;
+      if (notBlobs) problems.push(`${f.path}: ${notBlobs} chunks stored as something other than a Blob`);
+      const bytes = chunks.reduce((n, c) => n + (c instanceof Blob ? c.size : 0), 0);
       if (bytes !== f.stored) problems.push(`${f.path}: ${bytes} bytes in chunks, record says ${f.stored}`);
       if (f.complete && f.stored !== f.size) problems.push(`${f.path}: complete with ${f.stored} of ${f.size}`);
     }

@@ -55,7 +55,8 @@ fn get(target: &JsValue, key: &str) -> Option<JsValue> {
     Reflect::get(target, &JsValue::from_str(key)).ok().filter(|v| !v.is_undefined() && !v.is_null())
 }
 
-fn js_text(value: &JsValue) -> String {
+/// A thrown JS value as text (a DOMException's name and message).
+pub(super) fn js_text(value: &JsValue) -> String {
     value
         .dyn_ref::<js_sys::Error>()
         .map(|e| format!("{}: {}", e.name(), e.message()))

@@ -5,7 +5,8 @@
 
 mod download;
 mod load;
-mod store;
+/// Public for the browser tests (tests/browser/store.rs).
+pub mod store;
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
