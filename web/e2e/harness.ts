@@ -120,14 +120,18 @@ export class EnginePage {
     await this.page.evaluate((r) => (window as unknown as { __worker: Worker }).__worker.postMessage(r), request);
   }
 
-  /** Waits for the first event after index `from` that matches. */
+  /** Waits for the first event after index `from` that matches. Each poll fetches only the events
+   * that came since the last one: a download or load records thousands of progress events, and
+   * copying them all through the DevTools protocol every 100 ms took CPU from what was being timed. */
   async waitFor(match: (e: Recorded) => boolean, timeoutMs: number, from = 0): Promise<Recorded> {
     const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const events = await this.events();
-      const found = events.slice(from).find(match);
+    for (let at = from; ; ) {
+      const fresh = await this.page.evaluate((at) => (window as unknown as { __events: Recorded[] }).__events.slice(at), at);
+      const found = fresh.find(match);
       if (found) return found;
+      at += fresh.length;
       if (Date.now() > deadline) {
+        const events = await this.events();
         throw new Error(
           `timed out; last events: ${JSON.stringify(events.slice(-5))}\nconsole:\n${this.logs.slice(-20).join("\n")}`,
         );
@@ -138,10 +142,10 @@ export class EnginePage {
 
   /** Sends `request` and waits for its final event (engine.ts's `isFinal`). */
   async call(request: Request, timeoutMs = 120_000): Promise<{ final: Recorded; events: Recorded[] }> {
-    const from = (await this.events()).length;
+    const from = await this.page.evaluate(() => (window as unknown as { __events: Recorded[] }).__events.length);
     await this.send(request);
     const final = await this.waitFor(isFinal, timeoutMs, from);
-    const events = (await this.events()).slice(from);
+    const events = await this.page.evaluate((from) => (window as unknown as { __events: Recorded[] }).__events.slice(from), from);
     return { final, events };
   }
 
