@@ -349,6 +349,9 @@ test("a new version is announced, waits for the running generation, then applies
   const ctx = await h.browser.newContext();
   try {
     const p = await ctx.newPage();
+    const pageLogs: string[] = [];
+    const t0 = Date.now();
+    p.on("console", (m) => pageLogs.push(`${((Date.now() - t0) / 1e3).toFixed(1)} s ${m.type()}: ${m.text()}`));
     await p.goto(`${site.url}?model=${encodeURIComponent(model("tiny-sd"))}`);
     await p.waitForFunction(() => navigator.serviceWorker.controller !== null, null, { timeout: 60_000 });
     const caches1 = await p.evaluate(() => caches.keys());
@@ -374,7 +377,18 @@ test("a new version is announced, waits for the running generation, then applies
     // The generation ends (cancelled here, to be quick): then the update applies and the page reloads.
     const reloaded = p.waitForEvent("load", { timeout: 120_000 });
     await p.getByTestId("cancel").click();
-    await reloaded;
+    pageLogs.push(`${((Date.now() - t0) / 1e3).toFixed(1)} s: cancel clicked`);
+    // On failure, what the page and the registration were at.
+    await reloaded.catch(async (e: unknown) => {
+      const texts = await p.evaluate(() =>
+        ["progress-text", "progress-detail", "update-text"].map((id) => `${id}: ${document.querySelector(`[data-testid="${id}"]`)?.textContent}`),
+      );
+      const sws = await p.evaluate(async () => {
+        const r = await navigator.serviceWorker.getRegistration();
+        return `active ${r?.active?.state}, waiting ${r?.waiting?.state}, installing ${r?.installing?.state}, controller ${navigator.serviceWorker.controller?.state}`;
+      });
+      throw new Error(`no reload after the cancel: ${String(e)}\n${texts.join("\n")}\n${sws}\n${pageLogs.slice(-30).join("\n")}`);
+    });
     await p.waitForFunction(() => navigator.serviceWorker.controller !== null, null, { timeout: 60_000 });
     const caches2 = await p.evaluate(() => caches.keys());
     console.log(`caches before: ${JSON.stringify(caches1)}, after: ${JSON.stringify(caches2)}`);

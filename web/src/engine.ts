@@ -61,6 +61,12 @@ export class EngineClient {
     for (const p of pending) p.resolve(event);
   }
 
+  /** Ends the worker for good (before the page reloads into a new version): its GPU device, and any
+   * request it still has open through the old service worker, go with it. */
+  stop(): void {
+    this.worker.terminate();
+  }
+
   /** Replaces the worker (after a panic); requests sent meanwhile go to the new one. */
   restart(): void {
     this.worker.terminate();

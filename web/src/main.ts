@@ -23,7 +23,10 @@ const LAST_MODEL = "websd-model";
 
 const engine = new EngineClient();
 const progress = new ProgressView();
-const updater = new Updater(() => busy);
+const updater = new Updater(
+  () => busy,
+  () => engine.stop(),
+);
 const mask = new MaskEditor(byTestId<HTMLCanvasElement>("mask"));
 const generateButton = byTestId<HTMLButtonElement>("generate");
 const cancelButton = byTestId<HTMLButtonElement>("cancel");

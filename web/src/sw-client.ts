@@ -7,7 +7,11 @@ export class Updater {
   private waiting: ServiceWorker | null = null;
   private wanted = false;
 
-  constructor(private readonly busy: () => boolean) {}
+  constructor(
+    private readonly busy: () => boolean,
+    /** Called once just before the new version is asked to take over (the page reloads after). */
+    private readonly beforeApply: () => void = () => undefined,
+  ) {}
 
   async register(): Promise<void> {
     if (!("serviceWorker" in navigator)) return;
@@ -48,6 +52,9 @@ export class Updater {
       byTestId("update-text").textContent = "The update will be applied when the current generation ends.";
       return;
     }
+    // The engine worker goes first: a worker the old service worker controls can hold it busy, and
+    // Chromium activates a skip-waiting version only once the old one has nothing in flight.
+    this.beforeApply();
     this.waiting.postMessage({ type: "skip-waiting" });
   }
 }
