@@ -113,7 +113,12 @@ export class EnginePage {
   }
 
   async events(): Promise<Recorded[]> {
-    return this.page.evaluate(() => (window as unknown as { __events: Recorded[] }).__events);
+    return this.eventsFrom(0);
+  }
+
+  /** The events recorded from index `at` on (only those cross the DevTools protocol). */
+  private async eventsFrom(at: number): Promise<Recorded[]> {
+    return this.page.evaluate((at) => (window as unknown as { __events: Recorded[] }).__events.slice(at), at);
   }
 
   async send(request: Request): Promise<void> {
@@ -126,7 +131,7 @@ export class EnginePage {
   async waitFor(match: (e: Recorded) => boolean, timeoutMs: number, from = 0): Promise<Recorded> {
     const deadline = Date.now() + timeoutMs;
     for (let at = from; ; ) {
-      const fresh = await this.page.evaluate((at) => (window as unknown as { __events: Recorded[] }).__events.slice(at), at);
+      const fresh = await this.eventsFrom(at);
       const found = fresh.find(match);
       if (found) return found;
       at += fresh.length;
@@ -145,7 +150,7 @@ export class EnginePage {
     const from = await this.page.evaluate(() => (window as unknown as { __events: Recorded[] }).__events.length);
     await this.send(request);
     const final = await this.waitFor(isFinal, timeoutMs, from);
-    const events = await this.page.evaluate((from) => (window as unknown as { __events: Recorded[] }).__events.slice(from), from);
+    const events = await this.eventsFrom(from);
     return { final, events };
   }
 

@@ -69,7 +69,7 @@ export class EngineClient {
 
   /** Replaces the worker (after a panic); requests sent meanwhile go to the new one. */
   restart(): void {
-    this.worker.terminate();
+    this.stop();
     this.start();
   }
 
