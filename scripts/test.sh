@@ -1,51 +1,100 @@
 #!/usr/bin/env bash
 # Runs every test: native (Flex CPU + native wgpu), browser (wasm-bindgen-test in headless Chromium,
 # WebGPU in a dedicated worker, plus the negative control without WebGPU), TypeScript type checks, the
-# release web build and the Playwright end-to-end test against it.
+# release web build and the Playwright end-to-end tests against it. Prints each step's time at the end.
+#
+# On 2 cores the steps are CPU-bound, so they mostly run one after another; two overlaps pay because one
+# side leaves a core idle: the release web build (its wasm-opt runs single-threaded under Node.js) runs
+# beside the browser tests, and the native tests (lavapipe compiles each shader on one thread) beside the
+# wasm compile.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-scripts/setup.sh
-source scripts/env.sh
+logs=$(mktemp -d)
 
-step() { printf '\n\033[1;32m[test]\033[0m %s\n' "$*" >&2; }
-timed() { local t0=$SECONDS; "$@"; printf '\033[1;32m[test]\033[0m   (%ss)\n' $((SECONDS - t0)) >&2; }
+step_names=() step_secs=()
+summary() {
+  local status=$?
+  printf '\n\033[1;32m[test]\033[0m step times (s):\n' >&2
+  for i in "${!step_names[@]}"; do printf '  %6s  %s\n' "${step_secs[i]}" "${step_names[i]}" >&2; done
+  printf '  %6s  total%s\n' "$SECONDS" "$([ "$status" -eq 0 ] || echo " (FAILED)")" >&2
+  for pid in "${bg_pid[@]}"; do kill "$pid" 2>/dev/null || true; done
+}
+trap summary EXIT
+step() { printf '\n\033[1;32m[test %s]\033[0m %s\n' "$(date +%T)" "$*" >&2; }
+# timed NAME CMD...: runs CMD in the foreground and records its time under NAME.
+timed() {
+  local name=$1 t0=$SECONDS; shift
+  step "$name"
+  "$@"
+  step_names+=("$name") step_secs+=($((SECONDS - t0)))
+}
+# Background steps: started with `spawn NAME CMD...`, their output kept in a log until `join NAME`, which
+# waits, prints the log and fails if the step failed.
+declare -A bg_pid bg_t0
+spawn() {
+  local name=$1; shift
+  step "$name (started in the background)"
+  bg_t0[$name]=$SECONDS
+  "$@" >"$logs/$name.log" 2>&1 &
+  bg_pid[$name]=$!
+}
+join() {
+  local name=$1 rc=0
+  wait "${bg_pid[$name]}" || rc=$?
+  step "$name (background) finished"
+  cat "$logs/$name.log" >&2
+  step_names+=("$name (background, from its start)") step_secs+=($((SECONDS - bg_t0[$name])))
+  [ "$rc" -eq 0 ] || { echo "$name failed (exit $rc)" >&2; exit "$rc"; }
+}
+
+timed "setup (apt, tools, npm)" scripts/setup.sh
+source scripts/env.sh
 
 # One profile (release) everywhere, so the tests reuse the `sd` binary's build and the web build reuses
 # the browser tests' dependency build.
-step "native tests (cargo test --release)"
-timed cargo test --release --workspace
+timed "native: build tests" cargo test --release --workspace --no-run
+spawn "native: run tests" cargo test --release --workspace
+timed "browser: build tests (wasm32)" cargo test --release --target wasm32-unknown-unknown -p websd-tests --no-run
+join "native: run tests"
 
-step "browser tests: WebGPU in a dedicated worker (headless Chromium)"
-export WASM_BINDGEN_TEST_WEBDRIVER_JSON=$root/tests/webdriver.json
-timed cargo test --release --target wasm32-unknown-unknown -p websd-tests
+web_build() {
+  trunk build --release
+  # wasm-ld wraps the exports of a module that never calls __wasm_call_ctors in a call to it (named
+  # *.command_export); the glue then re-runs cubecl's constructors at every JS value it passes to wasm.
+  # gpu::run_static_constructors calls it once; this fails if the wrappers ever come back.
+  if grep -q '_command_export' dist/websd.js; then
+    echo "dist/websd.js calls *_command_export wrappers: the static constructors run at every export call" >&2
+    return 1
+  fi
+}
+spawn "web build: trunk build --release" web_build
 
-step "browser tests, negative control: without --enable-unsafe-webgpu the GPU tests must fail"
-# CPU-only browser tests are named *_in_wasm; every other browser test needs WebGPU and must fail here,
-# for lack of an adapter.
-log=$(mktemp)
-WASM_BINDGEN_TEST_WEBDRIVER_JSON=$root/tests/webdriver-no-webgpu.json \
-  cargo test --release --target wasm32-unknown-unknown -p websd-tests --no-fail-fast >"$log" 2>&1 || true
-passed_gpu=$(grep -E '^test [a-z0-9_]+ \.\.\. ok$' "$log" | grep -v '_in_wasm \.\.\. ok$' || true)
-failed=$(grep -cE '^test [a-z0-9_]+ \.\.\. FAIL$' "$log" || true)
-if [ -n "$passed_gpu" ] || [ "$failed" -eq 0 ] || ! grep -q "No suitable graphics adapter found" "$log"; then
-  cat "$log"; echo "negative control failed: GPU tests passed without WebGPU, or failed for another reason" >&2; exit 1
-fi
-echo "ok: without WebGPU all $failed GPU browser tests fail with 'No suitable graphics adapter found'" >&2
-unset WASM_BINDGEN_TEST_WEBDRIVER_JSON
+browser_tests() {
+  WASM_BINDGEN_TEST_WEBDRIVER_JSON=$root/tests/webdriver.json \
+    cargo test --release --target wasm32-unknown-unknown -p websd-tests
+}
+timed "browser: WebGPU in a dedicated worker (headless Chromium)" browser_tests
 
-step "TypeScript: tsc --noEmit (page, worker, node)"
-timed npm --prefix web run --silent typecheck
+negative_control() {
+  # CPU-only browser tests are named *_in_wasm; every other browser test needs WebGPU and must fail
+  # here, for lack of an adapter.
+  local log passed_gpu failed
+  log=$(mktemp)
+  WASM_BINDGEN_TEST_WEBDRIVER_JSON=$root/tests/webdriver-no-webgpu.json \
+    cargo test --release --target wasm32-unknown-unknown -p websd-tests --no-fail-fast >"$log" 2>&1 || true
+  passed_gpu=$(grep -E '^test [a-z0-9_:]+ \.\.\. ok$' "$log" | grep -v '_in_wasm \.\.\. ok$' || true)
+  failed=$(grep -cE '^test [a-z0-9_:]+ \.\.\. FAIL$' "$log" || true)
+  if [ -n "$passed_gpu" ] || [ "$failed" -eq 0 ] || ! grep -q "No suitable graphics adapter found" "$log"; then
+    cat "$log"
+    echo "negative control failed: GPU tests passed without WebGPU, or failed for another reason" >&2
+    return 1
+  fi
+  echo "ok: without WebGPU all $failed GPU browser tests fail with 'No suitable graphics adapter found'" >&2
+}
+timed "browser, negative control: without --enable-unsafe-webgpu the GPU tests must fail" negative_control
 
-step "web build: trunk build --release"
-timed trunk build --release
-# wasm-ld wraps the exports of a module that never calls __wasm_call_ctors in a call to it (named
-# *.command_export); the glue then re-runs cubecl's constructors at every JS value it passes to wasm.
-# gpu::run_static_constructors calls it once; this fails if the wrappers ever come back.
-if grep -q '_command_export' dist/websd.js; then
-  echo "dist/websd.js calls *_command_export wrappers: the static constructors run at every export call" >&2
-  exit 1
-fi
+timed "TypeScript: tsc --noEmit (page, worker, node)" npm --prefix web run --silent typecheck
+join "web build: trunk build --release"
 
-step "end to end: Playwright (Debian Chromium) against dist/"
-timed npm --prefix web run --silent e2e
+timed "end to end: Playwright (Debian Chromium) against dist/" npm --prefix web run --silent e2e

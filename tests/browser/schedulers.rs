@@ -11,7 +11,6 @@ use wasm_bindgen_test::*;
 use websd::rng::TorchRng;
 use websd::schedulers::{self, SchedulerConfig, SchedulerKind};
 
-wasm_bindgen_test_configure!(run_in_dedicated_worker);
 
 static LCM_RUN: &[u8] = include_bytes!("../fixtures/runs/txt2img_lcm/tensors.safetensors");
 

@@ -8,7 +8,6 @@ use wasm_bindgen_futures::JsFuture;
 use wasm_bindgen_test::*;
 use websd::web::store::{FileRecord, Store};
 
-wasm_bindgen_test_configure!(run_in_dedicated_worker);
 
 /// Runs `body` (an async JS function body over `id` and `path`) against the store's database directly.
 async fn raw(body: &str, id: &str, path: &str) -> JsValue {

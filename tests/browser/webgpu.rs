@@ -9,7 +9,6 @@ use wasm_bindgen_futures::JsFuture;
 use wasm_bindgen_test::*;
 use websd::protocol::Event;
 
-wasm_bindgen_test_configure!(run_in_dedicated_worker);
 
 #[wasm_bindgen_test]
 async fn webgpu_adapter_is_available_in_a_worker() {

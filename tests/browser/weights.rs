@@ -6,7 +6,6 @@ use burn::tensor::f16;
 use wasm_bindgen_test::*;
 use websd::weights::{extend_f16_le_to_f32, f16_le_to_f32};
 
-wasm_bindgen_test_configure!(run_in_dedicated_worker);
 
 #[wasm_bindgen_test]
 fn every_half_decodes_like_half_in_wasm() {

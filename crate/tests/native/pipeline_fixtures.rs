@@ -2,7 +2,7 @@
 //! schedulers, img2img, inpainting) replayed from its settings and seed alone (no recorded noise), on
 //! the Flex CPU device, from the fp32 and from the fp16 files.
 
-mod common;
+use crate::common;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use common::{Run, fixtures_dir, max_diff};

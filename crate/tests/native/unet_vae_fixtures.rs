@@ -1,7 +1,7 @@
 //! The U-Net and the VAE decoder against diffusers: every recorded U-Net call of every run, and the
 //! final decode, on the Flex CPU device in f32.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -1,7 +1,7 @@
 //! The tiny model on native wgpu (lavapipe on machines without a GPU): the U-Net's recorded calls within
 //! 1e-3 and whole pipelines within 2e-2 of diffusers, with no device error.
 
-mod common;
+use crate::common;
 
 use burn::tensor::{Tensor, TensorData};
 use common::{Run, fixtures_dir, max_diff};

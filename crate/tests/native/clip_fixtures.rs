@@ -1,7 +1,7 @@
 //! Tokenizer + CLIP text encoder against diffusers' recorded prompt embeddings (Flex CPU, f32), for
 //! fp32 and fp16 files and for both key-naming schemes.
 
-mod common;
+use crate::common;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use websd::models::clip::{ClipTextConfig, ClipTextModel};

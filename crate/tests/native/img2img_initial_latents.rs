@@ -2,7 +2,7 @@
 //! by `scaling_factor`, then noised to the first timestep kept by `strength` with the next draw, exactly
 //! as diffusers' `StableDiffusionImg2ImgPipeline.prepare_latents` does.
 
-mod common;
+use crate::common;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use common::{Run, max_diff};

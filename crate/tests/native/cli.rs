@@ -31,7 +31,7 @@ fn gpu_info_reports_adapter_and_limits() {
     assert!(info["limits"]["maxStorageBufferBindingSize"].as_u64().unwrap() >= 128 << 20);
 }
 
-mod common;
+use crate::common;
 
 use common::{Run, fixtures_dir};
 

@@ -1,7 +1,7 @@
 //! Every scheduler against diffusers' recorded trajectories: the timesteps, the initial latents from
 //! the seed, the scaled UNet inputs, and each step fed the recorded UNet outputs (Flex CPU, f32).
 
-mod common;
+use crate::common;
 
 use burn::tensor::{Device, Tensor};
 use common::{Run, max_diff};

@@ -1,6 +1,6 @@
 //! The torch-compatible generator against every random tensor diffusers drew in the fixture runs.
 
-mod common;
+use crate::common;
 
 use websd::rng::TorchRng;
 

@@ -1,0 +1,15 @@
+//! The native integration tests in one binary: each test binary links all of burn, cubecl and wgpu, so one
+//! binary instead of eight saves most of their build time. `f16_wgpu` stays apart because a device's
+//! precision is set once per process, before its first tensor.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod cli;
+mod clip_fixtures;
+mod img2img_initial_latents;
+mod pipeline_fixtures;
+mod rng_fixtures;
+mod scheduler_fixtures;
+mod unet_vae_fixtures;
+mod wgpu_pipeline;
