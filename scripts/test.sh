@@ -18,7 +18,14 @@ summary() {
   printf '\n\033[1;32m[test]\033[0m step times (s):\n' >&2
   for i in "${!step_names[@]}"; do printf '  %6s  %s\n' "${step_secs[i]}" "${step_names[i]}" >&2; done
   printf '  %6s  total%s\n' "$SECONDS" "$([ "$status" -eq 0 ] || echo " (FAILED)")" >&2
-  for pid in "${bg_pid[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${bg_pid[@]}"; do kill_tree "$pid"; done
+}
+# A background step that is still running when the script stops (a failure elsewhere) must not go on
+# writing dist/ or the target dir: stop it with everything it started.
+kill_tree() {
+  local child
+  for child in $(pgrep -P "$1"); do kill_tree "$child"; done
+  kill "$1" 2>/dev/null || true
 }
 trap summary EXIT
 step() { printf '\n\033[1;32m[test %s]\033[0m %s\n' "$(date +%T)" "$*" >&2; }
@@ -42,6 +49,7 @@ spawn() {
 join() {
   local name=$1 rc=0
   wait "${bg_pid[$name]}" || rc=$?
+  unset "bg_pid[$name]"
   step "$name (background) finished"
   cat "$logs/$name.log" >&2
   step_names+=("$name (background, from its start)") step_secs+=($((SECONDS - bg_t0[$name])))

@@ -28,6 +28,10 @@ after(async () => {
   await h?.close();
 });
 
+// Checks of behaviour, not of numbers (cancel, offline, updates, a surviving worker), generate 16x16 px:
+// 1/16 of the 64 px parity runs' work, which on SwiftShader is ~10 s per U-Net step.
+const SMALL = { width: "16", height: "16" };
+
 const model = (name: string): string => `${h.cdn.url}${name}/manifest.json`;
 const appUrl = (name: string): string => `${h.app.url}?model=${encodeURIComponent(model(name))}`;
 
@@ -260,12 +264,12 @@ test("bad input gets a clear message and the worker survives", { timeout: 300_00
   await page.goto(appUrl("tiny-sd"));
   await waitReady();
   assert.equal(await errorText(), "");
-  await fill({ steps: "1", width: "64", height: "64", seed: "1" });
+  await fill({ steps: "1", ...SMALL, seed: "1" });
   await generate();
 });
 
 test("cancel mid-run, then generate again", { timeout: 300_000 }, async () => {
-  await fill({ steps: "40" });
+  await fill({ steps: "40", ...SMALL });
   await page.getByTestId("generate").click();
   await page.waitForFunction(() => /step [1-9]/.test(document.querySelector('[data-testid="progress-detail"]')?.textContent ?? ""), null, {
     timeout: 120_000,
@@ -289,7 +293,7 @@ test("offline: the app reloads from the service worker and generates from Indexe
     await page.reload();
     await waitReady();
     assert.match(await page.getByTestId("model-status").innerText(), /offline/);
-    await fill({ steps: "1", seed: "2" });
+    await fill({ steps: "1", ...SMALL, seed: "2" });
     await generate();
     assert.equal(await errorText(), "");
   } finally {
@@ -361,7 +365,10 @@ test("a new version is announced, waits for the running generation, then applies
 
     // A generation runs while the update arrives; asking to update must not interrupt it.
     await p.waitForFunction(() => /\dx\d/.test(document.querySelector('[data-testid="model-status"]')?.textContent ?? ""), null, { timeout: 60_000 });
-    await p.getByTestId("steps").fill("40");
+    // Enough steps that it is still running when the update waits, at the size that costs least.
+    await p.getByTestId("steps").fill("1000");
+    await p.getByTestId("width").fill(SMALL.width);
+    await p.getByTestId("height").fill(SMALL.height);
     await p.getByTestId("generate").click();
     await p.waitForFunction(() => /step [1-9]/.test(document.querySelector('[data-testid="progress-detail"]')?.textContent ?? ""), null, {
       timeout: 180_000,
@@ -370,8 +377,13 @@ test("a new version is announced, waits for the running generation, then applies
     await p.getByTestId("update").waitFor({ state: "visible", timeout: 60_000 });
     await p.getByTestId("update-apply").click();
     await p.waitForFunction(() => /when the current generation ends/.test(document.querySelector('[data-testid="update-text"]')?.textContent ?? ""));
+    // The generation goes on while the update waits: a later step is reached.
     const stepBefore = await p.getByTestId("progress-detail").innerText();
-    await p.waitForTimeout(3000);
+    await p.waitForFunction(
+      (before) => document.querySelector('[data-testid="progress-detail"]')?.textContent !== before,
+      stepBefore,
+      { timeout: 60_000 },
+    );
     assert.equal(await p.evaluate(() => navigator.serviceWorker.controller?.scriptURL !== undefined), true);
     assert.match(await p.getByTestId("progress-text").innerText(), /Denoising/, `still generating (${stepBefore})`);
     // The generation ends (cancelled here, to be quick): then the update applies and the page reloads.
