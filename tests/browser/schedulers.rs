@@ -11,7 +11,6 @@ use wasm_bindgen_test::*;
 use websd::rng::TorchRng;
 use websd::schedulers::{self, SchedulerConfig, SchedulerKind};
 
-
 static LCM_RUN: &[u8] = include_bytes!("../fixtures/runs/txt2img_lcm/tensors.safetensors");
 
 /// The fixture file, read directly (8-byte header length, JSON header, f32 data). A safetensors crate

@@ -8,7 +8,6 @@ use wasm_bindgen_futures::JsFuture;
 use wasm_bindgen_test::*;
 use websd::web::store::{FileRecord, Store};
 
-
 /// Runs `body` (an async JS function body over `id` and `path`) against the store's database directly.
 async fn raw(body: &str, id: &str, path: &str) -> JsValue {
     let open = "const db = await new Promise((ok, err) => { const r = indexedDB.open('websd-weights'); \

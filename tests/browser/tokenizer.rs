@@ -5,7 +5,6 @@ use serde_json::Value;
 use wasm_bindgen_test::*;
 use websd::tokenizer::{ClipTokenizer, TokenizerFiles};
 
-
 static TOKENIZER_JSON: &[u8] = include_bytes!("../fixtures/tiny-sd/tokenizer/tokenizer.json");
 static CONFIG: &[u8] = include_bytes!("../fixtures/tiny-sd/tokenizer/tokenizer_config.json");
 static CASES: &[u8] = include_bytes!("../fixtures/tokenizer/tokenizer_cases.json");

@@ -9,7 +9,6 @@ use wasm_bindgen_futures::JsFuture;
 use wasm_bindgen_test::*;
 use websd::protocol::Event;
 
-
 #[wasm_bindgen_test]
 async fn webgpu_adapter_is_available_in_a_worker() {
     console_error_panic_hook::set_once();

@@ -6,7 +6,6 @@ use burn::tensor::f16;
 use wasm_bindgen_test::*;
 use websd::weights::{extend_f16_le_to_f32, f16_le_to_f32};
 
-
 #[wasm_bindgen_test]
 fn every_half_decodes_like_half_in_wasm() {
     // Odd offsets and lengths too: the SIMD loop reads 16 unaligned bytes at a time, then a scalar tail.

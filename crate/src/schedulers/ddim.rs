@@ -4,7 +4,7 @@ use burn::tensor::Tensor;
 
 use super::config::{PredictionType, SchedulerConfig, TimestepSpacing};
 use super::tables::{alphas_cumprod, betas, spaced_timesteps};
-use super::{Scheduler, SchedulerError, StepIndex, check_steps, randn_like};
+use super::{Scheduler, SchedulerError, StepIndex, check_steps, check_timesteps, randn_like};
 use crate::rng::TorchRng;
 
 /// diffusers' `DDIMScheduler`.
@@ -88,7 +88,9 @@ impl Scheduler for DdimScheduler {
     fn set_timesteps(&mut self, steps: usize) -> Result<(), SchedulerError> {
         check_steps(steps, self.train_steps)?;
         self.steps = steps;
-        self.timesteps = spaced_timesteps(self.spacing, self.train_steps, steps, self.steps_offset);
+        let timesteps = spaced_timesteps(self.spacing, self.train_steps, steps, self.steps_offset);
+        check_timesteps(timesteps.iter().map(|&t| t as i64), steps, self.train_steps)?;
+        self.timesteps = timesteps;
         self.index.reset();
         Ok(())
     }

@@ -5,7 +5,7 @@ use burn::tensor::Tensor;
 use super::config::{PredictionType, SchedulerConfig, TimestepSpacing};
 use super::ddim::{add_noise_alpha, predict_x0_eps, unsupported_thresholding};
 use super::tables::{alphas_cumprod, betas, spaced_timesteps};
-use super::{Scheduler, SchedulerError, StepIndex, check_steps, randn_like};
+use super::{Scheduler, SchedulerError, StepIndex, check_steps, check_timesteps, randn_like};
 use crate::rng::TorchRng;
 
 /// The variance types of diffusers' DDPM that apply to a UNet predicting only the noise.
@@ -77,7 +77,9 @@ impl DdpmScheduler {
 impl Scheduler for DdpmScheduler {
     fn set_timesteps(&mut self, steps: usize) -> Result<(), SchedulerError> {
         check_steps(steps, self.train_steps)?;
-        self.timesteps = spaced_timesteps(self.spacing, self.train_steps, steps, self.steps_offset);
+        let timesteps = spaced_timesteps(self.spacing, self.train_steps, steps, self.steps_offset);
+        check_timesteps(timesteps.iter().map(|&t| t as i64), steps, self.train_steps)?;
+        self.timesteps = timesteps;
         self.index.reset();
         Ok(())
     }

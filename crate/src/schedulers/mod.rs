@@ -52,6 +52,10 @@ pub enum SchedulerError {
     /// More inference steps than the model was trained with.
     #[error("{steps} inference steps is more than the {max} training timesteps the scheduler allows")]
     TooManySteps { steps: usize, max: usize },
+    /// A timestep past the training tables: `steps_offset` moves the last one up (1000 steps with offset
+    /// 1 ask for timestep 1000 of 0..=999, where diffusers fails with an IndexError).
+    #[error("{steps} inference steps reach timestep {timestep}, past the {train_steps} training timesteps (0 to {last}); use fewer steps", last = train_steps - 1)]
+    TimestepOutOfRange { steps: usize, timestep: i64, train_steps: usize },
     /// `step` called before `set_timesteps`, or after the last timestep.
     #[error("scheduler step {index} is outside the {len} timesteps set (call set_timesteps first)")]
     OutOfSteps { index: usize, len: usize },
@@ -249,6 +253,18 @@ pub(crate) fn check_steps(steps: usize, train_steps: usize) -> Result<(), Schedu
         return Err(SchedulerError::TooManySteps { steps, max: train_steps });
     }
     Ok(())
+}
+
+/// Checks that every timestep indexes the training tables (see [`SchedulerError::TimestepOutOfRange`]).
+pub(crate) fn check_timesteps(
+    timesteps: impl IntoIterator<Item = i64>,
+    steps: usize,
+    train_steps: usize,
+) -> Result<(), SchedulerError> {
+    match timesteps.into_iter().find(|&t| t < 0 || t >= train_steps as i64) {
+        Some(timestep) => Err(SchedulerError::TimestepOutOfRange { steps, timestep, train_steps }),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]

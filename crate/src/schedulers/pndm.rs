@@ -6,7 +6,7 @@ use burn::tensor::Tensor;
 use super::config::{PredictionType, SchedulerConfig, TimestepSpacing};
 use super::ddim::add_noise_alpha;
 use super::tables::{alphas_cumprod, betas, np_linspace};
-use super::{Scheduler, SchedulerError, check_steps};
+use super::{Scheduler, SchedulerError, check_steps, check_timesteps};
 use crate::rng::TorchRng;
 
 const PNDM_ORDER: usize = 4;
@@ -151,6 +151,7 @@ impl Scheduler for PndmScheduler {
     fn set_timesteps(&mut self, steps: usize) -> Result<(), SchedulerError> {
         check_steps(steps, self.train_steps)?;
         let base = self.base_timesteps(steps);
+        check_timesteps(base.iter().copied(), steps, self.train_steps)?;
         let (prk, plms): (Vec<i64>, Vec<i64>) = if self.skip_prk_steps {
             // [t0 .. t_{n-2}, t_{n-2}, t_{n-1}] reversed: the second-to-last timestep twice.
             let n = base.len();

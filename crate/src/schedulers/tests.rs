@@ -380,3 +380,21 @@ fn lcm_step_applies_the_consistency_boundary_condition() {
             .collect()
     });
 }
+
+/// SD 1.5's `steps_offset = 1` with 1000 steps asks for timestep 1000 of 0..=999 in every scheduler that
+/// indexes the training tables by timestep: a typed error (the form allows 1000 steps), not a panic;
+/// 999 steps stay inside.
+#[test]
+fn steps_offset_past_the_last_training_timestep_is_an_error() {
+    let config = sd15();
+    for kind in [SchedulerKind::Ddpm, SchedulerKind::Ddim, SchedulerKind::Pndm] {
+        let mut s = super::build(kind, &config).unwrap();
+        let err = s.set_timesteps(1000).unwrap_err();
+        assert!(
+            matches!(err, SchedulerError::TimestepOutOfRange { steps: 1000, timestep: 1000, train_steps: 1000 }),
+            "{kind:?}: {err:?}"
+        );
+        s.set_timesteps(999).unwrap();
+        assert!(s.timesteps().iter().all(|&t| t <= 999.0), "{kind:?}");
+    }
+}
