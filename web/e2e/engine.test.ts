@@ -53,30 +53,13 @@ async function storedSha256(e: EnginePage, id: string, path: string): Promise<st
   );
 }
 
-/** Bytes of a file stored in IndexedDB so far, from its file record (0 when there is none yet). */
-async function storedBytes(e: EnginePage, id: string, path: string): Promise<number> {
-  return e.page.evaluate(
-    async ([id, path]) => {
-      const db = await new Promise<IDBDatabase>((ok, err) => {
-        const r = indexedDB.open("websd-weights");
-        r.onsuccess = () => ok(r.result);
-        r.onerror = () => err(r.error);
-      });
-      const record = await new Promise<{ stored?: number } | undefined>((ok, err) => {
-        const r = db.transaction("files").objectStore("files").get([id, path]);
-        r.onsuccess = () => ok(r.result as { stored?: number } | undefined);
-        r.onerror = () => err(r.error);
-      });
-      db.close();
-      return record?.stored ?? 0;
-    },
-    [id, path] as const,
-  );
-}
-
 /** Every file record and its chunks agree: `stored` bytes are exactly there, `complete` means verified;
- * chunks are Blobs (a read then copies each byte once; crate/src/web/store.rs). */
-async function storeConsistent(e: EnginePage, id: string): Promise<{ files: number; complete: number; problems: string[] }> {
+ * chunks are Blobs (a read then copies each byte once; crate/src/web/store.rs). `stored` has each file's bytes
+ * stored so far. */
+async function storeConsistent(
+  e: EnginePage,
+  id: string,
+): Promise<{ files: number; complete: number; problems: string[]; stored: Record<string, number> }> {
   return e.page.evaluate(async (id) => {
     const db = await new Promise<IDBDatabase>((ok, err) => {
       const r = indexedDB.open("websd-weights");
@@ -101,7 +84,8 @@ async function storeConsistent(e: EnginePage, id: string): Promise<{ files: numb
       if (f.complete && f.stored !== f.size) problems.push(`${f.path}: complete with ${f.stored} of ${f.size}`);
     }
     db.close();
-    return { files: files.length, complete: files.filter((f) => f.complete).length, problems };
+    const stored = Object.fromEntries(files.map((f) => [f.path, f.stored]));
+    return { files: files.length, complete: files.filter((f) => f.complete).length, problems, stored };
   }, id);
 }
 
@@ -193,7 +177,7 @@ describe("worker engine", () => {
     await e.send(ensure(run, { stallTimeoutMs: 60_000 }));
     await e.waitFor((x) => x.type === "progress" && x.file === UNET16.slice(8) && x.done > 0 && (x.bytes ?? 0) > 0, 60_000);
     // Reload once some of the U-Net's chunks are stored (not after a fixed wait).
-    const unetStored = async () => (await storedBytes(e, manifestUrl(run), UNET16.slice("tiny-sd/".length))) > 0;
+    const unetStored = async () => ((await storeConsistent(e, manifestUrl(run))).stored[UNET16.slice(8)] ?? 0) > 0;
     for (const deadline = Date.now() + 60_000; !(await unetStored()); ) {
       assert.ok(Date.now() < deadline, "no U-Net chunk stored within 60 s");
       await new Promise((r) => setTimeout(r, 100));
@@ -313,7 +297,7 @@ describe("worker engine", () => {
     assert.equal(deleted.final.type, "deleted", JSON.stringify(deleted.final));
     const listed = await e.call({ type: "listModels" });
     assert.ok(!(listed.final as { models: { id: string }[] }).models.some((m) => m.id === manifestUrl("clean")));
-    assert.deepEqual(await storeConsistent(e, manifestUrl("clean")), { files: 0, complete: 0, problems: [] });
+    assert.deepEqual(await storeConsistent(e, manifestUrl("clean")), { files: 0, complete: 0, problems: [], stored: {} });
     const gen = await e.call({ type: "generate", model: manifestUrl("clean"), settings: { prompt: "x" } });
     assert.equal((gen.final as { code: string }).code, "not-stored");
     const again = await e.call({ type: "deleteModel", id: manifestUrl("clean") });
