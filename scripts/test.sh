@@ -63,6 +63,12 @@ source scripts/env.sh
 # the browser tests' dependency build.
 timed "native: build tests" cargo test --release --workspace --no-run
 spawn "native: run tests" cargo test --release --workspace
+# cargo holds the target dir's lock while it builds, not while tests run: let the native cargo check that
+# its build is fresh and start its first test binary before the wasm build takes the lock (otherwise
+# the native tests wait for the whole wasm compile, as they did in the first fresh run).
+until grep -q '^ *Running ' "$logs/native: run tests.log" || ! kill -0 "${bg_pid[native: run tests]}" 2>/dev/null; do
+  sleep 1
+done
 timed "browser: build tests (wasm32)" cargo test --release --target wasm32-unknown-unknown -p websd-tests --no-run
 join "native: run tests"
 
