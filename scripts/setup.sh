@@ -3,7 +3,6 @@
 # Debian packages (chromium, chromium-driver, mesa-vulkan-drivers), the wasm32 target, the wasm-bindgen
 # CLI of exactly the version in Cargo.lock, Trunk 0.21.14, and the npm packages (including binaryen's
 # wasm-opt: Debian 12's binaryen 108 corrupts wasm-bindgen's externref table, see README).
-# Each step's time goes to stderr, so the CI log shows where a fresh machine's minutes go.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

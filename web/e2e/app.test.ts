@@ -28,7 +28,7 @@ after(async () => {
   await h?.close();
 });
 
-// Checks of behaviour, not of numbers (cancel, offline, updates, a surviving worker), generate 16x16 px:
+// Checks of behaviour, not of numbers (offline, updates, a surviving worker), generate 16x16 px:
 // 1/16 of the 64 px parity runs' work, which on SwiftShader is ~10 s per U-Net step.
 const SMALL = { width: "16", height: "16" };
 
