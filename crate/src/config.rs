@@ -19,9 +19,29 @@ pub struct ConfigError {
     pub message: String,
 }
 
-/// Parses `text` as the config `file`.
+/// Parses `text` as the config `file`, read as diffusers' `from_config` reads it (see [`as_diffusers_reads`]).
 pub fn parse<T: DeserializeOwned>(file: &str, text: &str) -> Result<T, ConfigError> {
-    serde_json::from_str(text).map_err(|e| ConfigError { file: file.to_string(), message: e.to_string() })
+    let err = |e: serde_json::Error| ConfigError { file: file.to_string(), message: e.to_string() };
+    serde_json::from_value(as_diffusers_reads(serde_json::from_str(text).map_err(err)?)).map_err(err)
+}
+
+/// Keys whose `null` is a value rather than "not set": diffusers builds no mid block for
+/// `"mid_block_type": null`, where a missing key means the default cross-attention mid block.
+const NULL_IS_A_VALUE: &[&str] = &["mid_block_type"];
+
+/// A config object as diffusers and transformers read it: a `null` field means "not set" (the class
+/// default; the Hub's configs written by diffusers 0.2x say `"upcast_attention": null`), and the keys
+/// listed in `_use_default_values` (configs dumped from memory) are dropped. Anything but an object is
+/// returned as it is, for serde to reject with a typed message.
+pub fn as_diffusers_reads(value: Value) -> Value {
+    let Value::Object(mut fields) = value else { return value };
+    if let Some(Value::Array(defaults)) = fields.remove("_use_default_values") {
+        for key in defaults.iter().filter_map(Value::as_str) {
+            fields.remove(key);
+        }
+    }
+    fields.retain(|key, value| !value.is_null() || NULL_IS_A_VALUE.contains(&key.as_str()));
+    Value::Object(fields)
 }
 
 /// `model_index.json`: the pipeline class and its components.
@@ -298,6 +318,35 @@ mod tests {
         let unet: UNet2DConditionConfig = parse("unet/config.json", json).unwrap();
         assert_eq!([0, 1, 2, 3, 9].map(|i| unet.attention_head_dim.get(i)), [5, 10, 20, 20, 20]);
         assert!(unet.use_linear_projection);
+    }
+
+    /// SD-Turbo's and SDXL's `unet/config.json` (diffusers 0.24) say `"upcast_attention": null` and
+    /// more: `null` is "not set", as in diffusers, except where diffusers gives `null` a meaning.
+    #[test]
+    fn null_means_the_default_as_in_diffusers() {
+        let json = r#"{"sample_size": 64, "in_channels": 4, "out_channels": 4, "cross_attention_dim": 1024,
+            "down_block_types": [], "up_block_types": [], "block_out_channels": [320],
+            "layers_per_block": 2, "attention_head_dim": null, "num_attention_heads": null,
+            "upcast_attention": null, "use_linear_projection": null, "norm_num_groups": null,
+            "addition_embed_type": null, "time_cond_proj_dim": null, "act_fn": null,
+            "transformer_layers_per_block": null, "flip_sin_to_cos": null}"#;
+        let unet: UNet2DConditionConfig = parse("unet/config.json", json).unwrap();
+        assert!(!unet.upcast_attention && !unet.use_linear_projection && unet.flip_sin_to_cos);
+        assert_eq!((unet.norm_num_groups, unet.act_fn.as_str()), (32, "silu"));
+        assert_eq!((unet.attention_head_dim.get(0), unet.num_attention_heads), (8, None));
+        assert_eq!(unet.mid_block_type.as_deref(), Some("UNetMidBlock2DCrossAttn"));
+        // diffusers builds no mid block for an explicit null: kept, so the model is refused, not misread.
+        let no_mid = json.replace("\"act_fn\": null", "\"mid_block_type\": null");
+        assert_eq!(parse::<UNet2DConditionConfig>("unet/config.json", &no_mid).unwrap().mid_block_type, None);
+        // A required field cannot be null.
+        let err = parse::<UNet2DConditionConfig>("unet/config.json", &json.replace("1024", "null")).unwrap_err();
+        assert!(err.message.contains("cross_attention_dim"), "{err}");
+
+        let vae = r#"{"block_out_channels": [128, 256], "scaling_factor": null, "shift_factor": null,
+            "latents_mean": null, "force_upcast": null, "_use_default_values": ["layers_per_block"],
+            "layers_per_block": 7}"#;
+        let vae: AutoencoderKLConfig = parse("vae/config.json", vae).unwrap();
+        assert_eq!((vae.scaling_factor, vae.shift_factor, vae.layers_per_block), (0.18215, None, 1));
     }
 
     #[test]

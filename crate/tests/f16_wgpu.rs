@@ -68,3 +68,53 @@ fn fp16_weights_stay_f16_on_an_f16_device() {
     // f16 compute against the f32 reference: 3.3e-3 measured on lavapipe; 10 f16 ulps at 1.0 is ~1e-2.
     assert!(diff.is_finite() && diff <= 1e-2, "{diff}");
 }
+
+/// `upcast_attention` (SD 2.1): scores q·kᵀ/√d of 8e4 overflow f16's 65504, so an f16 softmax gives
+/// NaN; upcast, the same f16 inputs give the f32 answer to f16 precision.
+#[test]
+fn upcast_attention_stays_finite_where_f16_scores_overflow() {
+    use websd::models::attention::attention_upcast;
+    let (device, info) = f16_device();
+    // 1 batch, 2 heads, 4 queries, 3 keys, head_dim 64; q = k = 100 gives scores 100·100·64/8 = 80000.
+    // The last key's first channel is 99.9375 (exact in f16), so its score is 0.78 lower: the softmax
+    // is not uniform.
+    let [b, h, n, m, d] = [1, 2, 4, 3, 64];
+    let q: Vec<f32> = vec![100.0; b * h * n * d];
+    let k: Vec<f32> = (0..b * h * m * d).map(|i| if i % (m * d) == (m - 1) * d { 99.9375 } else { 100.0 }).collect();
+    let v: Vec<f32> = (0..b * h * m * d).map(|i| (i % 7) as f32 * 0.25 - 0.5).collect();
+    let tensor = |data: &[f32], len: usize| {
+        Tensor::<4>::from_data(TensorData::new(data.to_vec(), [b, h, len, d]), &device).cast(FloatDType::F16)
+    };
+    let (q16, k16, v16) = (tensor(&q, n), tensor(&k, m), tensor(&v, m));
+    assert_eq!(q16.dtype(), DType::F16);
+    let values = |t: Tensor<4>| t.cast(FloatDType::F32).into_data().try_to_vec::<f32>().unwrap();
+
+    let plain = values(attention_upcast(q16.clone(), k16.clone(), v16.clone(), false));
+    let upcast = attention_upcast(q16, k16, v16, true);
+    assert_eq!(upcast.dtype(), DType::F16);
+    let upcast = values(upcast);
+    // The reference, in f64 (every input is exact in f16).
+    let mut want = vec![0f64; b * h * n * d];
+    for head in 0..b * h {
+        for i in 0..n {
+            let scores: Vec<f64> = (0..m)
+                .map(|j| (0..d).map(|c| 100.0 * k[(head * m + j) * d + c] as f64).sum::<f64>() / (d as f64).sqrt())
+                .collect();
+            let max = scores.iter().cloned().fold(f64::MIN, f64::max);
+            let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+            let total: f64 = weights.iter().sum();
+            for c in 0..d {
+                let acc: f64 = (0..m).map(|j| weights[j] / total * v[(head * m + j) * d + c] as f64).sum();
+                want[(head * n + i) * d + c] = acc;
+            }
+        }
+    }
+    let diff = upcast.iter().zip(&want).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
+    let plain_finite = plain.iter().all(|x| x.is_finite());
+    eprintln!(
+        "upcast attention on {}: max diff {diff:e} vs f64; without upcast all finite: {plain_finite}",
+        info.adapter
+    );
+    assert!(diff <= 5e-3, "upcast attention is off by {diff}");
+    assert!(!plain_finite, "f16 scores of 8e4 should overflow without upcast_attention");
+}

@@ -2,10 +2,10 @@
 
 use burn::module::Module;
 use burn::nn::{LayerNorm, Linear};
-use burn::tensor::Tensor;
 use burn::tensor::activation::gelu;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{DType, FloatDType, Tensor};
 
 use super::linear;
 use crate::weights::{LoadError, TensorLoader, TensorSource};
@@ -66,6 +66,22 @@ pub struct Attention {
     to_v: Linear,
     to_out: Linear,
     heads: usize,
+    /// `upcast_attention`: scores and softmax in f32 when the model computes in f16 (SD 2.1's scores
+    /// overflow f16's 65504).
+    upcast: bool,
+}
+
+/// [`attention_in_blocks`], in f32 when `upcast` asks for it and the inputs are f16 (as diffusers'
+/// `upcast_attention` computes q·kᵀ and the softmax in f32); the output has the inputs' precision.
+///
+/// # Shapes
+/// as [`attention_in_blocks`]
+pub fn attention_upcast(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, upcast: bool) -> Tensor<4> {
+    if !upcast || q.dtype() != DType::F16 {
+        return attention_in_blocks(q, k, v);
+    }
+    let f32 = |t: Tensor<4>| t.cast(FloatDType::F32);
+    attention_in_blocks(f32(q), f32(k), f32(v)).cast(FloatDType::F16)
 }
 
 impl Attention {
@@ -78,6 +94,7 @@ impl Attention {
         context_dim: usize,
         heads: usize,
         head_dim: usize,
+        upcast: bool,
     ) -> Result<Self, LoadError> {
         let inner = heads * head_dim;
         Ok(Self {
@@ -86,6 +103,7 @@ impl Attention {
             to_v: w.linear(&format!("{prefix}.to_v"), context_dim, inner, false)?,
             to_out: w.linear(&format!("{prefix}.to_out.0"), inner, query_dim, true)?,
             heads,
+            upcast,
         })
     }
 
@@ -102,7 +120,7 @@ impl Attention {
         let q = split(linear(&self.to_q, x));
         let k = split(linear(&self.to_k, context.clone()));
         let v = split(linear(&self.to_v, context));
-        let out = attention_in_blocks(q, k, v);
+        let out = attention_upcast(q, k, v, self.upcast);
         let [b, h, n, d] = out.dims();
         linear(&self.to_out, out.swap_dims(1, 2).reshape([b, n, h * d]))
     }
@@ -155,13 +173,14 @@ impl BasicTransformerBlock {
         heads: usize,
         head_dim: usize,
         cross_attention_dim: usize,
+        upcast: bool,
     ) -> Result<Self, LoadError> {
         let p = prefix;
         Ok(Self {
             norm1: w.layer_norm(&format!("{p}.norm1"), dim, 1e-5)?,
-            attn1: Attention::load(w, &format!("{p}.attn1"), dim, dim, heads, head_dim)?,
+            attn1: Attention::load(w, &format!("{p}.attn1"), dim, dim, heads, head_dim, upcast)?,
             norm2: w.layer_norm(&format!("{p}.norm2"), dim, 1e-5)?,
-            attn2: Attention::load(w, &format!("{p}.attn2"), dim, cross_attention_dim, heads, head_dim)?,
+            attn2: Attention::load(w, &format!("{p}.attn2"), dim, cross_attention_dim, heads, head_dim, upcast)?,
             norm3: w.layer_norm(&format!("{p}.norm3"), dim, 1e-5)?,
             ff: FeedForward::load(w, &format!("{p}.ff"), dim)?,
         })

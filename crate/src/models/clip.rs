@@ -1,6 +1,5 @@
 //! The CLIP text encoder (transformers' `CLIPTextModel`): SD 1.x's CLIP-L and SD 2.x's OpenCLIP-H.
 
-use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, LayerNorm, Linear};
 use burn::tensor::activation::{gelu, sigmoid};
@@ -12,7 +11,7 @@ use super::linear;
 use crate::weights::{IntoTensorSource, LoadError, TensorLoader};
 
 /// transformers' `CLIPTextConfig` (`text_encoder/config.json`); other fields of the file are ignored.
-#[derive(Config, Debug)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
 pub struct ClipTextConfig {
     /// Tokens in the vocabulary.
     pub vocab_size: usize,
@@ -25,17 +24,31 @@ pub struct ClipTextConfig {
     /// Attention heads per layer.
     pub num_attention_heads: usize,
     /// Positions (the tokenizer's maximum length).
-    #[config(default = 77)]
+    #[serde(default = "default_positions")]
     pub max_position_embeddings: usize,
     /// MLP activation: `quick_gelu` (CLIP-L) or `gelu` (OpenCLIP-H).
-    #[config(default = "String::from(\"quick_gelu\")")]
+    #[serde(default = "default_act")]
     pub hidden_act: String,
     /// Layer norm epsilon.
-    #[config(default = 1e-5)]
+    #[serde(default = "default_eps")]
     pub layer_norm_eps: f64,
     /// End-of-text id; the pooled output is taken at its first occurrence.
-    #[config(default = 2)]
+    #[serde(default = "default_eos")]
     pub eos_token_id: u32,
+}
+
+// transformers' `CLIPTextConfig` defaults (eos 2 is its legacy value: the pooled output at the largest id).
+fn default_positions() -> usize {
+    77
+}
+fn default_act() -> String {
+    "quick_gelu".into()
+}
+fn default_eps() -> f64 {
+    1e-5
+}
+fn default_eos() -> u32 {
+    2
 }
 
 #[derive(Module, Debug)]
@@ -165,8 +178,10 @@ pub fn clip_key_map(name: &str) -> Option<String> {
 
 impl ClipTextConfig {
     /// Parses `text_encoder/config.json`; a missing required field is named in the error.
+    /// transformers' rules: unknown fields (`torch_dtype`, `architectures`, ...) are ignored and `null`
+    /// means the default ([`crate::config::as_diffusers_reads`]).
     pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
-        serde_json::from_str(text)
+        serde_json::from_value(crate::config::as_diffusers_reads(serde_json::from_str(text)?))
     }
 
     /// Loads the model's weights from a safetensors source (either key naming scheme).
@@ -244,6 +259,22 @@ impl ClipTextModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// SD 2.x's text encoder config as transformers 4.2x wrote it: `torch_dtype`, `architectures`,
+    /// `null` for fields it did not set, and the OpenCLIP-H settings.
+    #[test]
+    fn reads_transformers_4_configs_with_nulls() {
+        let json = r#"{"_name_or_path": "hf-models/clip-vit-large-patch14", "architectures": ["CLIPTextModel"],
+            "attention_dropout": 0.0, "bos_token_id": 0, "dropout": 0.0, "eos_token_id": 2, "hidden_act": "gelu",
+            "hidden_size": 1024, "initializer_factor": 1.0, "initializer_range": 0.02, "intermediate_size": 4096,
+            "layer_norm_eps": null, "max_position_embeddings": 77, "model_type": "clip_text_model",
+            "num_attention_heads": 16, "num_hidden_layers": 23, "pad_token_id": 1, "projection_dim": 512,
+            "torch_dtype": "float32", "transformers_version": "4.25.0.dev0", "vocab_size": 49408}"#;
+        let c = ClipTextConfig::from_json(json).unwrap();
+        assert_eq!((c.num_hidden_layers, c.hidden_act.as_str(), c.layer_norm_eps), (23, "gelu", 1e-5));
+        let err = ClipTextConfig::from_json(&json.replace("\"vocab_size\": 49408", "\"vocab_size\": null"));
+        assert!(err.unwrap_err().to_string().contains("vocab_size"));
+    }
 
     #[test]
     fn token_embedding_in_blocks_equals_one_table() {

@@ -57,6 +57,8 @@ pub struct Transformer2DShape {
     pub groups: usize,
     /// `use_linear_projection`.
     pub linear_projection: bool,
+    /// `upcast_attention`.
+    pub upcast_attention: bool,
 }
 
 impl Transformer2DModel {
@@ -76,7 +78,8 @@ impl Transformer2DModel {
             transformer_blocks: (0..shape.layers)
                 .map(|i| {
                     let block = format!("{p}.transformer_blocks.{i}");
-                    BasicTransformerBlock::load(w, &block, c, shape.heads, head_dim, shape.cross_attention_dim)
+                    let (heads, context) = (shape.heads, shape.cross_attention_dim);
+                    BasicTransformerBlock::load(w, &block, c, heads, head_dim, context, shape.upcast_attention)
                 })
                 .collect::<Result<_, _>>()?,
             proj_out: Projection::load(w, &format!("{p}.proj_out"), c, c, shape.linear_projection)?,

@@ -17,6 +17,7 @@ pub struct BlockSettings {
     pub eps: f64,
     pub cross_attention_dim: usize,
     pub linear_projection: bool,
+    pub upcast_attention: bool,
 }
 
 /// Attention settings of one block; `None` for the blocks without cross-attention.
@@ -40,6 +41,7 @@ fn transformer<S: TensorSource>(
         cross_attention_dim: s.cross_attention_dim,
         groups: s.groups,
         linear_projection: s.linear_projection,
+        upcast_attention: s.upcast_attention,
     };
     Transformer2DModel::load(w, prefix, shape)
 }

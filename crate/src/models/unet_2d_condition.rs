@@ -103,6 +103,7 @@ impl UNet2DConditionModel {
             eps: config.norm_eps,
             cross_attention_dim: config.cross_attention_dim,
             linear_projection: config.use_linear_projection,
+            upcast_attention: config.upcast_attention,
         };
         // diffusers' naming: `attention_head_dim` holds the head *count* unless `num_attention_heads` is given.
         let heads = config.num_attention_heads.as_ref().unwrap_or(&config.attention_head_dim);
