@@ -21,12 +21,59 @@ pub struct ManifestFile {
 }
 
 /// The `sd manifest` output.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
     /// Where the files live; absent: next to the manifest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_url: Option<String>,
     pub files: Vec<ManifestFile>,
+    /// Settings the model's authors recommend where its configs cannot say (SD-Turbo: 1 step, no
+    /// guidance). The one source for the page's and the CLI's defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recommended: Option<Recommended>,
+    /// Where the files come from when `base_url` is not the original repository at a commit (SD 2.1's
+    /// repositories were deleted from the Hub in November 2025; a mirror serves the same bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+}
+
+/// A model's recommended generation settings.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Recommended {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guidance: Option<f32>,
+}
+
+/// diffusers' pipeline defaults, for models without recommendations.
+pub const DIFFUSERS_STEPS: usize = 50;
+/// diffusers' `guidance_scale` default.
+pub const DIFFUSERS_GUIDANCE: f32 = 7.5;
+
+/// The app's built-in manifests (`www/hub/`), the one source of the page's model picker defaults and
+/// of the CLI's, which recognises a local copy of one of these models by its `unet/config.json`.
+pub const BUILTIN: [(&str, &str); 4] = [
+    ("sd15", include_str!("../../www/hub/sd15.json")),
+    ("sd-turbo", include_str!("../../www/hub/sd-turbo.json")),
+    ("sd21-base", include_str!("../../www/hub/sd21-base.json")),
+    ("sd21", include_str!("../../www/hub/sd21.json")),
+];
+
+/// The built-in model whose `unet/config.json` has this sha256 (a local copy of it), with its manifest.
+pub fn builtin_by_unet_config(sha256: &str) -> Option<(&'static str, Manifest)> {
+    BUILTIN.iter().find_map(|(name, json)| {
+        let manifest = Manifest::from_json(json).ok()?;
+        (manifest.file("unet/config.json")?.sha256 == sha256).then_some((*name, manifest))
+    })
+}
+
+impl Manifest {
+    /// Steps and guidance: the manifest's recommendation, else diffusers' defaults.
+    pub fn steps_and_guidance(&self) -> (usize, f32) {
+        let r = self.recommended.unwrap_or(Recommended { steps: None, guidance: None });
+        (r.steps.unwrap_or(DIFFUSERS_STEPS), r.guidance.unwrap_or(DIFFUSERS_GUIDANCE))
+    }
 }
 
 /// Why a manifest cannot be used.
@@ -151,7 +198,7 @@ mod tests {
             "vae/config.json",
             "vae/diffusion_pytorch_model.safetensors",
         ];
-        Manifest { base_url: None, files: paths.iter().map(|p| entry(p, 10)).collect() }
+        Manifest { files: paths.iter().map(|p| entry(p, 10)).collect(), ..Default::default() }
     }
 
     #[test]
@@ -189,7 +236,7 @@ mod tests {
             r#"{{"files":[{{"path":"a","size":1,"sha256":"{ok_sha}"}},{{"path":"a","size":1,"sha256":"{ok_sha}"}}]}}"#
         );
         assert!(matches!(bad(&twice), ManifestError::BadEntry { .. }));
-        let m = Manifest { base_url: None, files: vec![entry("model_index.json", 1)] };
+        let m = Manifest { files: vec![entry("model_index.json", 1)], ..Default::default() };
         assert!(matches!(m.select(None), Err(ManifestError::Missing(p)) if p == "scheduler/scheduler_config.json"));
     }
 
@@ -209,17 +256,20 @@ mod tests {
             let base = m.base_url.as_deref().unwrap();
             let rev = base.trim_end_matches('/').rsplit('/').next().unwrap();
             assert!(base.starts_with("https://huggingface.co/") && base.contains("/resolve/"), "{base}");
-            assert!(
-                rev.len() == 40 && rev.bytes().all(|b| b.is_ascii_hexdigit()),
-                "{}: revision {rev}",
-                path.display()
-            );
+            let commit = |rev: &str| rev.len() == 40 && rev.bytes().all(|b| b.is_ascii_hexdigit());
+            // Pinned to a commit, or (a mirror of a deleted repository) naming the original commit; the
+            // bytes are pinned by sha256 either way.
+            let origin_commit =
+                m.origin.as_deref().is_some_and(|o| o.split(|c: char| !c.is_ascii_alphanumeric()).any(commit));
+            assert!(commit(rev) || origin_commit, "{}: revision {rev}, origin {:?}", path.display(), m.origin);
             let selected = m.select(None).unwrap();
             assert!(
                 selected.iter().all(|f| !f.path.ends_with(".safetensors") || f.path.ends_with(".fp16.safetensors"))
             );
             assert_eq!(selected.len(), m.files.len(), "{}: every listed file is used", path.display());
+            let name = path.file_stem().unwrap().to_str().unwrap();
+            assert!(BUILTIN.iter().any(|(n, json)| *n == name && Manifest::from_json(json).unwrap() == m), "{name}");
         }
-        assert!(count >= 2);
+        assert_eq!(count, BUILTIN.len());
     }
 }

@@ -79,8 +79,8 @@ impl Default for GenerateRequest {
         Self {
             prompt: String::new(),
             negative_prompt: String::new(),
-            steps: 50,
-            guidance: 7.5,
+            steps: crate::manifest::DIFFUSERS_STEPS,
+            guidance: crate::manifest::DIFFUSERS_GUIDANCE,
             seed: 0,
             width: None,
             height: None,

@@ -173,10 +173,10 @@ pub struct GenerateSettings {
 }
 
 fn default_steps() -> u32 {
-    50
+    crate::manifest::DIFFUSERS_STEPS as u32
 }
 fn default_guidance() -> f32 {
-    7.5
+    crate::manifest::DIFFUSERS_GUIDANCE
 }
 fn default_batch() -> u32 {
     1
@@ -204,6 +204,9 @@ pub struct ModelInfo {
     pub ready: bool,
     /// The manifest came from the store because the network failed.
     pub offline: bool,
+    /// Steps and guidance to start from: the manifest's `recommended` (SD-Turbo: 1, 0), else diffusers'.
+    pub steps: u32,
+    pub guidance: f32,
 }
 
 /// What a phase of a long request has done so far.
@@ -552,6 +555,8 @@ mod tests {
                     stored_bytes: 1,
                     ready: false,
                     offline: false,
+                    steps: 1,
+                    guidance: 0.0,
                 },
             },
             Event::Preview { step: 1, width: 1, height: 1, rgba: vec![0, 0, 0, 255] },

@@ -1,7 +1,8 @@
 // Unit tests of model selection from the page URL and the local server's listing.
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { builtinChoices, labelOf, localChoices, manifestUrl, modelParam } from "./catalog";
+import { readdirSync, readFileSync } from "node:fs";
+import { BUILTIN, builtinChoices, labelOf, localChoices, manifestUrl, modelParam } from "./catalog";
 
 const page = "http://127.0.0.1:8080/app/?x=1";
 
@@ -28,6 +29,14 @@ test("the local listing and the built-in models become choices", () => {
   const builtin = builtinChoices(page);
   assert.ok(builtin.length >= 2);
   assert.ok(builtin.every((c) => c.url.startsWith("http://127.0.0.1:8080/app/hub/")));
-  assert.deepEqual(builtin.find((c) => c.label === "SD-Turbo")?.defaults, { steps: 1, guidance: 0 });
   assert.equal(labelOf("https://cdn.example/m/manifest.json"), "m (cdn.example)");
+});
+
+test("each built-in model's download size is its manifest's (www/hub/)", () => {
+  for (const { path, label, bytes } of BUILTIN) {
+    const manifest = JSON.parse(readFileSync(new URL(`../../www/${path}`, import.meta.url), "utf8"));
+    const total = (manifest.files as { size: number }[]).reduce((sum, f) => sum + f.size, 0);
+    assert.equal(bytes, total, label);
+  }
+  assert.equal(BUILTIN.length, readdirSync(new URL("../../www/hub/", import.meta.url)).filter((f) => f.endsWith(".json")).length);
 });

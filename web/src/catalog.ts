@@ -8,22 +8,19 @@ export interface ModelChoice {
   url: string;
   label: string;
   source: "builtin" | "local" | "url";
-  /** Settings the model's authors recommend, where its configs cannot tell (SD-Turbo: 1 step, no CFG). */
-  defaults?: { steps?: number; guidance?: number };
   /** Approximate download, for the picker (bytes). */
   bytes?: number;
 }
 
-/** Built-in models: `path` is relative to the app (manifests shipped under www/hub/, each pinned to
- * a Hub commit with every file's size and sha256). */
+/** Built-in models: `path` is relative to the app (manifests shipped under www/hub/, every file's size
+ * and sha256 pinned). Recommended steps and guidance (SD-Turbo: 1 step, no CFG) live in the manifest
+ * itself, which the CLI reads too; the engine reports them in `ModelInfo`. */
 export const BUILTIN: readonly (Omit<ModelChoice, "url" | "source"> & { path: string })[] = [
   { path: "hub/sd15.json", label: "Stable Diffusion 1.5", bytes: 2_134_194_125 },
-  // SD-Turbo is distilled for 1 to 4 steps without classifier-free guidance (its model card).
-  { path: "hub/sd-turbo.json", label: "SD-Turbo", bytes: 2_581_650_173, defaults: { steps: 1, guidance: 0 } },
+  { path: "hub/sd-turbo.json", label: "SD-Turbo", bytes: 2_581_650_173 },
+  { path: "hub/sd21-base.json", label: "Stable Diffusion 2.1-base (512 px)", bytes: 2_581_649_445 },
+  { path: "hub/sd21.json", label: "Stable Diffusion 2.1 (768 px, v)", bytes: 2_581_649_567 },
 ];
-
-/** diffusers' pipeline defaults, for models without recommendations. */
-export const DIFFUSERS_DEFAULTS = { steps: 50, guidance: 7.5 } as const;
 
 export type ModelParam = { kind: "none" } | { kind: "url"; url: string } | { kind: "error"; message: string };
 

@@ -1,6 +1,6 @@
 // Page entry: wires the form, the worker engine, progress, results, the gallery, the storage panel and
 // the service worker's update flow. Everything user- or model-provided is rendered as text.
-import { builtinChoices, DIFFUSERS_DEFAULTS, labelOf, localChoices, manifestUrl, modelParam, type ModelChoice } from "./catalog";
+import { builtinChoices, labelOf, localChoices, manifestUrl, modelParam, type ModelChoice } from "./catalog";
 import { byTestId, el } from "./dom";
 import { EngineClient } from "./engine";
 import * as errors from "./errors";
@@ -98,8 +98,8 @@ function applyDefaults(choice: ModelChoice, i: ModelInfo): void {
   const set = (f: Field, v: string): void => {
     if (!dirty.has(f)) input(f).value = v;
   };
-  set("steps", String(choice.defaults?.steps ?? DIFFUSERS_DEFAULTS.steps));
-  set("guidance", String(choice.defaults?.guidance ?? DIFFUSERS_DEFAULTS.guidance));
+  set("steps", String(i.steps));
+  set("guidance", String(i.guidance));
   if (!initBitmap) {
     set("width", String(i.width));
     set("height", String(i.height));

@@ -26,7 +26,7 @@ export const events = [
   { bytes: 1, done: 1, file: "unet/x", phase: "download", total: 2, type: "progress" },
   { done: 1, phase: "denoise", total: 2, type: "progress" },
   { report: { corruptFiles: [], fetchedBytes: 1, files: ["a"], id: "m", offline: false, retries: 0, totalBytes: 1 }, type: "modelReady" },
-  { info: { height: 512, id: "m", inpainting: false, offline: false, ready: false, scheduler: "pndm", storedBytes: 1, totalBytes: 2, variant: "fp16", width: 512 }, type: "modelInfo" },
+  { info: { guidance: 0.0, height: 512, id: "m", inpainting: false, offline: false, ready: false, scheduler: "pndm", steps: 1, storedBytes: 1, totalBytes: 2, variant: "fp16", width: 512 }, type: "modelInfo" },
   { height: 1, rgba: new Uint8Array([0,0,0,255]), step: 1, type: "preview", width: 1 },
   { count: 1, elapsedMs: 1.5, height: 64, index: 0, png: new Uint8Array([137,80]), seed: 0, settings: { batch: 1, guidance: 7.5, height: 64, negativePrompt: "blurry", previewEvery: 1, prompt: "a cat", scheduler: "euler-a", seed: 0, steps: 2, strength: 0.75, width: 64 }, type: "result", width: 64 },
   { models: [{ completeFiles: ["a"], id: "m", manifestBytes: 2, ready: false, storedBytes: 1 }], type: "models" },

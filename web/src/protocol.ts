@@ -99,6 +99,9 @@ export interface ModelInfo {
   storedBytes: number;
   ready: boolean;
   offline: boolean;
+  /** The manifest's recommended steps and guidance, else diffusers' (50, 7.5). */
+  steps: number;
+  guidance: number;
 }
 
 /** crate::protocol::F32Tensor: a shape and its f32 values as little-endian bytes. */

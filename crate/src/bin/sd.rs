@@ -62,11 +62,13 @@ mod native {
         /// Negative prompt (default: the empty string's embedding, as diffusers).
         #[arg(long, default_value = "")]
         negative: String,
-        #[arg(long, default_value_t = 50)]
-        steps: usize,
-        /// Classifier-free guidance scale; <= 1 disables guidance.
-        #[arg(long, default_value_t = 7.5, allow_negative_numbers = true)]
-        guidance: f32,
+        /// Denoising steps (default: the model's recommendation where it is a built-in model with one,
+        /// as SD-Turbo's 1, else diffusers' 50).
+        #[arg(long)]
+        steps: Option<usize>,
+        /// Classifier-free guidance scale; <= 1 disables guidance (default: as --steps; diffusers' 7.5).
+        #[arg(long, allow_negative_numbers = true)]
+        guidance: Option<f32>,
         /// Same seed, same image as diffusers with torch.Generator("cpu").manual_seed(seed).
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -222,7 +224,24 @@ mod native {
                 Ok(ManifestFile { path: rel, size, sha256: sha256_file(p)? })
             })
             .collect::<Result<_, String>>()?;
-        Ok(Manifest { base_url: None, files })
+        Ok(Manifest { files, ..Default::default() })
+    }
+
+    /// Steps and guidance: the flags, else the recommendation of the built-in model this folder is a copy
+    /// of (recognised by its `unet/config.json`; the app's manifests are the one source), else diffusers'.
+    fn recommended(model: &Path, steps: Option<usize>, guidance: Option<f32>) -> Result<(usize, f32), String> {
+        if let (Some(steps), Some(guidance)) = (steps, guidance) {
+            return Ok((steps, guidance));
+        }
+        let config = model.join("unet/config.json");
+        let builtin =
+            if config.is_file() { websd::manifest::builtin_by_unet_config(&sha256_file(&config)?) } else { None };
+        let (name, manifest) = builtin.unwrap_or(("", Manifest::default()));
+        let (default_steps, default_guidance) = manifest.steps_and_guidance();
+        if manifest.recommended.is_some() && std::io::stderr().is_terminal() {
+            eprintln!("{name}: its recommended {default_steps} steps, guidance {default_guidance} (flags override)");
+        }
+        Ok((steps.unwrap_or(default_steps), guidance.unwrap_or(default_guidance)))
     }
 
     fn generate(a: GenerateArgs) -> Result<String, String> {
@@ -235,13 +254,14 @@ mod native {
         if mask.is_some() && init_image.is_none() {
             return Err("--mask needs --init-image".into());
         }
+        let (steps, guidance) = recommended(&a.model, a.steps, a.guidance)?;
         // diffusers' defaults: img2img strength 0.8, inpainting 1.0.
         let strength = a.strength.unwrap_or(if init_image.is_some() && mask.is_none() { 0.8 } else { 1.0 });
         let request = GenerateRequest {
             prompt: a.prompt.clone(),
             negative_prompt: a.negative.clone(),
-            steps: a.steps,
-            guidance: a.guidance,
+            steps,
+            guidance,
             seed: a.seed,
             width: a.width,
             height: a.height,

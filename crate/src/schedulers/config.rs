@@ -57,6 +57,11 @@ impl SchedulerConfig {
         Self { fields }
     }
 
+    /// A string field as the file gives it (`None` when absent, `null` or not a string).
+    pub fn str_value(&self, key: &str) -> Option<&str> {
+        self.present(key).and_then(Value::as_str)
+    }
+
     fn present(&self, key: &str) -> Option<&Value> {
         self.fields.get(key).filter(|v| !v.is_null())
     }

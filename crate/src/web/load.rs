@@ -312,6 +312,7 @@ pub async fn model_info(store: &Store, id: &str, variant: Option<Variant>, offli
     let scheduler = SchedulerKind::model_default(&scheduler).map_err(|e| Error::Unsupported(e.to_string()))?;
     let size = (unet.sample_size * vae.scale_factor()) as u32;
     let fp16 = manifest.weights("unet", variant).is_ok_and(|f| f.path.ends_with(".fp16.safetensors"));
+    let (steps, guidance) = manifest.steps_and_guidance();
     Ok(ModelInfo {
         id: id.to_string(),
         width: size,
@@ -323,6 +324,8 @@ pub async fn model_info(store: &Store, id: &str, variant: Option<Variant>, offli
         stored_bytes,
         ready,
         offline,
+        steps: steps as u32,
+        guidance,
     })
 }
 

@@ -7,6 +7,7 @@ mod common;
 
 mod cli;
 mod clip_fixtures;
+mod hub_models;
 mod img2img_initial_latents;
 mod pipeline_fixtures;
 mod rng_fixtures;
