@@ -41,6 +41,7 @@ fn main() {
         cross_attention_dim: 768,
         groups: 32,
         linear_projection: false,
+        upcast_attention: false,
     };
     let x: Vec<f32> = to_vec(Tensor::<4>::random([2, 320, 64, 64], Distribution::Normal(0.0, 1.0), &cpu));
     let skip: Vec<f32> = to_vec(Tensor::<4>::random([2, 960, 64, 64], Distribution::Normal(0.0, 1.0), &cpu));
