@@ -44,6 +44,15 @@ pub enum Error {
     /// IndexedDB failed for another reason.
     #[error("storage: {0}")]
     Storage(String),
+    /// The request needs a GPU buffer over the cap that cannot be split; the message names what to lower.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The GPU ran out of memory during the work (wgpu's out-of-memory error).
+    #[error("the GPU ran out of memory: {0}")]
+    GpuOom(String),
+    /// The GPU rejected a buffer or kernel (wgpu's validation error): the result would be wrong.
+    #[error("the GPU rejected the work: {0}")]
+    GpuValidation(String),
     /// The request was cancelled (reported as a `Cancelled` event, not an error).
     #[error("cancelled")]
     Cancelled,
@@ -66,6 +75,9 @@ impl Error {
             Error::Integrity(_) => "integrity",
             Error::Quota { .. } => "quota",
             Error::Storage(_) => "storage",
+            Error::TooLarge(_) => "too-large",
+            Error::GpuOom(_) => "gpu-oom",
+            Error::GpuValidation(_) => "gpu-validation",
             Error::Cancelled => "cancelled",
         }
     }
@@ -80,7 +92,9 @@ impl From<crate::pipeline::PipelineError> for Error {
             P::Tokenizer(e) => Error::Invalid(e.to_string()),
             P::Unsupported(m) => Error::Unsupported(m),
             P::Cancelled => Error::Cancelled,
+            P::TooLarge(e) => Error::TooLarge(e.to_string()),
             P::Device(m) => Error::Readback(m),
+            P::Gpu(e) => e,
         }
     }
 }

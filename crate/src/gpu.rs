@@ -4,11 +4,11 @@
 //! burn's wgpu runtime can be initialised only once per process (or wasm instance), so the device is
 //! cached here and every caller shares it.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 
 use burn::tensor::Device;
-use burn::tensor::wgpu::{WgpuInitError, WgpuSetup, wgpu};
+use burn::tensor::wgpu::{WgpuSetup, wgpu};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
@@ -81,13 +81,39 @@ impl GpuInfo {
 
 static UNCAPTURED_ERRORS: AtomicU32 = AtomicU32::new(0);
 
+/// The most recent uncaptured errors, numbered in order, for [`errors_since`] to name the first.
+static RECENT_ERRORS: Mutex<Vec<(u32, Error)>> = Mutex::new(Vec::new());
+const RECENT_KEPT: usize = 8;
+
 /// wgpu errors that no error scope caught, since start-up.
 ///
 /// cubecl's own handler panics on them. In a browser that panic happens inside a JS callback and traps
-/// the worker. The engine counts and logs them instead. Results are verified independently (the
-/// self-test compares with the CPU); native tests require zero.
+/// the worker. The engine records them instead, and work that began before one fails with its typed
+/// error ([`errors_since`]); native tests require zero.
 pub fn uncaptured_errors() -> u32 {
     UNCAPTURED_ERRORS.load(Ordering::Relaxed)
+}
+
+/// The first GPU error recorded since `mark` (a value of [`uncaptured_errors`] taken before the work),
+/// as the typed error that ends the work: a result computed after one cannot be trusted.
+pub fn errors_since(mark: u32) -> Result<(), Error> {
+    if uncaptured_errors() <= mark {
+        return Ok(());
+    }
+    let recent = RECENT_ERRORS.lock().unwrap_or_else(|e| e.into_inner());
+    // The oldest kept one when more came than are kept.
+    let first = recent.iter().find(|(seq, _)| *seq >= mark).or(recent.first());
+    Err(first.map(|(_, e)| e.clone()).unwrap_or_else(|| Error::GpuValidation("an uncaptured GPU error".into())))
+}
+
+/// The engine's error for a wgpu error. An internal error is the implementation running out of
+/// something the limits do not state (WebGPU's `GPUInternalError`): the cure is the one for memory.
+pub fn classify(error: &wgpu::Error) -> Error {
+    match error {
+        wgpu::Error::OutOfMemory { .. } => Error::GpuOom(error.to_string()),
+        wgpu::Error::Validation { description, .. } => Error::GpuValidation(description.clone()),
+        wgpu::Error::Internal { description, .. } => Error::GpuOom(format!("internal error: {description}")),
+    }
 }
 
 fn warn(message: &str) {
@@ -100,6 +126,13 @@ fn warn(message: &str) {
 fn install_error_handler(setup: &WgpuSetup) {
     setup.device.on_uncaptured_error(Arc::new(|error| {
         let seen = UNCAPTURED_ERRORS.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut recent = RECENT_ERRORS.lock().unwrap_or_else(|e| e.into_inner());
+            if recent.len() == RECENT_KEPT {
+                recent.remove(0);
+            }
+            recent.push((seen, classify(&error)));
+        }
         // The first few in full; a failing autotune candidate repeats the same error many times.
         if seen < 3 {
             warn(&format!("websd: uncaptured wgpu error: {error}"));
@@ -109,15 +142,19 @@ fn install_error_handler(setup: &WgpuSetup) {
     }));
 }
 
-fn init_error(err: WgpuInitError) -> Error {
+#[cfg(not(target_arch = "wasm32"))]
+fn init_error(err: burn::tensor::wgpu::WgpuInitError) -> Error {
     match err {
-        WgpuInitError::AdapterUnavailable { message, .. } => Error::NoGpu(message),
+        burn::tensor::wgpu::WgpuInitError::AdapterUnavailable { message, .. } => Error::NoGpu(message),
         other => Error::GpuInit(other.to_string()),
     }
 }
 
 #[cfg(not(target_arch = "wasm32"))]
 static WGPU: std::sync::OnceLock<Result<(Device, GpuInfo), Error>> = std::sync::OnceLock::new();
+/// The wgpu device under burn's (for [`provoke_validation_error`]).
+#[cfg(not(target_arch = "wasm32"))]
+static RAW: std::sync::OnceLock<wgpu::Device> = std::sync::OnceLock::new();
 
 /// The shared wgpu device, initialised on first use (native: blocking).
 ///
@@ -129,6 +166,7 @@ pub fn wgpu_device() -> Result<(Device, GpuInfo), Error> {
             .init_with_setup()
             .map(|(device, setup)| {
                 install_error_handler(&setup);
+                let _ = RAW.set(setup.device.clone());
                 (device, GpuInfo::from_setup(&setup))
             })
             .map_err(init_error)
@@ -192,18 +230,15 @@ pub async fn wgpu_device() -> Result<(Device, GpuInfo), Error> {
     };
     // Ignored if a logger is already installed (the page may have its own).
     let _ = console_log::init_with_level(log::Level::Warn);
-    let (device, setup) = match relost {
-        None => Device::wgpu_options().init_with_setup_async().await.map_err(init_error)?,
-        Some(reason) => {
-            warn(&format!("websd: the GPU device was lost ({reason}); creating a new one"));
-            let setup = fresh_setup().await?;
-            let device = Device::wgpu_options()
-                .setup(setup.clone())
-                .init()
-                .map_err(|e| Error::GpuInit(format!("after a device loss: {e}")))?;
-            (device, setup)
-        }
-    };
+    // The first device and one made after a loss are made alike (one rule for limits and features).
+    if let Some(reason) = &relost {
+        warn(&format!("websd: the GPU device was lost ({reason}); creating a new one"));
+    }
+    let setup = fresh_setup().await?;
+    let device = Device::wgpu_options().setup(setup.clone()).init().map_err(|e| {
+        let after = if relost.is_some() { "after a device loss: " } else { "" };
+        Error::GpuInit(format!("{after}{e}"))
+    })?;
     install_error_handler(&setup);
     let mut device = device;
     if setup.device.features().contains(wgpu::Features::SHADER_F16) {
@@ -234,8 +269,8 @@ pub async fn wgpu_device() -> Result<(Device, GpuInfo), Error> {
 /// buffers on every adapter, and one that would need more fails here as it would on the smallest GPU.
 pub const MAX_BUFFER_BYTES: u64 = 128 << 20;
 
-/// A new adapter and device with the adapter's own limits (buffers capped at [`MAX_BUFFER_BYTES`]) and
-/// `shader-f16` where offered, as burn's first initialisation requests.
+/// A new adapter and device with the adapter's own limits, buffers capped at [`MAX_BUFFER_BYTES`], and
+/// every feature it offers but mappable storage buffers (what cubecl's own initialisation requests).
 #[cfg(target_arch = "wasm32")]
 async fn fresh_setup() -> Result<WgpuSetup, Error> {
     let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle();
@@ -251,8 +286,10 @@ async fn fresh_setup() -> Result<WgpuSetup, Error> {
     let (device, queue) = adapter
         .request_device(&wgpu::DeviceDescriptor {
             label: Some("websd"),
-            required_features: adapter.features() & wgpu::Features::SHADER_F16,
+            required_features: adapter.features().difference(wgpu::Features::MAPPABLE_PRIMARY_BUFFERS),
             required_limits: capped_limits(adapter.limits()),
+            // cubecl pools its own allocations; bigger driver blocks would only add memory.
+            memory_hints: wgpu::MemoryHints::MemoryUsage,
             ..Default::default()
         })
         .await
@@ -267,6 +304,23 @@ pub fn capped_limits(adapter: wgpu::Limits) -> wgpu::Limits {
         max_storage_buffer_binding_size: adapter.max_storage_buffer_binding_size.min(MAX_BUFFER_BYTES),
         ..adapter
     }
+}
+
+/// Makes the device report a validation error, as a rejected buffer or kernel would (a testing aid):
+/// a storage buffer that is also mappable, which the device was not asked to allow.
+pub fn provoke_validation_error() -> Result<(), Error> {
+    #[cfg(not(target_arch = "wasm32"))]
+    let raw = RAW.get().cloned();
+    #[cfg(target_arch = "wasm32")]
+    let raw = WGPU.with(|c| c.borrow().as_ref().map(|g| g.raw.clone()));
+    let raw = raw.ok_or_else(|| Error::GpuInit("no wgpu device yet".into()))?;
+    let _ = raw.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("websd: provoked validation error"),
+        size: 4,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::MAP_READ,
+        mapped_at_creation: false,
+    });
+    Ok(())
 }
 
 /// Destroys the current device, as a driver reset would (a testing aid): the lost callback fires and

@@ -9,6 +9,7 @@ pub mod error;
 pub mod gpu;
 pub mod image;
 pub mod manifest;
+pub mod memory;
 pub mod models;
 pub mod pipeline;
 pub mod probe;

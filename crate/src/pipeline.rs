@@ -3,9 +3,10 @@
 //! step for step, on any device (Flex, native wgpu, WebGPU). Random numbers come from one
 //! [`TorchRng`] in diffusers' order, so a seed gives diffusers' image.
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 use crate::config::{AutoencoderKLConfig, UNet2DConditionConfig};
+use crate::memory::{self, MemoryPlan, Precision, TooLarge, Workload};
 use crate::models::autoencoder_kl::{DEFAULT_BAND_BYTES, VaeDecoder, VaeEncoder};
 use crate::models::clip::ClipTextModel;
 use crate::models::resnet::upsample_nearest;
@@ -33,9 +34,16 @@ pub enum PipelineError {
     /// The caller cancelled (between two steps).
     #[error("cancelled")]
     Cancelled,
+    /// The request needs a GPU buffer over the cap that cannot be split (the message says what to lower).
+    #[error(transparent)]
+    TooLarge(#[from] crate::memory::TooLarge),
     /// The device failed to run the work or to return a result (device lost, out of memory).
     #[error("the GPU failed: {0}")]
     Device(String),
+    /// The device reported an error while the work ran (out of memory, a rejected buffer or kernel):
+    /// the result cannot be trusted, so there is none.
+    #[error(transparent)]
+    Gpu(crate::Error),
 }
 
 /// An RGB image with values in [0, 1], row-major `[height, width, 3]` (or one channel for masks).
@@ -122,6 +130,8 @@ pub struct GenerateOutput {
     pub scheduler: SchedulerKind,
     /// (name, shape, values) in the order they were produced; empty unless requested.
     pub dump: Vec<(String, Vec<usize>, Vec<f32>)>,
+    /// [`crate::gpu::uncaptured_errors`] when the work began: the readback fails if one came since.
+    pub gpu_errors_mark: u32,
 }
 
 impl GenerateOutput {
@@ -134,6 +144,7 @@ impl GenerateOutput {
     /// RGBA8 pixels per image, read back without blocking (the browser's way).
     pub async fn rgba8_async(&self) -> Result<Vec<Vec<u8>>, PipelineError> {
         let values = read_f32(self.images.clone()).await?;
+        crate::gpu::errors_since(self.gpu_errors_mark).map_err(PipelineError::Gpu)?;
         Ok(values.chunks(self.width * self.height * 3).map(rgba8).collect())
     }
 }
@@ -217,8 +228,37 @@ impl StableDiffusion {
         t.permute([2, 0, 1]).unsqueeze::<4>()
     }
 
-    /// Checks a request against diffusers' `check_inputs` and this model; returns (width, height).
+    /// The element type this model's activations are computed in on its device.
+    pub fn precision(&self) -> Precision {
+        match Tensor::<1>::zeros([1], &self.device).dtype() {
+            DType::F16 | DType::BF16 => Precision::F16,
+            _ => Precision::F32,
+        }
+    }
+
+    /// How `r` (already validated, `width` x `height`) fits within the GPU buffer cap.
+    pub fn memory_plan(&self, r: &GenerateRequest, width: usize, height: usize) -> Result<MemoryPlan, TooLarge> {
+        let workload = Workload {
+            width,
+            height,
+            batch: r.batch,
+            guidance: r.guidance > 1.0,
+            encode: r.init_image.is_some(),
+            precision: self.precision(),
+        };
+        memory::plan(&self.unet_config, &self.vae_config, &workload)
+    }
+
+    /// Checks a request against diffusers' `check_inputs`, this model and the GPU buffer cap (see
+    /// [`crate::memory`]); returns (width, height).
     pub fn validate(&self, r: &GenerateRequest) -> Result<(usize, usize), PipelineError> {
+        let (w, h) = self.check_inputs(r)?;
+        self.memory_plan(r, w, h)?;
+        Ok((w, h))
+    }
+
+    /// diffusers' `check_inputs` and what this model can do; returns (width, height).
+    fn check_inputs(&self, r: &GenerateRequest) -> Result<(usize, usize), PipelineError> {
         let bad = |m: String| Err(PipelineError::Invalid(m));
         let f = self.vae_scale_factor();
         let default = self.unet_config.sample_size * f;
@@ -308,7 +348,10 @@ impl StableDiffusion {
         dump: bool,
         mut progress: impl AsyncFnMut(Progress) -> bool,
     ) -> Result<GenerateOutput, PipelineError> {
-        let (width, height) = self.validate(r)?;
+        let (width, height) = self.check_inputs(r)?;
+        let plan = self.memory_plan(r, width, height)?;
+        let gpu_errors_mark = crate::gpu::uncaptured_errors();
+        let gpu_ok = || crate::gpu::errors_since(gpu_errors_mark).map_err(PipelineError::Gpu);
         let kind = match r.scheduler {
             Some(kind) => kind,
             None => self.default_scheduler()?,
@@ -391,7 +434,7 @@ impl StableDiffusion {
             if let Some(extra) = &mask_channels {
                 input = Tensor::cat(vec![input, extra.clone()], 1);
             }
-            let out = self.unet.forward(input, t as f32, context.clone());
+            let out = self.unet.forward_in_calls(input, t as f32, context.clone(), plan.unet_samples_per_call);
             dump.add(format!("unet_out_{i:02}"), &out).await?;
             let noise_pred = if cfg {
                 let uncond = out.clone().narrow(0, 0, b);
@@ -405,6 +448,8 @@ impl StableDiffusion {
             if !progress(Progress::Step { step: i + 1, total, latents: latents.clone() }).await {
                 return Err(PipelineError::Cancelled);
             }
+            // After the callback: in a browser it awaited the step before, and errors arrive as events.
+            gpu_ok()?;
             if r.preview_every > 0 && (i + 1) % r.preview_every == 0 && latent_c == 4 {
                 let image = latent_preview(latents.clone().narrow(0, 0, 1));
                 if !progress(Progress::Preview { step: i + 1, image }).await {
@@ -422,7 +467,9 @@ impl StableDiffusion {
         let images = (raw / 2.0 + 0.5).clamp(0.0, 1.0).permute([0, 2, 3, 1]);
         dump.add("image", &images).await?;
         progress(Progress::Decoded).await;
-        Ok(GenerateOutput { images, width, height, scheduler: kind, dump: dump.0.unwrap_or_default() })
+        gpu_ok()?;
+        let dump = dump.0.unwrap_or_default();
+        Ok(GenerateOutput { images, width, height, scheduler: kind, dump, gpu_errors_mark })
     }
 }
 

@@ -602,6 +602,9 @@ mod tests {
             E::Integrity(String::new()),
             E::Quota { needed: 2, available: 1, detail: String::new() },
             E::Storage(String::new()),
+            E::TooLarge(String::new()),
+            E::GpuOom(String::new()),
+            E::GpuValidation(String::new()),
             E::Cancelled,
         ] {
             events.push(err.into());

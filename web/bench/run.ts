@@ -445,6 +445,7 @@ ${unetMd}
 ${imageMd}
 ${memoryMd}
 ${nativeMd}
-${gpuMd}`;
+${gpuMd}
+${readFileSync(path.join(repo, "web/bench/memory-plan.md"), "utf8")}`;
 writeFileSync(path.join(repo, "BENCHMARKS.md"), md);
 console.log(md);

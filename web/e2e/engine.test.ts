@@ -89,16 +89,30 @@ async function storeConsistent(
   }, id);
 }
 
-async function generateAndCompare(e: EnginePage, model: string, variant: "fp16" | "fp32", run: string): Promise<number> {
-  const { settings, image } = fixture(run);
+async function generateAndCompare(
+  e: EnginePage,
+  model: string,
+  variant: "fp16" | "fp32",
+  run: string,
+  dir = "runs",
+): Promise<number> {
+  const { settings, image } = fixture(run, dir);
   const pngsBefore = (await e.events()).filter((x) => x.type === "result").length;
-  const { final, events } = await e.call({ type: "generate", model, variant, settings }, 300_000);
+  const { final, events } = await e.call({ type: "generate", model, variant, settings }, 600_000);
   assert.equal(final.type, "result", JSON.stringify(final));
   const steps = events.filter((x) => x.type === "progress" && x.phase === "denoise");
   assert.equal(steps.length, settings.steps, "one progress event per step");
-  const decoded = await e.decodePng(pngsBefore);
-  assert.equal(decoded.width, settings.width);
-  const diff = maxDiff(image, decoded.rgba);
+  // One result event per image of the batch, each compared with its own image of diffusers' batch.
+  const batch = settings.batch ?? 1;
+  const results = (await e.events()).filter((x) => x.type === "result").length - pngsBefore;
+  assert.equal(results, batch, "one result per image");
+  let diff = 0;
+  for (let i = 0; i < batch; i++) {
+    const decoded = await e.decodePng(pngsBefore + i);
+    assert.deepEqual([decoded.width, decoded.height], [settings.width, settings.height]);
+    const size = decoded.width * decoded.height * 3;
+    diff = Math.max(diff, maxDiff(image.subarray(i * size, (i + 1) * size), decoded.rgba));
+  }
   const ms = final.type === "result" ? final.elapsedMs : NaN;
   const phases = generationPhases(events, final);
   console.log(`${run} ${variant} phases (ms): ${JSON.stringify(Object.fromEntries(Object.entries(phases).map(([k, v]) => [k, Math.round(v)])))}`);
@@ -107,7 +121,7 @@ async function generateAndCompare(e: EnginePage, model: string, variant: "fp16" 
 }
 
 describe("worker engine", () => {
-  test("tiny model: download into IndexedDB, load, txt2img from the fp32 files matches diffusers", { timeout: 600_000 }, async () => {
+  test("tiny model: download into IndexedDB, load, txt2img from the fp32 files matches diffusers", { timeout: 900_000 }, async () => {
     const e = await openEngine(h);
     h.cdn.models.resetStats();
     const { final } = await e.call(ensure("clean"));
@@ -125,6 +139,9 @@ describe("worker engine", () => {
     assert.equal(ready32.final.type, "modelReady");
     const fp32 = await generateAndCompare(e, manifestUrl("clean"), "fp32", "txt2img_ddim");
     assert.ok(fp32 <= 2e-2, `fp32 image off by ${fp32}`);
+    // Beyond the recorded runs' 64 px: 256 px and a batch of 2 under guidance (a U-Net batch of 4), 1 step.
+    const large = await generateAndCompare(e, manifestUrl("clean"), "fp32", "txt2img_ddim_256_batch2", "e2e-runs");
+    assert.ok(large <= 2e-2, `256 px batch of 2 off by ${large}`);
 
     const listed = await e.call({ type: "listModels" });
     assert.equal(listed.final.type, "models");

@@ -193,11 +193,13 @@ export function maxDiff(fixture: Float32Array, rgba: number[]): number {
   return max;
 }
 
-/** A fixture run's settings (from its tensors' metadata) and diffusers' image. */
-export function fixture(run: string): { settings: GenerateSettings; image: Float32Array } {
-  const { meta, data } = readSafetensors(`${FIXTURES}/runs/${run}/tensors.safetensors`, "image");
+/** A fixture run's settings (from its tensors' metadata) and diffusers' images (`[batch, h, w, 3]`).
+ * `dir`: `runs` (the recorded runs) or `e2e-runs` (images only, for sizes the recorded runs lack). */
+export function fixture(run: string, dir = "runs"): { settings: GenerateSettings; image: Float32Array } {
+  const { meta, data } = readSafetensors(`${FIXTURES}/${dir}/${run}/tensors.safetensors`, "image");
   return {
     settings: {
+      ...(meta["batch"] ? { batch: Number(meta["batch"]) } : {}),
       prompt: meta["prompt"]!,
       negativePrompt: meta["negative_prompt"] ?? "",
       steps: Number(meta["steps"]),

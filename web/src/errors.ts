@@ -20,6 +20,9 @@ const HINTS: Record<ErrorCode, string> = {
   integrity: "A downloaded file was corrupted repeatedly. Try again later.",
   quota: "Not enough storage. Delete stored models under Storage, or free disk space.",
   storage: "The browser's storage failed. Reload the page.",
+  "too-large": "This size and batch need more GPU memory in one piece than WebGPU allows. Lower them as the detail says.",
+  "gpu-oom": "The GPU ran out of memory. Lower the size or the batch, or close other GPU-heavy tabs, and try again.",
+  "gpu-validation": "The GPU rejected part of the work, so no image was made. Try again; if it persists, lower the size.",
   cancelled: "Cancelled.",
 };
 

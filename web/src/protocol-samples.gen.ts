@@ -50,5 +50,8 @@ export const events = [
   { code: "integrity", message: "integrity: ", type: "error" },
   { available: 1, code: "quota", message: "not enough storage: 2 bytes needed, 1 available", needed: 2, type: "error" },
   { code: "storage", message: "storage: ", type: "error" },
+  { code: "too-large", message: "", type: "error" },
+  { code: "gpu-oom", message: "the GPU ran out of memory: ", type: "error" },
+  { code: "gpu-validation", message: "the GPU rejected the work: ", type: "error" },
   { code: "cancelled", message: "cancelled", type: "error" },
 ] as const satisfies readonly WorkerEvent[];

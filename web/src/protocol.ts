@@ -156,6 +156,9 @@ export type ErrorCode =
   | "integrity"
   | "quota"
   | "storage"
+  | "too-large"
+  | "gpu-oom"
+  | "gpu-validation"
   | "cancelled"
   | "wasm-load"
   | "panic";

@@ -307,7 +307,7 @@ mod native {
         let model_hash = sha256_file(&unet_file)?;
         let model_name = a.model.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
         let parameters = a1111_parameters(&request, &output, &model_hash[..10], &model_name);
-        let images = output.rgba8();
+        let images = pollster::block_on(output.rgba8_async()).map_err(|e| websd::Error::from(e).to_string())?;
         for (i, rgba) in images.iter().enumerate() {
             let path = if images.len() == 1 {
                 a.out.clone()

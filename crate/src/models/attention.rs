@@ -142,9 +142,33 @@ impl FeedForward {
         })
     }
 
+    /// In pieces of tokens whose projection `[batch, tokens, 2 * inner]` stays within
+    /// [`MAX_BUFFER_BYTES`](crate::gpu::MAX_BUFFER_BYTES): at 768 px with guidance SD's first one
+    /// would be 180 MiB in f32. Exact: every token is independent here.
+    ///
     /// # Shapes
     /// - x: `[batch, tokens, dim]`, returned in the same shape
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let [batch, tokens, _] = x.dims();
+        let projected = self.proj.weight.dims()[1];
+        let bytes_per_token = (batch * projected * x.dtype().size()) as u64;
+        let piece = ((crate::gpu::MAX_BUFFER_BYTES / bytes_per_token.max(1)) as usize).max(1);
+        self.forward_in_pieces(x, piece.min(tokens))
+    }
+
+    /// [`Self::forward`] on `piece` tokens at a time.
+    pub fn forward_in_pieces(&self, x: Tensor<3>, piece: usize) -> Tensor<3> {
+        let tokens = x.dims()[1];
+        if piece >= tokens {
+            return self.forward_all(x);
+        }
+        let pieces = (0..tokens)
+            .step_by(piece)
+            .map(|first| self.forward_all(x.clone().narrow(1, first, piece.min(tokens - first))));
+        Tensor::cat(pieces.collect(), 1)
+    }
+
+    fn forward_all(&self, x: Tensor<3>) -> Tensor<3> {
         let h = linear(&self.proj, x);
         let inner = h.dims()[2] / 2;
         let value = h.clone().narrow(2, 0, inner);
@@ -212,6 +236,20 @@ mod tests {
         for rows in [1, 3, 9, 10, 64] {
             let blocks = attention_query_blocks(q.clone(), k.clone(), v.clone(), rows);
             blocks.into_data().assert_approx_eq::<f32>(&whole.clone().into_data(), Tolerance::absolute(1e-6));
+        }
+    }
+
+    #[test]
+    fn feed_forward_in_token_pieces_equals_one_call() {
+        use burn::nn::LinearConfig;
+        let device = burn::tensor::Device::flex();
+        let ff =
+            FeedForward { proj: LinearConfig::new(8, 64).init(&device), out: LinearConfig::new(32, 8).init(&device) };
+        let x = Tensor::<3>::random([2, 13, 8], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+        let whole = ff.forward(x.clone());
+        for piece in [1, 4, 12, 13] {
+            let pieces = ff.forward_in_pieces(x.clone(), piece);
+            pieces.into_data().assert_approx_eq::<f32>(&whole.clone().into_data(), Tolerance::absolute(1e-6));
         }
     }
 }

@@ -178,6 +178,33 @@ impl UNet2DConditionModel {
         })
     }
 
+    /// [`Self::forward`] on at most `samples` samples per call (the plan that keeps every buffer under
+    /// the cap, [`crate::memory`]). Exact: the samples are independent.
+    ///
+    /// # Shapes
+    /// as [`Self::forward`]
+    pub fn forward_in_calls(
+        &self,
+        sample: Tensor<4>,
+        timestep: f32,
+        encoder_hidden_states: Tensor<3>,
+        samples: usize,
+    ) -> Tensor<4> {
+        let batch = sample.dims()[0];
+        if samples >= batch {
+            return self.forward(sample, timestep, encoder_hidden_states);
+        }
+        let calls = (0..batch).step_by(samples.max(1)).map(|first| {
+            let n = samples.min(batch - first);
+            self.forward(
+                sample.clone().narrow(0, first, n),
+                timestep,
+                encoder_hidden_states.clone().narrow(0, first, n),
+            )
+        });
+        Tensor::cat(calls.collect(), 0)
+    }
+
     /// Predicts the noise (or v) in `sample` at `timestep`, conditioned on the text embeddings.
     ///
     /// # Shapes
