@@ -381,6 +381,16 @@ struct StepBehind {
 }
 
 impl StepBehind {
+    /// Waits for the step's readbacks without reporting them (the run was cancelled or failed). A
+    /// dropped readback leaves its staging buffer being mapped; the next run's first submit that reuses
+    /// it is then a validation error ("used in submit while pending map").
+    async fn drain(self) {
+        let _ = self.done.values().await;
+        if let Some((_, read)) = self.preview {
+            let _ = read.values().await;
+        }
+    }
+
     /// Waits for the step on the GPU, then reports it (and sends its preview).
     async fn finish(self, cx: &Context) {
         let _ = self.done.values().await;
@@ -447,8 +457,11 @@ async fn generate(
             }
             !cx.cancel.get()
         })
-        .await
-        .map_err(Error::from)?;
+        .await;
+    if let Some(pending) = behind.take() {
+        pending.drain().await;
+    }
+    let output = output.map_err(Error::from)?;
     let images = output.rgba8_async().await.map_err(Error::from)?;
     cx.emit(Event::Progress { phase: Phase::Decode, done: 1, total: 1, bytes: None, file: None });
     let parameters = a1111_parameters(&request, &output, &model.hash, &model.name);

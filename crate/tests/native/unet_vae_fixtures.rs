@@ -58,6 +58,25 @@ fn tiny_unet_matches_every_recorded_call() {
     }
 }
 
+/// The memory plan's micro-batching: a U-Net batch run in calls of fewer samples is the one-call result
+/// (samples are independent), including an uneven last call.
+#[test]
+fn unet_in_calls_equals_one_call() {
+    use burn::tensor::Distribution;
+    let device = Device::flex();
+    let unet = unet("tiny-sd", "diffusion_pytorch_model.safetensors", &device);
+    let sample = Tensor::<4>::random([5, 4, 8, 8], Distribution::Normal(0.0, 1.0), &device);
+    let context = Tensor::<3>::random([5, 77, 32], Distribution::Normal(0.0, 1.0), &device);
+    let whole = unet.forward(sample.clone(), 501.0, context.clone());
+    let expected: Vec<f32> = whole.into_data().try_to_vec::<f32>().unwrap();
+    for samples in [1, 2, 3] {
+        let split = unet.forward_in_calls(sample.clone(), 501.0, context.clone(), samples);
+        assert_eq!(split.dims(), [5, 4, 8, 8]);
+        let diff = max_diff(split, &expected);
+        assert!(diff <= 1e-5, "{samples} samples per call differ by {diff}");
+    }
+}
+
 #[test]
 fn inpainting_unet_takes_nine_channels() {
     let device = Device::flex();
