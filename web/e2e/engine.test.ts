@@ -139,8 +139,7 @@ describe("worker engine", () => {
     assert.equal(ready32.final.type, "modelReady");
     const fp32 = await generateAndCompare(e, manifestUrl("clean"), "fp32", "txt2img_ddim");
     assert.ok(fp32 <= 2e-2, `fp32 image off by ${fp32}`);
-    // A batch of 2 under guidance (a U-Net batch of 4), 1 step. (At 256 px one step did not finish within
-    // 600 s in SwiftShader on 2 cores, so larger sizes are proved natively: memory_proof_wgpu.)
+    // A batch of 2 under guidance (a U-Net batch of 4), 1 step.
     const batch = await generateAndCompare(e, manifestUrl("clean"), "fp32", "txt2img_ddim_batch2", "e2e-runs");
     assert.ok(batch <= 2e-2, `a batch of 2 off by ${batch}`);
 
@@ -152,6 +151,18 @@ describe("worker engine", () => {
     assert.ok(model?.ready);
     console.log(`stored: ${model!.storedBytes} bytes`);
     assert.deepEqual((await storeConsistent(e, manifestUrl("clean"))).problems, []);
+    await e.page.close();
+  });
+
+  test("256 px: tiny-sd-f8 (a VAE that downsamples by 8, as SD's) matches diffusers", { timeout: 600_000 }, async () => {
+    // tiny-sd's VAE downsamples by 2: at 256 px its attention would span 4096-16384 tokens, far beyond
+    // SwiftShader on 2 cores. With SD's factor of 8 the latent is 32x32 (e2e-runs/make_e2e_runs.py).
+    const e = await openEngine(h);
+    const url = `${h.cdn.url}tiny-sd-f8/manifest.json`;
+    const ready = await e.call({ type: "ensureModel", manifestUrl: url, variant: "fp32", chunkBytes: CHUNK, stallTimeoutMs: 5000 });
+    assert.equal(ready.final.type, "modelReady", JSON.stringify(ready.final));
+    const diff = await generateAndCompare(e, url, "fp32", "txt2img_ddim_256", "e2e-runs");
+    assert.ok(diff <= 2e-2, `256 px off by ${diff}`);
     await e.page.close();
   });
 
