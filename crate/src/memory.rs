@@ -279,6 +279,74 @@ pub fn plan(unet: &UNet2DConditionConfig, vae: &AutoencoderKLConfig, w: &Workloa
     })
 }
 
+/// A weights file as the device will hold it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WeightsFile {
+    /// Bytes of the file (its small JSON header included).
+    pub bytes: u64,
+    /// The file stores f16 values (`*.fp16.safetensors`), else f32.
+    pub f16: bool,
+}
+
+/// What a generation is estimated to hold in GPU memory at its peak: the weights as the device holds
+/// them (converted to its precision on load) and [`MemoryPlan::peak_activation_bytes`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryEstimate {
+    pub weight_bytes: u64,
+    pub activation_bytes: u64,
+}
+
+impl MemoryEstimate {
+    pub fn new(files: &[WeightsFile], plan: &MemoryPlan, precision: Precision) -> Self {
+        let weight_bytes = files.iter().map(|f| f.bytes / if f.f16 { 2 } else { 4 } * precision.bytes()).sum::<u64>();
+        Self { weight_bytes, activation_bytes: plan.peak_activation_bytes }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.weight_bytes + self.activation_bytes
+    }
+
+    /// Compared with the memory the browser reports (`navigator.deviceMemory`: GiB rounded down to a
+    /// power of two and clamped, so it may be less than the machine has but, below 8 GiB, never even
+    /// half as much): a
+    /// warning naming what to lower when the estimate exceeds it, else `None`. Not a refusal: WebGPU
+    /// states no GPU memory size, and a discrete GPU's memory is not counted in it; where the memory
+    /// truly runs out the generation ends with `gpu-oom`.
+    pub fn advice(
+        &self,
+        device_memory_bytes: Option<u64>,
+        width: usize,
+        height: usize,
+        batch: usize,
+    ) -> Option<String> {
+        let reported = device_memory_bytes?;
+        if reported >= REPORTED_MEMORY_CAP_BYTES || self.total() <= reported {
+            return None;
+        }
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        let lower = if self.weight_bytes > reported {
+            "the model's weights alone exceed it: use its fp16 weights on a GPU with shader-f16, or a smaller model"
+                .to_string()
+        } else if batch > 1 {
+            format!("lower the batch (now {batch}) or the size ({width}x{height})")
+        } else {
+            format!("lower the size ({width}x{height})")
+        };
+        Some(format!(
+            "this generation is estimated to need {:.1} GiB of GPU memory ({:.1} GiB of weights, {:.1} GiB of \
+             activations at its peak) and this device reports {:.1} GiB: it may fail or stall the browser; {lower}",
+            gib(self.total()),
+            gib(self.weight_bytes),
+            gib(self.activation_bytes),
+            gib(reported)
+        ))
+    }
+}
+
+/// From this `navigator.deviceMemory` up the figure may be clamped (the spec's example clamps at 8 GiB;
+/// Debian's Chromium here reports 16), so it says nothing of an upper bound: no warning.
+pub const REPORTED_MEMORY_CAP_BYTES: u64 = 8 << 30;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -330,6 +398,33 @@ mod tests {
         assert!(text.contains("at most 1472x1472 fits"), "{text}");
         assert!(plan(&unet, &vae, &work(1472, 1, Precision::F32)).is_ok());
         assert!(plan(&unet, &vae, &work(1536, 1, Precision::F32)).is_err());
+    }
+
+    #[test]
+    fn the_estimate_counts_weights_at_the_device_precision_and_warns_only_below_the_reported_cap() {
+        let (unet, vae) = sd15();
+        // SD 1.5's fp16 files: text encoder 246 MB, U-Net 1.72 GB, VAE 167 MB.
+        let files = [1_719_125_304u64, 246_144_152, 167_335_342].map(|bytes| WeightsFile { bytes, f16: true });
+        let w = work(512, 1, Precision::F32);
+        let p = plan(&unet, &vae, &w).unwrap();
+        let on_f32 = MemoryEstimate::new(&files, &p, Precision::F32);
+        let on_f16 = MemoryEstimate::new(&files, &p, Precision::F16);
+        assert_eq!(on_f32.weight_bytes, 2 * on_f16.weight_bytes);
+        assert!((4.2e9..4.3e9).contains(&(on_f32.weight_bytes as f64)), "{on_f32:?}");
+        assert!(on_f32.activation_bytes > 100 << 20 && on_f32.activation_bytes < 1 << 30, "{on_f32:?}");
+        // 8 GiB reported may be any amount above: no warning; 4 GiB is less than SD 1.5 in f32.
+        assert_eq!(on_f32.advice(Some(8 << 30), 512, 512, 1), None);
+        assert_eq!(on_f32.advice(None, 512, 512, 1), None);
+        let advice = on_f32.advice(Some(4 << 30), 512, 512, 1).unwrap();
+        assert!(advice.contains("need 4.2 GiB") && advice.contains("lower the size (512x512)"), "{advice}");
+        let advice = on_f32.advice(Some(2 << 30), 512, 512, 1).unwrap();
+        assert!(advice.contains("weights alone exceed it"), "{advice}");
+        assert_eq!(on_f16.advice(Some(4 << 30), 512, 512, 1), None);
+        // In f16 at 1024 px, batch 4, the activations push it over 2 GiB: lower the batch.
+        let big = work(1024, 4, Precision::F16);
+        let e = MemoryEstimate::new(&files, &plan(&unet, &vae, &big).unwrap(), Precision::F16);
+        let advice = e.advice(Some(2 << 30), 1024, 1024, 4).unwrap();
+        assert!(advice.contains("lower the batch (now 4)"), "{advice}");
     }
 
     #[test]

@@ -230,100 +230,18 @@ impl StableDiffusion {
 
     /// The element type this model's activations are computed in on its device.
     pub fn precision(&self) -> Precision {
-        match Tensor::<1>::zeros([1], &self.device).dtype() {
-            DType::F16 | DType::BF16 => Precision::F16,
-            _ => Precision::F32,
-        }
+        device_precision(&self.device)
     }
 
     /// How `r` (already validated, `width` x `height`) fits within the GPU buffer cap.
     pub fn memory_plan(&self, r: &GenerateRequest, width: usize, height: usize) -> Result<MemoryPlan, TooLarge> {
-        let workload = Workload {
-            width,
-            height,
-            batch: r.batch,
-            guidance: r.guidance > 1.0,
-            encode: r.init_image.is_some(),
-            precision: self.precision(),
-        };
-        memory::plan(&self.unet_config, &self.vae_config, &workload)
+        plan_request(&self.unet_config, &self.vae_config, r, width, height, self.precision())
     }
 
     /// Checks a request against diffusers' `check_inputs`, this model and the GPU buffer cap (see
     /// [`crate::memory`]); returns (width, height).
     pub fn validate(&self, r: &GenerateRequest) -> Result<(usize, usize), PipelineError> {
-        let (w, h) = self.check_inputs(r)?;
-        self.memory_plan(r, w, h)?;
-        Ok((w, h))
-    }
-
-    /// diffusers' `check_inputs` and what this model can do; returns (width, height).
-    fn check_inputs(&self, r: &GenerateRequest) -> Result<(usize, usize), PipelineError> {
-        let bad = |m: String| Err(PipelineError::Invalid(m));
-        let f = self.vae_scale_factor();
-        let default = self.unet_config.sample_size * f;
-        let (iw, ih) = r.init_image.as_ref().map_or((default, default), |i| (i.width, i.height));
-        let (w, h) = (r.width.unwrap_or(iw), r.height.unwrap_or(ih));
-        if w == 0 || h == 0 || w % 8 != 0 || h % 8 != 0 {
-            return bad(format!("width and height must be positive multiples of 8, got {w}x{h}"));
-        }
-        if w > 4096 || h > 4096 {
-            return bad(format!("{w}x{h} is larger than the 4096 px this app supports"));
-        }
-        if r.steps == 0 || r.steps > 1000 {
-            return bad(format!("steps must be between 1 and 1000, got {}", r.steps));
-        }
-        if !r.guidance.is_finite() || r.guidance < 0.0 {
-            return bad(format!("guidance must be a finite number >= 0, got {}", r.guidance));
-        }
-        if r.batch == 0 || r.batch > 16 {
-            return bad(format!("batch must be between 1 and 16, got {}", r.batch));
-        }
-        if !(0.0..=1.0).contains(&r.strength) || r.strength.is_nan() {
-            return bad(format!("strength must be in [0, 1], got {}", r.strength));
-        }
-        if (r.steps as f64 * r.strength as f64) as usize == 0 {
-            // diffusers keeps int(steps * strength) timesteps: none would leave nothing to denoise.
-            return bad(format!("strength {} with {} steps leaves no denoising step", r.strength, r.steps));
-        }
-        if r.strength < 1.0 && r.init_image.is_none() {
-            return bad("strength below 1 needs an init image".into());
-        }
-        if r.mask.is_some() && r.init_image.is_none() {
-            return bad("a mask needs an init image".into());
-        }
-        if let Some(image) = &r.init_image {
-            if (image.width, image.height) != (w, h) {
-                return bad(format!(
-                    "the init image is {}x{}, the requested size {w}x{h} (images are not resized)",
-                    image.width, image.height
-                ));
-            }
-        }
-        if let (Some(mask), Some(image)) = (&r.mask, &r.init_image) {
-            if (mask.width, mask.height) != (image.width, image.height) {
-                return bad(format!(
-                    "the mask is {}x{}, the init image {}x{} (masks are not resized)",
-                    mask.width, mask.height, image.width, image.height
-                ));
-            }
-        }
-        let unet_in = self.unet_config.in_channels;
-        match (r.mask.is_some(), unet_in) {
-            (true, 9) | (false, 4) => {}
-            (true, c) => {
-                return Err(PipelineError::Unsupported(format!(
-                    "inpainting needs a 9-channel inpainting U-Net, this one takes {c}"
-                )));
-            }
-            (false, 9) => {
-                return Err(PipelineError::Unsupported(
-                    "this is an inpainting model: it needs --init-image and --mask".into(),
-                ));
-            }
-            (false, c) => return Err(PipelineError::Unsupported(format!("a U-Net with {c} input channels"))),
-        }
-        Ok((w, h))
+        validate_request(&self.unet_config, &self.vae_config, r, self.precision()).map(|(w, h, _)| (w, h))
     }
 
     /// Runs the pipeline, blocking (native). `progress` is called after encoding, after each step and
@@ -348,7 +266,7 @@ impl StableDiffusion {
         dump: bool,
         mut progress: impl AsyncFnMut(Progress) -> bool,
     ) -> Result<GenerateOutput, PipelineError> {
-        let (width, height) = self.check_inputs(r)?;
+        let (width, height) = check_inputs(&self.unet_config, &self.vae_config, r)?;
         let plan = self.memory_plan(r, width, height)?;
         let gpu_errors_mark = crate::gpu::uncaptured_errors();
         let gpu_ok = || crate::gpu::errors_since(gpu_errors_mark).map_err(PipelineError::Gpu);
@@ -525,4 +443,113 @@ impl StableDiffusion {
             device: device.clone(),
         })
     }
+}
+
+/// The element type activations are computed in on `device` (its default float type).
+pub fn device_precision(device: &Device) -> Precision {
+    match Tensor::<1>::zeros([1], device).dtype() {
+        DType::F16 | DType::BF16 => Precision::F16,
+        _ => Precision::F32,
+    }
+}
+
+/// How `r` (already validated, `width` x `height`) fits within the GPU buffer cap on a device computing
+/// in `precision`.
+pub fn plan_request(
+    unet: &UNet2DConditionConfig,
+    vae: &AutoencoderKLConfig,
+    r: &GenerateRequest,
+    width: usize,
+    height: usize,
+    precision: Precision,
+) -> Result<MemoryPlan, TooLarge> {
+    let guidance = r.guidance > 1.0;
+    let workload = Workload { width, height, batch: r.batch, guidance, encode: r.init_image.is_some(), precision };
+    memory::plan(unet, vae, &workload)
+}
+
+/// [`StableDiffusion::validate`] from the model's configs alone, so that a request is refused before its
+/// weights are loaded; returns (width, height) and the memory plan.
+pub fn validate_request(
+    unet: &UNet2DConditionConfig,
+    vae: &AutoencoderKLConfig,
+    r: &GenerateRequest,
+    precision: Precision,
+) -> Result<(usize, usize, MemoryPlan), PipelineError> {
+    let (w, h) = check_inputs(unet, vae, r)?;
+    let plan = plan_request(unet, vae, r, w, h, precision)?;
+    Ok((w, h, plan))
+}
+
+/// diffusers' `check_inputs` and what this model can do; returns (width, height).
+fn check_inputs(
+    unet: &UNet2DConditionConfig,
+    vae: &AutoencoderKLConfig,
+    r: &GenerateRequest,
+) -> Result<(usize, usize), PipelineError> {
+    let bad = |m: String| Err(PipelineError::Invalid(m));
+    let f = vae.scale_factor();
+    let default = unet.sample_size * f;
+    let (iw, ih) = r.init_image.as_ref().map_or((default, default), |i| (i.width, i.height));
+    let (w, h) = (r.width.unwrap_or(iw), r.height.unwrap_or(ih));
+    if w == 0 || h == 0 || w % 8 != 0 || h % 8 != 0 {
+        return bad(format!("width and height must be positive multiples of 8, got {w}x{h}"));
+    }
+    if w > 4096 || h > 4096 {
+        return bad(format!("{w}x{h} is larger than the 4096 px this app supports"));
+    }
+    if r.steps == 0 || r.steps > 1000 {
+        return bad(format!("steps must be between 1 and 1000, got {}", r.steps));
+    }
+    if !r.guidance.is_finite() || r.guidance < 0.0 {
+        return bad(format!("guidance must be a finite number >= 0, got {}", r.guidance));
+    }
+    if r.batch == 0 || r.batch > 16 {
+        return bad(format!("batch must be between 1 and 16, got {}", r.batch));
+    }
+    if !(0.0..=1.0).contains(&r.strength) || r.strength.is_nan() {
+        return bad(format!("strength must be in [0, 1], got {}", r.strength));
+    }
+    if (r.steps as f64 * r.strength as f64) as usize == 0 {
+        // diffusers keeps int(steps * strength) timesteps: none would leave nothing to denoise.
+        return bad(format!("strength {} with {} steps leaves no denoising step", r.strength, r.steps));
+    }
+    if r.strength < 1.0 && r.init_image.is_none() {
+        return bad("strength below 1 needs an init image".into());
+    }
+    if r.mask.is_some() && r.init_image.is_none() {
+        return bad("a mask needs an init image".into());
+    }
+    if let Some(image) = &r.init_image {
+        if (image.width, image.height) != (w, h) {
+            return bad(format!(
+                "the init image is {}x{}, the requested size {w}x{h} (images are not resized)",
+                image.width, image.height
+            ));
+        }
+    }
+    if let (Some(mask), Some(image)) = (&r.mask, &r.init_image) {
+        if (mask.width, mask.height) != (image.width, image.height) {
+            return bad(format!(
+                "the mask is {}x{}, the init image {}x{} (masks are not resized)",
+                mask.width, mask.height, image.width, image.height
+            ));
+        }
+    }
+    let unet_in = unet.in_channels;
+    match (r.mask.is_some(), unet_in) {
+        (true, 9) | (false, 4) => {}
+        (true, c) => {
+            return Err(PipelineError::Unsupported(format!(
+                "inpainting needs a 9-channel inpainting U-Net, this one takes {c}"
+            )));
+        }
+        (false, 9) => {
+            return Err(PipelineError::Unsupported(
+                "this is an inpainting model: it needs --init-image and --mask".into(),
+            ));
+        }
+        (false, c) => return Err(PipelineError::Unsupported(format!("a U-Net with {c} input channels"))),
+    }
+    Ok((w, h))
 }

@@ -182,6 +182,26 @@ fn default_batch() -> u32 {
     1
 }
 
+/// What a generation is estimated to hold in GPU memory ([`crate::memory`]), worked out from the
+/// model's configs and file sizes before anything is loaded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemoryReport {
+    /// The weights as the device holds them (f16 files are converted to f32 where it lacks shader-f16).
+    pub weight_bytes: u64,
+    /// Activations alive at the peak (estimated).
+    pub activation_bytes: u64,
+    /// The largest single buffer, kept to the 128 MiB cap.
+    pub largest_buffer_bytes: u64,
+    pub unet_samples_per_call: u32,
+    /// `navigator.deviceMemory` in bytes, where the browser reports it (at most 8 GiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_memory_bytes: Option<u64>,
+    /// Set when the estimate exceeds the reported memory: the risk and what to lower.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+}
+
 /// A model's own defaults and download state, from its configs (answer to [`Request::InspectModel`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -312,6 +332,8 @@ pub enum Event {
         /// Wall time of the whole request, including loading the model.
         elapsed_ms: f64,
     },
+    /// A generation's GPU memory estimate, sent before the model is loaded.
+    Memory { report: MemoryReport },
     /// Answer to [`Request::Load`].
     #[serde(rename_all = "camelCase")]
     ModelLoaded {
@@ -434,6 +456,7 @@ mod tests {
             Event::Preview { .. } => "preview",
             Event::Result { .. } => "result",
             Event::ModelLoaded { .. } => "modelLoaded",
+            Event::Memory { .. } => "memory",
             Event::Models { .. } => "models",
             Event::BenchUnet { .. } => "benchUnet",
             Event::Deleted { .. } => "deleted",
@@ -580,6 +603,16 @@ mod tests {
                 }],
             },
             Event::ModelLoaded { id: "m".into(), load_ms: 1.5, wasm_memory_bytes: 65536 },
+            Event::Memory {
+                report: MemoryReport {
+                    weight_bytes: 4 << 30,
+                    activation_bytes: 1 << 28,
+                    largest_buffer_bytes: 80 << 20,
+                    unet_samples_per_call: 2,
+                    device_memory_bytes: Some(4 << 30),
+                    warning: Some("lower the size".into()),
+                },
+            },
             Event::Deleted { id: "m".into() },
             Event::BenchUnet { ms: vec![1.5], output: F32Tensor::from_values(&[1, 1, 1, 1], &[0.25]) },
             Event::Cancelled { phase: Phase::Denoise },
@@ -635,7 +668,7 @@ mod tests {
         let tags: std::collections::BTreeSet<_> = requests.iter().map(request_tag).collect();
         assert_eq!(tags.len(), 11, "a sample for every request variant");
         let tags: std::collections::BTreeSet<_> = events.iter().map(event_tag).collect();
-        assert_eq!(tags.len(), 14, "a sample for every event variant");
+        assert_eq!(tags.len(), 15, "a sample for every event variant");
         for r in &requests {
             let back: Request = serde_json::from_value(serde_json::to_value(r).unwrap()).unwrap();
             assert_eq!(&back, r);

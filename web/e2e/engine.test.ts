@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { chromium } from "playwright-core";
 import type { DownloadReport, Request } from "../src/protocol";
-import { ARGS, fixture, generationPhases, maxDiff, openEngine, startHarness, type EnginePage, type Harness } from "./harness";
+import { ARGS, fixture, generationPhases, maxDiff, openEngine, startHarness, type EnginePage, type Harness, type Recorded } from "./harness";
 
 const UNET16 = "tiny-sd/unet/diffusion_pytorch_model.fp16.safetensors";
 const CHUNK = 256 * 1024;
@@ -161,8 +161,26 @@ describe("worker engine", () => {
     const url = `${h.cdn.url}tiny-sd-f8/manifest.json`;
     const ready = await e.call({ type: "ensureModel", manifestUrl: url, variant: "fp32", chunkBytes: CHUNK, stallTimeoutMs: 5000 });
     assert.equal(ready.final.type, "modelReady", JSON.stringify(ready.final));
+    // Refused from the configs before any weight is loaded: 16 decoded images of 2048 px are 768 MiB.
+    const big = await e.call({ type: "generate", model: url, variant: "fp32", settings: { prompt: "x", width: 2048, height: 2048, batch: 16 } });
+    assert.equal((big.final as { code: string }).code, "too-large", JSON.stringify(big.final));
+    assert.match((big.final as { message: string }).message, /lower the batch to at most 2/);
+    assert.ok(!big.events.some((x) => x.type === "progress" && x.phase === "load"), "refused before loading");
     const diff = await generateAndCompare(e, url, "fp32", "txt2img_ddim_256", "e2e-runs");
     assert.ok(diff <= 2e-2, `256 px off by ${diff}`);
+    // The estimate came before the load: the fp32 files' bytes as weights (SwiftShader computes in f32).
+    const events = await e.events();
+    const memory = events.filter((x) => x.type === "memory").at(-1);
+    const firstLoad = events.findIndex((x, i) => i > events.indexOf(memory!) && x.type === "progress" && x.phase === "load");
+    assert.ok(memory && firstLoad > 0, "a memory event, then the load");
+    const report = (memory as Extract<Recorded, { type: "memory" }>).report;
+    const manifest = JSON.parse(await (await fetch(url)).text()) as { files: { path: string; size: number }[] };
+    const weights = manifest.files
+      .filter((f) => f.path.endsWith(".safetensors") && !f.path.endsWith(".fp16.safetensors"))
+      .reduce((sum, f) => sum + f.size, 0);
+    console.log(`256 px memory estimate: ${JSON.stringify(report)}; fp32 weights files ${weights} bytes`);
+    assert.ok(report.weightBytes > 0.99 * weights && report.weightBytes <= weights, JSON.stringify(report));
+    assert.ok(report.activationBytes > 0 && report.largestBufferBytes <= 128 << 20, JSON.stringify(report));
     await e.page.close();
   });
 

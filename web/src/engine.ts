@@ -14,6 +14,7 @@ export function isFinal(event: WorkerEvent): boolean {
     case "ready":
     case "progress":
     case "preview":
+    case "memory":
       return false;
     case "result":
       return event.index + 1 >= event.count;

@@ -427,6 +427,7 @@ engine.subscribe((event) => {
   switch (event.type) {
     case "progress":
     case "preview":
+    case "memory":
       progress.update(event);
       break;
     case "result":

@@ -26,6 +26,7 @@ export class ProgressView {
   private readonly label = byTestId("progress-text");
   private readonly detail = byTestId("progress-detail");
   private readonly elapsed = byTestId("elapsed");
+  private readonly memory = byTestId("memory");
   private readonly preview = byTestId<HTMLCanvasElement>("preview");
   private started = 0;
   private timer = 0;
@@ -37,6 +38,8 @@ export class ProgressView {
     this.download = { t0: 0, files: [] };
     this.set(0, what);
     this.detail.textContent = "";
+    this.memory.textContent = "";
+    this.memory.classList.remove("warning");
     this.preview.hidden = true;
     window.clearInterval(this.timer);
     this.timer = window.setInterval(() => this.tick(), 500);
@@ -73,6 +76,13 @@ export class ProgressView {
     if (event.type === "preview") {
       drawRgba(this.preview, event);
       this.preview.hidden = false;
+      return;
+    }
+    if (event.type === "memory") {
+      const r = event.report;
+      const estimate = `GPU memory: about ${bytes(r.weightBytes + r.activationBytes)} (weights ${bytes(r.weightBytes)}, activations ${bytes(r.activationBytes)} at the peak)`;
+      this.memory.textContent = r.warning ? `${estimate}. Warning: ${r.warning}.` : estimate;
+      this.memory.classList.toggle("warning", r.warning !== undefined);
       return;
     }
     if (event.type !== "progress") return;

@@ -31,6 +31,7 @@ export const events = [
   { count: 1, elapsedMs: 1.5, height: 64, index: 0, png: new Uint8Array([137,80]), seed: 0, settings: { batch: 1, guidance: 7.5, height: 64, negativePrompt: "blurry", previewEvery: 1, prompt: "a cat", scheduler: "euler-a", seed: 0, steps: 2, strength: 0.75, width: 64 }, type: "result", width: 64 },
   { models: [{ completeFiles: ["a"], id: "m", manifestBytes: 2, ready: false, storedBytes: 1 }], type: "models" },
   { id: "m", loadMs: 1.5, type: "modelLoaded", wasmMemoryBytes: 65536 },
+  { report: { activationBytes: 268435456, deviceMemoryBytes: 4294967296, largestBufferBytes: 83886080, unetSamplesPerCall: 2, warning: "lower the size", weightBytes: 4294967296 }, type: "memory" },
   { id: "m", type: "deleted" },
   { ms: [1.5], output: { data: new Uint8Array([0,0,128,62]), shape: [1, 1, 1, 1] }, type: "benchUnet" },
   { phase: "denoise", type: "cancelled" },

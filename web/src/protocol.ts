@@ -104,6 +104,18 @@ export interface ModelInfo {
   guidance: number;
 }
 
+/** crate::protocol::MemoryReport: a generation's GPU memory estimate, sent before the model loads. */
+export interface MemoryReport {
+  weightBytes: number;
+  activationBytes: number;
+  largestBufferBytes: number;
+  unetSamplesPerCall: number;
+  /** navigator.deviceMemory in bytes, where the browser reports it (at most 8 GiB). */
+  deviceMemoryBytes?: number;
+  /** Set when the estimate exceeds the reported memory: the risk and what to lower. */
+  warning?: string;
+}
+
 /** crate::protocol::F32Tensor: a shape and its f32 values as little-endian bytes. */
 export interface F32Tensor {
   shape: number[];
@@ -184,6 +196,7 @@ export type WorkerEvent =
       elapsedMs: number;
     }
   | { type: "modelLoaded"; id: string; loadMs: number; wasmMemoryBytes: number }
+  | { type: "memory"; report: MemoryReport }
   | { type: "models"; models: ModelSummary[] }
   | { type: "benchUnet"; ms: number[]; output: F32Tensor }
   | { type: "deleted"; id: string }

@@ -292,6 +292,41 @@ async fn read_configs(store: &Store, records: &BTreeMap<String, FileRecord>) -> 
     })
 }
 
+/// What a generation needs to know of a stored model before loading it: its U-Net and VAE configs and
+/// the weights files `variant` selects.
+pub struct Preflight {
+    pub unet: UNet2DConditionConfig,
+    pub vae: AutoencoderKLConfig,
+    pub weights: Vec<crate::memory::WeightsFile>,
+}
+
+/// [`Preflight`] of the stored model `id` (its configs must be stored).
+pub async fn preflight(store: &Store, id: &str, variant: Option<Variant>) -> Result<Preflight, Error> {
+    let record = store
+        .model(id)
+        .await?
+        .ok_or_else(|| Error::NotStored(format!("the model {id} is not stored: download it first (EnsureModel)")))?;
+    let manifest = Manifest::from_json(&record.manifest).map_err(|e| Error::Storage(e.to_string()))?;
+    let mut configs = BTreeMap::new();
+    for path in ["unet/config.json", "vae/config.json", "scheduler/scheduler_config.json"] {
+        let want = manifest.files.iter().find(|f| f.path == path);
+        let stored = store.file(id, path).await?.filter(|r| r.complete && want.is_some_and(|f| f.sha256 == r.sha256));
+        let stored = stored.ok_or_else(|| Error::NotStored(format!("{path} of the model {id} is not stored")))?;
+        configs.insert(path.to_string(), stored);
+    }
+    let ComponentConfigs { unet, vae, .. } = read_configs(store, &configs).await?;
+    let weights = WEIGHT_COMPONENTS
+        .iter()
+        .map(|c| {
+            manifest
+                .weights(c, variant)
+                .map(|f| crate::memory::WeightsFile { bytes: f.size, f16: f.path.ends_with(".fp16.safetensors") })
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|e| Error::Model(e.to_string()))?;
+    Ok(Preflight { unet, vae, weights })
+}
+
 /// A stored model's defaults (from its configs, which must be stored) and how much of `variant` is.
 pub async fn model_info(store: &Store, id: &str, variant: Option<Variant>, offline: bool) -> Result<ModelInfo, Error> {
     let record = store.model(id).await?.ok_or_else(|| Error::NotStored(format!("the model {id} is not stored")))?;

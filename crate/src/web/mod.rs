@@ -303,6 +303,14 @@ async fn ensure_model(
     .await
 }
 
+/// `navigator.deviceMemory` in bytes, where the browser reports it (Chromium: GiB rounded down to a
+/// power of two, at most 8).
+fn device_memory_bytes() -> Option<u64> {
+    let navigator = js_sys::Reflect::get(&js_sys::global(), &"navigator".into()).ok()?;
+    let gib = js_sys::Reflect::get(&navigator, &"deviceMemory".into()).ok()?.as_f64()?;
+    (gib.is_finite() && gib > 0.0).then(|| (gib * (1u64 << 30) as f64) as u64)
+}
+
 /// The wasm heap's size now (it only grows: this is the peak so far).
 fn wasm_memory_bytes() -> u64 {
     let memory: js_sys::WebAssembly::Memory = wasm_bindgen::memory().unchecked_into();
@@ -419,6 +427,24 @@ async fn generate(
     let t0 = now_ms();
     let request = pipeline_request(&settings)?;
     let (device, _) = crate::gpu::wgpu_device().await?;
+    // Checked from the configs before loading: a request that cannot fit is refused without uploading
+    // gigabytes first, and the page learns the estimate (and a warning) while the weights load.
+    let pre = load::preflight(&*cx.store().await?, &id, variant).await?;
+    let precision = crate::pipeline::device_precision(&device);
+    let (width, height, plan) =
+        crate::pipeline::validate_request(&pre.unet, &pre.vae, &request, precision).map_err(Error::from)?;
+    let estimate = crate::memory::MemoryEstimate::new(&pre.weights, &plan, precision);
+    let device_memory_bytes = device_memory_bytes();
+    cx.emit(Event::Memory {
+        report: crate::protocol::MemoryReport {
+            weight_bytes: estimate.weight_bytes,
+            activation_bytes: estimate.activation_bytes,
+            largest_buffer_bytes: plan.largest.bytes,
+            unet_samples_per_call: plan.unet_samples_per_call as u32,
+            device_memory_bytes,
+            warning: estimate.advice(device_memory_bytes, width, height, request.batch),
+        },
+    });
     let (model, _) = loaded_model(cx, &id, variant, &device).await?;
     let sd = &model.pipeline;
     sd.validate(&request).map_err(Error::from)?;
