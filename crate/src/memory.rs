@@ -308,10 +308,9 @@ impl MemoryEstimate {
 
     /// Compared with the memory the browser reports (`navigator.deviceMemory`: GiB rounded down to a
     /// power of two and clamped, so it may be less than the machine has but, below 8 GiB, never even
-    /// half as much): a
-    /// warning naming what to lower when the estimate exceeds it, else `None`. Not a refusal: WebGPU
-    /// states no GPU memory size, and a discrete GPU's memory is not counted in it; where the memory
-    /// truly runs out the generation ends with `gpu-oom`.
+    /// half as much): a warning naming what to lower when the estimate exceeds it, else `None`. Not a
+    /// refusal: WebGPU states no GPU memory size, and a discrete GPU's memory is not counted in it;
+    /// where the memory truly runs out the generation ends with `gpu-oom`.
     pub fn advice(
         &self,
         device_memory_bytes: Option<u64>,

@@ -233,11 +233,6 @@ impl StableDiffusion {
         device_precision(&self.device)
     }
 
-    /// How `r` (already validated, `width` x `height`) fits within the GPU buffer cap.
-    pub fn memory_plan(&self, r: &GenerateRequest, width: usize, height: usize) -> Result<MemoryPlan, TooLarge> {
-        plan_request(&self.unet_config, &self.vae_config, r, width, height, self.precision())
-    }
-
     /// Checks a request against diffusers' `check_inputs`, this model and the GPU buffer cap (see
     /// [`crate::memory`]); returns (width, height).
     pub fn validate(&self, r: &GenerateRequest) -> Result<(usize, usize), PipelineError> {
@@ -266,8 +261,7 @@ impl StableDiffusion {
         dump: bool,
         mut progress: impl AsyncFnMut(Progress) -> bool,
     ) -> Result<GenerateOutput, PipelineError> {
-        let (width, height) = check_inputs(&self.unet_config, &self.vae_config, r)?;
-        let plan = self.memory_plan(r, width, height)?;
+        let (width, height, plan) = validate_request(&self.unet_config, &self.vae_config, r, self.precision())?;
         let gpu_errors_mark = crate::gpu::uncaptured_errors();
         let gpu_ok = || crate::gpu::errors_since(gpu_errors_mark).map_err(PipelineError::Gpu);
         let kind = match r.scheduler {

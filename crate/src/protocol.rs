@@ -194,7 +194,7 @@ pub struct MemoryReport {
     /// The largest single buffer, kept to the 128 MiB cap.
     pub largest_buffer_bytes: u64,
     pub unet_samples_per_call: u32,
-    /// `navigator.deviceMemory` in bytes, where the browser reports it (at most 8 GiB).
+    /// `navigator.deviceMemory` in bytes, where the browser reports it (rounded down, clamped).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_memory_bytes: Option<u64>,
     /// Set when the estimate exceeds the reported memory: the risk and what to lower.

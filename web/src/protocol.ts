@@ -110,7 +110,7 @@ export interface MemoryReport {
   activationBytes: number;
   largestBufferBytes: number;
   unetSamplesPerCall: number;
-  /** navigator.deviceMemory in bytes, where the browser reports it (at most 8 GiB). */
+  /** navigator.deviceMemory in bytes, where the browser reports it (rounded down, clamped). */
   deviceMemoryBytes?: number;
   /** Set when the estimate exceeds the reported memory: the risk and what to lower. */
   warning?: string;

@@ -303,8 +303,8 @@ async fn ensure_model(
     .await
 }
 
-/// `navigator.deviceMemory` in bytes, where the browser reports it (Chromium: GiB rounded down to a
-/// power of two, at most 8).
+/// `navigator.deviceMemory` in bytes, where the browser reports it (GiB rounded down to a power of two
+/// and clamped; see [`crate::memory::REPORTED_MEMORY_CAP_BYTES`]).
 fn device_memory_bytes() -> Option<u64> {
     let navigator = js_sys::Reflect::get(&js_sys::global(), &"navigator".into()).ok()?;
     let gib = js_sys::Reflect::get(&navigator, &"deviceMemory".into()).ok()?.as_f64()?;
@@ -447,7 +447,6 @@ async fn generate(
     });
     let (model, _) = loaded_model(cx, &id, variant, &device).await?;
     let sd = &model.pipeline;
-    sd.validate(&request).map_err(Error::from)?;
     cx.emit(Event::Progress { phase: Phase::Encode, done: 0, total: 1, bytes: None, file: None });
     // The loop runs one step ahead of the GPU: each step's callback waits for the step before it (a
     // one-value readback, and that step's preview), so the GPU always has the next step queued instead
