@@ -19,6 +19,85 @@ pub struct ConfigError {
     pub message: String,
 }
 
+impl ConfigError {
+    /// An error of `file` (relative to the model folder).
+    pub fn new(file: &str, message: impl Into<String>) -> Self {
+        Self { file: file.to_string(), message: message.into() }
+    }
+}
+
+/// A broken config is a broken model: the worker's `model` error.
+impl From<ConfigError> for crate::Error {
+    fn from(e: ConfigError) -> Self {
+        crate::Error::Model(e.to_string())
+    }
+}
+
+// Bounds of the config fields, the one source for every check below (and the request's image size).
+// Each is generous for every real SD 1.x, 2.x and SDXL model, yet refuses a hostile or broken config
+// before anything is built from it: models are built layer by layer from these numbers, so a layer
+// count of 1e7 builds 1e7 layers and a timestep count of 4e9 fills a 16 GB table.
+
+/// Largest image side in pixels: what a request may ask for, and the default size a model may imply
+/// (`sample_size` x the VAE's scale factor; SDXL's is 1024).
+pub const MAX_IMAGE_SIDE: usize = 4096;
+/// Widest feature dimension (block channels, text hidden size, cross-attention width): SDXL's U-Net and
+/// OpenCLIP-bigG are 1280 wide, SDXL's cross-attention 2048.
+pub const MAX_WIDTH: usize = 8192;
+/// Widest MLP (`intermediate_size`): OpenCLIP-bigG's is 5120, four times its width.
+pub const MAX_MLP_WIDTH: usize = 4 * MAX_WIDTH;
+/// Resolution levels (`block_out_channels` entries) of a U-Net or VAE: SD has 4, SDXL's U-Net 3; each
+/// halves the latent (the VAE's 8 would downscale 128x).
+pub const MAX_BLOCKS: usize = 8;
+/// ResNet layers per block: SD and SDXL use 2.
+pub const MAX_LAYERS_PER_BLOCK: usize = 16;
+/// Transformer blocks per attention layer: SDXL's deepest has 10.
+pub const MAX_TRANSFORMER_LAYERS: usize = 64;
+/// Attention heads: 8 (SD 1.x), 20 (SD 2.x, SDXL, OpenCLIP-bigG); the heads must divide the width too.
+pub const MAX_HEADS: usize = 1024;
+/// Text encoder layers: CLIP-L has 12, OpenCLIP-H 24 (23 used), OpenCLIP-bigG 32.
+pub const MAX_TEXT_LAYERS: usize = 128;
+/// Token positions of the text encoder, and the tokenizer's longest `model_max_length`: CLIP's is 77.
+pub const MAX_POSITIONS: usize = 4096;
+/// Tokens in the text encoder's vocabulary: CLIP's 49408.
+pub const MAX_VOCAB: usize = 1 << 20;
+/// Latent channels (and U-Net input channels): SD's VAE has 4 (9 U-Net inputs for inpainting), SD3's 16.
+pub const MAX_LATENT_CHANNELS: usize = 64;
+/// Training timesteps of a scheduler: every SD model has 1000; the scheduler keeps f32 tables this long.
+pub const MAX_TRAIN_TIMESTEPS: usize = 100_000;
+/// The VAE's `scaling_factor` range: real VAEs use 0.13 (SDXL) to 1.5 (SD3); near 0 the latents are
+/// divided into infinities.
+pub const SCALING_FACTOR_RANGE: std::ops::RangeInclusive<f64> = 1e-3..=1e3;
+/// Normalisation epsilons (`norm_eps`, `layer_norm_eps`): real models use 1e-5 or 1e-6.
+pub const EPS_RANGE: std::ops::RangeInclusive<f64> = 1e-12..=1.0;
+
+/// `value` of `field` within `min..=max`, else an error of `file` naming both.
+pub(crate) fn in_range(file: &str, field: &str, value: usize, min: usize, max: usize) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError::new(file, format!("{field} {value} is out of range (expected {min} to {max})")))
+    }
+}
+
+/// A finite `value` of `field` within `range`, else an error of `file` naming both.
+pub(crate) fn in_range_f64(
+    file: &str,
+    field: &str,
+    value: f64,
+    range: std::ops::RangeInclusive<f64>,
+) -> Result<(), ConfigError> {
+    if value.is_finite() && range.contains(&value) {
+        Ok(())
+    } else {
+        let (min, max) = (range.start(), range.end());
+        // Tiny and huge values in exponent form (`1e-300`, not 300 digits).
+        let value =
+            if value != 0.0 && !(1e-4..1e6).contains(&value.abs()) { format!("{value:e}") } else { value.to_string() };
+        Err(ConfigError::new(file, format!("{field} {value} is out of range (expected {min:e} to {max:e})")))
+    }
+}
+
 /// Parses `text` as the config `file`, read as diffusers' `from_config` reads it (see [`as_diffusers_reads`]).
 pub fn parse<T: DeserializeOwned>(file: &str, text: &str) -> Result<T, ConfigError> {
     let err = |e: serde_json::Error| ConfigError { file: file.to_string(), message: e.to_string() };
@@ -94,6 +173,21 @@ impl PerBlock {
         match self {
             Self::All(v) => *v,
             Self::Each(v) => v.get(i).or(v.last()).copied().unwrap_or(0),
+        }
+    }
+
+    /// Checks `field` of `file` for `blocks` blocks: one value per block when it is a list (as diffusers
+    /// requires), each within `min..=max`.
+    fn check(&self, file: &str, field: &str, blocks: usize, min: usize, max: usize) -> Result<(), ConfigError> {
+        match self {
+            Self::All(v) => in_range(file, field, *v, min, max),
+            Self::Each(list) if list.len() != blocks => Err(ConfigError::new(
+                file,
+                format!("{field} has {} entries for {blocks} blocks (one per block expected)", list.len()),
+            )),
+            Self::Each(list) => {
+                list.iter().enumerate().try_for_each(|(i, &v)| in_range(file, &format!("{field}[{i}]"), v, min, max))
+            }
         }
     }
 }
@@ -233,11 +327,196 @@ pub struct AutoencoderKLConfig {
     pub sample_size: Option<usize>,
 }
 
+impl UNet2DConditionConfig {
+    /// The file this config is read from.
+    pub const FILE: &'static str = "unet/config.json";
+
+    /// Bounds and checks every field the U-Net is built from (see the `MAX_*` consts), before anything
+    /// is: channel, layer and head counts, GroupNorm groups dividing every block's channels, heads
+    /// dividing the channels of every block with attention, one value per block in per-block lists.
+    /// Whether the architecture is implemented is
+    /// [`check_supported`](crate::models::unet_2d_condition::check_supported)'s question.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let file = Self::FILE;
+        let bad = |m: String| Err(ConfigError::new(file, m));
+        in_range(file, "sample_size", self.sample_size, 1, MAX_IMAGE_SIDE)?;
+        in_range(file, "in_channels", self.in_channels, 1, MAX_LATENT_CHANNELS)?;
+        in_range(file, "out_channels", self.out_channels, 1, MAX_LATENT_CHANNELS)?;
+        let channels = &self.block_out_channels;
+        let n = channels.len();
+        in_range(file, "the number of block_out_channels", n, 1, MAX_BLOCKS)?;
+        if self.down_block_types.len() != n || self.up_block_types.len() != n {
+            return bad(format!(
+                "{} down_block_types and {} up_block_types for {n} block_out_channels (one each per block expected)",
+                self.down_block_types.len(),
+                self.up_block_types.len()
+            ));
+        }
+        in_range(file, "norm_num_groups", self.norm_num_groups, 1, MAX_WIDTH)?;
+        for (i, &c) in channels.iter().enumerate() {
+            in_range(file, &format!("block_out_channels[{i}]"), c, 1, MAX_WIDTH)?;
+            if c % self.norm_num_groups != 0 {
+                return bad(format!(
+                    "norm_num_groups {} does not divide block_out_channels[{i}] {c}",
+                    self.norm_num_groups
+                ));
+            }
+        }
+        in_range_f64(file, "norm_eps", self.norm_eps, EPS_RANGE)?;
+        // The timestep embedding is `block_out_channels[0]` wide: half cosines, half sines, with
+        // frequencies `exp(-ln(10000) i / (half - freq_shift))`.
+        let half = channels[0] / 2;
+        if !channels[0].is_multiple_of(2) {
+            return bad(format!(
+                "block_out_channels[0] {} is odd (the timestep embedding needs an even width)",
+                channels[0]
+            ));
+        }
+        if !(self.freq_shift.is_finite() && 0.0 <= self.freq_shift && self.freq_shift < half as f64) {
+            return bad(format!("freq_shift {} is out of range (expected 0 to below {half})", self.freq_shift));
+        }
+        in_range(file, "downsample_padding", self.downsample_padding, 0, 1)?;
+        self.layers_per_block.check(file, "layers_per_block", n, 1, MAX_LAYERS_PER_BLOCK)?;
+        self.transformer_layers_per_block.check(file, "transformer_layers_per_block", n, 1, MAX_TRANSFORMER_LAYERS)?;
+        self.attention_head_dim.check(file, "attention_head_dim", n, 1, MAX_HEADS)?;
+        if let Some(heads) = &self.num_attention_heads {
+            heads.check(file, "num_attention_heads", n, 1, MAX_HEADS)?;
+        }
+        in_range(file, "cross_attention_dim", self.cross_attention_dim, 1, MAX_WIDTH)?;
+        if !self.mid_block_scale_factor.is_finite() {
+            return bad(format!("mid_block_scale_factor {} is not a number", self.mid_block_scale_factor));
+        }
+        // Heads split the channels of every level with attention: a down block, the up block mirroring
+        // it (up block i mirrors level n - 1 - i), and the mid block at the last level.
+        let (heads, heads_field) = match &self.num_attention_heads {
+            Some(heads) => (heads, "num_attention_heads"),
+            None => (&self.attention_head_dim, "attention_head_dim"),
+        };
+        for (level, &c) in channels.iter().enumerate() {
+            let attention = self.down_block_types[level].contains("CrossAttn")
+                || self.up_block_types[n - 1 - level].contains("CrossAttn")
+                || (level == n - 1 && self.mid_block_type.is_some());
+            let h = heads.get(level);
+            if attention && c % h != 0 {
+                return bad(format!("{heads_field} {h} (heads) does not divide block_out_channels[{level}] {c}"));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl AutoencoderKLConfig {
+    /// The file this config is read from.
+    pub const FILE: &'static str = "vae/config.json";
+
     /// Pixels per latent along each side (8 for SD).
     pub fn scale_factor(&self) -> usize {
         1 << self.block_out_channels.len().saturating_sub(1)
     }
+
+    /// Bounds and checks every field the VAE is built from (see the `MAX_*` consts), before anything is.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let file = Self::FILE;
+        // The pipeline encodes and decodes RGB images.
+        in_range(file, "in_channels", self.in_channels, 3, 3)?;
+        in_range(file, "out_channels", self.out_channels, 3, 3)?;
+        in_range(file, "latent_channels", self.latent_channels, 1, MAX_LATENT_CHANNELS)?;
+        let channels = &self.block_out_channels;
+        in_range(file, "the number of block_out_channels", channels.len(), 1, MAX_BLOCKS)?;
+        in_range(file, "norm_num_groups", self.norm_num_groups, 1, MAX_WIDTH)?;
+        for (i, &c) in channels.iter().enumerate() {
+            in_range(file, &format!("block_out_channels[{i}]"), c, 1, MAX_WIDTH)?;
+            if c % self.norm_num_groups != 0 {
+                let m = format!("norm_num_groups {} does not divide block_out_channels[{i}] {c}", self.norm_num_groups);
+                return Err(ConfigError::new(file, m));
+            }
+        }
+        in_range(file, "layers_per_block", self.layers_per_block, 1, MAX_LAYERS_PER_BLOCK)?;
+        in_range_f64(file, "scaling_factor", self.scaling_factor, SCALING_FACTOR_RANGE)?;
+        if let Some(shift) = self.shift_factor {
+            in_range_f64(file, "shift_factor", shift, -1e3..=1e3)?;
+        }
+        if let Some(size) = self.sample_size {
+            in_range(file, "sample_size", size, 1, MAX_IMAGE_SIDE)?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks the U-Net, VAE and scheduler configs, each on its own and against each other: what
+/// [`crate::pipeline::validate_request`] and the memory plan may rely on before any weight is read.
+pub fn check_components(
+    unet: &UNet2DConditionConfig,
+    vae: &AutoencoderKLConfig,
+    scheduler: &crate::schedulers::SchedulerConfig,
+) -> Result<(), ConfigError> {
+    unet.check()?;
+    vae.check()?;
+    scheduler.check().map_err(|e| {
+        let message = e.to_string();
+        let message = message.strip_prefix("scheduler config: ").unwrap_or(&message);
+        ConfigError::new(crate::schedulers::SchedulerConfig::FILE, message)
+    })?;
+    let file = UNet2DConditionConfig::FILE;
+    if unet.out_channels != vae.latent_channels {
+        return Err(ConfigError::new(
+            file,
+            format!(
+                "out_channels {} differs from vae/config.json's latent_channels {}",
+                unet.out_channels, vae.latent_channels
+            ),
+        ));
+    }
+    let side = unet.sample_size * vae.scale_factor();
+    if side > MAX_IMAGE_SIDE {
+        return Err(ConfigError::new(
+            file,
+            format!(
+                "sample_size {} x the VAE's scale factor {} is {side} px, more than the {MAX_IMAGE_SIDE} px this app supports",
+                unet.sample_size,
+                vae.scale_factor()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the text encoder's config on its own, against the U-Net's cross-attention and against the
+/// tokenizer: every id the tokenizer can produce must be a row of the embedding table, and every
+/// position of its `model_max_length` a row of the position table.
+pub fn check_text_encoder(
+    unet: &UNet2DConditionConfig,
+    text: &crate::models::clip::ClipTextConfig,
+    tokenizer: &crate::tokenizer::ClipTokenizer,
+) -> Result<(), ConfigError> {
+    text.check()?;
+    let file = crate::models::clip::ClipTextConfig::FILE;
+    if unet.cross_attention_dim != text.hidden_size {
+        return Err(ConfigError::new(
+            UNet2DConditionConfig::FILE,
+            format!(
+                "cross_attention_dim {} differs from {file}'s hidden_size {}",
+                unet.cross_attention_dim, text.hidden_size
+            ),
+        ));
+    }
+    if tokenizer.max_length > text.max_position_embeddings {
+        return Err(ConfigError::new(
+            "tokenizer/tokenizer_config.json",
+            format!(
+                "model_max_length {} is more than {file}'s max_position_embeddings {}",
+                tokenizer.max_length, text.max_position_embeddings
+            ),
+        ));
+    }
+    let ids = tokenizer.id_bound();
+    if ids > text.vocab_size {
+        return Err(ConfigError::new(
+            file,
+            format!("vocab_size {} is smaller than the tokenizer's {ids} token ids", text.vocab_size),
+        ));
+    }
+    Ok(())
 }
 
 fn default_mid_block() -> Option<String> {
@@ -347,6 +626,60 @@ mod tests {
             "layers_per_block": 7}"#;
         let vae: AutoencoderKLConfig = parse("vae/config.json", vae).unwrap();
         assert_eq!((vae.scaling_factor, vae.shift_factor, vae.layers_per_block), (0.18215, None, 1));
+    }
+
+    /// The bounds admit the largest real models: SDXL's U-Net (3 levels, 10 transformer layers, 2048-wide
+    /// cross-attention; refused later as unsupported, not as broken), its VAE and OpenCLIP-bigG.
+    #[test]
+    fn the_bounds_admit_sdxl_and_openclip_bigg() {
+        let unet = r#"{"act_fn": "silu", "addition_embed_type": "text_time", "addition_time_embed_dim": 256,
+            "attention_head_dim": [5, 10, 20], "block_out_channels": [320, 640, 1280], "cross_attention_dim": 2048,
+            "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"], "downsample_padding": 1,
+            "flip_sin_to_cos": true, "freq_shift": 0, "in_channels": 4, "layers_per_block": 2, "norm_eps": 1e-05,
+            "norm_num_groups": 32, "out_channels": 4, "projection_class_embeddings_input_dim": 2816, "sample_size": 128,
+            "transformer_layers_per_block": [1, 2, 10], "upcast_attention": null, "use_linear_projection": true,
+            "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"]}"#;
+        let unet: UNet2DConditionConfig = parse(UNet2DConditionConfig::FILE, unet).unwrap();
+        unet.check().unwrap();
+        let unsupported = crate::models::unet_2d_condition::check_supported(&unet).unwrap_err();
+        assert!(unsupported.to_string().contains("addition_embed_type"), "{unsupported}");
+        let vae = r#"{"block_out_channels": [128, 256, 512, 512], "latent_channels": 4, "layers_per_block": 2,
+            "norm_num_groups": 32, "sample_size": 1024, "scaling_factor": 0.13025, "force_upcast": false}"#;
+        let vae: AutoencoderKLConfig = parse(AutoencoderKLConfig::FILE, vae).unwrap();
+        vae.check().unwrap();
+        let scheduler = crate::schedulers::SchedulerConfig::from_json(
+            r#"{"_class_name": "EulerDiscreteScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear",
+            "beta_start": 0.00085, "num_train_timesteps": 1000, "steps_offset": 1, "timestep_spacing": "leading",
+            "interpolation_type": "linear", "sample_max_value": 1.0, "clip_sample": false}"#,
+        )
+        .unwrap();
+        check_components(&unet, &vae, &scheduler).unwrap();
+        let big_g = r#"{"hidden_act": "gelu", "hidden_size": 1280, "intermediate_size": 5120, "num_attention_heads": 20,
+            "num_hidden_layers": 32, "vocab_size": 49408, "max_position_embeddings": 77, "eos_token_id": 2,
+            "layer_norm_eps": 1e-05, "projection_dim": 1280}"#;
+        crate::models::clip::ClipTextConfig::from_json(big_g).unwrap().check().unwrap();
+    }
+
+    #[test]
+    fn out_of_bounds_fields_are_named_with_their_file() {
+        let tiny = fixture("tiny-sd/unet/config.json");
+        let unet = |field: &str, value: &str| {
+            let mut json: Value = serde_json::from_str(&tiny).unwrap();
+            json[field] = serde_json::from_str(value).unwrap();
+            parse::<UNet2DConditionConfig>(UNet2DConditionConfig::FILE, &json.to_string()).unwrap().check()
+        };
+        assert_eq!(unet("norm_num_groups", "32"), Ok(()));
+        assert_eq!(
+            unet("norm_num_groups", "7").unwrap_err().to_string(),
+            "unet/config.json: norm_num_groups 7 does not divide block_out_channels[0] 32"
+        );
+        assert!(unet("layers_per_block", "10000000").unwrap_err().message.contains("layers_per_block 10000000"));
+        assert!(unet("layers_per_block", "[2]").unwrap_err().message.contains("1 entries for 2 blocks"));
+        assert!(
+            unet("attention_head_dim", "7").unwrap_err().message.contains("does not divide block_out_channels[1] 64")
+        );
+        assert!(unet("block_out_channels", "[]").is_err());
+        assert!(unet("freq_shift", "16").unwrap_err().message.contains("freq_shift 16"));
     }
 
     #[test]

@@ -38,6 +38,10 @@ pub enum Error {
     /// A file kept failing its sha256 check.
     #[error("integrity: {0}")]
     Integrity(String),
+    /// A stored chunk of a verified file went missing, came back short or does not match its hash;
+    /// the engine fetches just those chunks again (and says so when it cannot, e.g. offline).
+    #[error("a stored file is damaged: {0}")]
+    Damaged(String),
     /// The origin's storage quota is too small for the model.
     #[error("not enough storage: {needed} bytes needed, {available} available{detail}")]
     Quota { needed: u64, available: u64, detail: String },
@@ -53,6 +57,10 @@ pub enum Error {
     /// The GPU rejected a buffer or kernel (wgpu's validation error): the result would be wrong.
     #[error("the GPU rejected the work: {0}")]
     GpuValidation(String),
+    /// The engine panicked (a bug): the request in flight failed and the worker is replaced by a
+    /// fresh one (nothing stored is lost).
+    #[error("the engine crashed and was restarted: {0}")]
+    Panic(String),
     /// The request was cancelled (reported as a `Cancelled` event, not an error).
     #[error("cancelled")]
     Cancelled,
@@ -73,11 +81,13 @@ impl Error {
             Error::NotStored(_) => "not-stored",
             Error::Network(_) => "network",
             Error::Integrity(_) => "integrity",
+            Error::Damaged(_) => "damaged",
             Error::Quota { .. } => "quota",
             Error::Storage(_) => "storage",
             Error::TooLarge(_) => "too-large",
             Error::GpuOom(_) => "gpu-oom",
             Error::GpuValidation(_) => "gpu-validation",
+            Error::Panic(_) => "panic",
             Error::Cancelled => "cancelled",
         }
     }
@@ -91,6 +101,7 @@ impl From<crate::pipeline::PipelineError> for Error {
             P::Scheduler(e) => Error::Invalid(e.to_string()),
             P::Tokenizer(e) => Error::Invalid(e.to_string()),
             P::Unsupported(m) => Error::Unsupported(m),
+            P::Model(m) => Error::Model(m),
             P::Cancelled => Error::Cancelled,
             P::TooLarge(e) => Error::TooLarge(e.to_string()),
             P::Device(m) => Error::Readback(m),

@@ -87,6 +87,14 @@ pub enum ManifestError {
     Missing(String),
 }
 
+/// Largest size a manifest may give a file, or all its files together: JavaScript's largest exact
+/// integer (2^53 - 1). Sizes cross to the page as JS numbers; past this they round, and byte counts
+/// and `Range` offsets computed from them would be wrong.
+pub const MAX_MANIFEST_BYTES_TOTAL: u64 = (1 << 53) - 1;
+
+/// Most files a manifest may list (a diffusers model has ~20; SDXL with every variant ~40).
+pub const MAX_MANIFEST_FILES: usize = 10_000;
+
 /// The components whose weights a pipeline loads.
 pub const WEIGHT_COMPONENTS: [&str; 3] = ["text_encoder", "unet", "vae"];
 
@@ -94,7 +102,14 @@ impl Manifest {
     /// Parses and checks a manifest: safe relative paths, hex hashes, no duplicates.
     pub fn from_json(text: &str) -> Result<Self, ManifestError> {
         let manifest: Manifest = serde_json::from_str(text).map_err(|e| ManifestError::Json(e.to_string()))?;
+        if manifest.files.len() > MAX_MANIFEST_FILES {
+            return Err(ManifestError::Json(format!(
+                "{} files listed, at most {MAX_MANIFEST_FILES}",
+                manifest.files.len()
+            )));
+        }
         let mut seen = std::collections::BTreeSet::new();
+        let mut total: u64 = 0;
         for f in &manifest.files {
             let bad = |reason: &str| Err(ManifestError::BadEntry { path: f.path.clone(), reason: reason.into() });
             let safe = !f.path.is_empty()
@@ -110,6 +125,10 @@ impl Manifest {
             if !seen.insert(f.path.as_str()) {
                 return bad("listed twice");
             }
+            total = match total.checked_add(f.size) {
+                Some(t) if t <= MAX_MANIFEST_BYTES_TOTAL => t,
+                _ => return bad("the sizes add up to more than 2^53 - 1 bytes (JavaScript's exact integers)"),
+            };
         }
         Ok(manifest)
     }
@@ -228,6 +247,19 @@ mod tests {
         let one = |path: &str, sha: &str| format!(r#"{{"files":[{{"path":"{path}","size":1,"sha256":"{sha}"}}]}}"#);
         let ok_sha = "a".repeat(64);
         assert!(Manifest::from_json(&one("unet/config.json", &ok_sha)).is_ok());
+        // Sizes JavaScript cannot count exactly, alone or added up, are refused.
+        let sized = |sizes: &[u64]| {
+            let files: Vec<String> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| format!(r#"{{"path":"f{i}","size":{n},"sha256":"{ok_sha}"}}"#))
+                .collect();
+            Manifest::from_json(&format!(r#"{{"files":[{}]}}"#, files.join(",")))
+        };
+        assert!(sized(&[(1 << 53) - 1]).is_ok());
+        assert!(matches!(sized(&[1 << 53]), Err(ManifestError::BadEntry { .. })));
+        assert!(matches!(sized(&[1 << 52, 1 << 52]), Err(ManifestError::BadEntry { .. })));
+        assert!(matches!(sized(&[u64::MAX, 2]), Err(ManifestError::BadEntry { .. })));
         for path in ["../etc/passwd", "/abs", "a//b", "a/./b", ""] {
             assert!(matches!(bad(&one(path, &ok_sha)), ManifestError::BadEntry { .. }), "{path}");
         }

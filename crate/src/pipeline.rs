@@ -5,7 +5,7 @@
 
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
-use crate::config::{AutoencoderKLConfig, UNet2DConditionConfig};
+use crate::config::{AutoencoderKLConfig, MAX_IMAGE_SIDE, UNet2DConditionConfig};
 use crate::memory::{self, MemoryPlan, Precision, TooLarge, Workload};
 use crate::models::autoencoder_kl::{DEFAULT_BAND_BYTES, VaeDecoder, VaeEncoder};
 use crate::models::clip::ClipTextModel;
@@ -31,6 +31,10 @@ pub enum PipelineError {
     /// The request needs a model part this model does not have (inpainting with a 4-channel U-Net...).
     #[error("{0}")]
     Unsupported(String),
+    /// The model's files are broken: a config out of bounds or inconsistent, missing or mis-shaped
+    /// tensors, unreadable files.
+    #[error("{0}")]
+    Model(String),
     /// The caller cancelled (between two steps).
     #[error("cancelled")]
     Cancelled,
@@ -388,20 +392,24 @@ impl StableDiffusion {
 /// Loading a diffusers model folder from disk (native; the browser streams the same files).
 #[cfg(not(target_arch = "wasm32"))]
 impl StableDiffusion {
-    /// Loads every component of a diffusers folder onto `device`.
+    /// Loads every component of a diffusers folder onto `device`. The tokenizer and every config are
+    /// read, and the configs checked on their own, against each other and against the tokenizer,
+    /// before any weight is read or any layer built.
     pub fn load_dir(
         dir: &std::path::Path,
         variant: Option<crate::weights::Variant>,
         device: &Device,
     ) -> Result<Self, PipelineError> {
-        use crate::config::parse;
+        use crate::config::{ConfigError, check_components, check_text_encoder, parse};
         use crate::models::clip::ClipTextConfig;
-        use crate::weights::component_weights;
+        use crate::models::unet_2d_condition::check_supported;
+        use crate::weights::{LoadError, component_weights};
 
-        let model_err = |m: String| PipelineError::Invalid(format!("model {}: {m}", dir.display()));
+        let model = dir.display();
         if !dir.is_dir() {
-            return Err(model_err("is not a folder".into()));
+            return Err(PipelineError::Invalid(format!("model {model}: is not a folder")));
         }
+        let model_err = |m: String| PipelineError::Model(format!("model {model}: {m}"));
         let read = |file: &str| {
             std::fs::read_to_string(dir.join(file)).map_err(|e| model_err(format!("cannot read {file}: {e}")))
         };
@@ -409,22 +417,33 @@ impl StableDiffusion {
             let path = component_weights(&dir.join(component), variant).map_err(|e| model_err(e.to_string()))?;
             std::fs::File::open(&path).map_err(|e| model_err(format!("{}: {e}", path.display())))
         };
-        let cfg_err = |e: crate::config::ConfigError| model_err(e.to_string());
-        let load_err =
-            |component: &'static str| move |e: crate::weights::LoadError| model_err(format!("{component}: {e}"));
+        let cfg_err = |e: ConfigError| model_err(e.to_string());
+        // As the worker: an architecture not implemented is `unsupported`, anything else a broken model.
+        let unsupported = |m: String| PipelineError::Unsupported(format!("model {model}: {m}"));
+        let load_err = |component: &'static str| {
+            move |e: LoadError| match e {
+                LoadError::Unsupported(m) => unsupported(m),
+                e => model_err(format!("{component}: {e}")),
+            }
+        };
 
-        let tokenizer = ClipTokenizer::from_dir(&dir.join("tokenizer"))?;
-        let clip_config = ClipTextConfig::from_json(&read("text_encoder/config.json")?)
-            .map_err(|e| model_err(format!("text_encoder/config.json: {e}")))?;
-        let text_encoder = clip_config.load(open("text_encoder")?, device).map_err(load_err("text_encoder"))?;
+        let tokenizer = ClipTokenizer::from_dir(&dir.join("tokenizer")).map_err(|e| model_err(e.to_string()))?;
+        let clip_config = ClipTextConfig::from_json(&read(ClipTextConfig::FILE)?)
+            .map_err(|e| model_err(format!("{}: {e}", ClipTextConfig::FILE)))?;
         let unet_config: UNet2DConditionConfig =
-            parse("unet/config.json", &read("unet/config.json")?).map_err(cfg_err)?;
+            parse(UNet2DConditionConfig::FILE, &read(UNet2DConditionConfig::FILE)?).map_err(cfg_err)?;
+        let vae_config: AutoencoderKLConfig =
+            parse(AutoencoderKLConfig::FILE, &read(AutoencoderKLConfig::FILE)?).map_err(cfg_err)?;
+        let scheduler_config = SchedulerConfig::from_json(&read(SchedulerConfig::FILE)?)
+            .map_err(|e| model_err(format!("{}: {e}", SchedulerConfig::FILE)))?;
+        check_components(&unet_config, &vae_config, &scheduler_config).map_err(cfg_err)?;
+        check_supported(&unet_config).map_err(load_err("unet"))?;
+        check_text_encoder(&unet_config, &clip_config, &tokenizer).map_err(cfg_err)?;
+
+        let text_encoder = clip_config.load(open("text_encoder")?, device).map_err(load_err("text_encoder"))?;
         let unet = UNet2DConditionModel::load(&unet_config, open("unet")?, device).map_err(load_err("unet"))?;
-        let vae_config: AutoencoderKLConfig = parse("vae/config.json", &read("vae/config.json")?).map_err(cfg_err)?;
         let vae_decoder = VaeDecoder::load(&vae_config, open("vae")?, device).map_err(load_err("vae"))?;
         let vae_encoder = VaeEncoder::load(&vae_config, open("vae")?, device).map_err(load_err("vae"))?;
-        let scheduler_config = SchedulerConfig::from_json(&read("scheduler/scheduler_config.json")?)
-            .map_err(|e| model_err(format!("scheduler/scheduler_config.json: {e}")))?;
         Ok(Self {
             tokenizer,
             text_encoder,
@@ -489,8 +508,8 @@ fn check_inputs(
     if w == 0 || h == 0 || w % 8 != 0 || h % 8 != 0 {
         return bad(format!("width and height must be positive multiples of 8, got {w}x{h}"));
     }
-    if w > 4096 || h > 4096 {
-        return bad(format!("{w}x{h} is larger than the 4096 px this app supports"));
+    if w > MAX_IMAGE_SIDE || h > MAX_IMAGE_SIDE {
+        return bad(format!("{w}x{h} is larger than the {MAX_IMAGE_SIDE} px this app supports"));
     }
     if r.steps == 0 || r.steps > 1000 {
         return bad(format!("steps must be between 1 and 1000, got {}", r.steps));
@@ -530,15 +549,19 @@ fn check_inputs(
             ));
         }
     }
-    let unet_in = unet.in_channels;
-    match (r.mask.is_some(), unet_in) {
-        (true, 9) | (false, 4) => {}
+    // The U-Net takes the latents, and for inpainting the mask and the masked image's latents too
+    // (4 and 9 channels with SD's VAE).
+    let latent = vae.latent_channels;
+    let inpainting = 2 * latent + 1;
+    let wanted = if r.mask.is_some() { inpainting } else { latent };
+    match (r.mask.is_some(), unet.in_channels) {
+        (_, c) if c == wanted => {}
         (true, c) => {
             return Err(PipelineError::Unsupported(format!(
-                "inpainting needs a 9-channel inpainting U-Net, this one takes {c}"
+                "inpainting needs a {inpainting}-channel inpainting U-Net, this one takes {c}"
             )));
         }
-        (false, 9) => {
+        (false, c) if c == inpainting => {
             return Err(PipelineError::Unsupported(
                 "this is an inpainting model: it needs --init-image and --mask".into(),
             ));

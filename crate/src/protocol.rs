@@ -69,6 +69,14 @@ pub enum Request {
     DeleteModel { id: String },
     /// Testing aid: destroy the GPU device, as a driver reset would; the next request re-initialises.
     LoseDevice,
+    /// Testing aid: panic in the engine, as a bug would, while holding the download lock of the model
+    /// `hold_download_lock` when given. The engine answers `Error {code: "panic"}` and its worker ends
+    /// (releasing every lock it held); the page starts a fresh one.
+    #[serde(rename_all = "camelCase")]
+    Panic {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hold_download_lock: Option<String>,
+    },
     /// Benchmark aid: run the stored model's U-Net `reps` times on the given inputs, each call timed
     /// including the readback of its output; answers [`Event::BenchUnet`].
     #[serde(rename_all = "camelCase")]
@@ -235,6 +243,9 @@ pub struct ModelInfo {
 pub enum Phase {
     /// Fetching weights: `done`/`total` in bytes stored of the model's selected files.
     Download,
+    /// Fetching again the stored chunks found damaged (missing, short, or not matching their hash)
+    /// while reading the model: `done`/`total` in bytes of those chunks.
+    Repair,
     /// Loading to the GPU: `done`/`total` in bytes of weights uploaded.
     Load,
     /// Text (and image) encoding: 0/1, then 1/1.
@@ -277,6 +288,8 @@ pub struct DownloadReport {
     pub retries: u32,
     /// Files whose content did not match the manifest's sha256 and were fetched again.
     pub corrupt_files: Vec<String>,
+    /// Stored chunks found damaged after their file was verified, fetched again one by one.
+    pub repaired_chunks: u32,
     /// Whether the manifest came from the store because the network failed.
     pub offline: bool,
 }
@@ -441,6 +454,7 @@ mod tests {
             Request::ListModels => "listModels",
             Request::DeleteModel { .. } => "deleteModel",
             Request::LoseDevice => "loseDevice",
+            Request::Panic { .. } => "panic",
             Request::BenchUnet { .. } => "benchUnet",
         }
     }
@@ -513,6 +527,8 @@ mod tests {
             Request::ListModels,
             Request::DeleteModel { id: "m".into() },
             Request::LoseDevice,
+            Request::Panic { hold_download_lock: None },
+            Request::Panic { hold_download_lock: Some("m".into()) },
             Request::BenchUnet {
                 model: "m".into(),
                 variant: Some(WeightsVariant::Fp32),
@@ -555,6 +571,7 @@ mod tests {
             },
             Event::Progress { phase: Phase::Download, done: 1, total: 2, bytes: Some(1), file: Some("unet/x".into()) },
             Event::Progress { phase: Phase::Denoise, done: 1, total: 2, bytes: None, file: None },
+            Event::Progress { phase: Phase::Repair, done: 0, total: 4, bytes: Some(0), file: Some("unet/x".into()) },
             Event::ModelReady {
                 report: DownloadReport {
                     id: "m".into(),
@@ -563,6 +580,7 @@ mod tests {
                     fetched_bytes: 1,
                     retries: 0,
                     corrupt_files: vec![],
+                    repaired_chunks: 1,
                     offline: false,
                 },
             },
@@ -633,11 +651,13 @@ mod tests {
             E::NotStored(String::new()),
             E::Network(String::new()),
             E::Integrity(String::new()),
+            E::Damaged(String::new()),
             E::Quota { needed: 2, available: 1, detail: String::new() },
             E::Storage(String::new()),
             E::TooLarge(String::new()),
             E::GpuOom(String::new()),
             E::GpuValidation(String::new()),
+            E::Panic(String::new()),
             E::Cancelled,
         ] {
             events.push(err.into());
@@ -666,7 +686,7 @@ mod tests {
     fn typescript_samples_are_current() {
         let (requests, events) = samples();
         let tags: std::collections::BTreeSet<_> = requests.iter().map(request_tag).collect();
-        assert_eq!(tags.len(), 11, "a sample for every request variant");
+        assert_eq!(tags.len(), 12, "a sample for every request variant");
         let tags: std::collections::BTreeSet<_> = events.iter().map(event_tag).collect();
         assert_eq!(tags.len(), 15, "a sample for every event variant");
         for r in &requests {

@@ -122,7 +122,7 @@ impl ClipTokenizer {
             .as_ref()
             .and_then(|c| c.get("model_max_length"))
             .and_then(Value::as_u64)
-            .filter(|&n| (3..=4096).contains(&n))
+            .filter(|&n| (3..=crate::config::MAX_POSITIONS as u64).contains(&n))
             .unwrap_or(77) as usize;
 
         let inner = match (files.tokenizer_json, files.vocab_json, files.merges_txt) {
@@ -157,6 +157,12 @@ impl ClipTokenizer {
             tokenizer_config_json: config.as_deref(),
             special_tokens_map_json: special.as_deref(),
         })
+    }
+
+    /// One more than the largest id the tokenizer can produce (vocabulary and added tokens): the rows
+    /// the text encoder's embedding table needs.
+    pub fn id_bound(&self) -> usize {
+        self.inner.get_vocab(true).values().max().map_or(0, |&id| id as usize + 1)
     }
 
     /// Tokenizes a prompt: BOS, tokens, EOS; truncated to `max_length` with EOS kept last, then padded.

@@ -33,7 +33,10 @@ async fn chunks_are_stored_as_blobs_and_old_typed_array_chunks_still_read_in_was
         chunk_bytes: 6,
         stored: 6,
         complete: false,
+        chunk_sha256: Vec::new(),
+        repair: Vec::new(),
     };
+    store.put_file(&FileRecord { stored: 0, ..record.clone() }).await.unwrap();
     store.put_chunk(&record, 0, &[1, 2, 3, 4, 5, 6]).await.unwrap();
     let kind = raw(
         "const v = await req(db.transaction('chunks').objectStore('chunks').get([id, path, 0]));
@@ -55,7 +58,7 @@ async fn chunks_are_stored_as_blobs_and_old_typed_array_chunks_still_read_in_was
     assert_eq!(store.chunk(id, path, 1).await.unwrap(), [7, 8, 9, 10]);
 
     // Reads issued together come back in order, each its own chunk, whatever the value's kind.
-    let (a, b) = (store.chunk_soon(id, path, 1).unwrap(), store.chunk_soon(id, path, 0).unwrap());
+    let (a, b) = (store.chunk_soon(id, path, 1, None).unwrap(), store.chunk_soon(id, path, 0, None).unwrap());
     assert_eq!(b.await.unwrap().to_vec(), [1, 2, 3, 4, 5, 6]);
     assert_eq!(a.await.unwrap().to_vec(), [7, 8, 9, 10]);
 
@@ -64,5 +67,69 @@ async fn chunks_are_stored_as_blobs_and_old_typed_array_chunks_still_read_in_was
     assert!(matches!(missing, websd::Error::NotStored(_)), "{missing:?}");
 
     store.delete_model(id).await.unwrap();
+    assert!(matches!(store.chunk(id, path, 0).await, Err(websd::Error::NotStored(_))));
+}
+
+/// The store's own hashing (crypto.subtle), checked against a known digest first.
+async fn sha256_hex(bytes: &[u8]) -> String {
+    websd::web::store::sha256_hex(&js_sys::Uint8Array::from(bytes)).await.unwrap()
+}
+
+/// A verified file's chunk read with its check: a chunk that went missing, came back short or has a
+/// flipped byte is `Damaged` (never a wrong or short read), `mark_damaged` queues it for repair, and
+/// a write for a model deleted meanwhile is refused (nothing written).
+#[wasm_bindgen_test]
+async fn damaged_chunks_are_caught_and_writes_after_a_delete_are_refused_in_wasm() {
+    let (id, path) = ("test://damaged/manifest.json", "unet/model.safetensors");
+    assert_eq!(sha256_hex(b"abc").await, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    let store = Store::open().await.unwrap();
+    let chunks: [&[u8]; 2] = [&[1, 2, 3, 4], &[5, 6, 7]];
+    let mut record = FileRecord {
+        id: id.into(),
+        path: path.into(),
+        size: 7,
+        sha256: String::new(),
+        chunk_bytes: 4,
+        stored: 0,
+        complete: false,
+        chunk_sha256: Vec::new(),
+        repair: Vec::new(),
+    };
+    store.put_file(&record).await.unwrap();
+    for (index, bytes) in chunks.iter().enumerate() {
+        record.stored += bytes.len() as u64;
+        record.chunk_sha256.push(sha256_hex(bytes).await);
+        store.put_chunk(&record, index as u64, bytes).await.unwrap();
+    }
+    record.complete = true;
+    store.update_file(&record).await.unwrap();
+    assert!(record.chunks_verifiable());
+    let read = |index: u64| store.chunk_soon(id, path, index, record.chunk_check(index)).unwrap();
+    assert_eq!(read(0).await.unwrap().to_vec(), [1, 2, 3, 4]);
+    assert_eq!(read(1).await.unwrap().to_vec(), [5, 6, 7]);
+
+    // A flipped byte, a short chunk, a missing chunk.
+    let damage = [
+        "await req(db.transaction('chunks', 'readwrite').objectStore('chunks').put(new Blob([new Uint8Array([1, 2, 3, 5])]), [id, path, 0]));",
+        "await req(db.transaction('chunks', 'readwrite').objectStore('chunks').put(new Blob([new Uint8Array([1, 2, 3])]), [id, path, 0]));",
+        "await req(db.transaction('chunks', 'readwrite').objectStore('chunks').delete([id, path, 0]));",
+    ];
+    for (snippet, expected) in damage.iter().zip(["has sha256", "has 3 bytes, 4 expected", "is missing"]) {
+        raw(snippet, id, path).await;
+        let err = read(0).await.unwrap_err();
+        assert!(matches!(&err, websd::Error::Damaged(m) if m.contains(expected)), "{err:?}");
+        assert_eq!(err.code(), "damaged");
+    }
+    store.mark_damaged(id, path, 0).await.unwrap();
+    store.mark_damaged(id, path, 0).await.unwrap();
+    let marked = store.file(id, path).await.unwrap().unwrap();
+    assert_eq!((marked.complete, marked.repair.clone(), marked.stored), (false, vec![0], 7));
+
+    // Deleted (as from another tab): the download's next writes are refused and write nothing.
+    store.delete_model(id).await.unwrap();
+    let err = store.put_chunk(&record, 0, chunks[0]).await.unwrap_err();
+    assert!(matches!(&err, websd::Error::NotStored(m) if m.contains("deleted")), "{err:?}");
+    assert!(matches!(store.update_file(&record).await, Err(websd::Error::NotStored(_))));
+    assert!(store.file(id, path).await.unwrap().is_none());
     assert!(matches!(store.chunk(id, path, 0).await, Err(websd::Error::NotStored(_))));
 }

@@ -200,7 +200,9 @@ describe("worker engine", () => {
       const size = 2888024;
       console.log(`${fault}: retries ${report.retries}, unet bytes served ${served} for ${size}, corrupt ${report.corruptFiles}`);
       if (fault.startsWith("flip")) {
-        // No per-chunk hashes exist: the whole file is fetched again.
+        // The manifest has no per-chunk hashes: a byte flipped in transit fails the file's sha256, and
+        // the whole file is fetched again (chunks damaged later, in the store, are repaired one by
+        // one: faults.test.ts).
         assert.deepEqual(report.corruptFiles, [UNET16.slice("tiny-sd/".length)]);
         assert.ok(served <= 2 * size);
       } else {

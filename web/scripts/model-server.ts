@@ -6,6 +6,12 @@
 //   status:C    answer HTTP C (500, 503, ...) with no body
 //   flip:N      send everything, with the byte at file offset N flipped (x ^ 0xff)
 //   stall:N     send N body bytes, then nothing (the connection stays open)
+//   extra:N     send N bytes (spaces) more than the file has, Content-Length counting them
+//   ignorerange answer a Range request with 200 and the whole file
+//   norange     answer a Range request with 206 but no Content-Range
+//   hiderange   send Content-Range without exposing it to CORS (the page cannot read it)
+//   badrange    send a Content-Range that starts one byte later than the bytes sent
+//   redirect    answer 302 to the same URL on the other loopback origin (127.0.0.1 <-> localhost)
 //
 // Per run: `POST /_faults` with `[{"path": "unet/diffusion_pytorch_model.safetensors", "fault": "reset:1000"}]`
 // (each fires once, on the next request whose path ends with `path`), or `startModelServer({faults})`, or
@@ -30,7 +36,12 @@ export type Fault =
   | { kind: "truncate"; after: number }
   | { kind: "status"; code: number }
   | { kind: "flip"; offset: number }
-  | { kind: "stall"; after: number };
+  | { kind: "stall"; after: number }
+  | { kind: "extra"; bytes: number }
+  | { kind: "ignorerange" | "norange" | "hiderange" | "badrange" | "redirect" };
+
+/** Faults that take no argument. */
+const PLAIN_FAULTS = ["ignorerange", "norange", "hiderange", "badrange", "redirect"] as const;
 
 export interface FaultRule {
   /** Matches request paths ending with this. */
@@ -40,6 +51,11 @@ export interface FaultRule {
 
 export function parseFault(spec: string): Fault {
   const [kind, arg] = spec.split(":");
+  const plain = PLAIN_FAULTS.find((k) => k === kind);
+  if (plain) {
+    if (arg !== undefined) throw new Error(`bad fault ${JSON.stringify(spec)}: ${plain} takes no argument`);
+    return { kind: plain };
+  }
   const n = Number(arg);
   if (!Number.isInteger(n) || n < 0) throw new Error(`bad fault ${JSON.stringify(spec)}: need kind:N`);
   switch (kind) {
@@ -51,8 +67,12 @@ export function parseFault(spec: string): Fault {
       return { kind, code: n };
     case "flip":
       return { kind, offset: n };
+    case "extra":
+      return { kind, bytes: n };
     default:
-      throw new Error(`unknown fault kind ${JSON.stringify(kind)} (reset, truncate, status, flip, stall)`);
+      throw new Error(
+        `unknown fault kind ${JSON.stringify(kind)} (reset, truncate, status, flip, stall, extra, ${PLAIN_FAULTS.join(", ")})`,
+      );
   }
 }
 
@@ -139,6 +159,11 @@ export class ModelServer {
     if (fault?.kind === "status") {
       return void res.writeHead(fault.code, { "content-type": "text/plain" }).end();
     }
+    if (fault?.kind === "redirect") {
+      const host = req.headers.host ?? "";
+      const other = host.startsWith("127.0.0.1") ? host.replace("127.0.0.1", "localhost") : host.replace("localhost", "127.0.0.1");
+      return void res.writeHead(302, { location: `http://${other}${req.url ?? "/"}` }).end();
+    }
     let body: Buffer | null = null;
     let stat = await fs.stat(file).catch(() => null);
     if (!stat?.isFile() && path.basename(file) === "manifest.json") {
@@ -159,7 +184,7 @@ export class ModelServer {
     let start = 0;
     let end = size - 1;
     let status = 200;
-    const range = /^bytes=(\d+)-(\d*)$/.exec(req.headers.range ?? "");
+    const range = fault?.kind === "ignorerange" ? null : /^bytes=(\d+)-(\d*)$/.exec(req.headers.range ?? "");
     if (range) {
       start = Number(range[1]);
       end = range[2] ? Math.min(Number(range[2]), size - 1) : size - 1;
@@ -168,8 +193,12 @@ export class ModelServer {
       }
       status = 206;
       headers["content-range"] = `bytes ${start}-${end}/${size}`;
+      if (fault?.kind === "norange") delete headers["content-range"];
+      if (fault?.kind === "badrange") headers["content-range"] = `bytes ${start + 1}-${end}/${size}`;
+      if (fault?.kind === "hiderange") res.setHeader("access-control-expose-headers", "content-length, etag, accept-ranges");
     }
-    headers["content-length"] = end - start + 1;
+    const extra = fault?.kind === "extra" ? fault.bytes : 0;
+    headers["content-length"] = end - start + 1 + extra;
     res.writeHead(status, headers);
     if (req.method === "HEAD") return void res.end();
     const count = (n: number): void => {
@@ -190,6 +219,19 @@ export class ModelServer {
     stream?.destroy();
     const f = fault;
     switch (f.kind) {
+      case "extra": {
+        const more = Buffer.concat([content, Buffer.alloc(f.bytes, 0x20)]);
+        count(more.length);
+        return void res.end(more);
+      }
+      case "ignorerange":
+      case "norange":
+      case "hiderange":
+      case "badrange":
+      case "redirect":
+        // Headers only (above): the body as asked.
+        count(content.length);
+        return void res.end(content);
       case "flip": {
         const copy = Buffer.from(content);
         const at = f.offset - start;

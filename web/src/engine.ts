@@ -1,8 +1,9 @@
 // The page's handle on the worker: posts typed requests, dispatches typed events. The worker answers
 // requests one at a time in order, so `call` keeps a FIFO of pending requests and settles the oldest
 // with its final event (progress, previews and all but the last image go to subscribers only).
-// A panic leaves the wasm instance in an unknown state, so the worker is replaced by a fresh one (the
-// page keeps running; stored models survive in IndexedDB) and pending calls end with that error.
+// A panic aborts the wasm instance mid-request, so the worker (which ends itself) is replaced by a
+// fresh one: the request in flight ends with the panic error, the requests queued behind it go to the
+// new worker (the page keeps running; stored models survive in IndexedDB).
 import type { Request, WorkerEvent } from "./protocol";
 
 export type Listener = (event: WorkerEvent) => void;
@@ -38,22 +39,41 @@ export class EngineClient {
     this.starts += 1;
     // worker.js is bundled next to main.js; a module worker so it can import the wasm-bindgen glue.
     const worker = new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
+    let ready = false;
     worker.onmessage = (message: MessageEvent<WorkerEvent>) => {
       const event = message.data;
+      if (event.type === "ready") ready = true;
       this.dispatch(event);
       if (event.type === "error" && event.code === "panic") {
-        this.failPending(event);
-        this.restart();
+        this.crashed(event);
       } else if (isFinal(event)) {
         this.pending.shift()?.resolve(event);
       }
     };
     worker.onerror = (err: ErrorEvent) => {
-      const event: WorkerEvent = { type: "error", code: "wasm-load", message: err.message || "the worker failed to start" };
+      // After `ready`, an uncaught error (the trap that follows a panic whose hook did not post) means
+      // the instance is gone as after a panic; before it, the engine failed to load, and a restart
+      // would fail the same way.
+      const message = err.message || "the worker failed to start";
+      const event: WorkerEvent = { type: "error", code: ready ? "panic" : "wasm-load", message };
       this.dispatch(event);
-      this.failPending(event);
+      if (ready) this.crashed(event);
+      else this.failPending(event);
     };
     this.worker = worker;
+  }
+
+  /** The worker panicked: the request in flight (the oldest pending) ends with `event`, a fresh worker
+   * takes the requests queued behind it. */
+  private crashed(event: WorkerEvent): void {
+    const [inFlight, ...queued] = this.pending;
+    this.pending = [];
+    this.restart();
+    inFlight?.resolve(event);
+    for (const p of queued) {
+      this.pending.push(p);
+      this.worker.postMessage(p.request);
+    }
   }
 
   private failPending(event: WorkerEvent): void {
@@ -65,6 +85,9 @@ export class EngineClient {
   /** Ends the worker for good (before the page reloads into a new version): its GPU device, and any
    * request it still has open through the old service worker, go with it. */
   stop(): void {
+    // The dying worker's last messages (the trap's error event after a panic) are not ours to handle.
+    this.worker.onmessage = null;
+    this.worker.onerror = null;
     this.worker.terminate();
   }
 

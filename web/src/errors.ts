@@ -18,6 +18,7 @@ const HINTS: Record<ErrorCode, string> = {
   "not-stored": "Download the model first.",
   network: "The download failed. Check your connection and try again: it resumes where it stopped.",
   integrity: "A downloaded file was corrupted repeatedly. Try again later.",
+  damaged: "Part of the stored model is damaged and could not be fetched again. Connect to the network and try again: only the damaged parts are downloaded.",
   quota: "Not enough storage. Delete stored models under Storage, or free disk space.",
   storage: "The browser's storage failed. Reload the page.",
   "too-large": "This size and batch need more GPU memory in one piece than WebGPU allows. Lower them as the detail says.",

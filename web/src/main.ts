@@ -22,6 +22,8 @@ const input = (f: Field): Input => byTestId<Input>(f);
 const LAST_MODEL = "websd-model";
 
 const engine = new EngineClient();
+// The page's engine client, for the console and the e2e tests (a panic, then the restarted worker).
+(window as unknown as { websdEngine: EngineClient }).websdEngine = engine;
 const progress = new ProgressView();
 const updater = new Updater(
   () => busy,

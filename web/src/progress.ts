@@ -7,6 +7,7 @@ import type { Phase, WorkerEvent } from "./protocol";
 
 const PHASE_LABEL: Record<Phase, string> = {
   download: "Downloading the model",
+  repair: "Repairing the stored model",
   load: "Loading the model onto the GPU",
   encode: "Encoding the prompt",
   denoise: "Denoising",
@@ -15,6 +16,7 @@ const PHASE_LABEL: Record<Phase, string> = {
 
 const CANCELLED_WHILE: Record<Phase, string> = {
   download: "downloading",
+  repair: "repairing the stored model",
   load: "loading",
   encode: "encoding the prompt",
   denoise: "denoising",
@@ -102,6 +104,10 @@ export class ProgressView {
         (rate > 0 ? ` · ${bytes(rate)}/s · ${duration(left)} left` : "") +
         (event.file ? ` · file ${event.file}` : "") +
         (finished.length > 0 ? ` · done: ${finished.join(", ")}` : "");
+    } else if (phase === "repair") {
+      // Only the damaged chunks are fetched again: say how much, so a stall here is not a mystery.
+      this.set(fraction, PHASE_LABEL.repair);
+      this.detail.textContent = `repairing ${bytes(total - done)} of damaged chunks` + (event.file ? ` · file ${event.file}` : "");
     } else if (phase === "load") {
       this.set(fraction, PHASE_LABEL.load);
       this.detail.textContent = event.file ? `file ${event.file}` : "";

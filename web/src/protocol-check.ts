@@ -7,8 +7,9 @@ import type { events, requests } from "./protocol-samples.gen";
 type Missing<T extends string, S extends string> = Exclude<T, S>;
 type Sampled<S extends readonly { type: string }[]> = S[number]["type"];
 type ErrorSamples = Extract<(typeof events)[number], { type: "error" }>["code"];
-// The page-only codes come from worker.ts / engine.ts, never from Rust.
-type PageOnly = "wasm-load" | "panic";
+// The page-only code comes from worker.ts / engine.ts, never from Rust ("panic" comes from both: the
+// engine's panic hook, and the page for a worker that died without it).
+type PageOnly = "wasm-load";
 
 export const everyRequestSampled: [Missing<Request["type"], Sampled<typeof requests>>] extends [never] ? true : false = true;
 export const everyEventSampled: [Missing<WorkerEvent["type"], Sampled<typeof events>>] extends [never] ? true : false = true;

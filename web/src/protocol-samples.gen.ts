@@ -16,6 +16,8 @@ export const requests = [
   { type: "listModels" },
   { id: "m", type: "deleteModel" },
   { type: "loseDevice" },
+  { type: "panic" },
+  { holdDownloadLock: "m", type: "panic" },
   { encoderHiddenStates: { data: new Uint8Array([0,0,128,63]), shape: [1, 1, 1] }, model: "m", reps: 3, sample: { data: new Uint8Array([0,0,0,63]), shape: [1, 1, 1, 1] }, timestep: 876.0, type: "benchUnet", variant: "fp32" },
 ] as const satisfies readonly Request[];
 
@@ -25,7 +27,8 @@ export const events = [
   { report: { cpuMs: 1.0, gpuErrors: 0, gpuMs: 1.0, maxAbsDiff: 0.0, passed: true, shape: [1, 2], tolerance: 0.00009999999747378752 }, type: "selfTest" },
   { bytes: 1, done: 1, file: "unet/x", phase: "download", total: 2, type: "progress" },
   { done: 1, phase: "denoise", total: 2, type: "progress" },
-  { report: { corruptFiles: [], fetchedBytes: 1, files: ["a"], id: "m", offline: false, retries: 0, totalBytes: 1 }, type: "modelReady" },
+  { bytes: 0, done: 0, file: "unet/x", phase: "repair", total: 4, type: "progress" },
+  { report: { corruptFiles: [], fetchedBytes: 1, files: ["a"], id: "m", offline: false, repairedChunks: 1, retries: 0, totalBytes: 1 }, type: "modelReady" },
   { info: { guidance: 0.0, height: 512, id: "m", inpainting: false, offline: false, ready: false, scheduler: "pndm", steps: 1, storedBytes: 1, totalBytes: 2, variant: "fp16", width: 512 }, type: "modelInfo" },
   { height: 1, rgba: new Uint8Array([0,0,0,255]), step: 1, type: "preview", width: 1 },
   { count: 1, elapsedMs: 1.5, height: 64, index: 0, png: new Uint8Array([137,80]), seed: 0, settings: { batch: 1, guidance: 7.5, height: 64, negativePrompt: "blurry", previewEvery: 1, prompt: "a cat", scheduler: "euler-a", seed: 0, steps: 2, strength: 0.75, width: 64 }, type: "result", width: 64 },
@@ -49,10 +52,12 @@ export const events = [
   { code: "not-stored", message: "", type: "error" },
   { code: "network", message: "network: ", type: "error" },
   { code: "integrity", message: "integrity: ", type: "error" },
+  { code: "damaged", message: "a stored file is damaged: ", type: "error" },
   { available: 1, code: "quota", message: "not enough storage: 2 bytes needed, 1 available", needed: 2, type: "error" },
   { code: "storage", message: "storage: ", type: "error" },
   { code: "too-large", message: "", type: "error" },
   { code: "gpu-oom", message: "the GPU ran out of memory: ", type: "error" },
   { code: "gpu-validation", message: "the GPU rejected the work: ", type: "error" },
+  { code: "panic", message: "the engine crashed and was restarted: ", type: "error" },
   { code: "cancelled", message: "cancelled", type: "error" },
 ] as const satisfies readonly WorkerEvent[];

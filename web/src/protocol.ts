@@ -65,7 +65,7 @@ export interface GenerateSettings {
   previewEvery?: number;
 }
 
-export type Phase = "download" | "load" | "encode" | "denoise" | "decode";
+export type Phase = "download" | "repair" | "load" | "encode" | "denoise" | "decode";
 
 /** crate::protocol::ModelSummary */
 export interface ModelSummary {
@@ -84,6 +84,8 @@ export interface DownloadReport {
   fetchedBytes: number;
   retries: number;
   corruptFiles: string[];
+  /** Stored chunks found damaged when read and fetched again one by one. */
+  repairedChunks: number;
   offline: boolean;
 }
 
@@ -142,6 +144,8 @@ export type Request =
   | { type: "listModels" }
   | { type: "deleteModel"; id: string }
   | { type: "loseDevice" }
+  /** Testing aid: a real panic in the engine (inside the model's download lock when given). */
+  | { type: "panic"; holdDownloadLock?: string }
   | {
       /** Benchmark aid: the U-Net alone, `reps` timed calls (each including its output's readback). */
       type: "benchUnet";
@@ -166,6 +170,7 @@ export type ErrorCode =
   | "not-stored"
   | "network"
   | "integrity"
+  | "damaged"
   | "quota"
   | "storage"
   | "too-large"

@@ -33,9 +33,19 @@ if (gpuDevice) {
   };
 }
 
+/** Posts `event`; after a panic the worker ends itself. A wasm32 panic aborts: the request's promise
+ * never settles and a Web Lock it held stays held, so the instance is not trusted again. Ending the
+ * worker releases its locks (for every tab) and drops its queue; the page starts a fresh worker and
+ * sends it the requests that had not run (engine.ts). */
+function emit(event: WorkerEvent): void {
+  scope.postMessage(event);
+  if (event.type === "error" && event.code === "panic") scope.close();
+}
+
 const engine: Promise<Engine> = loadWasm().then((wasm) => {
   memory = wasm.memory;
-  const engine = new wasm.Engine((event) => scope.postMessage(event));
+  // The engine's panic hook posts `error {code: "panic"}` through this callback before the trap.
+  const engine = new wasm.Engine((event: unknown) => emit(event as WorkerEvent));
   post({ type: "ready" });
   return engine;
 });
@@ -66,9 +76,8 @@ scope.onmessage = (message: MessageEvent<Request>) => {
       await (await engine).handle(request);
     })
     .catch((err: unknown) => {
-      // A Rust panic surfaces as a rejected promise (RuntimeError: unreachable); its message went to
-      // the console through console_error_panic_hook. The instance is not trusted after that: the page
-      // restarts the worker (engine.ts).
-      post({ type: "error", code: loadFailed ? "wasm-load" : "panic", message: String(err) });
+      // `handle` never rejects; a rejection is the engine failing to load, or a JS exception out of
+      // the wasm that the panic hook did not see: the instance is not trusted either way.
+      emit({ type: "error", code: loadFailed ? "wasm-load" : "panic", message: String(err) });
     });
 };

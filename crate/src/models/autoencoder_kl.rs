@@ -160,6 +160,7 @@ impl VaeEncoder {
         source: S,
         device: &Device,
     ) -> Result<Self, LoadError> {
+        config.check()?;
         let encoder_only = |name: &str| {
             (name.starts_with("encoder.") || name.starts_with("quant_conv.")).then(|| vae_key_map(name)).flatten()
         };
@@ -330,6 +331,7 @@ impl VaeDecoder {
         source: S,
         device: &Device,
     ) -> Result<Self, LoadError> {
+        config.check()?;
         let decoder_only = |name: &str| {
             (name.starts_with("decoder.") || name.starts_with("post_quant_conv.")).then(|| vae_key_map(name)).flatten()
         };

@@ -8,6 +8,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Int, Tensor};
 
 use super::linear;
+use crate::config::{ConfigError, in_range, in_range_f64};
 use crate::weights::{IntoTensorSource, LoadError, TensorLoader};
 
 /// transformers' `CLIPTextConfig` (`text_encoder/config.json`); other fields of the file are ignored.
@@ -184,8 +185,51 @@ impl ClipTextConfig {
         serde_json::from_value(crate::config::as_diffusers_reads(serde_json::from_str(text)?))
     }
 
+    /// The file this config is read from.
+    pub const FILE: &'static str = "text_encoder/config.json";
+
+    /// Bounds and checks every field the encoder is built from (see the `MAX_*` consts of
+    /// [`crate::config`]), before anything is; [`crate::config::check_text_encoder`] checks it against the
+    /// U-Net and the tokenizer.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        use crate::config::{
+            EPS_RANGE, MAX_HEADS, MAX_MLP_WIDTH, MAX_POSITIONS, MAX_TEXT_LAYERS, MAX_VOCAB, MAX_WIDTH,
+        };
+        let file = Self::FILE;
+        in_range(file, "vocab_size", self.vocab_size, 1, MAX_VOCAB)?;
+        in_range(file, "hidden_size", self.hidden_size, 1, MAX_WIDTH)?;
+        in_range(file, "intermediate_size", self.intermediate_size, 1, MAX_MLP_WIDTH)?;
+        in_range(file, "num_hidden_layers", self.num_hidden_layers, 1, MAX_TEXT_LAYERS)?;
+        in_range(file, "num_attention_heads", self.num_attention_heads, 1, MAX_HEADS)?;
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+            return Err(ConfigError::new(
+                file,
+                format!(
+                    "num_attention_heads {} does not divide hidden_size {}",
+                    self.num_attention_heads, self.hidden_size
+                ),
+            ));
+        }
+        in_range(file, "max_position_embeddings", self.max_position_embeddings, 1, MAX_POSITIONS)?;
+        in_range_f64(file, "layer_norm_eps", self.layer_norm_eps, EPS_RANGE)?;
+        if !matches!(self.hidden_act.as_str(), "quick_gelu" | "gelu") {
+            return Err(ConfigError::new(
+                file,
+                format!("hidden_act {:?} is not supported (expected quick_gelu or gelu)", self.hidden_act),
+            ));
+        }
+        if self.eos_token_id as usize >= self.vocab_size {
+            return Err(ConfigError::new(
+                file,
+                format!("eos_token_id {} is not below vocab_size {}", self.eos_token_id, self.vocab_size),
+            ));
+        }
+        Ok(())
+    }
+
     /// Loads the model's weights from a safetensors source (either key naming scheme).
     pub fn load<S: IntoTensorSource>(&self, source: S, device: &Device) -> Result<ClipTextModel, LoadError> {
+        self.check()?;
         let mut w = TensorLoader::new(source, clip_key_map, device)?;
         let (d, ff, eps) = (self.hidden_size, self.intermediate_size, self.layer_norm_eps);
         let token_embedding = TokenEmbedding {

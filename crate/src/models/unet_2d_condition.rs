@@ -91,6 +91,7 @@ impl UNet2DConditionModel {
         source: S,
         device: &Device,
     ) -> Result<Self, LoadError> {
+        config.check()?;
         check_supported(config)?;
         let mut w = TensorLoader::new(source, |name: &str| Some(name.to_string()), device)?;
         let channels = &config.block_out_channels;

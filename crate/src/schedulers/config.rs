@@ -40,6 +40,70 @@ impl SchedulerConfig {
         Ok(Self { fields })
     }
 
+    /// The file this config is read from.
+    pub const FILE: &'static str = "scheduler/scheduler_config.json";
+
+    /// Bounds and checks the numbers every scheduler builds its tables from, before any is built: the
+    /// training timesteps (at most [`crate::config::MAX_TRAIN_TIMESTEPS`]), betas in (0, 1) with
+    /// `beta_start <= beta_end`, one trained beta per timestep, `steps_offset` inside the timesteps and
+    /// positive finite scales. Only the fields the file gives are checked (each scheduler's defaults are
+    /// valid); values a scheduler does not implement are its constructor's to refuse.
+    pub fn check(&self) -> Result<(), SchedulerError> {
+        use crate::config::MAX_TRAIN_TIMESTEPS;
+        let bad =
+            |field: &'static str, value: String, problem: String| SchedulerError::BadValue { field, value, problem };
+        let train_steps = self.usize_or("num_train_timesteps", 1000)?;
+        if !(1..=MAX_TRAIN_TIMESTEPS).contains(&train_steps) {
+            let problem = format!("is out of range (expected 1 to {MAX_TRAIN_TIMESTEPS})");
+            return Err(bad("num_train_timesteps", train_steps.to_string(), problem));
+        }
+        let beta = |key: &'static str| -> Result<Option<f64>, SchedulerError> {
+            let Some(value) = self.present(key) else { return Ok(None) };
+            let b = number(value).ok_or_else(|| Self::bad(key, "a number"))?;
+            if !(b > 0.0 && b < 1.0) {
+                return Err(bad(key, b.to_string(), "is out of range (expected above 0 and below 1)".into()));
+            }
+            Ok(Some(b))
+        };
+        if let (Some(start), Some(end)) = (beta("beta_start")?, beta("beta_end")?)
+            && start > end
+        {
+            return Err(bad("beta_start", start.to_string(), format!("is above beta_end {end}")));
+        }
+        if let Some(betas) = self.trained_betas()? {
+            if betas.len() != train_steps {
+                let problem = format!("for {train_steps} training timesteps (one per timestep expected)");
+                return Err(bad("trained_betas", format!("has {} betas", betas.len()), problem));
+            }
+            if let Some((i, b)) = betas.iter().enumerate().find(|(_, b)| !(**b > 0.0 && **b < 1.0)) {
+                let problem = format!("(entry {i}) is out of range (expected above 0 and below 1)");
+                return Err(bad("trained_betas", b.to_string(), problem));
+            }
+        }
+        let offset = self.usize_or("steps_offset", 0)?;
+        if offset >= train_steps {
+            let problem = format!("is not below num_train_timesteps {train_steps}");
+            return Err(bad("steps_offset", offset.to_string(), problem));
+        }
+        if self.present("original_inference_steps").is_some() {
+            let steps = self.usize_or("original_inference_steps", 50)?;
+            if !(1..=train_steps).contains(&steps) {
+                let problem = format!("is out of range (expected 1 to num_train_timesteps {train_steps})");
+                return Err(bad("original_inference_steps", steps.to_string(), problem));
+            }
+        }
+        for key in ["clip_sample_range", "timestep_scaling"] {
+            let value = self.f64_or(key, 1.0)?;
+            if !(value.is_finite() && value > 0.0) {
+                return Err(bad(key, value.to_string(), "must be a positive number".into()));
+            }
+        }
+        if self.f64_or("lambda_min_clipped", f64::NEG_INFINITY)?.is_nan() {
+            return Err(bad("lambda_min_clipped", "NaN".into(), "must be a number".into()));
+        }
+        Ok(())
+    }
+
     /// Builds a config from key/value pairs (tests, programmatic use).
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, Value)>) -> Self {
         Self { fields: pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect() }

@@ -43,6 +43,9 @@ pub enum SchedulerError {
     /// A config field has the wrong JSON type.
     #[error("scheduler config: field {field} must be {expected}")]
     BadField { field: String, expected: &'static str },
+    /// A config field is out of bounds or inconsistent ([`SchedulerConfig::check`]).
+    #[error("scheduler config: {field} {value} {problem}")]
+    BadValue { field: &'static str, value: String, problem: String },
     /// The prediction type is not supported by the chosen scheduler (as in diffusers).
     #[error("{scheduler} does not support prediction_type {prediction:?}")]
     UnsupportedPrediction { scheduler: &'static str, prediction: String },
@@ -192,6 +195,8 @@ pub trait Scheduler {
 /// Builds the scheduler `kind` from a model's scheduler config (diffusers' `from_config`: the model's
 /// betas and other shared fields are kept, fields the config lacks take the new class's defaults).
 pub fn build(kind: SchedulerKind, config: &SchedulerConfig) -> Result<Box<dyn Scheduler>, SchedulerError> {
+    // Before any table is built from it (a config read elsewhere may not have been checked).
+    config.check()?;
     Ok(match kind {
         SchedulerKind::Ddpm => Box::new(DdpmScheduler::new(config)?),
         SchedulerKind::Ddim => Box::new(DdimScheduler::new(config)?),

@@ -40,15 +40,17 @@ extern "C" {
 
     /// `navigator.locks` (Web Locks API; web-sys has it only behind its unstable-API flag).
     type LockManager;
-    #[wasm_bindgen(method)]
-    fn request(this: &LockManager, name: &str, callback: &Function) -> Promise;
+    #[wasm_bindgen(method, js_name = request)]
+    fn request_with_options(this: &LockManager, name: &str, options: &Object, callback: &Function) -> Promise;
 }
 
 /// Options of one `EnsureModel`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct DownloadOptions {
     pub stall_ms: u32,
     pub chunk_bytes: u64,
+    /// Origins files may come from besides the app's own (see [`check_origin`]).
+    pub allowed: Vec<String>,
 }
 
 fn get(target: &JsValue, key: &str) -> Option<JsValue> {
@@ -102,28 +104,66 @@ pub fn resolve_url(path: &str, base: &str) -> Result<String, Error> {
         .map_err(|e| Error::BadRequest(format!("cannot resolve {path} against {base}: {}", js_text(&e))))
 }
 
-/// `GET url` with no HTTP cache involved; the whole body as text (manifests).
-async fn fetch_text(url: &str, stall_ms: u32) -> Result<String, FetchFailure> {
-    let (response, _) = start_get(url, 0, stall_ms).await.map_err(FetchFailure::Network)?;
+/// Largest manifest body read: a real one is a few KiB (SDXL with every variant ~10 KiB); a server
+/// that sends more (or never ends) is not serving a manifest.
+pub const MAX_MANIFEST_BYTES: usize = 1 << 20;
+
+/// `GET url` with no HTTP cache involved; the whole body as text (manifests), at most
+/// [`MAX_MANIFEST_BYTES`], each read within `stall_ms`.
+async fn fetch_text(url: &str, options: &DownloadOptions) -> Result<String, FetchFailure> {
+    let (response, controller) = start_get(url, None, options.stall_ms).await.map_err(FetchFailure::Network)?;
+    check_final_url(&response, &options.allowed).map_err(FetchFailure::Refused)?;
     if !response.ok() {
+        controller.abort();
         return Err(FetchFailure::Http(response.status()));
     }
-    let text = response.text().map_err(|e| FetchFailure::Network(js_text(&e)))?;
-    let text = JsFuture::from(text).await.map_err(|e| FetchFailure::Network(js_text(&e)))?;
-    Ok(text.as_string().unwrap_or_default())
+    let Some(body) = response.body() else { return Ok(String::new()) };
+    let reader: ReadableStreamDefaultReader = body.get_reader().unchecked_into();
+    let mut bytes = Vec::new();
+    let result = loop {
+        let read = match within(reader.read(), options.stall_ms).await {
+            Ok(Some(read)) => read,
+            Ok(None) => break Err(FetchFailure::Network(format!("the body stalled for {} ms", options.stall_ms))),
+            Err(e) => break Err(FetchFailure::Network(format!("connection broke: {}", js_text(&e)))),
+        };
+        if get(&read, "done").and_then(|d| d.as_bool()).unwrap_or(false) {
+            break Ok(());
+        }
+        let Some(value) = get(&read, "value") else { continue };
+        let chunk = super::store::byte_view(value);
+        if bytes.len() + chunk.length() as usize > MAX_MANIFEST_BYTES {
+            break Err(FetchFailure::Refused(Error::BadRequest(format!(
+                "{url}: the manifest is larger than {} KiB",
+                MAX_MANIFEST_BYTES >> 10
+            ))));
+        }
+        bytes.extend_from_slice(&chunk.to_vec());
+    };
+    if result.is_err() {
+        controller.abort();
+    }
+    let _ = reader.cancel();
+    result?;
+    String::from_utf8(bytes)
+        .map_err(|_| FetchFailure::Refused(Error::BadRequest(format!("{url}: the manifest is not UTF-8"))))
 }
 
-/// Starts `GET url` (from byte `from` when > 0), bypassing the HTTP cache: it must not answer a Range
-/// request with stale or partial data of its own. The controller aborts the body. `Err` when no
-/// response came (network error, or nothing within `stall_ms`).
-async fn start_get(url: &str, from: u64, stall_ms: u32) -> Result<(Response, AbortController), String> {
+/// Starts `GET url` (bytes `from-` or `from-to` when given), bypassing the HTTP cache: it must not
+/// answer a Range request with stale or partial data of its own. The controller aborts the body.
+/// `Err` when no response came (network error, or nothing within `stall_ms`).
+async fn start_get(
+    url: &str,
+    range: Option<(u64, Option<u64>)>,
+    stall_ms: u32,
+) -> Result<(Response, AbortController), String> {
     let init = RequestInit::new();
     init.set_cache(RequestCache::NoStore);
     let controller = AbortController::new().map_err(|e| js_text(&e))?;
     init.set_signal(Some(&controller.signal()));
-    if from > 0 {
+    if let Some((from, to)) = range {
         let headers = Headers::new().map_err(|e| js_text(&e))?;
-        headers.set("Range", &format!("bytes={from}-")).map_err(|e| js_text(&e))?;
+        let to = to.map(|t| t.to_string()).unwrap_or_default();
+        headers.set("Range", &format!("bytes={from}-{to}")).map_err(|e| js_text(&e))?;
         init.set_headers(&headers);
     }
     match within(fetch_with_init(url, &init), stall_ms).await {
@@ -136,11 +176,24 @@ async fn start_get(url: &str, from: u64, stall_ms: u32) -> Result<(Response, Abo
     }
 }
 
+/// A redirected response must end on an allowed origin too (the allow-list is checked on the URL
+/// asked for; a CDN may redirect, an open redirect must not take the app elsewhere).
+fn check_final_url(response: &Response, allowed: &[String]) -> Result<(), Error> {
+    if !response.redirected() {
+        return Ok(());
+    }
+    let url = response.url();
+    check_origin(&url, allowed).map_err(|e| Error::Invalid(format!("redirected: {e}")))
+}
+
 enum FetchFailure {
     /// No response, or the connection broke.
     Network(String),
     /// A response with this status.
     Http(u16),
+    /// A response that must not be used, and no stored copy either (redirected off the allow-list,
+    /// too large).
+    Refused(Error),
 }
 
 /// What the downloader reports while it works.
@@ -156,13 +209,14 @@ impl Reporter<'_> {
 }
 
 /// Fetches (or, offline, reads back) the manifest of `manifest_url` and stores it.
-pub async fn manifest(store: &Store, manifest_url: &str, stall_ms: u32) -> Result<(Manifest, bool), Error> {
-    match fetch_text(manifest_url, stall_ms).await {
+pub async fn manifest(store: &Store, manifest_url: &str, options: &DownloadOptions) -> Result<(Manifest, bool), Error> {
+    match fetch_text(manifest_url, options).await {
         Ok(text) => {
             let manifest = Manifest::from_json(&text).map_err(|e| Error::BadRequest(format!("{manifest_url}: {e}")))?;
             store.put_model(&ModelRecord { id: manifest_url.to_string(), manifest: text }).await?;
             Ok((manifest, false))
         }
+        Err(FetchFailure::Refused(e)) => Err(e),
         Err(failure) => {
             // Offline (or the CDN is down): a stored manifest is as good, the files are verified.
             if let Some(record) = store.model(manifest_url).await? {
@@ -174,6 +228,7 @@ pub async fn manifest(store: &Store, manifest_url: &str, stall_ms: u32) -> Resul
                 FetchFailure::Http(status) => {
                     Error::Network(format!("the manifest {manifest_url} answered HTTP {status}"))
                 }
+                FetchFailure::Refused(e) => e,
             })
         }
     }
@@ -189,27 +244,61 @@ async fn estimate() -> Option<(u64, u64)> {
     Some((number("usage")?, number("quota")?))
 }
 
-/// Runs `work` holding the Web Lock `name` (exclusive): a second tab asking for the same model waits,
-/// then finds the files complete. Without Web Locks (old browsers) it runs unlocked.
-async fn with_lock<T: 'static>(name: &str, work: impl std::future::Future<Output = T> + 'static) -> Result<T, Error> {
+/// The Web Lock that serialises downloads (and deletion) of the model `manifest_url` across tabs.
+pub(super) fn lock_name(manifest_url: &str) -> String {
+    format!("websd-download {manifest_url}")
+}
+
+/// How often a request waiting for another tab's lock looks again (and checks for a cancel).
+const LOCK_POLL_MS: u32 = 200;
+
+/// Runs `work()` holding the Web Lock `name` (exclusive) if no other tab holds it: `Ok(None)` (and
+/// `work` not run) if one does. With `steal`, takes the lock from its holder instead: that tab's
+/// `with_lock` ends once its work does, which is at its next write (the record it writes is gone).
+/// Without Web Locks (old browsers) it runs unlocked.
+///
+/// Waiting is the caller's loop (polling `ifAvailable`), not a queued request: a queued lock request
+/// cannot be cancelled from here, and a tab waiting for another's whole download must stay cancellable.
+pub(super) async fn try_lock<T: 'static, F: std::future::Future<Output = T> + 'static>(
+    name: &str,
+    steal: bool,
+    work: impl FnOnce() -> F + 'static,
+) -> Result<Option<T>, Error> {
     let locks = get(&js_sys::global(), "navigator").and_then(|n| get(&n, "locks"));
-    let Some(locks) = locks else { return Ok(work.await) };
+    let Some(locks) = locks else { return Ok(Some(work().await)) };
     let out: Rc<RefCell<Option<T>>> = Rc::new(RefCell::new(None));
-    let work = RefCell::new(Some(work));
-    let slot = out.clone();
-    let callback = Closure::once_into_js(move |_lock: JsValue| -> Promise {
-        let work = work.borrow_mut().take().expect("the lock callback runs once");
-        wasm_bindgen_futures::future_to_promise(async move {
-            *slot.borrow_mut() = Some(work.await);
+    // The work's promise, once granted: a stolen lock ends the request early, the work is awaited.
+    let running: Rc<RefCell<Option<Promise>>> = Rc::new(RefCell::new(None));
+    let (slot, run) = (out.clone(), running.clone());
+    let callback = Closure::once_into_js(move |lock: JsValue| -> JsValue {
+        if lock.is_null() {
+            // `ifAvailable` and another tab holds it.
+            return JsValue::UNDEFINED;
+        }
+        let future = work();
+        let promise = wasm_bindgen_futures::future_to_promise(async move {
+            *slot.borrow_mut() = Some(future.await);
             Ok(JsValue::UNDEFINED)
-        })
+        });
+        *run.borrow_mut() = Some(promise.clone());
+        promise.into()
     });
+    let options = Object::new();
+    let flag = if steal { "steal" } else { "ifAvailable" };
+    let _ = Reflect::set(&options, &flag.into(), &JsValue::TRUE);
     let locks: LockManager = locks.unchecked_into();
-    JsFuture::from(locks.request(name, callback.unchecked_ref()))
-        .await
-        .map_err(|e| Error::Storage(format!("Web Lock {name}: {}", js_text(&e))))?;
-    let value = out.borrow_mut().take();
-    value.ok_or_else(|| Error::Storage(format!("Web Lock {name}: the download did not run")))
+    let request = JsFuture::from(locks.request_with_options(name, &options, callback.unchecked_ref())).await;
+    let started = running.borrow_mut().take();
+    match (request, started) {
+        (Ok(_), None) => Ok(None),
+        (Ok(_), Some(_)) => Ok(out.borrow_mut().take()),
+        (Err(e), Some(work)) => {
+            // Stolen (another tab deletes the model): the work stops at its next write.
+            let _ = JsFuture::from(work).await;
+            out.borrow_mut().take().map(Some).ok_or_else(|| Error::Storage(format!("Web Lock {name}: {}", js_text(&e))))
+        }
+        (Err(e), None) => Err(Error::Storage(format!("Web Lock {name}: {}", js_text(&e)))),
+    }
 }
 
 /// Origins weights may come from besides the app's own: the Hub, and this machine (development, and
@@ -255,35 +344,81 @@ pub enum Files {
 }
 
 /// Makes every file `variant` needs (or only its small ones) complete and verified in the store.
-#[allow(clippy::too_many_arguments)]
+/// Holds the model's download lock while it downloads; while another tab holds it, waits
+/// (cancellably) until that tab is done or has stored what this request needs.
 pub async fn ensure_model(
     store: Rc<Store>,
     manifest_url: String,
     variant: Option<Variant>,
     files: Files,
-    allowed: &[String],
     options: DownloadOptions,
     emit: Rc<dyn Fn(Event)>,
     cancel: Rc<Cell<bool>>,
 ) -> Result<DownloadReport, Error> {
-    check_origin(&manifest_url, allowed)?;
-    let (manifest, offline) = manifest(&store, &manifest_url, options.stall_ms).await?;
+    check_origin(&manifest_url, &options.allowed)?;
+    let (manifest, offline) = manifest(&store, &manifest_url, &options).await?;
     let mut selected: Vec<ManifestFile> =
         manifest.select(variant).map_err(|e| Error::Model(e.to_string()))?.into_iter().cloned().collect();
     if files == Files::Small {
         selected.retain(|f| !f.path.ends_with(".safetensors"));
     }
+    // Small files first: a tab inspecting the model while this one downloads it waits for these only.
+    selected.sort_by_key(|f| f.path.ends_with(".safetensors"));
     let base = match &manifest.base_url {
         Some(base) => resolve_url(base, &manifest_url)?,
         None => manifest_url.clone(),
     };
-    check_origin(&base, allowed)?;
-    let lock = format!("websd-download {manifest_url}");
-    let work = async move {
-        let reporter = Reporter { emit: &*emit, cancel: &cancel };
-        download_files(&store, &manifest_url, &base, &selected, options, &reporter, offline).await
-    };
-    with_lock(&lock, work).await?
+    check_origin(&base, &options.allowed)?;
+    let lock = lock_name(&manifest_url);
+    let (selected, base, options) = (Rc::new(selected), Rc::new(base), Rc::new(options));
+    loop {
+        // Everything verified already: no lock needed to say so.
+        if let Some(report) = stored_report(&store, &manifest_url, &selected, offline).await? {
+            return Ok(report);
+        }
+        let (store, id, selected, base, options) =
+            (store.clone(), manifest_url.clone(), selected.clone(), base.clone(), options.clone());
+        let (emit, stop) = (emit.clone(), cancel.clone());
+        let work = move || async move {
+            let reporter = Reporter { emit: &*emit, cancel: &stop };
+            download_files(&store, &id, &base, &selected, &options, &reporter, offline).await
+        };
+        if let Some(result) = try_lock(&lock, false, work).await? {
+            return result;
+        }
+        if cancel.get() {
+            return Err(Error::Cancelled);
+        }
+        sleep(LOCK_POLL_MS).await;
+    }
+}
+
+/// The report of a request with nothing to do: every file stored, verified and checkable chunk by
+/// chunk; `None` otherwise.
+async fn stored_report(
+    store: &Store,
+    id: &str,
+    files: &[ManifestFile],
+    offline: bool,
+) -> Result<Option<DownloadReport>, Error> {
+    for f in files {
+        let ok = store.file(id, &f.path).await?.is_some_and(|r| {
+            r.size == f.size && r.sha256 == f.sha256 && r.complete && r.repair.is_empty() && r.chunks_verifiable()
+        });
+        if !ok {
+            return Ok(None);
+        }
+    }
+    Ok(Some(DownloadReport {
+        id: id.to_string(),
+        files: files.iter().map(|f| f.path.clone()).collect(),
+        total_bytes: files.iter().map(|f| f.size).sum(),
+        fetched_bytes: 0,
+        retries: 0,
+        corrupt_files: Vec::new(),
+        repaired_chunks: 0,
+        offline,
+    }))
 }
 
 async fn download_files(
@@ -291,7 +426,7 @@ async fn download_files(
     id: &str,
     base: &str,
     files: &[ManifestFile],
-    options: DownloadOptions,
+    options: &DownloadOptions,
     reporter: &Reporter<'_>,
     offline: bool,
 ) -> Result<DownloadReport, Error> {
@@ -309,6 +444,8 @@ async fn download_files(
                     chunk_bytes: options.chunk_bytes,
                     stored: 0,
                     complete: false,
+                    chunk_sha256: Vec::new(),
+                    repair: Vec::new(),
                 };
                 if stale.is_some() {
                     store.reset_file(&fresh).await?;
@@ -320,8 +457,17 @@ async fn download_files(
         };
         records.push(record);
     }
+    // Verified before chunk hashes were kept: verified again (read back, not fetched) to record them.
+    for record in &mut records {
+        if record.complete && !record.chunks_verifiable() {
+            record.complete = false;
+        }
+    }
     let total: u64 = files.iter().map(|f| f.size).sum();
-    let missing: u64 = records.iter().filter(|r| !r.complete).map(|r| r.size - r.stored).sum();
+    let repairing = |r: &FileRecord| !r.complete && !r.repair.is_empty() && r.stored == r.size && r.chunks_verifiable();
+    let repair_bytes: u64 =
+        records.iter().filter(|r| repairing(r)).map(|r| r.repair.iter().map(|&i| r.chunk_len(i)).sum::<u64>()).sum();
+    let missing: u64 = records.iter().filter(|r| !r.complete && !repairing(r)).map(|r| r.size - r.stored).sum();
     let mut report = DownloadReport {
         id: id.to_string(),
         files: files.iter().map(|f| f.path.clone()).collect(),
@@ -329,9 +475,10 @@ async fn download_files(
         fetched_bytes: 0,
         retries: 0,
         corrupt_files: Vec::new(),
+        repaired_chunks: 0,
         offline,
     };
-    if missing == 0 {
+    if missing + repair_bytes == 0 && records.iter().all(|r| r.complete) {
         return Ok(report);
     }
     if let Some((usage, quota)) = estimate().await {
@@ -344,13 +491,23 @@ async fn download_files(
             });
         }
     }
-    let mut progress = Progress { done: total - missing, total, fetched: 0 };
+    // Only damaged chunks to fetch: the progress says "repairing", and counts just those bytes.
+    let mut progress = if missing == 0 && repair_bytes > 0 {
+        Progress { phase: Phase::Repair, done: 0, total: repair_bytes, fetched: 0 }
+    } else {
+        Progress { phase: Phase::Download, done: total - missing - repair_bytes, total, fetched: 0 }
+    };
     for record in &mut records {
         if record.complete {
             continue;
         }
         let url = resolve_url(&record.path, base)?;
-        match download_file(store, record, &url, options, reporter, &mut progress, &mut report).await {
+        let result = if repairing(record) {
+            repair_file(store, record, &url, options, reporter, &mut progress, &mut report).await
+        } else {
+            download_file(store, record, &url, options, reporter, &mut progress, &mut report).await
+        };
+        match result {
             Err(Error::Quota { detail, .. }) => {
                 let remaining = progress.total - progress.done;
                 let available = estimate().await.map_or(0, |(usage, quota)| quota.saturating_sub(usage));
@@ -364,6 +521,8 @@ async fn download_files(
 }
 
 struct Progress {
+    /// `Download`, or `Repair` when only damaged chunks are fetched.
+    phase: Phase,
     /// Bytes stored (all selected files).
     done: u64,
     total: u64,
@@ -374,7 +533,7 @@ struct Progress {
 impl Progress {
     fn emit(&self, reporter: &Reporter<'_>, file: &str) {
         (reporter.emit)(Event::Progress {
-            phase: Phase::Download,
+            phase: self.phase,
             done: self.done,
             total: self.total,
             bytes: Some(self.fetched),
@@ -383,13 +542,28 @@ impl Progress {
     }
 }
 
-/// Hash of what is already stored (after a reload the in-memory hasher is gone).
-async fn rehash(store: &Store, record: &FileRecord) -> Result<Sha256, Error> {
+/// Hash of what is already stored (after a reload the in-memory hasher is gone), and the stored
+/// chunks' own hashes into `record`; `None` when a stored chunk is missing or no longer matches the
+/// hash it had when it was downloaded (the caller starts the file over).
+async fn rehash(store: &Store, record: &mut FileRecord) -> Result<Option<Sha256>, Error> {
     let mut hasher = Sha256::new();
+    let mut hashes = Vec::new();
     for index in 0..record.chunks_stored() {
-        hasher.update(store.chunk(&record.id, &record.path, index).await?);
+        let bytes = match store.chunk(&record.id, &record.path, index).await {
+            Ok(bytes) => bytes,
+            Err(Error::NotStored(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let digest = hex(&Sha256::digest(&bytes));
+        let known = record.chunk_sha256.get(index as usize);
+        if bytes.len() as u64 != record.chunk_len(index) || known.is_some_and(|k| *k != digest) {
+            return Ok(None);
+        }
+        hasher.update(&bytes);
+        hashes.push(digest);
     }
-    Ok(hasher)
+    record.chunk_sha256 = hashes;
+    Ok(Some(hasher))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -400,14 +574,34 @@ async fn download_file(
     store: &Store,
     record: &mut FileRecord,
     url: &str,
-    options: DownloadOptions,
+    options: &DownloadOptions,
     reporter: &Reporter<'_>,
     progress: &mut Progress,
     report: &mut DownloadReport,
 ) -> Result<(), Error> {
-    let mut hasher = rehash(store, record).await?;
+    let mut hasher = match rehash(store, record).await? {
+        Some(hasher) => hasher,
+        None => {
+            web_sys::console::warn_1(
+                &format!("websd: a stored chunk of {} is damaged; starting it over", record.path).into(),
+            );
+            progress.done -= record.stored;
+            store.reset_file(record).await?;
+            *record = FileRecord {
+                stored: 0,
+                complete: false,
+                chunk_sha256: Vec::new(),
+                repair: Vec::new(),
+                ..record.clone()
+            };
+            Sha256::new()
+        }
+    };
     let mut failures = 0u32;
     let mut corrupt = 0u32;
+    // Set when a server's 206 cannot be checked (no readable Content-Range, a length that does not
+    // agree): later attempts ask for the whole file and skip what is stored.
+    let mut whole = false;
     progress.emit(reporter, &record.path);
     loop {
         reporter.check_cancel()?;
@@ -415,7 +609,7 @@ async fn download_file(
             let digest = hex(&std::mem::take(&mut hasher).finalize());
             if digest == record.sha256 {
                 record.complete = true;
-                store.put_file(record).await?;
+                store.update_file(record).await?;
                 return Ok(());
             }
             // Corrupted in transit (or in the store): nothing of it is trusted, fetch it again.
@@ -436,14 +630,20 @@ async fn download_file(
             }
             progress.done -= record.stored;
             store.reset_file(record).await?;
-            record.stored = 0;
+            *record = FileRecord {
+                stored: 0,
+                complete: false,
+                chunk_sha256: Vec::new(),
+                repair: Vec::new(),
+                ..record.clone()
+            };
             continue;
         }
         let before = record.stored;
-        match fetch_range(store, record, url, options, reporter, progress, &mut hasher).await {
+        match fetch_range(store, record, url, options, reporter, progress, &mut hasher, &mut whole).await {
             Ok(()) => {}
             Err(Attempt::Fatal(e)) => return Err(e),
-            Err(Attempt::Retry(reason)) => {
+            Err(Attempt::Retry(reason) | Attempt::Unverifiable(reason)) => {
                 report.retries += 1;
                 failures = if record.stored > before { 1 } else { failures + 1 };
                 if failures >= MAX_FAILURES {
@@ -459,10 +659,158 @@ async fn download_file(
     }
 }
 
+/// Fetches again, one `Range` request each, the chunks of a verified file that were found damaged
+/// when read; each must match the hash it had when the file was verified.
+async fn repair_file(
+    store: &Store,
+    record: &mut FileRecord,
+    url: &str,
+    options: &DownloadOptions,
+    reporter: &Reporter<'_>,
+    progress: &mut Progress,
+    report: &mut DownloadReport,
+) -> Result<(), Error> {
+    progress.emit(reporter, &record.path);
+    // As in `download_file`: after an uncheckable 206, whole-file requests.
+    let mut whole = false;
+    while let Some(&index) = record.repair.first() {
+        let (start, len) = (index * record.chunk_bytes, record.chunk_len(index));
+        let expected = record.chunk_sha256[index as usize].clone();
+        let (mut failures, mut corrupt) = (0u32, 0u32);
+        let bytes = loop {
+            reporter.check_cancel()?;
+            match fetch_exact(url, start, len, options, reporter, progress, &mut whole).await {
+                Ok(bytes) if hex(&Sha256::digest(&bytes)) == expected => break bytes,
+                Ok(_) => {
+                    corrupt += 1;
+                    report.corrupt_files.push(record.path.clone());
+                    if corrupt >= MAX_CORRUPT {
+                        return Err(Error::Integrity(format!(
+                            "{}: chunk {index} fetched again failed its sha256 check {corrupt} times",
+                            record.path
+                        )));
+                    }
+                }
+                Err(Attempt::Fatal(e)) => return Err(e),
+                Err(Attempt::Retry(reason) | Attempt::Unverifiable(reason)) => {
+                    report.retries += 1;
+                    failures += 1;
+                    if failures >= MAX_FAILURES {
+                        return Err(Error::Network(format!(
+                            "{}: chunk {index}: {reason} ({failures} attempts in a row)",
+                            record.path
+                        )));
+                    }
+                    sleep(250 << (failures - 1).min(4)).await;
+                }
+            }
+        };
+        let mut next = record.clone();
+        next.repair.remove(0);
+        next.complete = next.repair.is_empty();
+        store.put_chunk(&next, index, &bytes).await?;
+        *record = next;
+        report.repaired_chunks += 1;
+        progress.done += len;
+        progress.emit(reporter, &record.path);
+    }
+    Ok(())
+}
+
+/// Bytes `start..start + len` of `url`: a bounded `Range` request; a server that ignores `Range`
+/// (200) is read from the start, the bytes before `start` dropped.
+async fn fetch_exact(
+    url: &str,
+    start: u64,
+    len: u64,
+    options: &DownloadOptions,
+    reporter: &Reporter<'_>,
+    progress: &mut Progress,
+    whole: &mut bool,
+) -> Result<Vec<u8>, Attempt> {
+    let range = (!*whole).then_some((start, Some(start + len - 1)));
+    let (response, controller) = start_get(url, range, options.stall_ms).await.map_err(Attempt::Retry)?;
+    check_final_url(&response, &options.allowed).map_err(Attempt::Fatal)?;
+    let mut skip = match response_offset(&response, url, start, Some(len)) {
+        Ok(skip) => skip,
+        Err(e) => {
+            controller.abort();
+            if matches!(e, Attempt::Unverifiable(_)) {
+                *whole = true;
+            }
+            return Err(e);
+        }
+    };
+    let Some(body) = response.body() else { return Err(Attempt::Retry("response without a body".into())) };
+    let reader: ReadableStreamDefaultReader = body.get_reader().unchecked_into();
+    let mut out = Vec::with_capacity(len as usize);
+    let result = loop {
+        if reporter.cancel.get() {
+            break Err(Attempt::Fatal(Error::Cancelled));
+        }
+        let read = match within(reader.read(), options.stall_ms).await {
+            Ok(Some(read)) => read,
+            Ok(None) => break Err(Attempt::Retry(format!("stalled for {} ms", options.stall_ms))),
+            Err(e) => break Err(Attempt::Retry(format!("connection broke: {}", js_text(&e)))),
+        };
+        if get(&read, "done").and_then(|d| d.as_bool()).unwrap_or(false) {
+            break Err(Attempt::Retry(format!("the body ended after {} of {len} bytes", out.len())));
+        }
+        let Some(value) = get(&read, "value") else { continue };
+        let mut bytes = super::store::byte_view(value).to_vec();
+        progress.fetched += bytes.len() as u64;
+        if skip > 0 {
+            let n = (skip as usize).min(bytes.len());
+            bytes.drain(..n);
+            skip -= n as u64;
+        }
+        let want = len as usize - out.len();
+        out.extend_from_slice(&bytes[..want.min(bytes.len())]);
+        if out.len() as u64 == len {
+            break Ok(());
+        }
+    };
+    controller.abort();
+    let _ = reader.cancel();
+    result.map(|()| out)
+}
+
+/// Where a response's body starts relative to the byte `start` asked for: the bytes to skip. A 206
+/// must say it starts at `start` (Content-Range), or, where the header is not readable (a CDN that
+/// does not expose it to CORS), have the length the request implies (`len`, or the rest of the file);
+/// a 200 is the whole file (the server ignored `Range`).
+fn response_offset(response: &Response, url: &str, start: u64, len: Option<u64>) -> Result<u64, Attempt> {
+    let status = response.status();
+    let header = |name: &str| response.headers().get(name).ok().flatten();
+    match status {
+        206 => {
+            let range = header("content-range");
+            let first = range
+                .as_deref()
+                .and_then(|r| r.strip_prefix("bytes "))
+                .and_then(|r| r.split('-').next())
+                .and_then(|s| s.trim().parse::<u64>().ok());
+            match (first, len) {
+                (Some(first), _) if first == start => Ok(0),
+                (Some(_), _) => Err(Attempt::Retry(format!("asked for bytes {start}-, got Content-Range {range:?}"))),
+                (None, Some(len)) if header("content-length").and_then(|l| l.parse::<u64>().ok()) == Some(len) => Ok(0),
+                (None, _) => Err(Attempt::Unverifiable(format!(
+                    "a 206 for bytes {start}- without a readable Content-Range or the matching length"
+                ))),
+            }
+        }
+        200 => Ok(start),
+        500..=599 | 408 | 429 => Err(Attempt::Retry(format!("HTTP {status}"))),
+        _ => Err(Attempt::Fatal(Error::Network(format!("{url} answered HTTP {status}")))),
+    }
+}
+
 enum Attempt {
     /// Worth resuming (connection, 5xx, stall, short body).
     Retry(String),
-    /// Not (4xx, quota, cancel, storage failure).
+    /// A partial response whose offset cannot be checked: worth retrying as a whole-file request.
+    Unverifiable(String),
+    /// Not (4xx, quota, cancel, storage failure, a redirect off the allow-list).
     Fatal(Error),
 }
 
@@ -474,38 +822,32 @@ impl From<Error> for Attempt {
 
 /// One request from `record.stored` to the end, storing whole chunks as they complete. A partial
 /// chunk in memory is dropped on failure: at most one chunk is fetched twice per interruption.
+#[allow(clippy::too_many_arguments)]
 async fn fetch_range(
     store: &Store,
     record: &mut FileRecord,
     url: &str,
-    options: DownloadOptions,
+    options: &DownloadOptions,
     reporter: &Reporter<'_>,
     progress: &mut Progress,
     hasher: &mut Sha256,
+    whole: &mut bool,
 ) -> Result<(), Attempt> {
     let start = record.stored;
-    let (response, controller) = start_get(url, start, options.stall_ms).await.map_err(Attempt::Retry)?;
-    let status = response.status();
-    // 206 from `start`, or 200 (no Range support: skip what is stored).
-    let mut skip = match status {
-        206 => {
-            let range = response.headers().get("content-range").ok().flatten().unwrap_or_default();
-            let first =
-                range.strip_prefix("bytes ").and_then(|r| r.split('-').next()).and_then(|s| s.parse::<u64>().ok());
-            if first != Some(start) {
-                controller.abort();
-                return Err(Attempt::Retry(format!("asked for bytes {start}-, got Content-Range {range:?}")));
-            }
-            0
-        }
-        200 => start,
-        500..=599 | 408 | 429 => {
+    let range = (start > 0 && !*whole).then_some((start, None));
+    let (response, controller) = start_get(url, range, options.stall_ms).await.map_err(Attempt::Retry)?;
+    check_final_url(&response, &options.allowed).map_err(Attempt::Fatal)?;
+    // 206 from `start`, or 200 (no Range support, or asked for the whole file: skip what is stored).
+    let mut skip = match response_offset(&response, url, start, Some(record.size - start)) {
+        Ok(skip) => skip,
+        Err(Attempt::Unverifiable(reason)) => {
             controller.abort();
-            return Err(Attempt::Retry(format!("HTTP {status}")));
+            *whole = true;
+            return Err(Attempt::Retry(format!("{reason}; asking for the whole file next")));
         }
-        _ => {
+        Err(e) => {
             controller.abort();
-            return Err(Attempt::Fatal(Error::Network(format!("{url} answered HTTP {status}"))));
+            return Err(e);
         }
     };
     let Some(body) = response.body() else {
@@ -542,25 +884,34 @@ async fn fetch_range(
             bytes.drain(..n);
             skip -= n as u64;
         }
-        pending.extend_from_slice(&bytes);
-        if record.stored + pending.len() as u64 > record.size {
-            controller.abort();
-            break Err(Attempt::Fatal(Error::Integrity(format!(
-                "{url} sent more than the manifest's {} bytes",
-                record.size
-            ))));
+        // A server that sends more than the manifest's size: the file's first `size` bytes are kept
+        // and the sha256 decides (a different file fails it and is fetched again).
+        let room = (record.size - record.stored) as usize - pending.len();
+        let overflow = bytes.len() > room;
+        if overflow {
+            web_sys::console::warn_1(
+                &format!("websd: {url} sent more than the manifest's {} bytes", record.size).into(),
+            );
+            bytes.truncate(room);
         }
+        pending.extend_from_slice(&bytes);
         // Store every whole chunk, and the file's last (short) one.
         while pending.len() >= chunk || (!pending.is_empty() && record.stored + pending.len() as u64 == record.size) {
             let n = pending.len().min(chunk);
             let index = record.stored / record.chunk_bytes;
-            let next = FileRecord { stored: record.stored + n as u64, ..record.clone() };
+            let mut next = FileRecord { stored: record.stored + n as u64, ..record.clone() };
+            next.chunk_sha256.truncate(index as usize);
+            next.chunk_sha256.push(hex(&Sha256::digest(&pending[..n])));
             store.put_chunk(&next, index, &pending[..n]).await?;
             hasher.update(&pending[..n]);
             pending.drain(..n);
             *record = next;
             progress.done += n as u64;
             progress.emit(reporter, &record.path);
+        }
+        if overflow {
+            controller.abort();
+            break Ok(());
         }
     };
     let _ = reader.cancel();

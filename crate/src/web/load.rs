@@ -105,6 +105,10 @@ impl<'a> ChunkReader<'a> {
     /// for IndexedDB only when it is slower than decoding and uploading).
     async fn fetch(&mut self, index: u64) -> Result<Uint8Array, Error> {
         let (id, path) = (&self.record.id, &self.record.path);
+        if !self.record.chunks_verifiable() {
+            // Verified before chunk hashes were kept: the repair reads it back once to record them.
+            return Err(Error::Damaged(format!("{path} has no chunk hashes yet")));
+        }
         if index != self.ahead_from {
             // Not the next chunk (the header's re-read, or a seek): start over from `index`.
             self.ahead.clear();
@@ -114,11 +118,20 @@ impl<'a> ChunkReader<'a> {
         let end = (index + 1 + READ_AHEAD).min(chunks);
         while self.ahead_from + (self.ahead.len() as u64) < end {
             let next = self.ahead_from + self.ahead.len() as u64;
-            self.ahead.push_back(Box::pin(self.store.chunk_soon(id, path, next)?));
+            let check = self.record.chunk_check(next);
+            self.ahead.push_back(Box::pin(self.store.chunk_soon(id, path, next, check)?));
         }
         let this = self.ahead.pop_front().expect("the read of chunk `index` was issued");
         self.ahead_from += 1;
-        this.await
+        match this.await {
+            // Missing, short or changed since it was verified: marked, so that the next download
+            // fetches this chunk again (and only it).
+            Err(Error::Damaged(what)) => {
+                self.store.mark_damaged(id, path, index).await?;
+                Err(Error::Damaged(what))
+            }
+            other => other,
+        }
     }
 
     /// `len` bytes from `start`, copied from the chunks in JS straight into the returned vector (one
@@ -152,6 +165,43 @@ impl<'a> ChunkReader<'a> {
         }
         Ok(out)
     }
+}
+
+/// Reads and checks every stored chunk of the model `id`'s files for `variant`, marking the damaged
+/// ones for repair (a load stops at the first damaged chunk; this finds them all, so one repair fetches
+/// them together). Returns how many it found.
+pub async fn scrub(store: &Store, id: &str, variant: Option<Variant>, cancel: &Cell<bool>) -> Result<usize, Error> {
+    let record = store.model(id).await?.ok_or_else(|| Error::NotStored(format!("the model {id} is not stored")))?;
+    let manifest = Manifest::from_json(&record.manifest).map_err(|e| Error::Storage(e.to_string()))?;
+    let mut damaged = 0;
+    for f in manifest.select(variant).map_err(|e| Error::Model(e.to_string()))? {
+        let Some(file) = store.file(id, &f.path).await? else { continue };
+        if file.sha256 != f.sha256 || file.stored != file.size || !file.chunks_verifiable() {
+            continue;
+        }
+        let chunks = file.chunks();
+        // READ_AHEAD + 1 reads in flight, checked in order.
+        let (mut reads, mut next) = (std::collections::VecDeque::new(), 0);
+        while next < chunks || !reads.is_empty() {
+            while next < chunks && reads.len() as u64 <= READ_AHEAD {
+                reads.push_back((next, store.chunk_soon(id, &f.path, next, file.chunk_check(next))?));
+                next += 1;
+            }
+            if cancel.get() {
+                return Err(Error::Cancelled);
+            }
+            let (index, read) = reads.pop_front().expect("a read in flight");
+            match read.await {
+                Err(Error::Damaged(_)) => {
+                    store.mark_damaged(id, &f.path, index).await?;
+                    damaged += 1;
+                }
+                Err(e) => return Err(e),
+                Ok(_) => {}
+            }
+        }
+    }
+    Ok(damaged)
 }
 
 /// A whole (small) file: configs, tokenizer.
@@ -284,12 +334,15 @@ struct ComponentConfigs {
 
 async fn read_configs(store: &Store, records: &BTreeMap<String, FileRecord>) -> Result<ComponentConfigs, Error> {
     let text = async |path: &str| read_text(store, records, path).await;
-    Ok(ComponentConfigs {
+    let configs = ComponentConfigs {
         unet: parse("unet/config.json", &text("unet/config.json").await?).map_err(|e| Error::Model(e.to_string()))?,
         vae: parse("vae/config.json", &text("vae/config.json").await?).map_err(|e| Error::Model(e.to_string()))?,
         scheduler: SchedulerConfig::from_json(&text("scheduler/scheduler_config.json").await?)
             .map_err(|e| Error::Model(format!("scheduler/scheduler_config.json: {e}")))?,
-    })
+    };
+    // Bounded and checked against each other before anything is built from them.
+    crate::config::check_components(&configs.unet, &configs.vae, &configs.scheduler)?;
+    Ok(configs)
 }
 
 /// What a generation needs to know of a stored model before loading it: its U-Net and VAE configs and
@@ -298,6 +351,19 @@ pub struct Preflight {
     pub unet: UNet2DConditionConfig,
     pub vae: AutoencoderKLConfig,
     pub weights: Vec<crate::memory::WeightsFile>,
+}
+
+/// A stored file's record if it is complete (as the manifest's `sha256` says); a verified file with
+/// chunks found damaged is [`Error::Damaged`] (the engine fetches those chunks again), anything else
+/// is not stored.
+fn readable(record: Option<FileRecord>, sha256: &str) -> Result<Option<FileRecord>, Error> {
+    match record {
+        Some(r) if r.sha256 == sha256 && r.complete => Ok(Some(r)),
+        Some(r) if r.sha256 == sha256 && !r.repair.is_empty() => {
+            Err(Error::Damaged(format!("{}: {} damaged chunk(s) waiting to be fetched again", r.path, r.repair.len())))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// [`Preflight`] of the stored model `id` (its configs must be stored).
@@ -310,7 +376,7 @@ pub async fn preflight(store: &Store, id: &str, variant: Option<Variant>) -> Res
     let mut configs = BTreeMap::new();
     for path in ["unet/config.json", "vae/config.json", "scheduler/scheduler_config.json"] {
         let want = manifest.files.iter().find(|f| f.path == path);
-        let stored = store.file(id, path).await?.filter(|r| r.complete && want.is_some_and(|f| f.sha256 == r.sha256));
+        let stored = readable(store.file(id, path).await?, want.map_or("", |f| f.sha256.as_str()))?;
         let stored = stored.ok_or_else(|| Error::NotStored(format!("{path} of the model {id} is not stored")))?;
         configs.insert(path.to_string(), stored);
     }
@@ -382,11 +448,11 @@ pub async fn load_model(
     let mut records = BTreeMap::new();
     let mut incomplete = Vec::new();
     for f in &selected {
-        match store.file(id, &f.path).await? {
-            Some(r) if r.complete && r.sha256 == f.sha256 => {
+        match readable(store.file(id, &f.path).await?, &f.sha256)? {
+            Some(r) => {
                 records.insert(f.path.clone(), r);
             }
-            _ => incomplete.push(f.path.clone()),
+            None => incomplete.push(f.path.clone()),
         }
     }
     if !incomplete.is_empty() {
@@ -419,6 +485,7 @@ pub async fn load_model(
         read_configs(store, &records).await?;
     // Refuse an unsupported U-Net before uploading anything.
     crate::models::unet_2d_condition::check_supported(&unet_config).map_err(|e| Error::Unsupported(e.to_string()))?;
+    crate::config::check_text_encoder(&unet_config, &clip_config, &tokenizer)?;
 
     let weights: Vec<FileRecord> = WEIGHT_COMPONENTS
         .iter()

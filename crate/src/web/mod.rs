@@ -27,13 +27,30 @@ use download::{DEFAULT_ALLOWED_ORIGINS, DEFAULT_CHUNK_BYTES, DEFAULT_STALL_MS, D
 use load::LoadedModel;
 use store::Store;
 
-/// Runs the static constructors and installs the panic hook once the module is instantiated, so a Rust
-/// panic reaches the console with its message (the worker turns the resulting exception into an
-/// `Error` event).
+/// How the engine posts an event to the page.
+type Post = Rc<dyn Fn(Event)>;
+
+thread_local! {
+    /// The engine's event callback, for the panic hook.
+    static PANIC_POST: RefCell<Option<Post>> = const { RefCell::new(None) };
+}
+
+/// Runs the static constructors and installs the panic hook once the module is instantiated.
+///
+/// wasm32 aborts on panic: the trap unwinds nothing, so the request's promise never settles, a Web
+/// Lock it holds stays held and the worker's queue waits forever. The hook runs before the trap: it
+/// logs the message (console_error_panic_hook) and posts `Error {code: "panic"}`, on which the worker
+/// ends itself (releasing its locks) and the page starts a fresh one (worker.ts, engine.ts).
 #[wasm_bindgen(start)]
 fn start() {
     crate::gpu::run_static_constructors();
-    console_error_panic_hook::set_once();
+    std::panic::set_hook(Box::new(|info| {
+        console_error_panic_hook::hook(info);
+        let post = PANIC_POST.with(|p| p.try_borrow().ok().and_then(|p| p.clone()));
+        if let Some(post) = post {
+            post(Error::Panic(info.to_string()).into());
+        }
+    }));
 }
 
 /// Converts an [`Event`] to the plain JS object the page receives (maps become objects, bytes
@@ -56,6 +73,9 @@ fn now_ms() -> f64 {
 struct State {
     store: Option<Rc<Store>>,
     model: Option<Rc<LoadedModel>>,
+    /// The allow-list each model was last ensured or inspected with: a repair fetches from where the
+    /// download did.
+    allowed: std::collections::HashMap<String, Vec<String>>,
 }
 
 /// The engine living in the dedicated worker.
@@ -74,6 +94,7 @@ impl Engine {
         let post: Rc<dyn Fn(Event)> = Rc::new(move |event: Event| {
             let _ = post.call1(&JsValue::NULL, &to_js(&event));
         });
+        PANIC_POST.with(|p| *p.borrow_mut() = Some(post.clone()));
         Engine { post, cancel: Rc::new(Cell::new(false)), state: Rc::new(RefCell::new(State::default())) }
     }
 
@@ -133,7 +154,7 @@ struct Context {
 
 impl Context {
     async fn store(&self) -> Result<Rc<Store>, Error> {
-        if let Some(store) = self.state.borrow().store.clone() {
+        if let Some(store) = self.state.borrow().store.clone().filter(|s| !s.is_closed()) {
             return Ok(store);
         }
         let store = Rc::new(Store::open().await?);
@@ -143,6 +164,17 @@ impl Context {
 
     fn emit(&self, event: Event) {
         (self.emit)(event)
+    }
+
+    /// The allow-list for `model`: the request's, else the one it was last used with, else the
+    /// default; remembered for repairs.
+    fn allow(&self, model: &str, requested: Option<Vec<String>>) -> Vec<String> {
+        let mut state = self.state.borrow_mut();
+        let allowed = requested
+            .or_else(|| state.allowed.get(model).cloned())
+            .unwrap_or_else(|| DEFAULT_ALLOWED_ORIGINS.iter().map(|o| o.to_string()).collect());
+        state.allowed.insert(model.to_string(), allowed.clone());
+        allowed
     }
 }
 
@@ -161,16 +193,22 @@ async fn run(request: Request, cx: &Context) -> Result<Option<Event>, Error> {
             let options = DownloadOptions {
                 stall_ms: stall_timeout_ms.unwrap_or(DEFAULT_STALL_MS).max(100),
                 chunk_bytes: chunk_bytes.map_or(DEFAULT_CHUNK_BYTES, |c| c.clamp(1 << 10, 64 << 20) as u64),
+                allowed: cx.allow(&manifest_url, allowed_origins),
             };
             let variant = variant.map(Into::into);
-            let report = ensure_model(cx, &manifest_url, variant, Files::All, allowed_origins, options).await?;
+            let report = ensure_model(cx, &manifest_url, variant, Files::All, options).await?;
             Ok(Some(Event::ModelReady { report }))
         }
         Request::InspectModel { manifest_url, variant, allowed_origins } => {
-            let options = DownloadOptions { stall_ms: DEFAULT_STALL_MS, chunk_bytes: DEFAULT_CHUNK_BYTES };
+            let allowed = cx.allow(&manifest_url, allowed_origins);
+            let options = DownloadOptions { stall_ms: DEFAULT_STALL_MS, chunk_bytes: DEFAULT_CHUNK_BYTES, allowed };
             let variant = variant.map(Into::into);
-            let report = ensure_model(cx, &manifest_url, variant, Files::Small, allowed_origins, options).await?;
-            let info = load::model_info(&*cx.store().await?, &manifest_url, variant, report.offline).await?;
+            let report = ensure_model(cx, &manifest_url, variant, Files::Small, options).await?;
+            let store = cx.store().await?;
+            let info = repairing(cx, &manifest_url, variant, async || {
+                load::model_info(&store, &manifest_url, variant, report.offline).await
+            })
+            .await?;
             Ok(Some(Event::ModelInfo { info }))
         }
         Request::ListModels => {
@@ -206,7 +244,17 @@ async fn run(request: Request, cx: &Context) -> Result<Option<Event>, Error> {
                     state.model = None;
                 }
             }
-            store.delete_model(&id).await?;
+            // Taken from a tab downloading the model, whose next write then finds the model gone
+            // (store.rs): no chunk is written after the deletion.
+            let (store, key) = (store.clone(), id.clone());
+            let deleted =
+                download::try_lock(
+                    &download::lock_name(&id),
+                    true,
+                    move || async move { store.delete_model(&key).await },
+                )
+                .await?;
+            deleted.ok_or_else(|| Error::Storage(format!("could not take the lock of {id} to delete it")))??;
             Ok(Some(Event::Deleted { id }))
         }
         Request::LoseDevice => {
@@ -214,6 +262,17 @@ async fn run(request: Request, cx: &Context) -> Result<Option<Event>, Error> {
             cx.state.borrow_mut().model = None;
             // What a page sees after a real device loss; the next request re-initialises.
             Err(Error::DeviceLost(crate::gpu::device_lost().unwrap_or_else(|| "destroyed on request".into())))
+        }
+        Request::Panic { hold_download_lock: None } => panic!("a panic requested for testing"),
+        Request::Panic { hold_download_lock: Some(url) } => {
+            let held = download::try_lock(&download::lock_name(&url), false, || async {
+                if std::hint::black_box(true) {
+                    panic!("a panic requested for testing, in a download lock");
+                }
+            })
+            .await?;
+            held.ok_or_else(|| Error::Storage(format!("the download lock of {url} is held by another tab")))?;
+            Ok(None)
         }
         Request::Generate { model, variant, settings } => generate(cx, model, variant.map(Into::into), settings).await,
         Request::BenchUnet { model, variant, sample, timestep, encoder_hidden_states, reps } => {
@@ -273,34 +332,55 @@ async fn loaded_model(
     // Free the previous model's GPU memory before loading the next.
     cx.state.borrow_mut().model = None;
     let store = cx.store().await?;
-    cx.phase.set(Phase::Load);
-    let model = Rc::new(load::load_model(&store, id, variant, device, &|e| cx.emit(e), &cx.cancel).await?);
+    let load = async || {
+        cx.phase.set(Phase::Load);
+        load::load_model(&store, id, variant, device, &|e| cx.emit(e), &cx.cancel).await
+    };
+    let model = Rc::new(repairing(cx, id, variant, load).await?);
     cx.state.borrow_mut().model = Some(model.clone());
     Ok((model, false))
 }
 
-/// [`download::ensure_model`] with the request's allow-list (or the default one).
+/// [`download::ensure_model`] in this engine's store.
 async fn ensure_model(
     cx: &Context,
     manifest_url: &str,
     variant: Option<crate::weights::Variant>,
     files: Files,
-    allowed_origins: Option<Vec<String>>,
     options: DownloadOptions,
 ) -> Result<crate::protocol::DownloadReport, Error> {
-    let allowed = allowed_origins.unwrap_or_else(|| DEFAULT_ALLOWED_ORIGINS.iter().map(|o| o.to_string()).collect());
     let store = cx.store().await?;
-    download::ensure_model(
-        store,
-        manifest_url.to_string(),
-        variant,
-        files,
-        &allowed,
-        options,
-        cx.emit.clone(),
-        cx.cancel.clone(),
-    )
-    .await
+    download::ensure_model(store, manifest_url.to_string(), variant, files, options, cx.emit.clone(), cx.cancel.clone())
+        .await
+}
+
+/// Runs `read` (something that reads the stored model `id`); when it finds a damaged chunk (which
+/// the reader marked for repair), fetches the damaged chunks again and runs it once more. The page
+/// sees `repair` progress; offline, the request fails with `damaged`, saying what.
+async fn repairing<T>(
+    cx: &Context,
+    id: &str,
+    variant: Option<crate::weights::Variant>,
+    read: impl AsyncFn() -> Result<T, Error>,
+) -> Result<T, Error> {
+    match read().await {
+        Err(Error::Damaged(what)) => {
+            // Every damaged chunk of the model, not only the first the read met: one repair.
+            let store = cx.store().await?;
+            let found = load::scrub(&store, id, variant, &cx.cancel).await?;
+            web_sys::console::warn_1(
+                &format!("websd: {what}; {found} damaged chunk(s) in all; fetching them again").into(),
+            );
+            let allowed = cx.allow(id, None);
+            let options = DownloadOptions { stall_ms: DEFAULT_STALL_MS, chunk_bytes: DEFAULT_CHUNK_BYTES, allowed };
+            match ensure_model(cx, id, variant, Files::All, options).await {
+                Ok(_) => read().await,
+                Err(Error::Cancelled) => Err(Error::Cancelled),
+                Err(e) => Err(Error::Damaged(format!("{what}, and fetching it again failed: {e}"))),
+            }
+        }
+        other => other,
+    }
 }
 
 /// `navigator.deviceMemory` in bytes, where the browser reports it (GiB rounded down to a power of two
@@ -429,7 +509,8 @@ async fn generate(
     let (device, _) = crate::gpu::wgpu_device().await?;
     // Checked from the configs before loading: a request that cannot fit is refused without uploading
     // gigabytes first, and the page learns the estimate (and a warning) while the weights load.
-    let pre = load::preflight(&*cx.store().await?, &id, variant).await?;
+    let store = cx.store().await?;
+    let pre = repairing(cx, &id, variant, async || load::preflight(&store, &id, variant).await).await?;
     let precision = crate::pipeline::device_precision(&device);
     let (width, height, plan) =
         crate::pipeline::validate_request(&pre.unet, &pre.vae, &request, precision).map_err(Error::from)?;

@@ -16,7 +16,7 @@
 //! is not there, whatever interrupts the worker (reload, quota, crash). A file is `complete` only
 //! after its sha256 matched.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use idb::{Database, DatabaseEvent, Factory, KeyRange, ObjectStoreParams, Query, TransactionMode};
@@ -54,8 +54,14 @@ pub struct FileRecord {
     pub chunk_bytes: u64,
     /// Bytes in whole chunks stored so far (the last chunk may be shorter once `stored == size`).
     pub stored: u64,
-    /// Stored in full and the sha256 matched.
+    /// Stored in full and the sha256 matched (and no chunk is waiting for repair).
     pub complete: bool,
+    /// sha256 (hex) of each stored chunk, in order (absent in records written before they were kept).
+    #[serde(default)]
+    pub chunk_sha256: Vec<String>,
+    /// Chunks of a verified file found damaged when read: the next download fetches just these.
+    #[serde(default)]
+    pub repair: Vec<u64>,
 }
 
 impl FileRecord {
@@ -63,6 +69,35 @@ impl FileRecord {
     pub fn chunks_stored(&self) -> u64 {
         self.stored.div_ceil(self.chunk_bytes)
     }
+
+    /// Number of chunks of the whole file.
+    pub fn chunks(&self) -> u64 {
+        self.size.div_ceil(self.chunk_bytes)
+    }
+
+    /// Length of chunk `index` (the last one may be shorter).
+    pub fn chunk_len(&self, index: u64) -> u64 {
+        self.chunk_bytes.min(self.size.saturating_sub(index * self.chunk_bytes))
+    }
+
+    /// What a read of chunk `index` must find, when the record knows it.
+    pub fn chunk_check(&self, index: u64) -> Option<ChunkCheck> {
+        let sha256 = self.chunk_sha256.get(index as usize)?.clone();
+        Some(ChunkCheck { len: self.chunk_len(index), sha256 })
+    }
+
+    /// Whether a verified file's chunks can be checked one by one (records from before chunk hashes
+    /// cannot, until verified again).
+    pub fn chunks_verifiable(&self) -> bool {
+        self.chunk_sha256.len() as u64 == self.chunks()
+    }
+}
+
+/// The expected length and sha256 of a stored chunk.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChunkCheck {
+    pub len: u64,
+    pub sha256: String,
 }
 
 /// Maps IndexedDB failures to the crate's errors; a full quota (Chrome aborts the transaction with
@@ -113,6 +148,9 @@ fn prefix_range(prefix: &[&str]) -> Result<Query, Error> {
 /// The open database.
 pub struct Store {
     db: Database,
+    /// Set once the connection is closed: by the browser ("clear site data", eviction), or by us when
+    /// another connection needs a new version or deletes the database. The engine then opens a new one.
+    closed: Rc<Cell<bool>>,
 }
 
 impl Store {
@@ -128,8 +166,26 @@ impl Store {
                 }
             }
         });
-        let db = request.await.map_err(|e| store_error("opening", e))?;
-        Ok(Store { db })
+        let mut db = request.await.map_err(|e| store_error("opening", e))?;
+        let closed = Rc::new(Cell::new(false));
+        // A tab that upgrades or deletes the database waits ("blocked") for every open connection to
+        // close: this one closes at once, and the next request opens a new one.
+        let on_change = closed.clone();
+        db.on_version_change(move |event| {
+            on_change.set(true);
+            if let Some(db) = event.target().and_then(|t| t.dyn_into::<web_sys::IdbDatabase>().ok()) {
+                db.close();
+            }
+        });
+        let on_close = closed.clone();
+        db.on_close(move |_| on_close.set(true));
+        Ok(Store { db, closed })
+    }
+
+    /// Whether the connection was closed (by the browser, or for another connection); the engine then
+    /// opens a new one.
+    pub fn is_closed(&self) -> bool {
+        self.closed.get()
     }
 
     async fn get(&self, store: &str, key: JsValue) -> Result<Option<JsValue>, Error> {
@@ -203,8 +259,16 @@ impl Store {
         let data: JsValue = web_sys::Blob::new_with_u8_array_sequence(&parts)
             .map_err(|e| store_error("writing a chunk", js_text(&e)))?
             .into();
+        // Within this transaction: the record must still be there (not deleted by another tab).
+        let key = file_key(&record.id, &record.path);
+        let existing = files.get(key.clone()).map_err(|e| store_error("writing", e))?.await;
+        let existing = existing.map_err(|e| store_error("writing", e))?.filter(|v| !v.is_undefined());
+        if existing.is_none() {
+            // Nothing was written: the transaction ends with its one read.
+            return Err(deleted(&record.path));
+        }
         let put_chunk = chunks.put(&data, Some(&chunk_key(&record.id, &record.path, index)));
-        let put_record = files.put(&to_js(record)?, Some(&file_key(&record.id, &record.path)));
+        let put_record = files.put(&to_js(record)?, Some(&key));
         put_chunk
             .map_err(|e| store_error("writing a chunk", e))?
             .await
@@ -213,15 +277,48 @@ impl Store {
         finish(tx, "writing a chunk").await
     }
 
+    /// Replaces an existing file record (a download's progress); refused when the record is gone (the
+    /// model was deleted meanwhile).
+    pub async fn update_file(&self, record: &FileRecord) -> Result<(), Error> {
+        let tx = self.db.transaction(&[FILES], TransactionMode::ReadWrite).map_err(|e| store_error("writing", e))?;
+        let files = tx.object_store(FILES).map_err(|e| store_error("writing", e))?;
+        let key = file_key(&record.id, &record.path);
+        let existing = files.get(key.clone()).map_err(|e| store_error("writing", e))?.await;
+        if existing.map_err(|e| store_error("writing", e))?.filter(|v| !v.is_undefined()).is_none() {
+            return Err(deleted(&record.path));
+        }
+        files
+            .put(&to_js(record)?, Some(&key))
+            .map_err(|e| store_error("writing", e))?
+            .await
+            .map_err(|e| store_error("writing", e))?;
+        finish(tx, "writing").await
+    }
+
+    /// Marks chunk `index` of a file damaged: the file is no longer complete, and the next download
+    /// fetches that chunk again.
+    pub async fn mark_damaged(&self, id: &str, path: &str, index: u64) -> Result<(), Error> {
+        let Some(mut record) = self.file(id, path).await? else { return Err(deleted(path)) };
+        if !record.repair.contains(&index) {
+            record.repair.push(index);
+            record.repair.sort_unstable();
+        }
+        record.complete = false;
+        self.update_file(&record).await
+    }
+
     /// Chunk `index` of a file, read from now on, not from the caller's first poll: awaiting the result
     /// later lets IndexedDB (and the Blob's read) work while the caller does (the loader decodes and
     /// uploads one chunk while the next ones are read). The bytes stay in JS: the caller copies what it
-    /// needs straight to where it goes.
+    /// needs straight to where it goes. With `check`, a chunk that is missing, has another length or
+    /// another sha256 is [`Error::Damaged`] (hashed by the browser's native SHA-256, off the wasm heap,
+    /// while the caller works on the chunk before).
     pub fn chunk_soon(
         &self,
         id: &str,
         path: &str,
         index: u64,
+        check: Option<ChunkCheck>,
     ) -> Result<impl std::future::Future<Output = Result<Uint8Array, Error>> + 'static, Error> {
         let tx = self.db.transaction(&[CHUNKS], TransactionMode::ReadOnly).map_err(|e| store_error("reading", e))?;
         let request = tx
@@ -236,9 +333,21 @@ impl Store {
         let read = async move {
             let _tx = tx;
             let value = request.await.map_err(|e| store_error("reading", e))?.filter(|v| !v.is_undefined());
-            let value =
-                value.ok_or_else(|| Error::NotStored(format!("{path}: chunk {index} is missing from the store")))?;
-            chunk_bytes(value).await
+            let Some(check) = check else {
+                let value = value
+                    .ok_or_else(|| Error::NotStored(format!("{path}: chunk {index} is missing from the store")))?;
+                return chunk_bytes(value).await;
+            };
+            let damaged = |what: String| Error::Damaged(format!("{path}: chunk {index} {what}"));
+            let bytes = chunk_bytes(value.ok_or_else(|| damaged("is missing".into()))?).await?;
+            if bytes.length() as u64 != check.len {
+                return Err(damaged(format!("has {} bytes, {} expected", bytes.length(), check.len)));
+            }
+            let digest = sha256_hex(&bytes).await?;
+            if digest != check.sha256 {
+                return Err(damaged(format!("has sha256 {digest}, {} when downloaded", check.sha256)));
+            }
+            Ok(bytes)
         };
         // The executor drives the read from here (a future that is not polled would not read the Blob),
         // and leaves its result in `slot`.
@@ -257,9 +366,9 @@ impl Store {
         })
     }
 
-    /// Chunk `index` of a file.
+    /// Chunk `index` of a file (unchecked: the downloader hashes what it reads itself).
     pub async fn chunk(&self, id: &str, path: &str, index: u64) -> Result<Vec<u8>, Error> {
-        Ok(self.chunk_soon(id, path, index)?.await?.to_vec())
+        Ok(self.chunk_soon(id, path, index, None)?.await?.to_vec())
     }
 
     /// Removes a file's chunks and resets its record to nothing stored (one transaction).
@@ -275,7 +384,8 @@ impl Store {
             .map_err(|e| store_error("deleting", e))?
             .await
             .map_err(|e| store_error("deleting", e))?;
-        let reset = FileRecord { stored: 0, complete: false, ..record.clone() };
+        let reset =
+            FileRecord { stored: 0, complete: false, chunk_sha256: Vec::new(), repair: Vec::new(), ..record.clone() };
         files
             .put(&to_js(&reset)?, Some(&file_key(&record.id, &record.path)))
             .map_err(|e| store_error("deleting", e))?
@@ -298,6 +408,37 @@ impl Store {
         }
         finish(tx, "deleting").await
     }
+}
+
+/// The error of a write for a file whose record is gone.
+fn deleted(path: &str) -> Error {
+    Error::NotStored(format!("{path}: the model was deleted (in another tab?) while this was writing it"))
+}
+
+/// sha256 of `bytes` (hex): `crypto.subtle` where there is one (native, and the bytes stay in JS),
+/// else sha2 in wasm. WebGPU needs a secure context, which has `crypto.subtle`, so the fallback is for
+/// completeness.
+pub async fn sha256_hex(bytes: &Uint8Array) -> Result<String, Error> {
+    use js_sys::Reflect;
+    let subtle = Reflect::get(&js_sys::global(), &"crypto".into())
+        .and_then(|c| Reflect::get(&c, &"subtle".into()))
+        .ok()
+        .filter(|s| s.is_object());
+    let hex = |digest: &[u8]| digest.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    if let Some(subtle) = subtle {
+        let digest: js_sys::Function = Reflect::get(&subtle, &"digest".into())
+            .map_err(|e| Error::Storage(format!("crypto.subtle.digest: {}", js_text(&e))))?
+            .unchecked_into();
+        let promise = digest
+            .call2(&subtle, &"SHA-256".into(), bytes)
+            .map_err(|e| Error::Storage(format!("crypto.subtle.digest: {}", js_text(&e))))?;
+        let buffer = wasm_bindgen_futures::JsFuture::from(js_sys::Promise::from(promise))
+            .await
+            .map_err(|e| Error::Storage(format!("crypto.subtle.digest: {}", js_text(&e))))?;
+        return Ok(hex(&Uint8Array::new(&buffer).to_vec()));
+    }
+    use sha2::Digest;
+    Ok(hex(&sha2::Sha256::digest(bytes.to_vec())))
 }
 
 /// `value` (a `Uint8Array`, or an `ArrayBuffer`) as a `Uint8Array`, without copying: `new

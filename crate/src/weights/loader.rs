@@ -32,6 +32,9 @@ pub enum LoadError {
     /// The config asks for an architecture this crate does not implement (yet).
     #[error("unsupported model: {0}")]
     Unsupported(String),
+    /// The config is out of bounds or inconsistent (checked before anything is built from it).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     /// A tensor has another shape than the config implies.
     #[error("tensor {name} has shape {actual:?}, the config implies {expected:?}")]
     Shape { name: String, expected: Vec<usize>, actual: Vec<usize> },

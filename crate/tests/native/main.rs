@@ -5,6 +5,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod bad_inputs;
 mod cli;
 mod clip_fixtures;
 mod hub_models;
