@@ -254,6 +254,49 @@ describe("hardening", () => {
     assert.equal(code(listed.final), "models", JSON.stringify(listed.final));
     assert.equal(h.cdn.models.pendingFaults(), 0);
 
+    // A store written before chunk hashes were kept (records without them): the next ensure reads
+    // the files back and verifies them once, fetching nothing, and records the hashes.
+    const old = ensure("extra").manifestUrl;
+    const stripped = await e.page.evaluate(async (id) => {
+      const db = await new Promise<IDBDatabase>((ok, err) => {
+        const r = indexedDB.open("websd-weights");
+        r.onsuccess = () => ok(r.result);
+        r.onerror = () => err(r.error);
+      });
+      const tx = db.transaction("files", "readwrite");
+      const os = tx.objectStore("files");
+      const records = await new Promise<{ id: string; path: string; chunkSha256?: string[] }[]>((ok) => {
+        const r = os.getAll(IDBKeyRange.bound([id], [id + "\0"], false, true));
+        r.onsuccess = () => ok(r.result as { id: string; path: string }[]);
+      });
+      for (const r of records) {
+        delete r.chunkSha256;
+        os.put(r, [r.id, r.path]);
+      }
+      await new Promise<void>((ok) => (tx.oncomplete = () => ok()));
+      db.close();
+      return records.length;
+    }, old);
+    const migrated = await e.call(ensure("extra"));
+    assert.equal(code(migrated.final), "modelReady", JSON.stringify(migrated.final));
+    const migratedReport = (migrated.final as { report: DownloadReport }).report;
+    assert.equal(migratedReport.fetchedBytes, 0, "verified from the store, nothing fetched");
+    await assertStoredExactly(e, "extra", migratedReport);
+    const hashed = await e.page.evaluate(async (id) => {
+      const db = await new Promise<IDBDatabase>((ok) => {
+        const r = indexedDB.open("websd-weights");
+        r.onsuccess = () => ok(r.result);
+      });
+      const records = await new Promise<{ size: number; chunkBytes: number; chunkSha256?: string[] }[]>((ok) => {
+        const r = db.transaction("files").objectStore("files").getAll(IDBKeyRange.bound([id], [id + "\0"], false, true));
+        r.onsuccess = () => ok(r.result as { size: number; chunkBytes: number }[]);
+      });
+      db.close();
+      return records.every((r) => r.chunkSha256?.length === Math.ceil(r.size / r.chunkBytes));
+    }, old);
+    assert.ok(hashed, "every record has its chunk hashes again");
+    console.log(`${stripped} file records without chunk hashes: verified from the store, 0 bytes fetched`);
+
     // "Clear site data" from the page: the worker's connection gives way (the deletion is not blocked)
     // and the next request opens a new database.
     const deletion = await e.page.evaluate(
