@@ -8,7 +8,7 @@ import { chromium } from "playwright-core";
 import type { DownloadReport, GenerateSettings } from "../src/protocol";
 import { chromiumUsage, formatUsage, usageSince, type ProcessUsage } from "./procstat";
 import { startModelServer } from "../scripts/model-server";
-import { startServer } from "../scripts/static-server";
+import { loopbackOrigins, startServer } from "../scripts/static-server";
 import { ARGS, CHROMIUM, DIST, fixture, generationPhases, maxDiff, openEngine, openEngineAt, type EnginePage, type Harness } from "../e2e/harness";
 
 const MIB = 2 ** 20;
@@ -145,8 +145,8 @@ async function plainRead(e: EnginePage, id: string, files: string[]): Promise<nu
 }
 
 export async function memory(dir: string, quietMs: number, reps: number): Promise<MemorySection> {
-  const app = await startServer({ root: DIST });
   const cdn = await startModelServer({ root: path.dirname(path.resolve(dir)) });
+  const app = await startServer({ root: DIST, connectOrigins: loopbackOrigins(cdn.url) });
   // A profile on disk: an ephemeral context keeps IndexedDB in memory and refuses writes past ~1.4 GB.
   const profile = mkdtempSync(path.join(tmpdir(), "websd-bench-profile-"));
   const context = await chromium.launchPersistentContext(profile, { executablePath: CHROMIUM, headless: true, args: ARGS });

@@ -1,15 +1,20 @@
 // The web app end to end, driven only through its form (the data-testid contract), in headless
 // Chromium (SwiftShader WebGPU) with the built dist/ and the tiny models on the model server: txt2img,
 // img2img and inpainting against diffusers' fixtures, progress, the gallery across reloads, cancel,
-// offline from the service worker, bad input, and the installable manifest and CSP.
+// offline from the service worker, bad input (oversized images refused from their headers), the
+// gallery's database deleted from elsewhere and a write over quota, and the installable manifest and
+// the CSP where it binds (page, worker, wasm).
 import assert from "node:assert/strict";
-import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { cpSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { after, before, test } from "node:test";
 import { chromium, type BrowserContext, type Page } from "playwright-core";
-import { startServer } from "../scripts/static-server";
-import { ARGS, CHROMIUM, DIST, FIXTURES, maxDiff, readSafetensors, startHarness, type Harness } from "./harness";
+import { startModelServer } from "../scripts/model-server";
+import { loopbackOrigins, startServer } from "../scripts/static-server";
+import { readImageHeader } from "../src/image-header";
+import { MAX_SEED } from "../src/settings";
+import { ARGS, CHROMIUM, DIST, FIXTURES, maxDiff, openEngine, readSafetensors, startHarness, type Harness } from "./harness";
 
 let h: Harness;
 let context: BrowserContext;
@@ -34,6 +39,18 @@ const SMALL = { width: "16", height: "16" };
 
 const model = (name: string): string => `${h.cdn.url}${name}/manifest.json`;
 const appUrl = (name: string): string => `${h.app.url}?model=${encodeURIComponent(model(name))}`;
+
+/** A Content-Security-Policy's directives: name -> sources. */
+function policy(csp: string): Map<string, string[]> {
+  return new Map(
+    csp
+      .split(";")
+      .map((d) => d.trim())
+      .filter(Boolean)
+      .map((d) => d.split(/\s+/))
+      .map(([name, ...sources]) => [name!, sources]),
+  );
+}
 
 /** The fixture run's settings (its metadata) and diffusers' image. */
 function fixture(run: string): { meta: Record<string, string>; image: Float32Array } {
@@ -157,7 +174,7 @@ test("the manifest is installable and the CSP forbids eval", { timeout: 120_000 
     assert.deepEqual(directives.get("object-src"), ["'none'"], where);
     assert.ok(!(directives.get("connect-src") ?? []).includes("*"), `${where}: weights only from listed origins`);
   }
-  assert.equal(header.replace(/\s+/g, " "), meta.replace(/\s+/g, " "), "the header is the meta policy");
+  // How the header relates to the meta policy (the model server's origins added): the CSP test below.
   assert.equal(await page.locator("script:not([src])").count(), 0, "no inline scripts");
 
   const manifestHref = await page.locator('link[rel="manifest"]').getAttribute("href");
@@ -193,6 +210,64 @@ test("the manifest is installable and the CSP forbids eval", { timeout: 120_000 
   } finally {
     await persistent.close();
     rmSync(profile, { recursive: true, force: true });
+  }
+});
+
+test("the CSP binds the page, worker.js and the wasm: the built policy has no loopback, the test server adds exactly its model server", { timeout: 120_000 }, async () => {
+  const production = ["'self'", "https://huggingface.co", "https://*.huggingface.co", "https://*.hf.co"];
+  const html = readFileSync(path.join(DIST, "index.html"), "utf8");
+  const meta = /<meta\s+http-equiv="Content-Security-Policy"\s+content="([^"]*)"/i.exec(html)?.[1] ?? "";
+  const built = policy(meta);
+  assert.deepEqual(built.get("connect-src"), production, `the built policy's connect-src: ${meta}`);
+  for (const [name, sources] of built) {
+    for (const source of sources) assert.doesNotMatch(source, /localhost|127\.|\[::1\]|^http:|:\*/, `${name} ${source}: no loopback, no plain http`);
+  }
+  // The test's app server sends the built policy with the model server's origins (its port, under both
+  // loopback names) added to connect-src, on every file: what binds a worker is its own response.
+  const cdn = loopbackOrigins(h.cdn.url);
+  assert.deepEqual(cdn, [`http://127.0.0.1:${new URL(h.cdn.url).port}`, `http://localhost:${new URL(h.cdn.url).port}`]);
+  const wasm = readdirSync(DIST).filter((f) => f.endsWith(".wasm"));
+  assert.deepEqual(wasm, ["websd_bg.wasm"]);
+  for (const file of ["", "worker.js", "sw.js", "websd.js", ...wasm]) {
+    const response = await fetch(new URL(file, h.app.url));
+    assert.equal(response.status, 200, file);
+    const header = policy(response.headers.get("content-security-policy") ?? "");
+    assert.deepEqual(header.get("connect-src"), [...production, ...cdn], `${file || "index.html"}: connect-src`);
+    assert.deepEqual([...header.keys()], [...built.keys()], `${file || "index.html"}: the same directives`);
+    for (const [name, sources] of built) if (name !== "connect-src") assert.deepEqual(header.get(name), sources, `${file}: ${name}`);
+    if (file.endsWith(".wasm")) assert.equal(response.headers.get("content-type"), "application/wasm");
+    await response.body?.cancel();
+  }
+  // The worker obeys that header: the engine (whose allow-list takes any loopback port) reaches the
+  // listed model server, and cannot reach the same files on another port.
+  const other = await startModelServer({ root: FIXTURES });
+  const e = await openEngine(h);
+  try {
+    const listed = await e.call({ type: "inspectModel", manifestUrl: model("tiny-sd") });
+    assert.equal(listed.final.type, "modelInfo", JSON.stringify(listed.final));
+    const unlisted = await e.call({ type: "inspectModel", manifestUrl: `${other.url}tiny-sd/manifest.json` });
+    console.log(`a model server on an unlisted port: ${JSON.stringify(unlisted.final)}`);
+    assert.equal(unlisted.final.type, "error");
+    assert.deepEqual(other.models.stats.requests, {}, "no request reached it");
+  } finally {
+    await e.page.close();
+    other.server.closeAllConnections();
+    other.server.close();
+  }
+});
+
+test("the form's seed limit is the engine's: 2^53 - 1 reaches it, 2^53 is refused as a bad request", { timeout: 120_000 }, async () => {
+  const e = await openEngine(h);
+  try {
+    // A model that is not stored: the request ends right after its settings are read.
+    const generate = (seed: number) => e.call({ type: "generate", model: "https://nowhere.invalid/m.json", settings: { prompt: "x", seed } });
+    const top = (await generate(MAX_SEED)).final;
+    const over = (await generate(MAX_SEED + 1)).final;
+    console.log(`seed 2^53 - 1: ${JSON.stringify(top)}\nseed 2^53: ${JSON.stringify(over)}`);
+    assert.ok(top.type === "error" && top.code !== "bad-request" && !/seed/.test(top.message), JSON.stringify(top));
+    assert.ok(over.type === "error" && over.code === "bad-request", JSON.stringify(over));
+  } finally {
+    await e.page.close();
   }
 });
 
@@ -236,6 +311,7 @@ test("bad input gets a clear message and the worker survives", { timeout: 300_00
     [{ steps: "abc" }, /Steps must be/],
     [{ steps: "1", guidance: "-1" }, /Guidance/],
     [{ guidance: "7.5", seed: "-5" }, /seed/],
+    [{ seed: String(2 ** 53) }, /seed must be .* to 9007199254740991 \(2\^53 - 1\)/],
   ];
   for (const [values, expected] of cases) {
     await fill(values);
@@ -347,11 +423,101 @@ test("the mask brush paints, inverts and clears", { timeout: 60_000 }, async () 
   assert.ok(Math.abs(inverted - (100 - painted)) <= 1, `inverted ${inverted}% vs ${painted}%`);
 });
 
+/** A PNG whose header says `width` x `height` (no pixel data: it is never decoded). */
+function pngHeader(width: number, height: number): Buffer {
+  const be32 = (n: number): number[] => [n >>> 24, (n >> 16) & 255, (n >> 8) & 255, n & 255];
+  return Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, ...be32(13), ...Buffer.from("IHDR"), ...be32(width), ...be32(height), 8, 6, 0, 0, 0, 0, 0, 0, 0]);
+}
+
+test("an image too large to decode is refused from its header, as init image and as mask", { timeout: 120_000 }, async () => {
+  // The header reader agrees with Chromium's own encoders (sizes that tell width from height).
+  const encoded = await page.evaluate(async () => {
+    const out: { type: string; bytes: number[] }[] = [];
+    for (const [type, alpha] of [["image/png", 1], ["image/jpeg", 1], ["image/webp", 1], ["image/webp", 0.5]] as const) {
+      const canvas = new OffscreenCanvas(37, 23);
+      const ctx = canvas.getContext("2d")!;
+      ctx.fillStyle = `rgba(200, 100, 50, ${alpha})`;
+      ctx.fillRect(0, 0, 37, 23);
+      out.push({ type, bytes: Array.from(new Uint8Array(await (await canvas.convertToBlob({ type, quality: 0.9 })).arrayBuffer())) });
+    }
+    return out;
+  });
+  for (const { type, bytes } of encoded) {
+    const header = readImageHeader(Uint8Array.from(bytes));
+    assert.deepEqual(header, { format: type.slice("image/".length), width: 37, height: 23 }, `${type}: ${Buffer.from(bytes.slice(0, 40)).toString("hex")}`);
+  }
+
+  await page.goto(appUrl("tiny-sd"));
+  await page.getByTestId("mode-img2img").check();
+  await page.getByTestId("init-image").setInputFiles({ name: "huge.png", mimeType: "image/png", buffer: pngHeader(30000, 30000) });
+  await waitError(/"huge.png" is 30000x30000 pixels \(900 megapixels\): too large .* up to 67.1 megapixels \(8192x8192\)/);
+  assert.equal(await page.getByTestId("init-info").innerText(), "", "nothing was used");
+  // Within the limit, the image is used; then a mask over the limit (WebP, extended header) is refused.
+  await page.getByTestId("init-image").setInputFiles(`${FIXTURES}/runs/inpaint_ddim/init_image.png`);
+  await page.waitForFunction(() => /used at/.test(document.querySelector('[data-testid="init-info"]')?.textContent ?? ""));
+  assert.equal(await errorText(), "");
+  await page.getByTestId("mode-inpaint").check();
+  const le24 = (n: number): number[] => [n & 255, (n >> 8) & 255, n >> 16];
+  const webp = Buffer.from([...Buffer.from("RIFF"), 22, 0, 0, 0, ...Buffer.from("WEBPVP8X"), 10, 0, 0, 0, 0, 0, 0, 0, ...le24(8192), ...le24(8191)]);
+  await page.getByTestId("mask-image").setInputFiles({ name: "mask.webp", mimeType: "image/webp", buffer: webp });
+  await waitError(/"mask.webp" is 8193x8192 pixels .* too large/);
+  assert.match(await page.getByTestId("mask-coverage").innerText(), /^0%/, "the mask is unchanged");
+});
+
+test("the gallery reopens its database after another context deletes it, and says when a write fails", { timeout: 300_000 }, async () => {
+  await page.goto(appUrl("tiny-sd"));
+  await waitReady();
+  await page.waitForSelector('[data-testid="gallery"] > *');
+  // Deleting the database (what clearing site data does) sends the page's open connection
+  // `versionchange`: unless the page closes it, the deletion stays blocked.
+  const deletion = await page.evaluate(
+    () =>
+      new Promise<string>((resolve) => {
+        const request = indexedDB.deleteDatabase("websd-gallery");
+        request.onsuccess = () => resolve("deleted");
+        request.onerror = () => resolve(`failed: ${String(request.error)}`);
+        request.onblocked = () => setTimeout(() => resolve("blocked by an open connection"), 5000);
+      }),
+  );
+  assert.equal(deletion, "deleted");
+  await fill({ steps: "1", ...SMALL, seed: "3" });
+  await generate();
+  await page.waitForFunction(() => document.querySelectorAll('[data-testid="gallery-item"]').length === 1, null, { timeout: 30_000 });
+  assert.equal(await page.getByTestId("gallery-error").isVisible(), false);
+
+  // A write over quota: said in the gallery's status line, the image still shown and downloadable.
+  await page.evaluate(() => {
+    const stored = IDBObjectStore.prototype as unknown as Record<string, unknown>;
+    (window as unknown as { __idbWrites: unknown[] }).__idbWrites = [stored["add"], stored["put"]];
+    // (No named function here: tsx would wrap it in a __name() call the page does not have.)
+    for (const method of ["add", "put"]) {
+      stored[method] = function () {
+        throw new DOMException("quota exceeded (a test stub)", "QuotaExceededError");
+      };
+    }
+  });
+  try {
+    await fill({ seed: "4" });
+    await generate();
+    await page.getByTestId("gallery-error").waitFor({ state: "visible", timeout: 30_000 });
+    const message = await page.getByTestId("gallery-error").innerText();
+    console.log(`gallery-error: ${message}`);
+    assert.match(message, /not saved in the gallery: this site's storage is full/);
+    assert.equal(await page.getByTestId("gallery-item").count(), 1);
+    assert.equal(await page.getByTestId("download").isVisible(), true);
+  } finally {
+    await page.evaluate(() => {
+      const stored = IDBObjectStore.prototype as unknown as Record<string, unknown>;
+      [stored["add"], stored["put"]] = (window as unknown as { __idbWrites: unknown[] }).__idbWrites;
+    });
+  }
+});
+
 test("a new version is announced, waits for the running generation, then applies on reload", { timeout: 300_000 }, async () => {
   // A copy of the site whose sw.js is then replaced by a "new build" (another version).
   const root = mkdtempSync(path.join(tmpdir(), "websd-dist-"));
   cpSync(DIST, root, { recursive: true });
-  const site = await startServer({ root });
+  const site = await startServer({ root, connectOrigins: loopbackOrigins(h.cdn.url) });
   const ctx = await h.browser.newContext();
   try {
     const p = await ctx.newPage();

@@ -8,7 +8,7 @@ import { isFinal } from "../src/engine";
 import type { GenerateSettings, Request, WorkerEvent } from "../src/protocol";
 import type { EngineStats } from "../src/stats";
 import { startModelServer, type ModelServer } from "../scripts/model-server";
-import { startServer } from "../scripts/static-server";
+import { loopbackOrigins, startServer } from "../scripts/static-server";
 
 export const DIST = process.env["DIST"] ?? fileURLToPath(new URL("../../dist", import.meta.url));
 export const FIXTURES = fileURLToPath(new URL("../../tests/fixtures", import.meta.url));
@@ -33,8 +33,10 @@ export interface Harness {
 }
 
 export async function startHarness(): Promise<Harness> {
-  const app = await startServer({ root: DIST });
   const cdn = await startModelServer({ root: FIXTURES });
+  // The built policy has no loopback: the app server adds exactly this model server's origins (its
+  // port under both loopback names; the redirect fault sends 127.0.0.1 <-> localhost).
+  const app = await startServer({ root: DIST, connectOrigins: loopbackOrigins(cdn.url) });
   const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ARGS });
   return {
     browser,

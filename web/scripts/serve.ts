@@ -1,5 +1,7 @@
-// `npm run serve -- --root ../dist [--models DIR] [--port 8080] [--fault PATH=KIND:N ...]`
-// Serves the app, and model folders under /models/ through the fault-injecting model server.
+// `npm run serve -- --root ../dist [--models DIR] [--port 8080] [--fault PATH=KIND:N ...] [--connect ORIGIN ...]`
+// Serves the app, and model folders under /models/ through the fault-injecting model server (same
+// origin: the built policy allows it). `--connect http://127.0.0.1:9000` adds a model server you run
+// on another port to the policy's connect-src (the built policy has no loopback).
 import { parseArgs } from "node:util";
 import { startServer } from "./static-server";
 
@@ -10,6 +12,7 @@ const { values } = parseArgs({
     port: { type: "string", default: "8080" },
     host: { type: "string", default: "127.0.0.1" },
     fault: { type: "string", multiple: true },
+    connect: { type: "string", multiple: true },
   },
 });
 const faults = (values.fault ?? []).map((spec) => {
@@ -22,6 +25,7 @@ const { url } = await startServer({
   port: Number(values.port),
   host: values.host,
   faults,
+  connectOrigins: values.connect ?? [],
   ...(values.models ? { models: values.models } : {}),
 });
 console.log(`serving ${values.root} at ${url}` + (values.models ? ` and ${values.models} at ${url}models/` : ""));

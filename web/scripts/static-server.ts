@@ -1,6 +1,8 @@
 // A small static file server for dist/ (and, beside it, local model folders under /models/, served by
 // the fault-injecting model server of model-server.ts), used by `scripts/serve.sh` and by the
-// end-to-end tests. Serves `.wasm` as application/wasm and honours single byte ranges.
+// end-to-end tests. Serves `.wasm` as application/wasm and honours single byte ranges. Every response
+// carries the app's Content-Security-Policy as a header: the page's `<meta>` binds only the page,
+// while a worker (worker.js, sw.js) obeys the policy of its own response.
 import { createReadStream, promises as fs } from "node:fs";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import path from "node:path";
@@ -29,6 +31,10 @@ export interface ServerOptions {
   faults?: FaultRule[];
   host?: string;
   port?: number;
+  /** Origins added to the policy's `connect-src`: the loopback model servers a development or test
+   * setup runs on other ports (exact origins, e.g. `http://127.0.0.1:9000`). The built policy has no
+   * loopback: a deployed app never fetches from this machine. Models under /models/ are same-origin. */
+  connectOrigins?: readonly string[];
 }
 
 /** The app's Content-Security-Policy, from its index.html `<meta>`: sent as a header too, since a
@@ -37,6 +43,30 @@ export async function appCsp(root: string): Promise<string | null> {
   const html = await fs.readFile(path.join(root, "index.html"), "utf8").catch(() => "");
   const meta = /<meta\s+http-equiv="Content-Security-Policy"\s+content="([^"]*)"/i.exec(html);
   return meta ? meta[1]!.replace(/\s+/g, " ").trim() : null;
+}
+
+/** `csp` with `origins` appended to its `connect-src`. Each must be exactly an origin (scheme, host,
+ * port: no path, no wildcard), so a development server widens the policy by what it runs and no more. */
+export function withConnectOrigins(csp: string, origins: readonly string[]): string {
+  for (const origin of origins) {
+    const parsed = URL.canParse(origin) ? new URL(origin) : null;
+    if (!parsed || parsed.origin !== origin) throw new Error(`connect origin ${JSON.stringify(origin)}: expected an origin such as http://127.0.0.1:9000`);
+  }
+  if (origins.length === 0) return csp;
+  const directives = csp.split(";").map((d) => d.trim()).filter(Boolean);
+  const at = directives.findIndex((d) => d.split(/\s+/)[0] === "connect-src");
+  // Adding a connect-src where there is none would narrow default-src's fetches instead of widening them.
+  if (at < 0) throw new Error(`the app's policy has no connect-src: ${csp}`);
+  directives[at] = [directives[at], ...origins].join(" ");
+  return directives.join("; ");
+}
+
+/** The origins of a server started on this machine (`http://127.0.0.1:PORT/`), under both names the
+ * browser can reach it by (127.0.0.1 and localhost, same port), for `connectOrigins`. */
+export function loopbackOrigins(serverUrl: string): string[] {
+  const url = new URL(serverUrl);
+  if (url.hostname !== "127.0.0.1" && url.hostname !== "localhost") throw new Error(`${serverUrl} is not on loopback`);
+  return ["127.0.0.1", "localhost"].map((host) => `${url.protocol}//${host}:${url.port}`);
 }
 
 async function serveFile(req: IncomingMessage, res: ServerResponse, file: string, csp: string | null): Promise<void> {
@@ -79,7 +109,8 @@ export async function startServer(
   const root = path.resolve(options.root);
   const models = options.models ? new ModelServer(path.resolve(options.models)) : null;
   if (models && options.faults) models.addFaults(options.faults);
-  const csp = await appCsp(root);
+  const built = await appCsp(root);
+  const csp = built && withConnectOrigins(built, options.connectOrigins ?? []);
   const server = createServer((req, res) => {
     const urlPath = new URL(req.url ?? "/", "http://localhost").pathname;
     if (models && urlPath.startsWith("/models/")) {

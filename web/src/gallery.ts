@@ -1,5 +1,7 @@
 // The gallery: every finished image with the settings that made it, kept in IndexedDB (its own
-// database, apart from the engine's weights), so it survives reloads and works offline.
+// database, apart from the engine's weights), so it survives reloads and works offline. The connection
+// is reopened after the browser or another context closed it, and a write that fails (a full quota)
+// is said in the gallery's status line.
 import { openDB, type DBSchema, type IDBPDatabase } from "idb";
 import { el } from "./dom";
 import { bytes, duration } from "./format";
@@ -50,38 +52,121 @@ export function describe(item: GalleryItem): string {
   return parts.filter(Boolean).join(" · ");
 }
 
+export const GALLERY_DB = "websd-gallery";
+
+/** Why a gallery write failed, for people: a full quota says what to do about it. */
+export function writeFailure(err: unknown): string {
+  const name = err instanceof DOMException || err instanceof Error ? err.name : "";
+  if (name === "QuotaExceededError") {
+    return "This image was not saved in the gallery: this site's storage is full. Download it now if you want to keep it, and free space by deleting gallery images or stored models under Storage.";
+  }
+  return `This image was not saved in the gallery (${errorText(err)}). Download it now if you want to keep it.`;
+}
+
+function errorText(err: unknown): string {
+  return err instanceof DOMException || err instanceof Error ? `${err.name}: ${err.message}` : String(err);
+}
+
 export class Gallery {
-  private db: Promise<IDBPDatabase<GallerySchema>>;
+  /** The open connection, or null: opened on first use, and again after it was closed. */
+  private db: Promise<IDBPDatabase<GallerySchema>> | null = null;
   private urls: string[] = [];
 
   constructor(
     private readonly list: HTMLElement,
+    /** Where failures to read or write the gallery are said (an image not saved must not go unnoticed). */
+    private readonly status: HTMLElement,
     private readonly actions: GalleryActions,
-  ) {
-    this.db = openDB<GallerySchema>("websd-gallery", 1, {
+  ) {}
+
+  /** The connection, (re)opened lazily. Another context deleting the database (clearing site data)
+   * or upgrading it (a newer version of the app) sends `versionchange`: closing at once lets that
+   * go ahead instead of blocking it; the browser may also close a connection itself (storage
+   * evicted, disk error). Either way the next use opens a new one. */
+  private connection(): Promise<IDBPDatabase<GallerySchema>> {
+    if (this.db) return this.db;
+    const forget = (): void => {
+      if (this.db === opening) this.db = null;
+    };
+    const opening = openDB<GallerySchema>(GALLERY_DB, 1, {
       upgrade(db) {
         const store = db.createObjectStore("images", { keyPath: "id", autoIncrement: true });
         store.createIndex("createdAt", "createdAt");
       },
+      blocking(_current, _next, event) {
+        (event.target as IDBDatabase).close();
+        forget();
+      },
+      terminated: forget,
     });
+    // A failed open (a newer version's database: VersionError) is tried again on the next use.
+    opening.catch(forget);
+    this.db = opening;
+    return opening;
   }
 
+  /** Runs `work` on the connection; once more on a new one if it was closed meanwhile (a
+   * transaction on a closing connection throws InvalidStateError). */
+  private async use<T>(work: (db: IDBPDatabase<GallerySchema>) => Promise<T>): Promise<T> {
+    const opening = this.connection();
+    try {
+      return await work(await opening);
+    } catch (err) {
+      if (!(err instanceof DOMException && err.name === "InvalidStateError")) throw err;
+      if (this.db === opening) this.db = null;
+      return work(await this.connection());
+    }
+  }
+
+  private say(message: string | null): void {
+    this.status.textContent = message ?? "";
+    this.status.hidden = message === null;
+  }
+
+  /** Stores `item` and shows it; a failure (a full quota above all) is said, not dropped. */
   async add(item: GalleryItem): Promise<void> {
-    await (await this.db).add("images", item);
+    try {
+      await this.use(async (db) => {
+        const tx = db.transaction("images", "readwrite");
+        try {
+          await Promise.all([tx.store.add(item), tx.done]);
+        } catch (err) {
+          // A request of an aborted transaction fails with AbortError; the transaction's own error
+          // names the cause (QuotaExceededError when the commit did not fit).
+          throw tx.error ?? err;
+        }
+      });
+    } catch (err) {
+      this.say(writeFailure(err));
+      return;
+    }
+    this.say(null);
     await this.render();
   }
 
   async remove(id: number): Promise<void> {
-    await (await this.db).delete("images", id);
+    try {
+      await this.use((db) => db.delete("images", id));
+    } catch (err) {
+      this.say(`The image could not be deleted from the gallery (${errorText(err)}).`);
+      return;
+    }
     await this.render();
   }
 
   async items(): Promise<GalleryItem[]> {
-    return (await (await this.db).getAllFromIndex("images", "createdAt")).reverse();
+    return (await this.use((db) => db.getAllFromIndex("images", "createdAt"))).reverse();
   }
 
   async render(): Promise<void> {
-    const items = await this.items();
+    let items: GalleryItem[];
+    try {
+      items = await this.items();
+    } catch (err) {
+      const newer = err instanceof DOMException && err.name === "VersionError";
+      this.say(newer ? "A newer version of this app changed the gallery: reload the page to see it." : `The gallery could not be read (${errorText(err)}).`);
+      return;
+    }
     for (const url of this.urls) URL.revokeObjectURL(url);
     this.urls = [];
     if (items.length === 0) {

@@ -1,16 +1,52 @@
-// Images going into the engine: an uploaded or dropped file decoded exactly (no colour conversion, no
-// premultiplication: the fixtures' PNG round-trips bit for bit), then fitted to the requested size
+// Images going into the engine: an uploaded or dropped file, checked from its header (format and size)
+// before anything is decoded, then decoded exactly (no colour conversion, no premultiplication: the
+// fixtures' PNG round-trips bit for bit), then fitted to the requested size
 // (scaled to cover, centre-cropped) as the RGBA the engine takes.
+import { imageHeaderOf } from "./image-header";
 import type { RgbaImage } from "./protocol";
 
-export class NotAnImage extends Error {}
+/** The most pixels an uploaded image (init image or mask) may have: 64 megapixels (8192x8192), 256
+ * MiB once decoded to RGBA. The engine works at 2048x2048 at most, so larger images are only ever
+ * scaled down; 64 MP still takes a 48 MP phone photo or an 8K frame, while decoding, say, a
+ * 30000x30000 PNG (3.6 GB of pixels) would take the tab down. Checked from the file's header, before
+ * the browser decodes anything. */
+export const MAX_IMAGE_PIXELS = 8192 * 8192;
 
-/** Decodes an image file; a file that is not an image the browser can decode throws NotAnImage. */
+/** An upload the page will not decode; `message` says why, for people. */
+export class UnusableImage extends Error {}
+
+/** Not an image, or not in a format the page reads (see image-header.ts). */
+export class NotAnImage extends UnusableImage {
+  constructor(readonly fileName: string) {
+    super(`"${fileName}" is not an image this app can read (use PNG, JPEG, WebP, AVIF, GIF or BMP).`);
+  }
+}
+
+/** An image above MAX_IMAGE_PIXELS. */
+export class ImageTooLarge extends UnusableImage {
+  constructor(
+    readonly fileName: string,
+    readonly width: number,
+    readonly height: number,
+  ) {
+    const megapixels = (n: number): string => `${Math.round(n / 1e5) / 10} megapixels`;
+    super(
+      `"${fileName}" is ${width}x${height} pixels (${megapixels(width * height)}): too large to open here. ` +
+        `Images of up to ${megapixels(MAX_IMAGE_PIXELS)} (8192x8192) are accepted; scale it down first.`,
+    );
+  }
+}
+
+/** Decodes an image file, once its header shows a format the page reads and a size it can hold;
+ * otherwise throws NotAnImage or ImageTooLarge without decoding it. */
 export async function decodeImage(file: Blob, name: string): Promise<ImageBitmap> {
+  const header = await imageHeaderOf(file);
+  if (!header) throw new NotAnImage(name);
+  if (header.width * header.height > MAX_IMAGE_PIXELS) throw new ImageTooLarge(name, header.width, header.height);
   try {
     return await createImageBitmap(file, { colorSpaceConversion: "none", premultiplyAlpha: "none" });
   } catch {
-    throw new NotAnImage(`"${name}" is not an image this browser can read (use PNG, JPEG or WebP).`);
+    throw new NotAnImage(name);
   }
 }
 

@@ -7,7 +7,7 @@ import * as errors from "./errors";
 import { bytes, duration } from "./format";
 import { Gallery, fileName, type GalleryItem } from "./gallery";
 import { renderGpu, renderSelfTest } from "./gpu-panel";
-import { decodeImage, drawRgba, fittedSize, NotAnImage, rgbaAt } from "./images";
+import { decodeImage, drawRgba, fittedSize, rgbaAt, UnusableImage } from "./images";
 import { MaskEditor } from "./mask-editor";
 import { ProgressView } from "./progress";
 import type { GenerateSettings, ModelInfo, WorkerEvent } from "./protocol";
@@ -51,7 +51,7 @@ const dirty = new Set<Field>();
 // worker cannot). Granted or not, downloads work; the storage panel shows the answer.
 void navigator.storage?.persist?.().catch(() => false);
 
-const gallery = new Gallery(byTestId("gallery"), { reuse: (item) => reuse(item) });
+const gallery = new Gallery(byTestId("gallery"), byTestId("gallery-error"), { reuse: (item) => reuse(item) });
 const storage = new StoragePanel(engine, (id) => choices.find((c) => c.url === id)?.label ?? labelOf(id), (id) => {
   if (current?.url === id) void inspect(current, false);
 });
@@ -146,7 +146,7 @@ async function useInitImage(file: File): Promise<void> {
     byTestId("init-info").textContent = `${file.name}: ${bitmap.width}x${bitmap.height}, used at ${size.width}x${size.height}`;
     errors.clear();
   } catch (err) {
-    errors.show(err instanceof NotAnImage ? err.message : `Cannot use that image: ${String(err)}`);
+    errors.show(err instanceof UnusableImage ? err.message : `Cannot use that image: ${String(err)}`);
   }
 }
 
@@ -182,7 +182,7 @@ maskInput.addEventListener("change", () => {
       bitmap.close();
       errors.clear();
     },
-    (err: unknown) => errors.show(err instanceof NotAnImage ? err.message : String(err)),
+    (err: unknown) => errors.show(err instanceof UnusableImage ? err.message : `Cannot use that mask: ${String(err)}`),
   );
 });
 const brush = byTestId<HTMLInputElement>("brush");

@@ -1,7 +1,7 @@
 // Unit tests of the form's parsing (node:test through tsx; run by `npm run typecheck`).
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { formValuesOf, parseSettings, type FormValues } from "./settings";
+import { formValuesOf, LIMITS, MAX_SEED, parseSettings, type FormValues } from "./settings";
 
 const good: FormValues = {
   prompt: "a cat",
@@ -46,6 +46,7 @@ test("each bad field is named with a message", () => {
     [{ guidance: "-1" }, "guidance", /Guidance/],
     [{ seed: "-1" }, "seed", /seed/],
     [{ seed: String(2 ** 53 + 2) }, "seed", /2\^53/],
+    [{ seed: "1".repeat(400) }, "seed", /9007199254740991/],
     [{ scheduler: "heun" }, "scheduler", /Unknown scheduler/],
     [{ batch: "0" }, "batch", /batch/],
   ];
@@ -61,6 +62,21 @@ test("each bad field is named with a message", () => {
   assert.ok(!noStep.ok && /no denoising step/.test(noStep.message));
   // txt2img ignores the strength field.
   assert.ok(parseSettings({ ...good, strength: "junk" }, "txt2img").ok);
+});
+
+test("the seed's boundary is the engine's: 2^53 - 1 passes, 2^53 and 2^53 + 1 do not", () => {
+  // The engine gets the seed as a JS number; serde-wasm-bindgen takes only safe integers (see MAX_SEED).
+  assert.equal(MAX_SEED, 2 ** 53 - 1);
+  assert.equal(LIMITS.maxSeed, MAX_SEED);
+  const top = parseSettings({ ...good, seed: "9007199254740991" }, "txt2img");
+  assert.ok(top.ok && top.settings.seed === 2 ** 53 - 1 && Number.isSafeInteger(top.settings.seed));
+  // Typed as digits: 2^53 + 1 is not a JS number, Number() reads it as 2^53; both are refused.
+  for (const seed of ["9007199254740992", "9007199254740993"]) {
+    const p = parseSettings({ ...good, seed }, "txt2img");
+    assert.ok(!p.ok, seed);
+    assert.equal(p.field, "seed");
+    assert.match(p.message, /from 0 to 9007199254740991 \(2\^53 - 1\)/);
+  }
 });
 
 test("settings round-trip through the form values (reuse)", () => {

@@ -17,7 +17,13 @@ export const SCHEDULER_LABELS: Record<SchedulerName, string> = {
 
 export type Mode = "txt2img" | "img2img" | "inpaint";
 
-export const LIMITS = { maxSide: 2048, maxSteps: 1000, maxBatch: 8, maxSeed: 2 ** 53 } as const;
+/** The largest seed the engine takes: 2^53 - 1 (Number.MAX_SAFE_INTEGER). The seed reaches the worker
+ * as a JS number, and serde-wasm-bindgen refuses any number that is not a safe integer (bad-request)
+ * before the engine's own check (`s.seed > 1 << 53` in `pipeline_request`, crate/src/web/mod.rs)
+ * runs, so 2^53 itself already fails there: this is the engine's real boundary. */
+export const MAX_SEED = Number.MAX_SAFE_INTEGER;
+
+export const LIMITS = { maxSide: 2048, maxSteps: 1000, maxBatch: 8, maxSeed: MAX_SEED } as const;
 
 /** The form's fields as typed (strings straight from the inputs). */
 export interface FormValues {
@@ -59,8 +65,9 @@ export function parseSettings(v: FormValues, mode: Mode): Parsed {
     return fail("guidance", `Guidance must be a number from 0 to 50 (got "${v.guidance}").`);
   }
   const seed = integer(v.seed);
+  // Above 2^53 Number() rounds (2^53 + 1 reads as 2^53), never below it: the comparison still holds.
   if (seed === null || seed > LIMITS.maxSeed) {
-    return fail("seed", `The seed must be a whole number from 0 to 2^53 (got "${v.seed}").`);
+    return fail("seed", `The seed must be a whole number from 0 to ${LIMITS.maxSeed} (2^53 - 1) (got "${v.seed}").`);
   }
   for (const field of ["width", "height"] as const) {
     const n = integer(v[field]);
