@@ -95,6 +95,42 @@ pub const MAX_MANIFEST_BYTES_TOTAL: u64 = (1 << 53) - 1;
 /// Most files a manifest may list (a diffusers model has ~20; SDXL with every variant ~40).
 pub const MAX_MANIFEST_FILES: usize = 10_000;
 
+/// Origins model files may come from besides the app's own: the Hub and its CDN hosts, exactly the
+/// production Content-Security-Policy's `connect-src` (`www/index.html`; a test keeps the two equal).
+/// `*.` is CSP's host wildcard: any subdomain (the Hub's `resolve` URLs redirect to CDN hosts).
+pub const DEFAULT_ALLOWED_ORIGINS: [&str; 3] =
+    ["https://huggingface.co", "https://*.huggingface.co", "https://*.hf.co"];
+
+/// Added to [`DEFAULT_ALLOWED_ORIGINS`] only when the app itself is served from this machine
+/// (development, tests, a model server the user runs beside it): a deployed app's `?model=` link must
+/// not reach into the user's machine. An entry without a port allows every port of its host.
+pub const LOOPBACK_ORIGINS: [&str; 2] = ["http://localhost", "http://127.0.0.1"];
+
+/// Whether `host` is this machine.
+pub fn is_loopback(host: &str) -> bool {
+    matches!(host, "localhost" | "127.0.0.1" | "[::1]" | "::1")
+}
+
+/// Whether an origin (`scheme` without its colon, `host`, `port` as the URL gives it: empty for the
+/// scheme's default) matches an allow-list `entry`: `scheme://host[:port]` (no port: any port) or
+/// `scheme://*.domain` (any subdomain of `domain`, as in CSP).
+pub fn origin_matches(entry: &str, scheme: &str, host: &str, port: &str) -> bool {
+    let Some((entry_scheme, rest)) = entry.split_once("://") else { return false };
+    let rest = rest.trim_end_matches('/');
+    let (entry_host, entry_port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => (h, Some(p)),
+        _ => (rest, None),
+    };
+    let host = host.to_ascii_lowercase();
+    let host_ok = match entry_host.strip_prefix("*.") {
+        Some(domain) => {
+            host.strip_suffix(&domain.to_ascii_lowercase()).is_some_and(|sub| sub.len() > 1 && sub.ends_with('.'))
+        }
+        None => host == entry_host.to_ascii_lowercase(),
+    };
+    entry_scheme.eq_ignore_ascii_case(scheme) && host_ok && entry_port.is_none_or(|p| p == port)
+}
+
 /// The components whose weights a pipeline loads.
 pub const WEIGHT_COMPONENTS: [&str; 3] = ["text_encoder", "unet", "vae"];
 
@@ -238,6 +274,46 @@ mod tests {
             m.select(Some(Variant::Fp16)).unwrap_err(),
             ManifestError::Missing("fp16 safetensors weights for vae".into())
         );
+    }
+
+    #[test]
+    fn allow_list_entries_match_as_csp_sources_do() {
+        let ok = |entry, scheme, host, port| origin_matches(entry, scheme, host, port);
+        assert!(ok("https://huggingface.co", "https", "huggingface.co", ""));
+        assert!(!ok("https://huggingface.co", "http", "huggingface.co", ""));
+        assert!(!ok("https://huggingface.co", "https", "evil-huggingface.co", ""));
+        assert!(!ok("https://huggingface.co", "https", "cdn-lfs.huggingface.co", ""));
+        // `*.`: any subdomain, not the bare domain, not a look-alike.
+        assert!(ok("https://*.hf.co", "https", "cas-bridge.xethub.hf.co", ""));
+        assert!(ok("https://*.huggingface.co", "https", "cdn-lfs-us-1.HuggingFace.co", ""));
+        assert!(!ok("https://*.hf.co", "https", "hf.co", ""));
+        assert!(!ok("https://*.hf.co", "https", "evilhf.co", ""));
+        assert!(!ok("https://*.hf.co", "https", "hf.co.evil.com", ""));
+        // A port: only that one; none: any.
+        assert!(ok("http://127.0.0.1", "http", "127.0.0.1", "9000"));
+        assert!(ok("http://127.0.0.1:9000", "http", "127.0.0.1", "9000"));
+        assert!(!ok("http://127.0.0.1:9000", "http", "127.0.0.1", "9001"));
+        assert!(!ok("http://127.0.0.1:9000", "http", "localhost", "9000"));
+        assert!(!ok("not an origin", "http", "localhost", ""));
+        assert!(is_loopback("127.0.0.1") && is_loopback("localhost") && !is_loopback("127.0.0.1.example.com"));
+    }
+
+    /// The engine's default allow-list is the production policy's `connect-src` (besides `'self'`):
+    /// what the worker may fetch and what the engine accepts are one list.
+    #[test]
+    fn the_default_allow_list_is_the_production_connect_src() {
+        let html = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../www/index.html")).unwrap();
+        let csp = html.split("http-equiv=\"Content-Security-Policy\"").nth(1).unwrap();
+        let content = csp.split("content=\"").nth(1).unwrap().split('"').next().unwrap();
+        let connect: Vec<&str> = content
+            .split(';')
+            .map(str::trim)
+            .find_map(|d| d.strip_prefix("connect-src "))
+            .unwrap()
+            .split_whitespace()
+            .filter(|s| *s != "'self'")
+            .collect();
+        assert_eq!(connect, DEFAULT_ALLOWED_ORIGINS, "www/index.html's connect-src");
     }
 
     #[test]

@@ -30,7 +30,9 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         chunk_bytes: Option<u32>,
         /// Origins (`https://host:port`) weights may come from besides the app's own; absent:
-        /// the engine's `DEFAULT_ALLOWED_ORIGINS` (`web/download.rs`). The manifest and its `base_url` must both be allowed.
+        /// the engine's default (`download::default_allowed_origins`: the production CSP's `connect-src`, plus
+        /// loopback when the app is served from loopback). The manifest, its `base_url` and any redirect
+        /// must all be allowed.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         allowed_origins: Option<Vec<String>>,
     },
@@ -406,6 +408,10 @@ impl From<crate::Error> for Event {
         Event::Error { code: err.code().to_string(), message: err.to_string(), needed, available }
     }
 }
+
+/// Largest seed the page can send: JavaScript's largest exact integer, 2^53 - 1 (serde-wasm-bindgen
+/// refuses a number past it as not an integer); `web/src/settings.ts`'s `MAX_SEED` is the same.
+pub const MAX_SEED: u64 = (1 << 53) - 1;
 
 /// Tolerance of the self-test: the fixtures contract's f32 tolerance for a single model call.
 pub const SELF_TEST_TOLERANCE: f32 = 1e-4;

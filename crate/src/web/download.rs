@@ -301,9 +301,15 @@ pub(super) async fn try_lock<T: 'static, F: std::future::Future<Output = T> + 's
     }
 }
 
-/// Origins weights may come from besides the app's own: the Hub, and this machine (development, and
-/// a model server the user runs). An entry without a port allows every port of its host.
-pub const DEFAULT_ALLOWED_ORIGINS: [&str; 3] = ["https://huggingface.co", "http://localhost", "http://127.0.0.1"];
+/// The allow-list of a request that gives none: the Hub's origins, and this machine's when the app is
+/// itself served from it (see [`crate::manifest::LOOPBACK_ORIGINS`]).
+pub fn default_allowed_origins() -> Vec<String> {
+    let local = own_origin()
+        .and_then(|o| web_sys::Url::new(&o).ok())
+        .is_some_and(|u| crate::manifest::is_loopback(&u.hostname()));
+    let loopback = if local { &crate::manifest::LOOPBACK_ORIGINS[..] } else { &[] };
+    crate::manifest::DEFAULT_ALLOWED_ORIGINS.iter().chain(loopback).map(|o| o.to_string()).collect()
+}
 
 /// The origin of the worker's own page (`self.location.origin`).
 fn own_origin() -> Option<String> {
@@ -318,13 +324,9 @@ pub fn check_origin(url: &str, allowed: &[String]) -> Result<(), Error> {
     if own_origin().as_deref() == Some(origin.as_str()) {
         return Ok(());
     }
-    let matches = |entry: &String| {
-        web_sys::Url::new(entry).is_ok_and(|e| {
-            e.protocol() == parsed.protocol()
-                && e.hostname() == parsed.hostname()
-                && (e.port().is_empty() || e.port() == parsed.port())
-        })
-    };
+    let scheme = parsed.protocol();
+    let scheme = scheme.trim_end_matches(':');
+    let matches = |entry: &String| crate::manifest::origin_matches(entry, scheme, &parsed.hostname(), &parsed.port());
     if allowed.iter().any(matches) {
         Ok(())
     } else {

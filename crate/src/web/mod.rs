@@ -23,7 +23,7 @@ use crate::image::{a1111_parameters, encode_png, image_from_rgba};
 use crate::pipeline::{GenerateRequest, Progress, read_f32, rgba8};
 use crate::protocol::{Event, GenerateSettings, ModelSummary, Phase, Request};
 use crate::schedulers::SchedulerKind;
-use download::{DEFAULT_ALLOWED_ORIGINS, DEFAULT_CHUNK_BYTES, DEFAULT_STALL_MS, DownloadOptions, Files};
+use download::{DEFAULT_CHUNK_BYTES, DEFAULT_STALL_MS, DownloadOptions, Files};
 use load::LoadedModel;
 use store::Store;
 
@@ -170,9 +170,8 @@ impl Context {
     /// default; remembered for repairs.
     fn allow(&self, model: &str, requested: Option<Vec<String>>) -> Vec<String> {
         let mut state = self.state.borrow_mut();
-        let allowed = requested
-            .or_else(|| state.allowed.get(model).cloned())
-            .unwrap_or_else(|| DEFAULT_ALLOWED_ORIGINS.iter().map(|o| o.to_string()).collect());
+        let allowed =
+            requested.or_else(|| state.allowed.get(model).cloned()).unwrap_or_else(download::default_allowed_origins);
         state.allowed.insert(model.to_string(), allowed.clone());
         allowed
     }
@@ -408,8 +407,8 @@ fn pipeline_request(s: &GenerateSettings) -> Result<GenerateRequest, Error> {
     if mask.is_some() && init_image.is_none() {
         return Err(Error::Invalid("a mask needs an init image".into()));
     }
-    if s.seed > (1u64 << 53) {
-        return Err(Error::Invalid(format!("seed must be at most 2^53, got {}", s.seed)));
+    if s.seed > crate::protocol::MAX_SEED {
+        return Err(Error::Invalid(format!("seed must be at most 2^53 - 1, got {}", s.seed)));
     }
     let scheduler =
         s.scheduler.as_deref().map(SchedulerKind::from_name).transpose().map_err(|e| Error::Invalid(e.to_string()))?;
