@@ -6,7 +6,7 @@ use js_sys::{Function, Promise};
 use wasm_bindgen::JsValue;
 use wasm_bindgen_futures::JsFuture;
 use wasm_bindgen_test::*;
-use websd::web::store::{FileRecord, Store};
+use websd::web::store::{FileRecord, ModelRecord, Store};
 
 /// Runs `body` (an async JS function body over `id` and `path`) against the store's database directly.
 async fn raw(body: &str, id: &str, path: &str) -> JsValue {
@@ -36,6 +36,7 @@ async fn chunks_are_stored_as_blobs_and_old_typed_array_chunks_still_read_in_was
         chunk_sha256: Vec::new(),
         repair: Vec::new(),
     };
+    store.put_model(&ModelRecord { id: id.into(), manifest: "{}".into() }).await.unwrap();
     store.put_file(&FileRecord { stored: 0, ..record.clone() }).await.unwrap();
     store.put_chunk(&record, 0, &[1, 2, 3, 4, 5, 6]).await.unwrap();
     let kind = raw(
@@ -95,6 +96,7 @@ async fn damaged_chunks_are_caught_and_writes_after_a_delete_are_refused_in_wasm
         chunk_sha256: Vec::new(),
         repair: Vec::new(),
     };
+    store.put_model(&ModelRecord { id: id.into(), manifest: "{}".into() }).await.unwrap();
     store.put_file(&record).await.unwrap();
     for (index, bytes) in chunks.iter().enumerate() {
         record.stored += bytes.len() as u64;
@@ -130,6 +132,8 @@ async fn damaged_chunks_are_caught_and_writes_after_a_delete_are_refused_in_wasm
     let err = store.put_chunk(&record, 0, chunks[0]).await.unwrap_err();
     assert!(matches!(&err, websd::Error::NotStored(m) if m.contains("deleted")), "{err:?}");
     assert!(matches!(store.update_file(&record).await, Err(websd::Error::NotStored(_))));
+    assert!(matches!(store.put_file(&record).await, Err(websd::Error::NotStored(_))), "no record re-created");
+    assert!(matches!(store.reset_file(&record).await, Err(websd::Error::NotStored(_))));
     assert!(store.file(id, path).await.unwrap().is_none());
     assert!(matches!(store.chunk(id, path, 0).await, Err(websd::Error::NotStored(_))));
 }

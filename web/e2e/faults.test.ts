@@ -209,7 +209,7 @@ describe("hardening", () => {
     const e = await openEngine(h);
     const UNET = "tiny-sd/unet/diffusion_pytorch_model.fp16.safetensors";
     const size = 2888024;
-    for (const second of ["ignorerange", "norange", "hiderange", "badrange"]) {
+    for (const second of ["ignorerange", "norange", "hiderange", "badrange", "norangelength"]) {
       const run = `range-${second}`;
       h.cdn.models.clearFaults();
       // A reset mid-file, then the resume's Range request gets the fault.
@@ -230,11 +230,14 @@ describe("hardening", () => {
     const cdnOrigin = new URL(h.cdn.url).origin;
     h.cdn.models.addFaults([{ path: "tiny-sd/manifest.json", fault: "redirect" }]);
     const redirected = await e.call(ensure("redirect", { allowedOrigins: [cdnOrigin] }));
-    assert.ok(["invalid", "network"].includes(code(redirected.final)), JSON.stringify(redirected.final));
+    // (The harness's policy lets the worker reach both loopback names of the model server: the refusal
+    // is the engine's.)
+    assert.equal(code(redirected.final), "invalid", JSON.stringify(redirected.final));
+    assert.match((redirected.final as { message: string }).message, /redirected: .* is not an allowed model origin/);
     console.log(`redirect off the allow-list: ${code(redirected.final)}: ${(redirected.final as { message: string }).message}`);
     h.cdn.models.addFaults([{ path: UNET, fault: "redirect" }]);
     const redirectedFile = await e.call(ensure("redirect-file", { allowedOrigins: [cdnOrigin] }));
-    assert.ok(["invalid", "network"].includes(code(redirectedFile.final)), JSON.stringify(redirectedFile.final));
+    assert.equal(code(redirectedFile.final), "invalid", JSON.stringify(redirectedFile.final));
     // A manifest body that stalls, and one of 2 MB (valid JSON: padded with spaces).
     h.cdn.models.clearFaults();
     h.cdn.models.addFaults([{ path: "tiny-sd/manifest.json", fault: "stall:10" }]);
@@ -427,7 +430,7 @@ describe("hardening", () => {
     assert.equal(code(status.final), "status", "the worker is alive");
     console.log(
       `soak: ${faults} faults (${downloadFaults} in downloads, ${faults - downloadFaults} in loads/generations): ${JSON.stringify(counts)}; ` +
-        `0 wrong images of 6, 0 lost or duplicated chunks; ${repaired} damaged chunks fetched again, one request each; ` +
+        `0 wrong images of 5 compared with the reference, 0 lost or duplicated chunks; ${repaired} damaged chunks fetched again, one request each; ` +
         `bytes fetched beyond the files in downloads: ${wasted} (bound ${wastedBound}: at most one chunk per interruption; ` +
         `${wholeFileRefetches} transit flips re-fetch their file, the manifest has no per-chunk hashes; a server ignoring Range re-sends what is stored)`,
     );

@@ -9,6 +9,7 @@
 //   extra:N     send N bytes (spaces) more than the file has, Content-Length counting them
 //   ignorerange answer a Range request with 200 and the whole file
 //   norange     answer a Range request with 206 but no Content-Range
+//   norangelength  the same without Content-Length either (chunked): nothing tells where it starts
 //   hiderange   send Content-Range without exposing it to CORS (the page cannot read it)
 //   badrange    send a Content-Range that starts one byte later than the bytes sent
 //   redirect    answer 302 to the same URL on the other loopback origin (127.0.0.1 <-> localhost)
@@ -38,10 +39,10 @@ export type Fault =
   | { kind: "flip"; offset: number }
   | { kind: "stall"; after: number }
   | { kind: "extra"; bytes: number }
-  | { kind: "ignorerange" | "norange" | "hiderange" | "badrange" | "redirect" };
+  | { kind: "ignorerange" | "norange" | "norangelength" | "hiderange" | "badrange" | "redirect" };
 
 /** Faults that take no argument. */
-const PLAIN_FAULTS = ["ignorerange", "norange", "hiderange", "badrange", "redirect"] as const;
+const PLAIN_FAULTS = ["ignorerange", "norange", "norangelength", "hiderange", "badrange", "redirect"] as const;
 
 export interface FaultRule {
   /** Matches request paths ending with this. */
@@ -193,12 +194,13 @@ export class ModelServer {
       }
       status = 206;
       headers["content-range"] = `bytes ${start}-${end}/${size}`;
-      if (fault?.kind === "norange") delete headers["content-range"];
+      if (fault?.kind === "norange" || fault?.kind === "norangelength") delete headers["content-range"];
       if (fault?.kind === "badrange") headers["content-range"] = `bytes ${start + 1}-${end}/${size}`;
       if (fault?.kind === "hiderange") res.setHeader("access-control-expose-headers", "content-length, etag, accept-ranges");
     }
     const extra = fault?.kind === "extra" ? fault.bytes : 0;
     headers["content-length"] = end - start + 1 + extra;
+    if (fault?.kind === "norangelength" && range) delete headers["content-length"];
     res.writeHead(status, headers);
     if (req.method === "HEAD") return void res.end();
     const count = (n: number): void => {
@@ -226,6 +228,7 @@ export class ModelServer {
       }
       case "ignorerange":
       case "norange":
+      case "norangelength":
       case "hiderange":
       case "badrange":
       case "redirect":

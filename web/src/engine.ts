@@ -7,6 +7,9 @@
 import type { Request, WorkerEvent } from "./protocol";
 
 export type Listener = (event: WorkerEvent) => void;
+
+/** How long a worker's uncaught error waits for the panic message that explains it. */
+const CRASH_GRACE_MS = 200;
 type Pending = { request: Request; resolve: (event: WorkerEvent) => void };
 
 /** Whether `event` ends the request at the head of the worker's queue. */
@@ -51,14 +54,22 @@ export class EngineClient {
       }
     };
     worker.onerror = (err: ErrorEvent) => {
-      // After `ready`, an uncaught error (the trap that follows a panic whose hook did not post) means
-      // the instance is gone as after a panic; before it, the engine failed to load, and a restart
-      // would fail the same way.
+      // After `ready`, an uncaught error (the trap that follows a panic) means the instance is gone as
+      // after a panic; before it, the engine failed to load, and a restart would fail the same way.
       const message = err.message || "the worker failed to start";
       const event: WorkerEvent = { type: "error", code: ready ? "panic" : "wasm-load", message };
-      this.dispatch(event);
-      if (ready) this.crashed(event);
-      else this.failPending(event);
+      if (!ready) {
+        this.dispatch(event);
+        this.failPending(event);
+        return;
+      }
+      // The panic hook's message, posted before the trap, may be dispatched after the trap's error
+      // event (another task source): give it a moment, so the answer names the panic.
+      setTimeout(() => {
+        if (this.worker !== worker) return;
+        this.dispatch(event);
+        this.crashed(event);
+      }, CRASH_GRACE_MS);
     };
     this.worker = worker;
   }

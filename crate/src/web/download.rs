@@ -112,7 +112,10 @@ pub const MAX_MANIFEST_BYTES: usize = 1 << 20;
 /// [`MAX_MANIFEST_BYTES`], each read within `stall_ms`.
 async fn fetch_text(url: &str, options: &DownloadOptions) -> Result<String, FetchFailure> {
     let (response, controller) = start_get(url, None, options.stall_ms).await.map_err(FetchFailure::Network)?;
-    check_final_url(&response, &options.allowed).map_err(FetchFailure::Refused)?;
+    if let Err(e) = check_final_url(&response, &options.allowed) {
+        controller.abort();
+        return Err(FetchFailure::Refused(e));
+    }
     if !response.ok() {
         controller.abort();
         return Err(FetchFailure::Http(response.status()));
@@ -196,14 +199,19 @@ enum FetchFailure {
     Refused(Error),
 }
 
-/// What the downloader reports while it works.
+/// What the downloader reports while it works, and what stops it.
 pub struct Reporter<'a> {
     pub emit: &'a dyn Fn(Event),
     pub cancel: &'a Cell<bool>,
+    /// Set when another tab took the model's lock to delete it.
+    pub stolen: &'a Cell<bool>,
 }
 
 impl Reporter<'_> {
     fn check_cancel(&self) -> Result<(), Error> {
+        if self.stolen.get() {
+            return Err(Error::NotStored("the model was deleted in another tab while this downloaded it".into()));
+        }
         if self.cancel.get() { Err(Error::Cancelled) } else { Ok(()) }
     }
 }
@@ -262,6 +270,7 @@ const LOCK_POLL_MS: u32 = 200;
 pub(super) async fn try_lock<T: 'static, F: std::future::Future<Output = T> + 'static>(
     name: &str,
     steal: bool,
+    stolen: Option<&Cell<bool>>,
     work: impl FnOnce() -> F + 'static,
 ) -> Result<Option<T>, Error> {
     let locks = get(&js_sys::global(), "navigator").and_then(|n| get(&n, "locks"));
@@ -293,7 +302,11 @@ pub(super) async fn try_lock<T: 'static, F: std::future::Future<Output = T> + 's
         (Ok(_), None) => Ok(None),
         (Ok(_), Some(_)) => Ok(out.borrow_mut().take()),
         (Err(e), Some(work)) => {
-            // Stolen (another tab deletes the model): the work stops at its next write.
+            // Stolen (another tab deletes the model): the work stops at its next check, or at its next
+            // write, which finds the model gone.
+            if let Some(stolen) = stolen {
+                stolen.set(true);
+            }
             let _ = JsFuture::from(work).await;
             out.borrow_mut().take().map(Some).ok_or_else(|| Error::Storage(format!("Web Lock {name}: {}", js_text(&e))))
         }
@@ -373,6 +386,7 @@ pub async fn ensure_model(
     check_origin(&base, &options.allowed)?;
     let lock = lock_name(&manifest_url);
     let (selected, base, options) = (Rc::new(selected), Rc::new(base), Rc::new(options));
+    let stolen = Rc::new(Cell::new(false));
     loop {
         // Everything verified already: no lock needed to say so.
         if let Some(report) = stored_report(&store, &manifest_url, &selected, offline).await? {
@@ -380,12 +394,12 @@ pub async fn ensure_model(
         }
         let (store, id, selected, base, options) =
             (store.clone(), manifest_url.clone(), selected.clone(), base.clone(), options.clone());
-        let (emit, stop) = (emit.clone(), cancel.clone());
+        let (emit, stop, taken) = (emit.clone(), cancel.clone(), stolen.clone());
         let work = move || async move {
-            let reporter = Reporter { emit: &*emit, cancel: &stop };
+            let reporter = Reporter { emit: &*emit, cancel: &stop, stolen: &taken };
             download_files(&store, &id, &base, &selected, &options, &reporter, offline).await
         };
-        if let Some(result) = try_lock(&lock, false, work).await? {
+        if let Some(result) = try_lock(&lock, false, Some(&stolen), work).await? {
             return result;
         }
         if cancel.get() {
@@ -494,7 +508,8 @@ async fn download_files(
         }
     }
     // Only damaged chunks to fetch: the progress says "repairing", and counts just those bytes.
-    let mut progress = if missing == 0 && repair_bytes > 0 {
+    let only_repairs = records.iter().all(|r| r.complete || repairing(r));
+    let mut progress = if only_repairs && repair_bytes > 0 {
         Progress { phase: Phase::Repair, done: 0, total: repair_bytes, fetched: 0 }
     } else {
         Progress { phase: Phase::Download, done: total - missing - repair_bytes, total, fetched: 0 }
@@ -511,7 +526,7 @@ async fn download_files(
         };
         match result {
             Err(Error::Quota { detail, .. }) => {
-                let remaining = progress.total - progress.done;
+                let remaining = progress.total.saturating_sub(progress.done);
                 let available = estimate().await.map_or(0, |(usage, quota)| quota.saturating_sub(usage));
                 return Err(Error::Quota { needed: remaining, available, detail });
             }
@@ -547,10 +562,11 @@ impl Progress {
 /// Hash of what is already stored (after a reload the in-memory hasher is gone), and the stored
 /// chunks' own hashes into `record`; `None` when a stored chunk is missing or no longer matches the
 /// hash it had when it was downloaded (the caller starts the file over).
-async fn rehash(store: &Store, record: &mut FileRecord) -> Result<Option<Sha256>, Error> {
+async fn rehash(store: &Store, record: &mut FileRecord, reporter: &Reporter<'_>) -> Result<Option<Sha256>, Error> {
     let mut hasher = Sha256::new();
     let mut hashes = Vec::new();
     for index in 0..record.chunks_stored() {
+        reporter.check_cancel()?;
         let bytes = match store.chunk(&record.id, &record.path, index).await {
             Ok(bytes) => bytes,
             Err(Error::NotStored(_)) => return Ok(None),
@@ -581,13 +597,13 @@ async fn download_file(
     progress: &mut Progress,
     report: &mut DownloadReport,
 ) -> Result<(), Error> {
-    let mut hasher = match rehash(store, record).await? {
+    let mut hasher = match rehash(store, record, reporter).await? {
         Some(hasher) => hasher,
         None => {
             web_sys::console::warn_1(
                 &format!("websd: a stored chunk of {} is damaged; starting it over", record.path).into(),
             );
-            progress.done -= record.stored;
+            progress.done = progress.done.saturating_sub(record.stored);
             store.reset_file(record).await?;
             *record = FileRecord {
                 stored: 0,
@@ -611,6 +627,8 @@ async fn download_file(
             let digest = hex(&std::mem::take(&mut hasher).finalize());
             if digest == record.sha256 {
                 record.complete = true;
+                // Verified whole: marks from before (another tab's, on a file since reset) are moot.
+                record.repair.clear();
                 store.update_file(record).await?;
                 return Ok(());
             }
@@ -630,7 +648,7 @@ async fn download_file(
                     record.path, record.sha256
                 )));
             }
-            progress.done -= record.stored;
+            progress.done = progress.done.saturating_sub(record.stored);
             store.reset_file(record).await?;
             *record = FileRecord {
                 stored: 0,
@@ -732,7 +750,10 @@ async fn fetch_exact(
 ) -> Result<Vec<u8>, Attempt> {
     let range = (!*whole).then_some((start, Some(start + len - 1)));
     let (response, controller) = start_get(url, range, options.stall_ms).await.map_err(Attempt::Retry)?;
-    check_final_url(&response, &options.allowed).map_err(Attempt::Fatal)?;
+    if let Err(e) = check_final_url(&response, &options.allowed) {
+        controller.abort();
+        return Err(Attempt::Fatal(e));
+    }
     let mut skip = match response_offset(&response, url, start, Some(len)) {
         Ok(skip) => skip,
         Err(e) => {
@@ -747,8 +768,8 @@ async fn fetch_exact(
     let reader: ReadableStreamDefaultReader = body.get_reader().unchecked_into();
     let mut out = Vec::with_capacity(len as usize);
     let result = loop {
-        if reporter.cancel.get() {
-            break Err(Attempt::Fatal(Error::Cancelled));
+        if let Err(e) = reporter.check_cancel() {
+            break Err(Attempt::Fatal(e));
         }
         let read = match within(reader.read(), options.stall_ms).await {
             Ok(Some(read)) => read,
@@ -838,7 +859,10 @@ async fn fetch_range(
     let start = record.stored;
     let range = (start > 0 && !*whole).then_some((start, None));
     let (response, controller) = start_get(url, range, options.stall_ms).await.map_err(Attempt::Retry)?;
-    check_final_url(&response, &options.allowed).map_err(Attempt::Fatal)?;
+    if let Err(e) = check_final_url(&response, &options.allowed) {
+        controller.abort();
+        return Err(Attempt::Fatal(e));
+    }
     // 206 from `start`, or 200 (no Range support, or asked for the whole file: skip what is stored).
     let mut skip = match response_offset(&response, url, start, Some(record.size - start)) {
         Ok(skip) => skip,
@@ -859,9 +883,9 @@ async fn fetch_range(
     let chunk = record.chunk_bytes as usize;
     let mut pending: Vec<u8> = Vec::with_capacity(chunk);
     let result = loop {
-        if reporter.cancel.get() {
+        if let Err(e) = reporter.check_cancel() {
             controller.abort();
-            break Err(Attempt::Fatal(Error::Cancelled));
+            break Err(Attempt::Fatal(e));
         }
         let read = match within(reader.read(), options.stall_ms).await {
             Ok(Some(read)) => read,

@@ -127,7 +127,8 @@ impl<'a> ChunkReader<'a> {
             // Missing, short or changed since it was verified: marked, so that the next download
             // fetches this chunk again (and only it).
             Err(Error::Damaged(what)) => {
-                self.store.mark_damaged(id, path, index).await?;
+                // Unmarked (the model deleted meanwhile, say), the scrub before the repair finds it.
+                let _ = self.store.mark_damaged(id, path, index).await;
                 Err(Error::Damaged(what))
             }
             other => other,
@@ -170,11 +171,20 @@ impl<'a> ChunkReader<'a> {
 /// Reads and checks every stored chunk of the model `id`'s files for `variant`, marking the damaged
 /// ones for repair (a load stops at the first damaged chunk; this finds them all, so one repair fetches
 /// them together). Returns how many it found.
-pub async fn scrub(store: &Store, id: &str, variant: Option<Variant>, cancel: &Cell<bool>) -> Result<usize, Error> {
+pub async fn scrub(
+    store: &Store,
+    id: &str,
+    variant: Option<Variant>,
+    small_only: bool,
+    cancel: &Cell<bool>,
+) -> Result<usize, Error> {
     let record = store.model(id).await?.ok_or_else(|| Error::NotStored(format!("the model {id} is not stored")))?;
     let manifest = Manifest::from_json(&record.manifest).map_err(|e| Error::Storage(e.to_string()))?;
     let mut damaged = 0;
     for f in manifest.select(variant).map_err(|e| Error::Model(e.to_string()))? {
+        if small_only && f.path.ends_with(".safetensors") {
+            continue;
+        }
         let Some(file) = store.file(id, &f.path).await? else { continue };
         if file.sha256 != f.sha256 || file.stored != file.size || !file.chunks_verifiable() {
             continue;

@@ -57,7 +57,11 @@ fn start() {
 /// `Uint8Array`s).
 fn to_js(event: &Event) -> JsValue {
     let serializer = serde_wasm_bindgen::Serializer::new().serialize_maps_as_objects(true);
-    event.serialize(&serializer).unwrap_or_else(|e| JsValue::from_str(&e.to_string()))
+    event.serialize(&serializer).unwrap_or_else(|e| {
+        // Never a bare string (the page would take it for some request's answer): a typed error.
+        let failed = Event::from(Error::BadRequest(format!("an event could not be serialised: {e}")));
+        failed.serialize(&serializer).unwrap_or_else(|e| JsValue::from_str(&e.to_string()))
+    })
 }
 
 /// Waits `ms` on the event loop.
@@ -204,7 +208,7 @@ async fn run(request: Request, cx: &Context) -> Result<Option<Event>, Error> {
             let variant = variant.map(Into::into);
             let report = ensure_model(cx, &manifest_url, variant, Files::Small, options).await?;
             let store = cx.store().await?;
-            let info = repairing(cx, &manifest_url, variant, async || {
+            let info = repairing(cx, &manifest_url, variant, Files::Small, async || {
                 load::model_info(&store, &manifest_url, variant, report.offline).await
             })
             .await?;
@@ -234,7 +238,9 @@ async fn run(request: Request, cx: &Context) -> Result<Option<Event>, Error> {
         }
         Request::DeleteModel { id } => {
             let store = cx.store().await?;
-            if store.model(&id).await?.is_none() {
+            // Files without a model record (left by a download that outlived a deletion before these
+            // were refused) are deleted too.
+            if store.model(&id).await?.is_none() && store.files(&id).await?.is_empty() {
                 return Err(Error::NotStored(format!("no stored model {id}")));
             }
             {
@@ -246,13 +252,10 @@ async fn run(request: Request, cx: &Context) -> Result<Option<Event>, Error> {
             // Taken from a tab downloading the model, whose next write then finds the model gone
             // (store.rs): no chunk is written after the deletion.
             let (store, key) = (store.clone(), id.clone());
-            let deleted =
-                download::try_lock(
-                    &download::lock_name(&id),
-                    true,
-                    move || async move { store.delete_model(&key).await },
-                )
-                .await?;
+            let deleted = download::try_lock(&download::lock_name(&id), true, None, move || async move {
+                store.delete_model(&key).await
+            })
+            .await?;
             deleted.ok_or_else(|| Error::Storage(format!("could not take the lock of {id} to delete it")))??;
             Ok(Some(Event::Deleted { id }))
         }
@@ -264,7 +267,7 @@ async fn run(request: Request, cx: &Context) -> Result<Option<Event>, Error> {
         }
         Request::Panic { hold_download_lock: None } => panic!("a panic requested for testing"),
         Request::Panic { hold_download_lock: Some(url) } => {
-            let held = download::try_lock(&download::lock_name(&url), false, || async {
+            let held = download::try_lock(&download::lock_name(&url), false, None, || async {
                 if std::hint::black_box(true) {
                     panic!("a panic requested for testing, in a download lock");
                 }
@@ -335,7 +338,7 @@ async fn loaded_model(
         cx.phase.set(Phase::Load);
         load::load_model(&store, id, variant, device, &|e| cx.emit(e), &cx.cancel).await
     };
-    let model = Rc::new(repairing(cx, id, variant, load).await?);
+    let model = Rc::new(repairing(cx, id, variant, Files::All, load).await?);
     cx.state.borrow_mut().model = Some(model.clone());
     Ok((model, false))
 }
@@ -353,29 +356,33 @@ async fn ensure_model(
         .await
 }
 
-/// Runs `read` (something that reads the stored model `id`); when it finds a damaged chunk (which
-/// the reader marked for repair), fetches the damaged chunks again and runs it once more. The page
-/// sees `repair` progress; offline, the request fails with `damaged`, saying what.
+/// Runs `read` (something that reads the stored model `id`'s `files`); when it finds a damaged chunk
+/// (which the reader marked for repair), finds every damaged chunk of those files, fetches them again
+/// and runs it once more. The page sees `repair` progress; when the repair cannot be done (offline, the
+/// server failing), the request fails with `damaged`, saying what; quota, cancel and refusals keep
+/// their own codes.
 async fn repairing<T>(
     cx: &Context,
     id: &str,
     variant: Option<crate::weights::Variant>,
+    files: Files,
     read: impl AsyncFn() -> Result<T, Error>,
 ) -> Result<T, Error> {
     match read().await {
         Err(Error::Damaged(what)) => {
-            // Every damaged chunk of the model, not only the first the read met: one repair.
             let store = cx.store().await?;
-            let found = load::scrub(&store, id, variant, &cx.cancel).await?;
+            let found = load::scrub(&store, id, variant, files == Files::Small, &cx.cancel).await?;
             web_sys::console::warn_1(
                 &format!("websd: {what}; {found} damaged chunk(s) in all; fetching them again").into(),
             );
             let allowed = cx.allow(id, None);
             let options = DownloadOptions { stall_ms: DEFAULT_STALL_MS, chunk_bytes: DEFAULT_CHUNK_BYTES, allowed };
-            match ensure_model(cx, id, variant, Files::All, options).await {
+            match ensure_model(cx, id, variant, files, options).await {
                 Ok(_) => read().await,
-                Err(Error::Cancelled) => Err(Error::Cancelled),
-                Err(e) => Err(Error::Damaged(format!("{what}, and fetching it again failed: {e}"))),
+                Err(e @ (Error::Network(_) | Error::Integrity(_) | Error::Storage(_) | Error::Damaged(_))) => {
+                    Err(Error::Damaged(format!("{what}, and fetching it again failed: {e}")))
+                }
+                Err(e) => Err(e),
             }
         }
         other => other,
@@ -509,7 +516,7 @@ async fn generate(
     // Checked from the configs before loading: a request that cannot fit is refused without uploading
     // gigabytes first, and the page learns the estimate (and a warning) while the weights load.
     let store = cx.store().await?;
-    let pre = repairing(cx, &id, variant, async || load::preflight(&store, &id, variant).await).await?;
+    let pre = repairing(cx, &id, variant, Files::All, async || load::preflight(&store, &id, variant).await).await?;
     let precision = crate::pipeline::device_precision(&device);
     let (width, height, plan) =
         crate::pipeline::validate_request(&pre.unet, &pre.vae, &request, precision).map_err(Error::from)?;

@@ -243,50 +243,15 @@ impl Store {
         all.into_iter().map(from_js).collect()
     }
 
+    /// Creates or replaces a file record; refused when the model's record is gone (deleted meanwhile).
     pub async fn put_file(&self, record: &FileRecord) -> Result<(), Error> {
-        self.put(FILES, file_key(&record.id, &record.path), &to_js(record)?).await
-    }
-
-    /// Stores chunk `index` of a file and its updated record in one transaction.
-    pub async fn put_chunk(&self, record: &FileRecord, index: u64, bytes: &[u8]) -> Result<(), Error> {
         let tx =
-            self.db.transaction(&[FILES, CHUNKS], TransactionMode::ReadWrite).map_err(|e| store_error("writing", e))?;
-        let chunks = tx.object_store(CHUNKS).map_err(|e| store_error("writing", e))?;
-        let files = tx.object_store(FILES).map_err(|e| store_error("writing", e))?;
-        // SAFETY: the view is used only by the Blob constructor, which copies the bytes before anything
-        // can grow the wasm memory (and detach the view).
-        let parts = Array::of1(&unsafe { Uint8Array::view(bytes) }.into());
-        let data: JsValue = web_sys::Blob::new_with_u8_array_sequence(&parts)
-            .map_err(|e| store_error("writing a chunk", js_text(&e)))?
-            .into();
-        // Within this transaction: the record must still be there (not deleted by another tab).
-        let key = file_key(&record.id, &record.path);
-        let existing = files.get(key.clone()).map_err(|e| store_error("writing", e))?.await;
-        let existing = existing.map_err(|e| store_error("writing", e))?.filter(|v| !v.is_undefined());
-        if existing.is_none() {
-            // Nothing was written: the transaction ends with its one read.
+            self.db.transaction(&[MODELS, FILES], TransactionMode::ReadWrite).map_err(|e| store_error("writing", e))?;
+        if !exists(&tx, MODELS, record.id.as_str().into()).await? {
             return Err(deleted(&record.path));
         }
-        let put_chunk = chunks.put(&data, Some(&chunk_key(&record.id, &record.path, index)));
-        let put_record = files.put(&to_js(record)?, Some(&key));
-        put_chunk
-            .map_err(|e| store_error("writing a chunk", e))?
-            .await
-            .map_err(|e| store_error("writing a chunk", e))?;
-        put_record.map_err(|e| store_error("writing", e))?.await.map_err(|e| store_error("writing", e))?;
-        finish(tx, "writing a chunk").await
-    }
-
-    /// Replaces an existing file record (a download's progress); refused when the record is gone (the
-    /// model was deleted meanwhile).
-    pub async fn update_file(&self, record: &FileRecord) -> Result<(), Error> {
-        let tx = self.db.transaction(&[FILES], TransactionMode::ReadWrite).map_err(|e| store_error("writing", e))?;
         let files = tx.object_store(FILES).map_err(|e| store_error("writing", e))?;
         let key = file_key(&record.id, &record.path);
-        let existing = files.get(key.clone()).map_err(|e| store_error("writing", e))?.await;
-        if existing.map_err(|e| store_error("writing", e))?.filter(|v| !v.is_undefined()).is_none() {
-            return Err(deleted(&record.path));
-        }
         files
             .put(&to_js(record)?, Some(&key))
             .map_err(|e| store_error("writing", e))?
@@ -295,16 +260,82 @@ impl Store {
         finish(tx, "writing").await
     }
 
-    /// Marks chunk `index` of a file damaged: the file is no longer complete, and the next download
-    /// fetches that chunk again.
+    /// Stores chunk `index` of a file and its updated record in one transaction, only while the model
+    /// and the file's record exist (not deleted by another tab). Chunks another tab marked damaged
+    /// meanwhile stay marked (a repair writes the record it read before).
+    pub async fn put_chunk(&self, record: &FileRecord, index: u64, bytes: &[u8]) -> Result<(), Error> {
+        let tx = self
+            .db
+            .transaction(&[MODELS, FILES, CHUNKS], TransactionMode::ReadWrite)
+            .map_err(|e| store_error("writing", e))?;
+        // SAFETY: the view is used only by the Blob constructor, which copies the bytes before anything
+        // can grow the wasm memory (and detach the view).
+        let parts = Array::of1(&unsafe { Uint8Array::view(bytes) }.into());
+        let data: JsValue = web_sys::Blob::new_with_u8_array_sequence(&parts)
+            .map_err(|e| store_error("writing a chunk", js_text(&e)))?
+            .into();
+        let key = file_key(&record.id, &record.path);
+        let existing: Option<FileRecord> = match exists(&tx, MODELS, record.id.as_str().into()).await? {
+            true => read(&tx, FILES, key.clone()).await?,
+            false => None,
+        };
+        // Nothing is written then: the transaction ends with its reads.
+        let Some(existing) = existing else { return Err(deleted(&record.path)) };
+        let mut record = record.clone();
+        if record.stored == record.size && existing.stored == existing.size && existing.sha256 == record.sha256 {
+            let marked = existing.repair.iter().filter(|&&i| i != index && !record.repair.contains(&i));
+            record.repair.extend(marked.copied().collect::<Vec<_>>());
+            record.repair.sort_unstable();
+            record.complete &= record.repair.is_empty();
+        }
+        let chunks = tx.object_store(CHUNKS).map_err(|e| store_error("writing", e))?;
+        let files = tx.object_store(FILES).map_err(|e| store_error("writing", e))?;
+        let put_chunk = chunks.put(&data, Some(&chunk_key(&record.id, &record.path, index)));
+        let put_record = files.put(&to_js(&record)?, Some(&key));
+        put_chunk
+            .map_err(|e| store_error("writing a chunk", e))?
+            .await
+            .map_err(|e| store_error("writing a chunk", e))?;
+        put_record.map_err(|e| store_error("writing", e))?.await.map_err(|e| store_error("writing", e))?;
+        finish(tx, "writing a chunk").await
+    }
+
+    /// Replaces an existing file record (a download's progress); refused when the model or the record
+    /// is gone (deleted meanwhile).
+    pub async fn update_file(&self, record: &FileRecord) -> Result<(), Error> {
+        let tx =
+            self.db.transaction(&[MODELS, FILES], TransactionMode::ReadWrite).map_err(|e| store_error("writing", e))?;
+        let key = file_key(&record.id, &record.path);
+        if !exists(&tx, MODELS, record.id.as_str().into()).await? || !exists(&tx, FILES, key.clone()).await? {
+            return Err(deleted(&record.path));
+        }
+        let files = tx.object_store(FILES).map_err(|e| store_error("writing", e))?;
+        files
+            .put(&to_js(record)?, Some(&key))
+            .map_err(|e| store_error("writing", e))?
+            .await
+            .map_err(|e| store_error("writing", e))?;
+        finish(tx, "writing").await
+    }
+
+    /// Marks chunk `index` of a file damaged (in one transaction with the read of its record): the
+    /// file is no longer complete, and the next download fetches that chunk again.
     pub async fn mark_damaged(&self, id: &str, path: &str, index: u64) -> Result<(), Error> {
-        let Some(mut record) = self.file(id, path).await? else { return Err(deleted(path)) };
+        let tx = self.db.transaction(&[FILES], TransactionMode::ReadWrite).map_err(|e| store_error("writing", e))?;
+        let key = file_key(id, path);
+        let Some(mut record) = read::<FileRecord>(&tx, FILES, key.clone()).await? else { return Err(deleted(path)) };
         if !record.repair.contains(&index) {
             record.repair.push(index);
             record.repair.sort_unstable();
         }
         record.complete = false;
-        self.update_file(&record).await
+        let files = tx.object_store(FILES).map_err(|e| store_error("writing", e))?;
+        files
+            .put(&to_js(&record)?, Some(&key))
+            .map_err(|e| store_error("writing", e))?
+            .await
+            .map_err(|e| store_error("writing", e))?;
+        finish(tx, "writing").await
     }
 
     /// Chunk `index` of a file, read from now on, not from the caller's first poll: awaiting the result
@@ -371,12 +402,16 @@ impl Store {
         Ok(self.chunk_soon(id, path, index, None)?.await?.to_vec())
     }
 
-    /// Removes a file's chunks and resets its record to nothing stored (one transaction).
+    /// Removes a file's chunks and resets its record to nothing stored (one transaction); refused when
+    /// the model's record is gone (deleted meanwhile).
     pub async fn reset_file(&self, record: &FileRecord) -> Result<(), Error> {
         let tx = self
             .db
-            .transaction(&[FILES, CHUNKS], TransactionMode::ReadWrite)
+            .transaction(&[MODELS, FILES, CHUNKS], TransactionMode::ReadWrite)
             .map_err(|e| store_error("deleting", e))?;
+        if !exists(&tx, MODELS, record.id.as_str().into()).await? {
+            return Err(deleted(&record.path));
+        }
         let chunks = tx.object_store(CHUNKS).map_err(|e| store_error("deleting", e))?;
         let files = tx.object_store(FILES).map_err(|e| store_error("deleting", e))?;
         chunks
@@ -408,6 +443,24 @@ impl Store {
         }
         finish(tx, "deleting").await
     }
+}
+
+/// The value under `key` in `store`, read within `tx`.
+async fn read<T: for<'de> Deserialize<'de>>(
+    tx: &idb::Transaction,
+    store: &str,
+    key: JsValue,
+) -> Result<Option<T>, Error> {
+    let os = tx.object_store(store).map_err(|e| store_error("reading", e))?;
+    let value = os.get(key).map_err(|e| store_error("reading", e))?.await.map_err(|e| store_error("reading", e))?;
+    value.filter(|v| !v.is_undefined()).map(from_js).transpose()
+}
+
+/// Whether `store` has `key`, within `tx`.
+async fn exists(tx: &idb::Transaction, store: &str, key: JsValue) -> Result<bool, Error> {
+    let os = tx.object_store(store).map_err(|e| store_error("reading", e))?;
+    let value = os.get(key).map_err(|e| store_error("reading", e))?.await.map_err(|e| store_error("reading", e))?;
+    Ok(value.is_some_and(|v| !v.is_undefined()))
 }
 
 /// The error of a write for a file whose record is gone.
