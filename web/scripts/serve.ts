@@ -1,7 +1,9 @@
-// `npm run serve -- --root ../dist [--models DIR] [--port 8080] [--fault PATH=KIND:N ...] [--connect ORIGIN ...]`
+// `npm run serve -- --root ../dist [--models DIR] [--port 8080] [--fault PATH=KIND:N ...] [--connect ORIGIN ...]
+//   [--exact]`
 // Serves the app, and model folders under /models/ through the fault-injecting model server (same
-// origin: the built policy allows it). `--connect http://127.0.0.1:9000` adds a model server you run
-// on another port to the policy's connect-src (the built policy has no loopback).
+// origin: the built policy allows it). A development server: the policy it sends lets the worker reach a
+// model server on any port of this machine (the built policy has no loopback); `--exact` sends the
+// built policy plus only the `--connect` origins (e.g. `--connect http://127.0.0.1:9000`).
 import { parseArgs } from "node:util";
 import { startServer } from "./static-server";
 
@@ -13,6 +15,7 @@ const { values } = parseArgs({
     host: { type: "string", default: "127.0.0.1" },
     fault: { type: "string", multiple: true },
     connect: { type: "string", multiple: true },
+    exact: { type: "boolean", default: false },
   },
 });
 const faults = (values.fault ?? []).map((spec) => {
@@ -26,6 +29,7 @@ const { url } = await startServer({
   host: values.host,
   faults,
   connectOrigins: values.connect ?? [],
+  connectAnyLoopback: !values.exact,
   ...(values.models ? { models: values.models } : {}),
 });
 console.log(`serving ${values.root} at ${url}` + (values.models ? ` and ${values.models} at ${url}models/` : ""));

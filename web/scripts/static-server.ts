@@ -35,7 +35,13 @@ export interface ServerOptions {
    * setup runs on other ports (exact origins, e.g. `http://127.0.0.1:9000`). The built policy has no
    * loopback: a deployed app never fetches from this machine. Models under /models/ are same-origin. */
   connectOrigins?: readonly string[];
+  /** Development only (`scripts/serve.sh`): any port of this machine in `connect-src`, as the engine
+   * allows any loopback model server when the app itself is served from loopback. */
+  connectAnyLoopback?: boolean;
 }
+
+/** CSP sources for every port of this machine (development servers, never the built policy). */
+export const ANY_LOOPBACK = ["http://127.0.0.1:*", "http://localhost:*"] as const;
 
 /** The app's Content-Security-Policy, from its index.html `<meta>`: sent as a header too, since a
  * worker is bound by the policy of its own response, not by its page's `<meta>`. */
@@ -110,7 +116,8 @@ export async function startServer(
   const models = options.models ? new ModelServer(path.resolve(options.models)) : null;
   if (models && options.faults) models.addFaults(options.faults);
   const built = await appCsp(root);
-  const csp = built && withConnectOrigins(built, options.connectOrigins ?? []);
+  let csp = built && withConnectOrigins(built, options.connectOrigins ?? []);
+  if (csp && options.connectAnyLoopback) csp = csp.replace(/(^|;\s*)connect-src([^;]*)/, (_m, a: string, b: string) => `${a}connect-src${b} ${ANY_LOOPBACK.join(" ")}`);
   const server = createServer((req, res) => {
     const urlPath = new URL(req.url ?? "/", "http://localhost").pathname;
     if (models && urlPath.startsWith("/models/")) {

@@ -108,9 +108,15 @@ pub fn resolve_url(path: &str, base: &str) -> Result<String, Error> {
 /// that sends more (or never ends) is not serving a manifest.
 pub const MAX_MANIFEST_BYTES: usize = 1 << 20;
 
+/// Longest a manifest's body may take in all (a server trickling a byte per stall period would
+/// otherwise hold the worker for hours).
+const MANIFEST_DEADLINE_MS: f64 = 60_000.0;
+
 /// `GET url` with no HTTP cache involved; the whole body as text (manifests), at most
-/// [`MAX_MANIFEST_BYTES`], each read within `stall_ms`.
-async fn fetch_text(url: &str, options: &DownloadOptions) -> Result<String, FetchFailure> {
+/// [`MAX_MANIFEST_BYTES`], each read within `stall_ms`, all within [`MANIFEST_DEADLINE_MS`] plus the
+/// stall time; `cancel` is checked at every read.
+async fn fetch_text(url: &str, options: &DownloadOptions, cancel: &Cell<bool>) -> Result<String, FetchFailure> {
+    let started = js_sys::Date::now();
     let (response, controller) = start_get(url, None, options.stall_ms).await.map_err(FetchFailure::Network)?;
     if let Err(e) = check_final_url(&response, &options.allowed) {
         controller.abort();
@@ -124,6 +130,12 @@ async fn fetch_text(url: &str, options: &DownloadOptions) -> Result<String, Fetc
     let reader: ReadableStreamDefaultReader = body.get_reader().unchecked_into();
     let mut bytes = Vec::new();
     let result = loop {
+        if cancel.get() {
+            break Err(FetchFailure::Refused(Error::Cancelled));
+        }
+        if js_sys::Date::now() - started > MANIFEST_DEADLINE_MS + options.stall_ms as f64 {
+            break Err(FetchFailure::Network(format!("the body took longer than {} s", MANIFEST_DEADLINE_MS / 1000.0)));
+        }
         let read = match within(reader.read(), options.stall_ms).await {
             Ok(Some(read)) => read,
             Ok(None) => break Err(FetchFailure::Network(format!("the body stalled for {} ms", options.stall_ms))),
@@ -217,8 +229,13 @@ impl Reporter<'_> {
 }
 
 /// Fetches (or, offline, reads back) the manifest of `manifest_url` and stores it.
-pub async fn manifest(store: &Store, manifest_url: &str, options: &DownloadOptions) -> Result<(Manifest, bool), Error> {
-    match fetch_text(manifest_url, options).await {
+pub async fn manifest(
+    store: &Store,
+    manifest_url: &str,
+    options: &DownloadOptions,
+    cancel: &Cell<bool>,
+) -> Result<(Manifest, bool), Error> {
+    match fetch_text(manifest_url, options, cancel).await {
         Ok(text) => {
             let manifest = Manifest::from_json(&text).map_err(|e| Error::BadRequest(format!("{manifest_url}: {e}")))?;
             store.put_model(&ModelRecord { id: manifest_url.to_string(), manifest: text }).await?;
@@ -371,7 +388,7 @@ pub async fn ensure_model(
     cancel: Rc<Cell<bool>>,
 ) -> Result<DownloadReport, Error> {
     check_origin(&manifest_url, &options.allowed)?;
-    let (manifest, offline) = manifest(&store, &manifest_url, &options).await?;
+    let (manifest, offline) = manifest(&store, &manifest_url, &options, &cancel).await?;
     let mut selected: Vec<ManifestFile> =
         manifest.select(variant).map_err(|e| Error::Model(e.to_string()))?.into_iter().cloned().collect();
     if files == Files::Small {
@@ -603,15 +620,7 @@ async fn download_file(
             web_sys::console::warn_1(
                 &format!("websd: a stored chunk of {} is damaged; starting it over", record.path).into(),
             );
-            progress.done = progress.done.saturating_sub(record.stored);
-            store.reset_file(record).await?;
-            *record = FileRecord {
-                stored: 0,
-                complete: false,
-                chunk_sha256: Vec::new(),
-                repair: Vec::new(),
-                ..record.clone()
-            };
+            start_over(store, record, progress).await?;
             Sha256::new()
         }
     };
@@ -648,15 +657,7 @@ async fn download_file(
                     record.path, record.sha256
                 )));
             }
-            progress.done = progress.done.saturating_sub(record.stored);
-            store.reset_file(record).await?;
-            *record = FileRecord {
-                stored: 0,
-                complete: false,
-                chunk_sha256: Vec::new(),
-                repair: Vec::new(),
-                ..record.clone()
-            };
+            start_over(store, record, progress).await?;
             continue;
         }
         let before = record.stored;
@@ -677,6 +678,14 @@ async fn download_file(
             }
         }
     }
+}
+
+/// Drops what is stored of `record`'s file (chunks, hashes, repair marks): it is fetched from the start.
+async fn start_over(store: &Store, record: &mut FileRecord, progress: &mut Progress) -> Result<(), Error> {
+    progress.done = progress.done.saturating_sub(record.stored);
+    store.reset_file(record).await?;
+    *record = record.emptied();
+    Ok(())
 }
 
 /// Fetches again, one `Range` request each, the chunks of a verified file that were found damaged

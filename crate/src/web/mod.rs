@@ -394,7 +394,7 @@ async fn repairing<T>(
 fn device_memory_bytes() -> Option<u64> {
     let navigator = js_sys::Reflect::get(&js_sys::global(), &"navigator".into()).ok()?;
     let gib = js_sys::Reflect::get(&navigator, &"deviceMemory".into()).ok()?.as_f64()?;
-    (gib.is_finite() && gib > 0.0).then(|| (gib * (1u64 << 30) as f64) as u64)
+    (gib.is_finite() && gib > 0.0).then_some((gib * (1u64 << 30) as f64) as u64)
 }
 
 /// The wasm heap's size now (it only grows: this is the peak so far).

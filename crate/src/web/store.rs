@@ -70,6 +70,11 @@ impl FileRecord {
         self.stored.div_ceil(self.chunk_bytes)
     }
 
+    /// This file's record with nothing stored (no chunks, hashes or repair marks).
+    pub fn emptied(&self) -> FileRecord {
+        FileRecord { stored: 0, complete: false, chunk_sha256: Vec::new(), repair: Vec::new(), ..self.clone() }
+    }
+
     /// Number of chunks of the whole file.
     pub fn chunks(&self) -> u64 {
         self.size.div_ceil(self.chunk_bytes)
@@ -245,13 +250,25 @@ impl Store {
 
     /// Creates or replaces a file record; refused when the model's record is gone (deleted meanwhile).
     pub async fn put_file(&self, record: &FileRecord) -> Result<(), Error> {
+        self.write_file(record, false).await
+    }
+
+    /// Replaces an existing file record (a download's progress); refused when the model or the record
+    /// is gone (deleted meanwhile).
+    pub async fn update_file(&self, record: &FileRecord) -> Result<(), Error> {
+        self.write_file(record, true).await
+    }
+
+    async fn write_file(&self, record: &FileRecord, existing_only: bool) -> Result<(), Error> {
         let tx =
             self.db.transaction(&[MODELS, FILES], TransactionMode::ReadWrite).map_err(|e| store_error("writing", e))?;
-        if !exists(&tx, MODELS, record.id.as_str().into()).await? {
+        let key = file_key(&record.id, &record.path);
+        if !exists(&tx, MODELS, record.id.as_str().into()).await?
+            || (existing_only && !exists(&tx, FILES, key.clone()).await?)
+        {
             return Err(deleted(&record.path));
         }
         let files = tx.object_store(FILES).map_err(|e| store_error("writing", e))?;
-        let key = file_key(&record.id, &record.path);
         files
             .put(&to_js(record)?, Some(&key))
             .map_err(|e| store_error("writing", e))?
@@ -298,24 +315,6 @@ impl Store {
             .map_err(|e| store_error("writing a chunk", e))?;
         put_record.map_err(|e| store_error("writing", e))?.await.map_err(|e| store_error("writing", e))?;
         finish(tx, "writing a chunk").await
-    }
-
-    /// Replaces an existing file record (a download's progress); refused when the model or the record
-    /// is gone (deleted meanwhile).
-    pub async fn update_file(&self, record: &FileRecord) -> Result<(), Error> {
-        let tx =
-            self.db.transaction(&[MODELS, FILES], TransactionMode::ReadWrite).map_err(|e| store_error("writing", e))?;
-        let key = file_key(&record.id, &record.path);
-        if !exists(&tx, MODELS, record.id.as_str().into()).await? || !exists(&tx, FILES, key.clone()).await? {
-            return Err(deleted(&record.path));
-        }
-        let files = tx.object_store(FILES).map_err(|e| store_error("writing", e))?;
-        files
-            .put(&to_js(record)?, Some(&key))
-            .map_err(|e| store_error("writing", e))?
-            .await
-            .map_err(|e| store_error("writing", e))?;
-        finish(tx, "writing").await
     }
 
     /// Marks chunk `index` of a file damaged (in one transaction with the read of its record): the
@@ -419,10 +418,8 @@ impl Store {
             .map_err(|e| store_error("deleting", e))?
             .await
             .map_err(|e| store_error("deleting", e))?;
-        let reset =
-            FileRecord { stored: 0, complete: false, chunk_sha256: Vec::new(), repair: Vec::new(), ..record.clone() };
         files
-            .put(&to_js(&reset)?, Some(&file_key(&record.id, &record.path)))
+            .put(&to_js(&record.emptied())?, Some(&file_key(&record.id, &record.path)))
             .map_err(|e| store_error("deleting", e))?
             .await
             .map_err(|e| store_error("deleting", e))?;
