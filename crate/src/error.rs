@@ -100,6 +100,7 @@ impl From<crate::pipeline::PipelineError> for Error {
             P::Invalid(m) => Error::Invalid(m),
             P::Scheduler(e) => Error::Invalid(e.to_string()),
             P::Tokenizer(e) => Error::Invalid(e.to_string()),
+            P::Prompt(e) => Error::Invalid(e.to_string()),
             P::Unsupported(m) => Error::Unsupported(m),
             P::Model(m) => Error::Model(m),
             P::Cancelled => Error::Cancelled,

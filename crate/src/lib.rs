@@ -13,6 +13,7 @@ pub mod memory;
 pub mod models;
 pub mod pipeline;
 pub mod probe;
+pub mod prompt_weighting;
 pub mod protocol;
 pub mod rng;
 pub mod schedulers;

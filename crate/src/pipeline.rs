@@ -11,6 +11,7 @@ use crate::models::autoencoder_kl::{DEFAULT_BAND_BYTES, VaeDecoder, VaeEncoder};
 use crate::models::clip::ClipTextModel;
 use crate::models::resnet::upsample_nearest;
 use crate::models::unet_2d_condition::UNet2DConditionModel;
+use crate::prompt_weighting::{self, PromptError};
 use crate::rng::TorchRng;
 use crate::schedulers::{self, SchedulerConfig, SchedulerError, SchedulerKind};
 use crate::tokenizer::{ClipTokenizer, TokenizerError};
@@ -35,6 +36,9 @@ pub enum PipelineError {
     /// tensors, unreadable files.
     #[error("{0}")]
     Model(String),
+    /// The prompt's weighting syntax is wrong, or the prompt is too long.
+    #[error(transparent)]
+    Prompt(#[from] PromptError),
     /// The caller cancelled (between two steps).
     #[error("cancelled")]
     Cancelled,
@@ -84,6 +88,10 @@ pub struct GenerateRequest {
     pub strength: f32,
     /// Report a [`Progress::Preview`] every this many steps (0: never).
     pub preview_every: usize,
+    /// AUTOMATIC1111's prompt syntax ([`crate::prompt_weighting`]): `(word:1.3)`, `[word]`, `BREAK`,
+    /// prompts past 75 tokens in chunks. Off: diffusers' encoding (77 tokens, truncated, brackets are
+    /// text). A plain prompt that fits encodes exactly the same either way.
+    pub prompt_weighting: bool,
 }
 
 impl Default for GenerateRequest {
@@ -102,6 +110,7 @@ impl Default for GenerateRequest {
             mask: None,
             strength: 1.0,
             preview_every: 0,
+            prompt_weighting: true,
         }
     }
 }
@@ -217,11 +226,36 @@ impl StableDiffusion {
         self.vae_config.scale_factor()
     }
 
-    fn text_embeddings(&self, text: &str) -> Result<Tensor<3>, PipelineError> {
-        let ids: Vec<i64> = self.tokenizer.encode(text)?.ids.iter().map(|&i| i as i64).collect();
+    /// diffusers' `encode_prompt` for one prompt: the text encoder's last hidden states, `[1, tokens,
+    /// hidden]`; 77 tokens, or with `weighting` A1111's weighted chunks of 77 ([`crate::prompt_weighting`]).
+    pub fn encode_prompt(&self, text: &str, weighting: bool) -> Result<Tensor<3>, PipelineError> {
+        if !weighting {
+            return self.encode_ids(&self.tokenizer.encode(text)?.ids, None);
+        }
+        let states = prompt_weighting::prompt_chunks(&self.tokenizer, text)?
+            .iter()
+            .map(|c| self.encode_ids(&c.ids, (!c.is_unweighted()).then_some(&c.weights[..])))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Tensor::cat(states, 1))
+    }
+
+    /// One chunk of ids through the text encoder, `[1, ids, hidden]`; with weights, A1111's "Original"
+    /// emphasis: each token's states times its weight, then the chunk scaled back to its mean before.
+    fn encode_ids(&self, ids: &[u32], weights: Option<&[f32]>) -> Result<Tensor<3>, PipelineError> {
         let n = ids.len();
+        let ids = ids.iter().map(|&i| i as i64).collect();
         let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, n]), &self.device);
-        Ok(self.text_encoder.forward(ids).last_hidden_state)
+        let z = self.text_encoder.forward(ids).last_hidden_state;
+        let Some(weights) = weights else { return Ok(z) };
+        let original_mean = z.clone().mean().reshape([1, 1, 1]);
+        let w = Tensor::<1>::from_data(TensorData::new(weights.to_vec(), [n]), &self.device).reshape([1, n, 1]);
+        let z = z * w;
+        let new_mean = z.clone().mean().reshape([1, 1, 1]);
+        // A zero mean (a text encoder whose final norm has no bias) makes A1111's ratio 0/0 or x/0, and its
+        // image NaN; such a chunk keeps the weighted states as they are.
+        let ratio = original_mean / new_mean;
+        let ratio = ratio.clone().mask_fill(ratio.clone().is_nan().bool_or(ratio.is_inf()), 1.0);
+        Ok(z * ratio)
     }
 
     fn image_tensor(&self, image: &Image) -> Tensor<4> {
@@ -240,7 +274,13 @@ impl StableDiffusion {
     /// Checks a request against diffusers' `check_inputs`, this model and the GPU buffer cap (see
     /// [`crate::memory`]); returns (width, height).
     pub fn validate(&self, r: &GenerateRequest) -> Result<(usize, usize), PipelineError> {
-        validate_request(&self.unet_config, &self.vae_config, r, self.precision()).map(|(w, h, _)| (w, h))
+        let size = validate_request(&self.unet_config, &self.vae_config, r, self.precision())?;
+        if r.prompt_weighting {
+            for text in [&r.prompt, &r.negative_prompt] {
+                prompt_weighting::prompt_chunks(&self.tokenizer, text)?;
+            }
+        }
+        Ok((size.0, size.1))
     }
 
     /// Runs the pipeline, blocking (native). `progress` is called after encoding, after each step and
@@ -284,12 +324,17 @@ impl StableDiffusion {
         let scaling = self.vae_config.scaling_factor as f32;
 
         // Text: [negative x batch, positive x batch] under guidance, as diffusers' encode_prompt.
-        let positive = self.text_embeddings(&r.prompt)?;
-        let negative = self.text_embeddings(&r.negative_prompt)?;
+        let positive = self.encode_prompt(&r.prompt, r.prompt_weighting)?;
+        let negative = self.encode_prompt(&r.negative_prompt, r.prompt_weighting)?;
         dump.add("prompt_embeds", &positive).await?;
         dump.add("negative_prompt_embeds", &negative).await?;
         let repeat = |t: &Tensor<3>| Tensor::cat(vec![t.clone(); b], 0);
-        let context = if cfg { Tensor::cat(vec![repeat(&negative), repeat(&positive)], 0) } else { repeat(&positive) };
+        // Weighted prompts of different chunk counts: the two halves go through the U-Net apart, each
+        // with its own context (A1111's default; padding one with empty chunks would change it).
+        let apart = cfg && positive.dims()[1] != negative.dims()[1];
+        let context =
+            if cfg && !apart { Tensor::cat(vec![repeat(&negative), repeat(&positive)], 0) } else { repeat(&positive) };
+        let negative_context = apart.then(|| repeat(&negative));
 
         // Timesteps kept by strength (img2img / inpainting).
         let steps = r.steps;
@@ -350,7 +395,17 @@ impl StableDiffusion {
             if let Some(extra) = &mask_channels {
                 input = Tensor::cat(vec![input, extra.clone()], 1);
             }
-            let out = self.unet.forward_in_calls(input, t as f32, context.clone(), plan.unet_samples_per_call);
+            let per_call = plan.unet_samples_per_call;
+            let out = match &negative_context {
+                None => self.unet.forward_in_calls(input, t as f32, context.clone(), per_call),
+                Some(negative) => Tensor::cat(
+                    vec![
+                        self.unet.forward_in_calls(input.clone().narrow(0, 0, b), t as f32, negative.clone(), per_call),
+                        self.unet.forward_in_calls(input.narrow(0, b, b), t as f32, context.clone(), per_call),
+                    ],
+                    0,
+                ),
+            };
             dump.add(format!("unet_out_{i:02}"), &out).await?;
             let noise_pred = if cfg {
                 let uncond = out.clone().narrow(0, 0, b);

@@ -180,6 +180,10 @@ pub struct GenerateSettings {
     /// Send a [`Event::Preview`] every this many steps (0: never).
     #[serde(default)]
     pub preview_every: u32,
+    /// AUTOMATIC1111's prompt syntax (`(word:1.3)`, `[word]`, `BREAK`, prompts past 75 tokens); false:
+    /// diffusers' encoding. Plain prompts encode the same either way.
+    #[serde(default = "default_prompt_weighting")]
+    pub prompt_weighting: bool,
 }
 
 fn default_steps() -> u32 {
@@ -190,6 +194,9 @@ fn default_guidance() -> f32 {
 }
 fn default_batch() -> u32 {
     1
+}
+fn default_prompt_weighting() -> bool {
+    true
 }
 
 /// What a generation is estimated to hold in GPU memory ([`crate::memory`]), worked out from the
@@ -501,6 +508,7 @@ mod tests {
             mask: Some(image),
             strength: Some(0.75),
             preview_every: 1,
+            prompt_weighting: false,
         };
         let minimal: GenerateSettings = serde_json::from_str(r#"{"prompt":""}"#).unwrap();
         let requests = vec![

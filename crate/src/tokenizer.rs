@@ -181,6 +181,20 @@ impl ClipTokenizer {
     }
 }
 
+impl ClipTokenizer {
+    /// A text's tokens without BOS, EOS, truncation or padding (prompt weighting tokenises each
+    /// weighted piece on its own, as A1111 does).
+    pub fn tokenize(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        let encoding = self.inner.encode(text, false).map_err(|e| TokenizerError::Encode(e.to_string()))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// The id of a token (`",</w>"`), if the vocabulary has it.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -63,6 +63,8 @@ export interface GenerateSettings {
   mask?: RgbaImage;
   strength?: number;
   previewEvery?: number;
+  /** AUTOMATIC1111's prompt syntax: `(word:1.3)`, `[word]`, `BREAK`, prompts past 75 tokens (default true). */
+  promptWeighting?: boolean;
 }
 
 export type Phase = "download" | "repair" | "load" | "encode" | "denoise" | "decode";

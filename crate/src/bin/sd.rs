@@ -91,6 +91,11 @@ mod native {
         /// Inpainting mask (PNG, white = repaint, the init image's size).
         #[arg(long)]
         mask: Option<PathBuf>,
+        /// Read prompts as diffusers does (77 tokens, truncated; brackets are text) instead of with
+        /// AUTOMATIC1111's weighting: `(word)` x1.1, `[word]` /1.1, `(word:1.3)`, `\(` for a bracket,
+        /// `BREAK`, prompts past 75 tokens in chunks. Plain prompts encode the same either way.
+        #[arg(long)]
+        no_prompt_weighting: bool,
         #[arg(long, value_enum, default_value = "cpu")]
         backend: Backend,
         /// Write every intermediate tensor (f32 safetensors, the fixtures' names).
@@ -271,6 +276,7 @@ mod native {
             mask,
             strength,
             preview_every: 0,
+            prompt_weighting: !a.no_prompt_weighting,
         };
         let variant = a.variant.map(|v| match v {
             VariantArg::Fp16 => Variant::Fp16,

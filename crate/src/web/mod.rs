@@ -435,6 +435,7 @@ fn pipeline_request(s: &GenerateSettings) -> Result<GenerateRequest, Error> {
         mask,
         strength,
         preview_every: s.preview_every as usize,
+        prompt_weighting: s.prompt_weighting,
     })
 }
 

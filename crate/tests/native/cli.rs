@@ -151,6 +151,16 @@ fn bad_input_is_one_line_and_exit_code_2() {
         assert_eq!(stderr.trim_end().lines().count(), 1, "{extra:?}: one line, got {stderr}");
         assert!(stderr.contains(expect), "{extra:?}: expected {expect:?} in {stderr}");
     }
+    // A1111 prompt weighting by default: a weight that is not a number is bad input, before any work;
+    // with --no-prompt-weighting the same prompt is plain text.
+    let weighted =
+        ["generate", "--model", model, "--prompt", "(a:1.2.3)", "--out", out, "--steps", "1", "--width", "16"];
+    let result = sd(&[&weighted[..], &["--height", "16"]].concat());
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert_eq!(result.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("\"1.2.3\" in \"(text:1.2.3)\" is not a number"), "{stderr}");
+    let result = sd(&[&weighted[..], &["--height", "16", "--no-prompt-weighting"]].concat());
+    assert_eq!(result.status.code(), Some(0), "{}", String::from_utf8_lossy(&result.stderr));
     let result = sd(&["generate", "--model", incomplete.to_str().unwrap(), "--prompt", "x", "--out", out]);
     assert_eq!(result.status.code(), Some(2));
     assert!(

@@ -11,6 +11,7 @@ mod clip_fixtures;
 mod hub_models;
 mod img2img_initial_latents;
 mod pipeline_fixtures;
+mod prompt_weighting;
 mod rng_fixtures;
 mod scheduler_fixtures;
 mod unet_vae_fixtures;
