@@ -455,10 +455,23 @@ impl StableDiffusion {
         variant: Option<crate::weights::Variant>,
         device: &Device,
     ) -> Result<Self, PipelineError> {
+        Self::load_dir_with_loras(dir, variant, &[], device)
+    }
+
+    /// [`Self::load_dir`] with LoRAs (each with its weight) merged into the text encoder's and the
+    /// U-Net's weights as they load ([`crate::lora`]). A LoRA with a layer that fits no weight of this
+    /// model is refused (`Invalid`) before any weight is read.
+    pub fn load_dir_with_loras(
+        dir: &std::path::Path,
+        variant: Option<crate::weights::Variant>,
+        loras: &[(crate::lora::Lora, f32)],
+        device: &Device,
+    ) -> Result<Self, PipelineError> {
         use crate::config::{ConfigError, check_components, check_text_encoder, parse};
-        use crate::models::clip::ClipTextConfig;
+        use crate::lora::{Component, WithLoras};
+        use crate::models::clip::{ClipTextConfig, clip_key_map};
         use crate::models::unet_2d_condition::check_supported;
-        use crate::weights::{LoadError, component_weights};
+        use crate::weights::{LoadError, SafetensorsReader, component_weights};
 
         let model = dir.display();
         if !dir.is_dir() {
@@ -495,8 +508,15 @@ impl StableDiffusion {
         check_supported(&unet_config).map_err(load_err("unet"))?;
         check_text_encoder(&unet_config, &clip_config, &tokenizer).map_err(cfg_err)?;
 
-        let text_encoder = clip_config.load(open("text_encoder")?, device).map_err(load_err("text_encoder"))?;
-        let unet = UNet2DConditionModel::load(&unet_config, open("unet")?, device).map_err(load_err("unet"))?;
+        let with_loras = |component: &'static str, key_map: crate::weights::KeyMap, part: Component| {
+            let reader =
+                SafetensorsReader::new(open(component)?).map_err(|e| model_err(format!("{component}: {e}")))?;
+            WithLoras::new(reader, key_map, part, loras).map_err(|e| PipelineError::Invalid(e.to_string()))
+        };
+        let text_encoder = with_loras("text_encoder", clip_key_map, Component::TextEncoder)?;
+        let unet = with_loras("unet", |name| Some(name.to_string()), Component::Unet)?;
+        let text_encoder = clip_config.load(text_encoder, device).map_err(load_err("text_encoder"))?;
+        let unet = UNet2DConditionModel::load(&unet_config, unet, device).map_err(load_err("unet"))?;
         let vae_decoder = VaeDecoder::load(&vae_config, open("vae")?, device).map_err(load_err("vae"))?;
         let vae_encoder = VaeEncoder::load(&vae_config, open("vae")?, device).map_err(load_err("vae"))?;
         Ok(Self {

@@ -21,6 +21,7 @@ mod native {
     use clap::{Parser, Subcommand, ValueEnum};
     use sha2::{Digest, Sha256};
     use websd::image::{a1111_parameters, read_png, write_png};
+    use websd::lora::Lora;
     use websd::manifest::{Manifest, ManifestFile};
     use websd::pipeline::{GenerateRequest, Progress, StableDiffusion};
     use websd::protocol::SelfTestReport;
@@ -91,6 +92,10 @@ mod native {
         /// Inpainting mask (PNG, white = repaint, the init image's size).
         #[arg(long)]
         mask: Option<PathBuf>,
+        /// A LoRA to merge into the text encoder and U-Net (kohya or diffusers/PEFT safetensors), with
+        /// its weight (default 1); repeatable.
+        #[arg(long = "lora", value_name = "FILE[:WEIGHT]")]
+        loras: Vec<String>,
         /// Read prompts as diffusers does (77 tokens, truncated; brackets are text) instead of with
         /// AUTOMATIC1111's weighting: `(word)` x1.1, `[word]` /1.1, `(word:1.3)`, `\(` for a bracket,
         /// `BREAK`, prompts past 75 tokens in chunks. Plain prompts encode the same either way.
@@ -249,6 +254,21 @@ mod native {
         Ok((steps.unwrap_or(default_steps), guidance.unwrap_or(default_guidance)))
     }
 
+    /// `FILE[:WEIGHT]`: the LoRA, named by the file's stem, and its weight.
+    fn read_lora(arg: &str) -> Result<(Lora, f32), String> {
+        // A suffix that is not a number is part of the path.
+        let (path, weight) = match arg.rsplit_once(':').map(|(p, w)| (p, w.parse::<f32>())) {
+            Some((path, Ok(w))) if !path.is_empty() => (path, w),
+            _ => (arg, 1.0),
+        };
+        if !weight.is_finite() {
+            return Err(format!("--lora {arg}: the weight must be a finite number"));
+        }
+        let name = Path::new(path).file_stem().map_or(path.into(), |s| s.to_string_lossy());
+        let file = std::fs::File::open(path).map_err(|e| format!("--lora {path}: {e}"))?;
+        Ok((Lora::from_source(&name, file).map_err(|e| e.to_string())?, weight))
+    }
+
     fn generate(a: GenerateArgs) -> Result<String, String> {
         let scheduler = a.scheduler.as_deref().map(SchedulerKind::from_name).transpose().map_err(|e| e.to_string())?;
         let init_image = a.init_image.as_deref().map(|p| read_png(p, false)).transpose().map_err(|e| e.to_string())?;
@@ -286,7 +306,9 @@ mod native {
             Backend::Cpu => Device::flex(),
             Backend::Wgpu => websd::gpu::wgpu_device().map_err(|e| e.to_string())?.0,
         };
-        let model = StableDiffusion::load_dir(&a.model, variant, &device).map_err(|e| e.to_string())?;
+        let loras = a.loras.iter().map(|arg| read_lora(arg)).collect::<Result<Vec<_>, _>>()?;
+        let model =
+            StableDiffusion::load_dir_with_loras(&a.model, variant, &loras, &device).map_err(|e| e.to_string())?;
         // Validate before any work, so bad input costs nothing.
         model.validate(&request).map_err(|e| e.to_string())?;
         let tty = std::io::stderr().is_terminal();

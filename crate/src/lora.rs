@@ -1,0 +1,358 @@
+//! LoRA (low-rank adapters) merged into a model's weights as they load: `W' = W + weight * alpha / rank *
+//! up @ down`, for linear layers and convolutions (1x1 and kxk, kohya's LoCon).
+//!
+//! Two namings, as the files people use are written:
+//! - kohya / AUTOMATIC1111: `lora_unet_down_blocks_0_..._to_q.lora_down.weight`, `.lora_up.weight` and
+//!   `.alpha` (a scalar), `lora_te_..._q_proj.*` for the text encoder (with or without `text_model_`);
+//! - diffusers / PEFT: `unet.down_blocks.0....to_q.lora_A.weight`, `.lora_B.weight`,
+//!   `text_encoder.(text_model.)encoder....q_proj.*`; no alpha is stored, so alpha = rank (scale 1), as
+//!   diffusers assumes for such files.
+//!
+//! kohya's names lose the dots, so a layer is found by comparing it with every weight the model has
+//! (`down_blocks.0.attentions.0` -> `down_blocks_0_attentions_0`). Every layer of a LoRA must land on a
+//! weight of the right shape, or the LoRA is refused before anything is loaded: a LoRA made for another
+//! model family would otherwise change nothing, silently.
+
+use std::collections::{BTreeMap, HashMap};
+
+use burn::tensor::{Device, Tensor, TensorData, bf16, f16};
+
+use crate::weights::{
+    ByteSource, Dtype, IntoTensorSource, KeyMap, SafetensorsReader, TensorInfo, TensorSource, WeightsError, host_data,
+};
+
+/// Why a LoRA cannot be applied.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LoraError {
+    /// The file is not a readable safetensors file.
+    #[error("LoRA {name}: {error}")]
+    File { name: String, error: WeightsError },
+    /// A tensor name or shape that is not a LoRA's.
+    #[error("LoRA {name}: {message}")]
+    Invalid { name: String, message: String },
+    /// Layers that match no weight of this model (a LoRA for another model family).
+    #[error("LoRA {name}: {count} of its layers match no weight of this model's {component} (first: {first})")]
+    Unmatched { name: String, component: &'static str, count: usize, first: String },
+}
+
+/// Which network a layer adapts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Component {
+    Unet,
+    TextEncoder,
+}
+
+impl Component {
+    fn label(self) -> &'static str {
+        match self {
+            Component::Unet => "unet",
+            Component::TextEncoder => "text_encoder",
+        }
+    }
+}
+
+/// One tensor of the file, on the host.
+#[derive(Debug, Clone)]
+struct HostTensor {
+    info: TensorInfo,
+    bytes: Vec<u8>,
+}
+
+/// One adapted weight.
+#[derive(Debug, Clone)]
+struct Layer {
+    component: Component,
+    /// The module as the file names it: dotted (PEFT) or with underscores (kohya).
+    module: String,
+    kohya: bool,
+    /// `[rank, in, (kh, kw)]`
+    down: HostTensor,
+    /// `[out, rank, (1, 1)]`
+    up: HostTensor,
+    alpha: Option<f32>,
+}
+
+impl Layer {
+    fn rank(&self) -> usize {
+        self.down.info.shape[0]
+    }
+
+    /// `alpha / rank`.
+    fn scale(&self) -> f32 {
+        self.alpha.map_or(1.0, |a| a / self.rank() as f32)
+    }
+
+    /// Whether this layer adapts the weight the model calls `canonical` (`....to_q.weight`).
+    fn targets(&self, canonical: &str) -> bool {
+        let Some(module) = canonical.strip_suffix(".weight") else { return false };
+        if self.kohya {
+            let flat = module.replace('.', "_");
+            self.module == flat || self.module == format!("text_model_{flat}")
+        } else {
+            self.module == module || self.module == format!("text_model.{module}")
+        }
+    }
+
+    /// Whether its matrices fit a weight of `shape` (torch layout: `[out, in, (kh, kw)]`).
+    fn fits(&self, shape: &[usize]) -> bool {
+        let (down, up) = (&self.down.info.shape, &self.up.info.shape);
+        shape.len() == down.len() && up.len() == down.len() && up[0] == shape[0] && down[1..] == shape[1..]
+    }
+}
+
+/// A LoRA file, read and checked.
+#[derive(Debug, Clone)]
+pub struct Lora {
+    /// What errors and the PNG's parameters call it (the file's stem).
+    pub name: String,
+    layers: Vec<Layer>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Role {
+    Down,
+    Up,
+    Alpha,
+}
+
+/// `(component, module, kohya, role)` of a tensor name; `None` for a name that is not a LoRA's.
+fn classify(name: &str) -> Option<(Component, &str, bool, Role)> {
+    for (prefix, component) in
+        [("lora_unet_", Component::Unet), ("lora_te_", Component::TextEncoder), ("lora_te1_", Component::TextEncoder)]
+    {
+        if let Some(rest) = name.strip_prefix(prefix) {
+            let (module, suffix) = rest.split_once('.')?;
+            let role = match suffix {
+                "lora_down.weight" => Role::Down,
+                "lora_up.weight" => Role::Up,
+                "alpha" => Role::Alpha,
+                _ => return None,
+            };
+            return Some((component, module, true, role));
+        }
+    }
+    for (prefix, component) in [("unet.", Component::Unet), ("text_encoder.", Component::TextEncoder)] {
+        if let Some(rest) = name.strip_prefix(prefix) {
+            for (suffix, role) in [
+                (".lora_A.weight", Role::Down),
+                (".lora_B.weight", Role::Up),
+                (".lora.down.weight", Role::Down),
+                (".lora.up.weight", Role::Up),
+            ] {
+                if let Some(module) = rest.strip_suffix(suffix) {
+                    return Some((component, module, false, role));
+                }
+            }
+        }
+    }
+    None
+}
+
+/// A scalar tensor's value (kohya's `alpha`).
+fn scalar(t: &HostTensor) -> Option<f32> {
+    let b = &t.bytes;
+    match t.info.dtype {
+        Dtype::F32 if b.len() == 4 => Some(f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        Dtype::F16 if b.len() == 2 => Some(f16::from_le_bytes([b[0], b[1]]).to_f32()),
+        Dtype::BF16 if b.len() == 2 => Some(bf16::from_le_bytes([b[0], b[1]]).to_f32()),
+        _ => None,
+    }
+}
+
+impl Lora {
+    /// Reads a LoRA safetensors file (either naming) and checks that every layer has its two matrices
+    /// of consistent shapes.
+    pub fn from_source<B: ByteSource>(name: &str, source: B) -> Result<Self, LoraError> {
+        let invalid = |message: String| LoraError::Invalid { name: name.to_string(), message };
+        let mut reader =
+            SafetensorsReader::new(source).map_err(|error| LoraError::File { name: name.to_string(), error })?;
+        let infos: Vec<TensorInfo> = reader.header().tensors().cloned().collect();
+        let mut parts: BTreeMap<(Component, String, bool), BTreeMap<Role, HostTensor>> = BTreeMap::new();
+        for info in infos {
+            let (component, module, kohya, role) = classify(&info.name)
+                .ok_or_else(|| invalid(format!("{:?} is not a LoRA tensor (kohya or PEFT naming)", info.name)))?;
+            let key = (component, module.to_string(), kohya);
+            let (info, bytes) =
+                reader.read_bytes(&info.name).map_err(|error| LoraError::File { name: name.to_string(), error })?;
+            parts.entry(key).or_default().insert(role, HostTensor { info, bytes });
+        }
+        let mut layers = Vec::with_capacity(parts.len());
+        for ((component, module, kohya), mut roles) in parts {
+            let (Some(down), Some(up)) = (roles.remove(&Role::Down), roles.remove(&Role::Up)) else {
+                return Err(invalid(format!("{module}: needs both its down and up matrices")));
+            };
+            let alpha = match roles.remove(&Role::Alpha) {
+                Some(a) => Some(scalar(&a).ok_or_else(|| invalid(format!("{module}: alpha is not a scalar")))?),
+                None => None,
+            };
+            let (d, u) = (&down.info.shape, &up.info.shape);
+            let consistent = (d.len() == 2 || d.len() == 4)
+                && u.len() == d.len()
+                && d[0] > 0
+                && u[1] == d[0]
+                && u[2..].iter().all(|&s| s == 1);
+            if !consistent {
+                return Err(invalid(format!("{module}: down {d:?} and up {u:?} are not a low-rank pair")));
+            }
+            if alpha.is_some_and(|a| !a.is_finite()) {
+                return Err(invalid(format!("{module}: alpha is not finite")));
+            }
+            layers.push(Layer { component, module, kohya, down, up, alpha });
+        }
+        if layers.is_empty() {
+            return Err(invalid("no LoRA layers in the file".into()));
+        }
+        Ok(Self { name: name.to_string(), layers })
+    }
+
+    /// Layers per component.
+    pub fn layer_count(&self, component: Component) -> usize {
+        self.layers.iter().filter(|l| l.component == component).count()
+    }
+}
+
+/// A tensor source that adds the LoRAs' deltas to the weights they adapt as the model reads them.
+pub struct WithLoras<'a, S> {
+    inner: S,
+    /// File name of a weight -> the layers (and weights) merged into it.
+    merges: HashMap<String, Vec<(&'a Layer, f32)>>,
+}
+
+impl<'a, S: TensorSource> WithLoras<'a, S> {
+    /// `inner` with `loras` (each with its weight) merged into `component`'s weights; `key_map` gives the
+    /// model's names for the file's. Every layer of `component` must find its weight.
+    pub fn new(inner: S, key_map: KeyMap, component: Component, loras: &'a [(Lora, f32)]) -> Result<Self, LoraError> {
+        let weights: Vec<(TensorInfo, String)> =
+            inner.infos().into_iter().filter_map(|i| key_map(&i.name).map(|canonical| (i, canonical))).collect();
+        let mut merges: HashMap<String, Vec<(&'a Layer, f32)>> = HashMap::new();
+        for (lora, weight) in loras {
+            let mut unmatched = Vec::new();
+            for layer in lora.layers.iter().filter(|l| l.component == component) {
+                match weights.iter().find(|(info, canonical)| layer.targets(canonical) && layer.fits(&info.shape)) {
+                    Some((info, _)) => merges.entry(info.name.clone()).or_default().push((layer, *weight)),
+                    None => unmatched.push(layer.module.clone()),
+                }
+            }
+            if let Some(first) = unmatched.first() {
+                return Err(LoraError::Unmatched {
+                    name: lora.name.clone(),
+                    component: component.label(),
+                    count: unmatched.len(),
+                    first: first.clone(),
+                });
+            }
+        }
+        Ok(Self { inner, merges })
+    }
+}
+
+/// `t`'s values as a `[rows, rest]` matrix on `device`.
+fn matrix(t: &HostTensor, device: &Device) -> Result<Tensor<2>, WeightsError> {
+    let rows = t.info.shape[0];
+    let info = TensorInfo { shape: vec![rows, t.info.shape[1..].iter().product()], ..t.info.clone() };
+    let data: TensorData = host_data(&info, &t.bytes, false, device)?;
+    Ok(Tensor::from_data(data, device))
+}
+
+impl<S: TensorSource> TensorSource for WithLoras<'_, S> {
+    fn infos(&self) -> Vec<TensorInfo> {
+        self.inner.infos()
+    }
+
+    fn fetch<const D: usize>(
+        &mut self,
+        info: &TensorInfo,
+        transpose: bool,
+        device: &Device,
+    ) -> Result<Tensor<D>, WeightsError> {
+        let mut weight: Tensor<D> = self.inner.fetch(info, transpose, device)?;
+        let Some(layers) = self.merges.get(&info.name) else { return Ok(weight) };
+        let dims = weight.dims();
+        for (layer, w) in layers {
+            // [out, rank] x [rank, in * kh * kw], the weight's layout (transposed where the model asked).
+            let delta = matrix(&layer.up, device)?.matmul(matrix(&layer.down, device)?) * (layer.scale() * w);
+            let delta = if transpose { delta.transpose() } else { delta };
+            weight = weight + delta.reshape(dims);
+        }
+        Ok(weight)
+    }
+
+    fn fetch_rows(
+        &mut self,
+        info: &TensorInfo,
+        max_rows: usize,
+        device: &Device,
+    ) -> Result<Vec<Tensor<2>>, WeightsError> {
+        // Only embedding tables are read in row blocks, and no LoRA naming adapts one.
+        if self.merges.contains_key(&info.name) {
+            return Err(WeightsError::BadEntry {
+                name: info.name.clone(),
+                reason: "a LoRA on an embedding table is not supported".into(),
+            });
+        }
+        self.inner.fetch_rows(info, max_rows, device)
+    }
+}
+
+impl<S: TensorSource> IntoTensorSource for WithLoras<'_, S> {
+    type Source = Self;
+    fn into_tensor_source(self) -> Result<Self::Source, WeightsError> {
+        Ok(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_of_both_namings_are_classified() {
+        let kohya = classify("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight");
+        assert_eq!(
+            kohya.map(|(c, m, k, _)| (c, m, k)),
+            Some((Component::Unet, "down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q", true))
+        );
+        assert!(
+            classify("lora_te_text_model_encoder_layers_0_self_attn_q_proj.alpha").is_some_and(|c| c.3 == Role::Alpha)
+        );
+        let peft = classify("text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_B.weight");
+        assert_eq!(
+            peft.map(|(c, m, k, r)| (c, m, k, r)),
+            Some((Component::TextEncoder, "text_model.encoder.layers.0.self_attn.q_proj", false, Role::Up))
+        );
+        assert!(classify("unet.conv_in.weight").is_none());
+        assert!(classify("lora_unet_x.hada_w1_a").is_none());
+    }
+
+    fn layer(module: &str, kohya: bool) -> Layer {
+        let t = |shape: Vec<usize>| HostTensor {
+            info: TensorInfo { name: String::new(), dtype: Dtype::F32, shape, start: 0, end: 0 },
+            bytes: vec![],
+        };
+        Layer {
+            component: Component::TextEncoder,
+            module: module.into(),
+            kohya,
+            down: t(vec![4, 32]),
+            up: t(vec![64, 4]),
+            alpha: Some(2.0),
+        }
+    }
+
+    #[test]
+    fn kohya_and_peft_modules_find_their_weights() {
+        let target = "encoder.layers.0.self_attn.q_proj.weight";
+        assert!(layer("encoder_layers_0_self_attn_q_proj", true).targets(target));
+        assert!(layer("text_model_encoder_layers_0_self_attn_q_proj", true).targets(target));
+        assert!(layer("encoder.layers.0.self_attn.q_proj", false).targets(target));
+        assert!(layer("text_model.encoder.layers.0.self_attn.q_proj", false).targets(target));
+        assert!(!layer("encoder_layers_0_self_attn_k_proj", true).targets(target));
+        assert!(!layer("encoder_layers_0_self_attn_q_proj", true).targets("encoder.layers.0.self_attn.q_proj.bias"));
+        // [out 64, in 32] fits; a 3x3 kernel or another width does not.
+        let l = layer("m", true);
+        assert!(l.fits(&[64, 32]));
+        assert!(!l.fits(&[64, 16]));
+        assert!(!l.fits(&[64, 32, 3, 3]));
+        assert_eq!(l.scale(), 0.5);
+    }
+}

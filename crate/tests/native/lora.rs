@@ -1,0 +1,103 @@
+//! LoRA against diffusers (`tests/fixtures/lora/`): a PEFT-made LoRA on tiny-sd's U-Net (attention,
+//! feed-forward, 1x1 and 3x3 convolutions) and text encoder, in PEFT and in kohya naming, loaded with
+//! `load_lora_weights` and fused at a weight; our image within 2e-3 of diffusers' for each, and the
+//! model without it gives back the plain image. Plus the CLI's `--lora` and LoRAs that do not fit.
+
+use crate::common;
+
+use burn::tensor::Device;
+use common::{Run, fixtures_dir, max_diff};
+use websd::lora::{Component, Lora, LoraError};
+use websd::pipeline::{GenerateRequest, PipelineError, StableDiffusion};
+use websd::schedulers::SchedulerKind;
+use websd::weights::Variant;
+
+fn lora(file: &str) -> Lora {
+    let path = fixtures_dir().join("lora").join(file);
+    Lora::from_source(file, std::fs::File::open(path).unwrap()).unwrap()
+}
+
+fn request(run: &Run) -> GenerateRequest {
+    let meta = |k: &str| run.meta(k).unwrap();
+    GenerateRequest {
+        prompt: meta("prompt"),
+        negative_prompt: meta("negative_prompt"),
+        steps: meta("num_inference_steps").parse().unwrap(),
+        guidance: meta("guidance_scale").parse().unwrap(),
+        seed: meta("seed").parse().unwrap(),
+        width: Some(meta("width").parse().unwrap()),
+        height: Some(meta("height").parse().unwrap()),
+        scheduler: Some(SchedulerKind::Ddim),
+        ..Default::default()
+    }
+}
+
+fn generate(loras: &[(Lora, f32)], run: &Run, key: &str) -> f32 {
+    let model = StableDiffusion::load_dir_with_loras(
+        &fixtures_dir().join("tiny-sd"),
+        Some(Variant::Fp32),
+        loras,
+        &Device::flex(),
+    )
+    .unwrap();
+    let out = model.generate(&request(run), false, |_| true).unwrap();
+    let diff = max_diff(out.images, &run.f32(key).1);
+    eprintln!("{key}: max abs diff {diff:e} vs diffusers");
+    diff
+}
+
+#[test]
+fn peft_and_kohya_loras_match_diffusers_fused() {
+    let run = Run::from_path(&fixtures_dir().join("lora/runs.safetensors"));
+    let (peft, kohya) = (lora("lora_peft.safetensors"), lora("lora_kohya.safetensors"));
+    assert_eq!((peft.layer_count(Component::Unet), peft.layer_count(Component::TextEncoder)), (84, 25));
+    assert_eq!((kohya.layer_count(Component::Unet), kohya.layer_count(Component::TextEncoder)), (84, 25));
+    for (loras, key) in [
+        (vec![(peft.clone(), 1.0)], "peft_1.0"),
+        (vec![(peft.clone(), 0.5)], "peft_0.5"),
+        (vec![(kohya.clone(), 1.0)], "kohya_1.0"),
+        (vec![], "no_lora"),
+    ] {
+        assert!(generate(&loras, &run, key) <= 2e-3, "{key}");
+    }
+    // The LoRA does change the image (by ~0.1 at weight 1).
+    let (with, without) = (run.f32("peft_1.0").1, run.f32("no_lora").1);
+    let moved = with.iter().zip(&without).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(moved > 0.05, "{moved}");
+}
+
+#[test]
+fn a_lora_that_does_not_fit_is_refused_before_loading() {
+    // tiny-sd2's U-Net and text encoder have other widths: no layer of tiny-sd's LoRA fits.
+    let loras = [(lora("lora_peft.safetensors"), 1.0)];
+    let err = StableDiffusion::load_dir_with_loras(&fixtures_dir().join("tiny-sd2"), None, &loras, &Device::flex())
+        .err()
+        .unwrap();
+    assert!(matches!(&err, PipelineError::Invalid(m) if m.contains("match no weight of this model's")), "{err:?}");
+    // Not a LoRA at all: a model's weights.
+    let unet = std::fs::File::open(fixtures_dir().join("tiny-sd/unet/diffusion_pytorch_model.safetensors")).unwrap();
+    let err = Lora::from_source("unet", unet).err().unwrap();
+    assert!(matches!(&err, LoraError::Invalid { message, .. } if message.contains("is not a LoRA tensor")), "{err}");
+    let garbage = std::io::Cursor::new(b"not a safetensors file at all".to_vec());
+    assert!(matches!(Lora::from_source("x", garbage), Err(LoraError::File { .. })));
+}
+
+#[test]
+fn the_cli_takes_loras_with_weights() {
+    let out = std::env::temp_dir().join("websd-cli-lora.png");
+    let model = fixtures_dir().join("tiny-sd");
+    let file = fixtures_dir().join("lora/lora_peft.safetensors");
+    let sd = |lora: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sd"))
+            .args(["generate", "--model", model.to_str().unwrap(), "--prompt", "a cat", "--out"])
+            .arg(&out)
+            .args(["--steps", "1", "--width", "16", "--height", "16", "--lora", lora])
+            .output()
+            .unwrap()
+    };
+    let ok = sd(&format!("{}:0.5", file.display()));
+    assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stderr));
+    let missing = sd("/nonexistent/lora.safetensors:0.5");
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/lora.safetensors"));
+}
