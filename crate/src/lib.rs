@@ -18,6 +18,7 @@ pub mod prompt_weighting;
 pub mod protocol;
 pub mod rng;
 pub mod schedulers;
+pub mod textual_inversion;
 pub mod tokenizer;
 pub mod weights;
 

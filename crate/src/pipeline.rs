@@ -14,6 +14,7 @@ use crate::models::unet_2d_condition::UNet2DConditionModel;
 use crate::prompt_weighting::{self, PromptError};
 use crate::rng::TorchRng;
 use crate::schedulers::{self, SchedulerConfig, SchedulerError, SchedulerKind};
+use crate::textual_inversion::Embedding;
 use crate::tokenizer::{ClipTokenizer, TokenizerError};
 
 /// Why a generation did not produce images. Every variant is the caller's input or the model; none
@@ -199,6 +200,8 @@ pub struct StableDiffusion {
     pub vae_encoder: VaeEncoder,
     pub vae_config: AutoencoderKLConfig,
     pub scheduler_config: SchedulerConfig,
+    /// Textual-inversion embeddings added with [`Self::add_textual_inversion`].
+    pub textual_inversions: Vec<Embedding>,
     pub device: Device,
 }
 
@@ -229,6 +232,8 @@ impl StableDiffusion {
     /// diffusers' `encode_prompt` for one prompt: the text encoder's last hidden states, `[1, tokens,
     /// hidden]`; 77 tokens, or with `weighting` A1111's weighted chunks of 77 ([`crate::prompt_weighting`]).
     pub fn encode_prompt(&self, text: &str, weighting: bool) -> Result<Tensor<3>, PipelineError> {
+        let expanded = self.textual_inversions.iter().fold(text.to_string(), |t, e| e.expand(&t));
+        let text = expanded.as_str();
         if !weighting {
             return self.encode_ids(&self.tokenizer.encode(text)?.ids, None);
         }
@@ -237,6 +242,31 @@ impl StableDiffusion {
             .map(|c| self.encode_ids(&c.ids, (!c.is_unweighted()).then_some(&c.weights[..])))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Tensor::cat(states, 1))
+    }
+
+    /// Adds a textual-inversion embedding ([`crate::textual_inversion`]): its tokens to the tokenizer, its
+    /// vectors to the text encoder's token table. Refused (nothing changed) when its width is not the text
+    /// encoder's or its word is already a token.
+    pub fn add_textual_inversion(&mut self, embedding: Embedding) -> Result<(), PipelineError> {
+        let invalid = |m: String| PipelineError::Invalid(format!("embedding {}: {m}", embedding.token));
+        let width = self.text_encoder.token_embedding.width();
+        if embedding.width != width {
+            return Err(invalid(format!("its vectors are {} wide, this text encoder's {width}", embedding.width)));
+        }
+        let rows = self.text_encoder.token_embedding.rows();
+        if self.tokenizer.id_bound() != rows {
+            return Err(invalid(format!(
+                "the tokenizer's {} ids and the text encoder's {rows} rows are out of step",
+                self.tokenizer.id_bound()
+            )));
+        }
+        let ids = self.tokenizer.add_tokens(&embedding.tokens()).map_err(|e| invalid(e.to_string()))?;
+        // Added tokens take the next ids, which are the appended rows.
+        debug_assert_eq!(ids, (rows as u32..(rows + embedding.count) as u32).collect::<Vec<_>>());
+        let data = TensorData::new(embedding.vectors.clone(), [embedding.count, width]);
+        self.text_encoder.token_embedding.append(Tensor::from_data(data, &self.device));
+        self.textual_inversions.push(embedding);
+        Ok(())
     }
 
     /// One chunk of ids through the text encoder, `[1, ids, hidden]`; with weights, A1111's "Original"
@@ -528,6 +558,7 @@ impl StableDiffusion {
             vae_encoder,
             vae_config,
             scheduler_config,
+            textual_inversions: Vec::new(),
             device: device.clone(),
         })
     }

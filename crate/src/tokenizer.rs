@@ -189,6 +189,21 @@ impl ClipTokenizer {
         Ok(encoding.get_ids().to_vec())
     }
 
+    /// Adds tokens matched whole in any text (textual-inversion triggers, as transformers' `add_tokens`);
+    /// their ids follow the largest one. A token the vocabulary already has is refused.
+    pub fn add_tokens(&mut self, tokens: &[String]) -> Result<Vec<u32>, TokenizerError> {
+        if let Some(taken) = tokens.iter().find(|t| self.inner.token_to_id(t).is_some()) {
+            return Err(TokenizerError::Encode(format!("{taken:?} is already a token of this tokenizer")));
+        }
+        let added: Vec<tokenizers::AddedToken> =
+            tokens.iter().map(|t| tokenizers::AddedToken::from(t.clone(), false)).collect();
+        self.inner.add_tokens(added).map_err(|e| TokenizerError::Encode(e.to_string()))?;
+        tokens
+            .iter()
+            .map(|t| self.inner.token_to_id(t).ok_or_else(|| TokenizerError::Encode(format!("{t:?} was not added"))))
+            .collect()
+    }
+
     /// The id of a token (`",</w>"`), if the vocabulary has it.
     pub fn token_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)

@@ -26,6 +26,7 @@ mod native {
     use websd::pipeline::{GenerateRequest, Progress, StableDiffusion};
     use websd::protocol::SelfTestReport;
     use websd::schedulers::SchedulerKind;
+    use websd::textual_inversion::Embedding;
     use websd::weights::Variant;
 
     #[derive(Parser)]
@@ -96,6 +97,10 @@ mod native {
         /// its weight (default 1); repeatable.
         #[arg(long = "lora", value_name = "FILE[:WEIGHT]")]
         loras: Vec<String>,
+        /// A textual-inversion embedding (safetensors: A1111's `emb_params`, or one tensor), used where the
+        /// prompt says its file's name (A1111's trigger word); repeatable.
+        #[arg(long = "embedding", value_name = "FILE")]
+        embeddings: Vec<PathBuf>,
         /// Read prompts as diffusers does (77 tokens, truncated; brackets are text) instead of with
         /// AUTOMATIC1111's weighting: `(word)` x1.1, `[word]` /1.1, `(word:1.3)`, `\(` for a bracket,
         /// `BREAK`, prompts past 75 tokens in chunks. Plain prompts encode the same either way.
@@ -309,6 +314,13 @@ mod native {
         let loras = a.loras.iter().map(|arg| read_lora(arg)).collect::<Result<Vec<_>, _>>()?;
         let model =
             StableDiffusion::load_dir_with_loras(&a.model, variant, &loras, &device).map_err(|e| e.to_string())?;
+        let mut model = model;
+        for path in &a.embeddings {
+            let token = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let file = std::fs::File::open(path).map_err(|e| format!("--embedding {}: {e}", path.display()))?;
+            let embedding = Embedding::from_source(&token, file).map_err(|e| e.to_string())?;
+            model.add_textual_inversion(embedding).map_err(|e| e.to_string())?;
+        }
         // Validate before any work, so bad input costs nothing.
         model.validate(&request).map_err(|e| e.to_string())?;
         let tty = std::io::stderr().is_terminal();

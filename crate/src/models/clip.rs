@@ -120,6 +120,21 @@ impl TokenEmbedding {
     /// Largest block, counted as f32 (half of it on an f16 device).
     pub const MAX_BLOCK_BYTES: usize = 64 << 20;
 
+    /// Rows in the table: one more than the largest id it can look up.
+    pub fn rows(&self) -> usize {
+        self.blocks.iter().map(|b| b.shape()[0]).sum()
+    }
+
+    /// Width of each row.
+    pub fn width(&self) -> usize {
+        self.blocks[0].shape()[1]
+    }
+
+    /// Appends rows (new tokens' vectors, `[n, d]`) as a block of their own: their ids follow the table's.
+    pub fn append(&mut self, rows: Tensor<2>) {
+        self.blocks.push(Param::from_tensor(rows));
+    }
+
     /// Rows per block for `d`-wide embeddings.
     pub fn max_rows(d: usize) -> usize {
         (Self::MAX_BLOCK_BYTES / (4 * d)).max(1)
@@ -163,7 +178,8 @@ impl TokenEmbedding {
 /// transformers' `CLIPTextModel`.
 #[derive(Module, Debug)]
 pub struct ClipTextModel {
-    token_embedding: TokenEmbedding,
+    /// The token table; textual-inversion embeddings append rows to it.
+    pub token_embedding: TokenEmbedding,
     position_embedding: Embedding,
     layers: Vec<ClipLayer>,
     final_layer_norm: LayerNorm,

@@ -540,6 +540,7 @@ pub async fn load_model(
             vae_encoder,
             vae_config,
             scheduler_config,
+            textual_inversions: Vec::new(),
             device: device.clone(),
         },
         hash,

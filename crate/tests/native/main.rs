@@ -15,5 +15,6 @@ mod pipeline_fixtures;
 mod prompt_weighting;
 mod rng_fixtures;
 mod scheduler_fixtures;
+mod textual_inversion;
 mod unet_vae_fixtures;
 mod wgpu_pipeline;
