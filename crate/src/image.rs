@@ -19,10 +19,31 @@ pub enum ImageError {
     Write { path: String, reason: String },
 }
 
+/// The LoRAs and embeddings a generation used, for its `parameters` text.
+#[derive(Debug, Clone, Default)]
+pub struct ExtraNetworks {
+    /// (name, weight, A1111 short hash)
+    pub loras: Vec<(String, f32, String)>,
+    /// (trigger word, A1111 short hash)
+    pub embeddings: Vec<(String, String)>,
+}
+
 /// A1111's `parameters` text: the prompt, the negative prompt, then one line of settings, so other tools
-/// (A1111, ComfyUI, civitai) read the generation settings back from the PNG.
-pub fn a1111_parameters(r: &GenerateRequest, out: &GenerateOutput, model_hash: &str, model_name: &str) -> String {
+/// (A1111, ComfyUI, civitai) read the generation settings back from the PNG. LoRAs appear as A1111 writes
+/// them: a `<lora:name:weight>` tag in the prompt (added where the prompt has none) and `Lora hashes`.
+pub fn a1111_parameters(
+    r: &GenerateRequest,
+    out: &GenerateOutput,
+    model_hash: &str,
+    model_name: &str,
+    extra: &ExtraNetworks,
+) -> String {
     let mut text = r.prompt.clone();
+    for (name, weight, _) in &extra.loras {
+        if !text.contains(&format!("<lora:{name}")) {
+            text.push_str(&format!(" <lora:{name}:{weight}>"));
+        }
+    }
     if !r.negative_prompt.is_empty() {
         text.push_str(&format!("\nNegative prompt: {}", r.negative_prompt));
     }
@@ -37,6 +58,15 @@ pub fn a1111_parameters(r: &GenerateRequest, out: &GenerateOutput, model_hash: &
     ));
     if r.init_image.is_some() {
         text.push_str(&format!(", Denoising strength: {}", r.strength));
+    }
+    let quoted = |items: Vec<String>| format!("\"{}\"", items.join(", "));
+    if !extra.loras.is_empty() {
+        let hashes = extra.loras.iter().map(|(name, _, hash)| format!("{name}: {hash}")).collect();
+        text.push_str(&format!(", Lora hashes: {}", quoted(hashes)));
+    }
+    if !extra.embeddings.is_empty() {
+        let hashes = extra.embeddings.iter().map(|(name, hash)| format!("{name}: {hash}")).collect();
+        text.push_str(&format!(", TI hashes: {}", quoted(hashes)));
     }
     text
 }

@@ -211,6 +211,45 @@ impl Lora {
     }
 }
 
+/// AUTOMATIC1111's `<lora:name:weight>` tags (weight 1 when left out): the prompt without them, and the
+/// tags in order. Other `<kind:...>` tags stay text.
+pub fn extract_tags(prompt: &str) -> Result<(String, Vec<(String, f32)>), LoraError> {
+    let (mut text, mut tags, mut rest) = (String::new(), Vec::new(), prompt);
+    while let Some(start) = rest.find("<lora:") {
+        let Some(len) = rest[start..].find('>') else { break };
+        let args = &rest[start + "<lora:".len()..start + len];
+        let (name, weight) = match args.split(':').collect::<Vec<_>>().as_slice() {
+            [name] => (*name, 1.0),
+            [name, weight, ..] => {
+                let w = weight.trim().parse::<f32>().ok().filter(|w| w.is_finite());
+                let w = w.ok_or_else(|| LoraError::Invalid {
+                    name: name.to_string(),
+                    message: format!("the weight in <lora:{args}> is not a number"),
+                })?;
+                (*name, w)
+            }
+            [] => unreachable!("split yields at least one piece"),
+        };
+        if name.is_empty() {
+            return Err(LoraError::Invalid { name: String::new(), message: format!("<lora:{args}> names no LoRA") });
+        }
+        text.push_str(&rest[..start]);
+        tags.push((name.to_string(), weight));
+        rest = &rest[start + len + 1..];
+    }
+    text.push_str(rest);
+    Ok((text, tags))
+}
+
+/// A1111's short hash of a LoRA file (its "addnet" hash): the sha256 of the data after the safetensors
+/// header, 12 hex digits; `None` if the file is too short to have a header.
+pub fn short_hash(file: &[u8]) -> Option<String> {
+    use sha2::{Digest, Sha256};
+    let n = u64::from_le_bytes(file.get(..8)?.try_into().ok()?);
+    let data = file.get(8usize.checked_add(usize::try_from(n).ok()?)?..)?;
+    Some(format!("{:x}", Sha256::digest(data))[..12].to_string())
+}
+
 /// A tensor source that adds the LoRAs' deltas to the weights they adapt as the model reads them.
 pub struct WithLoras<'a, S> {
     inner: S,
@@ -304,6 +343,28 @@ impl<S: TensorSource> IntoTensorSource for WithLoras<'_, S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prompt_tags_are_taken_out() {
+        let (text, tags) = extract_tags("a cat <lora:style:0.8>, <lora:detail> on a mat").unwrap();
+        assert_eq!(text, "a cat ,  on a mat");
+        assert_eq!(tags, vec![("style".to_string(), 0.8), ("detail".to_string(), 1.0)]);
+        // A1111's third argument (the U-Net's own weight) is not taken apart: the first weight counts.
+        assert_eq!(extract_tags("<lora:x:0.5:0.7>").unwrap().1, vec![("x".to_string(), 0.5)]);
+        assert_eq!(extract_tags("<hypernet:x:1> <lora:unclosed").unwrap().1, vec![]);
+        assert!(extract_tags("<lora:x:heavy>").is_err());
+        assert!(extract_tags("<lora::1>").is_err());
+        assert!(extract_tags("<lora:x:inf>").is_err());
+    }
+
+    #[test]
+    fn the_short_hash_skips_the_header() {
+        let mut file = 2u64.to_le_bytes().to_vec();
+        file.extend(b"{}abc");
+        // sha256("abc")
+        assert_eq!(short_hash(&file).unwrap(), "ba7816bf8f01");
+        assert_eq!(short_hash(b"short"), None);
+    }
 
     #[test]
     fn names_of_both_namings_are_classified() {

@@ -74,6 +74,12 @@ impl Embedding {
         Ok(Self { token: token.to_string(), vectors, count, width })
     }
 
+    /// A1111's short hash of an embedding file: its sha256, 12 hex digits.
+    pub fn short_hash(file: &[u8]) -> String {
+        use sha2::{Digest, Sha256};
+        format!("{:x}", Sha256::digest(file))[..12].to_string()
+    }
+
     /// The tokens it adds: `token`, `token_1` .. `token_{count-1}`.
     pub fn tokens(&self) -> Vec<String> {
         (0..self.count).map(|i| if i == 0 { self.token.clone() } else { format!("{}_{i}", self.token) }).collect()

@@ -20,8 +20,8 @@ mod native {
     use burn::tensor::Device;
     use clap::{Parser, Subcommand, ValueEnum};
     use sha2::{Digest, Sha256};
-    use websd::image::{a1111_parameters, read_png, write_png};
-    use websd::lora::Lora;
+    use websd::image::{ExtraNetworks, a1111_parameters, read_png, write_png};
+    use websd::lora::{self, Lora};
     use websd::manifest::{Manifest, ManifestFile};
     use websd::pipeline::{GenerateRequest, Progress, StableDiffusion};
     use websd::protocol::SelfTestReport;
@@ -259,8 +259,8 @@ mod native {
         Ok((steps.unwrap_or(default_steps), guidance.unwrap_or(default_guidance)))
     }
 
-    /// `FILE[:WEIGHT]`: the LoRA, named by the file's stem, and its weight.
-    fn read_lora(arg: &str) -> Result<(Lora, f32), String> {
+    /// `FILE[:WEIGHT]`: the LoRA, named by the file's stem, its weight and its A1111 short hash.
+    fn read_lora(arg: &str) -> Result<(Lora, f32, String), String> {
         // A suffix that is not a number is part of the path.
         let (path, weight) = match arg.rsplit_once(':').map(|(p, w)| (p, w.parse::<f32>())) {
             Some((path, Ok(w))) if !path.is_empty() => (path, w),
@@ -270,8 +270,10 @@ mod native {
             return Err(format!("--lora {arg}: the weight must be a finite number"));
         }
         let name = Path::new(path).file_stem().map_or(path.into(), |s| s.to_string_lossy());
-        let file = std::fs::File::open(path).map_err(|e| format!("--lora {path}: {e}"))?;
-        Ok((Lora::from_source(&name, file).map_err(|e| e.to_string())?, weight))
+        let bytes = std::fs::read(path).map_err(|e| format!("--lora {path}: {e}"))?;
+        let hash = lora::short_hash(&bytes).unwrap_or_default();
+        let lora = Lora::from_source(&name, std::io::Cursor::new(bytes)).map_err(|e| e.to_string())?;
+        Ok((lora, weight, hash))
     }
 
     fn generate(a: GenerateArgs) -> Result<String, String> {
@@ -287,8 +289,20 @@ mod native {
         let (steps, guidance) = recommended(&a.model, a.steps, a.guidance)?;
         // diffusers' defaults: img2img strength 0.8, inpainting 1.0.
         let strength = a.strength.unwrap_or(if init_image.is_some() && mask.is_none() { 0.8 } else { 1.0 });
+        // A1111's <lora:name:weight> tags name LoRAs given with --lora and set their weights.
+        let (prompt, tags) = lora::extract_tags(&a.prompt).map_err(|e| e.to_string())?;
+        if !lora::extract_tags(&a.negative).map_err(|e| e.to_string())?.1.is_empty() {
+            return Err("<lora:...> tags belong in the prompt, not the negative prompt".into());
+        }
+        let mut loras = a.loras.iter().map(|arg| read_lora(arg)).collect::<Result<Vec<_>, _>>()?;
+        for (name, weight) in tags {
+            let lora = loras.iter_mut().find(|l| l.0.name == name).ok_or_else(|| {
+                format!("<lora:{name}>: no LoRA of that name was given (--lora FILE; its name is the file's stem)")
+            })?;
+            lora.1 = weight;
+        }
         let request = GenerateRequest {
-            prompt: a.prompt.clone(),
+            prompt,
             negative_prompt: a.negative.clone(),
             steps,
             guidance,
@@ -311,14 +325,19 @@ mod native {
             Backend::Cpu => Device::flex(),
             Backend::Wgpu => websd::gpu::wgpu_device().map_err(|e| e.to_string())?.0,
         };
-        let loras = a.loras.iter().map(|arg| read_lora(arg)).collect::<Result<Vec<_>, _>>()?;
-        let model =
-            StableDiffusion::load_dir_with_loras(&a.model, variant, &loras, &device).map_err(|e| e.to_string())?;
-        let mut model = model;
+        let mut extra = ExtraNetworks::default();
+        let mut weighted = Vec::with_capacity(loras.len());
+        for (lora, weight, hash) in loras {
+            extra.loras.push((lora.name.clone(), weight, hash));
+            weighted.push((lora, weight));
+        }
+        let mut model =
+            StableDiffusion::load_dir_with_loras(&a.model, variant, &weighted, &device).map_err(|e| e.to_string())?;
         for path in &a.embeddings {
             let token = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-            let file = std::fs::File::open(path).map_err(|e| format!("--embedding {}: {e}", path.display()))?;
-            let embedding = Embedding::from_source(&token, file).map_err(|e| e.to_string())?;
+            let bytes = std::fs::read(path).map_err(|e| format!("--embedding {}: {e}", path.display()))?;
+            extra.embeddings.push((token.clone(), Embedding::short_hash(&bytes)));
+            let embedding = Embedding::from_source(&token, std::io::Cursor::new(bytes)).map_err(|e| e.to_string())?;
             model.add_textual_inversion(embedding).map_err(|e| e.to_string())?;
         }
         // Validate before any work, so bad input costs nothing.
@@ -346,7 +365,9 @@ mod native {
         let unet_file = websd::weights::component_weights(&a.model.join("unet"), variant).map_err(|e| e.to_string())?;
         let model_hash = sha256_file(&unet_file)?;
         let model_name = a.model.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-        let parameters = a1111_parameters(&request, &output, &model_hash[..10], &model_name);
+        // The prompt as typed (with its <lora:...> tags).
+        let typed = GenerateRequest { prompt: a.prompt.clone(), ..request.clone() };
+        let parameters = a1111_parameters(&typed, &output, &model_hash[..10], &model_name, &extra);
         let images = pollster::block_on(output.rgba8_async()).map_err(|e| websd::Error::from(e).to_string())?;
         for (i, rgba) in images.iter().enumerate() {
             let path = if images.len() == 1 {

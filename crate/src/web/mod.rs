@@ -414,6 +414,15 @@ fn pipeline_request(s: &GenerateSettings) -> Result<GenerateRequest, Error> {
     if mask.is_some() && init_image.is_none() {
         return Err(Error::Invalid("a mask needs an init image".into()));
     }
+    // The browser has no LoRAs yet: a tag would otherwise be read as words of the prompt.
+    for text in [&s.prompt, &s.negative_prompt] {
+        let (_, tags) = crate::lora::extract_tags(text).map_err(|e| Error::Invalid(e.to_string()))?;
+        if let Some((name, _)) = tags.first() {
+            return Err(Error::Unsupported(format!(
+                "<lora:{name}...>: LoRAs are not available in the browser yet (the command line has --lora)"
+            )));
+        }
+    }
     if s.seed > crate::protocol::MAX_SEED {
         return Err(Error::Invalid(format!("seed must be at most 2^53 - 1, got {}", s.seed)));
     }
@@ -577,7 +586,7 @@ async fn generate(
     let output = output.map_err(Error::from)?;
     let images = output.rgba8_async().await.map_err(Error::from)?;
     cx.emit(Event::Progress { phase: Phase::Decode, done: 1, total: 1, bytes: None, file: None });
-    let parameters = a1111_parameters(&request, &output, &model.hash, &model.name);
+    let parameters = a1111_parameters(&request, &output, &model.hash, &model.name, &Default::default());
     let mut echoed = settings.clone();
     echoed.init_image = None;
     echoed.mask = None;

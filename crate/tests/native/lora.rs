@@ -82,22 +82,50 @@ fn a_lora_that_does_not_fit_is_refused_before_loading() {
     assert!(matches!(Lora::from_source("x", garbage), Err(LoraError::File { .. })));
 }
 
+fn png_parameters(path: &std::path::Path) -> String {
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
+    let reader = decoder.read_info().unwrap();
+    let text = reader.info().utf8_text.iter().find(|t| t.keyword == "parameters").expect("parameters").clone();
+    text.get_text().unwrap()
+}
+
 #[test]
-fn the_cli_takes_loras_with_weights() {
+fn the_cli_takes_loras_with_weights_and_prompt_tags() {
     let out = std::env::temp_dir().join("websd-cli-lora.png");
     let model = fixtures_dir().join("tiny-sd");
     let file = fixtures_dir().join("lora/lora_peft.safetensors");
-    let sd = |lora: &str| {
+    let sd = |prompt: &str, lora: &str| {
         std::process::Command::new(env!("CARGO_BIN_EXE_sd"))
-            .args(["generate", "--model", model.to_str().unwrap(), "--prompt", "a cat", "--out"])
+            .args(["generate", "--model", model.to_str().unwrap(), "--prompt", prompt, "--out"])
             .arg(&out)
             .args(["--steps", "1", "--width", "16", "--height", "16", "--lora", lora])
             .output()
             .unwrap()
     };
-    let ok = sd(&format!("{}:0.5", file.display()));
+    let ok = sd("a cat", &format!("{}:0.5", file.display()));
     assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stderr));
-    let missing = sd("/nonexistent/lora.safetensors:0.5");
+    let plain = png_parameters(&out);
+    // A1111's way: the tag in the prompt, the file's addnet hash (sha256 after the header).
+    let bytes = std::fs::read(&file).unwrap();
+    let hash = websd::lora::short_hash(&bytes).unwrap();
+    assert!(plain.starts_with("a cat <lora:lora_peft:0.5>\n"), "{plain}");
+    assert!(plain.ends_with(&format!(", Lora hashes: \"lora_peft: {hash}\"")), "{plain}");
+    let image = std::fs::read(&out).unwrap();
+    // A tag sets the weight (0.5 as above: the same image), and stays in the PNG as typed.
+    let tagged = sd("a cat <lora:lora_peft:0.5>", &file.display().to_string());
+    assert_eq!(tagged.status.code(), Some(0), "{}", String::from_utf8_lossy(&tagged.stderr));
+    assert!(png_parameters(&out).starts_with("a cat <lora:lora_peft:0.5>\n"));
+    let pixels = |png: &[u8]| {
+        let mut reader = png::Decoder::new(std::io::Cursor::new(png)).read_info().unwrap();
+        let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+        reader.next_frame(&mut buf).unwrap();
+        buf
+    };
+    assert_eq!(pixels(&image), pixels(&std::fs::read(&out).unwrap()));
+    let unknown = sd("a cat <lora:other:1>", &file.display().to_string());
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("<lora:other>"));
+    let missing = sd("a cat", "/nonexistent/lora.safetensors:0.5");
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/lora.safetensors"));
 }

@@ -82,4 +82,9 @@ fn the_cli_takes_embeddings() {
         .output()
         .unwrap();
     assert_eq!(result.status.code(), Some(0), "{}", String::from_utf8_lossy(&result.stderr));
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&out).unwrap()));
+    let reader = decoder.read_info().unwrap();
+    let text = reader.info().utf8_text.iter().find(|t| t.keyword == "parameters").unwrap().get_text().unwrap();
+    let hash = Embedding::short_hash(&std::fs::read(&file).unwrap());
+    assert!(text.ends_with(&format!(", TI hashes: \"tiny-style: {hash}\"")), "{text}");
 }
