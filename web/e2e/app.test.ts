@@ -580,3 +580,66 @@ test("a new version is announced, waits for the running generation, then applies
     rmSync(root, { recursive: true, force: true });
   }
 });
+
+/** `png` with an iTXt `parameters` chunk after its header (CRC zeroed: the page reads the bytes itself). */
+function withParameters(png: Buffer, text: string): Buffer {
+  const data = Buffer.concat([Buffer.from("parameters\0\0\0\0\0", "latin1"), Buffer.from(text, "utf8")]);
+  const length = Buffer.alloc(4);
+  length.writeUInt32BE(data.length);
+  const chunk = Buffer.concat([length, Buffer.from("iTXt"), data, Buffer.alloc(4)]);
+  return Buffer.concat([png.subarray(0, 33), chunk, png.subarray(33)]);
+}
+
+test("settings load from one of our PNGs and from an A1111 PNG; what cannot be applied is named", { timeout: 120_000 }, async () => {
+  await page.goto(appUrl("tiny-sd"));
+  await page.waitForSelector('[data-testid="model"] option', { state: "attached" });
+  const info = page.getByTestId("png-settings-info");
+  const fields = async (): Promise<Record<string, string>> => {
+    const out: Record<string, string> = {};
+    for (const f of ["prompt", "negative", "steps", "guidance", "seed", "width", "height", "scheduler", "strength"]) {
+      out[f] = await page.getByTestId(f).inputValue();
+    }
+    return out;
+  };
+  const base = readFileSync(`${FIXTURES}/runs/img2img_ddim/init_image.png`);
+  const a1111 = [
+    "masterpiece, (red hair:1.2) <lora:detail:0.6>",
+    "Negative prompt: lowres",
+    'Steps: 30, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 6, Seed: 1234567890, Size: 512x768, Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Denoising strength: 0.45, Clip skip: 2, Lora hashes: "detail: 1a2b3c4d5e6f"',
+  ].join("\n");
+  await page.getByTestId("png-settings").setInputFiles({ name: "a1111.png", mimeType: "image/png", buffer: withParameters(base, a1111) });
+  await page.waitForFunction(() => /loaded/.test(document.querySelector('[data-testid="png-settings-info"]')?.textContent ?? ""));
+  assert.deepEqual(await fields(), {
+    prompt: "masterpiece, (red hair:1.2)",
+    negative: "lowres",
+    steps: "30",
+    guidance: "6",
+    seed: "1234567890",
+    width: "512",
+    height: "768",
+    scheduler: "dpmpp-2m-karras",
+    strength: "0.45",
+  });
+  assert.equal(await page.getByTestId("mode-img2img").isChecked(), true);
+  const text = await info.innerText();
+  console.log(`A1111 PNG: ${text}`);
+  for (const part of ["LoRA detail at 0.6 (LoRAs are not available in the browser yet)", "Clip skip: 2", "Model: v1-5-pruned-emaonly (not among this app's models)"]) {
+    assert.ok(text.includes(part), `${part} in ${text}`);
+  }
+  // One of ours, as the app writes it: every field, and the model it names is the one in use.
+  const ours = "a cat on a mat\nNegative prompt: blurry\nSteps: 8, Sampler: Euler a, CFG scale: 7.5, Seed: 42, Size: 64x64, Model hash: 0123456789, Model: tiny-sd";
+  await page.getByTestId("png-settings").setInputFiles({ name: "ours.png", mimeType: "image/png", buffer: withParameters(base, ours) });
+  await page.waitForFunction(() => /"ours.png" loaded/.test(document.querySelector('[data-testid="png-settings-info"]')?.textContent ?? ""));
+  assert.equal(await info.innerText(), 'Settings of "ours.png" loaded.');
+  const loaded = await fields();
+  assert.deepEqual(
+    [loaded["prompt"], loaded["negative"], loaded["steps"], loaded["seed"], loaded["width"], loaded["scheduler"]],
+    ["a cat on a mat", "blurry", "8", "42", "64", "euler-a"],
+  );
+  assert.equal(await page.getByTestId("mode-txt2img").isChecked(), true);
+  // Not a PNG, and a PNG without settings: a clear message.
+  await page.getByTestId("png-settings").setInputFiles({ name: "notes.png", mimeType: "image/png", buffer: Buffer.from("not a png") });
+  await page.waitForFunction(() => /"notes.png" is not a PNG/.test(document.querySelector('[data-testid="error"]')?.textContent ?? ""));
+  await page.getByTestId("png-settings").setInputFiles({ name: "plain.png", mimeType: "image/png", buffer: base });
+  await page.waitForFunction(() => /no generation settings/.test(document.querySelector('[data-testid="error"]')?.textContent ?? ""));
+});

@@ -9,6 +9,7 @@ import { Gallery, fileName, type GalleryItem } from "./gallery";
 import { renderGpu, renderSelfTest } from "./gpu-panel";
 import { decodeImage, drawRgba, fittedSize, rgbaAt, UnusableImage } from "./images";
 import { MaskEditor } from "./mask-editor";
+import { parseParameters, pngTextChunks } from "./png-settings";
 import { ProgressView } from "./progress";
 import type { GenerateSettings, ModelInfo, WorkerEvent } from "./protocol";
 import { formValuesOf, parseSettings, randomSeed, SCHEDULER_LABELS, SCHEDULERS, type FormValues, type Mode } from "./settings";
@@ -124,6 +125,51 @@ function reuse(item: GalleryItem): void {
   if (item.settings.strength === undefined) setMode("txt2img");
   byTestId("prompt").scrollIntoView({ behavior: "smooth", block: "center" });
 }
+
+// ---- settings from a PNG (ours or AUTOMATIC1111's), picked or dropped on the form ------------------
+
+async function loadPngSettings(file: File): Promise<void> {
+  const status = byTestId("png-settings-info");
+  const chunks = await pngTextChunks(new Uint8Array(await file.arrayBuffer()));
+  const text = chunks?.["parameters"];
+  if (chunks === null || text === undefined) {
+    status.textContent = "";
+    errors.show(chunks === null ? `"${file.name}" is not a PNG.` : `"${file.name}" carries no generation settings (no "parameters" text).`);
+    return;
+  }
+  const loaded = parseParameters(text);
+  for (const f of FIELDS) {
+    const value = loaded.values[f];
+    if (value !== undefined) {
+      setField(f, value);
+      dirty.add(f);
+    }
+  }
+  const notApplied = [...loaded.notApplied];
+  if (loaded.model !== undefined) {
+    const choice = choices.find((c) => labelOf(c.url).split(" (")[0] === loaded.model);
+    if (choice === undefined) notApplied.push(`Model: ${loaded.model} (not among this app's models)`);
+    else if (choice !== current) selectModel(choice);
+  }
+  if (loaded.imageMode && mode() === "txt2img") setMode("img2img");
+  if (!loaded.imageMode) setMode("txt2img");
+  errors.clear();
+  status.textContent = `Settings of "${file.name}" loaded.${notApplied.length > 0 ? ` Not applied: ${notApplied.join("; ")}.` : ""}`;
+}
+
+const pngInput = byTestId<HTMLInputElement>("png-settings");
+pngInput.addEventListener("change", () => {
+  const file = pngInput.files?.[0];
+  if (file) void loadPngSettings(file);
+  pngInput.value = "";
+});
+const pngDrop = byTestId("png-drop");
+pngDrop.addEventListener("dragover", (e) => e.preventDefault());
+pngDrop.addEventListener("drop", (e) => {
+  e.preventDefault();
+  const file = e.dataTransfer?.files[0];
+  if (file) void loadPngSettings(file);
+});
 
 byTestId("seed-random").addEventListener("click", () => {
   input("seed").value = String(randomSeed());

@@ -305,9 +305,13 @@ fn cases() -> Vec<Case> {
         case("image 0x0", "request", Rgba(0, 0, 0), "invalid", "is not a 0x0 RGBA image"),
         case("unknown scheduler", "request", SchedulerName("bogus"), "invalid", "unknown scheduler \"bogus\""),
         case("empty prompt", "request", request(|r| r.prompt.clear()), "ok", ""),
-        case("prompt of 20000 words", "request", request(|r| r.prompt = "castle ".repeat(20_000)), "ok", ""),
+        // A1111 weighting (the default) reads a long prompt in chunks of 75 tokens, at most 16.
+        case("prompt of 20000 words", "request", request(|r| r.prompt = "castle ".repeat(20_000)), "invalid", "the prompt needs 267 chunks of 75 tokens; at most 16"),
+        case("prompt of 20000 words, no weighting (truncated as diffusers)", "request", request(|r| { r.prompt = "castle ".repeat(20_000); r.prompt_weighting = false }), "ok", ""),
+        case("prompt weight not a number", "request", request(|r| r.prompt = "(castle:1.2.3)".into()), "invalid", "\"1.2.3\" in \"(text:1.2.3)\" is not a number"),
         case("odd prompt (NUL, RTL, emoji, controls)", "request", request(|r| r.prompt = "nul\0 \u{202e}עברית \u{1F600}\u{fffd}\t\r\n".repeat(50)), "ok", ""),
-        case("negative prompt of 5000 emoji", "request", request(|r| r.negative_prompt = "\u{1F600}".repeat(5000)), "ok", ""),
+        case("negative prompt of 5000 emoji", "request", request(|r| r.negative_prompt = "\u{1F600}".repeat(5000)), "invalid", "needs 67 chunks"),
+        case("negative prompt of 5000 emoji, no weighting", "request", request(|r| { r.negative_prompt = "\u{1F600}".repeat(5000); r.prompt_weighting = false }), "ok", ""),
         // Worker protocol messages.
         case("negative steps", "protocol", Protocol(r#"{"type":"generate","model":"m","settings":{"prompt":"a","steps":-1}}"#), "bad-request", "invalid value: integer `-1`"),
         case("no prompt", "protocol", Protocol(r#"{"type":"generate","model":"m","settings":{}}"#), "bad-request", "missing field `prompt`"),
