@@ -5,7 +5,8 @@
 
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
-use crate::config::{AutoencoderKLConfig, MAX_IMAGE_SIDE, UNet2DConditionConfig};
+use crate::config::{AutoencoderKLConfig, UNet2DConditionConfig};
+use crate::limits::{MAX_BATCH, MAX_GUIDANCE, MAX_SIDE, MAX_STEPS};
 use crate::memory::{self, MemoryPlan, Precision, TooLarge, Workload};
 use crate::models::autoencoder_kl::{DEFAULT_BAND_BYTES, VaeDecoder, VaeEncoder};
 use crate::models::clip::ClipTextModel;
@@ -614,17 +615,17 @@ fn check_inputs(
     if w == 0 || h == 0 || w % 8 != 0 || h % 8 != 0 {
         return bad(format!("width and height must be positive multiples of 8, got {w}x{h}"));
     }
-    if w > MAX_IMAGE_SIDE || h > MAX_IMAGE_SIDE {
-        return bad(format!("{w}x{h} is larger than the {MAX_IMAGE_SIDE} px this app supports"));
+    if w > MAX_SIDE || h > MAX_SIDE {
+        return bad(format!("{w}x{h} is larger than the {MAX_SIDE} px this app supports"));
     }
-    if r.steps == 0 || r.steps > 1000 {
-        return bad(format!("steps must be between 1 and 1000, got {}", r.steps));
+    if r.steps == 0 || r.steps > MAX_STEPS {
+        return bad(format!("steps must be between 1 and {MAX_STEPS}, got {}", r.steps));
     }
-    if !r.guidance.is_finite() || r.guidance < 0.0 {
-        return bad(format!("guidance must be a finite number >= 0, got {}", r.guidance));
+    if !r.guidance.is_finite() || r.guidance < 0.0 || r.guidance > MAX_GUIDANCE {
+        return bad(format!("guidance must be a number from 0 to {MAX_GUIDANCE}, got {}", r.guidance));
     }
-    if r.batch == 0 || r.batch > 16 {
-        return bad(format!("batch must be between 1 and 16, got {}", r.batch));
+    if r.batch == 0 || r.batch > MAX_BATCH {
+        return bad(format!("batch must be between 1 and {MAX_BATCH}, got {}", r.batch));
     }
     if !(0.0..=1.0).contains(&r.strength) || r.strength.is_nan() {
         return bad(format!("strength must be in [0, 1], got {}", r.strength));

@@ -6,7 +6,7 @@ import { imageHeaderOf } from "./image-header";
 import type { RgbaImage } from "./protocol";
 
 /** The most pixels an uploaded image (init image or mask) may have: 64 megapixels (8192x8192), 256
- * MiB once decoded to RGBA. The engine works at 2048x2048 at most, so larger images are only ever
+ * MiB once decoded to RGBA. The engine works at 4096x4096 at most (crate::limits), so larger images are only ever
  * scaled down; 64 MP still takes a 48 MP phone photo or an 8K frame, while decoding, say, a
  * 30000x30000 PNG (3.6 GB of pixels) would take the tab down. Checked from the file's header, before
  * the browser decodes anything. */

@@ -12,7 +12,7 @@ import { MaskEditor } from "./mask-editor";
 import { parseParameters, pngTextChunks } from "./png-settings";
 import { ProgressView } from "./progress";
 import type { GenerateSettings, ModelInfo, WorkerEvent } from "./protocol";
-import { formValuesOf, parseSettings, randomSeed, SCHEDULER_LABELS, SCHEDULERS, type FormValues, type Mode } from "./settings";
+import { DEFAULTS, formValuesOf, parseSettings, randomSeed, SCHEDULER_LABELS, SCHEDULERS, type FormValues, type Mode } from "./settings";
 import { StoragePanel } from "./storage-panel";
 import { Updater } from "./sw-client";
 
@@ -82,7 +82,7 @@ function renderMode(): void {
   byTestId("image-panel").hidden = m === "txt2img";
   byTestId("mask-tools").hidden = m !== "inpaint";
   byTestId("mask").hidden = m !== "inpaint";
-  if (!dirty.has("strength")) input("strength").value = m === "inpaint" ? "1" : "0.8";
+  if (!dirty.has("strength")) input("strength").value = String(m === "inpaint" ? DEFAULTS.inpaintStrength : DEFAULTS.img2imgStrength);
 }
 for (const radio of document.querySelectorAll<HTMLInputElement>('input[name="mode"]')) {
   radio.addEventListener("change", renderMode);

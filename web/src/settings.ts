@@ -1,29 +1,18 @@
-// The form's text values -> the engine's GenerateSettings, with the same limits the engine enforces
-// (crate::pipeline::StableDiffusion::validate), so bad input gets a clear message before any work.
+// The form's text values -> the engine's GenerateSettings, with the limits the engine enforces
+// (crate::limits, generated into limits.gen.ts), so bad input gets a clear message before any work.
 // Pure functions: unit-tested in settings.test.ts.
+import { LIMITS, SCHEDULER_LABELS, SCHEDULERS } from "./limits.gen";
 import type { GenerateSettings, SchedulerName } from "./protocol";
 
-export const SCHEDULERS: readonly SchedulerName[] = ["ddpm", "ddim", "pndm", "euler", "euler-a", "dpmpp-2m", "dpmpp-2m-karras", "lcm"];
-export const SCHEDULER_LABELS: Record<SchedulerName, string> = {
-  ddpm: "DDPM",
-  ddim: "DDIM",
-  pndm: "PNDM",
-  euler: "Euler",
-  "euler-a": "Euler a",
-  "dpmpp-2m": "DPM++ 2M",
-  "dpmpp-2m-karras": "DPM++ 2M Karras",
-  lcm: "LCM",
-};
+export { DEFAULTS, LIMITS, SCHEDULER_LABELS, SCHEDULERS } from "./limits.gen";
 
 export type Mode = "txt2img" | "img2img" | "inpaint";
 
 /** The largest seed the engine takes: 2^53 - 1 (Number.MAX_SAFE_INTEGER). The seed reaches the worker
  * as a JS number, and serde-wasm-bindgen refuses any number that is not a safe integer (bad-request)
- * before the engine's own check (`s.seed > 1 << 53` in `pipeline_request`, crate/src/web/mod.rs)
+ * before the engine's own check (`protocol::MAX_SEED` in `pipeline_request`, crate/src/web/mod.rs)
  * runs, so 2^53 itself already fails there: this is the engine's real boundary. */
-export const MAX_SEED = Number.MAX_SAFE_INTEGER;
-
-export const LIMITS = { maxSide: 2048, maxSteps: 1000, maxBatch: 8, maxSeed: MAX_SEED } as const;
+export const MAX_SEED: number = LIMITS.maxSeed;
 
 /** The form's fields as typed (strings straight from the inputs). */
 export interface FormValues {
@@ -61,8 +50,8 @@ export function parseSettings(v: FormValues, mode: Mode): Parsed {
     return fail("steps", `Steps must be a whole number from 1 to ${LIMITS.maxSteps} (got "${v.steps}").`);
   }
   const guidance = decimal(v.guidance);
-  if (guidance === null || guidance < 0 || guidance > 50) {
-    return fail("guidance", `Guidance must be a number from 0 to 50 (got "${v.guidance}").`);
+  if (guidance === null || guidance < 0 || guidance > LIMITS.maxGuidance) {
+    return fail("guidance", `Guidance must be a number from 0 to ${LIMITS.maxGuidance} (got "${v.guidance}").`);
   }
   const seed = integer(v.seed);
   // Above 2^53 Number() rounds (2^53 + 1 reads as 2^53), never below it: the comparison still holds.

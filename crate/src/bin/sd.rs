@@ -287,8 +287,7 @@ mod native {
             return Err("--mask needs --init-image".into());
         }
         let (steps, guidance) = recommended(&a.model, a.steps, a.guidance)?;
-        // diffusers' defaults: img2img strength 0.8, inpainting 1.0.
-        let strength = a.strength.unwrap_or(if init_image.is_some() && mask.is_none() { 0.8 } else { 1.0 });
+        let strength = a.strength.unwrap_or(websd::limits::default_strength(init_image.is_some(), mask.is_some()));
         // A1111's <lora:name:weight> tags name LoRAs given with --lora and set their weights.
         let (prompt, tags) = lora::extract_tags(&a.prompt).map_err(|e| e.to_string())?;
         if !lora::extract_tags(&a.negative).map_err(|e| e.to_string())?.1.is_empty() {

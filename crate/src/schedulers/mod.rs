@@ -135,6 +135,14 @@ impl SchedulerKind {
         })
     }
 
+    /// Its name in the page's form.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Pndm => "PNDM",
+            other => other.a1111_name(),
+        }
+    }
+
     /// A1111's sampler name, for the PNG `parameters` chunk.
     pub fn a1111_name(self) -> &'static str {
         match self {

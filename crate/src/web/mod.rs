@@ -428,8 +428,7 @@ fn pipeline_request(s: &GenerateSettings) -> Result<GenerateRequest, Error> {
     }
     let scheduler =
         s.scheduler.as_deref().map(SchedulerKind::from_name).transpose().map_err(|e| Error::Invalid(e.to_string()))?;
-    // diffusers' defaults: img2img strength 0.8, inpainting 1.0.
-    let strength = s.strength.unwrap_or(if init_image.is_some() && mask.is_none() { 0.8 } else { 1.0 });
+    let strength = s.strength.unwrap_or(crate::limits::default_strength(init_image.is_some(), mask.is_some()));
     Ok(GenerateRequest {
         prompt: s.prompt.clone(),
         negative_prompt: s.negative_prompt.clone(),

@@ -284,9 +284,10 @@ fn cases() -> Vec<Case> {
         // Requests on the intact model.
         case("steps 0", "request", request(|r| r.steps = 0), "invalid", "steps must be between 1 and 1000, got 0"),
         case("steps 1e6", "request", request(|r| r.steps = 1_000_000), "invalid", "steps must be between 1 and 1000"),
-        case("guidance NaN", "request", request(|r| r.guidance = f32::NAN), "invalid", "guidance must be a finite number >= 0, got NaN"),
-        case("guidance negative", "request", request(|r| r.guidance = -3.0), "invalid", "guidance must be a finite number >= 0"),
-        case("guidance infinite", "request", request(|r| r.guidance = f32::INFINITY), "invalid", "guidance must be a finite number >= 0, got inf"),
+        case("guidance NaN", "request", request(|r| r.guidance = f32::NAN), "invalid", "guidance must be a number from 0 to 50, got NaN"),
+        case("guidance negative", "request", request(|r| r.guidance = -3.0), "invalid", "guidance must be a number from 0 to 50, got -3"),
+        case("guidance infinite", "request", request(|r| r.guidance = f32::INFINITY), "invalid", "guidance must be a number from 0 to 50, got inf"),
+        case("guidance above the limit", "request", request(|r| r.guidance = 51.0), "invalid", "guidance must be a number from 0 to 50, got 51"),
         case("width not a multiple of 8", "request", request(|r| r.width = Some(12)), "invalid", "positive multiples of 8, got 12x64"),
         case("width 0", "request", request(|r| r.width = Some(0)), "invalid", "positive multiples of 8"),
         case("huge size", "request", request(|r| (r.width, r.height) = (Some(1 << 20), Some(1 << 20))), "invalid", "larger than the 4096 px this app supports"),
@@ -338,7 +339,7 @@ fn cases() -> Vec<Case> {
         case("truncated U-Net weights", "cli", cli(weights_bytes(|b| b[..1000].to_vec()), &["--variant", "fp32"]), "exit 2", "unet: truncated safetensors data"),
         case("unknown scheduler", "cli", cli(Mutation::Model(vec![]), &["--scheduler", "bogus"]), "exit 2", "unknown scheduler \"bogus\""),
         case("steps 0", "cli", cli(Mutation::Model(vec![]), &["--steps", "0"]), "exit 2", "steps must be between 1 and 1000, got 0"),
-        case("guidance NaN", "cli", cli(Mutation::Model(vec![]), &["--guidance", "NaN"]), "exit 2", "guidance must be a finite number >= 0, got NaN"),
+        case("guidance NaN", "cli", cli(Mutation::Model(vec![]), &["--guidance", "NaN"]), "exit 2", "guidance must be a number from 0 to 50, got NaN"),
         case("width 12", "cli", cli(Mutation::Model(vec![]), &["--width", "12"]), "exit 2", "positive multiples of 8, got 12x64"),
         case("mask without an image", "cli", cli(Mutation::Model(vec![]), &["--mask", "{dir}/mask.png"]), "exit 2", "--mask needs --init-image"),
     ]

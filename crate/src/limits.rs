@@ -1,0 +1,81 @@
+//! Every limit and default of a generation request, in one place: the pipeline checks them
+//! ([`crate::pipeline::StableDiffusion::validate`]), the CLI and the worker take their defaults from
+//! here, and the page's form reads the same values from `web/src/limits.gen.ts`, which the test
+//! `limits::tests::typescript_limits_are_current` writes from this module.
+
+use crate::schedulers::SchedulerKind;
+
+/// Largest width or height, in pixels (a multiple of 8); the GPU memory plan may refuse less.
+pub const MAX_SIDE: usize = crate::config::MAX_IMAGE_SIDE;
+/// Most denoising steps.
+pub const MAX_STEPS: usize = 1000;
+/// Most images per prompt.
+pub const MAX_BATCH: usize = 16;
+/// Largest classifier-free guidance scale (A1111's slider stops at 30; past 50 images are noise).
+pub const MAX_GUIDANCE: f32 = 50.0;
+/// Largest seed: 2^53 - 1, the largest integer a JS number holds exactly (see [`crate::protocol::MAX_SEED`]).
+pub const MAX_SEED: u64 = crate::protocol::MAX_SEED;
+/// diffusers' default steps.
+pub const DEFAULT_STEPS: usize = crate::manifest::DIFFUSERS_STEPS;
+/// diffusers' default guidance scale.
+pub const DEFAULT_GUIDANCE: f32 = crate::manifest::DIFFUSERS_GUIDANCE;
+/// diffusers' default img2img strength.
+pub const IMG2IMG_STRENGTH: f32 = 0.8;
+/// diffusers' default inpainting strength.
+pub const INPAINT_STRENGTH: f32 = 1.0;
+
+/// diffusers' default strength: 0.8 for img2img, 1 for inpainting (and txt2img).
+pub fn default_strength(init_image: bool, mask: bool) -> f32 {
+    if init_image && !mask { IMG2IMG_STRENGTH } else { INPAINT_STRENGTH }
+}
+
+/// `web/src/limits.gen.ts`.
+pub fn typescript() -> String {
+    let names: Vec<String> = SchedulerKind::ALL.iter().map(|k| format!("\"{}\"", k.name())).collect();
+    let labels: Vec<String> =
+        SchedulerKind::ALL.iter().map(|k| format!("  \"{}\": \"{}\",\n", k.name(), k.label())).collect();
+    format!(
+        "// Generated from crate/src/limits.rs by the Rust test limits::tests::typescript_limits_are_current.\n\
+         // Regenerate with UPDATE_PROTOCOL_SAMPLES=1 cargo test -p websd --lib limits.\n\
+         import type {{ SchedulerName }} from \"./protocol\";\n\n\
+         /** The engine's limits of a generation request (crate::limits). */\n\
+         export const LIMITS = {{ maxSide: {MAX_SIDE}, maxSteps: {MAX_STEPS}, maxBatch: {MAX_BATCH}, maxGuidance: {MAX_GUIDANCE}, maxSeed: {MAX_SEED} }} as const;\n\n\
+         /** diffusers' defaults, as the engine applies them. */\n\
+         export const DEFAULTS = {{ steps: {DEFAULT_STEPS}, guidance: {DEFAULT_GUIDANCE}, img2imgStrength: {IMG2IMG_STRENGTH}, inpaintStrength: {INPAINT_STRENGTH} }} as const;\n\n\
+         /** The schedulers, in the order the form lists them. */\n\
+         export const SCHEDULERS = [{}] as const satisfies readonly SchedulerName[];\n\n\
+         /** Their names in the form. */\n\
+         export const SCHEDULER_LABELS: Record<SchedulerName, string> = {{\n{}}};\n",
+        names.join(", "),
+        labels.concat(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The page's copy must be this module's (`tsc` checks the generated file with the page).
+    #[test]
+    fn typescript_limits_are_current() {
+        let text = typescript();
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../web/src/limits.gen.ts");
+        if std::env::var_os("UPDATE_PROTOCOL_SAMPLES").is_some() {
+            std::fs::write(&path, &text).unwrap();
+        }
+        let current = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            current == text,
+            "{} is stale: run UPDATE_PROTOCOL_SAMPLES=1 cargo test -p websd --lib limits",
+            path.display()
+        );
+    }
+
+    #[test]
+    fn defaults_are_within_the_limits() {
+        assert!((1..=MAX_STEPS).contains(&DEFAULT_STEPS));
+        assert!((0.0..=MAX_GUIDANCE).contains(&DEFAULT_GUIDANCE));
+        assert_eq!((default_strength(true, false), default_strength(true, true)), (0.8, 1.0));
+        assert_eq!(MAX_SIDE % 8, 0);
+    }
+}
