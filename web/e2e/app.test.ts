@@ -340,8 +340,16 @@ test("bad input gets a clear message and the worker survives", { timeout: 300_00
   await page.goto(appUrl("tiny-sd"));
   await waitReady();
   assert.equal(await errorText(), "");
-  await fill({ steps: "1", ...SMALL, seed: "1" });
+  // A1111 prompt weighting (on by default): a weight that is not a number is refused by the engine;
+  // with the box unticked the same prompt is words, and generates.
+  const prompt = await page.getByTestId("prompt").inputValue();
+  await fill({ steps: "1", ...SMALL, seed: "1", prompt: "a (cat:1.2.3)" });
+  await page.getByTestId("generate").click();
+  await waitError(/"1\.2\.3" in "\(text:1\.2\.3\)" is not a number/);
+  await page.getByTestId("prompt-weighting").uncheck();
   await generate();
+  await page.getByTestId("prompt-weighting").check();
+  await fill({ prompt });
 });
 
 test("cancel mid-run, then generate again", { timeout: 300_000 }, async () => {

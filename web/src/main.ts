@@ -425,7 +425,12 @@ async function generate(): Promise<void> {
   if (problem) return refuse(problem);
   const parsed = parseSettings(values(), m);
   if (!parsed.ok) return refuse(parsed.message, parsed.field);
-  const settings: GenerateSettings = { ...parsed.settings, previewEvery: byTestId<HTMLInputElement>("live-preview").checked ? 1 : 0 };
+  const settings: GenerateSettings = {
+    ...parsed.settings,
+    previewEvery: byTestId<HTMLInputElement>("live-preview").checked ? 1 : 0,
+    // Off: diffusers' reading (77 tokens, brackets are words); plain prompts encode the same either way.
+    promptWeighting: byTestId<HTMLInputElement>("prompt-weighting").checked,
+  };
   if (m !== "txt2img") {
     settings.initImage = rgbaAt(initBitmap!, settings.width!, settings.height!);
     if (m === "inpaint") settings.mask = mask.export(settings.width!, settings.height!);
