@@ -347,6 +347,9 @@ describe("worker engine", () => {
     const weight = await e.call({ type: "generate", model: manifestUrl("clean"), variant: "fp16", settings: { prompt: "(a cat:1.2.3)", width: 16, height: 16, steps: 1 } });
     assert.equal((weight.final as { code: string }).code, "invalid", JSON.stringify(weight.final));
     assert.match((weight.final as { message: string }).message, /"1\.2\.3" in "\(text:1\.2\.3\)" is not a number/);
+    // Before any load: even for a model that is not stored.
+    const early = await e.call({ type: "generate", model: "https://nowhere.invalid/m.json", settings: { prompt: "(x:1.2.3)" } });
+    assert.equal((early.final as { code: string }).code, "invalid", JSON.stringify(early.final));
     const status = await e.call({ type: "status" });
     assert.equal(status.final.type, "status");
     // Deleting removes the files and chunks; the model is then unknown.

@@ -414,6 +414,12 @@ fn pipeline_request(s: &GenerateSettings) -> Result<GenerateRequest, Error> {
     if mask.is_some() && init_image.is_none() {
         return Err(Error::Invalid("a mask needs an init image".into()));
     }
+    // The weighting syntax is checked here, before any load (its chunk count needs the tokenizer, later).
+    if s.prompt_weighting {
+        for text in [&s.prompt, &s.negative_prompt] {
+            crate::prompt_weighting::parse_prompt_attention(text).map_err(|e| Error::Invalid(e.to_string()))?;
+        }
+    }
     // The browser has no LoRAs yet: a tag would otherwise be read as words of the prompt.
     for text in [&s.prompt, &s.negative_prompt] {
         let (_, tags) = crate::lora::extract_tags(text).map_err(|e| Error::Invalid(e.to_string()))?;
