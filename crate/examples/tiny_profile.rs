@@ -1,12 +1,15 @@
-//! Where a tiny txt2img run spends its time on Flex (text encoder, U-Net calls, decode).
+//! Where a tiny txt2img run spends its time (text encoder, U-Net calls, decode, single ops):
+//! `cargo run --release --example tiny_profile -- [model dir] [cpu|wgpu|wgpu-f16|wgpu-capped]`.
 use std::time::Instant;
 
-use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
+use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use websd::pipeline::StableDiffusion;
+
+mod common;
 
 fn main() {
     let dir = std::env::args().nth(1).unwrap_or_else(|| "tests/fixtures/tiny-sd".into());
-    let d = Device::flex();
+    let d = common::device(&std::env::args().nth(2).unwrap_or_else(|| "cpu".into()));
     let m = StableDiffusion::load_dir(std::path::Path::new(&dir), None, &d).unwrap();
     let time = |name: &str, f: &mut dyn FnMut()| {
         f();
