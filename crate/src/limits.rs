@@ -58,17 +58,7 @@ mod tests {
     /// The page's copy must be this module's (`tsc` checks the generated file with the page).
     #[test]
     fn typescript_limits_are_current() {
-        let text = typescript();
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../web/src/limits.gen.ts");
-        if std::env::var_os("UPDATE_PROTOCOL_SAMPLES").is_some() {
-            std::fs::write(&path, &text).unwrap();
-        }
-        let current = std::fs::read_to_string(&path).unwrap_or_default();
-        assert!(
-            current == text,
-            "{} is stale: run UPDATE_PROTOCOL_SAMPLES=1 cargo test -p websd --lib limits",
-            path.display()
-        );
+        crate::protocol::check_generated("limits.gen.ts", &typescript(), "limits");
     }
 
     #[test]

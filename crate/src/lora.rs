@@ -15,10 +15,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use burn::tensor::{Device, Tensor, TensorData, bf16, f16};
+use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::weights::{
-    ByteSource, Dtype, IntoTensorSource, KeyMap, SafetensorsReader, TensorInfo, TensorSource, WeightsError, host_data,
+    ByteSource, IntoTensorSource, KeyMap, SafetensorsHeader, SafetensorsReader, TensorInfo, TensorSource, WeightsError,
+    host_data,
 };
 
 /// Why a LoRA cannot be applied.
@@ -148,15 +149,9 @@ fn classify(name: &str) -> Option<(Component, &str, bool, Role)> {
     None
 }
 
-/// A scalar tensor's value (kohya's `alpha`).
+/// A scalar tensor's value (kohya's `alpha`), in any float dtype.
 fn scalar(t: &HostTensor) -> Option<f32> {
-    let b = &t.bytes;
-    match t.info.dtype {
-        Dtype::F32 if b.len() == 4 => Some(f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-        Dtype::F16 if b.len() == 2 => Some(f16::from_le_bytes([b[0], b[1]]).to_f32()),
-        Dtype::BF16 if b.len() == 2 => Some(bf16::from_le_bytes([b[0], b[1]]).to_f32()),
-        _ => None,
-    }
+    t.info.to_f32(&t.bytes).ok().filter(|v| v.len() == 1).map(|v| v[0])
 }
 
 impl Lora {
@@ -245,8 +240,8 @@ pub fn extract_tags(prompt: &str) -> Result<(String, Vec<(String, f32)>), LoraEr
 /// header, 12 hex digits; `None` if the file is too short to have a header.
 pub fn short_hash(file: &[u8]) -> Option<String> {
     use sha2::{Digest, Sha256};
-    let n = u64::from_le_bytes(file.get(..8)?.try_into().ok()?);
-    let data = file.get(8usize.checked_add(usize::try_from(n).ok()?)?..)?;
+    let data_start = SafetensorsHeader::prefix_len(file).ok()?;
+    let data = file.get(usize::try_from(data_start).ok()?..)?;
     Some(format!("{:x}", Sha256::digest(data))[..12].to_string())
 }
 
@@ -387,7 +382,7 @@ mod tests {
 
     fn layer(module: &str, kohya: bool) -> Layer {
         let t = |shape: Vec<usize>| HostTensor {
-            info: TensorInfo { name: String::new(), dtype: Dtype::F32, shape, start: 0, end: 0 },
+            info: TensorInfo { name: String::new(), dtype: crate::weights::Dtype::F32, shape, start: 0, end: 0 },
             bytes: vec![],
         };
         Layer {

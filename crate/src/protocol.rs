@@ -717,15 +717,22 @@ mod tests {
             lines(requests.iter().map(|r| serde_json::to_value(r).unwrap()).collect()),
             lines(events.iter().map(|e| serde_json::to_value(e).unwrap()).collect()),
         );
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../web/src/protocol-samples.gen.ts");
-        if std::env::var_os("UPDATE_PROTOCOL_SAMPLES").is_some() {
-            std::fs::write(&path, &text).unwrap();
-        }
-        let current = std::fs::read_to_string(&path).unwrap_or_default();
-        assert!(
-            current == text,
-            "{} is stale: run UPDATE_PROTOCOL_SAMPLES=1 cargo test -p websd --lib protocol",
-            path.display()
-        );
+        check_generated("protocol-samples.gen.ts", &text, "protocol");
     }
+}
+
+/// A TypeScript file generated from Rust (`web/src/<file>`) must be `text`: rewritten when
+/// `UPDATE_PROTOCOL_SAMPLES` is set, else compared (`module`: the tests' filter that regenerates it).
+#[cfg(test)]
+pub(crate) fn check_generated(file: &str, text: &str, module: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../web/src").join(file);
+    if std::env::var_os("UPDATE_PROTOCOL_SAMPLES").is_some() {
+        std::fs::write(&path, text).unwrap();
+    }
+    let current = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        current == text,
+        "{} is stale: run UPDATE_PROTOCOL_SAMPLES=1 cargo test -p websd --lib {module}",
+        path.display()
+    );
 }

@@ -6,7 +6,7 @@
 //! Files: safetensors only (no pickles): A1111's `emb_params` `[n, d]`, `string_to_param.*`, or any
 //! file of one tensor (diffusers' `learned_embeds.safetensors`: `{"<token>": [d]}`).
 
-use crate::weights::{ByteSource, Dtype, SafetensorsReader, TensorInfo, f16_le_to_f32};
+use crate::weights::{ByteSource, SafetensorsReader, TensorInfo};
 
 /// Why an embedding cannot be used.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -57,17 +57,7 @@ impl Embedding {
         if count == 0 || count > MAX_VECTORS || width == 0 {
             return Err(invalid(format!("{count} vectors of {width} values (1 to {MAX_VECTORS} vectors)")));
         }
-        let (_, bytes) = reader.read_bytes(&info.name).map_err(|e| invalid(e.to_string()))?;
-        let vectors = match info.dtype {
-            Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-            Dtype::F16 => f16_le_to_f32(&bytes),
-            Dtype::BF16 => bytes
-                .chunks_exact(2)
-                .map(|b| f32::from_bits((u32::from(u16::from_le_bytes([b[0], b[1]]))) << 16))
-                .collect(),
-            other => return Err(invalid(format!("{} is {other:?}, not a float tensor", info.name))),
-        };
-        let vectors: Vec<f32> = vectors;
+        let (_, vectors) = reader.read_f32(&info.name).map_err(|e| invalid(e.to_string()))?;
         if vectors.iter().any(|v| !v.is_finite()) {
             return Err(invalid("the vectors are not all finite".into()));
         }
