@@ -77,7 +77,7 @@ fn main() {
     let sample = reference.tensor::<4>("unet_in_sample", &device);
     let context = reference.tensor::<3>("unet_in_encoder_hidden_states", &device);
     let t = Instant::now();
-    let out = unet.forward(sample, 981.0, context.clone());
+    let out = unet.forward(sample, 981.0, context.clone(), None);
     let expected = reference.tensor::<4>("unet_out", &device);
     check(&format!("unet [2,4,16,16] t=981 ({:.2} s)", t.elapsed().as_secs_f64()), max_diff(out, expected));
 
@@ -85,7 +85,7 @@ fn main() {
     let x32 = Tensor::<4>::random([2, 4, 32, 32], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
     let run = || {
         let t = Instant::now();
-        let _ = unet.forward(x32.clone(), 500.0, context.clone()).into_data();
+        let _ = unet.forward(x32.clone(), 500.0, context.clone(), None).into_data();
         t.elapsed().as_secs_f64()
     };
     let warm = run();

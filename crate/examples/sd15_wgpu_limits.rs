@@ -41,7 +41,7 @@ fn main() {
         let sample = Tensor::<4>::from_data(TensorData::new(x.clone(), [2, 4, 64, 64]), device);
         let ctx = Tensor::<3>::from_data(TensorData::new(context.clone(), [2, 77, 768]), device);
         let t = Instant::now();
-        let out = to_vec(unet.forward(sample, 500.0, ctx));
+        let out = to_vec(unet.forward(sample, 500.0, ctx, None));
         (out, t.elapsed().as_secs_f64())
     };
     let (on_gpu, gpu_s) = run_unet(&gpu);

@@ -26,7 +26,7 @@ fn main() {
     let x = Tensor::<4>::random([2, 4, 32, 32], Distribution::Normal(0.0, 1.0), &d);
     let ctx = Tensor::<3>::random([2, 77, 32], Distribution::Normal(0.0, 1.0), &d);
     time("unet call", &mut || {
-        let _ = m.unet.forward(x.clone(), 500.0, ctx.clone()).into_data();
+        let _ = m.unet.forward(x.clone(), 500.0, ctx.clone(), None).into_data();
     });
     let z = Tensor::<4>::random([1, 4, 32, 32], Distribution::Normal(0.0, 1.0), &d);
     time("vae decode", &mut || {

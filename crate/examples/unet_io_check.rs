@@ -43,7 +43,7 @@ fn call(unet: &UNet2DConditionModel, device: &Device, io: &Path, out: &Path) -> 
     let sample = Tensor::<4>::from_data(TensorData::new(s, [ss[0], ss[1], ss[2], ss[3]]), device);
     let ehs = Tensor::<3>::from_data(TensorData::new(e, [es[0], es[1], es[2]]), device);
     let t0 = std::time::Instant::now();
-    let y = unet.forward(sample, t[0], ehs);
+    let y = unet.forward(sample, t[0], ehs, None);
     let values = y.into_data().convert::<f32>().try_into_vec::<f32>().unwrap();
     let ms = t0.elapsed().as_secs_f64() * 1e3;
     let diff = values.iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);

@@ -130,6 +130,11 @@ pub struct ModelIndex {
     pub class_name: String,
     /// Component name -> (library, class); `None` for components the model leaves out (safety checker).
     pub components: BTreeMap<String, Option<(String, String)>>,
+    /// SDXL: an empty negative prompt is zeros rather than the empty prompt's embeddings (diffusers'
+    /// default for SDXL pipelines: true).
+    pub force_zeros_for_empty_prompt: Option<bool>,
+    /// SDXL refiner: `time_ids` carry an aesthetic score instead of the target size.
+    pub requires_aesthetics_score: Option<bool>,
 }
 
 impl<'de> Deserialize<'de> for ModelIndex {
@@ -153,7 +158,13 @@ impl<'de> Deserialize<'de> for ModelIndex {
                 Some((k.clone(), entry))
             })
             .collect();
-        Ok(Self { class_name, components })
+        let flag = |key: &str| map.get(key).and_then(Value::as_bool);
+        Ok(Self {
+            class_name,
+            components,
+            force_zeros_for_empty_prompt: flag("force_zeros_for_empty_prompt"),
+            requires_aesthetics_score: flag("requires_aesthetics_score"),
+        })
     }
 }
 
@@ -252,6 +263,12 @@ pub struct UNet2DConditionConfig {
     /// Extra conditioning (SDXL: `text_time`); none for SD 1.x/2.x.
     #[serde(default)]
     pub addition_embed_type: Option<String>,
+    /// SDXL: width of the sinusoidal features of each of the six size numbers (`time_ids`).
+    #[serde(default)]
+    pub addition_time_embed_dim: Option<usize>,
+    /// SDXL: input width of `add_embedding`, the pooled text embedding plus the six `time_ids` features.
+    #[serde(default)]
+    pub projection_class_embeddings_input_dim: Option<usize>,
     /// Class conditioning; none for SD 1.x/2.x.
     #[serde(default)]
     pub class_embed_type: Option<String>,
@@ -325,6 +342,10 @@ pub struct AutoencoderKLConfig {
     /// Trained image size.
     #[serde(default)]
     pub sample_size: Option<usize>,
+    /// The VAE overflows in f16 and must run in f32 (SDXL's; the "fp16-fix" VAE says false). Only the
+    /// SDXL pipelines read it, as diffusers'.
+    #[serde(default = "default_true")]
+    pub force_upcast: bool,
 }
 
 impl UNet2DConditionConfig {
@@ -383,6 +404,17 @@ impl UNet2DConditionConfig {
             heads.check(file, "num_attention_heads", n, 1, MAX_HEADS)?;
         }
         in_range(file, "cross_attention_dim", self.cross_attention_dim, 1, MAX_WIDTH)?;
+        if let Some(dim) = self.addition_time_embed_dim {
+            in_range(file, "addition_time_embed_dim", dim, 2, MAX_WIDTH)?;
+            if !dim.is_multiple_of(2) {
+                return bad(format!(
+                    "addition_time_embed_dim {dim} is odd (its sinusoidal features need an even width)"
+                ));
+            }
+        }
+        if let Some(dim) = self.projection_class_embeddings_input_dim {
+            in_range(file, "projection_class_embeddings_input_dim", dim, 1, MAX_WIDTH)?;
+        }
         if !self.mid_block_scale_factor.is_finite() {
             return bad(format!("mid_block_scale_factor {} is not a number", self.mid_block_scale_factor));
         }
@@ -489,32 +521,67 @@ pub fn check_text_encoder(
     text: &crate::models::clip::ClipTextConfig,
     tokenizer: &crate::tokenizer::ClipTokenizer,
 ) -> Result<(), ConfigError> {
-    text.check()?;
-    let file = crate::models::clip::ClipTextConfig::FILE;
-    if unet.cross_attention_dim != text.hidden_size {
+    check_text_encoders(unet, &[("text_encoder", "tokenizer", text, tokenizer)])
+}
+
+/// [`check_text_encoder`] for the model's text encoders, each as (its folder, its tokenizer's folder, config,
+/// tokenizer): one for SD 1.x/2.x, two for SDXL, whose hidden states are concatenated (so their widths
+/// add up to the U-Net's cross-attention width) and whose second encoder's projected pooled output
+/// feeds the U-Net's `add_embedding` with the six `time_ids` features.
+pub fn check_text_encoders(
+    unet: &UNet2DConditionConfig,
+    encoders: &[(&str, &str, &crate::models::clip::ClipTextConfig, &crate::tokenizer::ClipTokenizer)],
+) -> Result<(), ConfigError> {
+    let mut width = 0;
+    for &(folder, tokenizer_folder, text, tokenizer) in encoders {
+        let file = format!("{folder}/config.json");
+        text.check_file(&file)?;
+        width += text.hidden_size;
+        if tokenizer.max_length > text.max_position_embeddings {
+            return Err(ConfigError::new(
+                &format!("{tokenizer_folder}/tokenizer_config.json"),
+                format!(
+                    "model_max_length {} is more than {file}'s max_position_embeddings {}",
+                    tokenizer.max_length, text.max_position_embeddings
+                ),
+            ));
+        }
+        let ids = tokenizer.id_bound();
+        if ids > text.vocab_size {
+            return Err(ConfigError::new(
+                &file,
+                format!("vocab_size {} is smaller than the tokenizer's {ids} token ids", text.vocab_size),
+            ));
+        }
+    }
+    let widths = encoders.iter().map(|e| format!("{}/config.json's hidden_size {}", e.0, e.2.hidden_size));
+    if unet.cross_attention_dim != width {
         return Err(ConfigError::new(
             UNet2DConditionConfig::FILE,
             format!(
-                "cross_attention_dim {} differs from {file}'s hidden_size {}",
-                unet.cross_attention_dim, text.hidden_size
+                "cross_attention_dim {} differs from {}",
+                unet.cross_attention_dim,
+                widths.collect::<Vec<_>>().join(" plus ")
             ),
         ));
     }
-    if tokenizer.max_length > text.max_position_embeddings {
-        return Err(ConfigError::new(
-            "tokenizer/tokenizer_config.json",
-            format!(
-                "model_max_length {} is more than {file}'s max_position_embeddings {}",
-                tokenizer.max_length, text.max_position_embeddings
-            ),
-        ));
-    }
-    let ids = tokenizer.id_bound();
-    if ids > text.vocab_size {
-        return Err(ConfigError::new(
-            file,
-            format!("vocab_size {} is smaller than the tokenizer's {ids} token ids", text.vocab_size),
-        ));
+    if let (Some(time), Some(input)) = (unet.addition_time_embed_dim, unet.projection_class_embeddings_input_dim) {
+        let Some((folder, _, pooled, _)) = encoders.get(1) else {
+            return Err(ConfigError::new(
+                UNet2DConditionConfig::FILE,
+                "addition_embed_type \"text_time\" (SDXL) needs a second text encoder (text_encoder_2)",
+            ));
+        };
+        if input != pooled.projection_dim + 6 * time {
+            return Err(ConfigError::new(
+                UNet2DConditionConfig::FILE,
+                format!(
+                    "projection_class_embeddings_input_dim {input} is not {folder}/config.json's projection_dim {} \
+                     plus 6 x addition_time_embed_dim {time}",
+                    pooled.projection_dim
+                ),
+            ));
+        }
     }
     Ok(())
 }
@@ -641,8 +708,13 @@ mod tests {
             "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"]}"#;
         let unet: UNet2DConditionConfig = parse(UNet2DConditionConfig::FILE, unet).unwrap();
         unet.check().unwrap();
-        let unsupported = crate::models::unet_2d_condition::check_supported(&unet).unwrap_err();
-        assert!(unsupported.to_string().contains("addition_embed_type"), "{unsupported}");
+        crate::models::unet_2d_condition::check_supported(&unet).unwrap();
+        let kandinsky = UNet2DConditionConfig { addition_embed_type: Some("image".into()), ..unet.clone() };
+        let unsupported = crate::models::unet_2d_condition::check_supported(&kandinsky).unwrap_err();
+        assert!(unsupported.to_string().contains("addition_embed_type \"image\""), "{unsupported}");
+        let half = UNet2DConditionConfig { addition_time_embed_dim: None, ..unet.clone() };
+        let broken = crate::models::unet_2d_condition::check_supported(&half).unwrap_err();
+        assert!(broken.to_string().contains("needs addition_time_embed_dim"), "{broken}");
         let vae = r#"{"block_out_channels": [128, 256, 512, 512], "latent_channels": 4, "layers_per_block": 2,
             "norm_num_groups": 32, "sample_size": 1024, "scaling_factor": 0.13025, "force_upcast": false}"#;
         let vae: AutoencoderKLConfig = parse(AutoencoderKLConfig::FILE, vae).unwrap();

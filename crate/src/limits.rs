@@ -7,6 +7,9 @@ use crate::schedulers::SchedulerKind;
 
 /// Largest width or height, in pixels (a multiple of 8); the GPU memory plan may refuse less.
 pub const MAX_SIDE: usize = crate::config::MAX_IMAGE_SIDE;
+/// Largest SDXL size conditioning (`original_size`, `target_size`) and crop offset, in pixels: sizes the
+/// model was trained on reach 4096; four times that covers any upscaled source.
+pub const MAX_CONDITIONING_SIDE: usize = 4 * MAX_SIDE;
 /// Most denoising steps.
 pub const MAX_STEPS: usize = 1000;
 /// Most images per prompt.

@@ -387,6 +387,23 @@ mod tests {
         assert_eq!(plan(&unet, &vae, &work(1024, 4, Precision::F32)).unwrap().unet_samples_per_call, 2);
     }
 
+    /// SDXL base's U-Net (3 levels to 1280 channels, transformer depths 1, 2, 10) and VAE at its 1024 px
+    /// under guidance: every buffer within the cap in f32 and f16 (the last up block's input is [960, 128,
+    /// 128] in f32 = 60 MiB a sample, so 2 samples a call; the GEGLU projections run in token pieces).
+    #[test]
+    fn sdxl_at_1024_px_with_guidance_stays_under_the_cap() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/sdxl-runs/sdxl-base");
+        let read = |f: &str| std::fs::read_to_string(format!("{dir}/{f}")).unwrap();
+        let unet: UNet2DConditionConfig = parse("unet", &read("unet/config.json")).unwrap();
+        let vae: AutoencoderKLConfig = parse("vae", &read("vae/config.json")).unwrap();
+        for precision in [Precision::F32, Precision::F16] {
+            let plan = plan(&unet, &vae, &work(1024, 1, precision)).unwrap();
+            eprintln!("SDXL 1024 px, guidance, {precision:?}: {plan:?}");
+            assert!(plan.largest.bytes <= MAX_BUFFER_BYTES, "{plan:?}");
+            assert_eq!(plan.unet_samples_per_call, 2, "{plan:?}");
+        }
+    }
+
     #[test]
     fn a_size_whose_single_sample_exceeds_the_cap_is_refused_naming_what_fits() {
         let (unet, vae) = sd15();

@@ -6,12 +6,12 @@
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 use crate::config::{AutoencoderKLConfig, UNet2DConditionConfig};
-use crate::limits::{MAX_BATCH, MAX_GUIDANCE, MAX_SIDE, MAX_STEPS};
+use crate::limits::{MAX_BATCH, MAX_CONDITIONING_SIDE, MAX_GUIDANCE, MAX_SIDE, MAX_STEPS};
 use crate::memory::{self, MemoryPlan, Precision, TooLarge, Workload};
 use crate::models::autoencoder_kl::{DEFAULT_BAND_BYTES, VaeDecoder, VaeEncoder};
 use crate::models::clip::ClipTextModel;
 use crate::models::resnet::upsample_nearest;
-use crate::models::unet_2d_condition::UNet2DConditionModel;
+use crate::models::unet_2d_condition::{TextTimeConditioning, UNet2DConditionModel};
 use crate::prompt_weighting::{self, PromptError};
 use crate::rng::TorchRng;
 use crate::schedulers::{self, SchedulerConfig, SchedulerError, SchedulerKind};
@@ -94,6 +94,18 @@ pub struct GenerateRequest {
     /// prompts past 75 tokens in chunks. Off: diffusers' encoding (77 tokens, truncated, brackets are
     /// text). A plain prompt that fits encodes exactly the same either way.
     pub prompt_weighting: bool,
+    /// SDXL: the prompt of the second text encoder; `None`: the prompt (diffusers' `prompt_2`).
+    pub prompt_2: Option<String>,
+    /// SDXL: the negative prompt of the second text encoder; `None`: the negative prompt. When both
+    /// negative prompts are empty, SDXL models with `force_zeros_for_empty_prompt` use zeros (diffusers'
+    /// `negative_prompt=None`).
+    pub negative_prompt_2: Option<String>,
+    /// SDXL micro-conditioning `[height, width]` of the "original" image; `None`: the generated size.
+    pub original_size: Option<[usize; 2]>,
+    /// SDXL micro-conditioning: the crop's top-left corner `[top, left]` (diffusers' `crops_coords_top_left`).
+    pub crops_coords_top_left: [usize; 2],
+    /// SDXL micro-conditioning `[height, width]` of the target; `None`: the generated size.
+    pub target_size: Option<[usize; 2]>,
 }
 
 impl Default for GenerateRequest {
@@ -113,6 +125,11 @@ impl Default for GenerateRequest {
             strength: 1.0,
             preview_every: 0,
             prompt_weighting: true,
+            prompt_2: None,
+            negative_prompt_2: None,
+            original_size: None,
+            crops_coords_top_left: [0, 0],
+            target_size: None,
         }
     }
 }
@@ -191,10 +208,30 @@ fn latent_preview(latents: Tensor<4>) -> Tensor<4> {
     ((rgb + 1.0) / 2.0).clamp(0.0, 1.0).reshape([1, h, w, 3])
 }
 
+/// SDXL's second text encoder (OpenCLIP-bigG with its projection) and its tokenizer.
+pub struct SecondTextEncoder {
+    pub tokenizer: ClipTokenizer,
+    pub text_encoder: ClipTextModel,
+}
+
+/// A prompt's text conditioning.
+#[derive(Debug, Clone)]
+pub struct PromptEmbeds {
+    /// What the U-Net attends to: the text encoder's last hidden states (SD 1.x/2.x), or both encoders'
+    /// penultimate ones side by side (SDXL). `[1, tokens, cross_attention_dim]`
+    pub states: Tensor<3>,
+    /// SDXL: the second encoder's projected pooled output. `[1, projection_dim]`
+    pub pooled: Option<Tensor<2>>,
+}
+
 /// A loaded Stable Diffusion model: every component on one device.
 pub struct StableDiffusion {
     pub tokenizer: ClipTokenizer,
     pub text_encoder: ClipTextModel,
+    /// SDXL's second text encoder; `None` for SD 1.x/2.x.
+    pub text_encoder_2: Option<SecondTextEncoder>,
+    /// SDXL: an empty negative prompt conditions on zeros (`model_index.json`).
+    pub force_zeros_for_empty_prompt: bool,
     pub unet: UNet2DConditionModel,
     pub unet_config: UNet2DConditionConfig,
     pub vae_decoder: VaeDecoder,
@@ -230,19 +267,60 @@ impl StableDiffusion {
         self.vae_config.scale_factor()
     }
 
-    /// diffusers' `encode_prompt` for one prompt: the text encoder's last hidden states, `[1, tokens,
-    /// hidden]`; 77 tokens, or with `weighting` A1111's weighted chunks of 77 ([`crate::prompt_weighting`]).
-    pub fn encode_prompt(&self, text: &str, weighting: bool) -> Result<Tensor<3>, PipelineError> {
+    /// diffusers' `encode_prompt` for one prompt (and SDXL's `prompt_2`, `None`: the same prompt): 77
+    /// tokens, or with `weighting` A1111's weighted chunks of 77 ([`crate::prompt_weighting`]).
+    /// SD 1.x/2.x: the text encoder's last hidden states. SDXL: both encoders' penultimate hidden states
+    /// side by side, and the second encoder's projected pooled output (of the first chunk, unweighted,
+    /// as A1111).
+    pub fn encode_prompt(
+        &self,
+        text: &str,
+        text_2: Option<&str>,
+        weighting: bool,
+    ) -> Result<PromptEmbeds, PipelineError> {
         let expanded = self.textual_inversions.iter().fold(text.to_string(), |t, e| e.expand(&t));
         let text = expanded.as_str();
-        if !weighting {
-            return self.encode_ids(&self.tokenizer.encode(text)?.ids, None);
+        let Some(second) = &self.text_encoder_2 else {
+            if text_2.is_some() {
+                return Err(PipelineError::Unsupported("prompt_2 needs an SDXL model (a second text encoder)".into()));
+            }
+            let (states, _) = self.encode_text(&self.tokenizer, &self.text_encoder, false, text, weighting)?;
+            return Ok(PromptEmbeds { states, pooled: None });
+        };
+        let (first, _) = self.encode_text(&self.tokenizer, &self.text_encoder, true, text, weighting)?;
+        let text_2 = text_2.unwrap_or(text);
+        let (states_2, pooled) = self.encode_text(&second.tokenizer, &second.text_encoder, true, text_2, weighting)?;
+        if first.dims()[1] != states_2.dims()[1] {
+            return Err(PipelineError::Invalid(format!(
+                "the prompt and prompt_2 make {} and {} chunks of 75 tokens: the two text encoders need as many",
+                first.dims()[1] / 77,
+                states_2.dims()[1] / 77
+            )));
         }
-        let states = prompt_weighting::prompt_chunks(&self.tokenizer, text)?
-            .iter()
-            .map(|c| self.encode_ids(&c.ids, (!c.is_unweighted()).then_some(&c.weights[..])))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Tensor::cat(states, 1))
+        Ok(PromptEmbeds { states: Tensor::cat(vec![first, states_2], 2), pooled })
+    }
+
+    /// One text encoder's states for `text` (`penultimate`: the second-to-last layer's, as SDXL), chunk
+    /// after chunk; and its projected pooled output of the first chunk when it has a projection.
+    fn encode_text(
+        &self,
+        tokenizer: &ClipTokenizer,
+        encoder: &ClipTextModel,
+        penultimate: bool,
+        text: &str,
+        weighting: bool,
+    ) -> Result<(Tensor<3>, Option<Tensor<2>>), PipelineError> {
+        if !weighting {
+            return Ok(self.encode_ids(encoder, penultimate, &tokenizer.encode(text)?.ids, None));
+        }
+        let mut pooled = None;
+        let mut states = Vec::new();
+        for c in prompt_weighting::prompt_chunks(tokenizer, text)? {
+            let (z, p) = self.encode_ids(encoder, penultimate, &c.ids, (!c.is_unweighted()).then_some(&c.weights[..]));
+            pooled = pooled.or(p);
+            states.push(z);
+        }
+        Ok((Tensor::cat(states, 1), pooled))
     }
 
     /// Adds a textual-inversion embedding ([`crate::textual_inversion`]): its tokens to the tokenizer, its
@@ -250,6 +328,12 @@ impl StableDiffusion {
     /// encoder's or its word is already a token.
     pub fn add_textual_inversion(&mut self, embedding: Embedding) -> Result<(), PipelineError> {
         let invalid = |m: String| PipelineError::Invalid(format!("embedding {}: {m}", embedding.token));
+        if self.text_encoder_2.is_some() {
+            return Err(PipelineError::Unsupported(format!(
+                "embedding {}: textual inversion for SDXL (vectors for both text encoders) is not implemented yet",
+                embedding.token
+            )));
+        }
         let width = self.text_encoder.token_embedding.width();
         if embedding.width != width {
             return Err(invalid(format!("its vectors are {} wide, this text encoder's {width}", embedding.width)));
@@ -270,14 +354,27 @@ impl StableDiffusion {
         Ok(())
     }
 
-    /// One chunk of ids through the text encoder, `[1, ids, hidden]`; with weights, A1111's "Original"
-    /// emphasis: each token's states times its weight, then the chunk scaled back to its mean before.
-    fn encode_ids(&self, ids: &[u32], weights: Option<&[f32]>) -> Result<Tensor<3>, PipelineError> {
+    /// One chunk of ids through a text encoder, `[1, ids, hidden]` (and its projected pooled output, if it
+    /// has the projection); with weights, A1111's "Original" emphasis: each token's states times its
+    /// weight, then the chunk scaled back to its mean before.
+    fn encode_ids(
+        &self,
+        encoder: &ClipTextModel,
+        penultimate: bool,
+        ids: &[u32],
+        weights: Option<&[f32]>,
+    ) -> (Tensor<3>, Option<Tensor<2>>) {
         let n = ids.len();
         let ids = ids.iter().map(|&i| i as i64).collect();
         let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, n]), &self.device);
-        let z = self.text_encoder.forward(ids).last_hidden_state;
-        let Some(weights) = weights else { return Ok(z) };
+        let out = encoder.forward(ids);
+        let z = if penultimate { out.penultimate_hidden_state } else { out.last_hidden_state };
+        (self.emphasis(z, weights), out.text_embeds)
+    }
+
+    fn emphasis(&self, z: Tensor<3>, weights: Option<&[f32]>) -> Tensor<3> {
+        let Some(weights) = weights else { return z };
+        let n = weights.len();
         let original_mean = z.clone().mean().reshape([1, 1, 1]);
         let w = Tensor::<1>::from_data(TensorData::new(weights.to_vec(), [n]), &self.device).reshape([1, n, 1]);
         let z = z * w;
@@ -286,7 +383,7 @@ impl StableDiffusion {
         // image NaN; such a chunk keeps the weighted states as they are.
         let ratio = original_mean / new_mean;
         let ratio = ratio.clone().mask_fill(ratio.clone().is_nan().bool_or(ratio.is_inf()), 1.0);
-        Ok(z * ratio)
+        z * ratio
     }
 
     fn image_tensor(&self, image: &Image) -> Tensor<4> {
@@ -309,6 +406,11 @@ impl StableDiffusion {
         if r.prompt_weighting {
             for text in [&r.prompt, &r.negative_prompt] {
                 prompt_weighting::prompt_chunks(&self.tokenizer, text)?;
+            }
+            if let Some(second) = &self.text_encoder_2 {
+                for text in [&r.prompt_2, &r.negative_prompt_2].into_iter().flatten() {
+                    prompt_weighting::prompt_chunks(&second.tokenizer, text)?;
+                }
             }
         }
         Ok((size.0, size.1))
@@ -355,10 +457,39 @@ impl StableDiffusion {
         let scaling = self.vae_config.scaling_factor as f32;
 
         // Text: [negative x batch, positive x batch] under guidance, as diffusers' encode_prompt.
-        let positive = self.encode_prompt(&r.prompt, r.prompt_weighting)?;
-        let negative = self.encode_prompt(&r.negative_prompt, r.prompt_weighting)?;
-        dump.add("prompt_embeds", &positive).await?;
-        dump.add("negative_prompt_embeds", &negative).await?;
+        let positive = self.encode_prompt(&r.prompt, r.prompt_2.as_deref(), r.prompt_weighting)?;
+        let no_negative = r.negative_prompt.is_empty() && r.negative_prompt_2.as_deref().is_none_or(str::is_empty);
+        let negative = if self.text_encoder_2.is_some() && self.force_zeros_for_empty_prompt && no_negative {
+            // SDXL: no negative prompt is zeros, not the empty prompt's embeddings.
+            PromptEmbeds {
+                states: positive.states.zeros_like(),
+                pooled: positive.pooled.as_ref().map(Tensor::zeros_like),
+            }
+        } else {
+            self.encode_prompt(&r.negative_prompt, r.negative_prompt_2.as_deref(), r.prompt_weighting)?
+        };
+        dump.add("prompt_embeds", &positive.states).await?;
+        dump.add("negative_prompt_embeds", &negative.states).await?;
+        // SDXL's micro-conditioning: original size, crop top-left, target size (diffusers' `add_time_ids`).
+        let added = |embeds: &PromptEmbeds| -> Option<TextTimeConditioning> {
+            let pooled = embeds.pooled.clone()?;
+            let [oh, ow] = r.original_size.unwrap_or([height, width]);
+            let [th, tw] = r.target_size.unwrap_or([height, width]);
+            let [top, left] = r.crops_coords_top_left;
+            let ids = [oh, ow, top, left, th, tw].map(|v| v as f32);
+            Some(TextTimeConditioning { text_embeds: pooled, time_ids: vec![ids] }.repeat(b))
+        };
+        let (added_positive, added_negative) = (added(&positive), added(&negative));
+        if let (Some(p), Some(n)) = (&added_positive, &added_negative) {
+            dump.add("pooled_prompt_embeds", &p.text_embeds).await?;
+            dump.add("negative_pooled_prompt_embeds", &n.text_embeds).await?;
+            // As the U-Net receives them: the negative rows first under guidance.
+            let rows: Vec<[f32; 6]> =
+                if cfg { [&n.time_ids[..], &p.time_ids[..]].concat() } else { p.time_ids.clone() };
+            let ids = TensorData::new(rows.concat(), [rows.len(), 6]);
+            dump.add("add_time_ids", &Tensor::<2>::from_data(ids, device)).await?;
+        }
+        let (positive, negative) = (positive.states, negative.states);
         let repeat = |t: &Tensor<3>| Tensor::cat(vec![t.clone(); b], 0);
         // Weighted prompts of different chunk counts: the two halves go through the U-Net apart, each
         // with its own context (A1111's default; padding one with empty chunks would change it).
@@ -366,6 +497,10 @@ impl StableDiffusion {
         let context =
             if cfg && !apart { Tensor::cat(vec![repeat(&negative), repeat(&positive)], 0) } else { repeat(&positive) };
         let negative_context = apart.then(|| repeat(&negative));
+        let added_context = match (cfg && !apart, added_negative.clone(), added_positive.clone()) {
+            (true, Some(n), Some(p)) => Some(n.cat(p)),
+            (_, _, p) => p,
+        };
 
         // Timesteps kept by strength (img2img / inpainting).
         let steps = r.steps;
@@ -427,15 +562,17 @@ impl StableDiffusion {
                 input = Tensor::cat(vec![input, extra.clone()], 1);
             }
             let per_call = plan.unet_samples_per_call;
+            let t = t as f32;
             let out = match &negative_context {
-                None => self.unet.forward_in_calls(input, t as f32, context.clone(), per_call),
-                Some(negative) => Tensor::cat(
-                    vec![
-                        self.unet.forward_in_calls(input.clone().narrow(0, 0, b), t as f32, negative.clone(), per_call),
-                        self.unet.forward_in_calls(input.narrow(0, b, b), t as f32, context.clone(), per_call),
-                    ],
-                    0,
-                ),
+                None => self.unet.forward_in_calls(input, t, context.clone(), added_context.as_ref(), per_call),
+                Some(negative) => {
+                    let (first, second) = (input.clone().narrow(0, 0, b), input.narrow(0, b, b));
+                    let uncond =
+                        self.unet.forward_in_calls(first, t, negative.clone(), added_negative.as_ref(), per_call);
+                    let text =
+                        self.unet.forward_in_calls(second, t, context.clone(), added_positive.as_ref(), per_call);
+                    Tensor::cat(vec![uncond, text], 0)
+                }
             };
             dump.add(format!("unet_out_{i:02}"), &out).await?;
             let noise_pred = if cfg {
@@ -498,7 +635,7 @@ impl StableDiffusion {
         loras: &[(crate::lora::Lora, f32)],
         device: &Device,
     ) -> Result<Self, PipelineError> {
-        use crate::config::{ConfigError, check_components, check_text_encoder, parse};
+        use crate::config::{ConfigError, ModelIndex, check_components, check_text_encoders, parse};
         use crate::lora::{Component, WithLoras};
         use crate::models::clip::{ClipTextConfig, clip_key_map};
         use crate::models::unet_2d_condition::check_supported;
@@ -526,6 +663,19 @@ impl StableDiffusion {
             }
         };
 
+        // model_index.json is optional (the Hub's 2022 SD 2.x repos have none); SDXL's pipeline options live there.
+        let index: Option<ModelIndex> = match dir.join("model_index.json").is_file() {
+            true => Some(parse("model_index.json", &read("model_index.json")?).map_err(cfg_err)?),
+            false => None,
+        };
+        if let Some(index) = &index {
+            let has = |c: &str| index.components.get(c).is_some_and(Option::is_some);
+            if index.requires_aesthetics_score == Some(true) || (has("text_encoder_2") && !has("text_encoder")) {
+                return Err(unsupported(
+                    "the SDXL refiner (aesthetic-score conditioning, one text encoder) is not supported".into(),
+                ));
+            }
+        }
         let tokenizer = ClipTokenizer::from_dir(&dir.join("tokenizer")).map_err(|e| model_err(e.to_string()))?;
         let clip_config = ClipTextConfig::from_json(&read(ClipTextConfig::FILE)?)
             .map_err(|e| model_err(format!("{}: {e}", ClipTextConfig::FILE)))?;
@@ -537,7 +687,32 @@ impl StableDiffusion {
             .map_err(|e| model_err(format!("{}: {e}", SchedulerConfig::FILE)))?;
         check_components(&unet_config, &vae_config, &scheduler_config).map_err(cfg_err)?;
         check_supported(&unet_config).map_err(load_err("unet"))?;
-        check_text_encoder(&unet_config, &clip_config, &tokenizer).map_err(cfg_err)?;
+        // SDXL (text-time conditioning): the second text encoder and tokenizer.
+        let sdxl = unet_config.addition_embed_type.is_some();
+        if sdxl && !loras.is_empty() {
+            return Err(unsupported("LoRAs for SDXL are not supported yet".into()));
+        }
+        let second = if sdxl {
+            let tokenizer = ClipTokenizer::from_dir(&dir.join("tokenizer_2"))
+                .map_err(|e| model_err(format!("tokenizer_2: {e}")))?;
+            let file = "text_encoder_2/config.json";
+            let config = ClipTextConfig::from_json(&read(file)?).map_err(|e| model_err(format!("{file}: {e}")))?;
+            Some((tokenizer, config))
+        } else {
+            None
+        };
+        let mut encoders = vec![("text_encoder", "tokenizer", &clip_config, &tokenizer)];
+        if let Some((tokenizer_2, config_2)) = &second {
+            encoders.push(("text_encoder_2", "tokenizer_2", config_2, tokenizer_2));
+        }
+        check_text_encoders(&unet_config, &encoders).map_err(cfg_err)?;
+        if sdxl && vae_config.force_upcast && device_precision(device) == Precision::F16 {
+            return Err(unsupported(
+                "this SDXL VAE must decode in f32 (force_upcast) and this device computes in f16: use an f16-safe \
+                 VAE such as madebyollin/sdxl-vae-fp16-fix (force_upcast false)"
+                    .into(),
+            ));
+        }
 
         let with_loras = |component: &'static str, key_map: crate::weights::KeyMap, part: Component| {
             let reader =
@@ -547,12 +722,24 @@ impl StableDiffusion {
         let text_encoder = with_loras("text_encoder", clip_key_map, Component::TextEncoder)?;
         let unet = with_loras("unet", |name| Some(name.to_string()), Component::Unet)?;
         let text_encoder = clip_config.load(text_encoder, device).map_err(load_err("text_encoder"))?;
+        let text_encoder_2 = match second {
+            Some((tokenizer, config)) => Some(SecondTextEncoder {
+                text_encoder: config
+                    .load_with_projection(open("text_encoder_2")?, device)
+                    .map_err(load_err("text_encoder_2"))?,
+                tokenizer,
+            }),
+            None => None,
+        };
         let unet = UNet2DConditionModel::load(&unet_config, unet, device).map_err(load_err("unet"))?;
         let vae_decoder = VaeDecoder::load(&vae_config, open("vae")?, device).map_err(load_err("vae"))?;
         let vae_encoder = VaeEncoder::load(&vae_config, open("vae")?, device).map_err(load_err("vae"))?;
         Ok(Self {
             tokenizer,
             text_encoder,
+            text_encoder_2,
+            // diffusers' SDXL pipelines default to true.
+            force_zeros_for_empty_prompt: index.and_then(|i| i.force_zeros_for_empty_prompt).unwrap_or(true),
             unet,
             unet_config,
             vae_decoder,
@@ -623,6 +810,25 @@ fn check_inputs(
     }
     if !r.guidance.is_finite() || r.guidance < 0.0 || r.guidance > MAX_GUIDANCE {
         return bad(format!("guidance must be a number from 0 to {MAX_GUIDANCE}, got {}", r.guidance));
+    }
+    let sdxl = unet.addition_embed_type.is_some();
+    let micro = r.original_size.is_some() || r.target_size.is_some() || r.crops_coords_top_left != [0, 0];
+    if !sdxl && (r.prompt_2.is_some() || r.negative_prompt_2.is_some() || micro) {
+        return Err(PipelineError::Unsupported(
+            "prompt_2, negative_prompt_2, original_size, crop and target_size are SDXL's: this model has one text encoder"
+                .into(),
+        ));
+    }
+    for (name, size) in [("original_size", r.original_size), ("target_size", r.target_size)] {
+        if let Some([h, w]) = size {
+            if !(1..=MAX_CONDITIONING_SIDE).contains(&h) || !(1..=MAX_CONDITIONING_SIDE).contains(&w) {
+                return bad(format!("{name} {w}x{h} is out of range (1 to {MAX_CONDITIONING_SIDE} px a side)"));
+            }
+        }
+    }
+    let [top, left] = r.crops_coords_top_left;
+    if top > MAX_CONDITIONING_SIDE || left > MAX_CONDITIONING_SIDE {
+        return bad(format!("crop top {top}, left {left} is out of range (0 to {MAX_CONDITIONING_SIDE} px)"));
     }
     if r.batch == 0 || r.batch > MAX_BATCH {
         return bad(format!("batch must be between 1 and {MAX_BATCH}, got {}", r.batch));

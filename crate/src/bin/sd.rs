@@ -61,9 +61,25 @@ mod native {
         /// Weight files to read (default: fp16 if present, else fp32).
         #[arg(long, value_enum)]
         variant: Option<VariantArg>,
-        /// Negative prompt (default: the empty string's embedding, as diffusers).
+        /// Negative prompt (default: the empty string's embedding, as diffusers; for SDXL models whose
+        /// model_index.json says force_zeros_for_empty_prompt, zeros when both negatives are empty).
         #[arg(long, default_value = "")]
         negative: String,
+        /// SDXL: the prompt of the second text encoder (default: --prompt).
+        #[arg(long)]
+        prompt_2: Option<String>,
+        /// SDXL: the negative prompt of the second text encoder (default: --negative).
+        #[arg(long)]
+        negative_2: Option<String>,
+        /// SDXL micro-conditioning: the original image size W,H in pixels (default: the output's size).
+        #[arg(long, value_name = "W,H", value_parser = parse_size)]
+        original_size: Option<[usize; 2]>,
+        /// SDXL micro-conditioning: the crop's top-left corner X,Y in pixels (default 0,0).
+        #[arg(long, value_name = "X,Y", value_parser = parse_crop)]
+        crop: Option<[usize; 2]>,
+        /// SDXL micro-conditioning: the target size W,H in pixels (default: the output's size).
+        #[arg(long, value_name = "W,H", value_parser = parse_size)]
+        target_size: Option<[usize; 2]>,
         /// Denoising steps (default: the model's recommendation where it is a built-in model with one,
         /// as SD-Turbo's 1, else diffusers' 50).
         #[arg(long)]
@@ -160,6 +176,23 @@ mod native {
                 ExitCode::from(2)
             }
         }
+    }
+
+    /// Two whole numbers of pixels, `A,B` (or `AxB`).
+    fn pixel_pair(text: &str, example: &str) -> Result<(usize, usize), String> {
+        let (a, b) = text.split_once([',', 'x']).ok_or(format!("expected two numbers such as {example}"))?;
+        let number = |v: &str| v.trim().parse::<usize>().map_err(|_| format!("{v:?} is not a whole number of pixels"));
+        Ok((number(a)?, number(b)?))
+    }
+
+    /// `W,H` as diffusers' `(height, width)`.
+    fn parse_size(text: &str) -> Result<[usize; 2], String> {
+        pixel_pair(text, "1024,1024 (W,H)").map(|(w, h)| [h, w])
+    }
+
+    /// `X,Y` as diffusers' `crops_coords_top_left` `(top, left)`.
+    fn parse_crop(text: &str) -> Result<[usize; 2], String> {
+        pixel_pair(text, "0,0 (X,Y)").map(|(x, y)| [y, x])
     }
 
     fn json(value: &impl serde::Serialize) -> String {
@@ -315,6 +348,11 @@ mod native {
             strength,
             preview_every: 0,
             prompt_weighting: !a.no_prompt_weighting,
+            prompt_2: a.prompt_2.clone(),
+            negative_prompt_2: a.negative_2.clone(),
+            original_size: a.original_size,
+            crops_coords_top_left: a.crop.unwrap_or([0, 0]),
+            target_size: a.target_size,
         };
         let variant = a.variant.map(|v| match v {
             VariantArg::Fp16 => Variant::Fp16,

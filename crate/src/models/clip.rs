@@ -36,6 +36,9 @@ pub struct ClipTextConfig {
     /// End-of-text id; the pooled output is taken at its first occurrence.
     #[serde(default = "default_eos")]
     pub eos_token_id: u32,
+    /// Width of `text_projection` (`CLIPTextModelWithProjection`, SDXL's `text_encoder_2`).
+    #[serde(default = "default_projection")]
+    pub projection_dim: usize,
 }
 
 // transformers' `CLIPTextConfig` defaults (eos 2 is its legacy value: the pooled output at the largest id).
@@ -50,6 +53,9 @@ fn default_eps() -> f64 {
 }
 fn default_eos() -> u32 {
     2
+}
+fn default_projection() -> usize {
+    512
 }
 
 #[derive(Module, Debug)]
@@ -106,6 +112,9 @@ pub struct ClipTextOutput {
     pub penultimate_hidden_state: Tensor<3>,
     /// The last hidden state at each sequence's first end-of-text token. `[batch, hidden]`
     pub pooled: Tensor<2>,
+    /// `pooled` through `text_projection` (`CLIPTextModelWithProjection`'s `text_embeds`); `None` for a
+    /// model without the projection. `[batch, projection_dim]`
+    pub text_embeds: Option<Tensor<2>>,
 }
 
 /// A token embedding table kept in row blocks of at most [`TokenEmbedding::MAX_BLOCK_BYTES`]: CLIP-L's
@@ -183,6 +192,8 @@ pub struct ClipTextModel {
     position_embedding: Embedding,
     layers: Vec<ClipLayer>,
     final_layer_norm: LayerNorm,
+    /// `CLIPTextModelWithProjection`'s projection of the pooled output (no bias).
+    text_projection: Option<Linear>,
     eos_token_id: u32,
 }
 
@@ -208,10 +219,14 @@ impl ClipTextConfig {
     /// [`crate::config`]), before anything is; [`crate::config::check_text_encoder`] checks it against the
     /// U-Net and the tokenizer.
     pub fn check(&self) -> Result<(), ConfigError> {
+        self.check_file(Self::FILE)
+    }
+
+    /// [`Self::check`] for the config read from `file` (SDXL's second encoder is `text_encoder_2/config.json`).
+    pub fn check_file(&self, file: &str) -> Result<(), ConfigError> {
         use crate::config::{
             EPS_RANGE, MAX_HEADS, MAX_MLP_WIDTH, MAX_POSITIONS, MAX_TEXT_LAYERS, MAX_VOCAB, MAX_WIDTH,
         };
-        let file = Self::FILE;
         in_range(file, "vocab_size", self.vocab_size, 1, MAX_VOCAB)?;
         in_range(file, "hidden_size", self.hidden_size, 1, MAX_WIDTH)?;
         in_range(file, "intermediate_size", self.intermediate_size, 1, MAX_MLP_WIDTH)?;
@@ -234,6 +249,7 @@ impl ClipTextConfig {
                 format!("hidden_act {:?} is not supported (expected quick_gelu or gelu)", self.hidden_act),
             ));
         }
+        in_range(file, "projection_dim", self.projection_dim, 1, MAX_WIDTH)?;
         if self.eos_token_id as usize >= self.vocab_size {
             return Err(ConfigError::new(
                 file,
@@ -245,6 +261,24 @@ impl ClipTextConfig {
 
     /// Loads the model's weights from a safetensors source (either key naming scheme).
     pub fn load<S: IntoTensorSource>(&self, source: S, device: &Device) -> Result<ClipTextModel, LoadError> {
+        self.load_model(source, false, device)
+    }
+
+    /// Loads `CLIPTextModelWithProjection` (SDXL's `text_encoder_2`): the text model and `text_projection`.
+    pub fn load_with_projection<S: IntoTensorSource>(
+        &self,
+        source: S,
+        device: &Device,
+    ) -> Result<ClipTextModel, LoadError> {
+        self.load_model(source, true, device)
+    }
+
+    fn load_model<S: IntoTensorSource>(
+        &self,
+        source: S,
+        projection: bool,
+        device: &Device,
+    ) -> Result<ClipTextModel, LoadError> {
         self.check()?;
         let mut w = TensorLoader::new(source, clip_key_map, device)?;
         let (d, ff, eps) = (self.hidden_size, self.intermediate_size, self.layer_norm_eps);
@@ -277,12 +311,15 @@ impl ClipTextConfig {
             })
             .collect::<Result<Vec<_>, LoadError>>()?;
         let final_layer_norm = w.layer_norm("final_layer_norm", d, eps)?;
+        let text_projection =
+            if projection { Some(w.linear("text_projection", d, self.projection_dim, false)?) } else { None };
         w.finish()?;
         Ok(ClipTextModel {
             token_embedding,
             position_embedding,
             layers,
             final_layer_norm,
+            text_projection,
             eos_token_id: self.eos_token_id,
         })
     }
@@ -312,7 +349,8 @@ impl ClipTextModel {
         };
         let d = last.dims()[2];
         let pooled = last.clone().gather(1, eos_index.reshape([b, 1, 1]).expand([b, 1, d])).reshape([b, d]);
-        ClipTextOutput { last_hidden_state: last, penultimate_hidden_state: penultimate, pooled }
+        let text_embeds = self.text_projection.as_ref().map(|p| p.forward(pooled.clone()));
+        ClipTextOutput { last_hidden_state: last, penultimate_hidden_state: penultimate, pooled, text_embeds }
     }
 }
 

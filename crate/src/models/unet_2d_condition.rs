@@ -14,11 +14,54 @@ use super::unet_2d_blocks::{
 use crate::config::UNet2DConditionConfig;
 use crate::weights::{IntoTensorSource, LoadError, TensorLoader};
 
-/// The U-Net: timestep embedding, `conv_in`, down blocks, mid block, up blocks (consuming the down
-/// blocks' skip connections), `conv_norm_out`, SiLU, `conv_out`.
+/// SDXL's micro-conditioning (diffusers' `added_cond_kwargs` for `addition_embed_type: "text_time"`).
+#[derive(Debug, Clone)]
+pub struct TextTimeConditioning {
+    /// The pooled, projected text embedding of `text_encoder_2`. `[batch, projection_dim]`
+    pub text_embeds: Tensor<2>,
+    /// Per sample: original size (height, width), crop top-left (top, left), target size (height, width).
+    pub time_ids: Vec<[f32; 6]>,
+}
+
+impl TextTimeConditioning {
+    /// Samples `first..first + n`.
+    pub fn narrow(&self, first: usize, n: usize) -> Self {
+        Self {
+            text_embeds: self.text_embeds.clone().narrow(0, first, n),
+            time_ids: self.time_ids[first..first + n].to_vec(),
+        }
+    }
+
+    /// `self` then `other`, along the batch.
+    pub fn cat(self, other: Self) -> Self {
+        let mut time_ids = self.time_ids;
+        time_ids.extend(other.time_ids);
+        Self { text_embeds: Tensor::cat(vec![self.text_embeds, other.text_embeds], 0), time_ids }
+    }
+
+    /// Each sample `times` times in a row (diffusers' `repeat` over images per prompt).
+    pub fn repeat(&self, times: usize) -> Self {
+        let [b, d] = self.text_embeds.dims();
+        let text_embeds = self.text_embeds.clone().unsqueeze_dim::<3>(1).expand([b, times, d]).reshape([b * times, d]);
+        let time_ids = self.time_ids.iter().flat_map(|t| std::iter::repeat_n(*t, times)).collect();
+        Self { text_embeds, time_ids }
+    }
+}
+
+/// SDXL's `add_time_proj` + `add_embedding`: the six size numbers' sinusoidal features after the pooled
+/// text embedding, through an MLP, added to the timestep embedding.
+#[derive(Module, Debug)]
+struct TextTimeEmbedding {
+    add_embedding: TimestepEmbedding,
+    time_features: usize,
+}
+
+/// The U-Net: timestep embedding (plus SDXL's text-time embedding), `conv_in`, down blocks, mid block,
+/// up blocks (consuming the down blocks' skip connections), `conv_norm_out`, SiLU, `conv_out`.
 #[derive(Module, Debug)]
 pub struct UNet2DConditionModel {
     time_embedding: TimestepEmbedding,
+    add_embedding: Option<TextTimeEmbedding>,
     conv_in: Conv2d,
     down_blocks: Vec<DownBlock2D>,
     mid_block: UNetMidBlock2DCrossAttn,
@@ -33,8 +76,16 @@ pub struct UNet2DConditionModel {
 /// Refuses configs that ask for something this implementation does not do, rather than misreading them.
 pub fn check_supported(c: &UNet2DConditionConfig) -> Result<(), LoadError> {
     let unsupported = |what: String| Err(LoadError::Unsupported(format!("unet/config.json: {what}")));
-    if let Some(kind) = &c.addition_embed_type {
-        return unsupported(format!("addition_embed_type {kind:?} (SDXL conditioning is not implemented yet)"));
+    match (&c.addition_embed_type, c.addition_time_embed_dim, c.projection_class_embeddings_input_dim) {
+        (None, ..) => {}
+        (Some(kind), Some(_), Some(_)) if kind == "text_time" => {}
+        (Some(kind), ..) if kind == "text_time" => {
+            return Err(LoadError::Config(crate::config::ConfigError::new(
+                UNet2DConditionConfig::FILE,
+                "addition_embed_type \"text_time\" needs addition_time_embed_dim and projection_class_embeddings_input_dim",
+            )));
+        }
+        (Some(kind), ..) => return unsupported(format!("addition_embed_type {kind:?}")),
     }
     if let Some(kind) = &c.class_embed_type {
         return unsupported(format!("class_embed_type {kind:?}"));
@@ -116,6 +167,13 @@ impl UNet2DConditionModel {
         };
 
         let time_embedding = TimestepEmbedding::load(&mut w, "time_embedding", time_features, temb_channels)?;
+        let add_embedding = match (config.addition_time_embed_dim, config.projection_class_embeddings_input_dim) {
+            (Some(time_features), Some(input)) if config.addition_embed_type.is_some() => Some(TextTimeEmbedding {
+                add_embedding: TimestepEmbedding::load(&mut w, "add_embedding", input, temb_channels)?,
+                time_features,
+            }),
+            _ => None,
+        };
         let conv_in = w.conv2d("conv_in", config.in_channels, channels[0], 3, 1, 1)?;
 
         let mut down_blocks = Vec::new();
@@ -167,6 +225,7 @@ impl UNet2DConditionModel {
         w.finish()?;
         Ok(Self {
             time_embedding,
+            add_embedding,
             conv_in,
             down_blocks,
             mid_block,
@@ -189,11 +248,12 @@ impl UNet2DConditionModel {
         sample: Tensor<4>,
         timestep: f32,
         encoder_hidden_states: Tensor<3>,
+        added: Option<&TextTimeConditioning>,
         samples: usize,
     ) -> Tensor<4> {
         let batch = sample.dims()[0];
         if samples >= batch {
-            return self.forward(sample, timestep, encoder_hidden_states);
+            return self.forward(sample, timestep, encoder_hidden_states, added);
         }
         let calls = (0..batch).step_by(samples.max(1)).map(|first| {
             let n = samples.min(batch - first);
@@ -201,9 +261,15 @@ impl UNet2DConditionModel {
                 sample.clone().narrow(0, first, n),
                 timestep,
                 encoder_hidden_states.clone().narrow(0, first, n),
+                added.map(|a| a.narrow(first, n)).as_ref(),
             )
         });
         Tensor::cat(calls.collect(), 0)
+    }
+
+    /// Whether the U-Net takes SDXL's [`TextTimeConditioning`] (`addition_embed_type: "text_time"`).
+    pub fn needs_text_time(&self) -> bool {
+        self.add_embedding.is_some()
     }
 
     /// Predicts the noise (or v) in `sample` at `timestep`, conditioned on the text embeddings.
@@ -211,18 +277,37 @@ impl UNet2DConditionModel {
     /// # Shapes
     /// - sample: `[batch, in_channels, h, w]` (latents; 9 channels for inpainting: latents, mask, masked-image latents)
     /// - encoder_hidden_states: `[batch, text_tokens, cross_attention_dim]`
+    /// - added: SDXL's conditioning, `batch` samples; required exactly when [`Self::needs_text_time`]
     /// - output: `[batch, out_channels, h, w]`
-    pub fn forward(&self, sample: Tensor<4>, timestep: f32, encoder_hidden_states: Tensor<3>) -> Tensor<4> {
+    ///
+    /// # Panics
+    /// When `added` is given or missing against [`Self::needs_text_time`] (the pipeline always matches it).
+    pub fn forward(
+        &self,
+        sample: Tensor<4>,
+        timestep: f32,
+        encoder_hidden_states: Tensor<3>,
+        added: Option<&TextTimeConditioning>,
+    ) -> Tensor<4> {
         let batch = sample.dims()[0];
         let device = sample.device();
-        let features = timestep_tensor(
-            &vec![timestep; batch],
-            self.time_features,
-            self.flip_sin_to_cos,
-            self.freq_shift as f32,
-            &device,
-        );
-        let temb = self.time_embedding.forward(features);
+        let (flip, shift) = (self.flip_sin_to_cos, self.freq_shift as f32);
+        let features = timestep_tensor(&vec![timestep; batch], self.time_features, flip, shift, &device);
+        let mut temb = self.time_embedding.forward(features);
+        match (&self.add_embedding, added) {
+            (None, None) => {}
+            (Some(embedding), Some(added)) => {
+                // diffusers: `add_time_proj(time_ids.flatten())` reshaped to [batch, 6 * dim], after the
+                // pooled text embedding.
+                let ids: Vec<f32> = added.time_ids.iter().flatten().copied().collect();
+                let d = embedding.time_features;
+                let time = timestep_tensor(&ids, d, flip, shift, &device).reshape([batch, ids.len() / batch * d]);
+                let input = Tensor::cat(vec![added.text_embeds.clone(), time], 1);
+                temb = temb + embedding.add_embedding.forward(input);
+            }
+            (Some(_), None) => panic!("this U-Net (addition_embed_type \"text_time\") needs SDXL's conditioning"),
+            (None, Some(_)) => panic!("this U-Net takes no added conditioning"),
+        }
         let context = &encoder_hidden_states;
 
         let mut x = self.conv_in.forward(sample);

@@ -495,6 +495,9 @@ pub async fn load_model(
         read_configs(store, &records).await?;
     // Refuse an unsupported U-Net before uploading anything.
     crate::models::unet_2d_condition::check_supported(&unet_config).map_err(|e| Error::Unsupported(e.to_string()))?;
+    if unet_config.addition_embed_type.is_some() {
+        return Err(Error::Unsupported("SDXL models do not run in the browser yet (the CLI runs them)".into()));
+    }
     crate::config::check_text_encoder(&unet_config, &clip_config, &tokenizer)?;
 
     let weights: Vec<FileRecord> = WEIGHT_COMPONENTS
@@ -534,6 +537,8 @@ pub async fn load_model(
         pipeline: StableDiffusion {
             tokenizer,
             text_encoder,
+            text_encoder_2: None,
+            force_zeros_for_empty_prompt: true,
             unet,
             unet_config,
             vae_decoder,

@@ -280,6 +280,9 @@ async fn run(request: Request, cx: &Context) -> Result<Option<Event>, Error> {
         Request::BenchUnet { model, variant, sample, timestep, encoder_hidden_states, reps } => {
             let (device, _) = crate::gpu::wgpu_device().await?;
             let (loaded, _) = loaded_model(cx, &model, variant.map(Into::into), &device).await?;
+            if loaded.pipeline.unet.needs_text_time() {
+                return Err(Error::Unsupported("BenchUnet does not take SDXL's text-time conditioning".into()));
+            }
             let tensor = |t: &crate::protocol::F32Tensor, what: &str| {
                 t.values()
                     .ok_or_else(|| Error::BadRequest(format!("{what}: {} bytes for shape {:?}", t.data.len(), t.shape)))
@@ -301,7 +304,7 @@ async fn run(request: Request, cx: &Context) -> Result<Option<Event>, Error> {
                     return Err(Error::Cancelled);
                 }
                 let t0 = now_ms();
-                let out = loaded.pipeline.unet.forward(sample.clone(), timestep, ehs.clone());
+                let out = loaded.pipeline.unet.forward(sample.clone(), timestep, ehs.clone(), None);
                 output = read_f32(out).await.map_err(Error::from)?;
                 ms.push(now_ms() - t0);
             }
@@ -450,6 +453,7 @@ fn pipeline_request(s: &GenerateSettings) -> Result<GenerateRequest, Error> {
         strength,
         preview_every: s.preview_every as usize,
         prompt_weighting: s.prompt_weighting,
+        ..Default::default()
     })
 }
 

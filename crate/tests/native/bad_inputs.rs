@@ -17,7 +17,9 @@ use burn::tensor::Device;
 use common::fixtures_dir;
 use serde_json::{Map, Value, json};
 use websd::Error;
-use websd::config::{AutoencoderKLConfig, UNet2DConditionConfig, check_components, check_text_encoder, parse};
+use websd::config::{
+    AutoencoderKLConfig, UNet2DConditionConfig, check_components, check_text_encoder, check_text_encoders, parse,
+};
 use websd::manifest::Manifest;
 use websd::models::clip::ClipTextConfig;
 use websd::pipeline::{GenerateRequest, Image, PipelineError, StableDiffusion};
@@ -219,7 +221,8 @@ fn cases() -> Vec<Case> {
         case("cross_attention_dim missing", "unet config", unset(UNET, "cross_attention_dim"), "model", "unet/config.json: missing field `cross_attention_dim`"),
         case("block_out_channels not a list", "unet config", set(UNET, "block_out_channels", json!("wide")), "model", "unet/config.json: invalid type"),
         case("not JSON", "unet config", replace(UNET, b"{\"sample_size\": 32,"), "model", "unet/config.json: EOF while parsing"),
-        case("SDXL conditioning", "unet config", set(UNET, "addition_embed_type", json!("text_time")), "unsupported", "addition_embed_type \"text_time\""),
+        case("SDXL conditioning without its widths", "unet config", set(UNET, "addition_embed_type", json!("text_time")), "model", "addition_embed_type \"text_time\" needs addition_time_embed_dim and projection_class_embeddings_input_dim"),
+        case("image conditioning (Kandinsky)", "unet config", set(UNET, "addition_embed_type", json!("image")), "unsupported", "addition_embed_type \"image\""),
         // VAE config.
         case("latent_channels 0", "vae config", set(VAE, "latent_channels", json!(0)), "model", "vae/config.json: latent_channels 0 is out of range"),
         case("scaling_factor 0", "vae config", set(VAE, "scaling_factor", json!(0.0)), "model", "vae/config.json: scaling_factor 0 is out of range"),
@@ -543,32 +546,52 @@ fn every_fixture_and_hub_config_passes_the_checks() {
         let text = ClipTextConfig::from_json(&read(&dir, TEXT)).unwrap();
         check_components(&unet, &vae, &scheduler).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
         // The Hub copies keep the tokenizer's configs; their vocabulary is CLIP's (`fixtures/tokenizer`).
-        let file = |name: &str| {
-            std::fs::read(dir.join("tokenizer").join(name))
-                .or_else(|_| std::fs::read(fixtures_dir().join("tokenizer").join(name)))
-                .ok()
+        let tokenizer = |folder: &str| {
+            let file = |name: &str| {
+                std::fs::read(dir.join(folder).join(name))
+                    .or_else(|_| std::fs::read(fixtures_dir().join("tokenizer").join(name)))
+                    .ok()
+            };
+            let has_json = dir.join(folder).join("tokenizer.json").is_file();
+            let (json, vocab, merges) = if has_json {
+                (file("tokenizer.json"), None, None)
+            } else {
+                (None, file("vocab.json"), file("merges.txt"))
+            };
+            let (config, special) = (file("tokenizer_config.json"), file("special_tokens_map.json"));
+            ClipTokenizer::from_files(TokenizerFiles {
+                tokenizer_json: json.as_deref(),
+                vocab_json: vocab.as_deref(),
+                merges_txt: merges.as_deref(),
+                tokenizer_config_json: config.as_deref(),
+                special_tokens_map_json: special.as_deref(),
+            })
+            .unwrap()
         };
-        let has_json = dir.join("tokenizer/tokenizer.json").is_file();
-        let (json, vocab, merges) = if has_json {
-            (file("tokenizer.json"), None, None)
+        let first = tokenizer("tokenizer");
+        if dir.join("text_encoder_2").is_dir() {
+            let second = tokenizer("tokenizer_2");
+            let text_2 = ClipTextConfig::from_json(&read(&dir, "text_encoder_2/config.json")).unwrap();
+            let encoders =
+                [("text_encoder", "tokenizer", &text, &first), ("text_encoder_2", "tokenizer_2", &text_2, &second)];
+            check_text_encoders(&unet, &encoders).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
         } else {
-            (None, file("vocab.json"), file("merges.txt"))
-        };
-        let (config, special) = (file("tokenizer_config.json"), file("special_tokens_map.json"));
-        let tokenizer = ClipTokenizer::from_files(TokenizerFiles {
-            tokenizer_json: json.as_deref(),
-            vocab_json: vocab.as_deref(),
-            merges_txt: merges.as_deref(),
-            tokenizer_config_json: config.as_deref(),
-            special_tokens_map_json: special.as_deref(),
-        })
-        .unwrap();
-        check_text_encoder(&unet, &text, &tokenizer).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+            check_text_encoder(&unet, &text, &first).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        }
         checked.push(dir.file_name().unwrap().to_string_lossy().to_string());
     }
     checked.sort();
-    for expected in ["tiny-sd", "tiny-sd-inpaint", "tiny-sd2", "tiny-sd-turbo", "sd15", "sd21", "sd21-base", "sd-turbo"]
-    {
+    for expected in [
+        "tiny-sd",
+        "tiny-sd-inpaint",
+        "tiny-sd2",
+        "tiny-sd-turbo",
+        "sd15",
+        "sd21",
+        "sd21-base",
+        "sd-turbo",
+        "tiny-sdxl",
+    ] {
         assert!(checked.iter().any(|c| c == expected), "{expected} not checked: {checked:?}");
     }
     // The recorded scheduler configs too.

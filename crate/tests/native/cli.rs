@@ -141,6 +141,10 @@ fn bad_input_is_one_line_and_exit_code_2() {
         (vec!["--init-image", init.to_str().unwrap(), "--mask", small.to_str().unwrap()], "mask"),
         (vec!["--scheduler", "heun"], "unknown scheduler"),
         (vec!["--seed", "18446744073709551616"], "seed"),
+        (vec!["--prompt-2", "x"], "SDXL"),
+        (vec!["--target-size", "64,64"], "SDXL"),
+        (vec!["--original-size", "1024"], "1024,1024 (W,H)"),
+        (vec!["--crop", "a,b"], "whole number"),
     ];
     for (extra, expect) in cases {
         let mut args = vec!["generate", "--model", model, "--prompt", "x", "--out", out, "--steps", "2"];

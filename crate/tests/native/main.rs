@@ -15,6 +15,7 @@ mod pipeline_fixtures;
 mod prompt_weighting;
 mod rng_fixtures;
 mod scheduler_fixtures;
+mod sdxl;
 mod textual_inversion;
 mod unet_vae_fixtures;
 mod wgpu_pipeline;

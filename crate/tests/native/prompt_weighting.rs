@@ -97,7 +97,7 @@ fn weighted_embeddings_match_the_reference() {
             let chunks = prompt_chunks(&model.tokenizer, prompt).unwrap();
             let ids: Vec<Vec<u32>> = chunks.iter().map(|c| c.ids.clone()).collect();
             assert_eq!(ids, want_ids, "{tokenizer_from} {prompt:?}");
-            let got = model.encode_prompt(prompt, true).unwrap();
+            let got = model.encode_prompt(prompt, None, true).unwrap().states;
             let (shape, want) = reference.f32(case["key"].as_str().unwrap());
             assert_eq!(got.dims().to_vec(), shape, "{tokenizer_from} {prompt:?}");
             let got = got.into_data().convert::<f32>().try_into_vec::<f32>().unwrap();
@@ -118,16 +118,16 @@ fn weighted_embeddings_match_the_reference() {
 fn plain_prompts_encode_exactly_as_without_weighting() {
     let model = load("tiny-sd");
     for prompt in ["a photo of an astronaut riding a horse", "", "blurry", "a: b, c; d"] {
-        let on = model.encode_prompt(prompt, true).unwrap().into_data();
-        let off = model.encode_prompt(prompt, false).unwrap().into_data();
+        let on = model.encode_prompt(prompt, None, true).unwrap().states.into_data();
+        let off = model.encode_prompt(prompt, None, false).unwrap().states.into_data();
         assert_eq!(on, off, "{prompt:?}");
     }
     // Without weighting, brackets are text and long prompts are truncated to 77 tokens.
     let long = "castle, ".repeat(60);
-    assert_eq!(model.encode_prompt(&long, false).unwrap().dims(), [1, 77, 32]);
-    assert_eq!(model.encode_prompt(&long, true).unwrap().dims(), [1, 77 * 2, 32]);
-    let bracketed = model.encode_prompt("(castle:1.5)", false).unwrap().into_data();
-    assert_ne!(bracketed, model.encode_prompt("(castle:1.5)", true).unwrap().into_data());
+    assert_eq!(model.encode_prompt(&long, None, false).unwrap().states.dims(), [1, 77, 32]);
+    assert_eq!(model.encode_prompt(&long, None, true).unwrap().states.dims(), [1, 77 * 2, 32]);
+    let bracketed = model.encode_prompt("(castle:1.5)", None, false).unwrap().states.into_data();
+    assert_ne!(bracketed, model.encode_prompt("(castle:1.5)", None, true).unwrap().states.into_data());
 }
 
 #[test]

@@ -29,7 +29,7 @@ fn an_embedding_gives_diffusers_prompt_embeddings_and_image() {
     assert_eq!((e.count, e.width), (2, 32));
     model.add_textual_inversion(e).unwrap();
     for weighting in [false, true] {
-        let embeds = model.encode_prompt(&meta("prompt"), weighting).unwrap();
+        let embeds = model.encode_prompt(&meta("prompt"), None, weighting).unwrap().states;
         let diff = max_diff(embeds.unsqueeze(), &run.f32("prompt_embeds").1);
         assert!(diff <= 1e-4, "prompt embeddings (weighting {weighting}): {diff}");
     }

@@ -35,7 +35,7 @@ fn replay_unet(run: &Run, unet: &UNet2DConditionModel, device: &Device) -> f32 {
         let n = out_name.trim_start_matches("unet_out_");
         let sample = run.tensor4(&format!("unet_in_sample_{n}"), device);
         let (_, t) = run.f32(&format!("unet_in_timestep_{n}"));
-        let predicted = unet.forward(sample, t[0], context.clone());
+        let predicted = unet.forward(sample, t[0], context.clone(), None);
         let diff = max_diff(predicted, &run.f32(&out_name).1);
         worst = worst.max(diff);
     }
@@ -67,10 +67,10 @@ fn unet_in_calls_equals_one_call() {
     let unet = unet("tiny-sd", "diffusion_pytorch_model.safetensors", &device);
     let sample = Tensor::<4>::random([5, 4, 8, 8], Distribution::Normal(0.0, 1.0), &device);
     let context = Tensor::<3>::random([5, 77, 32], Distribution::Normal(0.0, 1.0), &device);
-    let whole = unet.forward(sample.clone(), 501.0, context.clone());
+    let whole = unet.forward(sample.clone(), 501.0, context.clone(), None);
     let expected: Vec<f32> = whole.into_data().try_to_vec::<f32>().unwrap();
     for samples in [1, 2, 3] {
-        let split = unet.forward_in_calls(sample.clone(), 501.0, context.clone(), samples);
+        let split = unet.forward_in_calls(sample.clone(), 501.0, context.clone(), None, samples);
         assert_eq!(split.dims(), [5, 4, 8, 8]);
         let diff = max_diff(split, &expected);
         assert!(diff <= 1e-5, "{samples} samples per call differ by {diff}");
@@ -201,7 +201,7 @@ fn odd_latent_sizes_keep_their_shape() {
     let unet = unet("tiny-sd", "diffusion_pytorch_model.safetensors", &device);
     let sample = Tensor::<4>::ones([2, 4, 17, 13], &device);
     let context = Tensor::<3>::zeros([2, 77, 32], &device);
-    let out = unet.forward(sample, 500.0, context);
+    let out = unet.forward(sample, 500.0, context, None);
     assert_eq!(out.dims(), [2, 4, 17, 13]);
     let values: Vec<f32> = out.into_data().try_to_vec::<f32>().unwrap();
     assert!(values.iter().all(|v| v.is_finite()));

@@ -22,7 +22,8 @@ fn tiny_model_on_wgpu_matches_diffusers() {
     for n in 0..run.names_with_prefix("unet_out_").len() {
         let sample = run.tensor4(&format!("unet_in_sample_{n:02}"), &device);
         let t = run.f32(&format!("unet_in_timestep_{n:02}")).1[0];
-        worst = worst.max(max_diff(unet.forward(sample, t, context.clone()), &run.f32(&format!("unet_out_{n:02}")).1));
+        worst = worst
+            .max(max_diff(unet.forward(sample, t, context.clone(), None), &run.f32(&format!("unet_out_{n:02}")).1));
     }
     eprintln!("U-Net on wgpu, txt2img_euler's 8 calls: max abs diff {worst:e}");
     assert!(worst <= 1e-3, "U-Net on wgpu differs by {worst}");
