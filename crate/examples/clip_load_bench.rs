@@ -28,6 +28,7 @@ fn main() {
         hidden_act: "quick_gelu".into(),
         layer_norm_eps: 1e-5,
         eos_token_id: 49407,
+        projection_dim: 768,
     };
     let (d, ff) = (768usize, 3072usize);
     let mut tensors: Vec<(String, Vec<usize>)> = vec![

@@ -56,7 +56,7 @@ fn main() {
 
     let t = Instant::now();
     let out = unet.forward(sample, timestep, context, Some(&added));
-    let out: Vec<f32> = out.into_data().convert::<f32>().into_vec().unwrap();
+    let out: Vec<f32> = out.into_data().convert::<f32>().try_into_vec::<f32>().unwrap();
     let secs = t.elapsed().as_secs_f64();
     let diff = out.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
     let scale = expected.iter().fold(0.0f32, |m, v| m.max(v.abs()));

@@ -12,6 +12,7 @@ pub mod limits;
 pub mod lora;
 pub mod manifest;
 pub mod memory;
+pub mod model_folder;
 pub mod models;
 pub mod pipeline;
 pub mod probe;

@@ -42,7 +42,7 @@ pub fn typescript() -> String {
          // Regenerate with UPDATE_PROTOCOL_SAMPLES=1 cargo test -p websd --lib limits.\n\
          import type {{ SchedulerName }} from \"./protocol\";\n\n\
          /** The engine's limits of a generation request (crate::limits). */\n\
-         export const LIMITS = {{ maxSide: {MAX_SIDE}, maxSteps: {MAX_STEPS}, maxBatch: {MAX_BATCH}, maxGuidance: {MAX_GUIDANCE}, maxSeed: {MAX_SEED} }} as const;\n\n\
+         export const LIMITS = {{ maxSide: {MAX_SIDE}, maxSteps: {MAX_STEPS}, maxBatch: {MAX_BATCH}, maxGuidance: {MAX_GUIDANCE}, maxSeed: {MAX_SEED}, maxConditioningSide: {MAX_CONDITIONING_SIDE} }} as const;\n\n\
          /** diffusers' defaults, as the engine applies them. */\n\
          export const DEFAULTS = {{ steps: {DEFAULT_STEPS}, guidance: {DEFAULT_GUIDANCE}, img2imgStrength: {IMG2IMG_STRENGTH}, inpaintStrength: {INPAINT_STRENGTH} }} as const;\n\n\
          /** The schedulers, in the order the form lists them. */\n\

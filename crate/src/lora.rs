@@ -278,6 +278,11 @@ impl<'a, S: TensorSource> WithLoras<'a, S> {
         }
         Ok(Self { inner, merges })
     }
+
+    /// `inner` as it is (a component no LoRA adapts).
+    pub fn plain(inner: S) -> Self {
+        Self { inner, merges: HashMap::new() }
+    }
 }
 
 /// `t`'s values as a `[rows, rest]` matrix on `device`.

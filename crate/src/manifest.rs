@@ -205,20 +205,40 @@ impl Manifest {
         // when listed, not required (a pinned Hub manifest may lack a verified copy of it).
         let mut files: Vec<&ManifestFile> = self.file("model_index.json").into_iter().collect();
         files.push(need("scheduler/scheduler_config.json")?);
-        for component in WEIGHT_COMPONENTS {
+        for component in self.weight_components() {
             files.push(need(&format!("{component}/config.json"))?);
             files.push(self.weights(component, variant)?);
         }
-        match (self.file("tokenizer/vocab.json"), self.file("tokenizer/merges.txt")) {
-            (Some(vocab), Some(merges)) => files.extend([vocab, merges]),
-            _ => files.push(need("tokenizer/tokenizer.json")?),
+        let mut tokenizers = vec!["tokenizer"];
+        if self.is_sdxl() {
+            tokenizers.push("tokenizer_2");
         }
-        files.extend(
-            ["tokenizer/tokenizer_config.json", "tokenizer/special_tokens_map.json"]
-                .iter()
-                .filter_map(|p| self.file(p)),
-        );
+        for folder in tokenizers {
+            match (self.file(&format!("{folder}/vocab.json")), self.file(&format!("{folder}/merges.txt"))) {
+                (Some(vocab), Some(merges)) => files.extend([vocab, merges]),
+                _ => files.push(need(&format!("{folder}/tokenizer.json"))?),
+            }
+            files.extend(
+                ["tokenizer_config.json", "special_tokens_map.json"]
+                    .iter()
+                    .filter_map(|name| self.file(&format!("{folder}/{name}"))),
+            );
+        }
         Ok(files)
+    }
+
+    /// Whether the model has SDXL's second text encoder (`text_encoder_2/config.json` is listed).
+    pub fn is_sdxl(&self) -> bool {
+        self.file("text_encoder_2/config.json").is_some()
+    }
+
+    /// The components with weights files: [`WEIGHT_COMPONENTS`], and SDXL's `text_encoder_2`.
+    pub fn weight_components(&self) -> Vec<&'static str> {
+        let mut components = WEIGHT_COMPONENTS.to_vec();
+        if self.is_sdxl() {
+            components.insert(1, "text_encoder_2");
+        }
+        components
     }
 
     /// Total bytes of `files`.
@@ -274,6 +294,28 @@ mod tests {
             m.select(Some(Variant::Fp16)).unwrap_err(),
             ManifestError::Missing("fp16 safetensors weights for vae".into())
         );
+    }
+
+    /// SDXL: the second text encoder's config and weights and the second tokenizer's files are selected
+    /// too (its `tokenizer.json` only when it lacks vocab + merges), in load order.
+    #[test]
+    fn select_takes_sdxls_second_text_encoder_and_tokenizer() {
+        let mut m = tiny();
+        assert!(!m.is_sdxl());
+        for path in ["text_encoder_2/config.json", "text_encoder_2/model.fp16.safetensors", "tokenizer_2/vocab.json"] {
+            m.files.push(entry(path, 10));
+        }
+        m.files.extend([entry("tokenizer_2/merges.txt", 10), entry("tokenizer_2/special_tokens_map.json", 10)]);
+        assert!(m.is_sdxl());
+        assert_eq!(m.weight_components(), ["text_encoder", "text_encoder_2", "unet", "vae"]);
+        let paths: Vec<String> = m.select(None).unwrap().iter().map(|f| f.path.clone()).collect();
+        for path in ["text_encoder_2/config.json", "text_encoder_2/model.fp16.safetensors", "tokenizer_2/vocab.json"] {
+            assert!(paths.contains(&path.to_string()), "{path} in {paths:?}");
+        }
+        assert!(paths.contains(&"tokenizer_2/special_tokens_map.json".to_string()));
+        // Without its weights, an SDXL manifest is incomplete.
+        m.files.retain(|f| f.path != "text_encoder_2/model.fp16.safetensors");
+        assert_eq!(m.select(None).unwrap_err(), ManifestError::Missing("safetensors weights for text_encoder_2".into()));
     }
 
     #[test]

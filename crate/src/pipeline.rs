@@ -635,120 +635,55 @@ impl StableDiffusion {
         loras: &[(crate::lora::Lora, f32)],
         device: &Device,
     ) -> Result<Self, PipelineError> {
-        use crate::config::{ConfigError, ModelIndex, check_components, check_text_encoders, parse};
         use crate::lora::{Component, WithLoras};
-        use crate::models::clip::{ClipTextConfig, clip_key_map};
-        use crate::models::unet_2d_condition::check_supported;
-        use crate::weights::{LoadError, SafetensorsReader, component_weights};
+        use crate::model_folder::{ModelConfigs, Part};
+        use crate::models::clip::clip_key_map;
+        use crate::weights::{SafetensorsReader, component_weights};
 
         let model = dir.display();
         if !dir.is_dir() {
             return Err(PipelineError::Invalid(format!("model {model}: is not a folder")));
         }
-        let model_err = |m: String| PipelineError::Model(format!("model {model}: {m}"));
-        let read = |file: &str| {
-            std::fs::read_to_string(dir.join(file)).map_err(|e| model_err(format!("cannot read {file}: {e}")))
-        };
-        let open = |component: &str| {
-            let path = component_weights(&dir.join(component), variant).map_err(|e| model_err(e.to_string()))?;
-            std::fs::File::open(&path).map_err(|e| model_err(format!("{}: {e}", path.display())))
-        };
-        let cfg_err = |e: ConfigError| model_err(e.to_string());
         // As the worker: an architecture not implemented is `unsupported`, anything else a broken model.
-        let unsupported = |m: String| PipelineError::Unsupported(format!("model {model}: {m}"));
-        let load_err = |component: &'static str| {
-            move |e: LoadError| match e {
-                LoadError::Unsupported(m) => unsupported(m),
-                e => model_err(format!("{component}: {e}")),
+        let in_model = |e: PipelineError| match e {
+            PipelineError::Model(m) => PipelineError::Model(format!("model {model}: {m}")),
+            PipelineError::Unsupported(m) => PipelineError::Unsupported(format!("model {model}: {m}")),
+            e => e,
+        };
+        let mut read = |path: &str| match std::fs::read(dir.join(path)) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("cannot read {path}: {e}")),
+        };
+        let configs = ModelConfigs::read(&mut read).map_err(in_model)?;
+        if configs.is_sdxl() && !loras.is_empty() {
+            return Err(in_model(PipelineError::Unsupported("LoRAs for SDXL are not supported yet".into())));
+        }
+        let weights = |part: Part| {
+            let folder = part.folder();
+            let model_err = |m: String| PipelineError::Model(format!("{folder}: {m}"));
+            let path =
+                component_weights(&dir.join(folder), variant).map_err(|e| PipelineError::Model(e.to_string()))?;
+            let file =
+                std::fs::File::open(&path).map_err(|e| PipelineError::Model(format!("{}: {e}", path.display())))?;
+            let reader = SafetensorsReader::new(file).map_err(|e| model_err(e.to_string()))?;
+            // LoRAs adapt the text encoder and the U-Net (SD 1.x/2.x only, refused above for SDXL).
+            let (key_map, lora_part): (crate::weights::KeyMap, _) = match part {
+                Part::TextEncoder | Part::TextEncoder2 => (clip_key_map, Some(Component::TextEncoder)),
+                Part::Unet => (|name| Some(name.to_string()), Some(Component::Unet)),
+                Part::Vae => (|name| Some(name.to_string()), None),
+            };
+            match lora_part {
+                Some(c) => WithLoras::new(reader, key_map, c, loras).map_err(|e| PipelineError::Invalid(e.to_string())),
+                None => Ok(WithLoras::plain(reader)),
             }
         };
-
-        // model_index.json is optional (the Hub's 2022 SD 2.x repos have none); SDXL's pipeline options live there.
-        let index: Option<ModelIndex> = match dir.join("model_index.json").is_file() {
-            true => Some(parse("model_index.json", &read("model_index.json")?).map_err(cfg_err)?),
-            false => None,
-        };
-        if let Some(index) = &index {
-            let has = |c: &str| index.components.get(c).is_some_and(Option::is_some);
-            if index.requires_aesthetics_score == Some(true) || (has("text_encoder_2") && !has("text_encoder")) {
-                return Err(unsupported(
-                    "the SDXL refiner (aesthetic-score conditioning, one text encoder) is not supported".into(),
-                ));
-            }
+        // Every LoRA layer must fit a weight: checked on the headers before any weight is read.
+        if !loras.is_empty() {
+            weights(Part::TextEncoder).map_err(in_model)?;
+            weights(Part::Unet).map_err(in_model)?;
         }
-        let tokenizer = ClipTokenizer::from_dir(&dir.join("tokenizer")).map_err(|e| model_err(e.to_string()))?;
-        let clip_config = ClipTextConfig::from_json(&read(ClipTextConfig::FILE)?)
-            .map_err(|e| model_err(format!("{}: {e}", ClipTextConfig::FILE)))?;
-        let unet_config: UNet2DConditionConfig =
-            parse(UNet2DConditionConfig::FILE, &read(UNet2DConditionConfig::FILE)?).map_err(cfg_err)?;
-        let vae_config: AutoencoderKLConfig =
-            parse(AutoencoderKLConfig::FILE, &read(AutoencoderKLConfig::FILE)?).map_err(cfg_err)?;
-        let scheduler_config = SchedulerConfig::from_json(&read(SchedulerConfig::FILE)?)
-            .map_err(|e| model_err(format!("{}: {e}", SchedulerConfig::FILE)))?;
-        check_components(&unet_config, &vae_config, &scheduler_config).map_err(cfg_err)?;
-        check_supported(&unet_config).map_err(load_err("unet"))?;
-        // SDXL (text-time conditioning): the second text encoder and tokenizer.
-        let sdxl = unet_config.addition_embed_type.is_some();
-        if sdxl && !loras.is_empty() {
-            return Err(unsupported("LoRAs for SDXL are not supported yet".into()));
-        }
-        let second = if sdxl {
-            let tokenizer = ClipTokenizer::from_dir(&dir.join("tokenizer_2"))
-                .map_err(|e| model_err(format!("tokenizer_2: {e}")))?;
-            let file = "text_encoder_2/config.json";
-            let config = ClipTextConfig::from_json(&read(file)?).map_err(|e| model_err(format!("{file}: {e}")))?;
-            Some((tokenizer, config))
-        } else {
-            None
-        };
-        let mut encoders = vec![("text_encoder", "tokenizer", &clip_config, &tokenizer)];
-        if let Some((tokenizer_2, config_2)) = &second {
-            encoders.push(("text_encoder_2", "tokenizer_2", config_2, tokenizer_2));
-        }
-        check_text_encoders(&unet_config, &encoders).map_err(cfg_err)?;
-        if sdxl && vae_config.force_upcast && device_precision(device) == Precision::F16 {
-            return Err(unsupported(
-                "this SDXL VAE must decode in f32 (force_upcast) and this device computes in f16: use an f16-safe \
-                 VAE such as madebyollin/sdxl-vae-fp16-fix (force_upcast false)"
-                    .into(),
-            ));
-        }
-
-        let with_loras = |component: &'static str, key_map: crate::weights::KeyMap, part: Component| {
-            let reader =
-                SafetensorsReader::new(open(component)?).map_err(|e| model_err(format!("{component}: {e}")))?;
-            WithLoras::new(reader, key_map, part, loras).map_err(|e| PipelineError::Invalid(e.to_string()))
-        };
-        let text_encoder = with_loras("text_encoder", clip_key_map, Component::TextEncoder)?;
-        let unet = with_loras("unet", |name| Some(name.to_string()), Component::Unet)?;
-        let text_encoder = clip_config.load(text_encoder, device).map_err(load_err("text_encoder"))?;
-        let text_encoder_2 = match second {
-            Some((tokenizer, config)) => Some(SecondTextEncoder {
-                text_encoder: config
-                    .load_with_projection(open("text_encoder_2")?, device)
-                    .map_err(load_err("text_encoder_2"))?,
-                tokenizer,
-            }),
-            None => None,
-        };
-        let unet = UNet2DConditionModel::load(&unet_config, unet, device).map_err(load_err("unet"))?;
-        let vae_decoder = VaeDecoder::load(&vae_config, open("vae")?, device).map_err(load_err("vae"))?;
-        let vae_encoder = VaeEncoder::load(&vae_config, open("vae")?, device).map_err(load_err("vae"))?;
-        Ok(Self {
-            tokenizer,
-            text_encoder,
-            text_encoder_2,
-            // diffusers' SDXL pipelines default to true.
-            force_zeros_for_empty_prompt: index.and_then(|i| i.force_zeros_for_empty_prompt).unwrap_or(true),
-            unet,
-            unet_config,
-            vae_decoder,
-            vae_encoder,
-            vae_config,
-            scheduler_config,
-            textual_inversions: Vec::new(),
-            device: device.clone(),
-        })
+        configs.assemble(weights, device).map_err(in_model)
     }
 }
 

@@ -184,6 +184,21 @@ pub struct GenerateSettings {
     /// diffusers' encoding. Plain prompts encode the same either way.
     #[serde(default = "default_prompt_weighting")]
     pub prompt_weighting: bool,
+    /// SDXL: the second text encoder's prompt; absent: the prompt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_2: Option<String>,
+    /// SDXL: the second text encoder's negative prompt; absent: the negative prompt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub negative_prompt_2: Option<String>,
+    /// SDXL micro-conditioning: the original image's `[width, height]`; absent: the image's size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_size: Option<[u32; 2]>,
+    /// SDXL micro-conditioning: the crop's top-left corner `[x, y]`; absent: `[0, 0]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crop: Option<[u32; 2]>,
+    /// SDXL micro-conditioning: the target `[width, height]`; absent: the image's size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_size: Option<[u32; 2]>,
 }
 
 fn default_steps() -> u32 {
@@ -232,6 +247,9 @@ pub struct ModelInfo {
     pub scheduler: String,
     /// A 9-channel inpainting U-Net (needs an init image and a mask).
     pub inpainting: bool,
+    /// An SDXL model (two text encoders: `prompt2`, `negativePrompt2` and the size conditioning apply).
+    #[serde(default)]
+    pub sdxl: bool,
     /// The weights variant the selection uses.
     pub variant: WeightsVariant,
     /// Bytes of every file the variant needs, and how many of them are stored and verified.
@@ -509,6 +527,11 @@ mod tests {
             strength: Some(0.75),
             preview_every: 1,
             prompt_weighting: false,
+            prompt_2: Some("oil painting".into()),
+            negative_prompt_2: Some("low quality".into()),
+            original_size: Some([1024, 768]),
+            crop: Some([0, 16]),
+            target_size: Some([1024, 1024]),
         };
         let minimal: GenerateSettings = serde_json::from_str(r#"{"prompt":""}"#).unwrap();
         let requests = vec![
@@ -605,6 +628,7 @@ mod tests {
                     height: 512,
                     scheduler: "pndm".into(),
                     inpainting: false,
+                    sdxl: false,
                     variant: WeightsVariant::Fp16,
                     total_bytes: 2,
                     stored_bytes: 1,

@@ -11,6 +11,7 @@ import { decodeImage, drawRgba, fittedSize, rgbaAt, UnusableImage } from "./imag
 import { MaskEditor } from "./mask-editor";
 import { parseParameters, pngTextChunks } from "./png-settings";
 import { ProgressView } from "./progress";
+import { parseSdxl, SDXL_FIELDS, type SdxlField } from "./sdxl-fields";
 import type { GenerateSettings, ModelInfo, WorkerEvent } from "./protocol";
 import { DEFAULTS, formValuesOf, parseSettings, randomSeed, SCHEDULER_LABELS, SCHEDULERS, type FormValues, type Mode } from "./settings";
 import { StoragePanel } from "./storage-panel";
@@ -271,6 +272,7 @@ async function inspect(choice: ModelChoice, chosen = true): Promise<void> {
   if (answer.type === "modelInfo") {
     info = answer.info;
     applyDefaults(choice, info);
+    byTestId("sdxl-options").hidden = !info.sdxl;
     const stored = info.ready
       ? "stored: works offline"
       : `${bytes(info.totalBytes - info.storedBytes)} to download` + (info.storedBytes > 0 ? ` (${bytes(info.storedBytes)} already stored)` : "");
@@ -425,8 +427,18 @@ async function generate(): Promise<void> {
   if (problem) return refuse(problem);
   const parsed = parseSettings(values(), m);
   if (!parsed.ok) return refuse(parsed.message, parsed.field);
+  // SDXL's fields only for an SDXL model (hidden otherwise; another model would refuse them).
+  const sdxl = info?.sdxl ? parseSdxl(Object.fromEntries(SDXL_FIELDS.map((f) => [f, byTestId<HTMLInputElement>(f).value])) as Record<SdxlField, string>) : null;
+  if (sdxl && !sdxl.ok) {
+    setBusy(false);
+    progress.stop("Check the settings", false);
+    errors.show(sdxl.message);
+    byTestId<HTMLInputElement>(sdxl.field).focus();
+    return;
+  }
   const settings: GenerateSettings = {
     ...parsed.settings,
+    ...(sdxl?.ok ? sdxl.settings : {}),
     previewEvery: byTestId<HTMLInputElement>("live-preview").checked ? 1 : 0,
     // Off: diffusers' reading (77 tokens, brackets are words); plain prompts encode the same either way.
     promptWeighting: byTestId<HTMLInputElement>("prompt-weighting").checked,

@@ -65,6 +65,16 @@ export interface GenerateSettings {
   previewEvery?: number;
   /** AUTOMATIC1111's prompt syntax: `(word:1.3)`, `[word]`, `BREAK`, prompts past 75 tokens (default true). */
   promptWeighting?: boolean;
+  /** SDXL: the second text encoder's prompt (default: the prompt). */
+  prompt2?: string;
+  /** SDXL: the second text encoder's negative prompt (default: the negative prompt). */
+  negativePrompt2?: string;
+  /** SDXL micro-conditioning: the original image's [width, height] (default: the image's size). */
+  originalSize?: [number, number];
+  /** SDXL micro-conditioning: the crop's top-left corner [x, y] (default [0, 0]). */
+  crop?: [number, number];
+  /** SDXL micro-conditioning: the target [width, height] (default: the image's size). */
+  targetSize?: [number, number];
 }
 
 export type Phase = "download" | "repair" | "load" | "encode" | "denoise" | "decode";
@@ -98,6 +108,8 @@ export interface ModelInfo {
   height: number;
   scheduler: SchedulerName;
   inpainting: boolean;
+  /** Two text encoders: prompt2, negativePrompt2 and the size conditioning apply. */
+  sdxl: boolean;
   variant: WeightsVariant;
   totalBytes: number;
   storedBytes: number;

@@ -11,14 +11,11 @@ use js_sys::Uint8Array;
 use super::store::{FileRecord, Store};
 use crate::Error;
 use crate::config::{AutoencoderKLConfig, UNet2DConditionConfig, parse};
-use crate::manifest::{Manifest, WEIGHT_COMPONENTS};
-use crate::models::autoencoder_kl::{VaeDecoder, VaeEncoder};
-use crate::models::clip::ClipTextConfig;
-use crate::models::unet_2d_condition::UNet2DConditionModel;
+use crate::manifest::Manifest;
+use crate::model_folder::{ModelConfigs, Part};
 use crate::pipeline::StableDiffusion;
 use crate::protocol::{Event, ModelInfo, Phase, WeightsVariant};
 use crate::schedulers::{SchedulerConfig, SchedulerKind};
-use crate::tokenizer::{ClipTokenizer, TokenizerFiles};
 use crate::weights::{DeviceTensors, Dtype, SafetensorsHeader, TensorInfo, Variant};
 
 /// Bytes of a weights file read and decoded at a time, into the piece being built.
@@ -391,8 +388,9 @@ pub async fn preflight(store: &Store, id: &str, variant: Option<Variant>) -> Res
         configs.insert(path.to_string(), stored);
     }
     let ComponentConfigs { unet, vae, .. } = read_configs(store, &configs).await?;
-    let weights = WEIGHT_COMPONENTS
-        .iter()
+    let weights = manifest
+        .weight_components()
+        .into_iter()
         .map(|c| {
             manifest
                 .weights(c, variant)
@@ -430,6 +428,7 @@ pub async fn model_info(store: &Store, id: &str, variant: Option<Variant>, offli
         height: size,
         scheduler: scheduler.name().to_string(),
         inpainting: unet.in_channels == 9,
+        sdxl: unet.addition_embed_type.is_some(),
         variant: if fp16 { WeightsVariant::Fp16 } else { WeightsVariant::Fp32 },
         total_bytes: selected.iter().map(|f| f.size).sum(),
         stored_bytes,
@@ -471,84 +470,38 @@ pub async fn load_model(
             incomplete.join(", ")
         )));
     }
-    let model_err = |path: &str, e: &dyn std::fmt::Display| Error::Model(format!("{path}: {e}"));
-
-    let mut tokenizer_bytes = BTreeMap::new();
-    for path in records.keys().filter(|p| p.starts_with("tokenizer/")) {
-        tokenizer_bytes
-            .insert(path.trim_start_matches("tokenizer/").to_string(), read_file(store, &records[path]).await?);
+    // The small files (configs, tokenizers) whole: everything but the weights is parsed and checked
+    // together, as natively ([`ModelConfigs::read`]), before any weight is uploaded.
+    let mut small = BTreeMap::new();
+    for (path, record) in records.iter().filter(|(p, _)| !p.ends_with(".safetensors")) {
+        small.insert(path.clone(), read_file(store, record).await?);
     }
-    let file = |name: &str| tokenizer_bytes.get(name).map(Vec::as_slice);
-    let tokenizer = ClipTokenizer::from_files(TokenizerFiles {
-        tokenizer_json: file("tokenizer.json"),
-        vocab_json: file("vocab.json"),
-        merges_txt: file("merges.txt"),
-        tokenizer_config_json: file("tokenizer_config.json"),
-        special_tokens_map_json: file("special_tokens_map.json"),
-    })
-    .map_err(|e| model_err("tokenizer", &e))?;
-    drop(tokenizer_bytes);
+    let configs = ModelConfigs::read(&mut |path: &str| Ok(small.get(path).cloned()))?;
+    drop(small);
+    configs.check_precision(crate::pipeline::device_precision(device))?;
 
-    let clip_config = ClipTextConfig::from_json(&read_text(store, &records, "text_encoder/config.json").await?)
-        .map_err(|e| model_err("text_encoder/config.json", &e))?;
-    let ComponentConfigs { unet: unet_config, vae: vae_config, scheduler: scheduler_config } =
-        read_configs(store, &records).await?;
-    // Refuse an unsupported U-Net before uploading anything.
-    crate::models::unet_2d_condition::check_supported(&unet_config).map_err(|e| Error::Unsupported(e.to_string()))?;
-    if unet_config.addition_embed_type.is_some() {
-        return Err(Error::Unsupported("SDXL models do not run in the browser yet (the CLI runs them)".into()));
+    let mut weights = Vec::new();
+    for part in configs.parts() {
+        let file = manifest.weights(part.folder(), variant).map_err(|e| Error::Model(e.to_string()))?;
+        weights.push((part, records[&file.path].clone()));
     }
-    crate::config::check_text_encoder(&unet_config, &clip_config, &tokenizer)?;
-
-    let weights: Vec<FileRecord> = WEIGHT_COMPONENTS
-        .iter()
-        .map(|c| manifest.weights(c, variant).map(|f| records[&f.path].clone()))
-        .collect::<Result<_, _>>()
-        .map_err(|e| Error::Model(e.to_string()))?;
-    let mut progress = LoadProgress { emit, cancel, done: 0, total: weights.iter().map(|r| r.size).sum() };
-    let load_err = |component: &str, e: crate::weights::LoadError| match e {
-        crate::weights::LoadError::Unsupported(m) => Error::Unsupported(m),
-        e => Error::Model(format!("{component}: {e}")),
+    let hash =
+        weights.iter().find(|(p, _)| *p == Part::Unet).map(|(_, r)| r.sha256[..10].to_string()).unwrap_or_default();
+    let mut progress = LoadProgress { emit, cancel, done: 0, total: weights.iter().map(|(_, r)| r.size).sum() };
+    let mut uploaded = Vec::new();
+    for (part, record) in weights {
+        uploaded.push((part, upload_weights(store, record, device, &mut progress).await?));
+    }
+    let t0 = js_sys::Date::now();
+    let find = |part: Part| {
+        let tensors = uploaded.iter().find(|(p, _)| *p == part).map(|(_, t)| t.clone());
+        tensors.ok_or_else(|| crate::pipeline::PipelineError::Model(format!("{} was not uploaded", part.folder())))
     };
-    let [te, unet, vae] = <[FileRecord; 3]>::try_from(weights).expect("three components");
-    let hash = unet.sha256[..10].to_string();
-
-    let mut t_build = 0.0;
-    let mut timed = |t0: f64| t_build += js_sys::Date::now() - t0;
-    let tensors = upload_weights(store, te, device, &mut progress).await?;
-    let t0 = js_sys::Date::now();
-    let text_encoder = clip_config.load(tensors, device).map_err(|e| load_err("text_encoder", e))?;
-    timed(t0);
-    let tensors = upload_weights(store, unet, device, &mut progress).await?;
-    let t0 = js_sys::Date::now();
-    let unet = UNet2DConditionModel::load(&unet_config, tensors, device).map_err(|e| load_err("unet", e))?;
-    timed(t0);
-    let tensors = upload_weights(store, vae, device, &mut progress).await?;
-    let t0 = js_sys::Date::now();
-    let vae_decoder = VaeDecoder::load(&vae_config, tensors.clone(), device).map_err(|e| load_err("vae", e))?;
-    let vae_encoder = VaeEncoder::load(&vae_config, tensors, device).map_err(|e| load_err("vae", e))?;
-    timed(t0);
-    web_sys::console::info_1(&format!("websd: building the modules took {:.1} s", t_build / 1e3).into());
+    let pipeline = configs.assemble(find, device)?;
+    web_sys::console::info_1(
+        &format!("websd: building the modules took {:.1} s", (js_sys::Date::now() - t0) / 1e3).into(),
+    );
 
     let name = id.trim_end_matches("manifest.json").trim_end_matches('/').rsplit('/').next().unwrap_or(id).to_string();
-    Ok(LoadedModel {
-        id: id.to_string(),
-        variant,
-        pipeline: StableDiffusion {
-            tokenizer,
-            text_encoder,
-            text_encoder_2: None,
-            force_zeros_for_empty_prompt: true,
-            unet,
-            unet_config,
-            vae_decoder,
-            vae_encoder,
-            vae_config,
-            scheduler_config,
-            textual_inversions: Vec::new(),
-            device: device.clone(),
-        },
-        hash,
-        name,
-    })
+    Ok(LoadedModel { id: id.to_string(), variant, pipeline, hash, name })
 }

@@ -453,7 +453,12 @@ fn pipeline_request(s: &GenerateSettings) -> Result<GenerateRequest, Error> {
         strength,
         preview_every: s.preview_every as usize,
         prompt_weighting: s.prompt_weighting,
-        ..Default::default()
+        prompt_2: s.prompt_2.clone(),
+        negative_prompt_2: s.negative_prompt_2.clone(),
+        // The page says [width, height] and [x, y]; diffusers (height, width) and (top, left).
+        original_size: s.original_size.map(|[w, h]| [h as usize, w as usize]),
+        crops_coords_top_left: s.crop.map_or([0, 0], |[x, y]| [y as usize, x as usize]),
+        target_size: s.target_size.map(|[w, h]| [h as usize, w as usize]),
     })
 }
 
