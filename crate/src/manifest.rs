@@ -315,7 +315,10 @@ mod tests {
         assert!(paths.contains(&"tokenizer_2/special_tokens_map.json".to_string()));
         // Without its weights, an SDXL manifest is incomplete.
         m.files.retain(|f| f.path != "text_encoder_2/model.fp16.safetensors");
-        assert_eq!(m.select(None).unwrap_err(), ManifestError::Missing("safetensors weights for text_encoder_2".into()));
+        assert_eq!(
+            m.select(None).unwrap_err(),
+            ManifestError::Missing("safetensors weights for text_encoder_2".into())
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ use crate::config::{
 use crate::memory::Precision;
 use crate::models::autoencoder_kl::{VaeDecoder, VaeEncoder};
 use crate::models::clip::ClipTextConfig;
+use crate::models::into_f32;
 use crate::models::unet_2d_condition::{UNet2DConditionModel, check_supported};
 use crate::pipeline::{PipelineError, SecondTextEncoder, StableDiffusion, device_precision};
 use crate::schedulers::SchedulerConfig;
@@ -159,17 +160,10 @@ impl ModelConfigs {
         parts
     }
 
-    /// Whether the model runs on a device computing in `precision`: SDXL's VAE overflows in f16 unless
-    /// it is an f16-safe one (`force_upcast` false).
-    pub fn check_precision(&self, precision: Precision) -> Result<(), PipelineError> {
-        if self.is_sdxl() && self.vae.force_upcast && precision == Precision::F16 {
-            return Err(PipelineError::Unsupported(
-                "this SDXL VAE must decode in f32 (force_upcast) and this device computes in f16: use an f16-safe \
-                 VAE such as madebyollin/sdxl-vae-fp16-fix (force_upcast false)"
-                    .into(),
-            ));
-        }
-        Ok(())
+    /// Whether the VAE runs in f32 on a device computing in `precision`: SDXL's VAE overflows in f16 and
+    /// says so (`force_upcast`; the fp16-fix VAE does not), as diffusers' SDXL pipelines read it.
+    pub fn vae_upcast(&self, precision: Precision) -> bool {
+        self.is_sdxl() && self.vae.force_upcast && precision == Precision::F16
     }
 
     /// Builds the pipeline on `device` from each part's weights, which `weights` gives in [`Self::parts`]'
@@ -179,13 +173,13 @@ impl ModelConfigs {
         mut weights: impl FnMut(Part) -> Result<S, PipelineError>,
         device: &Device,
     ) -> Result<StableDiffusion, PipelineError> {
-        self.check_precision(device_precision(device))?;
         let err = |part: Part| {
             move |e: LoadError| match e {
                 LoadError::Unsupported(m) => PipelineError::Unsupported(m),
                 e => PipelineError::Model(format!("{}: {e}", part.folder())),
             }
         };
+        let vae_upcast = self.vae_upcast(device_precision(device));
         let text_encoder =
             self.text_encoder.load(weights(Part::TextEncoder)?, device).map_err(err(Part::TextEncoder))?;
         let text_encoder_2 = match self.second {
@@ -200,6 +194,8 @@ impl ModelConfigs {
         let unet = UNet2DConditionModel::load(&self.unet, weights(Part::Unet)?, device).map_err(err(Part::Unet))?;
         let vae_decoder = VaeDecoder::load(&self.vae, weights(Part::Vae)?, device).map_err(err(Part::Vae))?;
         let vae_encoder = VaeEncoder::load(&self.vae, weights(Part::Vae)?, device).map_err(err(Part::Vae))?;
+        let (vae_decoder, vae_encoder) =
+            if vae_upcast { (into_f32(vae_decoder), into_f32(vae_encoder)) } else { (vae_decoder, vae_encoder) };
         Ok(StableDiffusion {
             tokenizer: self.tokenizer,
             text_encoder,
@@ -211,6 +207,7 @@ impl ModelConfigs {
             vae_decoder,
             vae_encoder,
             vae_config: self.vae,
+            vae_upcast,
             scheduler_config: self.scheduler,
             textual_inversions: Vec::new(),
             device: device.clone(),

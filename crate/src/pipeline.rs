@@ -3,7 +3,7 @@
 //! step for step, on any device (Flex, native wgpu, WebGPU). Random numbers come from one
 //! [`TorchRng`] in diffusers' order, so a seed gives diffusers' image.
 
-use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device, FloatDType, Int, Tensor, TensorData};
 
 use crate::config::{AutoencoderKLConfig, UNet2DConditionConfig};
 use crate::limits::{MAX_BATCH, MAX_CONDITIONING_SIDE, MAX_GUIDANCE, MAX_SIDE, MAX_STEPS};
@@ -237,6 +237,8 @@ pub struct StableDiffusion {
     pub vae_decoder: VaeDecoder,
     pub vae_encoder: VaeEncoder,
     pub vae_config: AutoencoderKLConfig,
+    /// The VAE runs in f32 on this f16 device (SDXL's `force_upcast`).
+    pub vae_upcast: bool,
     pub scheduler_config: SchedulerConfig,
     /// Textual-inversion embeddings added with [`Self::add_textual_inversion`].
     pub textual_inversions: Vec<Embedding>,
@@ -514,9 +516,16 @@ impl StableDiffusion {
         let shape = [b, latent_c, lh, lw];
         let is_strength_max = r.strength >= 1.0;
         let encode = |image: Tensor<4>, rng: &mut TorchRng| {
-            let dist = self.vae_encoder.forward(image);
-            let noise = schedulers::randn(rng, dist.mean.dims(), device);
-            dist.sample(noise) * scaling
+            if self.vae_upcast {
+                // In f32, noise included, then back to the device's precision (diffusers' upcast VAE).
+                let dist = self.vae_encoder.forward(image.cast(FloatDType::F32));
+                let noise = schedulers::randn_f32(rng, dist.mean.dims(), device);
+                (dist.sample(noise) * scaling).cast(device.settings().float_dtype)
+            } else {
+                let dist = self.vae_encoder.forward(image);
+                let noise = schedulers::randn(rng, dist.mean.dims(), device);
+                dist.sample(noise) * scaling
+            }
         };
         let init = r.init_image.as_ref().map(|i| self.image_tensor(i) * 2.0 - 1.0);
         // Image latents first (the VAE draws before the initial noise), unless the noise replaces them.
@@ -601,6 +610,7 @@ impl StableDiffusion {
             return Err(PipelineError::Cancelled);
         }
 
+        let latents = if self.vae_upcast { latents.cast(FloatDType::F32) } else { latents };
         let raw = self.vae_decoder.decode(latents / scaling, DEFAULT_BAND_BYTES);
         dump.add("vae_decoded_raw", &raw).await?;
         let images = (raw / 2.0 + 0.5).clamp(0.0, 1.0).permute([0, 2, 3, 1]);

@@ -60,6 +60,21 @@ pub fn group_norm(norm: &burn::nn::GroupNorm, x: Tensor<4>) -> Tensor<4> {
     stats.normalize(norm, x)
 }
 
+/// `module` with every float parameter in f32: SDXL's VAE on an f16 device (`force_upcast`, as diffusers'
+/// `upcast_vae`); exact, since f16 values are f32 values.
+pub fn into_f32<M: burn::module::Module>(module: M) -> M {
+    struct ToF32;
+    impl burn::module::ModuleMapper for ToF32 {
+        fn map_float<const D: usize>(
+            &mut self,
+            param: burn::module::Param<Tensor<D>>,
+        ) -> burn::module::Param<Tensor<D>> {
+            param.map(|t| if t.dtype() == DType::F32 { t } else { t.cast(FloatDType::F32) })
+        }
+    }
+    module.map(&mut ToF32)
+}
+
 /// `t` in f32 (a no-op on f32 devices).
 fn to_f32(t: Tensor<4>) -> Tensor<4> {
     if t.dtype() == DType::F32 { t } else { t.cast(FloatDType::F32) }

@@ -228,6 +228,12 @@ pub fn randn(rng: &mut TorchRng, shape: [usize; 4], device: &Device) -> Tensor<4
     Tensor::from_data(TensorData::new(values, shape), device)
 }
 
+/// [`randn`] in f32 whatever the device computes in (the noise of an upcast VAE's sampling).
+pub fn randn_f32(rng: &mut TorchRng, shape: [usize; 4], device: &Device) -> Tensor<4> {
+    let values = rng.randn(shape.iter().product());
+    Tensor::from_data(TensorData::new(values, shape), (device, burn::tensor::DType::F32))
+}
+
 /// The step counter shared by the schedulers that index their tables by step (diffusers' `step_index`).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct StepIndex {

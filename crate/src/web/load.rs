@@ -478,7 +478,6 @@ pub async fn load_model(
     }
     let configs = ModelConfigs::read(&mut |path: &str| Ok(small.get(path).cloned()))?;
     drop(small);
-    configs.check_precision(crate::pipeline::device_precision(device))?;
 
     let mut weights = Vec::new();
     for part in configs.parts() {
