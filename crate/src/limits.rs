@@ -10,6 +10,10 @@ pub const MAX_SIDE: usize = crate::config::MAX_IMAGE_SIDE;
 /// Largest SDXL size conditioning (`original_size`, `target_size`) and crop offset, in pixels: sizes the
 /// model was trained on reach 4096; four times that covers any upscaled source.
 pub const MAX_CONDITIONING_SIDE: usize = 4 * MAX_SIDE;
+/// Largest total of weights a browser engine holds in f32 (on a GPU without `shader-f16`): WebGPU states
+/// no GPU memory size, so a model past this (SDXL's 13.9 GB as f32, 6.9 GB as f16) is refused before its
+/// weights download rather than failing halfway through the upload; SD 1.x/2.x (4-5 GB as f32) run.
+pub const MAX_F32_WEIGHT_BYTES: u64 = 8 << 30;
 /// Most denoising steps.
 pub const MAX_STEPS: usize = 1000;
 /// Most images per prompt.

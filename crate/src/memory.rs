@@ -288,6 +288,27 @@ pub struct WeightsFile {
     pub f16: bool,
 }
 
+/// Whether a browser engine on a device computing in `precision` takes a model with these weights files:
+/// without `shader-f16` the weights are held in f32, and past [`crate::limits::MAX_F32_WEIGHT_BYTES`]
+/// that is refused (the message gives the sizes and what to use instead).
+pub fn check_browser_weights(files: &[WeightsFile], precision: Precision) -> Result<(), String> {
+    let as_f32: u64 = files.iter().map(|f| if f.f16 { f.bytes * 2 } else { f.bytes }).sum();
+    let as_files: u64 = files.iter().map(|f| f.bytes).sum();
+    let limit = crate::limits::MAX_F32_WEIGHT_BYTES;
+    if precision == Precision::F32 && as_f32 > limit {
+        let gb = |b: u64| b as f64 / 1e9;
+        return Err(format!(
+            "this model's weights are {:.1} GB as f32 ({:.1} GB downloaded), more than the {:.1} GB this app holds \
+             in f32 on a GPU, and this GPU has no shader-f16 to hold them in f16: use a browser and GPU with \
+             WebGPU's shader-f16 (Chrome or Edge 120+ on most GPUs), or a smaller model",
+            gb(as_f32),
+            gb(as_files),
+            gb(limit)
+        ));
+    }
+    Ok(())
+}
+
 /// What a generation is estimated to hold in GPU memory at its peak: the weights as the device holds
 /// them (converted to its precision on load) and [`MemoryPlan::peak_activation_bytes`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -402,6 +423,20 @@ mod tests {
             assert!(plan.largest.bytes <= MAX_BUFFER_BYTES, "{plan:?}");
             assert_eq!(plan.unet_samples_per_call, 2, "{plan:?}");
         }
+    }
+
+    /// SDXL's fp16 files (CLIP-L 246 MB, OpenCLIP-bigG 1.39 GB, U-Net 5.14 GB, VAE 167 MB) are refused on
+    /// an f32 device and taken on an f16 one; SD 1.5's fp32 files (4.3 GB) are taken on both.
+    #[test]
+    fn sdxl_needs_shader_f16_in_the_browser() {
+        let f16 = |bytes: u64| WeightsFile { bytes, f16: true };
+        let sdxl = [f16(246_144_152), f16(1_389_382_176), f16(5_135_149_760), f16(167_335_342)];
+        let err = check_browser_weights(&sdxl, Precision::F32).unwrap_err();
+        assert!(err.contains("13.9 GB as f32 (6.9 GB downloaded)") && err.contains("shader-f16"), "{err}");
+        assert_eq!(check_browser_weights(&sdxl, Precision::F16), Ok(()));
+        let f32 = |bytes: u64| WeightsFile { bytes, f16: false };
+        let sd15 = [f32(492_265_168), f32(3_438_167_536), f32(334_643_268)];
+        assert_eq!(check_browser_weights(&sd15, Precision::F32), Ok(()));
     }
 
     #[test]

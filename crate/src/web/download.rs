@@ -393,6 +393,19 @@ pub async fn ensure_model(
         manifest.select(variant).map_err(|e| Error::Model(e.to_string()))?.into_iter().cloned().collect();
     if files == Files::Small {
         selected.retain(|f| !f.path.ends_with(".safetensors"));
+    } else {
+        // A model too large for this GPU's precision is refused before its weights download (only a
+        // model large enough to be refused on some GPU asks for the device).
+        let weights: Vec<crate::memory::WeightsFile> = selected
+            .iter()
+            .filter(|f| f.path.ends_with(".safetensors"))
+            .map(|f| crate::memory::WeightsFile { bytes: f.size, f16: f.path.ends_with(".fp16.safetensors") })
+            .collect();
+        if crate::memory::check_browser_weights(&weights, crate::memory::Precision::F32).is_err() {
+            let (device, _) = crate::gpu::wgpu_device().await?;
+            crate::memory::check_browser_weights(&weights, crate::pipeline::device_precision(&device))
+                .map_err(Error::Unsupported)?;
+        }
     }
     // Small files first: a tab inspecting the model while this one downloads it waits for these only.
     selected.sort_by_key(|f| f.path.ends_with(".safetensors"));
