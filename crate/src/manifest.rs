@@ -53,11 +53,13 @@ pub const DIFFUSERS_GUIDANCE: f32 = 7.5;
 
 /// The app's built-in manifests (`www/hub/`), the one source of the page's model picker defaults and
 /// of the CLI's, which recognises a local copy of one of these models by its `unet/config.json`.
-pub const BUILTIN: [(&str, &str); 4] = [
+pub const BUILTIN: [(&str, &str); 6] = [
     ("sd15", include_str!("../../www/hub/sd15.json")),
     ("sd-turbo", include_str!("../../www/hub/sd-turbo.json")),
     ("sd21-base", include_str!("../../www/hub/sd21-base.json")),
     ("sd21", include_str!("../../www/hub/sd21.json")),
+    ("sdxl-turbo", include_str!("../../www/hub/sdxl-turbo.json")),
+    ("sdxl-base", include_str!("../../www/hub/sdxl-base.json")),
 ];
 
 /// The built-in model whose `unet/config.json` has this sha256 (a local copy of it), with its manifest.

@@ -413,7 +413,7 @@ mod tests {
     /// 128] in f32 = 60 MiB a sample, so 2 samples a call; the GEGLU projections run in token pieces).
     #[test]
     fn sdxl_at_1024_px_with_guidance_stays_under_the_cap() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/sdxl-runs/sdxl-base");
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/hub-configs/sdxl-base");
         let read = |f: &str| std::fs::read_to_string(format!("{dir}/{f}")).unwrap();
         let unet: UNet2DConditionConfig = parse("unet", &read("unet/config.json")).unwrap();
         let vae: AutoencoderKLConfig = parse("vae", &read("vae/config.json")).unwrap();

@@ -412,29 +412,6 @@ for (const [run, name, mode] of [
   });
 }
 
-test("SDXL through the form matches diffusers (tiny-sdxl: two text encoders, text-time conditioning)", { timeout: 600_000 }, async () => {
-  await page.goto(appUrl("tiny-sdxl"));
-  await waitReady();
-  assert.ok(await page.getByTestId("sdxl-options").isVisible(), "the SDXL fields are shown for an SDXL model");
-  const tensors = `${FIXTURES}/sdxl-runs/txt2img_euler/tensors.safetensors`;
-  const { meta, data: image } = readSafetensors(tensors, "image");
-  await page.getByTestId("mode-txt2img").check();
-  await fill({ ...fixtureFields(meta), scheduler: "euler", width: meta["width"]!, height: meta["height"]! });
-  // Empty SDXL fields are diffusers' defaults (prompt_2 = prompt, sizes = the image's); half a size is refused.
-  await fill({ "original-width": "1024" });
-  await page.getByTestId("generate").click();
-  await waitError(/Original size: give both numbers/);
-  await fill({ "original-width": "" });
-  const { ms } = await generate();
-  const pixels = await resultPixels();
-  const diff = maxDiff(image, pixels.rgba);
-  console.log(`SDXL txt2img via the app: max |app - diffusers| = ${diff.toExponential(2)} (x255: ${(diff * 255).toFixed(1)}), ${ms} ms`);
-  assert.ok(diff <= 2e-2, `image diff ${diff}`);
-  await page.goto(appUrl("tiny-sd"));
-  await waitReady();
-  assert.ok(!(await page.getByTestId("sdxl-options").isVisible()), "no SDXL fields for an SD 1.x model");
-});
-
 test("the mask brush paints, inverts and clears", { timeout: 60_000 }, async () => {
   const mask = page.getByTestId("mask");
   const box = (await mask.boundingBox())!;
@@ -673,4 +650,27 @@ test("settings load from one of our PNGs and from an A1111 PNG; what cannot be a
   await page.waitForFunction(() => /"notes.png" is not a PNG/.test(document.querySelector('[data-testid="error"]')?.textContent ?? ""));
   await page.getByTestId("png-settings").setInputFiles({ name: "plain.png", mimeType: "image/png", buffer: base });
   await page.waitForFunction(() => /no generation settings/.test(document.querySelector('[data-testid="error"]')?.textContent ?? ""));
+});
+
+test("SDXL through the form matches diffusers (tiny-sdxl: two text encoders, text-time conditioning)", { timeout: 600_000 }, async () => {
+  await page.goto(appUrl("tiny-sdxl"));
+  await waitReady();
+  assert.ok(await page.getByTestId("sdxl-options").isVisible(), "the SDXL fields are shown for an SDXL model");
+  const tensors = `${FIXTURES}/sdxl-runs/txt2img_euler/tensors.safetensors`;
+  const { meta, data: image } = readSafetensors(tensors, "image");
+  await page.getByTestId("mode-txt2img").check();
+  await fill({ ...fixtureFields(meta), scheduler: "euler", width: meta["width"]!, height: meta["height"]! });
+  // Empty SDXL fields are diffusers' defaults (prompt_2 = prompt, sizes = the image's); half a size is refused.
+  await fill({ "original-width": "1024" });
+  await page.getByTestId("generate").click();
+  await waitError(/Original size: give both numbers/);
+  await fill({ "original-width": "" });
+  const { ms } = await generate();
+  const pixels = await resultPixels();
+  const diff = maxDiff(image, pixels.rgba);
+  console.log(`SDXL txt2img via the app: max |app - diffusers| = ${diff.toExponential(2)} (x255: ${(diff * 255).toFixed(1)}), ${ms} ms`);
+  assert.ok(diff <= 2e-2, `image diff ${diff}`);
+  await page.goto(appUrl("tiny-sd"));
+  await waitReady();
+  assert.ok(!(await page.getByTestId("sdxl-options").isVisible()), "no SDXL fields for an SD 1.x model");
 });

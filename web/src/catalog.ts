@@ -20,6 +20,8 @@ export const BUILTIN: readonly (Omit<ModelChoice, "url" | "source"> & { path: st
   { path: "hub/sd-turbo.json", label: "SD-Turbo", bytes: 2_581_650_173 },
   { path: "hub/sd21-base.json", label: "Stable Diffusion 2.1-base (512 px)", bytes: 2_581_649_445 },
   { path: "hub/sd21.json", label: "Stable Diffusion 2.1 (768 px, v)", bytes: 2_581_649_567 },
+  { path: "hub/sdxl-turbo.json", label: "SDXL-Turbo (512 px; needs a GPU with shader-f16)", bytes: 6_941_187_864 },
+  { path: "hub/sdxl-base.json", label: "Stable Diffusion XL 1.0 base (1024 px; needs a GPU with shader-f16)", bytes: 6_941_187_536 },
 ];
 
 export type ModelParam = { kind: "none" } | { kind: "url"; url: string } | { kind: "error"; message: string };

@@ -62,8 +62,8 @@ fn read(model: &str) -> Read {
 #[test]
 fn hub_config_copies_are_the_pinned_files() {
     let mut checked = 0;
-    for (model, manifest) in [("sd15", "sd15"), ("sd-turbo", "sd-turbo"), ("sd21", "sd21"), ("sd21-base", "sd21-base")]
-    {
+    for model in ["sd15", "sd-turbo", "sd21", "sd21-base", "sdxl-base", "sdxl-turbo"] {
+        let manifest = model;
         let text = std::fs::read_to_string(fixtures_dir().join(format!("../../www/hub/{manifest}.json"))).unwrap();
         let manifest = Manifest::from_json(&text).unwrap();
         let dir = fixtures_dir().join("hub-configs").join(model);
@@ -76,7 +76,7 @@ fn hub_config_copies_are_the_pinned_files() {
             checked += 1;
         }
     }
-    assert!(checked >= 24, "{checked}");
+    assert_eq!(checked, 45, "every small file of the six models");
 }
 
 fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
@@ -150,6 +150,82 @@ fn sd21_base_and_sd15_real_configs_read_as_diffusers_reads_them() {
     assert_eq!(r.scheduler, SchedulerKind::Pndm);
     assert_eq!(r.pad, 49407, "SD 1.x pads with <|endoftext|>");
     websd::schedulers::build(r.scheduler, &r.scheduler_config).unwrap().set_timesteps(50).unwrap();
+}
+
+/// SDXL base 1.0 and SDXL-Turbo as the Hub serves them (their real small files, pinned in
+/// `www/hub/sdxl-*.json`; CLIP's vocabulary from `fixtures/tokenizer`), read through the one folder reader
+/// both engines use, field by field against what diffusers reads.
+#[test]
+fn sdxl_base_and_turbo_real_configs_read_as_diffusers_reads_them() {
+    use websd::model_folder::{ModelConfigs, Part};
+    for (model, sample_size, scheduler, spacing) in [
+        ("sdxl-base", 128, SchedulerKind::Euler, "leading"),
+        ("sdxl-turbo", 64, SchedulerKind::EulerAncestral, "trailing"),
+    ] {
+        let dir = fixtures_dir().join("hub-configs").join(model);
+        let mut read = |path: &str| {
+            let file = dir.join(path);
+            let shared = fixtures_dir().join("tokenizer").join(file.file_name().unwrap());
+            let name = path.rsplit('/').next().unwrap();
+            let bytes = match std::fs::read(&file) {
+                Ok(bytes) => Some(bytes),
+                Err(_) if matches!(name, "vocab.json" | "merges.txt") => Some(std::fs::read(shared).unwrap()),
+                Err(_) => None,
+            };
+            Ok(bytes)
+        };
+        let c = ModelConfigs::read(&mut read).unwrap_or_else(|e| panic!("{model}: {e}"));
+        assert!(c.is_sdxl(), "{model}");
+        assert_eq!(c.parts(), [Part::TextEncoder, Part::TextEncoder2, Part::Unet, Part::Vae]);
+        assert_eq!(c.index.as_ref().and_then(|i| i.force_zeros_for_empty_prompt), Some(true), "{model}");
+        let u = &c.unet;
+        assert_eq!(u.block_out_channels, [320, 640, 1280]);
+        assert_eq!(u.transformer_layers_per_block, websd::config::PerBlock::Each(vec![1, 2, 10]));
+        assert_eq!(u.attention_head_dim, websd::config::PerBlock::Each(vec![5, 10, 20]));
+        assert_eq!(
+            (u.cross_attention_dim, u.addition_time_embed_dim, u.projection_class_embeddings_input_dim),
+            (2048, Some(256), Some(2816))
+        );
+        assert!(u.use_linear_projection && !u.upcast_attention, "{model}: upcast_attention null means false");
+        assert_eq!(u.sample_size, sample_size, "{model}");
+        assert_eq!((c.vae.scaling_factor, c.vae.force_upcast, c.vae.scale_factor()), (0.13025, true, 8));
+        let t = &c.text_encoder;
+        assert_eq!(
+            (t.hidden_size, t.num_hidden_layers, t.hidden_act.as_str(), t.eos_token_id),
+            (768, 12, "quick_gelu", 2)
+        );
+        let (tokenizer_2, t2) = c.second.as_ref().unwrap();
+        assert_eq!(
+            (t2.hidden_size, t2.num_hidden_layers, t2.intermediate_size, t2.hidden_act.as_str()),
+            (1280, 32, 5120, "gelu")
+        );
+        assert_eq!((t2.projection_dim, t2.eos_token_id), (1280, 2));
+        assert_eq!(
+            (c.tokenizer.pad, tokenizer_2.pad),
+            (49407, 0),
+            "{model}: tokenizer pads with <|endoftext|>, tokenizer_2 with !"
+        );
+        assert_eq!(SchedulerKind::model_default(&c.scheduler).unwrap(), scheduler, "{model}");
+        let raw: serde_json::Value =
+            serde_json::from_str(&hub_config(model, "scheduler/scheduler_config.json")).unwrap();
+        assert_eq!(raw["timestep_spacing"], spacing, "{model}");
+        // On an f16 device the VAE runs in f32 (force_upcast); in a browser without shader-f16 the
+        // weights (13.9 GB as f32) are refused before they download.
+        assert!(c.vae_upcast(websd::memory::Precision::F16) && !c.vae_upcast(websd::memory::Precision::F32));
+        let text = std::fs::read_to_string(fixtures_dir().join(format!("../../www/hub/{model}.json"))).unwrap();
+        let manifest = Manifest::from_json(&text).unwrap();
+        let weights: Vec<_> = manifest
+            .select(None)
+            .unwrap()
+            .iter()
+            .filter(|f| f.path.ends_with(".safetensors"))
+            .map(|f| websd::memory::WeightsFile { bytes: f.size, f16: f.path.ends_with(".fp16.safetensors") })
+            .collect();
+        assert_eq!(weights.len(), 4, "{model}: both text encoders, the U-Net and the VAE");
+        let refused = websd::memory::check_browser_weights(&weights, websd::memory::Precision::F32).unwrap_err();
+        assert!(refused.contains("13.9 GB as f32"), "{refused}");
+        assert!(websd::memory::check_browser_weights(&weights, websd::memory::Precision::F16).is_ok());
+    }
 }
 
 /// Generates a hub run from a fixture folder with nothing but the run's prompt, steps, guidance and
