@@ -418,13 +418,14 @@ fn pipeline_request(s: &GenerateSettings) -> Result<GenerateRequest, Error> {
         return Err(Error::Invalid("a mask needs an init image".into()));
     }
     // The weighting syntax is checked here, before any load (its chunk count needs the tokenizer, later).
+    let texts = [Some(&s.prompt), Some(&s.negative_prompt), s.prompt_2.as_ref(), s.negative_prompt_2.as_ref()];
     if s.prompt_weighting {
-        for text in [&s.prompt, &s.negative_prompt] {
+        for text in texts.into_iter().flatten() {
             crate::prompt_weighting::parse_prompt_attention(text).map_err(|e| Error::Invalid(e.to_string()))?;
         }
     }
     // The browser has no LoRAs yet: a tag would otherwise be read as words of the prompt.
-    for text in [&s.prompt, &s.negative_prompt] {
+    for text in texts.into_iter().flatten() {
         let (_, tags) = crate::lora::extract_tags(text).map_err(|e| Error::Invalid(e.to_string()))?;
         if let Some((name, _)) = tags.first() {
             return Err(Error::Unsupported(format!(
