@@ -52,12 +52,13 @@ function policy(csp: string): Map<string, string[]> {
   );
 }
 
-/** An e2e run's settings (its metadata) and diffusers' image: the parity checks through the form run 2
- * U-Net steps (e2e-runs/make_e2e_runs.py; every step costs ~9 s in SwiftShader on 2 cores, and the
- * recorded 8-step runs are checked natively). */
+/** The fixture run's settings (its metadata) and diffusers' image. */
 function fixture(run: string): { meta: Record<string, string>; image: Float32Array } {
-  const { meta, data } = readSafetensors(`${FIXTURES}/e2e-runs/${run}/tensors.safetensors`, "image");
-  return { meta, image: data };
+  const tensors = `${FIXTURES}/runs/${run}/tensors.safetensors`;
+  const { data } = readSafetensors(tensors, "image");
+  const txt = readSafetensors(`${FIXTURES}/runs/txt2img_ddim/tensors.safetensors`, "image").meta;
+  // img2img / inpaint runs share txt2img_ddim's prompt, negative prompt and guidance (oracle step3_tiny.py).
+  return { meta: { ...txt, ...readSafetensors(tensors, "image").meta }, image: data };
 }
 
 /** The form fields of a fixture run's settings (all runs here use DDIM). */
@@ -272,7 +273,7 @@ test("the form's seed limit is the engine's: 2^53 - 1 reaches it, 2^53 is refuse
 
 test("txt2img through the form matches diffusers; progress reaches 100%; the gallery keeps it", { timeout: 600_000 }, async () => {
   await waitReady();
-  const { meta, image } = fixture("txt2img_ddim_2step");
+  const { meta, image } = fixture("txt2img_ddim");
   await fill({ ...fixtureFields(meta), width: meta["width"]!, height: meta["height"]! });
   const { ms } = await generate();
   const pixels = await resultPixels();
@@ -289,7 +290,7 @@ test("txt2img through the form matches diffusers; progress reaches 100%; the gal
   const png = readFileSync((await download.path())!);
   const parameters = pngText(png)["parameters"] ?? "";
   console.log(`PNG parameters: ${JSON.stringify(parameters)}`);
-  assert.match(parameters, /^a photo of an astronaut riding a horse\nNegative prompt: blurry\nSteps: 2, Sampler: DDIM, CFG scale: 7.5, Seed: 0, Size: 64x64/);
+  assert.match(parameters, /^a photo of an astronaut riding a horse\nNegative prompt: blurry\nSteps: 8, Sampler: DDIM, CFG scale: 7.5, Seed: 0, Size: 64x64/);
 
   await page.reload();
   await page.waitForSelector('[data-testid="gallery-item"]', { timeout: 30_000 });
@@ -387,18 +388,18 @@ test("offline: the app reloads from the service worker and generates from Indexe
 });
 
 for (const [run, name, mode] of [
-  ["img2img_ddim_2step", "tiny-sd", "img2img"],
-  ["inpaint_ddim_2step", "tiny-sd-inpaint", "inpaint"],
+  ["img2img_ddim", "tiny-sd", "img2img"],
+  ["inpaint_ddim", "tiny-sd-inpaint", "inpaint"],
 ] as const) {
   test(`${mode} through the form matches diffusers (${run})`, { timeout: 600_000 }, async () => {
     await page.goto(appUrl(name));
     await waitReady();
     const { meta, image } = fixture(run);
     await page.getByTestId(`mode-${mode}`).check();
-    await page.getByTestId("init-image").setInputFiles(`${FIXTURES}/${meta["init_image"]!}`);
+    await page.getByTestId("init-image").setInputFiles(`${FIXTURES}/runs/${run}/init_image.png`);
     await page.waitForFunction(() => /used at/.test(document.querySelector('[data-testid="init-info"]')?.textContent ?? ""));
     if (mode === "inpaint") {
-      await page.getByTestId("mask-image").setInputFiles(`${FIXTURES}/${meta["mask"]!}`);
+      await page.getByTestId("mask-image").setInputFiles(`${FIXTURES}/runs/${run}/mask.png`);
       await page.waitForFunction(() => /\d+% marked/.test(document.querySelector('[data-testid="mask-coverage"]')?.textContent ?? ""));
     }
     await fill({ ...fixtureFields(meta), strength: meta["strength"]! });

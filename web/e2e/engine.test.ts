@@ -138,7 +138,7 @@ describe("worker engine", () => {
     // The fp16 files are generated from, and compared, through the app's form (app.test.ts).
     const ready32 = await e.call(ensure("clean", { variant: "fp32" }));
     assert.equal(ready32.final.type, "modelReady");
-    const fp32 = await generateAndCompare(e, manifestUrl("clean"), "fp32", "txt2img_ddim_2step", "e2e-runs");
+    const fp32 = await generateAndCompare(e, manifestUrl("clean"), "fp32", "txt2img_ddim");
     assert.ok(fp32 <= 2e-2, `fp32 image off by ${fp32}`);
     // A batch of 2 under guidance (a U-Net batch of 4), 1 step.
     const batch = await generateAndCompare(e, manifestUrl("clean"), "fp32", "txt2img_ddim_batch2", "e2e-runs");
