@@ -250,6 +250,11 @@ pub struct ModelInfo {
     /// An SDXL model (two text encoders: `prompt2`, `negativePrompt2` and the size conditioning apply).
     #[serde(default)]
     pub sdxl: bool,
+    /// Before any weight downloads: the GPU memory a generation at the default size (batch 1) is
+    /// estimated to need on this device, and whether this device can run the model (`warning`); absent
+    /// where there is no WebGPU device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryReport>,
     /// The weights variant the selection uses.
     pub variant: WeightsVariant,
     /// Bytes of every file the variant needs, and how many of them are stored and verified.
@@ -629,6 +634,7 @@ mod tests {
                     scheduler: "pndm".into(),
                     inpainting: false,
                     sdxl: false,
+                    memory: None,
                     variant: WeightsVariant::Fp16,
                     total_bytes: 2,
                     stored_bytes: 1,

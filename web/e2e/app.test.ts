@@ -656,6 +656,10 @@ test("SDXL through the form matches diffusers (tiny-sdxl: two text encoders, tex
   await page.goto(appUrl("tiny-sdxl"));
   await waitReady();
   assert.ok(await page.getByTestId("sdxl-options").isVisible(), "the SDXL fields are shown for an SDXL model");
+  // Before any weight downloads, the model's line gives the estimate on this GPU (SwiftShader: f32).
+  const status = (await page.getByTestId("model-status").textContent()) ?? "";
+  console.log(`SDXL model status: ${status}`);
+  assert.match(status, /GPU memory about \d/);
   const tensors = `${FIXTURES}/sdxl-runs/txt2img_euler/tensors.safetensors`;
   const { meta, data: image } = readSafetensors(tensors, "image");
   await page.getByTestId("mode-txt2img").check();

@@ -279,6 +279,8 @@ async function inspect(choice: ModelChoice, chosen = true): Promise<void> {
     status.textContent =
       `${info.width}x${info.height} · ${SCHEDULER_LABELS[info.scheduler] ?? info.scheduler} · ${info.variant} weights` +
       (info.inpainting ? " · inpainting model" : "") +
+      (info.memory ? ` · GPU memory about ${bytes(info.memory.weightBytes + info.memory.activationBytes)}` : "") +
+      (info.memory?.warning ? ` (${info.memory.warning})` : "") +
       ` · ${stored}` +
       (info.offline ? " · offline" : "");
   } else if (answer.type === "error") {

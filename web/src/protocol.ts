@@ -110,6 +110,9 @@ export interface ModelInfo {
   inpainting: boolean;
   /** Two text encoders: prompt2, negativePrompt2 and the size conditioning apply. */
   sdxl: boolean;
+  /** Before any weight downloads: the estimate at the default size on this GPU, and whether it can run
+   * the model (`warning`); absent without WebGPU. */
+  memory?: MemoryReport;
   variant: WeightsVariant;
   totalBytes: number;
   storedBytes: number;

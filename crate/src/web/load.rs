@@ -402,7 +402,13 @@ pub async fn preflight(store: &Store, id: &str, variant: Option<Variant>) -> Res
 }
 
 /// A stored model's defaults (from its configs, which must be stored) and how much of `variant` is.
-pub async fn model_info(store: &Store, id: &str, variant: Option<Variant>, offline: bool) -> Result<ModelInfo, Error> {
+pub async fn model_info(
+    store: &Store,
+    id: &str,
+    variant: Option<Variant>,
+    offline: bool,
+    device: Option<(crate::memory::Precision, Option<u64>)>,
+) -> Result<ModelInfo, Error> {
     let record = store.model(id).await?.ok_or_else(|| Error::NotStored(format!("the model {id} is not stored")))?;
     let manifest = Manifest::from_json(&record.manifest).map_err(|e| Error::Storage(e.to_string()))?;
     let selected = manifest.select(variant).map_err(|e| Error::Model(e.to_string()))?;
@@ -422,6 +428,40 @@ pub async fn model_info(store: &Store, id: &str, variant: Option<Variant>, offli
     let size = (unet.sample_size * vae.scale_factor()) as u32;
     let fp16 = manifest.weights("unet", variant).is_ok_and(|f| f.path.ends_with(".fp16.safetensors"));
     let (steps, guidance) = manifest.steps_and_guidance();
+    // The estimate on this device (precision, reported memory) at the default size, before any weight
+    // downloads; a model this device cannot hold says so (EnsureModel refuses it).
+    let memory = match device {
+        Some((precision, device_memory_bytes)) => {
+            let weights: Vec<crate::memory::WeightsFile> = manifest
+                .weight_components()
+                .into_iter()
+                .filter_map(|c| manifest.weights(c, variant).ok())
+                .map(|f| crate::memory::WeightsFile { bytes: f.size, f16: f.path.ends_with(".fp16.safetensors") })
+                .collect();
+            let side = size as usize;
+            let work = crate::memory::Workload {
+                width: side,
+                height: side,
+                batch: 1,
+                guidance: guidance > 1.0,
+                encode: false,
+                precision,
+            };
+            crate::memory::plan(&unet, &vae, &work).ok().map(|plan| {
+                let estimate = crate::memory::MemoryEstimate::new(&weights, &plan, precision);
+                let refused = crate::memory::check_browser_weights(&weights, precision).err();
+                crate::protocol::MemoryReport {
+                    weight_bytes: estimate.weight_bytes,
+                    activation_bytes: estimate.activation_bytes,
+                    largest_buffer_bytes: plan.largest.bytes,
+                    unet_samples_per_call: plan.unet_samples_per_call as u32,
+                    device_memory_bytes,
+                    warning: refused.or_else(|| estimate.advice(device_memory_bytes, side, side, 1)),
+                }
+            })
+        }
+        None => None,
+    };
     Ok(ModelInfo {
         id: id.to_string(),
         width: size,
@@ -429,6 +469,7 @@ pub async fn model_info(store: &Store, id: &str, variant: Option<Variant>, offli
         scheduler: scheduler.name().to_string(),
         inpainting: unet.in_channels == 9,
         sdxl: unet.addition_embed_type.is_some(),
+        memory,
         variant: if fp16 { WeightsVariant::Fp16 } else { WeightsVariant::Fp32 },
         total_bytes: selected.iter().map(|f| f.size).sum(),
         stored_bytes,

@@ -208,8 +208,11 @@ async fn run(request: Request, cx: &Context) -> Result<Option<Event>, Error> {
             let variant = variant.map(Into::into);
             let report = ensure_model(cx, &manifest_url, variant, Files::Small, options).await?;
             let store = cx.store().await?;
+            // The estimate needs the device's precision (none without WebGPU: the info comes without it).
+            let device = crate::gpu::wgpu_device().await.ok();
+            let device = device.map(|(d, _)| (crate::pipeline::device_precision(&d), device_memory_bytes()));
             let info = repairing(cx, &manifest_url, variant, Files::Small, async || {
-                load::model_info(&store, &manifest_url, variant, report.offline).await
+                load::model_info(&store, &manifest_url, variant, report.offline, device).await
             })
             .await?;
             Ok(Some(Event::ModelInfo { info }))
