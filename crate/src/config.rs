@@ -352,6 +352,13 @@ impl UNet2DConditionConfig {
     /// The file this config is read from.
     pub const FILE: &'static str = "unet/config.json";
 
+    /// SDXL's micro-conditioning (`addition_embed_type: "text_time"`; other kinds are refused by
+    /// [`check_supported`](crate::models::unet_2d_condition::check_supported)): the model has a second
+    /// text encoder and takes [`TextTimeConditioning`](crate::models::unet_2d_condition::TextTimeConditioning).
+    pub fn has_text_time(&self) -> bool {
+        self.addition_embed_type.is_some()
+    }
+
     /// Bounds and checks every field the U-Net is built from (see the `MAX_*` consts), before anything
     /// is: channel, layer and head counts, GroupNorm groups dividing every block's channels, heads
     /// dividing the channels of every block with attention, one value per block in per-block lists.
@@ -513,21 +520,12 @@ pub fn check_components(
     Ok(())
 }
 
-/// Checks the text encoder's config on its own, against the U-Net's cross-attention and against the
-/// tokenizer: every id the tokenizer can produce must be a row of the embedding table, and every
-/// position of its `model_max_length` a row of the position table.
-pub fn check_text_encoder(
-    unet: &UNet2DConditionConfig,
-    text: &crate::models::clip::ClipTextConfig,
-    tokenizer: &crate::tokenizer::ClipTokenizer,
-) -> Result<(), ConfigError> {
-    check_text_encoders(unet, &[("text_encoder", "tokenizer", text, tokenizer)])
-}
-
-/// [`check_text_encoder`] for the model's text encoders, each as (its folder, its tokenizer's folder, config,
-/// tokenizer): one for SD 1.x/2.x, two for SDXL, whose hidden states are concatenated (so their widths
-/// add up to the U-Net's cross-attention width) and whose second encoder's projected pooled output
-/// feeds the U-Net's `add_embedding` with the six `time_ids` features.
+/// Checks the text encoders' configs on their own, against the U-Net's cross-attention and against their
+/// tokenizers: every id a tokenizer can produce must be a row of its encoder's embedding table, and every
+/// position of its `model_max_length` a row of the position table. The encoders come as (their folder,
+/// their tokenizer's folder, config, tokenizer): one for SD 1.x/2.x, two for SDXL, whose hidden states are
+/// concatenated (so their widths add up to the U-Net's cross-attention width) and whose second encoder's
+/// projected pooled output feeds the U-Net's `add_embedding` with the six `time_ids` features.
 pub fn check_text_encoders(
     unet: &UNet2DConditionConfig,
     encoders: &[(&str, &str, &crate::models::clip::ClipTextConfig, &crate::tokenizer::ClipTokenizer)],

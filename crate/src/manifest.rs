@@ -176,6 +176,18 @@ impl Manifest {
         self.files.iter().find(|f| f.path == path)
     }
 
+    /// Every component's weights file for `variant` ([`Self::weight_components`], [`Self::weights`]), as the
+    /// memory estimate counts them.
+    pub fn weights_files(&self, variant: Option<Variant>) -> Result<Vec<crate::memory::WeightsFile>, ManifestError> {
+        self.weight_components()
+            .into_iter()
+            .map(|c| {
+                let f = self.weights(c, variant)?;
+                Ok(crate::memory::WeightsFile { bytes: f.size, f16: f.path.ends_with(".fp16.safetensors") })
+            })
+            .collect()
+    }
+
     /// The weights file of `component` for `variant` (`None`: fp16 when listed, half the download).
     pub fn weights(&self, component: &str, variant: Option<Variant>) -> Result<&ManifestFile, ManifestError> {
         let candidates = |stem: &str| {

@@ -128,7 +128,7 @@ impl ModelConfigs {
             LoadError::Unsupported(m) => PipelineError::Unsupported(m),
             e => PipelineError::Model(format!("unet: {e}")),
         })?;
-        let second = if unet.addition_embed_type.is_some() {
+        let second = if unet.has_text_time() {
             let tokenizer = read_tokenizer(read, "tokenizer_2")?;
             let file = "text_encoder_2/config.json";
             let config = ClipTextConfig::from_json(&text(read, file)?)

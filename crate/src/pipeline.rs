@@ -756,7 +756,7 @@ fn check_inputs(
     if !r.guidance.is_finite() || r.guidance < 0.0 || r.guidance > MAX_GUIDANCE {
         return bad(format!("guidance must be a number from 0 to {MAX_GUIDANCE}, got {}", r.guidance));
     }
-    let sdxl = unet.addition_embed_type.is_some();
+    let sdxl = unet.has_text_time();
     let micro = r.original_size.is_some() || r.target_size.is_some() || r.crops_coords_top_left != [0, 0];
     if !sdxl && (r.prompt_2.is_some() || r.negative_prompt_2.is_some() || micro) {
         return Err(PipelineError::Unsupported(

@@ -168,7 +168,7 @@ impl UNet2DConditionModel {
 
         let time_embedding = TimestepEmbedding::load(&mut w, "time_embedding", time_features, temb_channels)?;
         let add_embedding = match (config.addition_time_embed_dim, config.projection_class_embeddings_input_dim) {
-            (Some(time_features), Some(input)) if config.addition_embed_type.is_some() => Some(TextTimeEmbedding {
+            (Some(time_features), Some(input)) if config.has_text_time() => Some(TextTimeEmbedding {
                 add_embedding: TimestepEmbedding::load(&mut w, "add_embedding", input, temb_channels)?,
                 time_features,
             }),

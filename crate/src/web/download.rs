@@ -396,11 +396,7 @@ pub async fn ensure_model(
     } else {
         // A model too large for this GPU's precision is refused before its weights download (only a
         // model large enough to be refused on some GPU asks for the device).
-        let weights: Vec<crate::memory::WeightsFile> = selected
-            .iter()
-            .filter(|f| f.path.ends_with(".safetensors"))
-            .map(|f| crate::memory::WeightsFile { bytes: f.size, f16: f.path.ends_with(".fp16.safetensors") })
-            .collect();
+        let weights = manifest.weights_files(variant).map_err(|e| Error::Model(e.to_string()))?;
         if crate::memory::check_browser_weights(&weights, crate::memory::Precision::F32).is_err() {
             let (device, _) = crate::gpu::wgpu_device().await?;
             crate::memory::check_browser_weights(&weights, crate::pipeline::device_precision(&device))

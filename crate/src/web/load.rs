@@ -388,16 +388,7 @@ pub async fn preflight(store: &Store, id: &str, variant: Option<Variant>) -> Res
         configs.insert(path.to_string(), stored);
     }
     let ComponentConfigs { unet, vae, .. } = read_configs(store, &configs).await?;
-    let weights = manifest
-        .weight_components()
-        .into_iter()
-        .map(|c| {
-            manifest
-                .weights(c, variant)
-                .map(|f| crate::memory::WeightsFile { bytes: f.size, f16: f.path.ends_with(".fp16.safetensors") })
-        })
-        .collect::<Result<_, _>>()
-        .map_err(|e| Error::Model(e.to_string()))?;
+    let weights = manifest.weights_files(variant).map_err(|e| Error::Model(e.to_string()))?;
     Ok(Preflight { unet, vae, weights })
 }
 
@@ -432,12 +423,7 @@ pub async fn model_info(
     // downloads; a model this device cannot hold says so (EnsureModel refuses it).
     let memory = match device {
         Some((precision, device_memory_bytes)) => {
-            let weights: Vec<crate::memory::WeightsFile> = manifest
-                .weight_components()
-                .into_iter()
-                .filter_map(|c| manifest.weights(c, variant).ok())
-                .map(|f| crate::memory::WeightsFile { bytes: f.size, f16: f.path.ends_with(".fp16.safetensors") })
-                .collect();
+            let weights = manifest.weights_files(variant).map_err(|e| Error::Model(e.to_string()))?;
             let side = size as usize;
             let work = crate::memory::Workload {
                 width: side,
@@ -468,7 +454,7 @@ pub async fn model_info(
         height: size,
         scheduler: scheduler.name().to_string(),
         inpainting: unet.in_channels == 9,
-        sdxl: unet.addition_embed_type.is_some(),
+        sdxl: unet.has_text_time(),
         memory,
         variant: if fp16 { WeightsVariant::Fp16 } else { WeightsVariant::Fp32 },
         total_bytes: selected.iter().map(|f| f.size).sum(),

@@ -17,9 +17,7 @@ use burn::tensor::Device;
 use common::fixtures_dir;
 use serde_json::{Map, Value, json};
 use websd::Error;
-use websd::config::{
-    AutoencoderKLConfig, UNet2DConditionConfig, check_components, check_text_encoder, check_text_encoders, parse,
-};
+use websd::config::{AutoencoderKLConfig, UNet2DConditionConfig, check_components, check_text_encoders, parse};
 use websd::manifest::Manifest;
 use websd::models::clip::ClipTextConfig;
 use websd::pipeline::{GenerateRequest, Image, PipelineError, StableDiffusion};
@@ -576,7 +574,8 @@ fn every_fixture_and_hub_config_passes_the_checks() {
                 [("text_encoder", "tokenizer", &text, &first), ("text_encoder_2", "tokenizer_2", &text_2, &second)];
             check_text_encoders(&unet, &encoders).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
         } else {
-            check_text_encoder(&unet, &text, &first).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+            check_text_encoders(&unet, &[("text_encoder", "tokenizer", &text, &first)])
+                .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
         }
         checked.push(dir.file_name().unwrap().to_string_lossy().to_string());
     }

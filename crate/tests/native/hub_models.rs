@@ -214,13 +214,7 @@ fn sdxl_base_and_turbo_real_configs_read_as_diffusers_reads_them() {
         assert!(c.vae_upcast(websd::memory::Precision::F16) && !c.vae_upcast(websd::memory::Precision::F32));
         let text = std::fs::read_to_string(fixtures_dir().join(format!("../../www/hub/{model}.json"))).unwrap();
         let manifest = Manifest::from_json(&text).unwrap();
-        let weights: Vec<_> = manifest
-            .select(None)
-            .unwrap()
-            .iter()
-            .filter(|f| f.path.ends_with(".safetensors"))
-            .map(|f| websd::memory::WeightsFile { bytes: f.size, f16: f.path.ends_with(".fp16.safetensors") })
-            .collect();
+        let weights = manifest.weights_files(None).unwrap();
         assert_eq!(weights.len(), 4, "{model}: both text encoders, the U-Net and the VAE");
         let refused = websd::memory::check_browser_weights(&weights, websd::memory::Precision::F32).unwrap_err();
         assert!(refused.contains("13.9 GB as f32"), "{refused}");
