@@ -1,6 +1,13 @@
 //! Times the U-Net's main ops at SD 1.5's shapes for a batch-2 call, on the Flex CPU device or on wgpu (in
 //! f32 or f16), to find what to optimise (`../shared/oracle` has no equivalent script):
-//! `cargo run --release --example op_bench -- [latent size, default 32] [cpu|wgpu|wgpu-f16]`.
+//! `cargo run --release --example op_bench -- [latent size, default 32] [cpu|wgpu|wgpu-f16|wgpu-capped]
+//! [peak GFLOP/s] [peak GB/s] [all|conv|attention] [width divisor, default 1]`.
+//!
+//! A roofline: each op's FLOPs and the bytes it must at least move (inputs, weights and output once),
+//! achieved GFLOP/s and GB/s, and their share of the peaks given on the command line (the device's
+//! data sheet; `-` or omitted, no share is printed). `conv` or `attention` times only those ops; a width
+//! divisor of 10 gives the channels of the SD-shaped bench model (32/64/128/128), 10 at latent size 32
+//! the tiny model's first two levels.
 use std::time::Instant;
 
 use burn::nn::conv::Conv2dConfig;
@@ -13,9 +20,16 @@ use websd::models::{flex_attention, group_norm};
 
 mod common;
 
-/// Median of `reps` timed calls after one untimed call (autotune, allocations). Each call ends with a
-/// [`read`], so a GPU's queue is drained.
-fn time(name: &str, reps: usize, mut f: impl FnMut()) {
+/// The device's peaks from the command line, for the roofline's shares.
+#[derive(Clone, Copy)]
+struct Peaks {
+    gflops: Option<f64>,
+    gbytes: Option<f64>,
+}
+
+/// Median milliseconds of `reps` timed calls after one untimed call (autotune, allocations). Each call
+/// ends with a [`read`], so a GPU's queue is drained.
+fn median_ms(reps: usize, mut f: impl FnMut()) -> f64 {
     f();
     let mut ms: Vec<f64> = (0..reps)
         .map(|_| {
@@ -25,7 +39,25 @@ fn time(name: &str, reps: usize, mut f: impl FnMut()) {
         })
         .collect();
     ms.sort_by(f64::total_cmp);
-    println!("{name}: {:.2} ms", ms[reps / 2]);
+    ms[reps / 2]
+}
+
+/// Times `f` and prints the median with its roofline figures; returns the median.
+fn time(name: &str, flops: f64, bytes: f64, peaks: Peaks, f: impl FnMut()) -> f64 {
+    let ms = median_ms(5, f);
+    let gflops = flops / ms / 1e6;
+    let gbytes = bytes / ms / 1e6;
+    let share = |achieved: f64, peak: Option<f64>| {
+        peak.map_or(String::new(), |p| format!(" ({:.1}% of peak)", 100.0 * achieved / p))
+    };
+    println!(
+        "{name}: {ms:.2} ms, {:.3} GFLOP, {gflops:.1} GFLOP/s{}, {:.1} MB, {gbytes:.1} GB/s{}",
+        flops / 1e9,
+        share(gflops, peaks.gflops),
+        bytes / 1e6,
+        share(gbytes, peaks.gbytes)
+    );
+    ms
 }
 
 /// Reads `t` back: touching the bytes waits for a GPU's queue (`into_data` alone may return before).
@@ -50,41 +82,92 @@ fn matmul_attention(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>, rows: usize) ->
 fn main() {
     let n: usize = std::env::args().nth(1).map_or(32, |a| a.parse().expect("latent size"));
     let kind = std::env::args().nth(2).unwrap_or_else(|| "cpu".into());
+    let peak = |i: usize| {
+        std::env::args().nth(i).filter(|a| !a.is_empty() && a != "-").map(|a| a.parse::<f64>().expect("a peak figure"))
+    };
+    let peaks = Peaks { gflops: peak(3), gbytes: peak(4) };
+    let only = std::env::args().nth(5).unwrap_or_else(|| "all".into());
+    let divisor: usize = std::env::args().nth(6).map_or(1, |a| a.parse().expect("a width divisor"));
     let d = common::device(&kind);
     let normal = Distribution::Normal(0.0, 1.0);
+    let elem = match Tensor::<1>::zeros([1], &d).dtype() {
+        burn::tensor::DType::F16 => 2.0,
+        _ => 4.0,
+    };
     for (c, s) in [(320, n), (640, n / 2), (1280, n / 4), (1280, n / 8)] {
+        let c = c / divisor;
         let x = Tensor::<4>::random([2, c, s, s], normal, &d);
         let conv = Conv2dConfig::new([c, c], [3, 3]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).init(&d);
-        time(&format!("conv3x3 {c}ch {s}x{s}"), 5, || {
-            read(conv.forward(x.clone()));
-        });
-        let gn = GroupNormConfig::new(32, c).init(&d);
-        time(&format!("groupnorm {c}ch {s}x{s} (websd's)"), 5, || {
-            read(group_norm(&gn, x.clone()));
-        });
-        let tokens = Tensor::<3>::random([2, s * s, c], normal, &d);
-        let lin = LinearConfig::new(c, c).init(&d);
-        time(&format!("linear {c}->{c} x {} tokens", s * s), 5, || {
-            read(lin.forward(tokens.clone()));
-        });
-        let ff = LinearConfig::new(c, c * 8).init(&d);
-        time(&format!("linear {c}->{} (GEGLU proj) x {} tokens", c * 8, s * s), 5, || {
-            read(ff.forward(tokens.clone()));
-        });
+        let (pixels, c) = ((2 * s * s) as f64, c as f64);
+        let (flops, bytes) = (2.0 * pixels * c * c * 9.0, elem * (2.0 * pixels * c + 9.0 * c * c + c));
+        if only != "attention" {
+            let burn_ms = time(&format!("conv3x3 {c}ch {s}x{s}, burn's"), flops, bytes, peaks, || {
+                read(conv.forward(x.clone()));
+            });
+            let ours_ms = time(&format!("conv3x3 {c}ch {s}x{s}, websd's"), flops, bytes, peaks, || {
+                let bias = conv.bias.as_ref().map(|b| b.val());
+                read(
+                    websd::kernels::conv2d::conv2d(&x, &conv.weight.val(), bias.as_ref(), 1, [1; 4])
+                        .expect("a cubecl device"),
+                );
+            });
+            println!("conv3x3 {c}ch {s}x{s}: websd's / burn's = {:.3}", ours_ms / burn_ms);
+        }
+        let c = c as usize;
+        if only == "all" {
+            let gn = GroupNormConfig::new(32, c).init(&d);
+            let values = (2 * c * s * s) as f64;
+            time(&format!("groupnorm {c}ch {s}x{s} (websd's)"), 8.0 * values, elem * 2.0 * values, peaks, || {
+                read(group_norm(&gn, x.clone()));
+            });
+            let tokens = Tensor::<3>::random([2, s * s, c], normal, &d);
+            let lin = LinearConfig::new(c, c).init(&d);
+            let (t, cf) = ((2 * s * s) as f64, c as f64);
+            time(
+                &format!("linear {c}->{c} x {} tokens", s * s),
+                2.0 * t * cf * cf,
+                elem * (2.0 * t * cf + cf * cf),
+                peaks,
+                || {
+                    read(lin.forward(tokens.clone()));
+                },
+            );
+            let ff = LinearConfig::new(c, c * 8).init(&d);
+            let (flops, bytes) = (2.0 * t * cf * cf * 8.0, elem * (t * cf * 9.0 + cf * cf * 8.0));
+            time(&format!("linear {c}->{} (GEGLU proj) x {} tokens", c * 8, s * s), flops, bytes, peaks, || {
+                read(ff.forward(tokens.clone()));
+            });
+        }
+        if only == "conv" {
+            continue;
+        }
         let q = Tensor::<4>::random([2, 8, s * s, c / 8], normal, &d);
         let k = Tensor::<4>::random([2, 8, 77, c / 8], normal, &d);
         for (what, keys) in [("self", &q), ("cross", &k)] {
             let shape = format!("[2,8,{},{}]x{}", s * s, c / 8, keys.dims()[2]);
-            time(&format!("{what}-attention {shape}, burn"), 5, || {
+            let (n, m, hd) = ((s * s) as f64, keys.dims()[2] as f64, (c / 8) as f64);
+            let (flops, bytes) = (4.0 * 16.0 * n * m * hd, elem * 16.0 * (2.0 * n * hd + 2.0 * m * hd));
+            time(&format!("{what}-attention {shape}, burn"), flops, bytes, peaks, || {
                 read(attention(q.clone(), keys.clone(), keys.clone(), None, None, AttentionModuleOptions::default()));
             });
             // Score blocks of at most 128 MiB (as f32), WebGPU's guaranteed binding size.
             let rows = (websd::gpu::MAX_BUFFER_BYTES as usize / (4 * 16 * keys.dims()[2])).min(s * s);
-            time(&format!("{what}-attention {shape}, matmul+softmax in {rows}-query blocks"), 5, || {
-                read(matmul_attention(&q, keys, keys, rows));
-            });
+            time(
+                &format!("{what}-attention {shape}, matmul+softmax in {rows}-query blocks"),
+                flops,
+                bytes,
+                peaks,
+                || {
+                    read(matmul_attention(&q, keys, keys, rows));
+                },
+            );
+            if kind != "cpu" {
+                time(&format!("{what}-attention {shape}, websd's kernel"), flops, bytes, peaks, || {
+                    read(websd::kernels::attention::attention(&q, keys, keys).expect("a cubecl tensor"));
+                });
+            }
             if kind == "cpu" {
-                time(&format!("{what}-attention {shape}, websd's Flex kernel"), 5, || {
+                time(&format!("{what}-attention {shape}, websd's Flex kernel"), flops, bytes, peaks, || {
                     read(flex_attention::attention(q.clone(), keys.clone(), keys.clone()).expect("f32"));
                 });
             }

@@ -167,7 +167,9 @@ pub fn wgpu_device() -> Result<(Device, GpuInfo), Error> {
             .map(|(device, setup)| {
                 install_error_handler(&setup);
                 let _ = RAW.set(setup.device.clone());
-                (device, GpuInfo::from_setup(&setup))
+                let info = GpuInfo::from_setup(&setup);
+                crate::kernels::set_adapter(&info.adapter);
+                (device, info)
             })
             .map_err(init_error)
     })
@@ -259,6 +261,7 @@ pub async fn wgpu_device() -> Result<(Device, GpuInfo), Error> {
     if info.adapter.is_empty() {
         info.adapter = browser_adapter_label().await.unwrap_or_default();
     }
+    crate::kernels::set_adapter(&info.adapter);
     let entry = WebGpu { device: device.clone(), info: info.clone(), raw: setup.device.clone(), lost };
     WGPU.with(|c| *c.borrow_mut() = Some(entry));
     Ok((device, info))

@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod gpu;
 pub mod image;
+pub mod kernels;
 pub mod limits;
 pub mod lora;
 pub mod manifest;

@@ -169,3 +169,44 @@ fn sdxl_in_f16_runs_its_vae_in_f32() {
         }
     }
 }
+
+/// Our kernels (`websd::kernels`) in f16 (f32 accumulation) against burn's ops on Flex in f32, on
+/// awkward shapes: within f16's rounding of the inputs and the output.
+#[test]
+fn kernels_in_f16_match_flex() {
+    use burn::tensor::module::{attention, conv2d};
+    use burn::tensor::ops::{AttentionModuleOptions, ConvOptions};
+    use burn::tensor::{Device, Distribution};
+    let (device, _) = f16_device();
+    let cpu = Device::flex();
+    // Rounded to f16 first, so both sides start from the same values.
+    let rounded =
+        |t: Tensor<4>| Tensor::<4>::from_data(t.to_data().convert::<burn::tensor::f16>().convert::<f32>(), &cpu);
+    let on_gpu = |t: &Tensor<4>| Tensor::<4>::from_data(t.to_data().convert::<burn::tensor::f16>(), &device);
+    let back = |t: Tensor<4>| Tensor::<4>::from_data(t.to_data().convert::<f32>(), &cpu);
+    for (b, c_in, c_out, h, w, stride, padding) in
+        [(2, 32, 32, 16, 16, 1, [1; 4]), (1, 17, 70, 5, 7, 1, [1; 4]), (4, 8, 8, 9, 9, 2, [0, 0, 1, 1])]
+    {
+        let x = rounded(Tensor::random([b, c_in, h, w], Distribution::Normal(0.0, 1.0), &cpu));
+        let weight = rounded(Tensor::random([c_out, c_in, 3, 3], Distribution::Normal(0.0, 0.2), &cpu));
+        let [top, left, bottom, right] = padding;
+        let options = ConvOptions::new_with_padding([stride; 2], [(top, bottom), (left, right)], [1, 1], 1);
+        let expected = conv2d(x.clone(), weight.clone(), None, options);
+        let ours = websd::kernels::conv2d::conv2d(&on_gpu(&x), &on_gpu(&weight), None, stride, padding).unwrap();
+        assert_eq!(ours.dtype(), DType::F16);
+        let diff = (back(ours) - expected.clone()).abs().max().into_scalar::<f32>();
+        let scale = expected.abs().max().into_scalar::<f32>();
+        eprintln!("conv f16 {:?}: max abs diff {diff:e} (max |out| {scale})", (b, c_in, c_out, h, w, stride));
+        assert!(diff <= 1e-3 * scale, "conv in f16 differs by {diff}");
+    }
+    for (b, heads, n, m, d) in [(2, 8, 256, 256, 8), (2, 8, 100, 77, 40), (1, 2, 33, 300, 64)] {
+        let [q, k, v] = [[b, heads, n, d], [b, heads, m, d], [b, heads, m, d]]
+            .map(|shape| rounded(Tensor::random(shape, Distribution::Normal(0.0, 1.0), &cpu)));
+        let expected = attention(q.clone(), k.clone(), v.clone(), None, None, AttentionModuleOptions::default());
+        let ours = websd::kernels::attention::attention(&on_gpu(&q), &on_gpu(&k), &on_gpu(&v)).unwrap();
+        let diff = (back(ours) - expected).abs().max().into_scalar::<f32>();
+        eprintln!("attention f16 {:?}: max abs diff {diff:e}", (b, heads, n, m, d));
+        assert!(diff <= 2e-3, "attention in f16 differs by {diff}");
+    }
+    assert_eq!(websd::gpu::uncaptured_errors(), 0, "wgpu validation errors");
+}

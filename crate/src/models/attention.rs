@@ -17,7 +17,9 @@ pub const MAX_SCORE_BYTES: usize = 32 << 20;
 /// burn's `attention` (non-causal, default scale), in blocks of queries where it would materialise a
 /// score matrix above [`MAX_SCORE_BYTES`]: exact, since each query row is independent.
 ///
-/// On Flex our own tiled kernel runs instead ([`super::flex_attention`]: about 2x burn-flex's at 512 px).
+/// On Flex our own tiled kernel runs instead ([`super::flex_attention`]: about 2x burn-flex's at 512 px),
+/// and where [`crate::kernels::preferred`] our online-softmax kernel ([`crate::kernels::attention`]:
+/// 4-10x burn's on SwiftShader at the tiny and SD-shaped models' sizes).
 /// Natively on wgpu, autotune picks a flash kernel, so burn never builds the score matrix. In the browser
 /// autotune is off (see Cargo.toml), so burn takes its fallback, which does: 1 GiB for 512 px SD 1.5's
 /// first self-attention (`[2, 8, 4096, 4096]`), 8x WebGPU's guaranteed
@@ -31,6 +33,11 @@ pub fn attention_in_blocks(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4
     #[cfg(not(target_arch = "wasm32"))]
     if q.device() == burn::tensor::Device::flex()
         && let Some(out) = super::flex_attention::attention(q.clone(), k.clone(), v.clone())
+    {
+        return out;
+    }
+    if crate::kernels::preferred()
+        && let Some(out) = crate::kernels::attention::attention(&q, &k, &v)
     {
         return out;
     }

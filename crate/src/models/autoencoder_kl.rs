@@ -8,12 +8,9 @@ use burn::nn::{GroupNorm, Linear};
 use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
 
-use burn::tensor::module::conv2d;
-use burn::tensor::ops::ConvOptions;
-
 use super::attention::attention_in_blocks;
 use super::resnet::{Downsample2D, ResnetBlock2D, Upsample2D, upsample_nearest};
-use super::{GroupStats, group_norm, linear};
+use super::{GroupStats, conv2d, conv2d_with, group_norm, linear};
 use crate::config::AutoencoderKLConfig;
 use crate::weights::{IntoTensorSource, LoadError, TensorLoader, TensorSource};
 
@@ -262,9 +259,9 @@ impl VaeEncoder {
             }
         }
         let x = self.mid_block.forward(Tensor::cat(bands, 2));
-        let mut x = self.conv_out.forward(silu(group_norm(&self.conv_norm_out, x)));
+        let mut x = conv2d(&self.conv_out, silu(group_norm(&self.conv_norm_out, x)));
         if let Some(conv) = &self.quant_conv {
-            x = conv.forward(x);
+            x = conv2d(conv, x);
         }
         let mean = x.clone().narrow(1, 0, self.latent_channels);
         let logvar = x.narrow(1, self.latent_channels, self.latent_channels).clamp(-30.0, 20.0);
@@ -290,8 +287,7 @@ fn banded_downsample(down: &Downsample2D, bands: Vec<Tensor<4>>) -> Vec<Tensor<4
                 parts.push(bands[i + 1].clone().narrow(2, 0, 1));
             }
             let bottom = usize::from(i + 1 == n);
-            let options = ConvOptions::new_with_padding([2, 2], [(0, bottom), (0, 1)], [1, 1], 1);
-            conv2d(Tensor::cat(parts, 2), weight.clone(), bias.clone(), options)
+            conv2d_with(Tensor::cat(parts, 2), &weight, bias.as_ref(), 2, [0, 0, bottom, 1])
         })
         .collect()
 }
@@ -409,10 +405,10 @@ impl VaeDecoder {
 
     fn decode_one(&self, z: Tensor<4>, band_rows: usize) -> Tensor<4> {
         let z = match &self.post_quant_conv {
-            Some(conv) => conv.forward(z),
+            Some(conv) => conv2d(conv, z),
             None => z,
         };
-        let x = self.mid_block.forward(self.conv_in.forward(z));
+        let x = self.mid_block.forward(conv2d(&self.conv_in, z));
         let mut bands = split_rows(x, band_rows);
         for block in &self.up_blocks {
             for resnet in &block.resnets {
@@ -444,7 +440,7 @@ fn banded_resnet(resnet: &ResnetBlock2D, bands: Vec<Tensor<4>>) -> Vec<Tensor<4>
         .into_iter()
         .zip(h)
         .map(|(x, h)| match &resnet.conv_shortcut {
-            Some(conv) => conv.forward(x) + h,
+            Some(conv) => conv2d(conv, x) + h,
             None => x + h,
         })
         .collect()
@@ -454,7 +450,7 @@ fn banded_resnet(resnet: &ResnetBlock2D, bands: Vec<Tensor<4>>) -> Vec<Tensor<4>
 /// neighbours that the kernel reaches, and zero-padded only at the image's own top and bottom.
 fn banded_conv(conv: &Conv2d, bands: Vec<Tensor<4>>) -> Vec<Tensor<4>> {
     if bands.len() == 1 {
-        return vec![conv.forward(bands.into_iter().next().expect("one band"))];
+        return vec![conv2d(conv, bands.into_iter().next().expect("one band"))];
     }
     let [_, _, kh, kw] = conv.weight.dims();
     let (halo, pad_w) = (kh / 2, kw / 2);
@@ -475,8 +471,7 @@ fn banded_conv(conv: &Conv2d, bands: Vec<Tensor<4>>) -> Vec<Tensor<4>> {
             }
             let top = if i == 0 { halo } else { 0 };
             let bottom = if i + 1 == n { halo } else { 0 };
-            let options = ConvOptions::new_with_padding([1, 1], [(top, bottom), (pad_w, pad_w)], [1, 1], 1);
-            conv2d(Tensor::cat(parts, 2), weight.clone(), bias.clone(), options)
+            conv2d_with(Tensor::cat(parts, 2), &weight, bias.as_ref(), 1, [top, pad_w, bottom, pad_w])
         })
         .collect()
 }

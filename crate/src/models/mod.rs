@@ -12,7 +12,9 @@ pub mod unet_2d_blocks;
 pub mod unet_2d_condition;
 
 use burn::nn::Linear;
+use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
+use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, FloatDType, Tensor};
 
 /// A linear layer on `[batch, tokens, features]` as one 2-D matmul: burn's batched matmul with a
@@ -24,14 +26,52 @@ pub(crate) fn linear(layer: &Linear, x: Tensor<3>) -> Tensor<3> {
     y.reshape([b, n, out])
 }
 
-/// A 3x3, stride-1, padding-1 convolution. At the U-Net's lowest resolutions (at most 64 positions, up
-/// to 1280 channels) it runs as im2col and one matmul with the weight viewed as `[c_out, c_in * 9]`:
-/// 3-7x faster than the direct kernel on the CPU, and the column buffer is small (9 x the input).
-pub(crate) fn conv3x3(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
-    let [b, c, h, w] = x.dims();
-    let [c_out, c_in, kh, kw] = conv.weight.dims();
-    if h * w > 64 || (kh, kw) != (3, 3) || conv.stride != [1, 1] || conv.groups != 1 || c_in != c {
+/// A convolution with the layer's own stride and padding; see [`conv2d_with`].
+pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    let padding = match conv.padding {
+        PaddingConfig2d::Explicit(top, left, bottom, right) => [top, left, bottom, right],
+        PaddingConfig2d::Valid => [0; 4],
+        PaddingConfig2d::Same => return conv.forward(x),
+    };
+    if conv.stride[0] != conv.stride[1] || conv.dilation != [1, 1] || conv.groups != 1 {
         return conv.forward(x);
+    }
+    let bias = conv.bias.as_ref().map(|b| b.val());
+    conv2d_with(x, &conv.weight.val(), bias.as_ref(), conv.stride[0], padding)
+}
+
+/// A convolution with groups 1 and dilation 1; `padding` is (top, left, bottom, right).
+///
+/// Where [`crate::kernels::preferred`], our implicit-GEMM kernel ([`crate::kernels::conv2d`]) for
+/// outputs of at least [`MIN_PIXELS`](crate::kernels::conv2d::MIN_PIXELS) pixels. Otherwise
+/// burn's, except a 3x3 stride-1 convolution at the U-Net's lowest resolutions (at most 64 positions,
+/// up to 1280 channels): there im2col and one matmul with the weight viewed as `[c_out, c_in * 9]` is
+/// 3-7x faster than burn-flex's direct kernel, and the column buffer is small (9 x the input).
+///
+/// # Shapes
+/// - x: `[batch, c_in, h, w]`, weight: `[c_out, c_in, kh, kw]`, bias: `[c_out]`
+/// - output: `[batch, c_out, h_out, w_out]`
+pub fn conv2d_with(
+    x: Tensor<4>,
+    weight: &Tensor<4>,
+    bias: Option<&Tensor<1>>,
+    stride: usize,
+    padding: [usize; 4],
+) -> Tensor<4> {
+    let [b, c, h, w] = x.dims();
+    let [c_out, c_in, kh, kw] = weight.dims();
+    let [top, left, bottom, right] = padding;
+    let pixels =
+        b * ((h + top + bottom).saturating_sub(kh) / stride + 1) * ((w + left + right).saturating_sub(kw) / stride + 1);
+    if crate::kernels::preferred()
+        && pixels >= crate::kernels::conv2d::MIN_PIXELS
+        && let Some(out) = crate::kernels::conv2d::conv2d(&x, weight, bias, stride, padding)
+    {
+        return out;
+    }
+    if h * w > 64 || (kh, kw) != (3, 3) || stride != 1 || padding != [1; 4] || c_in != c {
+        let options = ConvOptions::new_with_padding([stride; 2], [(top, bottom), (left, right)], [1, 1], 1);
+        return burn::tensor::module::conv2d(x, weight.clone(), bias.cloned(), options);
     }
     let padded = x.pad((1, 1, 1, 1), 0.0);
     let mut taps = Vec::with_capacity(9);
@@ -42,9 +82,9 @@ pub(crate) fn conv3x3(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     }
     // [b, c, 9, h, w] -> [c * 9, b * h * w], rows ordered (c_in, ky, kx) like the weight's columns.
     let cols = Tensor::cat(taps, 2).reshape([b, c * 9, h * w]).swap_dims(0, 1).reshape([c * 9, b * h * w]);
-    let mut out = conv.weight.val().reshape([c_out, c * 9]).matmul(cols);
-    if let Some(bias) = &conv.bias {
-        out = out + bias.val().reshape([c_out, 1]);
+    let mut out = weight.clone().reshape([c_out, c * 9]).matmul(cols);
+    if let Some(bias) = bias {
+        out = out + bias.clone().reshape([c_out, 1]);
     }
     out.reshape([c_out, b, h, w]).swap_dims(0, 1)
 }

@@ -6,7 +6,7 @@ use burn::nn::{GroupNorm, Linear};
 use burn::tensor::activation::silu;
 use burn::tensor::{Int, Tensor, TensorData};
 
-use super::{conv3x3, group_norm};
+use super::{conv2d, conv2d_with, group_norm};
 use crate::weights::{LoadError, TensorLoader, TensorSource};
 
 /// A residual block: GroupNorm, SiLU, 3x3 conv, (+ projected time embedding), GroupNorm, SiLU, 3x3 conv,
@@ -57,15 +57,15 @@ impl ResnetBlock2D {
     ///   `None` for VAE blocks
     /// - output: `[batch, c_out, h, w]`
     pub fn forward(&self, x: Tensor<4>, temb: Option<&Tensor<2>>) -> Tensor<4> {
-        let mut h = conv3x3(&self.conv1, silu(group_norm(&self.norm1, x.clone())));
+        let mut h = conv2d(&self.conv1, silu(group_norm(&self.norm1, x.clone())));
         if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
             let t = proj.forward(silu(temb.clone()));
             let [b, c] = t.dims();
             h = h + t.reshape([b, c, 1, 1]);
         }
-        let h = conv3x3(&self.conv2, silu(group_norm(&self.norm2, h)));
+        let h = conv2d(&self.conv2, silu(group_norm(&self.norm2, h)));
         let shortcut = match &self.conv_shortcut {
-            Some(conv) => conv.forward(x),
+            Some(conv) => conv2d(conv, x),
             None => x,
         };
         shortcut + h
@@ -96,8 +96,12 @@ impl Downsample2D {
     /// # Shapes
     /// - x: `[batch, c, h, w]` -> `[batch, c, ceil(h / 2), ceil(w / 2)]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let x = if self.asymmetric_pad { x.pad((0, 1, 0, 1), 0.0) } else { x };
-        self.conv.forward(x)
+        if !self.asymmetric_pad {
+            return conv2d(&self.conv, x);
+        }
+        // diffusers pads right and bottom by one, then convolves without padding.
+        let bias = self.conv.bias.as_ref().map(|b| b.val());
+        conv2d_with(x, &self.conv.weight.val(), bias.as_ref(), 2, [0, 0, 1, 1])
     }
 }
 
@@ -116,7 +120,7 @@ impl Upsample2D {
     /// - x: `[batch, c, h, w]` -> `[batch, c, size.0, size.1]` (twice the size unless the U-Net's skip
     ///   connections need another one, for latents not divisible by its overall downscale)
     pub fn forward(&self, x: Tensor<4>, size: (usize, usize)) -> Tensor<4> {
-        conv3x3(&self.conv, upsample_nearest(x, size))
+        conv2d(&self.conv, upsample_nearest(x, size))
     }
 }
 

@@ -95,14 +95,14 @@ impl Transformer2DModel {
         let to_image = |t: Tensor<3>| t.swap_dims(1, 2).reshape([b, c, h, w]);
         let normed = group_norm(&self.norm, x.clone());
         let mut tokens = match &self.proj_in {
-            Projection::Conv(conv) => to_tokens(conv.forward(normed)),
+            Projection::Conv(conv) => to_tokens(super::conv2d(conv, normed)),
             Projection::Linear(layer) => linear(layer, to_tokens(normed)),
         };
         for block in &self.transformer_blocks {
             tokens = block.forward(tokens, context);
         }
         let out = match &self.proj_out {
-            Projection::Conv(conv) => conv.forward(to_image(tokens)),
+            Projection::Conv(conv) => super::conv2d(conv, to_image(tokens)),
             Projection::Linear(layer) => to_image(linear(layer, tokens)),
         };
         out + x

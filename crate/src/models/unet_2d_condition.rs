@@ -310,7 +310,7 @@ impl UNet2DConditionModel {
         }
         let context = &encoder_hidden_states;
 
-        let mut x = self.conv_in.forward(sample);
+        let mut x = super::conv2d(&self.conv_in, sample);
         let mut skips = vec![x.clone()];
         for block in &self.down_blocks {
             x = block.forward(x, &temb, context, &mut skips);
@@ -319,6 +319,6 @@ impl UNet2DConditionModel {
         for block in &self.up_blocks {
             x = block.forward(x, &temb, context, &mut skips);
         }
-        self.conv_out.forward(silu(group_norm(&self.conv_norm_out, x)))
+        super::conv2d(&self.conv_out, silu(group_norm(&self.conv_norm_out, x)))
     }
 }

@@ -10,6 +10,7 @@ mod cli;
 mod clip_fixtures;
 mod hub_models;
 mod img2img_initial_latents;
+mod kernels;
 mod lora;
 mod pipeline_fixtures;
 mod prompt_weighting;

@@ -1,0 +1,36 @@
+//! Our own GPU kernels, written in CubeCL and run on burn's cubecl tensors (wgpu natively, WebGPU in the
+//! browser). Each op returns `None` where it does not apply (a Flex tensor, a dtype it does not cover),
+//! and the caller then uses burn's op.
+//!
+//! Where they run instead of burn's is chosen by measurement (BENCHMARKS.md, "Our kernels"), per
+//! adapter: so far on SwiftShader (the headless browser's WebGPU), where both beat burn's default
+//! kernels. On lavapipe burn's autotuned kernels are faster (LLVM compiles their workgroup-memory
+//! tiles well; SwiftShader's Subzero does not), and no GPU has measured them yet, so everywhere else
+//! burn's run. `WEBSD_KERNELS=ours|burn` (native only) forces a choice, for benchmarks.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+pub mod attention;
+pub mod conv2d;
+
+/// WebGPU's guaranteed workgroups per dispatch dimension.
+const MAX_GROUPS: usize = 65535;
+
+static PREFERRED: AtomicBool = AtomicBool::new(false);
+
+/// Records the wgpu adapter's name (the browser's "vendor architecture", or the driver's device name);
+/// the device's creator calls this once.
+pub fn set_adapter(name: &str) {
+    PREFERRED.store(name.to_lowercase().contains("swiftshader"), Ordering::Relaxed);
+}
+
+/// Whether our kernels run instead of burn's on this adapter (see the module's documentation).
+pub fn preferred() -> bool {
+    #[cfg(not(target_arch = "wasm32"))]
+    match std::env::var("WEBSD_KERNELS").as_deref() {
+        Ok("ours") => return true,
+        Ok("burn") => return false,
+        _ => {}
+    }
+    PREFERRED.load(Ordering::Relaxed)
+}

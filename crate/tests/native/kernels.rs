@@ -1,0 +1,87 @@
+//! Our kernels (`websd::kernels`) on native wgpu (lavapipe here) against burn's ops on Flex: the
+//! convolution on shapes that hit every edge of its tiles (channels and pixels not multiples of 64, 1x1,
+//! stride 2, asymmetric padding as the VAE's downsampler, odd sizes, batch 1 to 4), the attention on
+//! the head widths of the tiny model, SD 1.5 and SDXL, with key counts of 1, 77 and a few hundred.
+
+use burn::tensor::module::{attention, conv2d};
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{Device, Distribution, Tensor};
+
+/// (batch, c_in, c_out, h, w, kernel, stride, padding (top, left, bottom, right))
+const SHAPES: [(usize, usize, usize, usize, usize, usize, usize, [usize; 4]); 10] = [
+    (2, 4, 32, 32, 32, 3, 1, [1; 4]),
+    (2, 32, 32, 16, 16, 3, 1, [1; 4]),
+    (1, 3, 5, 7, 9, 3, 1, [1; 4]),
+    (4, 17, 70, 5, 6, 3, 1, [1; 4]),
+    (2, 64, 96, 9, 9, 1, 1, [0; 4]),
+    (1, 33, 33, 11, 13, 3, 2, [1; 4]),
+    (2, 8, 8, 10, 10, 3, 2, [0, 0, 1, 1]),
+    (1, 130, 65, 4, 4, 3, 1, [1; 4]),
+    (3, 16, 4, 1, 1, 3, 1, [1; 4]),
+    (1, 320, 320, 8, 8, 3, 1, [1; 4]),
+];
+
+#[test]
+fn conv_kernel_matches_flex() {
+    let (gpu, _) = websd::gpu::wgpu_device().expect("a wgpu adapter");
+    let cpu = Device::flex();
+    for (i, &(b, c_in, c_out, h, w, k, stride, padding)) in SHAPES.iter().enumerate() {
+        let x = Tensor::<4>::random([b, c_in, h, w], Distribution::Normal(0.0, 1.0), &cpu);
+        let weight = Tensor::<4>::random([c_out, c_in, k, k], Distribution::Normal(0.0, 0.2), &cpu);
+        let bias = Tensor::<1>::random([c_out], Distribution::Normal(0.0, 1.0), &cpu);
+        let [top, left, bottom, right] = padding;
+        let options = ConvOptions::new_with_padding([stride; 2], [(top, bottom), (left, right)], [1, 1], 1);
+        for with_bias in [true, false] {
+            let bias = with_bias.then(|| bias.clone());
+            let expected = conv2d(x.clone(), weight.clone(), bias.clone(), options.clone());
+            let on_gpu = |t: &Tensor<4>| Tensor::<4>::from_data(t.to_data(), &gpu);
+            let bias_gpu = bias.as_ref().map(|t| Tensor::<1>::from_data(t.to_data(), &gpu));
+            let ours =
+                websd::kernels::conv2d::conv2d(&on_gpu(&x), &on_gpu(&weight), bias_gpu.as_ref(), stride, padding)
+                    .expect("a cubecl tensor");
+            assert_eq!(ours.dims(), expected.dims(), "shape {i}");
+            let diff =
+                (Tensor::<4>::from_data(ours.to_data(), &cpu) - expected.clone()).abs().max().into_scalar::<f32>();
+            let scale = expected.abs().max().into_scalar::<f32>();
+            eprintln!("shape {i} {:?} bias {with_bias}: max abs diff {diff:e} (max |out| {scale})", SHAPES[i]);
+            assert!(diff <= 1e-4 * scale.max(1.0), "shape {i}: {diff}");
+        }
+    }
+    // On Flex the kernel declines (the caller uses burn's op).
+    let x = Tensor::<4>::zeros([1, 1, 3, 3], &cpu);
+    assert!(websd::kernels::conv2d::conv2d(&x, &Tensor::zeros([1, 1, 3, 3], &cpu), None, 1, [1; 4]).is_none());
+    assert_eq!(websd::gpu::uncaptured_errors(), 0, "wgpu validation errors");
+}
+
+/// (batch, heads, queries, keys, head_dim)
+const ATTENTION_SHAPES: [(usize, usize, usize, usize, usize); 6] = [
+    (2, 8, 256, 256, 8),
+    (2, 8, 100, 77, 40),
+    (1, 3, 5, 1, 4),
+    (2, 10, 64, 77, 64),
+    (1, 8, 16, 16, 160),
+    (4, 2, 33, 300, 3),
+];
+
+#[test]
+fn attention_kernel_matches_flex() {
+    let (gpu, _) = websd::gpu::wgpu_device().expect("a wgpu adapter");
+    let cpu = Device::flex();
+    for (i, &(b, h, n, m, d)) in ATTENTION_SHAPES.iter().enumerate() {
+        let q = Tensor::<4>::random([b, h, n, d], Distribution::Normal(0.0, 1.0), &cpu);
+        let k = Tensor::<4>::random([b, h, m, d], Distribution::Normal(0.0, 1.0), &cpu);
+        let v = Tensor::<4>::random([b, h, m, d], Distribution::Normal(0.0, 1.0), &cpu);
+        let expected = attention(q.clone(), k.clone(), v.clone(), None, None, AttentionModuleOptions::default());
+        let on_gpu = |t: &Tensor<4>| Tensor::<4>::from_data(t.to_data(), &gpu);
+        let ours =
+            websd::kernels::attention::attention(&on_gpu(&q), &on_gpu(&k), &on_gpu(&v)).expect("a cubecl tensor");
+        assert_eq!(ours.dims(), expected.dims(), "shape {i}");
+        let diff = (Tensor::<4>::from_data(ours.to_data(), &cpu) - expected).abs().max().into_scalar::<f32>();
+        eprintln!("attention shape {i} {:?}: max abs diff {diff:e}", ATTENTION_SHAPES[i]);
+        assert!(diff <= 1e-5, "attention shape {i}: {diff}");
+    }
+    let wide = Tensor::<4>::zeros([1, 1, 2, websd::kernels::attention::MAX_HEAD_DIM + 1], &gpu);
+    assert!(websd::kernels::attention::attention(&wide, &wide, &wide).is_none(), "wider heads go to burn's op");
+    assert_eq!(websd::gpu::uncaptured_errors(), 0, "wgpu validation errors");
+}
