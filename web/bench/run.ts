@@ -9,7 +9,8 @@
 //   --sd15 DIR, the oracle venv's python in ORACLE_PY and the unet_io_check example built);
 // - gpu: only imports what scripts/bench-gpu.sh measured on a GPU machine (--gpu DIR); not in the
 //   default set.
-// Writes BENCHMARKS.md and web/bench/results.json.
+// Writes BENCHMARKS.md and web/bench/results.json; the sections measured by hand (native, kernels, SDXL)
+// come from web/bench/memory-plan.md and web/bench/by-hand.md.
 //   scripts/bench.sh [--reps N] [--only SECTIONS] [--sd15 DIR] [--gpu DIR]
 import { execFileSync, execSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync, promises as fs, writeFileSync } from "node:fs";
@@ -446,6 +447,7 @@ ${imageMd}
 ${memoryMd}
 ${nativeMd}
 ${gpuMd}
-${readFileSync(path.join(repo, "web/bench/memory-plan.md"), "utf8")}`;
+${readFileSync(path.join(repo, "web/bench/memory-plan.md"), "utf8")}
+${readFileSync(path.join(repo, "web/bench/by-hand.md"), "utf8")}`;
 writeFileSync(path.join(repo, "BENCHMARKS.md"), md);
 console.log(md);
