@@ -132,6 +132,20 @@ fn main() {
                     read(lin.forward(tokens.clone()));
                 },
             );
+            if kind != "cpu" {
+                let rows = tokens.clone().reshape([2 * s * s, c]);
+                let bias = lin.bias.as_ref().map(|b| b.val());
+                time(
+                    &format!("linear {c}->{c} x {} tokens, websd's kernel", s * s),
+                    2.0 * t * cf * cf,
+                    elem * (2.0 * t * cf + cf * cf),
+                    peaks,
+                    || {
+                        let out = websd::kernels::linear::linear(&rows, &lin.weight.val(), bias.as_ref());
+                        read(out.expect("a cubecl tensor"));
+                    },
+                );
+            }
             let ff = LinearConfig::new(c, c * 8).init(&d);
             let (flops, bytes) = (2.0 * t * cf * cf * 8.0, elem * (t * cf * 9.0 + cf * cf * 8.0));
             time(&format!("linear {c}->{} (GEGLU proj) x {} tokens", c * 8, s * s), flops, bytes, peaks, || {

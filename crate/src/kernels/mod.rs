@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 pub mod attention;
 pub mod conv2d;
+pub mod linear;
 
 /// WebGPU's guaranteed workgroups per dispatch dimension.
 const MAX_GROUPS: usize = 65535;

@@ -18,10 +18,19 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, FloatDType, Tensor};
 
 /// A linear layer on `[batch, tokens, features]` as one 2-D matmul: burn's batched matmul with a
-/// broadcast weight is about 1.6x slower on the CPU than the same product flattened.
+/// broadcast weight is about 1.6x slower on the CPU than the same product flattened. Where
+/// [`crate::kernels::preferred`], our kernel ([`crate::kernels::linear`]).
 pub(crate) fn linear(layer: &Linear, x: Tensor<3>) -> Tensor<3> {
     let [b, n, d] = x.dims();
-    let y = layer.forward(x.reshape([b * n, d]));
+    let x = x.reshape([b * n, d]);
+    if crate::kernels::preferred()
+        && let Some(y) =
+            crate::kernels::linear::linear(&x, &layer.weight.val(), layer.bias.as_ref().map(|b| b.val()).as_ref())
+    {
+        let out = y.dims()[1];
+        return y.reshape([b, n, out]);
+    }
+    let y = layer.forward(x);
     let out = y.dims()[1];
     y.reshape([b, n, out])
 }

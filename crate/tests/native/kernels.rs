@@ -85,3 +85,38 @@ fn attention_kernel_matches_flex() {
     assert!(websd::kernels::attention::attention(&wide, &wide, &wide).is_none(), "wider heads go to burn's op");
     assert_eq!(websd::gpu::uncaptured_errors(), 0, "wgpu validation errors");
 }
+
+/// (rows, d_in, d_out)
+const LINEAR_SHAPES: [(usize, usize, usize); 5] =
+    [(512, 64, 64), (154, 32, 32), (7, 5, 130), (2, 320, 1280), (4096, 40, 3)];
+
+#[test]
+fn linear_kernel_matches_flex() {
+    let (gpu, _) = websd::gpu::wgpu_device().expect("a wgpu adapter");
+    let cpu = Device::flex();
+    for (i, &(rows, d_in, d_out)) in LINEAR_SHAPES.iter().enumerate() {
+        let x = Tensor::<2>::random([rows, d_in], Distribution::Normal(0.0, 1.0), &cpu);
+        let weight = Tensor::<2>::random([d_in, d_out], Distribution::Normal(0.0, 0.2), &cpu);
+        let bias = Tensor::<1>::random([d_out], Distribution::Normal(0.0, 1.0), &cpu);
+        for with_bias in [true, false] {
+            let mut expected = x.clone().matmul(weight.clone());
+            if with_bias {
+                expected = expected + bias.clone().unsqueeze_dim(0);
+            }
+            let bias_gpu = with_bias.then(|| Tensor::<1>::from_data(bias.to_data(), &gpu));
+            let on_gpu = |t: &Tensor<2>| Tensor::<2>::from_data(t.to_data(), &gpu);
+            let ours = websd::kernels::linear::linear(&on_gpu(&x), &on_gpu(&weight), bias_gpu.as_ref())
+                .expect("a cubecl tensor");
+            assert_eq!(ours.dims(), expected.dims(), "shape {i}");
+            let diff =
+                (Tensor::<2>::from_data(ours.to_data(), &cpu) - expected.clone()).abs().max().into_scalar::<f32>();
+            let scale = expected.abs().max().into_scalar::<f32>();
+            eprintln!(
+                "linear shape {i} {:?} bias {with_bias}: max abs diff {diff:e} (max |out| {scale})",
+                LINEAR_SHAPES[i]
+            );
+            assert!(diff <= 1e-5 * scale.max(1.0), "linear shape {i}: {diff}");
+        }
+    }
+    assert_eq!(websd::gpu::uncaptured_errors(), 0, "wgpu validation errors");
+}
