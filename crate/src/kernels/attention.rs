@@ -7,11 +7,10 @@
 //! and the invocations of a workgroup are queries of the same head, so every key and value load is
 //! the same for all lanes. No score matrix is materialised, so no query blocks are needed.
 
-use burn::tensor::{DType, Tensor};
+use burn::tensor::Tensor;
 use burn_cubecl::CubeBackend;
 use burn_cubecl::cubecl;
 use burn_cubecl::cubecl::prelude::*;
-use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 
 /// Queries per workgroup.
@@ -92,16 +91,12 @@ fn attention_rows<E: Float>(
 /// - output: `[batch, heads, queries, value_dim]`
 pub fn attention(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>) -> Option<Tensor<4>> {
     let dtype = q.dtype();
-    if !matches!(dtype, DType::F32 | DType::F16) || k.dtype() != dtype || v.dtype() != dtype {
-        return None;
-    }
     let [batch, heads, queries, head_dim] = q.dims();
     let [_, _, keys, value_dim] = v.dims();
     if keys == 0 || head_dim > MAX_HEAD_DIM || value_dim > MAX_HEAD_DIM {
         return None;
     }
-    let prim = |t: &Tensor<4>| t.clone().try_into_primitive::<CubeBackend>().ok().map(into_contiguous);
-    let (q, k, v) = (prim(q)?, prim(k)?, prim(v)?);
+    let (q, k, v) = (super::cube_tensor(q, dtype)?, super::cube_tensor(k, dtype)?, super::cube_tensor(v, dtype)?);
     let client = q.client.clone();
     let output = empty_device_dtype(client.clone(), q.device.clone(), [batch, heads, queries, value_dim].into(), dtype);
     let rows = batch * heads * queries;

@@ -9,11 +9,10 @@
 //! accumulators for f16 too), then adds the bias. Tensors stay NCHW (burn's conv permutes to NHWC and
 //! back around every call). Within WebGPU's default limits: 256 invocations, 8 KiB of workgroup memory.
 
-use burn::tensor::{DType, Tensor};
+use burn::tensor::Tensor;
 use burn_cubecl::CubeBackend;
 use burn_cubecl::cubecl;
 use burn_cubecl::cubecl::prelude::*;
-use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 
@@ -184,15 +183,10 @@ pub fn conv2d(
     stride: usize,
     padding: [usize; 4],
 ) -> Option<Tensor<4>> {
-    if !matches!(x.dtype(), DType::F32 | DType::F16) || weight.dtype() != x.dtype() {
-        return None;
-    }
-    let input = x.clone().try_into_primitive::<CubeBackend>().ok()?;
-    let weight = weight.clone().try_into_primitive::<CubeBackend>().ok()?;
-    let bias = match bias {
-        Some(b) => Some(b.clone().try_into_primitive::<CubeBackend>().ok()?),
-        None => None,
-    };
+    let dtype = x.dtype();
+    let input = super::cube_tensor(x, dtype)?;
+    let weight = super::cube_tensor(weight, dtype)?;
+    let bias = super::cube_bias(bias, dtype)?;
     Some(Tensor::from_primitive::<CubeBackend>(launch(input, weight, bias, stride, padding)))
 }
 
@@ -203,9 +197,6 @@ fn launch(
     stride: usize,
     [top, left, bottom, right]: [usize; 4],
 ) -> CubeTensor {
-    let input = into_contiguous(input);
-    let weight = into_contiguous(weight);
-    let bias = bias.map(into_contiguous);
     let dims = |t: &CubeTensor| t.meta.shape().to_vec();
     let (&[batch, c_in, in_h, in_w], &[c_out, _, kh, kw]) = (&dims(&input)[..], &dims(&weight)[..]) else {
         unreachable!("rank-4 tensors")

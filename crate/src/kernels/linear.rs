@@ -5,11 +5,10 @@
 //! column for [`ROWS`] rows: consecutive lanes read consecutive weights of a row of `W`, and every lane
 //! of the workgroup reads the same input values (uniform loads); f32 accumulation, bias fused.
 
-use burn::tensor::{DType, Tensor};
+use burn::tensor::Tensor;
 use burn_cubecl::CubeBackend;
 use burn_cubecl::cubecl;
 use burn_cubecl::cubecl::prelude::*;
-use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 
 /// Output columns per workgroup, one per invocation.
@@ -82,20 +81,14 @@ fn linear_rows<E: Float>(
 /// - output: `[rows, d_out]`
 pub fn linear(x: &Tensor<2>, weight: &Tensor<2>, bias: Option<&Tensor<1>>) -> Option<Tensor<2>> {
     let dtype = x.dtype();
-    if !matches!(dtype, DType::F32 | DType::F16) || weight.dtype() != dtype {
-        return None;
-    }
     let [rows, d_in] = x.dims();
     let d_out = weight.dims()[1];
     if rows == 0 || d_in == 0 || d_out == 0 {
         return None;
     }
-    let input = into_contiguous(x.clone().try_into_primitive::<CubeBackend>().ok()?);
-    let weight = into_contiguous(weight.clone().try_into_primitive::<CubeBackend>().ok()?);
-    let bias = match bias {
-        Some(b) => Some(into_contiguous(b.clone().try_into_primitive::<CubeBackend>().ok()?)),
-        None => None,
-    };
+    let input = super::cube_tensor(x, dtype)?;
+    let weight = super::cube_tensor(weight, dtype)?;
+    let bias = super::cube_bias(bias, dtype)?;
     let client = input.client.clone();
     let output = empty_device_dtype(client.clone(), input.device.clone(), [rows, d_out].into(), dtype);
     let row_groups = rows.div_ceil(ROWS);

@@ -10,6 +10,11 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use burn::tensor::{DType, Tensor};
+use burn_cubecl::CubeBackend;
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::tensor::CubeTensor;
+
 pub mod attention;
 pub mod conv2d;
 pub mod linear;
@@ -34,4 +39,21 @@ pub fn preferred() -> bool {
         _ => {}
     }
     PREFERRED.load(Ordering::Relaxed)
+}
+
+/// `t` as a contiguous cubecl tensor, when it lives on a cubecl device and has `dtype`, f32 or f16 (what
+/// the kernels are written for); otherwise `None`, and the caller uses burn's op.
+fn cube_tensor<const D: usize>(t: &Tensor<D>, dtype: DType) -> Option<CubeTensor> {
+    if !matches!(dtype, DType::F32 | DType::F16) || t.dtype() != dtype {
+        return None;
+    }
+    t.clone().try_into_primitive::<CubeBackend>().ok().map(into_contiguous)
+}
+
+/// An optional bias as [`cube_tensor`]: `None` when there is one that does not qualify.
+fn cube_bias(bias: Option<&Tensor<1>>, dtype: DType) -> Option<Option<CubeTensor>> {
+    match bias {
+        Some(b) => Some(Some(cube_tensor(b, dtype)?)),
+        None => Some(None),
+    }
 }
