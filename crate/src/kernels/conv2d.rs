@@ -162,8 +162,18 @@ fn conv2d_igemm<E: Float>(
     }
 }
 
+/// Output pixels (batch x height x width) below which burn's direct kernel beats ours on SwiftShader
+/// (a 64-pixel tile then runs mostly empty): at 32 pixels ours took 1.7x burn's time, at 128 0.83x.
+pub const MIN_PIXELS: usize = 128;
+
+/// The output size along one axis: `None` when the padded input is smaller than the kernel.
+pub fn output_size(input: usize, kernel: usize, stride: usize, before: usize, after: usize) -> Option<usize> {
+    Some((input + before + after).checked_sub(kernel)? / stride + 1)
+}
+
 /// `conv2d(x, weight, bias)` with groups 1 and dilation 1, as burn's with the same stride and padding,
-/// or `None` when `x` is not on a cubecl device or is not f32/f16 (the caller then uses burn's op).
+/// or `None` when `x` is not on a cubecl device, is not f32/f16, or the padded input is smaller than
+/// the kernel (the caller then uses burn's op).
 ///
 /// `padding` is (top, left, bottom, right), burn's `PaddingConfig2d::Explicit` order.
 ///
@@ -172,10 +182,6 @@ fn conv2d_igemm<E: Float>(
 /// - weight: `[c_out, c_in, kh, kw]`
 /// - bias: `[c_out]`
 /// - output: `[batch, c_out, (h + top + bottom - kh) / stride + 1, (w + left + right - kw) / stride + 1]`
-/// Output pixels (batch x height x width) below which burn's direct kernel beats ours on SwiftShader
-/// (a 64-pixel tile then runs mostly empty): at 32 pixels ours took 1.7x burn's time, at 128 0.83x.
-pub const MIN_PIXELS: usize = 128;
-
 pub fn conv2d(
     x: &Tensor<4>,
     weight: &Tensor<4>,
@@ -183,11 +189,15 @@ pub fn conv2d(
     stride: usize,
     padding: [usize; 4],
 ) -> Option<Tensor<4>> {
+    let [_, _, h, w] = x.dims();
+    let [_, _, kh, kw] = weight.dims();
+    let [top, left, bottom, right] = padding;
+    let out = [output_size(h, kh, stride, top, bottom)?, output_size(w, kw, stride, left, right)?];
     let dtype = x.dtype();
     let input = super::cube_tensor(x, dtype)?;
     let weight = super::cube_tensor(weight, dtype)?;
     let bias = super::cube_bias(bias, dtype)?;
-    Some(Tensor::from_primitive::<CubeBackend>(launch(input, weight, bias, stride, padding)))
+    Some(Tensor::from_primitive::<CubeBackend>(launch(input, weight, bias, stride, [top, left], out)))
 }
 
 fn launch(
@@ -195,14 +205,13 @@ fn launch(
     weight: CubeTensor,
     bias: Option<CubeTensor>,
     stride: usize,
-    [top, left, bottom, right]: [usize; 4],
+    [top, left]: [usize; 2],
+    [out_h, out_w]: [usize; 2],
 ) -> CubeTensor {
     let dims = |t: &CubeTensor| t.meta.shape().to_vec();
     let (&[batch, c_in, in_h, in_w], &[c_out, _, kh, kw]) = (&dims(&input)[..], &dims(&weight)[..]) else {
         unreachable!("rank-4 tensors")
     };
-    let out_h = (in_h + top + bottom - kh) / stride + 1;
-    let out_w = (in_w + left + right - kw) / stride + 1;
     let client = input.client.clone();
     let dtype = input.dtype;
     let output = empty_device_dtype(client.clone(), input.device.clone(), [batch, c_out, out_h, out_w].into(), dtype);

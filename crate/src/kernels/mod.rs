@@ -3,7 +3,7 @@
 //! and the caller then uses burn's op.
 //!
 //! Where they run instead of burn's is chosen by measurement (BENCHMARKS.md, "Our kernels"), per
-//! adapter: so far on SwiftShader (the headless browser's WebGPU), where both beat burn's default
+//! adapter: so far on SwiftShader (the headless browser's WebGPU), where all three beat burn's default
 //! kernels. On lavapipe burn's autotuned kernels are faster (LLVM compiles their workgroup-memory
 //! tiles well; SwiftShader's Subzero does not), and no GPU has measured them yet, so everywhere else
 //! burn's run. `WEBSD_KERNELS=ours|burn` (native only) forces a choice, for benchmarks.
@@ -32,11 +32,18 @@ pub fn set_adapter(name: &str) {
 
 /// Whether our kernels run instead of burn's on this adapter (see the module's documentation).
 pub fn preferred() -> bool {
+    // Asked on every convolution, linear layer and attention: the environment is read once.
     #[cfg(not(target_arch = "wasm32"))]
-    match std::env::var("WEBSD_KERNELS").as_deref() {
-        Ok("ours") => return true,
-        Ok("burn") => return false,
-        _ => {}
+    {
+        static FORCED: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+        let forced = FORCED.get_or_init(|| match std::env::var("WEBSD_KERNELS").as_deref() {
+            Ok("ours") => Some(true),
+            Ok("burn") => Some(false),
+            _ => None,
+        });
+        if let Some(forced) = *forced {
+            return forced;
+        }
     }
     PREFERRED.load(Ordering::Relaxed)
 }

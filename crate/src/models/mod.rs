@@ -70,10 +70,10 @@ pub fn conv2d_with(
     let [b, c, h, w] = x.dims();
     let [c_out, c_in, kh, kw] = weight.dims();
     let [top, left, bottom, right] = padding;
-    let pixels =
-        b * ((h + top + bottom).saturating_sub(kh) / stride + 1) * ((w + left + right).saturating_sub(kw) / stride + 1);
+    let size = |input, kernel, before, after| crate::kernels::conv2d::output_size(input, kernel, stride, before, after);
     if crate::kernels::preferred()
-        && pixels >= crate::kernels::conv2d::MIN_PIXELS
+        && b * size(h, kh, top, bottom).unwrap_or(0) * size(w, kw, left, right).unwrap_or(0)
+            >= crate::kernels::conv2d::MIN_PIXELS
         && let Some(out) = crate::kernels::conv2d::conv2d(&x, weight, bias, stride, padding)
     {
         return out;
