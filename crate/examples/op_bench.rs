@@ -1,11 +1,12 @@
 //! Times the U-Net's main ops at SD 1.5's shapes for a batch-2 call, on the Flex CPU device or on wgpu (in
 //! f32 or f16), to find what to optimise (`../shared/oracle` has no equivalent script):
 //! `cargo run --release --example op_bench -- [latent size, default 32] [cpu|wgpu|wgpu-f16|wgpu-capped]
-//! [peak GFLOP/s] [peak GB/s] [all|conv|attention] [width divisor, default 1]`.
+//! [peak GFLOP/s] [peak GB/s] [all|conv|attention|tilings] [width divisor, default 1]`.
 //!
 //! A roofline: each op's FLOPs and the bytes it must at least move (inputs, weights and output once),
 //! achieved GFLOP/s and GB/s, and their share of the peaks given on the command line (the device's
-//! data sheet; `-` or omitted, no share is printed). `conv` or `attention` times only those ops; a width
+//! data sheet; `-` or omitted, no share is printed). `conv` or `attention` times only those ops,
+//! `tilings` the U-Net's convolutions in every tiling of our kernel ([`tilings`]); a width
 //! divisor of 10 gives the channels of the SD-shaped bench model (32/64/128/128), 10 at latent size 32
 //! the tiny model's first two levels.
 use std::time::Instant;
@@ -65,6 +66,77 @@ fn read<const D: usize>(t: Tensor<D>) {
     std::hint::black_box(t.into_data().as_bytes().iter().step_by(4096).fold(0u8, |a, b| a ^ b));
 }
 
+/// The U-Net's convolutions at latent size `n` (batch 2; the distinct shapes, widest first), each with
+/// burn's op and with our kernel in every tiling, then the tiling
+/// [`Tiling::for_workgroups`](websd::kernels::conv2d::Tiling::for_workgroups) picks for a few
+/// workgroup targets: what `kernels::Choice` is set from.
+fn tilings(n: usize, divisor: usize, d: &burn::tensor::Device, elem: f64, peaks: Peaks) {
+    use websd::kernels::conv2d::{Tiling, conv2d_tiled};
+    // (c_in, c_out, size, kernel, stride)
+    let shapes = [
+        (320, 320, n, 3, 1),
+        (640, 640, n / 2, 3, 1),
+        (1280, 1280, n / 4, 3, 1),
+        (1280, 1280, n / 8, 3, 1),
+        (2560, 1280, n / 8, 3, 1),
+        (2560, 1280, n / 4, 3, 1),
+        (1920, 640, n / 2, 3, 1),
+        (960, 320, n, 3, 1),
+        (320, 640, n / 2, 3, 1),
+        (320, 320, n, 3, 2),
+        (960, 320, n, 1, 1),
+        (4, 320, n, 3, 1),
+        (320, 4, n, 3, 1),
+    ];
+    let normal = Distribution::Normal(0.0, 1.0);
+    for (c_in, c_out, s, k, stride) in shapes {
+        let (c_in, c_out) = ((c_in / divisor).max(1), (c_out / divisor).max(1));
+        let pad = k / 2;
+        let x = Tensor::<4>::random([2, c_in, s, s], normal, d);
+        let w = Tensor::<4>::random([c_out, c_in, k, k], normal, d) * 0.05;
+        let bias = Tensor::<1>::random([c_out], normal, d);
+        let out = (s + 2 * pad - k) / stride + 1;
+        let pixels = 2 * out * out;
+        let depth = c_in * k * k;
+        let flops = 2.0 * (pixels * c_out * depth) as f64;
+        let bytes = elem * (2 * c_in * s * s + c_out * depth + pixels * c_out) as f64;
+        let name = format!("conv{k}x{k}/{stride} {c_in}->{c_out} {s}x{s}");
+        let options = burn::tensor::ops::ConvOptions::new([stride; 2], [pad; 2], [1, 1], 1);
+        let burn_ms = time(&format!("{name}, burn's"), flops, bytes, peaks, || {
+            read(burn::tensor::module::conv2d(x.clone(), w.clone(), Some(bias.clone()), options.clone()));
+        });
+        let mut best = (f64::INFINITY, Tiling::SMALL);
+        for (bm, bn) in Tiling::TILES {
+            for splits in [1, 2, 4, 8, 16] {
+                let tiling = Tiling { bm, bn, splits };
+                let ms = time(&format!("{name}, websd's {bm}x{bn}/{splits}"), flops, bytes, peaks, || {
+                    read(conv2d_tiled(&x, &w, Some(&bias), stride, [pad; 4], tiling).expect("a cubecl device"));
+                });
+                if ms < best.0 {
+                    best = (ms, tiling);
+                }
+            }
+        }
+        let picks: Vec<String> = [0, 16, 64, 132, 264, 528]
+            .iter()
+            .map(|&wg| {
+                let t = if wg == 0 { Tiling::SMALL } else { Tiling::for_workgroups(c_out, pixels, depth, wg) };
+                format!("{wg}:{}x{}/{}", t.bm, t.bn, t.splits)
+            })
+            .collect();
+        println!(
+            "{name}: burn's {burn_ms:.3} ms, best websd's {}x{}/{} {:.3} ms ({:.3}x burn's, {:.1} GFLOP/s); for_workgroups picks {}",
+            best.1.bm,
+            best.1.bn,
+            best.1.splits,
+            best.0,
+            best.0 / burn_ms,
+            flops / best.0 / 1e6,
+            picks.join(" ")
+        );
+    }
+}
+
 /// softmax(q k^T / sqrt(d)) v with the score matrix materialised, `rows` queries at a time.
 fn matmul_attention(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>, rows: usize) -> Tensor<4> {
     let [_, _, n, d] = q.dims();
@@ -94,6 +166,9 @@ fn main() {
         burn::tensor::DType::F16 => 2.0,
         _ => 4.0,
     };
+    if only == "tilings" {
+        return tilings(n, divisor, &d, elem, peaks);
+    }
     for (c, s) in [(320, n), (640, n / 2), (1280, n / 4), (1280, n / 8)] {
         let c = c / divisor;
         let x = Tensor::<4>::random([2, c, s, s], normal, &d);

@@ -184,19 +184,28 @@ fn kernels_in_f16_match_flex() {
         |t: Tensor<4>| Tensor::<4>::from_data(t.to_data().convert::<burn::tensor::f16>().convert::<f32>(), &cpu);
     let on_gpu = |t: &Tensor<4>| Tensor::<4>::from_data(t.to_data().convert::<burn::tensor::f16>(), &device);
     let back = |t: Tensor<4>| Tensor::<4>::from_data(t.to_data().convert::<f32>(), &cpu);
-    for (b, c_in, c_out, h, w, stride, padding) in
-        [(2, 32, 32, 16, 16, 1, [1; 4]), (1, 17, 70, 5, 7, 1, [1; 4]), (4, 8, 8, 9, 9, 2, [0, 0, 1, 1])]
-    {
+    use websd::kernels::conv2d::Tiling;
+    // The f16 tile of 128 x 128 fills 8 KiB of workgroup memory; split-K sums partials in f32.
+    for (b, c_in, c_out, h, w, stride, padding, tiling) in [
+        (2, 32, 32, 16, 16, 1, [1; 4], Tiling::SMALL),
+        (1, 17, 70, 5, 7, 1, [1; 4], Tiling { bm: 128, bn: 128, splits: 1 }),
+        (4, 8, 8, 9, 9, 2, [0, 0, 1, 1], Tiling::SMALL),
+        (1, 130, 40, 6, 6, 1, [1; 4], Tiling { bm: 64, bn: 128, splits: 4 }),
+    ] {
         let x = rounded(Tensor::random([b, c_in, h, w], Distribution::Normal(0.0, 1.0), &cpu));
         let weight = rounded(Tensor::random([c_out, c_in, 3, 3], Distribution::Normal(0.0, 0.2), &cpu));
         let [top, left, bottom, right] = padding;
         let options = ConvOptions::new_with_padding([stride; 2], [(top, bottom), (left, right)], [1, 1], 1);
         let expected = conv2d(x.clone(), weight.clone(), None, options);
-        let ours = websd::kernels::conv2d::conv2d(&on_gpu(&x), &on_gpu(&weight), None, stride, padding).unwrap();
+        let ours =
+            websd::kernels::conv2d::conv2d_tiled(&on_gpu(&x), &on_gpu(&weight), None, stride, padding, tiling).unwrap();
         assert_eq!(ours.dtype(), DType::F16);
         let diff = (back(ours) - expected.clone()).abs().max().into_scalar::<f32>();
         let scale = expected.abs().max().into_scalar::<f32>();
-        eprintln!("conv f16 {:?}: max abs diff {diff:e} (max |out| {scale})", (b, c_in, c_out, h, w, stride));
+        eprintln!(
+            "conv f16 {:?} {tiling:?}: max abs diff {diff:e} (max |out| {scale})",
+            (b, c_in, c_out, h, w, stride)
+        );
         assert!(diff <= 1e-3 * scale, "conv in f16 differs by {diff}");
     }
     for (b, heads, n, m, d) in [(2, 8, 256, 256, 8), (2, 8, 100, 77, 40), (1, 2, 33, 300, 64)] {

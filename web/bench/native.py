@@ -6,7 +6,9 @@ call by call in one session on the same weights and inputs (outputs compared).
 
 Run with the oracle venv's python (../shared/oracle); run.ts --only native calls it. The options run
 the same comparison on a GPU machine: `--torch-device cuda --ours wgpu` (both in f32: TF32 is turned
-off, as our f32 shaders have none), `--torch-dtype f16 --ours wgpu-f16` (both in f16), `--sizes`.
+off, as our f32 shaders have none), `--torch-dtype f16 --ours wgpu-f16` (both in f16), `--sizes`, and
+`--variants burn,conv`: one websd process per `WEBSD_KERNELS` value (crate/src/kernels), all called in
+turn beside torch; the first is reported as "websd", each under "variants".
 """
 
 import argparse
@@ -29,6 +31,7 @@ cli.add_argument("--torch-device", default="cpu", choices=["cpu", "cuda"])
 cli.add_argument("--torch-dtype", default="f32", choices=["f32", "f16"])
 cli.add_argument("--ours", default="cpu", choices=["cpu", "wgpu", "wgpu-f16"])
 cli.add_argument("--sizes", default="32,64")
+cli.add_argument("--variants", default="", help="comma list of WEBSD_KERNELS values, one websd process each")
 args = cli.parse_args()
 model, binary, reps, work = args.model, args.binary, args.reps, args.work
 dev = torch.device(args.torch_device)
@@ -37,8 +40,20 @@ torch.set_num_threads(os.cpu_count())
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
 unet = UNet2DConditionModel.from_pretrained(os.path.join(model, "unet"), variant="fp16", torch_dtype=dtype).to(dev).eval()
-ours = subprocess.Popen([binary, model, "--serve", args.ours], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-assert ours.stdout.readline().strip() == "ready"
+variants = args.variants.split(",") if args.variants else [None]
+
+
+def serve(variant):
+    env = dict(os.environ)
+    if variant is not None:
+        env["WEBSD_KERNELS"] = variant
+    cmd = [binary, model, "--serve", args.ours]
+    return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+
+
+servers = {v: serve(v) for v in variants}
+for server in servers.values():
+    assert server.stdout.readline().strip() == "ready"
 
 
 def sync():
@@ -57,8 +72,8 @@ for size in map(int, args.sizes.split(",")):
     np.save(os.path.join(io, "io_sample.npy"), sample.numpy())
     np.save(os.path.join(io, "io_timestep.npy"), t.numpy())
     np.save(os.path.join(io, "io_encoder_hidden_states.npy"), ehs.numpy())
-    rows = {"torch": [], "websd": []}
-    diffs = []
+    rows = {"torch": [], **{v: [] for v in variants}}
+    diffs = {v: [] for v in variants}
     out = os.path.join(io, "torch_out.npy")
     x, e = sample.to(dev, dtype), ehs.to(dev, dtype)
     for rep in range(reps + 1):
@@ -70,24 +85,36 @@ for size in map(int, args.sizes.split(",")):
         rows["torch"].append((time.perf_counter() - t0) * 1e3)
         if rep == 0:
             np.save(out, y.float().cpu().numpy())
-        ours.stdin.write(f"{io} {out}\n")
-        ours.stdin.flush()
-        _, ms, _, diff = ours.stdout.readline().split()
-        rows["websd"].append(float(ms))
-        diffs.append(float(diff))
-        print(f"{size}x{size} round {rep}: torch {rows['torch'][-1]:.0f} ms, websd {rows['websd'][-1]:.0f} ms", file=sys.stderr)
-    sections.append(
-        {
-            "latents": f"[2, 4, {size}, {size}]",
-            # The first call of each is a warm-up (allocations, thread pools), reported apart.
-            "torch": {"firstMs": rows["torch"][0], "medianMs": float(np.median(rows["torch"][1:])), "ms": rows["torch"][1:]},
-            "websd": {"firstMs": rows["websd"][0], "medianMs": float(np.median(rows["websd"][1:])), "ms": rows["websd"][1:]},
-            "maxAbsVsTorch": max(diffs),
-        }
-    )
-ours.stdin.close()
-ours.wait()
+        for v, server in servers.items():
+            server.stdin.write(f"{io} {out}\n")
+            server.stdin.flush()
+            _, ms, _, diff = server.stdout.readline().split()
+            rows[v].append(float(ms))
+            diffs[v].append(float(diff))
+        ours = ", ".join(f"websd {v or ''} {rows[v][-1]:.0f} ms" for v in variants)
+        print(f"{size}x{size} round {rep}: torch {rows['torch'][-1]:.0f} ms, {ours}", file=sys.stderr)
+
+    # The first call of each is a warm-up (allocations, thread pools, autotune), reported apart.
+    def timing(ms):
+        return {"firstMs": ms[0], "medianMs": float(np.median(ms[1:])), "ms": ms[1:]}
+
+    first = variants[0]
+    section = {
+        "latents": f"[2, 4, {size}, {size}]",
+        "torch": timing(rows["torch"]),
+        "websd": timing(rows[first]),
+        "maxAbsVsTorch": max(diffs[first]),
+    }
+    if args.variants:
+        section["variants"] = {v: {**timing(rows[v]), "maxAbsVsTorch": max(diffs[v])} for v in variants}
+    sections.append(section)
+    print(json.dumps(section), file=sys.stderr)
+for server in servers.values():
+    server.stdin.close()
+    server.wait()
 setup = {"torchDevice": args.torch_device, "torchDtype": args.torch_dtype, "ours": args.ours}
+if args.variants:
+    setup["convWorkgroups"] = os.environ.get("WEBSD_CONV_WORKGROUPS", "")
 if dev.type == "cuda":
     setup["gpu"] = torch.cuda.get_device_name()
 print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), **setup, "sections": sections}))

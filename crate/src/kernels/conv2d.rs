@@ -9,7 +9,7 @@
 //! accumulators for f16 too), then adds the bias. Tensors stay NCHW (burn's conv permutes to NHWC and
 //! back around every call). Within WebGPU's default limits: 256 invocations, 8 KiB of workgroup memory.
 
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor};
 use burn_cubecl::CubeBackend;
 use burn_cubecl::cubecl;
 use burn_cubecl::cubecl::prelude::*;
@@ -18,17 +18,53 @@ use burn_cubecl::tensor::CubeTensor;
 
 use super::MAX_GROUPS;
 
-/// Output channels per workgroup tile.
-const BM: usize = 64;
-/// Output pixels per workgroup tile.
-const BN: usize = 64;
 /// Reduction depth (input channel x tap) staged per step.
 const BK: usize = 16;
-/// Invocations per workgroup side: 16 x 16, each accumulating a 4 x 4 block.
+/// Invocations per workgroup side: 16 x 16, each accumulating a `bm / 16 x bn / 16` block.
 const SIDE: usize = 16;
-/// Rows and columns of each invocation's block.
-const TM: usize = BM / SIDE;
-const TN: usize = BN / SIDE;
+
+/// A launch's geometry: the workgroup's output tile (`bm` channels x `bn` pixels, each 64 or 128) and
+/// how many workgroups share one tile's reduction (split-K: each sums a contiguous range of `BK`
+/// slices into an f32 buffer, and a second pass adds the partial sums and the bias). Large tiles
+/// reuse each staged value more; splits fill a big GPU when there are few output tiles (1280
+/// channels at 8x8). Workgroup memory: `16 x (bm + bn)` values, at most 16 KiB in f32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Tiling {
+    pub bm: usize,
+    pub bn: usize,
+    pub splits: usize,
+}
+
+impl Tiling {
+    /// The tile the kernel was first measured with (SwiftShader, BENCHMARKS.md "Our kernels").
+    pub const SMALL: Tiling = Tiling { bm: 64, bn: 64, splits: 1 };
+
+    /// Every tile shape the kernel is compiled for.
+    pub const TILES: [(usize, usize); 4] = [(64, 64), (64, 128), (128, 64), (128, 128)];
+
+    /// The tiling for a GPU with many compute units: the largest tile that still gives at least
+    /// `workgroups` of them, else the smallest tile with enough splits (each at least 8 slices deep,
+    /// at most 16) to reach it.
+    pub fn for_workgroups(c_out: usize, pixels: usize, depth: usize, workgroups: usize) -> Tiling {
+        let count = |(bm, bn): (usize, usize)| c_out.div_ceil(bm) * pixels.div_ceil(bn);
+        let mut best = Tiling::SMALL;
+        for tile in Self::TILES {
+            if count(tile) >= workgroups && tile.0 * tile.1 >= best.bm * best.bn {
+                best = Tiling { bm: tile.0, bn: tile.1, splits: 1 };
+            }
+        }
+        let tiles = count((best.bm, best.bn));
+        if tiles < workgroups {
+            let max_splits = (depth.div_ceil(BK) / 8).clamp(1, 16);
+            best.splits = workgroups.div_ceil(tiles).min(max_splits);
+        }
+        best
+    }
+
+    fn valid(self) -> bool {
+        Self::TILES.contains(&(self.bm, self.bn)) && (1..=64).contains(&self.splits)
+    }
+}
 
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
@@ -37,6 +73,7 @@ fn conv2d_igemm<E: Float>(
     weight: &[E],
     bias: &[E],
     output: &mut [E],
+    partial: &mut [f32],
     c_in: usize,
     in_h: usize,
     in_w: usize,
@@ -45,34 +82,43 @@ fn conv2d_igemm<E: Float>(
     out_w: usize,
     pad_top: usize,
     pad_left: usize,
+    m_tiles: usize,
+    k_tiles_per_split: usize,
     #[comptime] kh: usize,
     #[comptime] kw: usize,
     #[comptime] stride: usize,
+    #[comptime] bm: usize,
+    #[comptime] bn: usize,
+    #[comptime] split: bool,
     #[comptime] has_bias: bool,
     #[define(E)] _dtype: ElemType,
 ) {
+    let tm = comptime!(bm / SIDE);
+    let tn = comptime!(bn / SIDE);
     let tx = UNIT_POS_X as usize;
     let ty = UNIT_POS_Y as usize;
     let t = ty * SIDE + tx;
     let hw_out = out_h * out_w;
-    let pixels = hw_out * (input.len() / (c_in * in_h * in_w));
+    let batch = input.len() / (c_in * in_h * in_w);
+    let pixels = hw_out * batch;
     let depth = c_in * kh * kw;
     let taps = kh * kw;
-    let tile_p = (CUBE_POS_X as usize + CUBE_POS_Z as usize * CUBE_COUNT_X as usize) * BN;
-    let tile_m = CUBE_POS_Y as usize * BM;
+    let tile_p = (CUBE_POS_X as usize + CUBE_POS_Z as usize * CUBE_COUNT_X as usize) * bn;
+    let tile_m = (CUBE_POS_Y as usize % m_tiles) * bm;
+    let part = CUBE_POS_Y as usize / m_tiles;
 
     // [k][m] and [k][n]: the inner loop reads a row of each.
-    let mut a_s = Shared::<[E]>::new_slice(BK * BM);
-    let mut b_s = Shared::<[E]>::new_slice(BK * BN);
-    let mut acc = Array::<f32>::new(TM * TN);
+    let mut a_s = Shared::<[E]>::new_slice(BK * bm);
+    let mut b_s = Shared::<[E]>::new_slice(BK * bn);
+    let mut acc = Array::<f32>::new(tm * tn);
     #[unroll]
-    for i in 0..TM * TN {
+    for i in 0..tm * tn {
         acc[i] = 0.0;
     }
 
-    // The patch column this invocation gathers is fixed: pixel `t % BN` of the tile, rows
-    // `t / BN + 4 i` of each slice (BN x BK / 256 = 4 values).
-    let load_n = t % BN;
+    // The patch column this invocation gathers is fixed: pixel `t % bn` of the tile, rows
+    // `t / bn + (256 / bn) i` of each slice.
+    let load_n = t % bn;
     let p = tile_p + load_n;
     let p_ok = p < pixels;
     let pb = p / hw_out;
@@ -80,27 +126,32 @@ fn conv2d_igemm<E: Float>(
     let y0 = (prem / out_w) * stride;
     let x0 = (prem % out_w) * stride;
     let in_base = pb * c_in * in_h * in_w;
-    let load_kb = t / BN;
+    let load_kb = t / bn;
     // The weight values it loads: depth `t % BK` of the slice, channels `t / BK + 16 i`.
     let a_k = t % BK;
     let a_m = t / BK;
 
     let k_tiles = (depth + BK - 1) / BK;
-    for kt in 0..k_tiles {
+    let kt_first = part * k_tiles_per_split;
+    let mut kt_end = kt_first + k_tiles_per_split;
+    if kt_end > k_tiles {
+        kt_end = k_tiles;
+    }
+    for kt in kt_first..kt_end {
         let k0 = kt * BK;
         #[unroll]
-        for i in 0..BM * BK / (SIDE * SIDE) {
+        for i in 0..bm * BK / (SIDE * SIDE) {
             let m = tile_m + a_m + i * (SIDE * SIDE / BK);
             let k = k0 + a_k;
             let mut v = E::from_int(0);
             if m < c_out && k < depth {
                 v = weight[m * depth + k];
             }
-            a_s[a_k * BM + a_m + i * (SIDE * SIDE / BK)] = v;
+            a_s[a_k * bm + a_m + i * (SIDE * SIDE / BK)] = v;
         }
         #[unroll]
-        for i in 0..BN * BK / (SIDE * SIDE) {
-            let kl = load_kb + i * (SIDE * SIDE / BN);
+        for i in 0..bn * BK / (SIDE * SIDE) {
+            let kl = load_kb + i * (SIDE * SIDE / bn);
             let k = k0 + kl;
             let ci = k / taps;
             let r = k % taps;
@@ -114,27 +165,27 @@ fn conv2d_igemm<E: Float>(
                     v = input[in_base + (ci * in_h + y) * in_w + x];
                 }
             }
-            b_s[kl * BN + load_n] = v;
+            b_s[kl * bn + load_n] = v;
         }
         sync_cube();
 
         #[unroll]
         for kk in 0..BK {
-            let mut a = Array::<f32>::new(TM);
-            let mut b = Array::<f32>::new(TN);
+            let mut a = Array::<f32>::new(tm);
+            let mut b = Array::<f32>::new(tn);
             #[unroll]
-            for i in 0..TM {
-                a[i] = f32::cast_from(a_s[kk * BM + ty + i * SIDE]);
+            for i in 0..tm {
+                a[i] = f32::cast_from(a_s[kk * bm + ty + i * SIDE]);
             }
             #[unroll]
-            for j in 0..TN {
-                b[j] = f32::cast_from(b_s[kk * BN + tx + j * SIDE]);
+            for j in 0..tn {
+                b[j] = f32::cast_from(b_s[kk * bn + tx + j * SIDE]);
             }
             #[unroll]
-            for i in 0..TM {
+            for i in 0..tm {
                 #[unroll]
-                for j in 0..TN {
-                    acc[i * TN + j] += a[i] * b[j];
+                for j in 0..tn {
+                    acc[i * tn + j] += a[i] * b[j];
                 }
             }
         }
@@ -142,29 +193,58 @@ fn conv2d_igemm<E: Float>(
     }
 
     #[unroll]
-    for j in 0..TN {
+    for j in 0..tn {
         let p = tile_p + tx + j * SIDE;
         if p < pixels {
             let pb = p / hw_out;
             let prem = p % hw_out;
             #[unroll]
-            for i in 0..TM {
+            for i in 0..tm {
                 let m = tile_m + ty + i * SIDE;
                 if m < c_out {
-                    let mut v = acc[i * TN + j];
-                    if has_bias {
-                        v += f32::cast_from(bias[m]);
+                    let at = (pb * c_out + m) * hw_out + prem;
+                    if split {
+                        partial[part * batch * c_out * hw_out + at] = acc[i * tn + j];
+                    } else {
+                        let mut v = acc[i * tn + j];
+                        if has_bias {
+                            v += f32::cast_from(bias[m]);
+                        }
+                        output[at] = E::cast_from(v);
                     }
-                    output[(pb * c_out + m) * hw_out + prem] = E::cast_from(v);
                 }
             }
         }
     }
 }
 
-/// Output pixels (batch x height x width) below which burn's direct kernel beats ours on SwiftShader
-/// (a 64-pixel tile then runs mostly empty): at 32 pixels ours took 1.7x burn's time, at 128 0.83x.
-pub const MIN_PIXELS: usize = 128;
+/// The split-K pass: each output value is the sum of its `splits` partial sums plus the bias.
+#[cube(launch_unchecked)]
+fn conv2d_sum_splits<E: Float>(
+    partial: &[f32],
+    bias: &[E],
+    output: &mut [E],
+    c_out: usize,
+    hw_out: usize,
+    #[comptime] splits: usize,
+    #[comptime] has_bias: bool,
+    #[define(E)] _dtype: ElemType,
+) {
+    let at =
+        (CUBE_POS_X as usize + CUBE_POS_Y as usize * CUBE_COUNT_X as usize) * CUBE_DIM_X as usize + UNIT_POS_X as usize;
+    let len = output.len();
+    if at < len {
+        let mut v = 0.0f32;
+        #[unroll]
+        for s in 0..splits {
+            v += partial[s * len + at];
+        }
+        if has_bias {
+            v += f32::cast_from(bias[(at / hw_out) % c_out]);
+        }
+        output[at] = E::cast_from(v);
+    }
+}
 
 /// The output size along one axis: `None` when the padded input is smaller than the kernel.
 pub fn output_size(input: usize, kernel: usize, stride: usize, before: usize, after: usize) -> Option<usize> {
@@ -172,8 +252,9 @@ pub fn output_size(input: usize, kernel: usize, stride: usize, before: usize, af
 }
 
 /// `conv2d(x, weight, bias)` with groups 1 and dilation 1, as burn's with the same stride and padding,
-/// or `None` when `x` is not on a cubecl device, is not f32/f16, or the padded input is smaller than
-/// the kernel (the caller then uses burn's op).
+/// tiled as [`super::conv_tiling`] picks for this device and shape; `None` when `x` is not on a
+/// cubecl device, is not f32/f16, or the padded input is smaller than the kernel (the caller then uses
+/// burn's op).
 ///
 /// `padding` is (top, left, bottom, right), burn's `PaddingConfig2d::Explicit` order.
 ///
@@ -189,6 +270,24 @@ pub fn conv2d(
     stride: usize,
     padding: [usize; 4],
 ) -> Option<Tensor<4>> {
+    let [b, _, h, w] = x.dims();
+    let [c_out, c_in, kh, kw] = weight.dims();
+    let [top, left, bottom, right] = padding;
+    let pixels = b * output_size(h, kh, stride, top, bottom)? * output_size(w, kw, stride, left, right)?;
+    conv2d_tiled(x, weight, bias, stride, padding, super::conv_tiling(c_out, pixels, c_in * kh * kw))
+}
+
+/// [`conv2d`] with a given tiling (benchmarks and tests try each); panics on a tile shape the kernel
+/// is not compiled for ([`Tiling::TILES`]).
+pub fn conv2d_tiled(
+    x: &Tensor<4>,
+    weight: &Tensor<4>,
+    bias: Option<&Tensor<1>>,
+    stride: usize,
+    padding: [usize; 4],
+    tiling: Tiling,
+) -> Option<Tensor<4>> {
+    assert!(tiling.valid(), "no such tiling: {tiling:?}");
     let [_, _, h, w] = x.dims();
     let [_, _, kh, kw] = weight.dims();
     let [top, left, bottom, right] = padding;
@@ -197,7 +296,7 @@ pub fn conv2d(
     let input = super::cube_tensor(x, dtype)?;
     let weight = super::cube_tensor(weight, dtype)?;
     let bias = super::cube_bias(bias, dtype)?;
-    Some(Tensor::from_primitive::<CubeBackend>(launch(input, weight, bias, stride, [top, left], out)))
+    Some(Tensor::from_primitive::<CubeBackend>(launch(input, weight, bias, stride, [top, left], out, tiling)))
 }
 
 fn launch(
@@ -207,21 +306,40 @@ fn launch(
     stride: usize,
     [top, left]: [usize; 2],
     [out_h, out_w]: [usize; 2],
+    tiling: Tiling,
 ) -> CubeTensor {
     let dims = |t: &CubeTensor| t.meta.shape().to_vec();
     let (&[batch, c_in, in_h, in_w], &[c_out, _, kh, kw]) = (&dims(&input)[..], &dims(&weight)[..]) else {
         unreachable!("rank-4 tensors")
     };
     let client = input.client.clone();
+    let device = input.device.clone();
     let dtype = input.dtype;
-    let output = empty_device_dtype(client.clone(), input.device.clone(), [batch, c_out, out_h, out_w].into(), dtype);
+    let storage = burn::backend::cubecl::dtype_to_storage_type(dtype);
+    let output = empty_device_dtype(client.clone(), device.clone(), [batch, c_out, out_h, out_w].into(), dtype);
+
+    // More splits than slices would leave workgroups with nothing to add; the partial sums stay within
+    // one buffer's limit.
+    let k_tiles = (c_in * kh * kw).div_ceil(BK);
+    let out_bytes = 4 * batch * c_out * out_h * out_w;
+    let fit = (crate::gpu::MAX_BUFFER_BYTES as usize / out_bytes.max(1)).max(1);
+    let per_split = k_tiles.div_ceil(tiling.splits.min(k_tiles).min(fit));
+    let splits = k_tiles.div_ceil(per_split);
+    let split = splits > 1;
+    let partial = if split {
+        empty_device_dtype(client.clone(), device, [splits, batch, c_out, out_h, out_w].into(), DType::F32)
+    } else {
+        // Never written: a binding needs a buffer.
+        empty_device_dtype(client.clone(), device, [1].into(), DType::F32)
+    };
 
     let has_bias = bias.is_some();
     let bias = bias.unwrap_or_else(|| weight.clone());
-    let pixel_tiles = (batch * out_h * out_w).div_ceil(BN);
+    let pixel_tiles = (batch * out_h * out_w).div_ceil(tiling.bn);
     let groups_x = pixel_tiles.min(MAX_GROUPS);
     let groups_z = pixel_tiles.div_ceil(groups_x);
-    let count = CubeCount::Static(groups_x as u32, c_out.div_ceil(BM) as u32, groups_z as u32);
+    let m_tiles = c_out.div_ceil(tiling.bm);
+    let count = CubeCount::Static(groups_x as u32, (m_tiles * splits) as u32, groups_z as u32);
     unsafe {
         conv2d_igemm::launch_unchecked(
             &client,
@@ -229,8 +347,9 @@ fn launch(
             CubeDim::new_2d(SIDE as u32, SIDE as u32),
             input.into_buffer_arg(),
             weight.into_buffer_arg(),
-            bias.into_buffer_arg(),
+            bias.clone().into_buffer_arg(),
             output.clone().into_buffer_arg(),
+            partial.clone().into_buffer_arg(),
             c_in,
             in_h,
             in_w,
@@ -239,12 +358,38 @@ fn launch(
             out_w,
             top,
             left,
+            m_tiles,
+            per_split,
             kh,
             kw,
             stride,
+            tiling.bm,
+            tiling.bn,
+            split,
             has_bias,
-            burn::backend::cubecl::dtype_to_storage_type(dtype),
+            storage,
         );
+    }
+    if split {
+        const LANES: usize = 256;
+        let groups = (batch * c_out * out_h * out_w).div_ceil(LANES);
+        let groups_x = groups.min(MAX_GROUPS);
+        let count = CubeCount::Static(groups_x as u32, groups.div_ceil(groups_x) as u32, 1);
+        unsafe {
+            conv2d_sum_splits::launch_unchecked(
+                &client,
+                count,
+                CubeDim::new_1d(LANES as u32),
+                partial.into_buffer_arg(),
+                bias.into_buffer_arg(),
+                output.clone().into_buffer_arg(),
+                c_out,
+                out_h * out_w,
+                splits,
+                has_bias,
+                storage,
+            );
+        }
     }
     output
 }

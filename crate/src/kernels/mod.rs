@@ -2,13 +2,15 @@
 //! browser). Each op returns `None` where it does not apply (a Flex tensor, a dtype it does not cover),
 //! and the caller then uses burn's op.
 //!
-//! Where they run instead of burn's is chosen by measurement (BENCHMARKS.md, "Our kernels"), per
-//! adapter: so far on SwiftShader (the headless browser's WebGPU), where all three beat burn's default
-//! kernels. On lavapipe burn's autotuned kernels are faster (LLVM compiles their workgroup-memory
-//! tiles well; SwiftShader's Subzero does not), and no GPU has measured them yet, so everywhere else
-//! burn's run. `WEBSD_KERNELS=ours|burn` (native only) forces a choice, for benchmarks.
+//! Where they run instead of burn's is chosen by measurement (BENCHMARKS.md, "Our kernels"), per op
+//! and adapter ([`Choice::for_adapter`]): on SwiftShader (the headless browser's WebGPU) all three beat
+//! burn's default kernels. On lavapipe burn's autotuned kernels are faster (LLVM compiles their
+//! workgroup-memory tiles well; SwiftShader's Subzero does not), so everywhere else burn's run until a
+//! device has measured ours. `WEBSD_KERNELS` (native only) forces a choice for benchmarks: `ours`,
+//! `burn`, or a comma list of `conv`, `attention`, `linear`; `WEBSD_CONV_WORKGROUPS=N` tiles the
+//! convolution for a GPU that wants N workgroups in flight ([`conv2d::Tiling::for_workgroups`]).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::RwLock;
 
 use burn::tensor::{DType, Tensor};
 use burn_cubecl::CubeBackend;
@@ -21,31 +23,78 @@ pub mod linear;
 
 /// WebGPU's guaranteed workgroups per dispatch dimension.
 const MAX_GROUPS: usize = 65535;
-
-static PREFERRED: AtomicBool = AtomicBool::new(false);
-
-/// Records the wgpu adapter's name (the browser's "vendor architecture", or the driver's device name);
-/// the device's creator calls this once.
-pub fn set_adapter(name: &str) {
-    PREFERRED.store(name.to_lowercase().contains("swiftshader"), Ordering::Relaxed);
+/// Which of our kernels run on a device, and how the convolution is tiled there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Choice {
+    pub conv: bool,
+    pub attention: bool,
+    pub linear: bool,
+    /// Output pixels (batch x height x width) below which burn's convolution runs instead of ours.
+    pub conv_min_pixels: usize,
+    /// Workgroups the convolution's tiling aims for ([`conv2d::Tiling::for_workgroups`]); 0 keeps
+    /// [`conv2d::Tiling::SMALL`] for every shape.
+    pub conv_workgroups: usize,
 }
 
-/// Whether our kernels run instead of burn's on this adapter (see the module's documentation).
-pub fn preferred() -> bool {
-    // Asked on every convolution, linear layer and attention: the environment is read once.
+impl Choice {
+    /// burn's ops everywhere.
+    pub const BURN: Choice =
+        Choice { conv: false, attention: false, linear: false, conv_min_pixels: 0, conv_workgroups: 0 };
+
+    /// The choice for a wgpu adapter's name (the browser's "vendor architecture", or the driver's
+    /// device name), from the measurements in BENCHMARKS.md.
+    pub fn for_adapter(name: &str) -> Choice {
+        if name.to_lowercase().contains("swiftshader") {
+            // At 32 output pixels ours took 1.7x burn's time, at 128 0.83x (a 64-pixel tile then runs
+            // mostly empty, and 2 CPU cores gain nothing from splitting the reduction).
+            return Choice { conv: true, attention: true, linear: true, conv_min_pixels: 128, conv_workgroups: 0 };
+        }
+        Choice::BURN
+    }
+
+    /// `WEBSD_KERNELS` and `WEBSD_CONV_WORKGROUPS` over `self` (see the module's documentation).
+    fn forced(mut self, kernels: Option<&str>, workgroups: Option<&str>) -> Choice {
+        if let Some(list) = kernels {
+            let ops: Vec<&str> = list.split(',').map(str::trim).collect();
+            let all = ops.contains(&"ours");
+            self.conv = all || ops.contains(&"conv");
+            self.attention = all || ops.contains(&"attention");
+            self.linear = all || ops.contains(&"linear");
+            self.conv_min_pixels = 0;
+        }
+        if let Some(n) = workgroups.and_then(|n| n.parse().ok()) {
+            self.conv_workgroups = n;
+        }
+        self
+    }
+}
+
+static CHOICE: RwLock<Choice> = RwLock::new(Choice::BURN);
+
+/// Records the wgpu adapter's name; the device's creator calls this once.
+pub fn set_adapter(name: &str) {
+    let mut choice = Choice::for_adapter(name);
     #[cfg(not(target_arch = "wasm32"))]
     {
-        static FORCED: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
-        let forced = FORCED.get_or_init(|| match std::env::var("WEBSD_KERNELS").as_deref() {
-            Ok("ours") => Some(true),
-            Ok("burn") => Some(false),
-            _ => None,
-        });
-        if let Some(forced) = *forced {
-            return forced;
-        }
+        choice = choice.forced(
+            std::env::var("WEBSD_KERNELS").ok().as_deref(),
+            std::env::var("WEBSD_CONV_WORKGROUPS").ok().as_deref(),
+        );
     }
-    PREFERRED.load(Ordering::Relaxed)
+    *CHOICE.write().unwrap_or_else(|e| e.into_inner()) = choice;
+}
+
+/// Which of our kernels run on this device (see the module's documentation).
+pub fn choice() -> Choice {
+    *CHOICE.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The convolution's tiling for this device and shape (`depth` is `c_in * kh * kw`).
+pub fn conv_tiling(c_out: usize, pixels: usize, depth: usize) -> conv2d::Tiling {
+    match choice().conv_workgroups {
+        0 => conv2d::Tiling::SMALL,
+        n => conv2d::Tiling::for_workgroups(c_out, pixels, depth, n),
+    }
 }
 
 /// `t` as a contiguous cubecl tensor, when it lives on a cubecl device and has `dtype`, f32 or f16 (what

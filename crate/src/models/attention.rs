@@ -18,7 +18,7 @@ pub const MAX_SCORE_BYTES: usize = 32 << 20;
 /// score matrix above [`MAX_SCORE_BYTES`]: exact, since each query row is independent.
 ///
 /// On Flex our own tiled kernel runs instead ([`super::flex_attention`]: about 2x burn-flex's at 512 px),
-/// and where [`crate::kernels::preferred`] our online-softmax kernel ([`crate::kernels::attention`]:
+/// and where [`crate::kernels::choice`] says so our online-softmax kernel ([`crate::kernels::attention`]:
 /// 4-10x burn's on SwiftShader at the tiny and SD-shaped models' sizes).
 /// Natively on wgpu, autotune picks a flash kernel, so burn never builds the score matrix. In the browser
 /// autotune is off (see Cargo.toml), so burn takes its fallback, which does: 1 GiB for 512 px SD 1.5's
@@ -36,7 +36,7 @@ pub fn attention_in_blocks(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4
     {
         return out;
     }
-    if crate::kernels::preferred()
+    if crate::kernels::choice().attention
         && let Some(out) = crate::kernels::attention::attention(&q, &k, &v)
     {
         return out;

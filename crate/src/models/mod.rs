@@ -19,11 +19,11 @@ use burn::tensor::{DType, FloatDType, Tensor};
 
 /// A linear layer on `[batch, tokens, features]` as one 2-D matmul: burn's batched matmul with a
 /// broadcast weight is about 1.6x slower on the CPU than the same product flattened. Where
-/// [`crate::kernels::preferred`], our kernel ([`crate::kernels::linear`]).
+/// [`crate::kernels::choice`] says so, our kernel ([`crate::kernels::linear`]).
 pub(crate) fn linear(layer: &Linear, x: Tensor<3>) -> Tensor<3> {
     let [b, n, d] = x.dims();
     let x = x.reshape([b * n, d]);
-    if crate::kernels::preferred()
+    if crate::kernels::choice().linear
         && let Some(y) =
             crate::kernels::linear::linear(&x, &layer.weight.val(), layer.bias.as_ref().map(|b| b.val()).as_ref())
     {
@@ -51,8 +51,8 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
 
 /// A convolution with groups 1 and dilation 1; `padding` is (top, left, bottom, right).
 ///
-/// Where [`crate::kernels::preferred`], our implicit-GEMM kernel ([`crate::kernels::conv2d`]) for
-/// outputs of at least [`MIN_PIXELS`](crate::kernels::conv2d::MIN_PIXELS) pixels. Otherwise
+/// Where [`crate::kernels::choice`] says so, our implicit-GEMM kernel ([`crate::kernels::conv2d`]) for
+/// outputs of at least its `conv_min_pixels`. Otherwise
 /// burn's, except a 3x3 stride-1 convolution at the U-Net's lowest resolutions (at most 64 positions,
 /// up to 1280 channels): there im2col and one matmul with the weight viewed as `[c_out, c_in * 9]` is
 /// 3-7x faster than burn-flex's direct kernel, and the column buffer is small (9 x the input).
@@ -71,9 +71,9 @@ pub fn conv2d_with(
     let [c_out, c_in, kh, kw] = weight.dims();
     let [top, left, bottom, right] = padding;
     let size = |input, kernel, before, after| crate::kernels::conv2d::output_size(input, kernel, stride, before, after);
-    if crate::kernels::preferred()
-        && b * size(h, kh, top, bottom).unwrap_or(0) * size(w, kw, left, right).unwrap_or(0)
-            >= crate::kernels::conv2d::MIN_PIXELS
+    let choice = crate::kernels::choice();
+    if choice.conv
+        && b * size(h, kh, top, bottom).unwrap_or(0) * size(w, kw, left, right).unwrap_or(0) >= choice.conv_min_pixels
         && let Some(out) = crate::kernels::conv2d::conv2d(&x, weight, bias, stride, padding)
     {
         return out;

@@ -7,6 +7,7 @@ use burn::tensor::module::{attention, conv2d};
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Distribution, Tensor};
+use websd::kernels::conv2d::Tiling;
 
 /// (batch, c_in, c_out, h, w, kernel, stride, padding (top, left, bottom, right))
 const SHAPES: [(usize, usize, usize, usize, usize, usize, usize, [usize; 4]); 10] = [
@@ -22,6 +23,10 @@ const SHAPES: [(usize, usize, usize, usize, usize, usize, usize, [usize; 4]); 10
     (1, 320, 320, 8, 8, 3, 1, [1; 4]),
 ];
 
+/// Tilings tried beside the default, one per shape in turn: every tile shape, split-K with more
+/// splits than slices, uneven splits.
+const TILINGS: [(usize, usize, usize); 5] = [(128, 128, 1), (64, 128, 3), (128, 64, 2), (64, 64, 7), (128, 128, 64)];
+
 #[test]
 fn conv_kernel_matches_flex() {
     let (gpu, _) = websd::gpu::wgpu_device().expect("a wgpu adapter");
@@ -32,19 +37,30 @@ fn conv_kernel_matches_flex() {
         let bias = Tensor::<1>::random([c_out], Distribution::Normal(0.0, 1.0), &cpu);
         let [top, left, bottom, right] = padding;
         let options = ConvOptions::new_with_padding([stride; 2], [(top, bottom), (left, right)], [1, 1], 1);
-        for with_bias in [true, false] {
+        let (bm, bn, splits) = TILINGS[i % TILINGS.len()];
+        let other = Tiling { bm, bn, splits };
+        for (with_bias, tiling) in [(true, Tiling::SMALL), (false, Tiling::SMALL), (i % 2 == 0, other)] {
             let bias = with_bias.then(|| bias.clone());
             let expected = conv2d(x.clone(), weight.clone(), bias.clone(), options.clone());
             let on_gpu = |t: &Tensor<4>| Tensor::<4>::from_data(t.to_data(), &gpu);
             let bias_gpu = bias.as_ref().map(|t| Tensor::<1>::from_data(t.to_data(), &gpu));
-            let ours =
-                websd::kernels::conv2d::conv2d(&on_gpu(&x), &on_gpu(&weight), bias_gpu.as_ref(), stride, padding)
-                    .expect("a cubecl tensor");
+            let ours = websd::kernels::conv2d::conv2d_tiled(
+                &on_gpu(&x),
+                &on_gpu(&weight),
+                bias_gpu.as_ref(),
+                stride,
+                padding,
+                tiling,
+            )
+            .expect("a cubecl tensor");
             assert_eq!(ours.dims(), expected.dims(), "shape {i}");
             let diff =
                 (Tensor::<4>::from_data(ours.to_data(), &cpu) - expected.clone()).abs().max().into_scalar::<f32>();
             let scale = expected.abs().max().into_scalar::<f32>();
-            eprintln!("shape {i} {:?} bias {with_bias}: max abs diff {diff:e} (max |out| {scale})", SHAPES[i]);
+            eprintln!(
+                "shape {i} {:?} bias {with_bias} {tiling:?}: max abs diff {diff:e} (max |out| {scale})",
+                SHAPES[i]
+            );
             assert!(diff <= 1e-4 * scale.max(1.0), "shape {i}: {diff}");
         }
     }
