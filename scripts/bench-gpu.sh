@@ -14,7 +14,8 @@
 #     target whose picks (Tiling::for_workgroups) sum to the least time is the one step 2 runs with.
 #  2. unet-f32.json / unet-f16.json: native.py, websd with burn's kernels only (WEBSD_KERNELS=burn) and
 #     with our convolution (conv), beside torch, at SIZES (default 64) latents.
-#  3. tilings-f16.txt, ops-f32.txt, ops-f16.txt (op_bench `all`: attention and linear, ours beside burn's).
+#  3. ops-f32.txt after the f32 U-Net, then tilings-f16.txt and ops-f16.txt after the f16 one (op_bench
+#     `all`: attention and linear, ours beside burn's).
 #
 # The U-Net's weights are made here, as ../shared/oracle/step4_fullsize.py made them (torch seed 0,
 # diffusers' default initialisation, saved fp16), from UNET_CONFIG (default: the SD 1.5 U-Net config in
@@ -87,14 +88,16 @@ PY
 echo "WEBSD_CONV_WORKGROUPS=$workgroups" >> "$log"
 wait $weights
 
-for mode in "f32 --ours wgpu" "f16 --torch-dtype f16 --ours wgpu-f16"; do
-  set -- $mode; name=$1; shift
+unet() {
+  local name=$1; shift
   WEBSD_CONV_WORKGROUPS=$workgroups step 240 "unet $name" "$py" web/bench/native.py "$model" "$uic" 5 "$model" \
     --torch-device "${TORCH_DEVICE:-cuda}" --sizes "${SIZES:-64}" --variants "${VARIANTS:-burn,conv}" "$@" \
     > "$out/unet-$name.json" 2>> "$log"
-done
-step 120 "tilings f16" "$ops" "$latent" wgpu-f16 "${peaks[@]}" tilings "$div" > "$out/tilings-f16.txt" 2>> "$log"
-# Its adapter line goes to stderr, kept in the file.
+}
+# op_bench's adapter line goes to stderr, kept in its file.
+unet f32 --ours wgpu
 WEBSD_CONV_WORKGROUPS=$workgroups step 120 "ops f32" "$ops" "$latent" wgpu "${peaks[@]}" all "$div" > "$out/ops-f32.txt" 2>&1
+unet f16 --torch-dtype f16 --ours wgpu-f16
+step 120 "tilings f16" "$ops" "$latent" wgpu-f16 "${peaks[@]}" tilings "$div" > "$out/tilings-f16.txt" 2>> "$log"
 WEBSD_CONV_WORKGROUPS=$workgroups step 120 "ops f16" "$ops" "$latent" wgpu-f16 "${peaks[@]}" all "$div" > "$out/ops-f16.txt" 2>&1
 echo "== done at $(($(date +%s) - start))s" >> "$log"
