@@ -117,7 +117,7 @@ fn tilings(n: usize, divisor: usize, d: &burn::tensor::Device, elem: f64, peaks:
                 }
             }
         }
-        let picks: Vec<String> = [0, 16, 64, 132, 264, 528]
+        let picks: Vec<String> = [0, 2, 4, 8, 16, 132, 264, 528]
             .iter()
             .map(|&wg| {
                 let t = if wg == 0 { Tiling::SMALL } else { Tiling::for_workgroups(c_out, pixels, depth, wg) };
@@ -220,12 +220,34 @@ fn main() {
                         read(out.expect("a cubecl tensor"));
                     },
                 );
+                time(
+                    &format!("linear {c}->{c} x {} tokens, websd's tiled kernel", s * s),
+                    2.0 * t * cf * cf,
+                    elem * (2.0 * t * cf + cf * cf),
+                    peaks,
+                    || {
+                        let out = websd::kernels::linear::linear_tiled(&rows, &lin.weight.val(), bias.as_ref(), None);
+                        read(out.expect("a cubecl tensor"));
+                    },
+                );
             }
             let ff = LinearConfig::new(c, c * 8).init(&d);
             let (flops, bytes) = (2.0 * t * cf * cf * 8.0, elem * (t * cf * 9.0 + cf * cf * 8.0));
             time(&format!("linear {c}->{} (GEGLU proj) x {} tokens", c * 8, s * s), flops, bytes, peaks, || {
                 read(ff.forward(tokens.clone()));
             });
+            if kind != "cpu" {
+                let rows = tokens.clone().reshape([2 * s * s, c]);
+                let bias = ff.bias.as_ref().map(|b| b.val());
+                let name = format!("linear {c}->{} (GEGLU proj) x {} tokens", c * 8, s * s);
+                time(&format!("{name}, websd's kernel"), flops, bytes, peaks, || {
+                    read(websd::kernels::linear::linear(&rows, &ff.weight.val(), bias.as_ref()).expect("cubecl"));
+                });
+                time(&format!("{name}, websd's tiled kernel"), flops, bytes, peaks, || {
+                    let out = websd::kernels::linear::linear_tiled(&rows, &ff.weight.val(), bias.as_ref(), None);
+                    read(out.expect("a cubecl tensor"));
+                });
+            }
         }
         if only == "conv" {
             continue;

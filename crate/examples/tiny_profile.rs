@@ -1,5 +1,7 @@
 //! Where a tiny txt2img run spends its time (text encoder, U-Net calls, decode, single ops):
-//! `cargo run --release --example tiny_profile -- [model dir] [cpu|wgpu|wgpu-f16|wgpu-capped]`.
+//! `cargo run --release --example tiny_profile -- [model dir] [cpu|wgpu|wgpu-f16|wgpu-capped] [unet]`;
+//! `unet` times the U-Net call alone (for a kernel profile of whole U-Net calls:
+//! `CUBECL_DEBUG_OPTION=profile CUBECL_DEBUG_LOG=FILE`, summed by `scripts/profile-summary.py FILE`).
 use std::time::Instant;
 
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
@@ -28,6 +30,9 @@ fn main() {
     time("unet call", &mut || {
         let _ = m.unet.forward(x.clone(), 500.0, ctx.clone(), None).into_data();
     });
+    if std::env::args().nth(3).as_deref() == Some("unet") {
+        return;
+    }
     let z = Tensor::<4>::random([1, 4, 32, 32], Distribution::Normal(0.0, 1.0), &d);
     time("vae decode", &mut || {
         let _ = m.vae_decoder.decode(z.clone(), 32 << 20).into_data();

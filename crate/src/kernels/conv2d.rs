@@ -23,11 +23,12 @@ const BK: usize = 16;
 /// Invocations per workgroup side: 16 x 16, each accumulating a `bm / 16 x bn / 16` block.
 const SIDE: usize = 16;
 
-/// A launch's geometry: the workgroup's output tile (`bm` channels x `bn` pixels, each 64 or 128) and
-/// how many workgroups share one tile's reduction (split-K: each sums a contiguous range of `BK`
-/// slices into an f32 buffer, and a second pass adds the partial sums and the bias). Large tiles
-/// reuse each staged value more; splits fill a big GPU when there are few output tiles (1280
-/// channels at 8x8). Workgroup memory: `16 x (bm + bn)` values, at most 16 KiB in f32.
+/// A launch's geometry: the workgroup's output tile (`bm` channels x `bn` pixels) and how many
+/// workgroups share one tile's reduction (split-K: each sums a contiguous range of `BK` slices into an
+/// f32 buffer, and a second pass adds the partial sums and the bias). Large tiles reuse each staged
+/// value more; short ones waste nothing on 16 or 32 channels (the tiny model, the VAE's ends); splits
+/// keep the device busy when there are few output tiles (1280 channels at 8x8). Workgroup memory:
+/// `16 x (bm + bn)` values, at most 16 KiB in f32.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Tiling {
     pub bm: usize,
@@ -40,25 +41,21 @@ impl Tiling {
     pub const SMALL: Tiling = Tiling { bm: 64, bn: 64, splits: 1 };
 
     /// Every tile shape the kernel is compiled for.
-    pub const TILES: [(usize, usize); 4] = [(64, 64), (64, 128), (128, 64), (128, 128)];
+    pub const TILES: [(usize, usize); 6] = [(16, 128), (32, 128), (64, 64), (64, 128), (128, 64), (128, 128)];
 
-    /// The tiling for a GPU with many compute units: the largest tile that still gives at least
-    /// `workgroups` of them, else the smallest tile with enough splits (each at least 8 slices deep,
-    /// at most 16) to reach it.
+    /// The largest tile that is not taller than the channels nor wider than the pixels (each rounded
+    /// up to a power of two), with enough splits to give `workgroups` workgroups, each split at least
+    /// 8 slices deep and at most 16 of them (SwiftShader's figures: BENCHMARKS.md "Our kernels").
     pub fn for_workgroups(c_out: usize, pixels: usize, depth: usize, workgroups: usize) -> Tiling {
-        let count = |(bm, bn): (usize, usize)| c_out.div_ceil(bm) * pixels.div_ceil(bn);
-        let mut best = Tiling::SMALL;
-        for tile in Self::TILES {
-            if count(tile) >= workgroups && tile.0 * tile.1 >= best.bm * best.bn {
-                best = Tiling { bm: tile.0, bn: tile.1, splits: 1 };
-            }
-        }
-        let tiles = count((best.bm, best.bn));
-        if tiles < workgroups {
-            let max_splits = (depth.div_ceil(BK) / 8).clamp(1, 16);
-            best.splits = workgroups.div_ceil(tiles).min(max_splits);
-        }
-        best
+        let (rows, cols) = (c_out.next_power_of_two().max(16), pixels.next_power_of_two().max(64));
+        let (bm, bn) = Self::TILES
+            .into_iter()
+            .filter(|&(bm, bn)| bm <= rows && bn <= cols)
+            .max_by_key(|&(bm, bn)| (bm * bn, bn))
+            .unwrap_or((16, 128));
+        let tiles = c_out.div_ceil(bm) * pixels.div_ceil(bn);
+        let max_splits = (depth.div_ceil(BK) / 8).clamp(1, 16);
+        Tiling { bm, bn, splits: workgroups.div_ceil(tiles).clamp(1, max_splits) }
     }
 
     fn valid(self) -> bool {
@@ -91,6 +88,7 @@ fn conv2d_igemm<E: Float>(
     #[comptime] bn: usize,
     #[comptime] split: bool,
     #[comptime] has_bias: bool,
+    #[comptime] weight_kn: bool,
     #[define(E)] _dtype: ElemType,
 ) {
     let tm = comptime!(bm / SIDE);
@@ -145,7 +143,11 @@ fn conv2d_igemm<E: Float>(
             let k = k0 + a_k;
             let mut v = E::from_int(0);
             if m < c_out && k < depth {
-                v = weight[m * depth + k];
+                if weight_kn {
+                    v = weight[k * c_out + m];
+                } else {
+                    v = weight[m * depth + k];
+                }
             }
             a_s[a_k * bm + a_m + i * (SIDE * SIDE / BK)] = v;
         }
@@ -296,28 +298,83 @@ pub fn conv2d_tiled(
     let input = super::cube_tensor(x, dtype)?;
     let weight = super::cube_tensor(weight, dtype)?;
     let bias = super::cube_bias(bias, dtype)?;
-    Some(Tensor::from_primitive::<CubeBackend>(launch(input, weight, bias, stride, [top, left], out, tiling)))
+    let (&[batch, c_in, in_h, in_w], &[c_out, _, kh, kw]) = (&input.meta.shape()[..], &weight.meta.shape()[..]) else {
+        unreachable!("rank-4 tensors")
+    };
+    let problem = Problem {
+        batch,
+        c_in,
+        in_hw: [in_h, in_w],
+        c_out,
+        kernel: [kh, kw],
+        stride,
+        pad: [top, left],
+        out_hw: out,
+        weight_kn: false,
+    };
+    let shape = [batch, c_out, out[0], out[1]].into();
+    Some(Tensor::from_primitive::<CubeBackend>(launch(input, weight, bias, problem, shape, tiling)))
+}
+
+/// What a launch computes: a convolution of `[batch, c_in, in_h, in_w]` by `[c_out, c_in, kh, kw]`
+/// weights (or, with `weight_kn`, a `[c_in, c_out]` matrix: a linear layer is a 1x1 convolution of
+/// 1x1 images, one per row).
+struct Problem {
+    batch: usize,
+    c_in: usize,
+    in_hw: [usize; 2],
+    c_out: usize,
+    kernel: [usize; 2],
+    stride: usize,
+    pad: [usize; 2],
+    out_hw: [usize; 2],
+    weight_kn: bool,
+}
+
+/// `x W + b` for a `[rows, d_in]` input and a `[d_in, d_out]` weight (burn's `Linear` layout), as a
+/// 1x1 convolution; the output is `[rows, d_out]`.
+pub(crate) fn linear(input: CubeTensor, weight: CubeTensor, bias: Option<CubeTensor>, tiling: Tiling) -> CubeTensor {
+    let (&[rows, d_in], &[_, d_out]) = (&input.meta.shape()[..], &weight.meta.shape()[..]) else {
+        unreachable!("rank-2 tensors")
+    };
+    let problem = Problem {
+        batch: rows,
+        c_in: d_in,
+        in_hw: [1, 1],
+        c_out: d_out,
+        kernel: [1, 1],
+        stride: 1,
+        pad: [0, 0],
+        out_hw: [1, 1],
+        weight_kn: true,
+    };
+    launch(input, weight, bias, problem, [rows, d_out].into(), tiling)
 }
 
 fn launch(
     input: CubeTensor,
     weight: CubeTensor,
     bias: Option<CubeTensor>,
-    stride: usize,
-    [top, left]: [usize; 2],
-    [out_h, out_w]: [usize; 2],
+    problem: Problem,
+    out_shape: burn::tensor::Shape,
     tiling: Tiling,
 ) -> CubeTensor {
-    let dims = |t: &CubeTensor| t.meta.shape().to_vec();
-    let (&[batch, c_in, in_h, in_w], &[c_out, _, kh, kw]) = (&dims(&input)[..], &dims(&weight)[..]) else {
-        unreachable!("rank-4 tensors")
-    };
+    let Problem {
+        batch,
+        c_in,
+        in_hw: [in_h, in_w],
+        c_out,
+        kernel: [kh, kw],
+        stride,
+        pad: [top, left],
+        out_hw: [out_h, out_w],
+        weight_kn,
+    } = problem;
     let client = input.client.clone();
     let device = input.device.clone();
     let dtype = input.dtype;
     let storage = burn::backend::cubecl::dtype_to_storage_type(dtype);
-    let output = empty_device_dtype(client.clone(), device.clone(), [batch, c_out, out_h, out_w].into(), dtype);
-
+    let output = empty_device_dtype(client.clone(), device.clone(), out_shape, dtype);
     // More splits than slices would leave workgroups with nothing to add; the partial sums stay within
     // one buffer's limit.
     let k_tiles = (c_in * kh * kw).div_ceil(BK);
@@ -367,6 +424,7 @@ fn launch(
             tiling.bn,
             split,
             has_bias,
+            weight_kn,
             storage,
         );
     }

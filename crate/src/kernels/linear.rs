@@ -114,3 +114,28 @@ pub fn linear(x: &Tensor<2>, weight: &Tensor<2>, bias: Option<&Tensor<1>>) -> Op
     }
     Some(Tensor::from_primitive::<CubeBackend>(output))
 }
+
+/// [`linear`] as a tiled GEMM: our convolution kernel with 1x1 images, one per row
+/// ([`super::conv2d::Tiling`], `None` for the tiling picks the device's).
+///
+/// # Shapes
+/// - x: `[rows, d_in]`, weight: `[d_in, d_out]`, bias: `[d_out]`
+/// - output: `[rows, d_out]`
+pub fn linear_tiled(
+    x: &Tensor<2>,
+    weight: &Tensor<2>,
+    bias: Option<&Tensor<1>>,
+    tiling: Option<super::conv2d::Tiling>,
+) -> Option<Tensor<2>> {
+    let dtype = x.dtype();
+    let [rows, d_in] = x.dims();
+    let d_out = weight.dims()[1];
+    if rows == 0 || d_in == 0 || d_out == 0 {
+        return None;
+    }
+    let tiling = tiling.unwrap_or_else(|| super::conv_tiling(d_out, rows, d_in));
+    let input = super::cube_tensor(x, dtype)?;
+    let weight = super::cube_tensor(weight, dtype)?;
+    let bias = super::cube_bias(bias, dtype)?;
+    Some(Tensor::from_primitive::<CubeBackend>(super::conv2d::linear(input, weight, bias, tiling)))
+}

@@ -31,6 +31,8 @@ pub struct Choice {
     pub linear: bool,
     /// Output pixels (batch x height x width) below which burn's convolution runs instead of ours.
     pub conv_min_pixels: usize,
+    /// Output channels below which burn's convolution runs instead of ours.
+    pub conv_min_channels: usize,
     /// Workgroups the convolution's tiling aims for ([`conv2d::Tiling::for_workgroups`]); 0 keeps
     /// [`conv2d::Tiling::SMALL`] for every shape.
     pub conv_workgroups: usize,
@@ -38,16 +40,31 @@ pub struct Choice {
 
 impl Choice {
     /// burn's ops everywhere.
-    pub const BURN: Choice =
-        Choice { conv: false, attention: false, linear: false, conv_min_pixels: 0, conv_workgroups: 0 };
+    pub const BURN: Choice = Choice {
+        conv: false,
+        attention: false,
+        linear: false,
+        conv_min_pixels: 0,
+        conv_min_channels: 0,
+        conv_workgroups: 0,
+    };
 
     /// The choice for a wgpu adapter's name (the browser's "vendor architecture", or the driver's
     /// device name), from the measurements in BENCHMARKS.md.
     pub fn for_adapter(name: &str) -> Choice {
         if name.to_lowercase().contains("swiftshader") {
-            // At 32 output pixels ours took 1.7x burn's time, at 128 0.83x (a 64-pixel tile then runs
-            // mostly empty, and 2 CPU cores gain nothing from splitting the reduction).
-            return Choice { conv: true, attention: true, linear: true, conv_min_pixels: 128, conv_workgroups: 0 };
+            // `op_bench 32 wgpu-capped - - tilings 10` (BENCHMARKS.md): tiled for 4 workgroups (split-K
+            // where there are fewer tiles) ours took 0.40-0.86x burn's time from 64 output channels
+            // and 128 pixels up; with 32 channels or fewer, or at 32 pixels with a 2304-deep
+            // reduction, 1.0-11x.
+            return Choice {
+                conv: true,
+                attention: true,
+                linear: true,
+                conv_min_pixels: 128,
+                conv_min_channels: 64,
+                conv_workgroups: 4,
+            };
         }
         Choice::BURN
     }
@@ -61,6 +78,7 @@ impl Choice {
             self.attention = all || ops.contains(&"attention");
             self.linear = all || ops.contains(&"linear");
             self.conv_min_pixels = 0;
+            self.conv_min_channels = 0;
         }
         if let Some(n) = workgroups.and_then(|n| n.parse().ok()) {
             self.conv_workgroups = n;

@@ -19,13 +19,21 @@ use burn::tensor::{DType, FloatDType, Tensor};
 
 /// A linear layer on `[batch, tokens, features]` as one 2-D matmul: burn's batched matmul with a
 /// broadcast weight is about 1.6x slower on the CPU than the same product flattened. Where
-/// [`crate::kernels::choice`] says so, our kernel ([`crate::kernels::linear`]).
+/// [`crate::kernels::choice`] says so, our kernels ([`crate::kernels::linear`]): the tiled GEMM for
+/// at least the convolution's minimum rows and output features, else the row kernel.
 pub(crate) fn linear(layer: &Linear, x: Tensor<3>) -> Tensor<3> {
     let [b, n, d] = x.dims();
     let x = x.reshape([b * n, d]);
-    if crate::kernels::choice().linear
-        && let Some(y) =
-            crate::kernels::linear::linear(&x, &layer.weight.val(), layer.bias.as_ref().map(|b| b.val()).as_ref())
+    let choice = crate::kernels::choice();
+    let (weight, bias) = (layer.weight.val(), layer.bias.as_ref().map(|b| b.val()));
+    // The tiled kernel where it measured faster (as the convolution's thresholds: GEGLU's projections
+    // 1.6-1.9x the row kernel's speed on SwiftShader, square ones at 32 rows 0.7x).
+    let tiled = choice.conv && b * n >= choice.conv_min_pixels && weight.dims()[1] >= choice.conv_min_channels;
+    if choice.linear
+        && let Some(y) = match tiled {
+            true => crate::kernels::linear::linear_tiled(&x, &weight, bias.as_ref(), None),
+            false => crate::kernels::linear::linear(&x, &weight, bias.as_ref()),
+        }
     {
         let out = y.dims()[1];
         return y.reshape([b, n, out]);
@@ -52,7 +60,7 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
 /// A convolution with groups 1 and dilation 1; `padding` is (top, left, bottom, right).
 ///
 /// Where [`crate::kernels::choice`] says so, our implicit-GEMM kernel ([`crate::kernels::conv2d`]) for
-/// outputs of at least its `conv_min_pixels`. Otherwise
+/// outputs of at least its `conv_min_pixels` and `conv_min_channels`. Otherwise
 /// burn's, except a 3x3 stride-1 convolution at the U-Net's lowest resolutions (at most 64 positions,
 /// up to 1280 channels): there im2col and one matmul with the weight viewed as `[c_out, c_in * 9]` is
 /// 3-7x faster than burn-flex's direct kernel, and the column buffer is small (9 x the input).
@@ -73,6 +81,7 @@ pub fn conv2d_with(
     let size = |input, kernel, before, after| crate::kernels::conv2d::output_size(input, kernel, stride, before, after);
     let choice = crate::kernels::choice();
     if choice.conv
+        && c_out >= choice.conv_min_channels
         && b * size(h, kh, top, bottom).unwrap_or(0) * size(w, kw, left, right).unwrap_or(0) >= choice.conv_min_pixels
         && let Some(out) = crate::kernels::conv2d::conv2d(&x, weight, bias, stride, padding)
     {

@@ -25,7 +25,8 @@ const SHAPES: [(usize, usize, usize, usize, usize, usize, usize, [usize; 4]); 10
 
 /// Tilings tried beside the default, one per shape in turn: every tile shape, split-K with more
 /// splits than slices, uneven splits.
-const TILINGS: [(usize, usize, usize); 5] = [(128, 128, 1), (64, 128, 3), (128, 64, 2), (64, 64, 7), (128, 128, 64)];
+const TILINGS: [(usize, usize, usize); 7] =
+    [(128, 128, 1), (16, 128, 3), (64, 128, 3), (32, 128, 1), (128, 64, 2), (64, 64, 7), (128, 128, 64)];
 
 #[test]
 fn conv_kernel_matches_flex() {
@@ -121,6 +122,17 @@ fn linear_kernel_matches_flex() {
             }
             let bias_gpu = with_bias.then(|| Tensor::<1>::from_data(bias.to_data(), &gpu));
             let on_gpu = |t: &Tensor<2>| Tensor::<2>::from_data(t.to_data(), &gpu);
+            let (bm, bn, splits) = TILINGS[i % TILINGS.len()];
+            let tiled = [None, Some(Tiling::SMALL), Some(Tiling { bm, bn, splits })];
+            for tiling in tiled {
+                let ours =
+                    websd::kernels::linear::linear_tiled(&on_gpu(&x), &on_gpu(&weight), bias_gpu.as_ref(), tiling)
+                        .expect("a cubecl tensor");
+                let diff =
+                    (Tensor::<2>::from_data(ours.to_data(), &cpu) - expected.clone()).abs().max().into_scalar::<f32>();
+                eprintln!("linear shape {i} tiled {tiling:?}: max abs diff {diff:e}");
+                assert!(diff <= 1e-5 * expected.clone().abs().max().into_scalar::<f32>().max(1.0), "tiled {i}: {diff}");
+            }
             let ours = websd::kernels::linear::linear(&on_gpu(&x), &on_gpu(&weight), bias_gpu.as_ref())
                 .expect("a cubecl tensor");
             assert_eq!(ours.dims(), expected.dims(), "shape {i}");
