@@ -24,6 +24,17 @@
 # WIDTH_DIVISOR (default 1) and VARIANTS (default burn,conv) exist to try the script on a small model
 # without a GPU; PEAK_GFLOPS and PEAK_GBS (default: an H100/H200 SXM's f32 67 TFLOP/s and 4800 GB/s)
 # are the roofline's peaks.
+#
+# On this workplace's lent GPU machine (the device tool; nothing can be fetched there), carry what it
+# lacks in ignored folders: `.gl` (the Vulkan loader's .deb files), `.whl` (diffusers==0.42.1 and
+# importlib_metadata wheels) and `.gpu/bins.tar.xz` (op_bench and unet_io_check built here in release,
+# stripped), take `tests/fixtures` out of the index while the call runs (the tree that travels is
+# limited to 64 MiB; `git reset tests/fixtures` after), and run, with BUDGET_S a minute under the
+# call's timeout:
+#   for f in .gl/*.deb; do dpkg -x $f /; done; ldconfig; python3 -m pip install -q --no-index --no-deps
+#   --target /tmp/site .whl/*.whl; export PYTHONPATH=/tmp/site; mkdir -p /tmp/bin; xz -dc
+#   .gpu/bins.tar.xz | tar x -C /tmp/bin; WEBSD_COMMIT=<hash> BUDGET_S=520 UNET_IO_CHECK=/tmp/bin/unet_io_check
+#   OP_BENCH=/tmp/bin/op_bench bash scripts/bench-gpu.sh $OUT
 set -uo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s); budget=${BUDGET_S:-3600}

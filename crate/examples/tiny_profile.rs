@@ -14,7 +14,10 @@ fn main() {
     let d = common::device(&std::env::args().nth(2).unwrap_or_else(|| "cpu".into()));
     let m = StableDiffusion::load_dir(std::path::Path::new(&dir), None, &d).unwrap();
     let time = |name: &str, f: &mut dyn FnMut()| {
+        // The first call compiles the shaders (and natively autotunes): reported apart.
+        let t = Instant::now();
         f();
+        println!("{name} (first call): {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
         let t = Instant::now();
         for _ in 0..5 {
             f();

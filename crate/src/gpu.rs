@@ -168,7 +168,7 @@ pub fn wgpu_device() -> Result<(Device, GpuInfo), Error> {
                 install_error_handler(&setup);
                 let _ = RAW.set(setup.device.clone());
                 let info = GpuInfo::from_setup(&setup);
-                crate::kernels::set_adapter(&info.adapter);
+                crate::kernels::set_adapter(&info.adapter, MAX_BUFFER_BYTES);
                 (device, info)
             })
             .map_err(init_error)
@@ -261,7 +261,7 @@ pub async fn wgpu_device() -> Result<(Device, GpuInfo), Error> {
     if info.adapter.is_empty() {
         info.adapter = browser_adapter_label().await.unwrap_or_default();
     }
-    crate::kernels::set_adapter(&info.adapter);
+    crate::kernels::set_adapter(&info.adapter, MAX_BUFFER_BYTES);
     let entry = WebGpu { device: device.clone(), info: info.clone(), raw: setup.device.clone(), lost };
     WGPU.with(|c| *c.borrow_mut() = Some(entry));
     Ok((device, info))

@@ -224,12 +224,26 @@ interface GpuSection {
   unet: Record<"f32" | "f16", { torch: string; ours: string; sections: NativeSection[] }>;
   /** op_bench's lines at 64x64 latents, in its order: op name and median ms, by precision. */
   ops: Record<"f32" | "f16", { adapter: string; ms: [string, number][] }>;
+  /** op_bench's `tilings` summaries: our convolution's best tiling against burn's, by precision. */
+  tilings?: Record<"f32" | "f16", Tiling[]>;
+  /** The workgroup target the U-Net's convolutions were tiled for (WEBSD_CONV_WORKGROUPS). */
+  convWorkgroups?: string;
+  peakGflops?: number;
+}
+interface Tiling {
+  shape: string;
+  burnMs: number;
+  best: string;
+  bestMs: number;
+  gflops: number;
 }
 interface NativeSection {
   latents: string;
   torch: { firstMs: number; medianMs: number; ms: number[] };
   websd: { firstMs: number; medianMs: number; ms: number[] };
   maxAbsVsTorch: number;
+  /** native.py --variants: each WEBSD_KERNELS value's own timing. */
+  variants?: Record<string, { firstMs: number; medianMs: number; ms: number[]; maxAbsVsTorch: number }>;
 }
 const resultsFile = path.join(here, "results.json");
 const previous: Partial<Results> = existsSync(resultsFile) ? (JSON.parse(readFileSync(resultsFile, "utf8")) as Partial<Results>) : {};
@@ -299,20 +313,34 @@ if (ONLY.has("native")) {
 if (ONLY.has("gpu")) {
   if (!args.gpu) console.error("gpu: skipped (needs --gpu DIR, written by scripts/bench-gpu.sh on a GPU machine)");
   else {
-    const read = (f: string): string => readFileSync(path.join(args.gpu!, f), "utf8");
+    // A step the lease's time cut off leaves its file missing or empty.
+    const read = (f: string): string => (existsSync(path.join(args.gpu, f)) ? readFileSync(path.join(args.gpu, f), "utf8") : "");
     const meta = JSON.parse(read("meta.json")) as { date: string; websd: string; gpu: string; cpu: string };
     const ops = (f: string): { adapter: string; ms: [string, number][] } => {
       const lines = read(f).trim().split("\n");
       const ms = lines.flatMap((l): [string, number][] => {
-        const m = /^(.*): ([\d.]+) ms$/.exec(l);
+        // "name: 1.23 ms, 0.5 GFLOP, ..." (the roofline's figures follow the time).
+        const m = /^(.*?): ([\d.]+) ms(,|$)/.exec(l);
         return m ? [[m[1]!, Number(m[2])]] : [];
       });
       return { adapter: lines.find((l) => l.startsWith("adapter: "))?.replace(/^adapter: /, "") ?? "?", ms };
     };
+    const tilings = (f: string): Tiling[] =>
+      read(f)
+        .split("\n")
+        .flatMap((l) => {
+          const m = /^(.*?): burn's ([\d.]+) ms, best websd's (\S+) ([\d.]+) ms \([\d.]+x burn's, ([\d.]+) GFLOP\/s\)/.exec(l);
+          return m ? [{ shape: m[1]!, burnMs: Number(m[2]), best: m[3]!, bestMs: Number(m[4]), gflops: Number(m[5]) }] : [];
+        });
+    const unet = (f: string): { torch: string; ours: string; sections: NativeSection[] } =>
+      read(f) ? JSON.parse(read(f)) : { torch: "?", ours: "?", sections: [] };
     results.gpu = {
       ...meta,
-      unet: { f32: JSON.parse(read("unet-f32.json")), f16: JSON.parse(read("unet-f16.json")) },
+      unet: { f32: unet("unet-f32.json"), f16: unet("unet-f16.json") },
       ops: { f32: ops("ops-f32.txt"), f16: ops("ops-f16.txt") },
+      tilings: { f32: tilings("tilings-f32.txt"), f16: tilings("tilings-f16.txt") },
+      convWorkgroups: /WEBSD_CONV_WORKGROUPS=(\d+)/.exec(read("log.txt"))?.[1] ?? "",
+      peakGflops: Number(process.env["PEAK_GFLOPS"] ?? 67000),
     };
   }
 }
@@ -419,8 +447,36 @@ and compute). Measured by \`scripts/bench-gpu.sh\` (web/bench/native.py, op_benc
 
 | precision | latents | torch CUDA median ms | websd wgpu median ms | websd / torch | websd's first call (autotune) | max abs vs torch |
 |---|---|---|---|---|---|---|
-${(["f32", "f16"] as const).flatMap((p) => g.unet[p].sections.map((x) => `| ${p} | ${x.latents} | ${x.torch.medianMs.toFixed(1)} | ${x.websd.medianMs.toFixed(1)} | **${(x.websd.medianMs / x.torch.medianMs).toFixed(1)}** | ${(x.websd.firstMs / 1000).toFixed(1)} s | ${x.maxAbsVsTorch.toExponential(2)} |`)).join("\n")}
+${(["f32", "f16"] as const)
+  .flatMap((p) =>
+    g.unet[p].sections.flatMap((x) =>
+      Object.entries(x.variants ?? { "": { ...x.websd, maxAbsVsTorch: x.maxAbsVsTorch } }).map(
+        ([v, w]) =>
+          `| ${p}${v ? ` (${v === "burn" ? "burn's kernels" : `our ${v}`})` : ""} | ${x.latents} | ${x.torch.medianMs.toFixed(1)} | ${w.medianMs.toFixed(1)} | **${(w.medianMs / x.torch.medianMs).toFixed(1)}** | ${(w.firstMs / 1000).toFixed(1)} s | ${w.maxAbsVsTorch.toExponential(2)} |`,
+      ),
+    ),
+  )
+  .join("\n")}
+${
+  g.tilings && (g.tilings.f32.length || g.tilings.f16.length)
+    ? `
+Our convolution in every tiling against burn's autotuned conv2d (\`op_bench 64 wgpu tilings\`; the U-Net rows
+above tiled for ${g.convWorkgroups || "?"} workgroups): the best tiling per shape, and its share of the f32 peak
+(${g.peakGflops} GFLOP/s):
 
+| precision | conv (batch 2) | burn's ms | best tiling | ms | ours / burn's | GFLOP/s | % of f32 peak |
+|---|---|---|---|---|---|---|---|
+${(["f32", "f16"] as const)
+  .flatMap((p) =>
+    g.tilings![p].map(
+      (t) =>
+        `| ${p} | ${t.shape} | ${t.burnMs.toFixed(2)} | ${t.best} | ${t.bestMs.toFixed(2)} | ${(t.bestMs / t.burnMs).toFixed(2)} | ${t.gflops.toFixed(0)} | ${((100 * t.gflops) / (g.peakGflops ?? 67000)).toFixed(1)} |`,
+    ),
+  )
+  .join("\n")}
+`
+    : ""
+}
 The U-Net's ops at 512 px shapes (batch 2, 64x64 latents; \`op_bench 64 wgpu\` / \`wgpu-f16\`), median ms of 5
 after an autotuned warm-up, each ending with a full readback (so about 0.5 ms is the floor):
 

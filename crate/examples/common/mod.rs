@@ -35,7 +35,7 @@ pub fn device(kind: &str) -> Device {
             }))
             .expect("device");
             eprintln!("adapter: {} (Vulkan, capped limits)", adapter.get_info().name);
-            websd::kernels::set_adapter(&adapter.get_info().name);
+            websd::kernels::set_adapter(&adapter.get_info().name, websd::gpu::MAX_BUFFER_BYTES);
             let setup = WgpuSetup { instance, adapter, device, queue, backend: wgpu::Backend::Vulkan };
             Device::wgpu_options().setup(setup).init().expect("burn's wgpu device")
         }

@@ -379,7 +379,7 @@ fn launch(
     // one buffer's limit.
     let k_tiles = (c_in * kh * kw).div_ceil(BK);
     let out_bytes = 4 * batch * c_out * out_h * out_w;
-    let fit = (crate::gpu::MAX_BUFFER_BYTES as usize / out_bytes.max(1)).max(1);
+    let fit = (super::max_buffer_bytes() / out_bytes.max(1)).max(1);
     let per_split = k_tiles.div_ceil(tiling.splits.min(k_tiles).min(fit));
     let splits = k_tiles.div_ceil(per_split);
     let split = splits > 1;

@@ -11,6 +11,7 @@
 //! convolution for a GPU that wants N workgroups in flight ([`conv2d::Tiling::for_workgroups`]).
 
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use burn::tensor::{DType, Tensor};
 use burn_cubecl::CubeBackend;
@@ -70,6 +71,7 @@ impl Choice {
     }
 
     /// `WEBSD_KERNELS` and `WEBSD_CONV_WORKGROUPS` over `self` (see the module's documentation).
+    #[cfg(not(target_arch = "wasm32"))]
     fn forced(mut self, kernels: Option<&str>, workgroups: Option<&str>) -> Choice {
         if let Some(list) = kernels {
             let ops: Vec<&str> = list.split(',').map(str::trim).collect();
@@ -89,17 +91,23 @@ impl Choice {
 
 static CHOICE: RwLock<Choice> = RwLock::new(Choice::BURN);
 
-/// Records the wgpu adapter's name; the device's creator calls this once.
-pub fn set_adapter(name: &str) {
-    let mut choice = Choice::for_adapter(name);
+/// Records the wgpu adapter's name and the device's largest buffer; the device's creator calls this
+/// once, before any kernel runs.
+pub fn set_adapter(name: &str, max_buffer_bytes: u64) {
+    let choice = Choice::for_adapter(name);
     #[cfg(not(target_arch = "wasm32"))]
-    {
-        choice = choice.forced(
-            std::env::var("WEBSD_KERNELS").ok().as_deref(),
-            std::env::var("WEBSD_CONV_WORKGROUPS").ok().as_deref(),
-        );
-    }
+    let choice = choice
+        .forced(std::env::var("WEBSD_KERNELS").ok().as_deref(), std::env::var("WEBSD_CONV_WORKGROUPS").ok().as_deref());
     *CHOICE.write().unwrap_or_else(|e| e.into_inner()) = choice;
+    MAX_BUFFER_BYTES.store(max_buffer_bytes, Ordering::Relaxed);
+}
+
+/// The device's largest buffer, as its creator gave it ([`set_adapter`]): the split-K partial sums
+/// stay within it (none before it is set).
+static MAX_BUFFER_BYTES: AtomicU64 = AtomicU64::new(0);
+
+fn max_buffer_bytes() -> usize {
+    MAX_BUFFER_BYTES.load(Ordering::Relaxed) as usize
 }
 
 /// Which of our kernels run on this device (see the module's documentation).
