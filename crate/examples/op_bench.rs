@@ -137,6 +137,15 @@ fn tilings(n: usize, divisor: usize, d: &burn::tensor::Device, elem: f64, peaks:
     }
 }
 
+/// Our linear layer: the row kernel or the tiled GEMM (the device's tiling).
+fn our_linear(tiled: bool, x: &Tensor<2>, weight: &Tensor<2>, bias: Option<&Tensor<1>>) -> Tensor<2> {
+    let out = match tiled {
+        true => websd::kernels::linear::linear_tiled(x, weight, bias, None),
+        false => websd::kernels::linear::linear(x, weight, bias),
+    };
+    out.expect("a cubecl tensor")
+}
+
 /// softmax(q k^T / sqrt(d)) v with the score matrix materialised, `rows` queries at a time.
 fn matmul_attention(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>, rows: usize) -> Tensor<4> {
     let [_, _, n, d] = q.dims();
@@ -210,26 +219,15 @@ fn main() {
             if kind != "cpu" {
                 let rows = tokens.clone().reshape([2 * s * s, c]);
                 let bias = lin.bias.as_ref().map(|b| b.val());
-                time(
-                    &format!("linear {c}->{c} x {} tokens, websd's kernel", s * s),
-                    2.0 * t * cf * cf,
-                    elem * (2.0 * t * cf + cf * cf),
-                    peaks,
-                    || {
-                        let out = websd::kernels::linear::linear(&rows, &lin.weight.val(), bias.as_ref());
-                        read(out.expect("a cubecl tensor"));
-                    },
-                );
-                time(
-                    &format!("linear {c}->{c} x {} tokens, websd's tiled kernel", s * s),
-                    2.0 * t * cf * cf,
-                    elem * (2.0 * t * cf + cf * cf),
-                    peaks,
-                    || {
-                        let out = websd::kernels::linear::linear_tiled(&rows, &lin.weight.val(), bias.as_ref(), None);
-                        read(out.expect("a cubecl tensor"));
-                    },
-                );
+                for (tiled, kernel) in [(false, "kernel"), (true, "tiled kernel")] {
+                    time(
+                        &format!("linear {c}->{c} x {} tokens, websd's {kernel}", s * s),
+                        2.0 * t * cf * cf,
+                        elem * (2.0 * t * cf + cf * cf),
+                        peaks,
+                        || read(our_linear(tiled, &rows, &lin.weight.val(), bias.as_ref())),
+                    );
+                }
             }
             let ff = LinearConfig::new(c, c * 8).init(&d);
             let (flops, bytes) = (2.0 * t * cf * cf * 8.0, elem * (t * cf * 9.0 + cf * cf * 8.0));
@@ -240,13 +238,11 @@ fn main() {
                 let rows = tokens.clone().reshape([2 * s * s, c]);
                 let bias = ff.bias.as_ref().map(|b| b.val());
                 let name = format!("linear {c}->{} (GEGLU proj) x {} tokens", c * 8, s * s);
-                time(&format!("{name}, websd's kernel"), flops, bytes, peaks, || {
-                    read(websd::kernels::linear::linear(&rows, &ff.weight.val(), bias.as_ref()).expect("cubecl"));
-                });
-                time(&format!("{name}, websd's tiled kernel"), flops, bytes, peaks, || {
-                    let out = websd::kernels::linear::linear_tiled(&rows, &ff.weight.val(), bias.as_ref(), None);
-                    read(out.expect("a cubecl tensor"));
-                });
+                for (tiled, kernel) in [(false, "kernel"), (true, "tiled kernel")] {
+                    time(&format!("{name}, websd's {kernel}"), flops, bytes, peaks, || {
+                        read(our_linear(tiled, &rows, &ff.weight.val(), bias.as_ref()))
+                    });
+                }
             }
         }
         if only == "conv" {

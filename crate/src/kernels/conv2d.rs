@@ -298,83 +298,33 @@ pub fn conv2d_tiled(
     let input = super::cube_tensor(x, dtype)?;
     let weight = super::cube_tensor(weight, dtype)?;
     let bias = super::cube_bias(bias, dtype)?;
-    let (&[batch, c_in, in_h, in_w], &[c_out, _, kh, kw]) = (&input.meta.shape()[..], &weight.meta.shape()[..]) else {
-        unreachable!("rank-4 tensors")
-    };
-    let problem = Problem {
-        batch,
-        c_in,
-        in_hw: [in_h, in_w],
-        c_out,
-        kernel: [kh, kw],
-        stride,
-        pad: [top, left],
-        out_hw: out,
-        weight_kn: false,
-    };
-    let shape = [batch, c_out, out[0], out[1]].into();
-    Some(Tensor::from_primitive::<CubeBackend>(launch(input, weight, bias, problem, shape, tiling)))
+    Some(Tensor::from_primitive::<CubeBackend>(launch(input, weight, bias, stride, [top, left], out, tiling, false)))
 }
 
-/// What a launch computes: a convolution of `[batch, c_in, in_h, in_w]` by `[c_out, c_in, kh, kw]`
-/// weights (or, with `weight_kn`, a `[c_in, c_out]` matrix: a linear layer is a 1x1 convolution of
-/// 1x1 images, one per row).
-struct Problem {
-    batch: usize,
-    c_in: usize,
-    in_hw: [usize; 2],
-    c_out: usize,
-    kernel: [usize; 2],
-    stride: usize,
-    pad: [usize; 2],
-    out_hw: [usize; 2],
-    weight_kn: bool,
-}
-
-/// `x W + b` for a `[rows, d_in]` input and a `[d_in, d_out]` weight (burn's `Linear` layout), as a
-/// 1x1 convolution; the output is `[rows, d_out]`.
-pub(crate) fn linear(input: CubeTensor, weight: CubeTensor, bias: Option<CubeTensor>, tiling: Tiling) -> CubeTensor {
-    let (&[rows, d_in], &[_, d_out]) = (&input.meta.shape()[..], &weight.meta.shape()[..]) else {
-        unreachable!("rank-2 tensors")
-    };
-    let problem = Problem {
-        batch: rows,
-        c_in: d_in,
-        in_hw: [1, 1],
-        c_out: d_out,
-        kernel: [1, 1],
-        stride: 1,
-        pad: [0, 0],
-        out_hw: [1, 1],
-        weight_kn: true,
-    };
-    launch(input, weight, bias, problem, [rows, d_out].into(), tiling)
-}
-
-fn launch(
+/// Launches the kernel on `[batch, c_in, in_h, in_w]` input and `[c_out, c_in, kh, kw]` weights, or with
+/// `weight_kn` `[c_in, c_out, kh, kw]` ones (a linear layer's `[d_in, d_out]` matrix: a linear layer is a
+/// 1x1 convolution of 1x1 images, one per row); the output is `[batch, c_out, out_h, out_w]`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn launch(
     input: CubeTensor,
     weight: CubeTensor,
     bias: Option<CubeTensor>,
-    problem: Problem,
-    out_shape: burn::tensor::Shape,
+    stride: usize,
+    [top, left]: [usize; 2],
+    [out_h, out_w]: [usize; 2],
     tiling: Tiling,
+    weight_kn: bool,
 ) -> CubeTensor {
-    let Problem {
-        batch,
-        c_in,
-        in_hw: [in_h, in_w],
-        c_out,
-        kernel: [kh, kw],
-        stride,
-        pad: [top, left],
-        out_hw: [out_h, out_w],
-        weight_kn,
-    } = problem;
+    let dims = |t: &CubeTensor| t.meta.shape().to_vec();
+    let (&[batch, c_in, in_h, in_w], &[w0, w1, kh, kw]) = (&dims(&input)[..], &dims(&weight)[..]) else {
+        unreachable!("rank-4 tensors")
+    };
+    let c_out = if weight_kn { w1 } else { w0 };
     let client = input.client.clone();
     let device = input.device.clone();
     let dtype = input.dtype;
     let storage = burn::backend::cubecl::dtype_to_storage_type(dtype);
-    let output = empty_device_dtype(client.clone(), device.clone(), out_shape, dtype);
+    let output = empty_device_dtype(client.clone(), device.clone(), [batch, c_out, out_h, out_w].into(), dtype);
     // More splits than slices would leave workgroups with nothing to add; the partial sums stay within
     // one buffer's limit.
     let k_tiles = (c_in * kh * kw).div_ceil(BK);
