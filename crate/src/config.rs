@@ -482,108 +482,6 @@ impl AutoencoderKLConfig {
     }
 }
 
-/// Checks the U-Net, VAE and scheduler configs, each on its own and against each other: what
-/// [`crate::pipeline::validate_request`] and the memory plan may rely on before any weight is read.
-pub fn check_components(
-    unet: &UNet2DConditionConfig,
-    vae: &AutoencoderKLConfig,
-    scheduler: &crate::schedulers::SchedulerConfig,
-) -> Result<(), ConfigError> {
-    unet.check()?;
-    vae.check()?;
-    scheduler.check().map_err(|e| {
-        let message = e.to_string();
-        let message = message.strip_prefix("scheduler config: ").unwrap_or(&message);
-        ConfigError::new(crate::schedulers::SchedulerConfig::FILE, message)
-    })?;
-    let file = UNet2DConditionConfig::FILE;
-    if unet.out_channels != vae.latent_channels {
-        return Err(ConfigError::new(
-            file,
-            format!(
-                "out_channels {} differs from vae/config.json's latent_channels {}",
-                unet.out_channels, vae.latent_channels
-            ),
-        ));
-    }
-    let side = unet.sample_size * vae.scale_factor();
-    if side > MAX_IMAGE_SIDE {
-        return Err(ConfigError::new(
-            file,
-            format!(
-                "sample_size {} x the VAE's scale factor {} is {side} px, more than the {MAX_IMAGE_SIDE} px this app supports",
-                unet.sample_size,
-                vae.scale_factor()
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// Checks the text encoders' configs on their own, against the U-Net's cross-attention and against their
-/// tokenizers: every id a tokenizer can produce must be a row of its encoder's embedding table, and every
-/// position of its `model_max_length` a row of the position table. The encoders come as (their folder,
-/// their tokenizer's folder, config, tokenizer): one for SD 1.x/2.x, two for SDXL, whose hidden states are
-/// concatenated (so their widths add up to the U-Net's cross-attention width) and whose second encoder's
-/// projected pooled output feeds the U-Net's `add_embedding` with the six `time_ids` features.
-pub fn check_text_encoders(
-    unet: &UNet2DConditionConfig,
-    encoders: &[(&str, &str, &crate::models::clip::ClipTextConfig, &crate::tokenizer::ClipTokenizer)],
-) -> Result<(), ConfigError> {
-    let mut width = 0;
-    for &(folder, tokenizer_folder, text, tokenizer) in encoders {
-        let file = format!("{folder}/config.json");
-        text.check_file(&file)?;
-        width += text.hidden_size;
-        if tokenizer.max_length > text.max_position_embeddings {
-            return Err(ConfigError::new(
-                &format!("{tokenizer_folder}/tokenizer_config.json"),
-                format!(
-                    "model_max_length {} is more than {file}'s max_position_embeddings {}",
-                    tokenizer.max_length, text.max_position_embeddings
-                ),
-            ));
-        }
-        let ids = tokenizer.id_bound();
-        if ids > text.vocab_size {
-            return Err(ConfigError::new(
-                &file,
-                format!("vocab_size {} is smaller than the tokenizer's {ids} token ids", text.vocab_size),
-            ));
-        }
-    }
-    let widths = encoders.iter().map(|e| format!("{}/config.json's hidden_size {}", e.0, e.2.hidden_size));
-    if unet.cross_attention_dim != width {
-        return Err(ConfigError::new(
-            UNet2DConditionConfig::FILE,
-            format!(
-                "cross_attention_dim {} differs from {}",
-                unet.cross_attention_dim,
-                widths.collect::<Vec<_>>().join(" plus ")
-            ),
-        ));
-    }
-    if let (Some(time), Some(input)) = (unet.addition_time_embed_dim, unet.projection_class_embeddings_input_dim) {
-        let Some((folder, _, pooled, _)) = encoders.get(1) else {
-            return Err(ConfigError::new(
-                UNet2DConditionConfig::FILE,
-                "addition_embed_type \"text_time\" (SDXL) needs a second text encoder (text_encoder_2)",
-            ));
-        };
-        if input != pooled.projection_dim + 6 * time {
-            return Err(ConfigError::new(
-                UNet2DConditionConfig::FILE,
-                format!(
-                    "projection_class_embeddings_input_dim {input} is not {folder}/config.json's projection_dim {} \
-                     plus 6 x addition_time_embed_dim {time}",
-                    pooled.projection_dim
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
 fn default_mid_block() -> Option<String> {
     Some("UNetMidBlock2DCrossAttn".into())
 }
@@ -723,7 +621,7 @@ mod tests {
             "interpolation_type": "linear", "sample_max_value": 1.0, "clip_sample": false}"#,
         )
         .unwrap();
-        check_components(&unet, &vae, &scheduler).unwrap();
+        crate::model_folder::check_components(&unet, &vae, &scheduler).unwrap();
         let big_g = r#"{"hidden_act": "gelu", "hidden_size": 1280, "intermediate_size": 5120, "num_attention_heads": 20,
             "num_hidden_layers": 32, "vocab_size": 49408, "max_position_embeddings": 77, "eos_token_id": 2,
             "layer_norm_eps": 1e-05, "projection_dim": 1280}"#;

@@ -92,21 +92,3 @@ impl Error {
         }
     }
 }
-
-impl From<crate::pipeline::PipelineError> for Error {
-    fn from(err: crate::pipeline::PipelineError) -> Self {
-        use crate::pipeline::PipelineError as P;
-        match err {
-            P::Invalid(m) => Error::Invalid(m),
-            P::Scheduler(e) => Error::Invalid(e.to_string()),
-            P::Tokenizer(e) => Error::Invalid(e.to_string()),
-            P::Prompt(e) => Error::Invalid(e.to_string()),
-            P::Unsupported(m) => Error::Unsupported(m),
-            P::Model(m) => Error::Model(m),
-            P::Cancelled => Error::Cancelled,
-            P::TooLarge(e) => Error::TooLarge(e.to_string()),
-            P::Device(m) => Error::Readback(m),
-            P::Gpu(e) => e,
-        }
-    }
-}

@@ -20,12 +20,13 @@ pub const MAX_STEPS: usize = 1000;
 pub const MAX_BATCH: usize = 16;
 /// Largest classifier-free guidance scale (A1111's slider stops at 30; past 50 images are noise).
 pub const MAX_GUIDANCE: f32 = 50.0;
-/// Largest seed: 2^53 - 1, the largest integer a JS number holds exactly (see [`crate::protocol::MAX_SEED`]).
-pub const MAX_SEED: u64 = crate::protocol::MAX_SEED;
-/// diffusers' default steps.
-pub const DEFAULT_STEPS: usize = crate::manifest::DIFFUSERS_STEPS;
-/// diffusers' default guidance scale.
-pub const DEFAULT_GUIDANCE: f32 = crate::manifest::DIFFUSERS_GUIDANCE;
+/// Largest seed the page can send: JavaScript's largest exact integer, 2^53 - 1 (serde-wasm-bindgen
+/// refuses a number past it as not an integer).
+pub const MAX_SEED: u64 = (1 << 53) - 1;
+/// diffusers' default steps (for models without recommendations in their manifest).
+pub const DEFAULT_STEPS: usize = 50;
+/// diffusers' default guidance scale (`guidance_scale`).
+pub const DEFAULT_GUIDANCE: f32 = 7.5;
 /// diffusers' default img2img strength.
 pub const IMG2IMG_STRENGTH: f32 = 0.8;
 /// diffusers' default inpainting strength.

@@ -46,11 +46,6 @@ pub struct Recommended {
     pub guidance: Option<f32>,
 }
 
-/// diffusers' pipeline defaults, for models without recommendations.
-pub const DIFFUSERS_STEPS: usize = 50;
-/// diffusers' `guidance_scale` default.
-pub const DIFFUSERS_GUIDANCE: f32 = 7.5;
-
 /// The app's built-in manifests (`www/hub/`), the one source of the page's model picker defaults and
 /// of the CLI's, which recognises a local copy of one of these models by its `unet/config.json`.
 pub const BUILTIN: [(&str, &str); 6] = [
@@ -74,7 +69,7 @@ impl Manifest {
     /// Steps and guidance: the manifest's recommendation, else diffusers' defaults.
     pub fn steps_and_guidance(&self) -> (usize, f32) {
         let r = self.recommended.unwrap_or(Recommended { steps: None, guidance: None });
-        (r.steps.unwrap_or(DIFFUSERS_STEPS), r.guidance.unwrap_or(DIFFUSERS_GUIDANCE))
+        (r.steps.unwrap_or(crate::limits::DEFAULT_STEPS), r.guidance.unwrap_or(crate::limits::DEFAULT_GUIDANCE))
     }
 }
 

@@ -5,9 +5,7 @@
 
 use burn::tensor::Device;
 
-use crate::config::{
-    AutoencoderKLConfig, ConfigError, ModelIndex, UNet2DConditionConfig, check_components, check_text_encoders, parse,
-};
+use crate::config::{AutoencoderKLConfig, ConfigError, MAX_IMAGE_SIDE, ModelIndex, UNet2DConditionConfig, parse};
 use crate::memory::Precision;
 use crate::models::autoencoder_kl::{VaeDecoder, VaeEncoder};
 use crate::models::clip::ClipTextConfig;
@@ -17,6 +15,108 @@ use crate::pipeline::{PipelineError, SecondTextEncoder, StableDiffusion, device_
 use crate::schedulers::SchedulerConfig;
 use crate::tokenizer::{ClipTokenizer, TokenizerFiles};
 use crate::weights::{IntoTensorSource, LoadError};
+
+/// Checks the U-Net, VAE and scheduler configs, each on its own and against each other: what
+/// [`crate::pipeline::validate_request`] and the memory plan may rely on before any weight is read.
+pub fn check_components(
+    unet: &UNet2DConditionConfig,
+    vae: &AutoencoderKLConfig,
+    scheduler: &SchedulerConfig,
+) -> Result<(), ConfigError> {
+    unet.check()?;
+    vae.check()?;
+    scheduler.check().map_err(|e| {
+        let message = e.to_string();
+        let message = message.strip_prefix("scheduler config: ").unwrap_or(&message);
+        ConfigError::new(SchedulerConfig::FILE, message)
+    })?;
+    let file = UNet2DConditionConfig::FILE;
+    if unet.out_channels != vae.latent_channels {
+        return Err(ConfigError::new(
+            file,
+            format!(
+                "out_channels {} differs from vae/config.json's latent_channels {}",
+                unet.out_channels, vae.latent_channels
+            ),
+        ));
+    }
+    let side = unet.sample_size * vae.scale_factor();
+    if side > MAX_IMAGE_SIDE {
+        return Err(ConfigError::new(
+            file,
+            format!(
+                "sample_size {} x the VAE's scale factor {} is {side} px, more than the {MAX_IMAGE_SIDE} px this app supports",
+                unet.sample_size,
+                vae.scale_factor()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the text encoders' configs on their own, against the U-Net's cross-attention and against their
+/// tokenizers: every id a tokenizer can produce must be a row of its encoder's embedding table, and every
+/// position of its `model_max_length` a row of the position table. The encoders come as (their folder,
+/// their tokenizer's folder, config, tokenizer): one for SD 1.x/2.x, two for SDXL, whose hidden states are
+/// concatenated (so their widths add up to the U-Net's cross-attention width) and whose second encoder's
+/// projected pooled output feeds the U-Net's `add_embedding` with the six `time_ids` features.
+pub fn check_text_encoders(
+    unet: &UNet2DConditionConfig,
+    encoders: &[(&str, &str, &ClipTextConfig, &ClipTokenizer)],
+) -> Result<(), ConfigError> {
+    let mut width = 0;
+    for &(folder, tokenizer_folder, text, tokenizer) in encoders {
+        let file = format!("{folder}/config.json");
+        text.check_file(&file)?;
+        width += text.hidden_size;
+        if tokenizer.max_length > text.max_position_embeddings {
+            return Err(ConfigError::new(
+                &format!("{tokenizer_folder}/tokenizer_config.json"),
+                format!(
+                    "model_max_length {} is more than {file}'s max_position_embeddings {}",
+                    tokenizer.max_length, text.max_position_embeddings
+                ),
+            ));
+        }
+        let ids = tokenizer.id_bound();
+        if ids > text.vocab_size {
+            return Err(ConfigError::new(
+                &file,
+                format!("vocab_size {} is smaller than the tokenizer's {ids} token ids", text.vocab_size),
+            ));
+        }
+    }
+    let widths = encoders.iter().map(|e| format!("{}/config.json's hidden_size {}", e.0, e.2.hidden_size));
+    if unet.cross_attention_dim != width {
+        return Err(ConfigError::new(
+            UNet2DConditionConfig::FILE,
+            format!(
+                "cross_attention_dim {} differs from {}",
+                unet.cross_attention_dim,
+                widths.collect::<Vec<_>>().join(" plus ")
+            ),
+        ));
+    }
+    if let (Some(time), Some(input)) = (unet.addition_time_embed_dim, unet.projection_class_embeddings_input_dim) {
+        let Some((folder, _, pooled, _)) = encoders.get(1) else {
+            return Err(ConfigError::new(
+                UNet2DConditionConfig::FILE,
+                "addition_embed_type \"text_time\" (SDXL) needs a second text encoder (text_encoder_2)",
+            ));
+        };
+        if input != pooled.projection_dim + 6 * time {
+            return Err(ConfigError::new(
+                UNet2DConditionConfig::FILE,
+                format!(
+                    "projection_class_embeddings_input_dim {input} is not {folder}/config.json's projection_dim {} \
+                     plus 6 x addition_time_embed_dim {time}",
+                    pooled.projection_dim
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
 
 /// A component with a weights file, in the order they are loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,5 +312,80 @@ impl ModelConfigs {
             textual_inversions: Vec::new(),
             device: device.clone(),
         })
+    }
+}
+
+/// Loading a diffusers model folder from disk (native; the browser streams the same files).
+#[cfg(not(target_arch = "wasm32"))]
+impl StableDiffusion {
+    /// Loads every component of a diffusers folder onto `device`. The tokenizer and every config are
+    /// read, and the configs checked on their own, against each other and against the tokenizer,
+    /// before any weight is read or any layer built.
+    pub fn load_dir(
+        dir: &std::path::Path,
+        variant: Option<crate::weights::Variant>,
+        device: &Device,
+    ) -> Result<Self, PipelineError> {
+        Self::load_dir_with_loras(dir, variant, &[], device)
+    }
+
+    /// [`Self::load_dir`] with LoRAs (each with its weight) merged into the text encoder's and the
+    /// U-Net's weights as they load ([`crate::lora`]). A LoRA with a layer that fits no weight of this
+    /// model is refused (`Invalid`) before any weight is read.
+    pub fn load_dir_with_loras(
+        dir: &std::path::Path,
+        variant: Option<crate::weights::Variant>,
+        loras: &[(crate::lora::Lora, f32)],
+        device: &Device,
+    ) -> Result<Self, PipelineError> {
+        use crate::lora::{Component, WithLoras};
+        use crate::model_folder::{ModelConfigs, Part};
+        use crate::models::clip::clip_key_map;
+        use crate::weights::{SafetensorsReader, component_weights};
+
+        let model = dir.display();
+        if !dir.is_dir() {
+            return Err(PipelineError::Invalid(format!("model {model}: is not a folder")));
+        }
+        // As the worker: an architecture not implemented is `unsupported`, anything else a broken model.
+        let in_model = |e: PipelineError| match e {
+            PipelineError::Model(m) => PipelineError::Model(format!("model {model}: {m}")),
+            PipelineError::Unsupported(m) => PipelineError::Unsupported(format!("model {model}: {m}")),
+            e => e,
+        };
+        let mut read = |path: &str| match std::fs::read(dir.join(path)) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("cannot read {path}: {e}")),
+        };
+        let configs = ModelConfigs::read(&mut read).map_err(in_model)?;
+        if configs.is_sdxl() && !loras.is_empty() {
+            return Err(in_model(PipelineError::Unsupported("LoRAs for SDXL are not supported yet".into())));
+        }
+        let weights = |part: Part| {
+            let folder = part.folder();
+            let model_err = |m: String| PipelineError::Model(format!("{folder}: {m}"));
+            let path =
+                component_weights(&dir.join(folder), variant).map_err(|e| PipelineError::Model(e.to_string()))?;
+            let file =
+                std::fs::File::open(&path).map_err(|e| PipelineError::Model(format!("{}: {e}", path.display())))?;
+            let reader = SafetensorsReader::new(file).map_err(|e| model_err(e.to_string()))?;
+            // LoRAs adapt the text encoder and the U-Net (SD 1.x/2.x only, refused above for SDXL).
+            let (key_map, lora_part): (crate::weights::KeyMap, _) = match part {
+                Part::TextEncoder | Part::TextEncoder2 => (clip_key_map, Some(Component::TextEncoder)),
+                Part::Unet => (|name| Some(name.to_string()), Some(Component::Unet)),
+                Part::Vae => (|name| Some(name.to_string()), None),
+            };
+            match lora_part {
+                Some(c) => WithLoras::new(reader, key_map, c, loras).map_err(|e| PipelineError::Invalid(e.to_string())),
+                None => Ok(WithLoras::plain(reader)),
+            }
+        };
+        // Every LoRA layer must fit a weight: checked on the headers before any weight is read.
+        if !loras.is_empty() {
+            weights(Part::TextEncoder).map_err(in_model)?;
+            weights(Part::Unet).map_err(in_model)?;
+        }
+        configs.assemble(weights, device).map_err(in_model)
     }
 }

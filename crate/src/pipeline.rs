@@ -113,8 +113,8 @@ impl Default for GenerateRequest {
         Self {
             prompt: String::new(),
             negative_prompt: String::new(),
-            steps: crate::manifest::DIFFUSERS_STEPS,
-            guidance: crate::manifest::DIFFUSERS_GUIDANCE,
+            steps: crate::limits::DEFAULT_STEPS,
+            guidance: crate::limits::DEFAULT_GUIDANCE,
             seed: 0,
             width: None,
             height: None,
@@ -622,78 +622,23 @@ impl StableDiffusion {
     }
 }
 
-/// Loading a diffusers model folder from disk (native; the browser streams the same files).
-#[cfg(not(target_arch = "wasm32"))]
-impl StableDiffusion {
-    /// Loads every component of a diffusers folder onto `device`. The tokenizer and every config are
-    /// read, and the configs checked on their own, against each other and against the tokenizer,
-    /// before any weight is read or any layer built.
-    pub fn load_dir(
-        dir: &std::path::Path,
-        variant: Option<crate::weights::Variant>,
-        device: &Device,
-    ) -> Result<Self, PipelineError> {
-        Self::load_dir_with_loras(dir, variant, &[], device)
-    }
-
-    /// [`Self::load_dir`] with LoRAs (each with its weight) merged into the text encoder's and the
-    /// U-Net's weights as they load ([`crate::lora`]). A LoRA with a layer that fits no weight of this
-    /// model is refused (`Invalid`) before any weight is read.
-    pub fn load_dir_with_loras(
-        dir: &std::path::Path,
-        variant: Option<crate::weights::Variant>,
-        loras: &[(crate::lora::Lora, f32)],
-        device: &Device,
-    ) -> Result<Self, PipelineError> {
-        use crate::lora::{Component, WithLoras};
-        use crate::model_folder::{ModelConfigs, Part};
-        use crate::models::clip::clip_key_map;
-        use crate::weights::{SafetensorsReader, component_weights};
-
-        let model = dir.display();
-        if !dir.is_dir() {
-            return Err(PipelineError::Invalid(format!("model {model}: is not a folder")));
+/// The pipeline's errors as the crate's (kept beside `PipelineError`: the error module imports nothing).
+impl From<PipelineError> for crate::Error {
+    fn from(err: PipelineError) -> Self {
+        use crate::Error;
+        use PipelineError as P;
+        match err {
+            P::Invalid(m) => Error::Invalid(m),
+            P::Scheduler(e) => Error::Invalid(e.to_string()),
+            P::Tokenizer(e) => Error::Invalid(e.to_string()),
+            P::Prompt(e) => Error::Invalid(e.to_string()),
+            P::Unsupported(m) => Error::Unsupported(m),
+            P::Model(m) => Error::Model(m),
+            P::Cancelled => Error::Cancelled,
+            P::TooLarge(e) => Error::TooLarge(e.to_string()),
+            P::Device(m) => Error::Readback(m),
+            P::Gpu(e) => e,
         }
-        // As the worker: an architecture not implemented is `unsupported`, anything else a broken model.
-        let in_model = |e: PipelineError| match e {
-            PipelineError::Model(m) => PipelineError::Model(format!("model {model}: {m}")),
-            PipelineError::Unsupported(m) => PipelineError::Unsupported(format!("model {model}: {m}")),
-            e => e,
-        };
-        let mut read = |path: &str| match std::fs::read(dir.join(path)) {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(format!("cannot read {path}: {e}")),
-        };
-        let configs = ModelConfigs::read(&mut read).map_err(in_model)?;
-        if configs.is_sdxl() && !loras.is_empty() {
-            return Err(in_model(PipelineError::Unsupported("LoRAs for SDXL are not supported yet".into())));
-        }
-        let weights = |part: Part| {
-            let folder = part.folder();
-            let model_err = |m: String| PipelineError::Model(format!("{folder}: {m}"));
-            let path =
-                component_weights(&dir.join(folder), variant).map_err(|e| PipelineError::Model(e.to_string()))?;
-            let file =
-                std::fs::File::open(&path).map_err(|e| PipelineError::Model(format!("{}: {e}", path.display())))?;
-            let reader = SafetensorsReader::new(file).map_err(|e| model_err(e.to_string()))?;
-            // LoRAs adapt the text encoder and the U-Net (SD 1.x/2.x only, refused above for SDXL).
-            let (key_map, lora_part): (crate::weights::KeyMap, _) = match part {
-                Part::TextEncoder | Part::TextEncoder2 => (clip_key_map, Some(Component::TextEncoder)),
-                Part::Unet => (|name| Some(name.to_string()), Some(Component::Unet)),
-                Part::Vae => (|name| Some(name.to_string()), None),
-            };
-            match lora_part {
-                Some(c) => WithLoras::new(reader, key_map, c, loras).map_err(|e| PipelineError::Invalid(e.to_string())),
-                None => Ok(WithLoras::plain(reader)),
-            }
-        };
-        // Every LoRA layer must fit a weight: checked on the headers before any weight is read.
-        if !loras.is_empty() {
-            weights(Part::TextEncoder).map_err(in_model)?;
-            weights(Part::Unet).map_err(in_model)?;
-        }
-        configs.assemble(weights, device).map_err(in_model)
     }
 }
 

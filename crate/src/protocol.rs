@@ -202,10 +202,10 @@ pub struct GenerateSettings {
 }
 
 fn default_steps() -> u32 {
-    crate::manifest::DIFFUSERS_STEPS as u32
+    crate::limits::DEFAULT_STEPS as u32
 }
 fn default_guidance() -> f32 {
-    crate::manifest::DIFFUSERS_GUIDANCE
+    crate::limits::DEFAULT_GUIDANCE
 }
 fn default_batch() -> u32 {
     1
@@ -438,10 +438,6 @@ impl From<crate::Error> for Event {
         Event::Error { code: err.code().to_string(), message: err.to_string(), needed, available }
     }
 }
-
-/// Largest seed the page can send: JavaScript's largest exact integer, 2^53 - 1 (serde-wasm-bindgen
-/// refuses a number past it as not an integer); `web/src/settings.ts`'s `MAX_SEED` is the same.
-pub const MAX_SEED: u64 = (1 << 53) - 1;
 
 /// Tolerance of the self-test: the fixtures contract's f32 tolerance for a single model call.
 pub const SELF_TEST_TOLERANCE: f32 = 1e-4;

@@ -10,7 +10,7 @@ export type Mode = "txt2img" | "img2img" | "inpaint";
 
 /** The largest seed the engine takes: 2^53 - 1 (Number.MAX_SAFE_INTEGER). The seed reaches the worker
  * as a JS number, and serde-wasm-bindgen refuses any number that is not a safe integer (bad-request)
- * before the engine's own check (`protocol::MAX_SEED` in `pipeline_request`, crate/src/web/mod.rs)
+ * before the engine's own check (`limits::MAX_SEED` in `pipeline_request`, crate/src/web/mod.rs)
  * runs, so 2^53 itself already fails there: this is the engine's real boundary. */
 export const MAX_SEED: number = LIMITS.maxSeed;
 

@@ -216,7 +216,7 @@ impl ClipTextConfig {
     pub const FILE: &'static str = "text_encoder/config.json";
 
     /// Bounds and checks every field the encoder is built from (see the `MAX_*` consts of
-    /// [`crate::config`]), before anything is; [`crate::config::check_text_encoders`] checks it against the
+    /// [`crate::config`]), before anything is; [`crate::model_folder::check_text_encoders`] checks it against the
     /// U-Net and the tokenizer.
     pub fn check(&self) -> Result<(), ConfigError> {
         self.check_file(Self::FILE)

@@ -348,7 +348,7 @@ async fn read_configs(store: &Store, records: &BTreeMap<String, FileRecord>) -> 
             .map_err(|e| Error::Model(format!("scheduler/scheduler_config.json: {e}")))?,
     };
     // Bounded and checked against each other before anything is built from them.
-    crate::config::check_components(&configs.unet, &configs.vae, &configs.scheduler)?;
+    crate::model_folder::check_components(&configs.unet, &configs.vae, &configs.scheduler)?;
     Ok(configs)
 }
 

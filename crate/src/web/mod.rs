@@ -263,7 +263,16 @@ async fn run(request: Request, cx: &Context) -> Result<Option<Event>, Error> {
             Ok(Some(Event::Deleted { id }))
         }
         Request::LoseDevice => {
-            crate::gpu::lose_device().await?;
+            crate::gpu::destroy_device().await?;
+            // The lost callback runs from the browser's promise: give it turns of the event loop.
+            let mut waits = 0;
+            while crate::gpu::device_lost().is_none() {
+                if waits == 50 {
+                    return Err(Error::GpuInit("the destroyed device did not report itself lost".into()));
+                }
+                sleep_ms(20).await;
+                waits += 1;
+            }
             cx.state.borrow_mut().model = None;
             // What a page sees after a real device loss; the next request re-initialises.
             Err(Error::DeviceLost(crate::gpu::device_lost().unwrap_or_else(|| "destroyed on request".into())))
@@ -436,7 +445,7 @@ fn pipeline_request(s: &GenerateSettings) -> Result<GenerateRequest, Error> {
             )));
         }
     }
-    if s.seed > crate::protocol::MAX_SEED {
+    if s.seed > crate::limits::MAX_SEED {
         return Err(Error::Invalid(format!("seed must be at most 2^53 - 1, got {}", s.seed)));
     }
     let scheduler =

@@ -12,6 +12,7 @@ mod hub_models;
 mod img2img_initial_latents;
 mod kernels;
 mod lora;
+mod module_graph;
 mod pipeline_fixtures;
 mod prompt_weighting;
 mod rng_fixtures;
