@@ -148,6 +148,31 @@ pub const TOKENIZER_FILES: [&str; 5] =
 /// no such file, or why it could not be read.
 pub type ReadFile<'a> = dyn FnMut(&str) -> Result<Option<Vec<u8>>, String> + 'a;
 
+/// The U-Net's, VAE's and scheduler's configs, parsed and checked on their own and against each other:
+/// what the memory plan and the form's defaults need (the worker reads them for a model whose other
+/// files may not be stored yet), and the part of [`ModelConfigs::read`] that reads them.
+pub struct ComponentConfigs {
+    pub unet: UNet2DConditionConfig,
+    pub vae: AutoencoderKLConfig,
+    pub scheduler: SchedulerConfig,
+}
+
+impl ComponentConfigs {
+    /// The files [`Self::read`] reads.
+    pub const FILES: [&str; 3] = [UNet2DConditionConfig::FILE, AutoencoderKLConfig::FILE, SchedulerConfig::FILE];
+
+    pub fn read(read: &mut ReadFile<'_>) -> Result<Self, PipelineError> {
+        let unet: UNet2DConditionConfig =
+            parse(UNet2DConditionConfig::FILE, &text(read, UNet2DConditionConfig::FILE)?).map_err(config_err)?;
+        let vae: AutoencoderKLConfig =
+            parse(AutoencoderKLConfig::FILE, &text(read, AutoencoderKLConfig::FILE)?).map_err(config_err)?;
+        let scheduler = SchedulerConfig::from_json(&text(read, SchedulerConfig::FILE)?)
+            .map_err(|e| PipelineError::Model(format!("{}: {e}", SchedulerConfig::FILE)))?;
+        check_components(&unet, &vae, &scheduler).map_err(config_err)?;
+        Ok(Self { unet, vae, scheduler })
+    }
+}
+
 /// Everything of a model folder but its weights, parsed and checked on its own and together.
 pub struct ModelConfigs {
     /// `model_index.json`, when the folder has one (the Hub's 2022 SD 2.x repos have none).
@@ -217,13 +242,7 @@ impl ModelConfigs {
         let tokenizer = read_tokenizer(read, "tokenizer")?;
         let text_encoder = ClipTextConfig::from_json(&text(read, ClipTextConfig::FILE)?)
             .map_err(|e| PipelineError::Model(format!("{}: {e}", ClipTextConfig::FILE)))?;
-        let unet: UNet2DConditionConfig =
-            parse(UNet2DConditionConfig::FILE, &text(read, UNet2DConditionConfig::FILE)?).map_err(config_err)?;
-        let vae: AutoencoderKLConfig =
-            parse(AutoencoderKLConfig::FILE, &text(read, AutoencoderKLConfig::FILE)?).map_err(config_err)?;
-        let scheduler = SchedulerConfig::from_json(&text(read, SchedulerConfig::FILE)?)
-            .map_err(|e| PipelineError::Model(format!("{}: {e}", SchedulerConfig::FILE)))?;
-        check_components(&unet, &vae, &scheduler).map_err(config_err)?;
+        let ComponentConfigs { unet, vae, scheduler } = ComponentConfigs::read(read)?;
         check_supported(&unet).map_err(|e| match e {
             LoadError::Unsupported(m) => PipelineError::Unsupported(m),
             e => PipelineError::Model(format!("unet: {e}")),

@@ -10,12 +10,12 @@ use js_sys::Uint8Array;
 
 use super::store::{FileRecord, Store};
 use crate::Error;
-use crate::config::{AutoencoderKLConfig, UNet2DConditionConfig, parse};
+use crate::config::{AutoencoderKLConfig, UNet2DConditionConfig};
 use crate::manifest::Manifest;
-use crate::model_folder::{ModelConfigs, Part};
+use crate::model_folder::{ComponentConfigs, ModelConfigs, Part};
 use crate::pipeline::StableDiffusion;
 use crate::protocol::{Event, ModelInfo, Phase, WeightsVariant};
-use crate::schedulers::{SchedulerConfig, SchedulerKind};
+use crate::schedulers::SchedulerKind;
 use crate::weights::{DeviceTensors, Dtype, SafetensorsHeader, TensorInfo, Variant};
 
 /// Bytes of a weights file read and decoded at a time, into the piece being built.
@@ -326,30 +326,15 @@ async fn upload_weights(
     Ok(tensors)
 }
 
-/// A stored small file (config, tokenizer) as text.
-async fn read_text(store: &Store, records: &BTreeMap<String, FileRecord>, path: &str) -> Result<String, Error> {
-    let record = records.get(path).ok_or_else(|| Error::NotStored(format!("{path} is not stored")))?;
-    String::from_utf8(read_file(store, record).await?).map_err(|e| Error::Model(format!("{path}: {e}")))
-}
-
-/// The configs both the form's defaults and the pipeline come from.
-struct ComponentConfigs {
-    unet: UNet2DConditionConfig,
-    vae: AutoencoderKLConfig,
-    scheduler: SchedulerConfig,
-}
-
+/// The U-Net's, VAE's and scheduler's configs of a stored model, read and checked as natively
+/// ([`ComponentConfigs::read`]); `records` must hold the three files ([`ComponentConfigs::FILES`]).
 async fn read_configs(store: &Store, records: &BTreeMap<String, FileRecord>) -> Result<ComponentConfigs, Error> {
-    let text = async |path: &str| read_text(store, records, path).await;
-    let configs = ComponentConfigs {
-        unet: parse("unet/config.json", &text("unet/config.json").await?).map_err(|e| Error::Model(e.to_string()))?,
-        vae: parse("vae/config.json", &text("vae/config.json").await?).map_err(|e| Error::Model(e.to_string()))?,
-        scheduler: SchedulerConfig::from_json(&text("scheduler/scheduler_config.json").await?)
-            .map_err(|e| Error::Model(format!("scheduler/scheduler_config.json: {e}")))?,
-    };
-    // Bounded and checked against each other before anything is built from them.
-    crate::model_folder::check_components(&configs.unet, &configs.vae, &configs.scheduler)?;
-    Ok(configs)
+    let mut files = BTreeMap::new();
+    for path in ComponentConfigs::FILES {
+        let record = records.get(path).ok_or_else(|| Error::NotStored(format!("{path} is not stored")))?;
+        files.insert(path, read_file(store, record).await?);
+    }
+    Ok(ComponentConfigs::read(&mut |path: &str| Ok(files.get(path).cloned()))?)
 }
 
 /// What a generation needs to know of a stored model before loading it: its U-Net and VAE configs and
@@ -381,7 +366,7 @@ pub async fn preflight(store: &Store, id: &str, variant: Option<Variant>) -> Res
         .ok_or_else(|| Error::NotStored(format!("the model {id} is not stored: download it first (EnsureModel)")))?;
     let manifest = Manifest::from_json(&record.manifest).map_err(|e| Error::Storage(e.to_string()))?;
     let mut configs = BTreeMap::new();
-    for path in ["unet/config.json", "vae/config.json", "scheduler/scheduler_config.json"] {
+    for path in ComponentConfigs::FILES {
         let want = manifest.files.iter().find(|f| f.path == path);
         let stored = readable(store.file(id, path).await?, want.map_or("", |f| f.sha256.as_str()))?;
         let stored = stored.ok_or_else(|| Error::NotStored(format!("{path} of the model {id} is not stored")))?;
