@@ -13,7 +13,7 @@ use crate::models::into_f32;
 use crate::models::unet_2d_condition::{UNet2DConditionModel, check_supported};
 use crate::pipeline::{PipelineError, SecondTextEncoder, StableDiffusion, device_precision};
 use crate::schedulers::SchedulerConfig;
-use crate::tokenizer::{ClipTokenizer, TokenizerFiles};
+use crate::tokenizer::ClipTokenizer;
 use crate::weights::{IntoTensorSource, LoadError};
 
 /// Checks the U-Net, VAE and scheduler configs, each on its own and against each other: what
@@ -140,10 +140,6 @@ impl Part {
     }
 }
 
-/// The files of the tokenizer folder `folder` the tokenizer may read.
-pub const TOKENIZER_FILES: [&str; 5] =
-    ["tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"];
-
 /// Reads one file of the folder by its path (`unet/config.json`): its bytes, `None` when the folder has
 /// no such file, or why it could not be read.
 pub type ReadFile<'a> = dyn FnMut(&str) -> Result<Option<Vec<u8>>, String> + 'a;
@@ -187,18 +183,11 @@ pub struct ModelConfigs {
 }
 
 fn read_tokenizer(read: &mut ReadFile<'_>, folder: &str) -> Result<ClipTokenizer, PipelineError> {
-    let mut files = Vec::with_capacity(TOKENIZER_FILES.len());
-    for name in TOKENIZER_FILES {
-        files.push(read(&format!("{folder}/{name}")).map_err(PipelineError::Model)?);
+    let mut files: [Option<Vec<u8>>; 5] = Default::default();
+    for (file, name) in files.iter_mut().zip(ClipTokenizer::FILES) {
+        *file = read(&format!("{folder}/{name}")).map_err(PipelineError::Model)?;
     }
-    let file = |i: usize| files[i].as_deref();
-    let tokenizer = ClipTokenizer::from_files(TokenizerFiles {
-        tokenizer_json: file(0),
-        vocab_json: file(1),
-        merges_txt: file(2),
-        tokenizer_config_json: file(3),
-        special_tokens_map_json: file(4),
-    });
+    let tokenizer = ClipTokenizer::from_named_files(&files);
     // The first tokenizer's errors read "tokenizer: ..." already.
     tokenizer.map_err(|e| match folder {
         "tokenizer" => PipelineError::Model(e.to_string()),

@@ -144,19 +144,27 @@ impl ClipTokenizer {
         Ok(Self { bos: id("bos", &bos)?, eos: id("eos", &eos)?, pad: id("pad", &pad)?, max_length, inner })
     }
 
+    /// The files of a tokenizer folder it may read, in the order of [`Self::from_named_files`].
+    pub const FILES: [&str; 5] =
+        ["tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"];
+
+    /// From a tokenizer folder's files, as [`Self::FILES`] names them (`None` for one it lacks).
+    pub fn from_named_files(files: &[Option<Vec<u8>>; 5]) -> Result<Self, TokenizerError> {
+        let [tokenizer_json, vocab_json, merges_txt, tokenizer_config_json, special_tokens_map_json] =
+            files.each_ref().map(Option::as_deref);
+        Self::from_files(TokenizerFiles {
+            tokenizer_json,
+            vocab_json,
+            merges_txt,
+            tokenizer_config_json,
+            special_tokens_map_json,
+        })
+    }
+
     /// Reads a `tokenizer/` folder from disk.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn from_dir(dir: &std::path::Path) -> Result<Self, TokenizerError> {
-        let read = |name: &str| std::fs::read(dir.join(name)).ok();
-        let (tokenizer_json, vocab, merges) = (read("tokenizer.json"), read("vocab.json"), read("merges.txt"));
-        let (config, special) = (read("tokenizer_config.json"), read("special_tokens_map.json"));
-        Self::from_files(TokenizerFiles {
-            tokenizer_json: tokenizer_json.as_deref(),
-            vocab_json: vocab.as_deref(),
-            merges_txt: merges.as_deref(),
-            tokenizer_config_json: config.as_deref(),
-            special_tokens_map_json: special.as_deref(),
-        })
+        Self::from_named_files(&Self::FILES.map(|name| std::fs::read(dir.join(name)).ok()))
     }
 
     /// One more than the largest id the tokenizer can produce (vocabulary and added tokens): the rows
