@@ -171,7 +171,6 @@ fn conv2d_igemm<E: Float>(
         }
         sync_cube();
 
-        #[unroll]
         for kk in 0..BK {
             let mut a = Array::<f32>::new(tm);
             let mut b = Array::<f32>::new(tn);
