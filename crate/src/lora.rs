@@ -13,10 +13,17 @@
 //! weight of the right shape, or the LoRA is refused before anything is loaded: a LoRA made for another
 //! model family would otherwise change nothing, silently.
 
+use std::any::Any;
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+
+use burn::module::{Module, ModuleMapper, Param, ParamId};
 
 use burn::tensor::{Device, Tensor, TensorData};
 
+use crate::models::clip::ClipTextModel;
+use crate::models::unet_2d_condition::UNet2DConditionModel;
 use crate::weights::{
     ByteSource, IntoTensorSource, KeyMap, SafetensorsHeader, SafetensorsReader, TensorInfo, TensorSource, WeightsError,
     host_data,
@@ -245,11 +252,43 @@ pub fn short_hash(file: &[u8]) -> Option<String> {
     Some(format!("{:x}", Sha256::digest(data))[..12].to_string())
 }
 
+/// Where each layer of `loras` (with its weight) lands among `weights` (the file's tensors with the
+/// model's names for them): the file name of a weight -> the layers merged into it (with their
+/// weights and their LoRA's name), in order. Every layer of `component` must find its weight.
+fn plan<'a>(
+    loras: impl IntoIterator<Item = (&'a Lora, f32)>,
+    weights: &[(TensorInfo, String)],
+    component: Component,
+) -> Result<HashMap<String, Vec<Merge<'a>>>, LoraError> {
+    let mut merges: HashMap<String, Vec<Merge<'a>>> = HashMap::new();
+    for (lora, weight) in loras {
+        let mut unmatched = Vec::new();
+        for layer in lora.layers.iter().filter(|l| l.component == component) {
+            match weights.iter().find(|(info, canonical)| layer.targets(canonical) && layer.fits(&info.shape)) {
+                Some((info, _)) => merges.entry(info.name.clone()).or_default().push((layer, weight, &lora.name)),
+                None => unmatched.push(layer.module.clone()),
+            }
+        }
+        if let Some(first) = unmatched.first() {
+            return Err(LoraError::Unmatched {
+                name: lora.name.clone(),
+                component: component.label(),
+                count: unmatched.len(),
+                first: first.clone(),
+            });
+        }
+    }
+    Ok(merges)
+}
+
+/// A layer to merge into a weight: the layer, its weight and its LoRA's name.
+type Merge<'a> = (&'a Layer, f32, &'a str);
+
 /// A tensor source that adds the LoRAs' deltas to the weights they adapt as the model reads them.
 pub struct WithLoras<'a, S> {
     inner: S,
-    /// File name of a weight -> the layers (and weights) merged into it.
-    merges: HashMap<String, Vec<(&'a Layer, f32)>>,
+    /// File name of a weight -> the layers merged into it.
+    merges: HashMap<String, Vec<Merge<'a>>>,
 }
 
 impl<'a, S: TensorSource> WithLoras<'a, S> {
@@ -258,24 +297,7 @@ impl<'a, S: TensorSource> WithLoras<'a, S> {
     pub fn new(inner: S, key_map: KeyMap, component: Component, loras: &'a [(Lora, f32)]) -> Result<Self, LoraError> {
         let weights: Vec<(TensorInfo, String)> =
             inner.infos().into_iter().filter_map(|i| key_map(&i.name).map(|canonical| (i, canonical))).collect();
-        let mut merges: HashMap<String, Vec<(&'a Layer, f32)>> = HashMap::new();
-        for (lora, weight) in loras {
-            let mut unmatched = Vec::new();
-            for layer in lora.layers.iter().filter(|l| l.component == component) {
-                match weights.iter().find(|(info, canonical)| layer.targets(canonical) && layer.fits(&info.shape)) {
-                    Some((info, _)) => merges.entry(info.name.clone()).or_default().push((layer, *weight)),
-                    None => unmatched.push(layer.module.clone()),
-                }
-            }
-            if let Some(first) = unmatched.first() {
-                return Err(LoraError::Unmatched {
-                    name: lora.name.clone(),
-                    component: component.label(),
-                    count: unmatched.len(),
-                    first: first.clone(),
-                });
-            }
-        }
+        let merges = plan(loras.iter().map(|(l, w)| (l, *w)), &weights, component)?;
         Ok(Self { inner, merges })
     }
 
@@ -285,12 +307,40 @@ impl<'a, S: TensorSource> WithLoras<'a, S> {
     }
 }
 
-/// `t`'s values as a `[rows, rest]` matrix on `device`.
-fn matrix(t: &HostTensor, device: &Device) -> Result<Tensor<2>, WeightsError> {
+/// `t`'s values as a `[rows, rest]` matrix on the host.
+fn matrix_data(t: &HostTensor, device: &Device) -> Result<TensorData, WeightsError> {
     let rows = t.info.shape[0];
     let info = TensorInfo { shape: vec![rows, t.info.shape[1..].iter().product()], ..t.info.clone() };
-    let data: TensorData = host_data(&info, &t.bytes, false, device)?;
-    Ok(Tensor::from_data(data, device))
+    host_data(&info, &t.bytes, false, device)
+}
+
+/// One layer's delta, ready to add: its matrices on the host and its factor (`weight * alpha / rank`).
+struct Delta {
+    up: TensorData,
+    down: TensorData,
+    factor: f32,
+}
+
+impl Delta {
+    fn new(layer: &Layer, weight: f32, device: &Device) -> Result<Self, WeightsError> {
+        Ok(Self {
+            up: matrix_data(&layer.up, device)?,
+            down: matrix_data(&layer.down, device)?,
+            factor: layer.scale() * weight,
+        })
+    }
+
+    /// `weight + factor * up @ down`, in the weight's layout (transposed where the model asked): one
+    /// function for the load-time merge and the browser's re-merge, so both give the same values.
+    fn add_to<const D: usize>(&self, weight: Tensor<D>, transpose: bool, device: &Device) -> Tensor<D> {
+        let up = Tensor::<2>::from_data(self.up.clone(), device);
+        let down = Tensor::<2>::from_data(self.down.clone(), device);
+        // [out, rank] x [rank, in * kh * kw]
+        let delta = up.matmul(down) * self.factor;
+        let delta = if transpose { delta.transpose() } else { delta };
+        let dims = weight.dims();
+        weight + delta.reshape(dims)
+    }
 }
 
 impl<S: TensorSource> TensorSource for WithLoras<'_, S> {
@@ -306,12 +356,8 @@ impl<S: TensorSource> TensorSource for WithLoras<'_, S> {
     ) -> Result<Tensor<D>, WeightsError> {
         let mut weight: Tensor<D> = self.inner.fetch(info, transpose, device)?;
         let Some(layers) = self.merges.get(&info.name) else { return Ok(weight) };
-        let dims = weight.dims();
-        for (layer, w) in layers {
-            // [out, rank] x [rank, in * kh * kw], the weight's layout (transposed where the model asked).
-            let delta = matrix(&layer.up, device)?.matmul(matrix(&layer.down, device)?) * (layer.scale() * w);
-            let delta = if transpose { delta.transpose() } else { delta };
-            weight = weight + delta.reshape(dims);
+        for (layer, w, _) in layers {
+            weight = Delta::new(layer, *w, device)?.add_to(weight, transpose, device);
         }
         Ok(weight)
     }
@@ -331,12 +377,202 @@ impl<S: TensorSource> TensorSource for WithLoras<'_, S> {
         }
         self.inner.fetch_rows(info, max_rows, device)
     }
+
+    fn loaded_param(&mut self, info: &TensorInfo, transpose: bool, param: ParamId) {
+        self.inner.loaded_param(info, transpose, param)
+    }
 }
 
 impl<S: TensorSource> IntoTensorSource for WithLoras<'_, S> {
     type Source = Self;
     fn into_tensor_source(self) -> Result<Self::Source, WeightsError> {
         Ok(self)
+    }
+}
+
+/// A weight a LoRA may adapt, as the model loaded it: the tensor in the file, the model's name for it,
+/// whether it was transposed, and the parameter that holds it.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub component: Component,
+    pub info: TensorInfo,
+    pub canonical: String,
+    pub transpose: bool,
+    pub param: ParamId,
+}
+
+/// Where a [`Recording`] leaves its targets (one sink for every component of a model).
+pub type TargetSink = Rc<RefCell<Vec<Target>>>;
+
+/// A tensor source that notes every parameter loaded from it as a [`Target`] of `component` (nothing
+/// for a component no LoRA adapts): what [`Merged`] needs to find a weight again in the built model.
+pub struct Recording<S> {
+    inner: S,
+    adapted: Option<(Component, KeyMap)>,
+    sink: TargetSink,
+}
+
+impl<S> Recording<S> {
+    /// `adapted`: the component the source holds and the model's names for its tensors (see
+    /// `model_folder::Part::lora_adapted`), `None` for one no LoRA adapts.
+    pub fn new(inner: S, adapted: Option<(Component, KeyMap)>, sink: TargetSink) -> Self {
+        Self { inner, adapted, sink }
+    }
+}
+
+impl<S: TensorSource> TensorSource for Recording<S> {
+    fn infos(&self) -> Vec<TensorInfo> {
+        self.inner.infos()
+    }
+
+    fn fetch<const D: usize>(
+        &mut self,
+        info: &TensorInfo,
+        transpose: bool,
+        device: &Device,
+    ) -> Result<Tensor<D>, WeightsError> {
+        self.inner.fetch(info, transpose, device)
+    }
+
+    fn fetch_rows(
+        &mut self,
+        info: &TensorInfo,
+        max_rows: usize,
+        device: &Device,
+    ) -> Result<Vec<Tensor<2>>, WeightsError> {
+        self.inner.fetch_rows(info, max_rows, device)
+    }
+
+    fn loaded_param(&mut self, info: &TensorInfo, transpose: bool, param: ParamId) {
+        if let Some((component, key_map)) = self.adapted
+            && let Some(canonical) = key_map(&info.name)
+        {
+            self.sink.borrow_mut().push(Target { component, info: info.clone(), canonical, transpose, param });
+        }
+        self.inner.loaded_param(info, transpose, param)
+    }
+}
+
+impl<S: TensorSource> IntoTensorSource for Recording<S> {
+    type Source = Self;
+    fn into_tensor_source(self) -> Result<Self::Source, WeightsError> {
+        Ok(self)
+    }
+}
+
+/// A LoRA merged into a model now: its name, its file's sha256 (what tells two files of one name
+/// apart) and its weight.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied {
+    pub name: String,
+    pub sha256: String,
+    pub weight: f32,
+}
+
+/// LoRAs merged into a built model's text encoder and U-Net, changed without loading the model again.
+///
+/// Each weight a LoRA changes is rebuilt from its original, kept (on the device) while any LoRA adapts
+/// it: a LoRA's weight can change any number of times without drift, the deltas add as the native load
+/// adds them (the same values, see [`Delta::add_to`]), and a removal puts back the very tensor that was
+/// loaded. The cost is one copy of each adapted weight while adapted ([`Self::kept_bytes`]); merging
+/// (instead of a low-rank side path) keeps every step's cost exactly what it is without LoRAs.
+pub struct Merged {
+    targets: Vec<Target>,
+    /// The loaded tensor (a `Tensor<D>`) of each adapted parameter, and its size in bytes.
+    originals: HashMap<ParamId, (Box<dyn Any>, u64)>,
+    applied: Vec<Applied>,
+}
+
+impl Merged {
+    /// Nothing merged into a model whose adaptable weights are `targets`.
+    pub fn new(targets: Vec<Target>) -> Self {
+        Self { targets, originals: HashMap::new(), applied: Vec::new() }
+    }
+
+    /// The LoRAs merged now, in order.
+    pub fn applied(&self) -> &[Applied] {
+        &self.applied
+    }
+
+    /// Weights adapted now.
+    pub fn adapted_weights(&self) -> usize {
+        self.originals.len()
+    }
+
+    /// Device bytes held by the kept originals.
+    pub fn kept_bytes(&self) -> u64 {
+        self.originals.values().map(|(_, bytes)| bytes).sum()
+    }
+
+    /// Merges `loras` (each with its weight and file sha256), in place of what was merged before, into
+    /// `text_encoder` and `unet` (the modules this was made for). Every layer must land on a weight of
+    /// the model, and every matrix must be readable, before anything changes: on an error the modules
+    /// are not touched.
+    pub fn apply(
+        &mut self,
+        loras: &[(&Lora, String, f32)],
+        text_encoder: ClipTextModel,
+        unet: UNet2DConditionModel,
+        device: &Device,
+    ) -> Result<(ClipTextModel, UNet2DConditionModel), LoraError> {
+        let mut planned: HashMap<ParamId, (bool, Vec<Delta>)> = HashMap::new();
+        for component in [Component::TextEncoder, Component::Unet] {
+            let weights: Vec<(TensorInfo, String)> = self
+                .targets
+                .iter()
+                .filter(|t| t.component == component)
+                .map(|t| (t.info.clone(), t.canonical.clone()))
+                .collect();
+            let merges = plan(loras.iter().map(|(l, _, w)| (*l, *w)), &weights, component)?;
+            for target in self.targets.iter().filter(|t| t.component == component) {
+                let Some(layers) = merges.get(&target.info.name) else { continue };
+                let mut deltas = Vec::with_capacity(layers.len());
+                for (layer, weight, name) in layers {
+                    let delta = Delta::new(layer, *weight, device)
+                        .map_err(|error| LoraError::File { name: name.to_string(), error })?;
+                    deltas.push(delta);
+                }
+                planned.insert(target.param, (target.transpose, deltas));
+            }
+        }
+        let mut mapper = Remerge { planned, originals: &mut self.originals, device };
+        let text_encoder = text_encoder.map(&mut mapper);
+        let unet = unet.map(&mut mapper);
+        self.applied = loras
+            .iter()
+            .map(|(l, sha256, weight)| Applied { name: l.name.clone(), sha256: sha256.clone(), weight: *weight })
+            .collect();
+        Ok((text_encoder, unet))
+    }
+}
+
+/// The module mapper of [`Merged::apply`]: every planned parameter becomes its original plus its
+/// deltas; an adapted one no longer planned gets its original back.
+struct Remerge<'a> {
+    planned: HashMap<ParamId, (bool, Vec<Delta>)>,
+    originals: &'a mut HashMap<ParamId, (Box<dyn Any>, u64)>,
+    device: &'a Device,
+}
+
+impl ModuleMapper for Remerge<'_> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let id = param.id;
+        let planned = self.planned.remove(&id);
+        let original = self.originals.get(&id).and_then(|(t, _)| t.downcast_ref::<Tensor<D>>()).cloned();
+        if planned.is_none() && original.is_none() {
+            return param;
+        }
+        let base = original.unwrap_or_else(|| param.val());
+        let Some((transpose, deltas)) = planned else {
+            self.originals.remove(&id);
+            return Param::initialized(id, base);
+        };
+        self.originals.entry(id).or_insert_with(|| {
+            let bytes = base.shape().num_elements() as u64 * base.dtype().size() as u64;
+            (Box::new(base.clone()), bytes)
+        });
+        let merged = deltas.iter().fold(base, |w, delta| delta.add_to(w, transpose, self.device));
+        Param::initialized(id, merged)
     }
 }
 

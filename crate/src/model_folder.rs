@@ -138,6 +138,16 @@ impl Part {
             Part::Vae => "vae",
         }
     }
+
+    /// The component a LoRA adapts in this part and the model's names for the file's tensors; `None`
+    /// for the VAE and for SDXL's second text encoder (LoRAs for SDXL are refused).
+    pub fn lora_adapted(self) -> Option<(crate::lora::Component, crate::weights::KeyMap)> {
+        match self {
+            Part::TextEncoder => Some((crate::lora::Component::TextEncoder, crate::models::clip::clip_key_map)),
+            Part::Unet => Some((crate::lora::Component::Unet, |name| Some(name.to_string()))),
+            Part::TextEncoder2 | Part::Vae => None,
+        }
+    }
 }
 
 /// Reads one file of the folder by its path (`unet/config.json`): its bytes, `None` when the folder has
@@ -346,9 +356,30 @@ impl StableDiffusion {
         loras: &[(crate::lora::Lora, f32)],
         device: &Device,
     ) -> Result<Self, PipelineError> {
-        use crate::lora::{Component, WithLoras};
+        Self::load_dir_inner(dir, variant, loras, None, device)
+    }
+
+    /// [`Self::load_dir`], with what [`crate::lora::Merged`] needs to merge LoRAs into the loaded model
+    /// later (as the browser does): no LoRA merged yet.
+    pub fn load_dir_adaptable(
+        dir: &std::path::Path,
+        variant: Option<crate::weights::Variant>,
+        device: &Device,
+    ) -> Result<(Self, crate::lora::Merged), PipelineError> {
+        let sink = crate::lora::TargetSink::default();
+        let model = Self::load_dir_inner(dir, variant, &[], Some(&sink), device)?;
+        Ok((model, crate::lora::Merged::new(sink.take())))
+    }
+
+    fn load_dir_inner(
+        dir: &std::path::Path,
+        variant: Option<crate::weights::Variant>,
+        loras: &[(crate::lora::Lora, f32)],
+        sink: Option<&crate::lora::TargetSink>,
+        device: &Device,
+    ) -> Result<Self, PipelineError> {
+        use crate::lora::{Recording, WithLoras};
         use crate::model_folder::{ModelConfigs, Part};
-        use crate::models::clip::clip_key_map;
         use crate::weights::{SafetensorsReader, component_weights};
 
         let model = dir.display();
@@ -367,9 +398,10 @@ impl StableDiffusion {
             Err(e) => Err(format!("cannot read {path}: {e}")),
         };
         let configs = ModelConfigs::read(&mut read).map_err(in_model)?;
-        if configs.is_sdxl() && !loras.is_empty() {
+        if configs.is_sdxl() && (!loras.is_empty() || sink.is_some()) {
             return Err(in_model(PipelineError::Unsupported("LoRAs for SDXL are not supported yet".into())));
         }
+        let sink = sink.cloned().unwrap_or_default();
         let weights = |part: Part| {
             let folder = part.folder();
             let model_err = |m: String| PipelineError::Model(format!("{folder}: {m}"));
@@ -379,21 +411,21 @@ impl StableDiffusion {
                 std::fs::File::open(&path).map_err(|e| PipelineError::Model(format!("{}: {e}", path.display())))?;
             let reader = SafetensorsReader::new(file).map_err(|e| model_err(e.to_string()))?;
             // LoRAs adapt the text encoder and the U-Net (SD 1.x/2.x only, refused above for SDXL).
-            let (key_map, lora_part): (crate::weights::KeyMap, _) = match part {
-                Part::TextEncoder | Part::TextEncoder2 => (clip_key_map, Some(Component::TextEncoder)),
-                Part::Unet => (|name| Some(name.to_string()), Some(Component::Unet)),
-                Part::Vae => (|name| Some(name.to_string()), None),
+            let adapted = part.lora_adapted();
+            let reader = match adapted {
+                Some((c, key_map)) => {
+                    WithLoras::new(reader, key_map, c, loras).map_err(|e| PipelineError::Invalid(e.to_string()))?
+                }
+                None => WithLoras::plain(reader),
             };
-            match lora_part {
-                Some(c) => WithLoras::new(reader, key_map, c, loras).map_err(|e| PipelineError::Invalid(e.to_string())),
-                None => Ok(WithLoras::plain(reader)),
-            }
+            Ok(Recording::new(reader, adapted, sink.clone()))
         };
         // Every LoRA layer must fit a weight: checked on the headers before any weight is read.
         if !loras.is_empty() {
             weights(Part::TextEncoder).map_err(in_model)?;
             weights(Part::Unet).map_err(in_model)?;
         }
-        configs.assemble(weights, device).map_err(in_model)
+        let model = configs.assemble(weights, device).map_err(in_model)?;
+        Ok(model)
     }
 }

@@ -69,6 +69,25 @@ pub enum Request {
     ListModels,
     /// Delete a stored model (its files and chunks) and unload it.
     DeleteModel { id: String },
+    /// Store a LoRA under `name` (what `<lora:name:weight>` and [`GenerateSettings::loras`] call it),
+    /// from the page's `bytes` or fetched from `url` (an allowed origin, as for models); it is read as
+    /// a LoRA first, and checked against `sha256` when given. Answers [`Event::LoraAdded`].
+    #[serde(rename_all = "camelCase")]
+    AddLora {
+        name: String,
+        #[serde(default, with = "serde_bytes", skip_serializing_if = "Option::is_none")]
+        bytes: Option<Vec<u8>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        url: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sha256: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        allowed_origins: Option<Vec<String>>,
+    },
+    /// List the stored LoRAs.
+    ListLoras,
+    /// Delete a stored LoRA (a loaded model keeps it merged until the next generation).
+    DeleteLora { name: String },
     /// Testing aid: destroy the GPU device, as a driver reset would; the next request re-initialises.
     LoseDevice,
     /// Testing aid: panic in the engine, as a bug would, while holding the download lock of the model
@@ -199,6 +218,35 @@ pub struct GenerateSettings {
     /// SDXL micro-conditioning: the target `[width, height]`; absent: the image's size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_size: Option<[u32; 2]>,
+    /// Stored LoRAs to merge, in order, with their weights; the prompt's `<lora:name:weight>` tags add
+    /// to them (a tag's weight wins for a LoRA named in both).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub loras: Vec<LoraWeight>,
+}
+
+/// A stored LoRA and the weight to merge it at.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoraWeight {
+    pub name: String,
+    pub weight: f32,
+}
+
+/// A stored LoRA file (also its record in the store).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoraSummary {
+    /// What the prompt's `<lora:name>` and the form call it.
+    pub name: String,
+    pub size: u64,
+    /// Of the whole file; checked on every read from the store.
+    pub sha256: String,
+    /// AUTOMATIC1111's short hash (the PNG's `Lora hashes`).
+    pub short_hash: String,
+    /// The file name or URL it came from.
+    pub source: String,
+    /// Layers it adapts in each network.
+    pub unet_layers: u32,
+    pub text_encoder_layers: u32,
 }
 
 fn default_steps() -> u32 {
@@ -395,6 +443,17 @@ pub enum Event {
     BenchUnet { ms: Vec<f64>, output: F32Tensor },
     /// Answer to [`Request::DeleteModel`].
     Deleted { id: String },
+    /// Answer to [`Request::AddLora`].
+    LoraAdded { lora: LoraSummary },
+    /// Answer to [`Request::ListLoras`].
+    Loras { loras: Vec<LoraSummary> },
+    /// Answer to [`Request::DeleteLora`].
+    LoraDeleted { name: String },
+    /// During a generation: the LoRAs merged into the loaded model changed (to `loras`; none: every
+    /// weight is back as loaded). `adapted_weights` weights are merged, their originals kept on the GPU
+    /// (`kept_bytes`); the model was not read again.
+    #[serde(rename_all = "camelCase")]
+    LorasApplied { loras: Vec<LoraWeight>, adapted_weights: u32, kept_bytes: u64, ms: f64 },
     /// The running request stopped because of [`Request::Cancel`]; nothing half-done is kept as done.
     Cancelled { phase: Phase },
     /// A request failed; `code` is stable (see [`crate::Error::code`]), `message` is for people.
@@ -485,6 +544,9 @@ mod tests {
             Request::Cancel => "cancel",
             Request::ListModels => "listModels",
             Request::DeleteModel { .. } => "deleteModel",
+            Request::AddLora { .. } => "addLora",
+            Request::ListLoras => "listLoras",
+            Request::DeleteLora { .. } => "deleteLora",
             Request::LoseDevice => "loseDevice",
             Request::Panic { .. } => "panic",
             Request::BenchUnet { .. } => "benchUnet",
@@ -506,6 +568,10 @@ mod tests {
             Event::Models { .. } => "models",
             Event::BenchUnet { .. } => "benchUnet",
             Event::Deleted { .. } => "deleted",
+            Event::LoraAdded { .. } => "loraAdded",
+            Event::Loras { .. } => "loras",
+            Event::LoraDeleted { .. } => "loraDeleted",
+            Event::LorasApplied { .. } => "lorasApplied",
             Event::Cancelled { .. } => "cancelled",
             Event::Error { .. } => "error",
         }
@@ -533,6 +599,7 @@ mod tests {
             original_size: Some([1024, 768]),
             crop: Some([0, 16]),
             target_size: Some([1024, 1024]),
+            loras: vec![LoraWeight { name: "style".into(), weight: 0.8 }],
         };
         let minimal: GenerateSettings = serde_json::from_str(r#"{"prompt":""}"#).unwrap();
         let requests = vec![
@@ -564,6 +631,22 @@ mod tests {
             Request::Cancel,
             Request::ListModels,
             Request::DeleteModel { id: "m".into() },
+            Request::AddLora {
+                name: "style".into(),
+                bytes: Some(vec![1, 2]),
+                url: None,
+                sha256: Some("ab".into()),
+                allowed_origins: None,
+            },
+            Request::AddLora {
+                name: "style".into(),
+                bytes: None,
+                url: Some("https://huggingface.co/u/r/resolve/main/style.safetensors".into()),
+                sha256: None,
+                allowed_origins: Some(vec!["https://huggingface.co".into()]),
+            },
+            Request::ListLoras,
+            Request::DeleteLora { name: "style".into() },
             Request::LoseDevice,
             Request::Panic { hold_download_lock: None },
             Request::Panic { hold_download_lock: Some("m".into()) },
@@ -672,6 +755,25 @@ mod tests {
                 },
             },
             Event::Deleted { id: "m".into() },
+            Event::LoraAdded {
+                lora: LoraSummary {
+                    name: "style".into(),
+                    size: 4096,
+                    sha256: "ab".into(),
+                    short_hash: "0123456789ab".into(),
+                    source: "style.safetensors".into(),
+                    unet_layers: 12,
+                    text_encoder_layers: 4,
+                },
+            },
+            Event::Loras { loras: vec![] },
+            Event::LoraDeleted { name: "style".into() },
+            Event::LorasApplied {
+                loras: vec![LoraWeight { name: "style".into(), weight: 0.5 }],
+                adapted_weights: 16,
+                kept_bytes: 1 << 20,
+                ms: 12.5,
+            },
             Event::BenchUnet { ms: vec![1.5], output: F32Tensor::from_values(&[1, 1, 1, 1], &[0.25]) },
             Event::Cancelled { phase: Phase::Denoise },
         ];
@@ -708,7 +810,7 @@ mod tests {
     /// A TypeScript literal of a serde value; the `serde_bytes` fields become `Uint8Array`s.
     fn ts(v: &Value, key: Option<&str>) -> String {
         match v {
-            Value::Array(items) if matches!(key, Some("png" | "rgba" | "data")) => {
+            Value::Array(items) if matches!(key, Some("png" | "rgba" | "data" | "bytes")) => {
                 format!("new Uint8Array({})", serde_json::to_string(items).unwrap())
             }
             Value::Array(items) => format!("[{}]", items.iter().map(|i| ts(i, None)).collect::<Vec<_>>().join(", ")),
@@ -726,9 +828,9 @@ mod tests {
     fn typescript_samples_are_current() {
         let (requests, events) = samples();
         let tags: std::collections::BTreeSet<_> = requests.iter().map(request_tag).collect();
-        assert_eq!(tags.len(), 12, "a sample for every request variant");
+        assert_eq!(tags.len(), 15, "a sample for every request variant");
         let tags: std::collections::BTreeSet<_> = events.iter().map(event_tag).collect();
-        assert_eq!(tags.len(), 15, "a sample for every event variant");
+        assert_eq!(tags.len(), 19, "a sample for every event variant");
         for r in &requests {
             let back: Request = serde_json::from_value(serde_json::to_value(r).unwrap()).unwrap();
             assert_eq!(&back, r);

@@ -589,6 +589,69 @@ test("a new version is announced, waits for the running generation, then applies
   }
 });
 
+test("a LoRA through the form: added from a file, matches diffusers fused at 1 and at 0.5, removed gives the plain image; the model is not read again; its PNG restores it", { timeout: 900_000 }, async () => {
+  await page.goto(appUrl("tiny-sd"));
+  await waitReady();
+  const runs = `${FIXTURES}/lora/runs.safetensors`;
+  const { meta } = readSafetensors(runs, "no_lora");
+  await fill({
+    prompt: meta["prompt"]!,
+    negative: meta["negative_prompt"]!,
+    steps: meta["num_inference_steps"]!,
+    guidance: meta["guidance_scale"]!,
+    seed: meta["seed"]!,
+    width: meta["width"]!,
+    height: meta["height"]!,
+    scheduler: "ddim",
+  });
+  await page.getByTestId("lora-file").setInputFiles(`${FIXTURES}/lora/lora_peft.safetensors`);
+  await page.waitForFunction(() => /lora_peft stored/.test(document.querySelector('[data-testid="lora-info"]')?.textContent ?? ""), null, { timeout: 60_000 });
+  assert.deepEqual(await page.getByTestId("lora-name").allInnerTexts(), ["lora_peft"]);
+  await page.waitForFunction(() => /lora_peft: \d/.test(document.querySelector('[data-testid="stored-loras"]')?.textContent ?? ""));
+  // The page's own engine worker: its model chunk reads.
+  const chunkReads = async (): Promise<number> => {
+    for (const worker of page.workers()) {
+      const reads = await worker.evaluate(() => (self as unknown as { websdStats?: { modelChunkReads(): number } }).websdStats?.modelChunkReads());
+      if (reads !== undefined) return reads;
+    }
+    throw new Error("no engine worker");
+  };
+  const compare = async (key: string): Promise<number> => {
+    const { ms } = await generate(600_000);
+    const diff = maxDiff(readSafetensors(runs, key).data, (await resultPixels()).rgba);
+    console.log(`LoRA via the app, ${key}: max |app - diffusers| = ${diff.toExponential(2)}, ${ms} ms; ${await page.getByTestId("lora-info").innerText()}`);
+    return diff;
+  };
+  assert.ok((await compare("peft_1.0")) <= 2e-2);
+  const reads = await chunkReads();
+  await page.getByTestId("lora-weight").fill("0.5");
+  assert.ok((await compare("peft_0.5")) <= 2e-2);
+  const [download] = await Promise.all([page.waitForEvent("download"), page.getByTestId("download").click()]);
+  const png = readFileSync((await download.path())!);
+  const parameters = pngText(png)["parameters"] ?? "";
+  console.log(`PNG parameters: ${JSON.stringify(parameters)}`);
+  assert.match(parameters, /^a photo of an astronaut riding a horse <lora:lora_peft:0.5>\n/);
+  assert.match(parameters, /, Lora hashes: "lora_peft: [0-9a-f]{12}"$/);
+  await page.getByTestId("lora-remove").click();
+  assert.ok((await compare("no_lora")) <= 2e-2);
+  assert.match(await page.getByTestId("lora-info").innerText(), /No LoRA merged/);
+  assert.equal(await chunkReads(), reads, "re-weighting and removing the LoRA read no chunk of the model");
+  // The PNG brings the LoRA back into the list, at its weight.
+  await page.getByTestId("png-settings").setInputFiles({ name: "lora.png", mimeType: "image/png", buffer: png });
+  await page.waitForFunction(() => /"lora.png" loaded/.test(document.querySelector('[data-testid="png-settings-info"]')?.textContent ?? ""));
+  assert.equal(await page.getByTestId("png-settings-info").innerText(), 'Settings of "lora.png" loaded.');
+  assert.deepEqual(await page.getByTestId("lora-name").allInnerTexts(), ["lora_peft"]);
+  assert.equal(await page.getByTestId("lora-weight").inputValue(), "0.5");
+  assert.equal(await page.getByTestId("prompt").inputValue(), "a photo of an astronaut riding a horse");
+  // Deleted from the storage panel; the list keeps the name, and a generation says it is not stored.
+  await page.getByTestId("delete-lora").click();
+  await page.waitForFunction(() => /No LoRAs stored/.test(document.querySelector('[data-testid="stored-loras"]')?.textContent ?? ""));
+  await fill({ steps: "1", ...SMALL });
+  await page.getByTestId("generate").click();
+  await waitError(/LoRA lora_peft is not stored/);
+  await page.getByTestId("lora-remove").click();
+});
+
 /** `png` with an iTXt `parameters` chunk after its header (CRC zeroed: the page reads the bytes itself). */
 function withParameters(png: Buffer, text: string): Buffer {
   const data = Buffer.concat([Buffer.from("parameters\0\0\0\0\0", "latin1"), Buffer.from(text, "utf8")]);
@@ -631,7 +694,7 @@ test("settings load from one of our PNGs and from an A1111 PNG; what cannot be a
   assert.equal(await page.getByTestId("mode-img2img").isChecked(), true);
   const text = await info.innerText();
   console.log(`A1111 PNG: ${text}`);
-  for (const part of ["LoRA detail at 0.6 (LoRAs are not available in the browser yet)", "Clip skip: 2", "Model: v1-5-pruned-emaonly (not among this app's models)"]) {
+  for (const part of ["LoRA detail at 0.6 (not stored here: add it from a file or a URL)", "Clip skip: 2", "Model: v1-5-pruned-emaonly (not among this app's models)"]) {
     assert.ok(text.includes(part), `${part} in ${text}`);
   }
   // One of ours, as the app writes it: every field, and the model it names is the one in use.

@@ -155,6 +155,86 @@ describe("worker engine", () => {
     await e.page.close();
   });
 
+  test("LoRAs: stored from the page's bytes and from a URL; merged, re-weighted and removed without reading the model again", { timeout: 600_000 }, async () => {
+    const e = await openEngine(h);
+    try {
+      const model = manifestUrl("lora");
+      assert.equal((await e.call(ensure("lora", { variant: "fp32" }))).final.type, "modelReady");
+      const lora = (file: string): string => `${h.cdn.url}lora/${file}`;
+      type Settings = Extract<Request, { type: "generate" }>["settings"];
+      const base: Settings = { prompt: "a cat", negativePrompt: "blurry", steps: 1, guidance: 7.5, seed: 3, width: 16, height: 16, scheduler: "ddim" };
+      const image = async (settings: Settings): Promise<{ rgba: number[]; applied?: Recorded }> => {
+        const n = (await e.events()).filter((x) => x.type === "result").length;
+        const { final, events } = await e.call({ type: "generate", model, variant: "fp32", settings }, 300_000);
+        assert.equal(final.type, "result", JSON.stringify(final));
+        const applied = events.find((x) => x.type === "lorasApplied");
+        return { rgba: (await e.decodePng(n)).rgba, ...(applied ? { applied } : {}) };
+      };
+      const maxPixelDiff = (a: number[], b: number[]): number => a.reduce((m, v, i) => Math.max(m, Math.abs(v - b[i]!)), 0);
+      const plain = await image(base);
+      assert.equal(plain.applied, undefined, "nothing to merge, nothing merged");
+
+      // Stored from the page's bytes (a picked file) and from a URL; refused when they are not what
+      // they should be.
+      const peft = await e.addLoraBytes("peft", lora("lora_peft.safetensors"));
+      assert.equal(peft.final.type, "loraAdded", JSON.stringify(peft.final));
+      const added = (peft.final as Extract<Recorded, { type: "loraAdded" }>).lora;
+      assert.deepEqual([added.unetLayers, added.textEncoderLayers, added.source], [84, 25, "a file"]);
+      const code = (r: { final: Recorded }): string => (r.final.type === "error" ? r.final.code : r.final.type);
+      const wrongHash = await e.call({ type: "addLora", name: "kohya", url: lora("lora_kohya.safetensors"), sha256: "0".repeat(64) });
+      assert.equal(code(wrongHash), "integrity", JSON.stringify(wrongHash.final));
+      const kohya = await e.call({ type: "addLora", name: "kohya", url: lora("lora_kohya.safetensors") });
+      assert.equal(kohya.final.type, "loraAdded", JSON.stringify(kohya.final));
+      const notLora = await e.call({ type: "addLora", name: "unet", url: `${h.cdn.url}tiny-sd/unet/diffusion_pytorch_model.safetensors` });
+      assert.equal(code(notLora), "invalid", JSON.stringify(notLora.final));
+      assert.match(JSON.stringify(notLora.final), /is not a LoRA tensor/);
+      const badName = await e.call({ type: "addLora", name: "a:b", url: lora("lora_kohya.safetensors") });
+      assert.equal(code(badName), "invalid", JSON.stringify(badName.final));
+      const offList = await e.call({ type: "addLora", name: "x", url: "https://example.com/x.safetensors" });
+      assert.match(JSON.stringify(offList.final), /not an allowed model origin/);
+      const listed = await e.call({ type: "listLoras" });
+      assert.deepEqual(
+        (listed.final as Extract<Recorded, { type: "loras" }>).loras.map((l) => [l.name, l.size]),
+        [
+          ["kohya", 406100],
+          ["peft", 391472],
+        ],
+      );
+
+      // Merged, re-weighted, named by a prompt tag, swapped for the kohya file, removed: the model's
+      // chunks are not read again.
+      const reads = (await e.stats()).modelChunkReads;
+      assert.ok(reads > 0, "the model was read from IndexedDB once");
+      const full = await image({ ...base, loras: [{ name: "peft", weight: 1 }] });
+      const applied = full.applied as Extract<Recorded, { type: "lorasApplied" }>;
+      console.log(`LoRA merged: ${applied.adaptedWeights} weights, ${applied.keptBytes} bytes kept, ${applied.ms.toFixed(0)} ms`);
+      assert.equal(applied.adaptedWeights, 84 + 25);
+      const half = await image({ ...base, loras: [{ name: "peft", weight: 0.5 }] });
+      const tagged = await image({ ...base, prompt: "<lora:peft:1>a cat" });
+      // kohya's file holds the same matrices with alpha 2 of rank 4: at weight 2 the factor is 1, as peft's at 1.
+      const swapped = await image({ ...base, loras: [{ name: "kohya", weight: 2 }] });
+      const off = await image(base);
+      const moved = [maxPixelDiff(full.rgba, plain.rgba), maxPixelDiff(half.rgba, plain.rgba), maxPixelDiff(full.rgba, half.rgba)];
+      console.log(`LoRA: max pixel change at 1 / at 0.5 / between them: ${moved.join(" / ")}`);
+      assert.ok(moved.every((m) => m > 0), "each weight changes the image");
+      assert.deepEqual(tagged.rgba, full.rgba, "a <lora:peft:1> tag = the list's peft at 1");
+      assert.deepEqual(swapped.rgba, full.rgba, "kohya naming lands on the same weights");
+      assert.deepEqual(off.rgba, plain.rgba, "removed: the plain image exactly");
+      assert.deepEqual((off.applied as Extract<Recorded, { type: "lorasApplied" }>).loras, []);
+      assert.equal((await e.stats()).modelChunkReads, reads, "no chunk of the model read again");
+
+      const missing = await e.call({ type: "generate", model, variant: "fp32", settings: { ...base, loras: [{ name: "nope", weight: 1 }] } });
+      assert.equal(code(missing), "not-stored", JSON.stringify(missing.final));
+      const negativeTag = await e.call({ type: "generate", model, variant: "fp32", settings: { ...base, negativePrompt: "<lora:peft:1>" } });
+      assert.equal(code(negativeTag), "invalid", JSON.stringify(negativeTag.final));
+      assert.equal((await e.call({ type: "deleteLora", name: "kohya" })).final.type, "loraDeleted");
+      const after = await e.call({ type: "listLoras" });
+      assert.deepEqual((after.final as Extract<Recorded, { type: "loras" }>).loras.map((l) => l.name), ["peft"]);
+    } finally {
+      await e.page.close();
+    }
+  });
+
   test("256 px: tiny-sd-f8 (a VAE that downsamples by 8, as SD's) matches diffusers", { timeout: 600_000 }, async () => {
     // tiny-sd's VAE downsamples by 2: at 256 px its attention would span 4096-16384 tokens, far beyond
     // SwiftShader on 2 cores. With SD's factor of 8 the latent is 32x32 (e2e-runs/make_e2e_runs.py).

@@ -103,12 +103,18 @@ export class EnginePage {
 
   /** The engine worker's `self.websdStats` (worker.ts), read through the DevTools protocol: it answers
    * while a request is still running, between the worker's awaits. */
-  async stats(): Promise<{ gpuBuffers: number; gpuBufferBytes: number; largestGpuBuffer: number; wasmMemoryBytes: number }> {
+  async stats(): Promise<{ gpuBuffers: number; gpuBufferBytes: number; largestGpuBuffer: number; wasmMemoryBytes: number; modelChunkReads: number }> {
     for (const worker of this.page.workers()) {
       if ((await worker.evaluate(() => self.name)) !== ENGINE_WORKER) continue;
       return worker.evaluate(() => {
         const s = (self as unknown as { websdStats: EngineStats }).websdStats;
-        return { gpuBuffers: s.gpuBuffers, gpuBufferBytes: s.gpuBufferBytes, largestGpuBuffer: s.largestGpuBuffer, wasmMemoryBytes: s.wasmMemoryBytes() };
+        return {
+          gpuBuffers: s.gpuBuffers,
+          gpuBufferBytes: s.gpuBufferBytes,
+          largestGpuBuffer: s.largestGpuBuffer,
+          wasmMemoryBytes: s.wasmMemoryBytes(),
+          modelChunkReads: s.modelChunkReads(),
+        };
       });
     }
     throw new Error("the engine worker is gone");
@@ -154,6 +160,20 @@ export class EnginePage {
     const final = await this.waitFor(isFinal, timeoutMs, from);
     const events = await this.eventsFrom(from);
     return { final, events };
+  }
+
+  /** `addLora` with the bytes of `url`, fetched by the page (as a page hands a picked file's bytes). */
+  async addLoraBytes(name: string, url: string, timeoutMs = 120_000): Promise<{ final: Recorded; events: Recorded[] }> {
+    const from = await this.page.evaluate(() => (window as unknown as { __events: Recorded[] }).__events.length);
+    await this.page.evaluate(
+      async ([name, url]) => {
+        const bytes = new Uint8Array(await (await fetch(url!)).arrayBuffer());
+        (window as unknown as { __worker: Worker }).__worker.postMessage({ type: "addLora", name, bytes }, [bytes.buffer]);
+      },
+      [name, url] as const,
+    );
+    const final = await this.waitFor(isFinal, timeoutMs, from);
+    return { final, events: await this.eventsFrom(from) };
   }
 
   /** RGBA pixels of the n-th PNG received, decoded by the browser. */

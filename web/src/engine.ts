@@ -19,6 +19,7 @@ export function isFinal(event: WorkerEvent): boolean {
     case "progress":
     case "preview":
     case "memory":
+    case "lorasApplied":
       return false;
     case "result":
       return event.index + 1 >= event.count;

@@ -8,6 +8,7 @@ import { bytes, duration } from "./format";
 import { Gallery, fileName, type GalleryItem } from "./gallery";
 import { renderGpu, renderSelfTest } from "./gpu-panel";
 import { decodeImage, drawRgba, fittedSize, rgbaAt, UnusableImage } from "./images";
+import { findStored, LoraPanel } from "./loras";
 import { MaskEditor } from "./mask-editor";
 import { parseParameters, pngTextChunks } from "./png-settings";
 import { ProgressView } from "./progress";
@@ -54,9 +55,15 @@ const dirty = new Set<Field>();
 void navigator.storage?.persist?.().catch(() => false);
 
 const gallery = new Gallery(byTestId("gallery"), byTestId("gallery-error"), { reuse: (item) => reuse(item) });
-const storage = new StoragePanel(engine, (id) => choices.find((c) => c.url === id)?.label ?? labelOf(id), (id) => {
-  if (current?.url === id) void inspect(current, false);
-});
+const loraPanel = new LoraPanel(engine, () => void storage.refresh());
+const storage = new StoragePanel(
+  engine,
+  (id) => choices.find((c) => c.url === id)?.label ?? labelOf(id),
+  (id) => {
+    if (current?.url === id) void inspect(current, false);
+  },
+  (loras) => loraPanel.setStored(loras),
+);
 
 // ---- form ----------------------------------------------------------------------------------------
 
@@ -121,6 +128,7 @@ function reuse(item: GalleryItem): void {
       dirty.add(f);
     }
   }
+  loraPanel.set(item.settings.loras ?? []);
   const choice = choices.find((c) => c.url === item.model);
   if (choice && choice !== current) selectModel(choice);
   if (item.settings.strength === undefined) setMode("txt2img");
@@ -147,6 +155,18 @@ async function loadPngSettings(file: File): Promise<void> {
     }
   }
   const notApplied = [...loaded.notApplied];
+  // The PNG's LoRAs, where they are stored here (by name, else by A1111's short hash).
+  const loras = [];
+  for (const { name, weight } of loaded.loras) {
+    const hash = loaded.loraHashes[name];
+    const found = findStored(loraPanel.storedLoras(), name, hash);
+    if (found === null) notApplied.push(`LoRA ${name} at ${weight} (not stored here: add it from a file or a URL)`);
+    else {
+      loras.push({ name: found.lora.name, weight });
+      if (found.otherHash) notApplied.push(`LoRA ${name}: the stored file's hash ${found.lora.shortHash} is not the PNG's ${hash}`);
+    }
+  }
+  loraPanel.set(loras);
   if (loaded.model !== undefined) {
     const choice = choices.find((c) => labelOf(c.url).split(" (")[0] === loaded.model);
     if (choice === undefined) notApplied.push(`Model: ${loaded.model} (not among this app's models)`);
@@ -438,8 +458,17 @@ async function generate(): Promise<void> {
     byTestId<HTMLInputElement>(sdxl.field).focus();
     return;
   }
+  const loras = loraPanel.parse();
+  if (!loras.ok) {
+    setBusy(false);
+    progress.stop("Check the settings", false);
+    errors.show(loras.message);
+    loraPanel.focus(loras.index);
+    return;
+  }
   const settings: GenerateSettings = {
     ...parsed.settings,
+    ...(loras.loras.length > 0 ? { loras: loras.loras } : {}),
     ...(sdxl?.ok ? sdxl.settings : {}),
     previewEvery: byTestId<HTMLInputElement>("live-preview").checked ? 1 : 0,
     // Off: diffusers' reading (77 tokens, brackets are words); plain prompts encode the same either way.
@@ -500,6 +529,12 @@ engine.subscribe((event) => {
     case "result":
       showResult(event);
       break;
+    case "lorasApplied":
+      byTestId("lora-info").textContent =
+        event.loras.length === 0
+          ? "No LoRA merged: the model's weights are as loaded."
+          : `Merged ${event.loras.map((l) => `${l.name} at ${l.weight}`).join(", ")} into ${event.adaptedWeights} weights (${bytes(event.keptBytes)} kept on the GPU to undo it).`;
+      break;
     default:
       break;
   }
@@ -523,6 +558,7 @@ selfTestButton.addEventListener("click", () => {
 
 async function start(): Promise<void> {
   renderMode();
+  loraPanel.set([]);
   setBusy(false);
   const status = engine.call({ type: "status" }).then((answer) => {
     if (answer.type === "status") {

@@ -51,11 +51,23 @@ test("A1111's parameters: multi-line prompts, schedule type, quoted values; what
   assert.equal(s.values.strength, "0.45");
   assert.equal(s.imageMode, true);
   assert.equal(s.model, "v1-5-pruned-emaonly");
-  assert.deepEqual(s.notApplied, [
-    "LoRA detail at 0.6 (LoRAs are not available in the browser yet)",
-    "Clip skip: 2",
-    "Version: v1.10.1",
+  assert.deepEqual(s.loras, [{ name: "detail", weight: 0.6 }]);
+  assert.deepEqual(s.loraHashes, { detail: "1a2b3c4d5e6f" });
+  assert.deepEqual(s.notApplied, ["Clip skip: 2", "Version: v1.10.1"]);
+});
+
+test("LoRA tags leave the prompt for the LoRA list: weights, repeats, a third argument, a bad weight", () => {
+  const s = parseParameters(
+    'a cat <lora:style:0.8>, <lora:detail> <lora:style:0.5> <lora:two:0.7:0.2> <lora:bad:heavy>\nSteps: 8, Sampler: DDIM, CFG scale: 7.5, Seed: 1, Size: 64x64, Lora hashes: "style: 0123456789ab, detail: ba9876543210"',
+  );
+  assert.equal(s.values.prompt, "a cat ,");
+  assert.deepEqual(s.loras, [
+    { name: "style", weight: 0.5 },
+    { name: "detail", weight: 1 },
+    { name: "two", weight: 0.7 },
   ]);
+  assert.deepEqual(s.loraHashes, { style: "0123456789ab", detail: "ba9876543210" });
+  assert.deepEqual(s.notApplied, ["<lora:bad:heavy> (its weight is not a number)"]);
 });
 
 test("samplers map to schedulers, or are named when there is none", () => {

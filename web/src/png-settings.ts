@@ -1,9 +1,10 @@
 // "Load settings from PNG": the `parameters` text that this app and AUTOMATIC1111 write into their PNGs,
-// read back into the form's values. What the form cannot take (LoRAs, A1111-only settings, a model this
-// app does not list) is reported by name, never dropped silently. Pure functions (the chunk reader is
+// read back into the form's values, LoRAs (`<lora:name:weight>` tags and `Lora hashes`) into the form's
+// LoRA list. What the form cannot take (A1111-only settings, a model this app does not list, a LoRA that
+// is not stored: main.ts) is reported by name, never dropped silently. Pure functions (the chunk reader is
 // async only for compressed chunks): unit-tested in png-settings.test.ts.
 import type { FormValues } from "./settings";
-import type { SchedulerName } from "./protocol";
+import type { LoraWeight, SchedulerName } from "./protocol";
 
 const PNG_SIGNATURE = [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a];
 /** Text chunks are small; a PNG is not read past this many bytes of them. */
@@ -73,6 +74,10 @@ export interface LoadedSettings {
   model?: string;
   /** A denoising strength (an img2img or inpainting run; the start image itself is not in the PNG). */
   imageMode: boolean;
+  /** The prompt's `<lora:name:weight>` tags (taken out of the prompt), in order. */
+  loras: LoraWeight[];
+  /** `Lora hashes`: name -> A1111's short hash. */
+  loraHashes: Record<string, string>;
   /** "Name: value (why)" for everything not applied. */
   notApplied: string[];
 }
@@ -110,12 +115,23 @@ export function parseParameters(text: string): LoadedSettings {
     }
   }
   const notApplied: string[] = [];
-  // LoRA tags: the browser cannot apply LoRAs yet (the engine refuses a prompt with one).
+  // LoRA tags go to the form's LoRA list (the engine would take them in the prompt too, but the list is
+  // where they can be seen and re-weighted). A1111's third argument (the text encoder's own weight) is
+  // not taken apart: the first weight counts, as in the engine.
+  const loras: LoraWeight[] = [];
   let promptText = prompt.join("\n");
-  promptText = promptText.replace(/<lora:([^:>]+)(?::([^>]*))?>/g, (_, name: string, weight?: string) => {
-    notApplied.push(`LoRA ${name}${weight ? ` at ${weight}` : ""} (LoRAs are not available in the browser yet)`);
+  promptText = promptText.replace(/<lora:([^:>]+)(?::([^:>]*))?(?::[^>]*)?>/g, (tag: string, name: string, weight?: string) => {
+    const w = weight === undefined ? 1 : Number(weight.trim());
+    if (!Number.isFinite(w) || (weight !== undefined && weight.trim() === "")) {
+      notApplied.push(`${tag} (its weight is not a number)`);
+      return "";
+    }
+    const listed = loras.find((l) => l.name === name);
+    if (listed) listed.weight = w;
+    else loras.push({ name, weight: w });
     return "";
   });
+  const loraHashes: Record<string, string> = {};
   prompt = [promptText.trim()];
   const values: Partial<FormValues> = { prompt: prompt[0]!, negative: (negative ?? []).join("\n").trim() };
   let model: string | undefined;
@@ -155,7 +171,10 @@ export function parseParameters(text: string): LoadedSettings {
       case "Model hash":
         break;
       case "Lora hashes":
-        if (!notApplied.some((n) => n.startsWith("LoRA "))) notApplied.push(`Lora hashes: ${value} (LoRAs are not available in the browser yet)`);
+        for (const pair of value.split(",")) {
+          const at = pair.lastIndexOf(":");
+          if (at > 0) loraHashes[pair.slice(0, at).trim()] = pair.slice(at + 1).trim();
+        }
         break;
       default:
         notApplied.push(`${key}: ${value}`);
@@ -169,5 +188,5 @@ export function parseParameters(text: string): LoadedSettings {
     else notApplied.push(`Sampler: ${full} (no such scheduler here)`);
   }
   if (!last) notApplied.push("the settings line (none found: only the prompt was read)");
-  return { values, ...(model !== undefined ? { model } : {}), imageMode, notApplied };
+  return { values, ...(model !== undefined ? { model } : {}), imageMode, loras, loraHashes, notApplied };
 }

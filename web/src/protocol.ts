@@ -75,6 +75,29 @@ export interface GenerateSettings {
   crop?: [number, number];
   /** SDXL micro-conditioning: the target [width, height] (default: the image's size). */
   targetSize?: [number, number];
+  /** Stored LoRAs to merge, in order; the prompt's `<lora:name:weight>` tags add to them (a tag's weight
+   * wins for a LoRA named in both). */
+  loras?: LoraWeight[];
+}
+
+/** crate::protocol::LoraWeight: a stored LoRA and the weight to merge it at. */
+export interface LoraWeight {
+  name: string;
+  weight: number;
+}
+
+/** crate::protocol::LoraSummary: a stored LoRA file. */
+export interface LoraSummary {
+  name: string;
+  size: number;
+  /** Of the whole file; checked on every read from the store. */
+  sha256: string;
+  /** AUTOMATIC1111's short hash (the PNG's `Lora hashes`). */
+  shortHash: string;
+  /** The file name or URL it came from. */
+  source: string;
+  unetLayers: number;
+  textEncoderLayers: number;
 }
 
 export type Phase = "download" | "repair" | "load" | "encode" | "denoise" | "decode";
@@ -160,6 +183,18 @@ export type Request =
   | { type: "cancel" }
   | { type: "listModels" }
   | { type: "deleteModel"; id: string }
+  | {
+      /** Store a LoRA under `name`, from `bytes` or from `url` (an allowed origin); read as a LoRA first,
+       * checked against `sha256` when given. */
+      type: "addLora";
+      name: string;
+      bytes?: Uint8Array;
+      url?: string;
+      sha256?: string;
+      allowedOrigins?: string[];
+    }
+  | { type: "listLoras" }
+  | { type: "deleteLora"; name: string }
   | { type: "loseDevice" }
   /** Testing aid: a real panic in the engine (inside the model's download lock when given). */
   | { type: "panic"; holdDownloadLock?: string }
@@ -222,5 +257,10 @@ export type WorkerEvent =
   | { type: "models"; models: ModelSummary[] }
   | { type: "benchUnet"; ms: number[]; output: F32Tensor }
   | { type: "deleted"; id: string }
+  | { type: "loraAdded"; lora: LoraSummary }
+  | { type: "loras"; loras: LoraSummary[] }
+  | { type: "loraDeleted"; name: string }
+  /** During a generation: the merged LoRAs changed; their originals are kept on the GPU (`keptBytes`). */
+  | { type: "lorasApplied"; loras: LoraWeight[]; adaptedWeights: number; keptBytes: number; ms: number }
   | { type: "cancelled"; phase: Phase }
   | { type: "error"; code: ErrorCode; message: string; needed?: number; available?: number };

@@ -1,9 +1,9 @@
-// The storage panel: models stored by the engine (size, complete or not, delete), whether the browser
-// granted persistent storage, and how much of the origin's quota is used.
+// The storage panel: models and LoRAs stored by the engine (size, complete or not, delete), whether
+// the browser granted persistent storage, and how much of the origin's quota is used.
 import { byTestId, el } from "./dom";
 import type { EngineClient } from "./engine";
 import { bytes } from "./format";
-import type { ModelSummary } from "./protocol";
+import type { LoraSummary, ModelSummary } from "./protocol";
 
 export class StoragePanel {
   constructor(
@@ -11,6 +11,8 @@ export class StoragePanel {
     private readonly labelOf: (id: string) => string,
     /** Called after a model was deleted. */
     private readonly onDeleted: (id: string) => void,
+    /** Called with the stored LoRAs whenever they are listed. */
+    private readonly onLoras: (loras: LoraSummary[]) => void,
   ) {}
 
   async refresh(): Promise<void> {
@@ -25,6 +27,33 @@ export class StoragePanel {
         : "unknown";
     const answer = await this.engine.call({ type: "listModels" });
     if (answer.type === "models") this.render(answer.models);
+    const loras = await this.engine.call({ type: "listLoras" });
+    if (loras.type === "loras") {
+      this.renderLoras(loras.loras);
+      this.onLoras(loras.loras);
+    }
+  }
+
+  private renderLoras(loras: LoraSummary[]): void {
+    const list = byTestId("stored-loras");
+    if (loras.length === 0) {
+      list.replaceChildren(el("li", "No LoRAs stored."));
+      return;
+    }
+    list.replaceChildren(
+      ...loras.map((l) => {
+        const item = el("li", undefined, "stored-lora");
+        item.append(el("span", `${l.name}: ${bytes(l.size)}, sha256 ${l.sha256.slice(0, 12)}…, from ${l.source}`));
+        const remove = el("button", "Delete", "delete-lora");
+        remove.type = "button";
+        remove.addEventListener("click", () => {
+          remove.disabled = true;
+          void this.engine.call({ type: "deleteLora", name: l.name }).then(() => this.refresh());
+        });
+        item.append(" ", remove);
+        return item;
+      }),
+    );
   }
 
   private render(models: ModelSummary[]): void {

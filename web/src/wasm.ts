@@ -4,6 +4,8 @@
 export interface Engine {
   handle(request: unknown): Promise<void>;
   cancel(): void;
+  /** Chunks of model files read from IndexedDB since the worker started. */
+  chunkReads(): number;
   free(): void;
 }
 

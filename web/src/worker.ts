@@ -10,11 +10,13 @@ const post = (event: WorkerEvent): void => scope.postMessage(event);
 
 // Counters for the benchmark (stats.ts): how many GPU buffers, how big, and the heap.
 let memory: WebAssembly.Memory | null = null;
+let instance: Engine | null = null;
 const stats: EngineStats = {
   gpuBuffers: 0,
   gpuBufferBytes: 0,
   largestGpuBuffer: 0,
   wasmMemoryBytes: () => memory?.buffer.byteLength ?? 0,
+  modelChunkReads: () => instance?.chunkReads() ?? 0,
 };
 (scope as unknown as { websdStats: EngineStats }).websdStats = stats;
 // Only `createBuffer`'s size is read: a structural type instead of all of @webgpu/types.
@@ -46,6 +48,7 @@ const engine: Promise<Engine> = loadWasm().then((wasm) => {
   memory = wasm.memory;
   // The engine's panic hook posts `error {code: "panic"}` through this callback before the trap.
   const engine = new wasm.Engine((event: unknown) => emit(event as WorkerEvent));
+  instance = engine;
   post({ type: "ready" });
   return engine;
 });

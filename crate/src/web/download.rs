@@ -113,9 +113,29 @@ pub const MAX_MANIFEST_BYTES: usize = 1 << 20;
 const MANIFEST_DEADLINE_MS: f64 = 60_000.0;
 
 /// `GET url` with no HTTP cache involved; the whole body as text (manifests), at most
-/// [`MAX_MANIFEST_BYTES`], each read within `stall_ms`, all within [`MANIFEST_DEADLINE_MS`] plus the
-/// stall time; `cancel` is checked at every read.
+/// [`MAX_MANIFEST_BYTES`], all within [`MANIFEST_DEADLINE_MS`] plus the stall time.
 async fn fetch_text(url: &str, options: &DownloadOptions, cancel: &Cell<bool>) -> Result<String, FetchFailure> {
+    let bytes = match fetch_body(url, options, cancel, MAX_MANIFEST_BYTES, Some(MANIFEST_DEADLINE_MS)).await {
+        Err(FetchFailure::TooLarge) => Err(FetchFailure::Refused(Error::BadRequest(format!(
+            "{url}: the manifest is larger than {} KiB",
+            MAX_MANIFEST_BYTES >> 10
+        )))),
+        other => other,
+    }?;
+    String::from_utf8(bytes)
+        .map_err(|_| FetchFailure::Refused(Error::BadRequest(format!("{url}: the manifest is not UTF-8"))))
+}
+
+/// `GET url` with no HTTP cache involved; the whole body, at most `max_bytes`, each read within the
+/// stall time, all within `deadline_ms` (when given) plus the stall time; `cancel` is checked at every
+/// read.
+async fn fetch_body(
+    url: &str,
+    options: &DownloadOptions,
+    cancel: &Cell<bool>,
+    max_bytes: usize,
+    deadline_ms: Option<f64>,
+) -> Result<Vec<u8>, FetchFailure> {
     let started = js_sys::Date::now();
     let (response, controller) = start_get(url, None, options.stall_ms).await.map_err(FetchFailure::Network)?;
     if let Err(e) = check_final_url(&response, &options.allowed) {
@@ -126,15 +146,17 @@ async fn fetch_text(url: &str, options: &DownloadOptions, cancel: &Cell<bool>) -
         controller.abort();
         return Err(FetchFailure::Http(response.status()));
     }
-    let Some(body) = response.body() else { return Ok(String::new()) };
+    let Some(body) = response.body() else { return Ok(Vec::new()) };
     let reader: ReadableStreamDefaultReader = body.get_reader().unchecked_into();
     let mut bytes = Vec::new();
     let result = loop {
         if cancel.get() {
             break Err(FetchFailure::Refused(Error::Cancelled));
         }
-        if js_sys::Date::now() - started > MANIFEST_DEADLINE_MS + options.stall_ms as f64 {
-            break Err(FetchFailure::Network(format!("the body took longer than {} s", MANIFEST_DEADLINE_MS / 1000.0)));
+        if let Some(deadline) = deadline_ms
+            && js_sys::Date::now() - started > deadline + options.stall_ms as f64
+        {
+            break Err(FetchFailure::Network(format!("the body took longer than {} s", deadline / 1000.0)));
         }
         let read = match within(reader.read(), options.stall_ms).await {
             Ok(Some(read)) => read,
@@ -146,11 +168,8 @@ async fn fetch_text(url: &str, options: &DownloadOptions, cancel: &Cell<bool>) -
         }
         let Some(value) = get(&read, "value") else { continue };
         let chunk = super::store::byte_view(value);
-        if bytes.len() + chunk.length() as usize > MAX_MANIFEST_BYTES {
-            break Err(FetchFailure::Refused(Error::BadRequest(format!(
-                "{url}: the manifest is larger than {} KiB",
-                MAX_MANIFEST_BYTES >> 10
-            ))));
+        if bytes.len() + chunk.length() as usize > max_bytes {
+            break Err(FetchFailure::TooLarge);
         }
         bytes.extend_from_slice(&chunk.to_vec());
     };
@@ -159,8 +178,21 @@ async fn fetch_text(url: &str, options: &DownloadOptions, cancel: &Cell<bool>) -
     }
     let _ = reader.cancel();
     result?;
-    String::from_utf8(bytes)
-        .map_err(|_| FetchFailure::Refused(Error::BadRequest(format!("{url}: the manifest is not UTF-8"))))
+    Ok(bytes)
+}
+
+/// A LoRA file from `url` (an allowed origin), at most [`crate::limits::MAX_LORA_BYTES`].
+pub async fn fetch_lora(url: &str, allowed: Vec<String>, cancel: &Cell<bool>) -> Result<Vec<u8>, Error> {
+    check_origin(url, &allowed)?;
+    let options = DownloadOptions { stall_ms: DEFAULT_STALL_MS, chunk_bytes: DEFAULT_CHUNK_BYTES, allowed };
+    let max = crate::limits::MAX_LORA_BYTES as usize;
+    match fetch_body(url, &options, cancel, max, None).await {
+        Ok(bytes) => Ok(bytes),
+        Err(FetchFailure::Refused(e)) => Err(e),
+        Err(FetchFailure::TooLarge) => Err(Error::TooLarge(format!("{url}: the LoRA is larger than {} MiB", max >> 20))),
+        Err(FetchFailure::Network(m)) => Err(Error::Network(format!("cannot fetch the LoRA {url}: {m}"))),
+        Err(FetchFailure::Http(status)) => Err(Error::Network(format!("the LoRA {url} answered HTTP {status}"))),
+    }
 }
 
 /// Starts `GET url` (bytes `from-` or `from-to` when given), bypassing the HTTP cache: it must not
@@ -206,9 +238,10 @@ enum FetchFailure {
     Network(String),
     /// A response with this status.
     Http(u16),
-    /// A response that must not be used, and no stored copy either (redirected off the allow-list,
-    /// too large).
+    /// A response that must not be used, and no stored copy either (redirected off the allow-list).
     Refused(Error),
+    /// A body longer than the caller takes.
+    TooLarge,
 }
 
 /// What the downloader reports while it works, and what stops it.
@@ -254,6 +287,7 @@ pub async fn manifest(
                     Error::Network(format!("the manifest {manifest_url} answered HTTP {status}"))
                 }
                 FetchFailure::Refused(e) => e,
+                FetchFailure::TooLarge => Error::BadRequest(format!("{manifest_url}: the manifest is too large")),
             })
         }
     }

@@ -70,6 +70,8 @@ pub struct LoadedModel {
     pub hash: String,
     /// The model folder's name (the manifest URL's last folder).
     pub name: String,
+    /// The LoRAs merged into its text encoder and U-Net now.
+    pub loras: crate::lora::Merged,
 }
 
 /// Chunk reads kept in flight ahead of the one being used: IndexedDB serves a few requests in parallel
@@ -504,15 +506,21 @@ pub async fn load_model(
         uploaded.push((part, upload_weights(store, record, device, &mut progress).await?));
     }
     let t0 = js_sys::Date::now();
+    // Where each weight a LoRA may adapt ends up: LoRAs are merged into the built model later, without
+    // reading it again (crate::lora::Merged).
+    let sink = crate::lora::TargetSink::default();
     let find = |part: Part| {
         let tensors = uploaded.iter().find(|(p, _)| *p == part).map(|(_, t)| t.clone());
-        tensors.ok_or_else(|| crate::pipeline::PipelineError::Model(format!("{} was not uploaded", part.folder())))
+        let tensors = tensors
+            .ok_or_else(|| crate::pipeline::PipelineError::Model(format!("{} was not uploaded", part.folder())))?;
+        Ok(crate::lora::Recording::new(tensors, part.lora_adapted(), sink.clone()))
     };
     let pipeline = configs.assemble(find, device)?;
+    let loras = crate::lora::Merged::new(sink.take());
     web_sys::console::info_1(
         &format!("websd: building the modules took {:.1} s", (js_sys::Date::now() - t0) / 1e3).into(),
     );
 
     let name = id.trim_end_matches("manifest.json").trim_end_matches('/').rsplit('/').next().unwrap_or(id).to_string();
-    Ok(LoadedModel { id: id.to_string(), variant, pipeline, hash, name })
+    Ok(LoadedModel { id: id.to_string(), variant, pipeline, hash, name, loras })
 }

@@ -80,6 +80,9 @@ struct State {
     /// The allow-list each model was last ensured or inspected with: a repair fetches from where the
     /// download did.
     allowed: std::collections::HashMap<String, Vec<String>>,
+    /// LoRA files read and parsed, by sha256: those merged now (kept for a change of weight) and the
+    /// last one added.
+    loras: std::collections::HashMap<String, Rc<crate::lora::Lora>>,
 }
 
 /// The engine living in the dedicated worker.
@@ -145,6 +148,13 @@ impl Engine {
     /// Asks the running request to stop at its next check (between two chunks, tensors or steps).
     pub fn cancel(&self) {
         self.cancel.set(true);
+    }
+
+    /// Chunks of model files read from IndexedDB since the worker started (worker.ts's stats: a LoRA
+    /// change must not read the model again).
+    #[wasm_bindgen(js_name = chunkReads)]
+    pub fn chunk_reads(&self) -> f64 {
+        store::chunk_reads() as f64
     }
 }
 
@@ -261,6 +271,22 @@ async fn run(request: Request, cx: &Context) -> Result<Option<Event>, Error> {
             .await?;
             deleted.ok_or_else(|| Error::Storage(format!("could not take the lock of {id} to delete it")))??;
             Ok(Some(Event::Deleted { id }))
+        }
+        Request::AddLora { name, bytes, url, sha256, allowed_origins } => {
+            add_lora(cx, name, bytes, url, sha256, allowed_origins).await.map(|lora| Some(Event::LoraAdded { lora }))
+        }
+        Request::ListLoras => {
+            let mut loras = cx.store().await?.loras().await?;
+            loras.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(Some(Event::Loras { loras }))
+        }
+        Request::DeleteLora { name } => {
+            let store = cx.store().await?;
+            if store.lora(&name).await?.is_none() {
+                return Err(Error::NotStored(format!("no stored LoRA {name}")));
+            }
+            store.delete_lora(&name).await?;
+            Ok(Some(Event::LoraDeleted { name }))
         }
         Request::LoseDevice => {
             crate::gpu::destroy_device().await?;
@@ -418,8 +444,149 @@ fn wasm_memory_bytes() -> u64 {
     memory.buffer().unchecked_into::<js_sys::ArrayBuffer>().byte_length() as u64
 }
 
+/// The LoRAs a generation asks for, in order: the settings' list, then the prompt's `<lora:name:weight>`
+/// tags (a tag sets the weight of a LoRA the list names, or adds it).
+fn wanted_loras(s: &GenerateSettings) -> Result<Vec<(String, f32)>, Error> {
+    let (_, tags) = crate::lora::extract_tags(&s.prompt).map_err(|e| Error::Invalid(e.to_string()))?;
+    let mut wanted: Vec<(String, f32)> = Vec::new();
+    for (name, weight) in s.loras.iter().map(|l| (l.name.clone(), l.weight)) {
+        if wanted.iter().any(|(n, _)| *n == name) {
+            return Err(Error::Invalid(format!("the LoRA {name} is listed twice")));
+        }
+        wanted.push((name, weight));
+    }
+    for (name, weight) in tags {
+        match wanted.iter_mut().find(|(n, _)| *n == name) {
+            Some(listed) => listed.1 = weight,
+            None => wanted.push((name, weight)),
+        }
+    }
+    let max = crate::limits::MAX_LORA_WEIGHT;
+    if let Some((name, weight)) = wanted.iter().find(|(_, w)| !w.is_finite() || w.abs() > max) {
+        return Err(Error::Invalid(format!("the LoRA {name}'s weight must be within -{max} to {max}, got {weight}")));
+    }
+    Ok(wanted)
+}
+
+/// A name a LoRA can be stored under: what `<lora:name:weight>` can say (no `:` or `>`), and short.
+fn check_lora_name(name: &str) -> Result<(), Error> {
+    if name.trim().is_empty() || name.len() > 200 || name.contains([':', '<', '>']) || name.trim() != name {
+        return Err(Error::Invalid(format!(
+            "{name:?} cannot name a LoRA: 1 to 200 characters, no ':', '<' or '>', no spaces around it"
+        )));
+    }
+    Ok(())
+}
+
+/// [`Request::AddLora`]: the file from the page or from `url`, read as a LoRA, checked against
+/// `sha256` when given, then stored (replacing one of the same name).
+async fn add_lora(
+    cx: &Context,
+    name: String,
+    bytes: Option<Vec<u8>>,
+    url: Option<String>,
+    sha256: Option<String>,
+    allowed_origins: Option<Vec<String>>,
+) -> Result<crate::protocol::LoraSummary, Error> {
+    use crate::lora::{Component, Lora};
+    check_lora_name(&name)?;
+    let max = crate::limits::MAX_LORA_BYTES;
+    let (bytes, source) = match (bytes, url) {
+        (Some(bytes), None) => (bytes, "a file".to_string()),
+        (None, Some(url)) => {
+            let allowed = allowed_origins.unwrap_or_else(download::default_allowed_origins);
+            cx.emit(Event::Progress { phase: Phase::Download, done: 0, total: 1, bytes: None, file: Some(url.clone()) });
+            (download::fetch_lora(&url, allowed, &cx.cancel).await?, url)
+        }
+        _ => return Err(Error::BadRequest("AddLora takes the file's bytes or its url (one of them)".into())),
+    };
+    if bytes.len() as u64 > max {
+        return Err(Error::TooLarge(format!("the LoRA {name} has {} bytes, at most {max} are taken", bytes.len())));
+    }
+    let lora = Lora::from_source(&name, std::io::Cursor::new(bytes.as_slice()))
+        .map_err(|e| Error::Invalid(e.to_string()))?;
+    let view = js_sys::Uint8Array::from(bytes.as_slice());
+    let digest = store::sha256_hex(&view).await?;
+    if let Some(want) = sha256.filter(|want| !want.eq_ignore_ascii_case(&digest)) {
+        return Err(Error::Integrity(format!("the LoRA {name} has sha256 {digest}, {want} was expected")));
+    }
+    let summary = crate::protocol::LoraSummary {
+        name,
+        size: bytes.len() as u64,
+        sha256: digest.clone(),
+        short_hash: crate::lora::short_hash(&bytes).unwrap_or_default(),
+        source,
+        unet_layers: lora.layer_count(Component::Unet) as u32,
+        text_encoder_layers: lora.layer_count(Component::TextEncoder) as u32,
+    };
+    drop(bytes);
+    cx.store().await?.put_lora(&summary, &view).await?;
+    cx.state.borrow_mut().loras.insert(digest, Rc::new(lora));
+    Ok(summary)
+}
+
+/// Merges `wanted` (stored LoRAs with their weights) into the loaded model in place of what is merged
+/// now, unless that is already it; the model is not read again. Announced with `LorasApplied`.
+async fn apply_loras(
+    cx: &Context,
+    wanted: &[(crate::protocol::LoraSummary, f32)],
+    device: &burn::tensor::Device,
+) -> Result<Rc<LoadedModel>, Error> {
+    use crate::lora::{Applied, Lora};
+    let target: Vec<Applied> = wanted
+        .iter()
+        .map(|(r, w)| Applied { name: r.name.clone(), sha256: r.sha256.clone(), weight: *w })
+        .collect();
+    {
+        let state = cx.state.borrow();
+        let model = state.model.as_ref().ok_or_else(|| Error::Invalid("no model is loaded".into()))?;
+        if model.loras.applied() == target.as_slice() {
+            return Ok(model.clone());
+        }
+    }
+    // The files not parsed yet, from the store (each checked against its sha256).
+    let store = cx.store().await?;
+    for (record, _) in wanted {
+        if !cx.state.borrow().loras.contains_key(&record.sha256) {
+            let bytes = store.lora_bytes(record).await?.to_vec();
+            let lora = Lora::from_source(&record.name, std::io::Cursor::new(bytes))
+                .map_err(|e| Error::Invalid(e.to_string()))?;
+            cx.state.borrow_mut().loras.insert(record.sha256.clone(), Rc::new(lora));
+        }
+    }
+    let t0 = now_ms();
+    let mut state = cx.state.borrow_mut();
+    let State { model, loras, .. } = &mut *state;
+    let rc = model.as_mut().ok_or_else(|| Error::Invalid("no model is loaded".into()))?;
+    // Requests run one at a time and the caller holds no other handle: this is the only one.
+    let model = Rc::get_mut(rc).ok_or_else(|| Error::Invalid("the loaded model is in use".into()))?;
+    let list: Vec<(&Lora, String, f32)> =
+        wanted.iter().map(|(r, w)| (&*loras[&r.sha256], r.sha256.clone(), *w)).collect();
+    let (text_encoder, unet) = model
+        .loras
+        .apply(&list, model.pipeline.text_encoder.clone(), model.pipeline.unet.clone(), device)
+        .map_err(|e| Error::Invalid(e.to_string()))?;
+    model.pipeline.text_encoder = text_encoder;
+    model.pipeline.unet = unet;
+    let applied = Event::LorasApplied {
+        loras: wanted
+            .iter()
+            .map(|(r, w)| crate::protocol::LoraWeight { name: r.name.clone(), weight: *w })
+            .collect(),
+        adapted_weights: model.loras.adapted_weights() as u32,
+        kept_bytes: model.loras.kept_bytes(),
+        ms: now_ms() - t0,
+    };
+    loras.retain(|sha256, _| wanted.iter().any(|(r, _)| r.sha256 == *sha256));
+    let model = rc.clone();
+    drop(state);
+    cx.emit(applied);
+    Ok(model)
+}
+
 /// The request's settings as the pipeline's request.
 fn pipeline_request(s: &GenerateSettings) -> Result<GenerateRequest, Error> {
+    let (prompt, _) = crate::lora::extract_tags(&s.prompt).map_err(|e| Error::Invalid(e.to_string()))?;
     let image = |img: &crate::protocol::RgbaImage, gray: bool, what: &str| {
         image_from_rgba(img.width as usize, img.height as usize, &img.rgba, gray)
             .map_err(|e| Error::Invalid(format!("{what}: {e}")))
@@ -430,19 +597,18 @@ fn pipeline_request(s: &GenerateSettings) -> Result<GenerateRequest, Error> {
         return Err(Error::Invalid("a mask needs an init image".into()));
     }
     // The weighting syntax is checked here, before any load (its chunk count needs the tokenizer, later).
-    let texts = [Some(&s.prompt), Some(&s.negative_prompt), s.prompt_2.as_ref(), s.negative_prompt_2.as_ref()];
+    let texts = [Some(&prompt), Some(&s.negative_prompt), s.prompt_2.as_ref(), s.negative_prompt_2.as_ref()];
     if s.prompt_weighting {
         for text in texts.into_iter().flatten() {
             crate::prompt_weighting::parse_prompt_attention(text).map_err(|e| Error::Invalid(e.to_string()))?;
         }
     }
-    // The browser has no LoRAs yet: a tag would otherwise be read as words of the prompt.
-    for text in texts.into_iter().flatten() {
+    // A1111's <lora:name:weight> tags belong in the prompt (as natively); elsewhere they are refused
+    // rather than read as words.
+    for text in texts.into_iter().skip(1).flatten() {
         let (_, tags) = crate::lora::extract_tags(text).map_err(|e| Error::Invalid(e.to_string()))?;
         if let Some((name, _)) = tags.first() {
-            return Err(Error::Unsupported(format!(
-                "<lora:{name}...>: LoRAs are not available in the browser yet (the command line has --lora)"
-            )));
+            return Err(Error::Invalid(format!("<lora:{name}...>: LoRA tags belong in the (first) prompt")));
         }
     }
     if s.seed > crate::limits::MAX_SEED {
@@ -452,7 +618,7 @@ fn pipeline_request(s: &GenerateSettings) -> Result<GenerateRequest, Error> {
         s.scheduler.as_deref().map(SchedulerKind::from_name).transpose().map_err(|e| Error::Invalid(e.to_string()))?;
     let strength = s.strength.unwrap_or(crate::limits::default_strength(init_image.is_some(), mask.is_some()));
     Ok(GenerateRequest {
-        prompt: s.prompt.clone(),
+        prompt,
         negative_prompt: s.negative_prompt.clone(),
         steps: s.steps as usize,
         guidance: s.guidance,
@@ -548,12 +714,24 @@ async fn generate(
     settings: GenerateSettings,
 ) -> Result<Option<Event>, Error> {
     let t0 = now_ms();
-    let request = pipeline_request(&settings)?;
+    let mut request = pipeline_request(&settings)?;
+    let wanted = wanted_loras(&settings)?;
     let (device, _) = crate::gpu::wgpu_device().await?;
     // Checked from the configs before loading: a request that cannot fit is refused without uploading
     // gigabytes first, and the page learns the estimate (and a warning) while the weights load.
     let store = cx.store().await?;
     let pre = repairing(cx, &id, variant, Files::All, async || load::preflight(&store, &id, variant).await).await?;
+    // The LoRAs must be stored, and the model one they can adapt, before it loads.
+    let mut loras = Vec::with_capacity(wanted.len());
+    for (name, weight) in wanted {
+        let record = store.lora(&name).await?.ok_or_else(|| {
+            Error::NotStored(format!("the LoRA {name} is not stored: add it (from a file or a URL) first"))
+        })?;
+        loras.push((record, weight));
+    }
+    if !loras.is_empty() && pre.unet.has_text_time() {
+        return Err(Error::Unsupported("LoRAs for SDXL are not supported yet".into()));
+    }
     let precision = crate::pipeline::device_precision(&device);
     let (width, height, plan) =
         crate::pipeline::validate_request(&pre.unet, &pre.vae, &request, precision).map_err(Error::from)?;
@@ -569,7 +747,8 @@ async fn generate(
             warning: estimate.advice(device_memory_bytes, width, height, request.batch),
         },
     });
-    let (model, _) = loaded_model(cx, &id, variant, &device).await?;
+    drop(loaded_model(cx, &id, variant, &device).await?);
+    let model = apply_loras(cx, &loras, &device).await?;
     let sd = &model.pipeline;
     cx.emit(Event::Progress { phase: Phase::Encode, done: 0, total: 1, bytes: None, file: None });
     // The loop runs one step ahead of the GPU: each step's callback waits for the step before it (a
@@ -613,8 +792,16 @@ async fn generate(
     let output = output.map_err(Error::from)?;
     let images = output.rgba8_async().await.map_err(Error::from)?;
     cx.emit(Event::Progress { phase: Phase::Decode, done: 1, total: 1, bytes: None, file: None });
-    let parameters = a1111_parameters(&request, &output, &model.hash, &model.name, &Default::default());
+    // The prompt as typed (with its <lora:...> tags); the LoRAs with their weights and short hashes.
+    request.prompt = settings.prompt.clone();
+    let extra = crate::image::ExtraNetworks {
+        loras: loras.iter().map(|(r, w)| (r.name.clone(), *w, r.short_hash.clone())).collect(),
+        embeddings: Vec::new(),
+    };
+    let parameters = a1111_parameters(&request, &output, &model.hash, &model.name, &extra);
     let mut echoed = settings.clone();
+    echoed.loras =
+        loras.iter().map(|(r, w)| crate::protocol::LoraWeight { name: r.name.clone(), weight: *w }).collect();
     echoed.init_image = None;
     echoed.mask = None;
     echoed.scheduler = Some(output.scheduler.name().to_string());

@@ -1,10 +1,13 @@
 //! The weight store: models in IndexedDB (through the `idb` crate), in the worker.
 //!
-//! Three object stores:
+//! Five object stores:
 //! - `models`: id (the manifest URL) -> [`ModelRecord`] (the manifest as fetched);
 //! - `files`: `[id, path]` -> [`FileRecord`] (bytes stored so far, whether verified);
 //! - `chunks`: `[id, path, index]` -> a `Blob` of `chunk_bytes` (the last one shorter); stores written
-//!   before Blob chunks hold a `Uint8Array` there, which reads still take.
+//!   before Blob chunks hold a `Uint8Array` there, which reads still take;
+//! - `loras`: name -> [`LoraSummary`] (the record is what the page is shown); `lora-files`: name ->
+//!   the file as one `Blob` (a LoRA is read whole, to be parsed, so it is not chunked), written together
+//!   with its record.
 //!
 //! Chunks are Blobs because a read then copies each byte once: IndexedDB keeps a large typed array as
 //! a blob file anyway, and reading one back reads that file into a buffer and deserializes a second
@@ -26,12 +29,27 @@ use wasm_bindgen::{JsCast, JsValue};
 
 use super::download::js_text;
 use crate::Error;
+use crate::protocol::LoraSummary;
 
 const DB_NAME: &str = "websd-weights";
-const DB_VERSION: u32 = 1;
+/// 2 added the LoRA stores (the upgrade creates whatever store is missing).
+const DB_VERSION: u32 = 2;
 const MODELS: &str = "models";
 const FILES: &str = "files";
 const CHUNKS: &str = "chunks";
+const LORAS: &str = "loras";
+const LORA_FILES: &str = "lora-files";
+
+thread_local! {
+    /// Chunks of model files read so far (the tests count them: a LoRA change must not read the model).
+    static CHUNK_READS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Chunks of model files read from the store since the worker started.
+pub fn chunk_reads() -> u64 {
+    CHUNK_READS.with(Cell::get)
+}
+
 
 /// A stored model.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -165,7 +183,7 @@ impl Store {
         let mut request = factory.open(DB_NAME, Some(DB_VERSION)).map_err(|e| store_error("opening", e))?;
         request.on_upgrade_needed(|event| {
             let Ok(db) = event.database() else { return };
-            for name in [MODELS, FILES, CHUNKS] {
+            for name in [MODELS, FILES, CHUNKS, LORAS, LORA_FILES] {
                 if !db.store_names().iter().any(|n| n == name) {
                     let _ = db.create_object_store(name, ObjectStoreParams::new());
                 }
@@ -350,6 +368,7 @@ impl Store {
         index: u64,
         check: Option<ChunkCheck>,
     ) -> Result<impl std::future::Future<Output = Result<Uint8Array, Error>> + 'static, Error> {
+        CHUNK_READS.with(|n| n.set(n.get() + 1));
         let tx = self.db.transaction(&[CHUNKS], TransactionMode::ReadOnly).map_err(|e| store_error("reading", e))?;
         let request = tx
             .object_store(CHUNKS)
@@ -423,6 +442,77 @@ impl Store {
             .map_err(|e| store_error("deleting", e))?
             .await
             .map_err(|e| store_error("deleting", e))?;
+        finish(tx, "deleting").await
+    }
+
+    /// Stores a LoRA file and its record in one transaction (replacing one of the same name).
+    pub async fn put_lora(&self, record: &LoraSummary, bytes: &Uint8Array) -> Result<(), Error> {
+        let data: JsValue = web_sys::Blob::new_with_u8_array_sequence(&Array::of1(bytes))
+            .map_err(|e| store_error("writing a LoRA", js_text(&e)))?
+            .into();
+        let tx = self
+            .db
+            .transaction(&[LORAS, LORA_FILES], TransactionMode::ReadWrite)
+            .map_err(|e| store_error("writing a LoRA", e))?;
+        let key: JsValue = record.name.as_str().into();
+        let files = tx.object_store(LORA_FILES).map_err(|e| store_error("writing a LoRA", e))?;
+        let records = tx.object_store(LORAS).map_err(|e| store_error("writing a LoRA", e))?;
+        let put_file = files.put(&data, Some(&key));
+        let put_record = records.put(&to_js(record)?, Some(&key));
+        put_file.map_err(|e| store_error("writing a LoRA", e))?.await.map_err(|e| store_error("writing a LoRA", e))?;
+        put_record
+            .map_err(|e| store_error("writing a LoRA", e))?
+            .await
+            .map_err(|e| store_error("writing a LoRA", e))?;
+        finish(tx, "writing a LoRA").await
+    }
+
+    /// The stored LoRA `name`'s record.
+    pub async fn lora(&self, name: &str) -> Result<Option<LoraSummary>, Error> {
+        self.get(LORAS, name.into()).await?.map(from_js).transpose()
+    }
+
+    /// Every stored LoRA, by name.
+    pub async fn loras(&self) -> Result<Vec<LoraSummary>, Error> {
+        let tx = self.db.transaction(&[LORAS], TransactionMode::ReadOnly).map_err(|e| store_error("listing", e))?;
+        let os = tx.object_store(LORAS).map_err(|e| store_error("listing", e))?;
+        let all = os
+            .get_all(None, None)
+            .map_err(|e| store_error("listing", e))?
+            .await
+            .map_err(|e| store_error("listing", e))?;
+        all.into_iter().map(from_js).collect()
+    }
+
+    /// The stored LoRA file of `record`, checked against its size and sha256 ([`Error::Damaged`] when
+    /// it changed since it was stored: it must be added again).
+    pub async fn lora_bytes(&self, record: &LoraSummary) -> Result<Uint8Array, Error> {
+        let value = self.get(LORA_FILES, record.name.as_str().into()).await?;
+        let damaged = |what: String| Error::Damaged(format!("the stored LoRA {} {what}: add it again", record.name));
+        let bytes = chunk_bytes(value.ok_or_else(|| damaged("is missing".into()))?).await?;
+        if bytes.length() as u64 != record.size {
+            return Err(damaged(format!("has {} bytes, {} when stored", bytes.length(), record.size)));
+        }
+        let digest = sha256_hex(&bytes).await?;
+        if digest != record.sha256 {
+            return Err(damaged(format!("has sha256 {digest}, {} when stored", record.sha256)));
+        }
+        Ok(bytes)
+    }
+
+    /// Removes a LoRA: its record and file (one transaction).
+    pub async fn delete_lora(&self, name: &str) -> Result<(), Error> {
+        let tx = self
+            .db
+            .transaction(&[LORAS, LORA_FILES], TransactionMode::ReadWrite)
+            .map_err(|e| store_error("deleting", e))?;
+        for store in [LORAS, LORA_FILES] {
+            let os = tx.object_store(store).map_err(|e| store_error("deleting", e))?;
+            os.delete(Query::Key(name.into()))
+                .map_err(|e| store_error("deleting", e))?
+                .await
+                .map_err(|e| store_error("deleting", e))?;
+        }
         finish(tx, "deleting").await
     }
 

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use burn::module::Param;
+use burn::module::{Param, ParamId};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{
     Embedding, EmbeddingConfig, GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig,
@@ -66,6 +66,10 @@ pub trait TensorSource {
         max_rows: usize,
         device: &Device,
     ) -> Result<Vec<Tensor<2>>, WeightsError>;
+    /// Told of every parameter the loader made from the tensor `info` (fetched transposed or not):
+    /// what a source keeps to find a weight again once the model is built (LoRAs in the browser,
+    /// [`crate::lora::Recording`]). Nothing by default.
+    fn loaded_param(&mut self, _info: &TensorInfo, _transpose: bool, _param: ParamId) {}
 }
 
 /// What a model's `load` accepts: any [`ByteSource`] holding a safetensors file, or [`DeviceTensors`].
@@ -311,6 +315,23 @@ impl<S: TensorSource> TensorLoader<S> {
         }
     }
 
+    /// [`Self::fetch`] as a parameter, which the source is told of.
+    fn fetch_param<const D: usize>(
+        &mut self,
+        name: &str,
+        shape: [usize; D],
+        transpose: bool,
+    ) -> Result<Param<Tensor<D>>, LoadError> {
+        match self.lookup(name, &shape)? {
+            Some(info) => {
+                let param = Param::from_tensor(self.source.fetch(&info, transpose, &self.device)?);
+                self.source.loaded_param(&info, transpose, param.id);
+                Ok(param)
+            }
+            None => Ok(Param::from_tensor(Tensor::zeros([1; D], &self.device))),
+        }
+    }
+
     /// The 2-D tensor `name` (`[rows, cols]`) in row blocks of at most `max_rows` rows, each its own
     /// device buffer: a table larger than one GPU binding may hold (CLIP's token embedding is 145 MiB as
     /// f32, WebGPU guarantees 128 MiB) is never joined into one buffer. A missing tensor is recorded as
@@ -323,7 +344,7 @@ impl<S: TensorSource> TensorLoader<S> {
     }
 
     fn param<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Result<Param<Tensor<D>>, LoadError> {
-        self.tensor(name, shape).map(Param::from_tensor)
+        self.fetch_param(name, shape, false)
     }
 
     /// A torch `nn.Linear` (`weight [out, in]`, optional `bias [out]`).
@@ -331,7 +352,7 @@ impl<S: TensorSource> TensorLoader<S> {
         let mut linear = LinearConfig::new(d_in, d_out).with_bias(bias).init(&self.device);
         // burn multiplies by [in, out]. A transposed view of torch's [out, in] would need no copy, but
         // the CPU matmul is 1.8x slower on it, so the weight is transposed on the host while loading.
-        linear.weight = Param::from_tensor(self.fetch(&format!("{prefix}.weight"), [d_out, d_in], true)?);
+        linear.weight = self.fetch_param(&format!("{prefix}.weight"), [d_out, d_in], true)?;
         if bias {
             linear.bias = Some(self.param(&format!("{prefix}.bias"), [d_out])?);
         }

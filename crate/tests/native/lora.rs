@@ -66,6 +66,59 @@ fn peft_and_kohya_loras_match_diffusers_fused() {
     assert!(moved > 0.05, "{moved}");
 }
 
+/// The browser's way: the model loaded once, LoRAs merged into it, re-weighted and removed
+/// (`lora::Merged`). Each image is the one a load with that LoRA merged gives, bit for bit, and the
+/// removal gives back the plain model's image exactly.
+#[test]
+fn loras_merge_into_a_loaded_model_reweight_and_come_off_exactly() {
+    let run = Run::from_path(&fixtures_dir().join("lora/runs.safetensors"));
+    let (peft, kohya) = (lora("lora_peft.safetensors"), lora("lora_kohya.safetensors"));
+    let dir = fixtures_dir().join("tiny-sd");
+    let device = Device::flex();
+    let images = |model: &StableDiffusion| {
+        let out = model.generate(&request(&run), false, |_| true).unwrap().images;
+        out.into_data().try_to_vec::<f32>().unwrap()
+    };
+    let loaded = |loras: &[(Lora, f32)]| {
+        images(&StableDiffusion::load_dir_with_loras(&dir, Some(Variant::Fp32), loras, &device).unwrap())
+    };
+    let (mut model, mut merged) = StableDiffusion::load_dir_adaptable(&dir, Some(Variant::Fp32), &device).unwrap();
+    let plain = images(&model);
+    assert_eq!(plain, loaded(&[]));
+    let mut apply = |model: &mut StableDiffusion, loras: &[(&Lora, f32)]| {
+        let list: Vec<_> = loras.iter().map(|(l, w)| (*l, format!("sha-of-{}", l.name), *w)).collect();
+        let (te, unet) = merged.apply(&list, model.text_encoder.clone(), model.unet.clone(), &device)?;
+        (model.text_encoder, model.unet) = (te, unet);
+        Ok::<_, LoraError>((merged.adapted_weights(), merged.kept_bytes()))
+    };
+    for (loras, key) in [
+        (vec![(&peft, 1.0)], Some("peft_1.0")),
+        (vec![(&peft, 0.5)], Some("peft_0.5")),
+        (vec![(&kohya, 1.0)], Some("kohya_1.0")),
+        (vec![(&peft, 0.5), (&kohya, 0.5)], None),
+        (vec![], Some("no_lora")),
+    ] {
+        let (weights, kept) = apply(&mut model, &loras).unwrap();
+        eprintln!("{key:?}: {weights} weights adapted, {kept} bytes kept");
+        let got = images(&model);
+        let owned: Vec<(Lora, f32)> = loras.iter().map(|(l, w)| ((*l).clone(), *w)).collect();
+        assert_eq!(got, loaded(&owned), "{key:?}: merged into the loaded model = merged while loading");
+        if let Some(key) = key {
+            let diff = got.iter().zip(&run.f32(key).1).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            assert!(diff <= 2e-3, "{key}: {diff}");
+        }
+        assert_eq!(weights, if loras.is_empty() { 0 } else { 84 + 25 });
+    }
+    assert_eq!(images(&model), plain, "every LoRA off: the loaded weights exactly");
+    // A LoRA that fits no weight changes nothing.
+    let other = StableDiffusion::load_dir_adaptable(&fixtures_dir().join("tiny-sd2"), None, &device);
+    let (sd2, mut sd2_merged) = other.unwrap();
+    let err = sd2_merged.apply(&[(&peft, String::new(), 1.0)], sd2.text_encoder.clone(), sd2.unet.clone(), &device);
+    assert!(matches!(err, Err(LoraError::Unmatched { .. })));
+    assert_eq!(sd2_merged.adapted_weights(), 0);
+    drop(sd2);
+}
+
 #[test]
 fn a_lora_that_does_not_fit_is_refused_before_loading() {
     // tiny-sd2's U-Net and text encoder have other widths: no layer of tiny-sd's LoRA fits.
