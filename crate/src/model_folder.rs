@@ -328,6 +328,7 @@ impl ModelConfigs {
             vae_upcast,
             scheduler_config: self.scheduler,
             textual_inversions: Vec::new(),
+            base_vocabulary: None,
             device: device.clone(),
         })
     }

@@ -242,6 +242,9 @@ pub struct StableDiffusion {
     pub scheduler_config: SchedulerConfig,
     /// Textual-inversion embeddings added with [`Self::add_textual_inversion`].
     pub textual_inversions: Vec<Embedding>,
+    /// The tokenizer and token table before the first embedding was added (what
+    /// [`Self::set_textual_inversions`] starts again from).
+    pub base_vocabulary: Option<(ClipTokenizer, crate::models::clip::TokenEmbedding)>,
     pub device: Device,
 }
 
@@ -353,6 +356,32 @@ impl StableDiffusion {
         let data = TensorData::new(embedding.vectors.clone(), [embedding.count, width]);
         self.text_encoder.token_embedding.append(Tensor::from_data(data, &self.device));
         self.textual_inversions.push(embedding);
+        Ok(())
+    }
+
+    /// Makes `embeddings` (in order) the model's textual inversions, in place of those it has: the
+    /// tokenizer and token table go back to what they were before the first one was added (kept, as
+    /// shared tensor handles), then each is added. Nothing happens when they are the ones it has; on an
+    /// error the model has none.
+    pub fn set_textual_inversions(&mut self, embeddings: Vec<Embedding>) -> Result<(), PipelineError> {
+        if self.textual_inversions == embeddings {
+            return Ok(());
+        }
+        if self.base_vocabulary.is_none() {
+            self.base_vocabulary = Some((self.tokenizer.clone(), self.text_encoder.token_embedding.clone()));
+        }
+        let (tokenizer, table) = self.base_vocabulary.clone().expect("kept above");
+        self.tokenizer = tokenizer;
+        self.text_encoder.token_embedding = table;
+        self.textual_inversions.clear();
+        for embedding in embeddings {
+            if let Err(e) = self.add_textual_inversion(embedding) {
+                let (tokenizer, table) = self.base_vocabulary.clone().expect("kept above");
+                (self.tokenizer, self.text_encoder.token_embedding) = (tokenizer, table);
+                self.textual_inversions.clear();
+                return Err(e);
+            }
+        }
         Ok(())
     }
 

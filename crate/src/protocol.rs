@@ -88,6 +88,25 @@ pub enum Request {
     ListLoras,
     /// Delete a stored LoRA (a loaded model keeps it merged until the next generation).
     DeleteLora { name: String },
+    /// Store a textual-inversion embedding for the trigger word `token` (A1111: the file's name), from
+    /// `bytes` or `url`, as [`Request::AddLora`]. A generation whose prompts use the word gets it.
+    /// Answers [`Event::EmbeddingAdded`].
+    #[serde(rename_all = "camelCase")]
+    AddEmbedding {
+        token: String,
+        #[serde(default, with = "serde_bytes", skip_serializing_if = "Option::is_none")]
+        bytes: Option<Vec<u8>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        url: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sha256: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        allowed_origins: Option<Vec<String>>,
+    },
+    /// List the stored embeddings.
+    ListEmbeddings,
+    /// Delete a stored embedding.
+    DeleteEmbedding { token: String },
     /// Testing aid: destroy the GPU device, as a driver reset would; the next request re-initialises.
     LoseDevice,
     /// Testing aid: panic in the engine, as a bug would, while holding the download lock of the model
@@ -229,6 +248,24 @@ pub struct GenerateSettings {
 pub struct LoraWeight {
     pub name: String,
     pub weight: f32,
+}
+
+/// A stored textual-inversion embedding (also its record in the store).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EmbeddingSummary {
+    /// The trigger word.
+    pub token: String,
+    pub size: u64,
+    /// Of the whole file; checked on every read from the store.
+    pub sha256: String,
+    /// AUTOMATIC1111's short hash (the PNG's `TI hashes`).
+    pub short_hash: String,
+    /// The file name or URL it came from.
+    pub source: String,
+    /// Vectors (tokens) it stands for, and their width.
+    pub vectors: u32,
+    pub width: u32,
 }
 
 /// A stored LoRA file (also its record in the store).
@@ -449,6 +486,12 @@ pub enum Event {
     Loras { loras: Vec<LoraSummary> },
     /// Answer to [`Request::DeleteLora`].
     LoraDeleted { name: String },
+    /// Answer to [`Request::AddEmbedding`].
+    EmbeddingAdded { embedding: EmbeddingSummary },
+    /// Answer to [`Request::ListEmbeddings`].
+    Embeddings { embeddings: Vec<EmbeddingSummary> },
+    /// Answer to [`Request::DeleteEmbedding`].
+    EmbeddingDeleted { token: String },
     /// During a generation: the LoRAs merged into the loaded model changed (to `loras`; none: every
     /// weight is back as loaded). `adapted_weights` weights are merged, their originals kept on the GPU
     /// (`kept_bytes`); the model was not read again.
@@ -547,6 +590,9 @@ mod tests {
             Request::AddLora { .. } => "addLora",
             Request::ListLoras => "listLoras",
             Request::DeleteLora { .. } => "deleteLora",
+            Request::AddEmbedding { .. } => "addEmbedding",
+            Request::ListEmbeddings => "listEmbeddings",
+            Request::DeleteEmbedding { .. } => "deleteEmbedding",
             Request::LoseDevice => "loseDevice",
             Request::Panic { .. } => "panic",
             Request::BenchUnet { .. } => "benchUnet",
@@ -571,6 +617,9 @@ mod tests {
             Event::LoraAdded { .. } => "loraAdded",
             Event::Loras { .. } => "loras",
             Event::LoraDeleted { .. } => "loraDeleted",
+            Event::EmbeddingAdded { .. } => "embeddingAdded",
+            Event::Embeddings { .. } => "embeddings",
+            Event::EmbeddingDeleted { .. } => "embeddingDeleted",
             Event::LorasApplied { .. } => "lorasApplied",
             Event::Cancelled { .. } => "cancelled",
             Event::Error { .. } => "error",
@@ -647,6 +696,15 @@ mod tests {
             },
             Request::ListLoras,
             Request::DeleteLora { name: "style".into() },
+            Request::AddEmbedding {
+                token: "tiny-style".into(),
+                bytes: Some(vec![3]),
+                url: Some("https://huggingface.co/u/r/resolve/main/tiny-style.safetensors".into()),
+                sha256: None,
+                allowed_origins: None,
+            },
+            Request::ListEmbeddings,
+            Request::DeleteEmbedding { token: "tiny-style".into() },
             Request::LoseDevice,
             Request::Panic { hold_download_lock: None },
             Request::Panic { hold_download_lock: Some("m".into()) },
@@ -768,6 +826,19 @@ mod tests {
             },
             Event::Loras { loras: vec![] },
             Event::LoraDeleted { name: "style".into() },
+            Event::EmbeddingAdded {
+                embedding: EmbeddingSummary {
+                    token: "tiny-style".into(),
+                    size: 336,
+                    sha256: "cd".into(),
+                    short_hash: "0123456789ab".into(),
+                    source: "a file".into(),
+                    vectors: 2,
+                    width: 32,
+                },
+            },
+            Event::Embeddings { embeddings: vec![] },
+            Event::EmbeddingDeleted { token: "tiny-style".into() },
             Event::LorasApplied {
                 loras: vec![LoraWeight { name: "style".into(), weight: 0.5 }],
                 adapted_weights: 16,
@@ -828,9 +899,9 @@ mod tests {
     fn typescript_samples_are_current() {
         let (requests, events) = samples();
         let tags: std::collections::BTreeSet<_> = requests.iter().map(request_tag).collect();
-        assert_eq!(tags.len(), 15, "a sample for every request variant");
+        assert_eq!(tags.len(), 18, "a sample for every request variant");
         let tags: std::collections::BTreeSet<_> = events.iter().map(event_tag).collect();
-        assert_eq!(tags.len(), 19, "a sample for every event variant");
+        assert_eq!(tags.len(), 22, "a sample for every event variant");
         for r in &requests {
             let back: Request = serde_json::from_value(serde_json::to_value(r).unwrap()).unwrap();
             assert_eq!(&back, r);

@@ -45,6 +45,7 @@ pub struct Encoded {
 }
 
 /// A CLIP tokenizer with the model's special tokens and maximum length.
+#[derive(Clone)]
 pub struct ClipTokenizer {
     inner: Tokenizer,
     /// Begin-of-text id.

@@ -611,7 +611,7 @@ test("a LoRA through the form: added from a file, matches diffusers fused at 1 a
   // The page's own engine worker: its model chunk reads.
   const chunkReads = async (): Promise<number> => {
     for (const worker of page.workers()) {
-      const reads = await worker.evaluate(() => (self as unknown as { websdStats?: { modelChunkReads(): number } }).websdStats?.modelChunkReads());
+      const reads = await worker.evaluate(() => (self as unknown as { websdStats?: { weightChunkReads(): number } }).websdStats?.weightChunkReads());
       if (reads !== undefined) return reads;
     }
     throw new Error("no engine worker");
@@ -650,6 +650,12 @@ test("a LoRA through the form: added from a file, matches diffusers fused at 1 a
   await page.getByTestId("generate").click();
   await waitError(/LoRA lora_peft is not stored/);
   await page.getByTestId("lora-remove").click();
+  // An embedding from a file: stored under its file's stem, listed, deleted.
+  await page.getByTestId("embedding-file").setInputFiles(`${FIXTURES}/textual_inversion/tiny-style.safetensors`);
+  await page.waitForFunction(() => /tiny-style stored \(2 vectors\)/.test(document.querySelector('[data-testid="embedding-info"]')?.textContent ?? ""));
+  await page.waitForFunction(() => /tiny-style: 2 vectors/.test(document.querySelector('[data-testid="stored-embeddings"]')?.textContent ?? ""));
+  await page.getByTestId("delete-embedding").click();
+  await page.waitForFunction(() => /No embeddings stored/.test(document.querySelector('[data-testid="stored-embeddings"]')?.textContent ?? ""));
 });
 
 /** `png` with an iTXt `parameters` chunk after its header (CRC zeroed: the page reads the bytes itself). */
@@ -676,7 +682,7 @@ test("settings load from one of our PNGs and from an A1111 PNG; what cannot be a
   const a1111 = [
     "masterpiece, (red hair:1.2) <lora:detail:0.6>",
     "Negative prompt: lowres",
-    'Steps: 30, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 6, Seed: 1234567890, Size: 512x768, Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Denoising strength: 0.45, Clip skip: 2, Lora hashes: "detail: 1a2b3c4d5e6f"',
+    'Steps: 30, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 6, Seed: 1234567890, Size: 512x768, Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Denoising strength: 0.45, Clip skip: 2, Lora hashes: "detail: 1a2b3c4d5e6f", TI hashes: "easynegative: c74b4e810b03"',
   ].join("\n");
   await page.getByTestId("png-settings").setInputFiles({ name: "a1111.png", mimeType: "image/png", buffer: withParameters(base, a1111) });
   await page.waitForFunction(() => /loaded/.test(document.querySelector('[data-testid="png-settings-info"]')?.textContent ?? ""));
@@ -694,7 +700,7 @@ test("settings load from one of our PNGs and from an A1111 PNG; what cannot be a
   assert.equal(await page.getByTestId("mode-img2img").isChecked(), true);
   const text = await info.innerText();
   console.log(`A1111 PNG: ${text}`);
-  for (const part of ["LoRA detail at 0.6 (not stored here: add it from a file or a URL)", "Clip skip: 2", "Model: v1-5-pruned-emaonly (not among this app's models)"]) {
+  for (const part of ["LoRA detail at 0.6 (not stored here: add it from a file or a URL)", "embedding easynegative (not stored here", "Clip skip: 2", "Model: v1-5-pruned-emaonly (not among this app's models)"]) {
     assert.ok(text.includes(part), `${part} in ${text}`);
   }
   // One of ours, as the app writes it: every field, and the model it names is the one in use.

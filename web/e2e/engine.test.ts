@@ -7,7 +7,7 @@ import { after, before, describe, test } from "node:test";
 import { chromium } from "playwright-core";
 import { isFinal } from "../src/engine";
 import type { DownloadReport, Request } from "../src/protocol";
-import { ARGS, fixture, generationPhases, maxDiff, openEngine, startHarness, type EnginePage, type Harness, type Recorded } from "./harness";
+import { ARGS, FIXTURES, fixture, generationPhases, maxDiff, openEngine, readSafetensors, startHarness, type EnginePage, type Harness, type Recorded } from "./harness";
 
 const UNET16 = "tiny-sd/unet/diffusion_pytorch_model.fp16.safetensors";
 const CHUNK = 256 * 1024;
@@ -155,14 +155,14 @@ describe("worker engine", () => {
     await e.page.close();
   });
 
-  test("LoRAs: stored from the page's bytes and from a URL; merged, re-weighted and removed without reading the model again", { timeout: 600_000 }, async () => {
+  test("LoRAs and embeddings: stored from the page's bytes and from a URL; merged, re-weighted and removed without reading the model again; an embedding where its word is", { timeout: 600_000 }, async () => {
     const e = await openEngine(h);
     try {
       const model = manifestUrl("lora");
       assert.equal((await e.call(ensure("lora", { variant: "fp32" }))).final.type, "modelReady");
       const lora = (file: string): string => `${h.cdn.url}lora/${file}`;
       type Settings = Extract<Request, { type: "generate" }>["settings"];
-      const base: Settings = { prompt: "a cat", negativePrompt: "blurry", steps: 1, guidance: 7.5, seed: 3, width: 16, height: 16, scheduler: "ddim" };
+      const base: Settings = { prompt: "a cat", negativePrompt: "blurry", steps: 4, guidance: 7.5, seed: 3, width: 16, height: 16, scheduler: "ddim" };
       const image = async (settings: Settings): Promise<{ rgba: number[]; applied?: Recorded }> => {
         const n = (await e.events()).filter((x) => x.type === "result").length;
         const { final, events } = await e.call({ type: "generate", model, variant: "fp32", settings }, 300_000);
@@ -176,7 +176,7 @@ describe("worker engine", () => {
 
       // Stored from the page's bytes (a picked file) and from a URL; refused when they are not what
       // they should be.
-      const peft = await e.addLoraBytes("peft", lora("lora_peft.safetensors"));
+      const peft = await e.callWithFile({ type: "addLora", name: "peft" }, `${FIXTURES}/lora/lora_peft.safetensors`);
       assert.equal(peft.final.type, "loraAdded", JSON.stringify(peft.final));
       const added = (peft.final as Extract<Recorded, { type: "loraAdded" }>).lora;
       assert.deepEqual([added.unetLayers, added.textEncoderLayers, added.source], [84, 25, "a file"]);
@@ -203,7 +203,7 @@ describe("worker engine", () => {
 
       // Merged, re-weighted, named by a prompt tag, swapped for the kohya file, removed: the model's
       // chunks are not read again.
-      const reads = (await e.stats()).modelChunkReads;
+      const reads = (await e.stats()).weightChunkReads;
       assert.ok(reads > 0, "the model was read from IndexedDB once");
       const full = await image({ ...base, loras: [{ name: "peft", weight: 1 }] });
       const applied = full.applied as Extract<Recorded, { type: "lorasApplied" }>;
@@ -216,12 +216,12 @@ describe("worker engine", () => {
       const off = await image(base);
       const moved = [maxPixelDiff(full.rgba, plain.rgba), maxPixelDiff(half.rgba, plain.rgba), maxPixelDiff(full.rgba, half.rgba)];
       console.log(`LoRA: max pixel change at 1 / at 0.5 / between them: ${moved.join(" / ")}`);
-      assert.ok(moved.every((m) => m > 0), "each weight changes the image");
+      assert.ok(moved.every((m) => m >= 4), "each weight changes the image (by 4/255 at least)");
       assert.deepEqual(tagged.rgba, full.rgba, "a <lora:peft:1> tag = the list's peft at 1");
       assert.deepEqual(swapped.rgba, full.rgba, "kohya naming lands on the same weights");
       assert.deepEqual(off.rgba, plain.rgba, "removed: the plain image exactly");
       assert.deepEqual((off.applied as Extract<Recorded, { type: "lorasApplied" }>).loras, []);
-      assert.equal((await e.stats()).modelChunkReads, reads, "no chunk of the model read again");
+      assert.equal((await e.stats()).weightChunkReads, reads, "no chunk of the model read again");
 
       const missing = await e.call({ type: "generate", model, variant: "fp32", settings: { ...base, loras: [{ name: "nope", weight: 1 }] } });
       assert.equal(code(missing), "not-stored", JSON.stringify(missing.final));
@@ -230,6 +230,39 @@ describe("worker engine", () => {
       assert.equal((await e.call({ type: "deleteLora", name: "kohya" })).final.type, "loraDeleted");
       const after = await e.call({ type: "listLoras" });
       assert.deepEqual((after.final as Extract<Recorded, { type: "loras" }>).loras.map((l) => l.name), ["peft"]);
+
+      // A textual-inversion embedding (A1111's emb_params file, diffusers' load_textual_inversion as the
+      // reference): used by a prompt with its word, at 64 px as the fixture; deleted, the word is words.
+      const run = `${FIXTURES}/textual_inversion/run.safetensors`;
+      const { meta, data } = readSafetensors(run, "image");
+      const token = meta["token"]!;
+      const bad = await e.callWithFile({ type: "addEmbedding", token: "two words" }, `${FIXTURES}/textual_inversion/tiny-style.safetensors`);
+      assert.equal(code(bad), "invalid", JSON.stringify(bad.final));
+      const ti = await e.callWithFile({ type: "addEmbedding", token }, `${FIXTURES}/textual_inversion/tiny-style.safetensors`);
+      assert.equal(ti.final.type, "embeddingAdded", JSON.stringify(ti.final));
+      assert.deepEqual(
+        [(ti.final as Extract<Recorded, { type: "embeddingAdded" }>).embedding.vectors, (ti.final as Extract<Recorded, { type: "embeddingAdded" }>).embedding.width],
+        [2, 32],
+      );
+      const tiSettings: Settings = {
+        prompt: meta["prompt"]!,
+        negativePrompt: meta["negative_prompt"]!,
+        steps: Number(meta["num_inference_steps"]),
+        guidance: Number(meta["guidance_scale"]),
+        seed: Number(meta["seed"]),
+        width: 64,
+        height: 64,
+        scheduler: "ddim",
+      };
+      const withWord = await image(tiSettings);
+      const tiDiff = maxDiff(data, withWord.rgba);
+      console.log(`embedding ${token}: max |engine - diffusers| = ${tiDiff.toExponential(2)}`);
+      assert.ok(tiDiff <= 2e-2, `embedding image off by ${tiDiff}`);
+      assert.equal((await e.call({ type: "deleteEmbedding", token })).final.type, "embeddingDeleted");
+      const withoutIt = await image(tiSettings);
+      assert.ok(maxPixelDiff(withoutIt.rgba, withWord.rgba) > 0, "without the embedding the word is plain words");
+      const listedTi = await e.call({ type: "listEmbeddings" });
+      assert.deepEqual((listedTi.final as Extract<Recorded, { type: "embeddings" }>).embeddings, []);
     } finally {
       await e.page.close();
     }

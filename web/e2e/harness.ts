@@ -103,7 +103,7 @@ export class EnginePage {
 
   /** The engine worker's `self.websdStats` (worker.ts), read through the DevTools protocol: it answers
    * while a request is still running, between the worker's awaits. */
-  async stats(): Promise<{ gpuBuffers: number; gpuBufferBytes: number; largestGpuBuffer: number; wasmMemoryBytes: number; modelChunkReads: number }> {
+  async stats(): Promise<{ gpuBuffers: number; gpuBufferBytes: number; largestGpuBuffer: number; wasmMemoryBytes: number; weightChunkReads: number }> {
     for (const worker of this.page.workers()) {
       if ((await worker.evaluate(() => self.name)) !== ENGINE_WORKER) continue;
       return worker.evaluate(() => {
@@ -113,7 +113,7 @@ export class EnginePage {
           gpuBufferBytes: s.gpuBufferBytes,
           largestGpuBuffer: s.largestGpuBuffer,
           wasmMemoryBytes: s.wasmMemoryBytes(),
-          modelChunkReads: s.modelChunkReads(),
+          weightChunkReads: s.weightChunkReads(),
         };
       });
     }
@@ -162,15 +162,21 @@ export class EnginePage {
     return { final, events };
   }
 
-  /** `addLora` with the bytes of `url`, fetched by the page (as a page hands a picked file's bytes). */
-  async addLoraBytes(name: string, url: string, timeoutMs = 120_000): Promise<{ final: Recorded; events: Recorded[] }> {
+  /** `request` (`addLora`, `addEmbedding`) with the bytes of the file at `path`, handed over as the page
+   * hands a picked file's. */
+  async callWithFile(
+    request: Extract<Request, { type: "addLora" | "addEmbedding" }>,
+    path: string,
+    timeoutMs = 120_000,
+  ): Promise<{ final: Recorded; events: Recorded[] }> {
     const from = await this.page.evaluate(() => (window as unknown as { __events: Recorded[] }).__events.length);
+    const base64 = readFileSync(path).toString("base64");
     await this.page.evaluate(
-      async ([name, url]) => {
-        const bytes = new Uint8Array(await (await fetch(url!)).arrayBuffer());
-        (window as unknown as { __worker: Worker }).__worker.postMessage({ type: "addLora", name, bytes }, [bytes.buffer]);
+      ([request, base64]) => {
+        const bytes = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+        (window as unknown as { __worker: Worker }).__worker.postMessage({ ...request, bytes }, [bytes.buffer]);
       },
-      [name, url] as const,
+      [request, base64] as const,
     );
     const final = await this.waitFor(isFinal, timeoutMs, from);
     return { final, events: await this.eventsFrom(from) };

@@ -1,6 +1,6 @@
 // The form's LoRAs: the list merged into the next generation (each with its weight, removable), the
 // stored ones to pick from, and adding one from a file or a URL (the engine reads it as a LoRA and
-// stores it in IndexedDB). The weights are checked here with the engine's limits (limits.gen.ts); the
+// stores it in IndexedDB); and adding a textual-inversion embedding (used wherever a prompt has its word). The weights are checked here with the engine's limits (limits.gen.ts); the
 // pure parts are unit-tested in loras.test.ts.
 import { byTestId, el } from "./dom";
 import type { EngineClient } from "./engine";
@@ -79,6 +79,33 @@ export class LoraPanel {
     byTestId("lora-use").addEventListener("click", () => {
       if (this.picker.value) this.use(this.picker.value, "1");
     });
+    const embedding = byTestId<HTMLInputElement>("embedding-file");
+    embedding.addEventListener("change", () => {
+      const picked = embedding.files?.[0];
+      if (picked) void this.addEmbedding(picked);
+      embedding.value = "";
+    });
+  }
+
+  /** Stores an embedding under its file's stem (A1111's trigger word). */
+  private async addEmbedding(file: File): Promise<void> {
+    const info = byTestId("embedding-info");
+    if (file.size > LIMITS.maxLoraBytes) {
+      errors.show(`"${file.name}" has ${bytes(file.size)}: an embedding may have at most ${bytes(LIMITS.maxLoraBytes)}.`);
+      return;
+    }
+    errors.clear();
+    info.textContent = `Reading ${file.name}…`;
+    const token = loraName(file.name);
+    const answer = await this.engine.call({ type: "addEmbedding", token, bytes: new Uint8Array(await file.arrayBuffer()) });
+    if (answer.type === "embeddingAdded") {
+      const e = answer.embedding;
+      info.textContent = `${e.token} stored (${e.vectors} vectors): write "${e.token}" in a prompt to use it.`;
+      this.onStored();
+    } else {
+      info.textContent = "";
+      if (answer.type === "error") errors.showEngineError(answer);
+    }
   }
 
   /** The stored LoRAs (as the storage panel last listed them). */

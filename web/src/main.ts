@@ -167,6 +167,11 @@ async function loadPngSettings(file: File): Promise<void> {
     }
   }
   loraPanel.set(loras);
+  for (const [token, hash] of Object.entries(loaded.embeddingHashes)) {
+    const stored = storage.embeddings.find((e) => e.token === token);
+    if (!stored) notApplied.push(`embedding ${token} (not stored here: add it, and its word in the prompt uses it)`);
+    else if (stored.shortHash !== hash) notApplied.push(`embedding ${token}: the stored file's hash ${stored.shortHash} is not the PNG's ${hash}`);
+  }
   if (loaded.model !== undefined) {
     const choice = choices.find((c) => labelOf(c.url).split(" (")[0] === loaded.model);
     if (choice === undefined) notApplied.push(`Model: ${loaded.model} (not among this app's models)`);

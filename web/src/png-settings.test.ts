@@ -58,7 +58,7 @@ test("A1111's parameters: multi-line prompts, schedule type, quoted values; what
 
 test("LoRA tags leave the prompt for the LoRA list: weights, repeats, a third argument, a bad weight", () => {
   const s = parseParameters(
-    'a cat <lora:style:0.8>, <lora:detail> <lora:style:0.5> <lora:two:0.7:0.2> <lora:bad:heavy>\nSteps: 8, Sampler: DDIM, CFG scale: 7.5, Seed: 1, Size: 64x64, Lora hashes: "style: 0123456789ab, detail: ba9876543210"',
+    'a cat <lora:style:0.8>, <lora:detail> <lora:style:0.5> <lora:two:0.7:0.2> <lora:bad:heavy>\nSteps: 8, Sampler: DDIM, CFG scale: 7.5, Seed: 1, Size: 64x64, Lora hashes: "style: 0123456789ab, detail: ba9876543210", TI hashes: "tiny-style: 00112233aabb"',
   );
   assert.equal(s.values.prompt, "a cat ,");
   assert.deepEqual(s.loras, [
@@ -67,6 +67,7 @@ test("LoRA tags leave the prompt for the LoRA list: weights, repeats, a third ar
     { name: "two", weight: 0.7 },
   ]);
   assert.deepEqual(s.loraHashes, { style: "0123456789ab", detail: "ba9876543210" });
+  assert.deepEqual(s.embeddingHashes, { "tiny-style": "00112233aabb" });
   assert.deepEqual(s.notApplied, ["<lora:bad:heavy> (its weight is not a number)"]);
 });
 

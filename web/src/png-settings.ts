@@ -78,6 +78,8 @@ export interface LoadedSettings {
   loras: LoraWeight[];
   /** `Lora hashes`: name -> A1111's short hash. */
   loraHashes: Record<string, string>;
+  /** `TI hashes`: an embedding's trigger word -> A1111's short hash (the word itself is in the prompt). */
+  embeddingHashes: Record<string, string>;
   /** "Name: value (why)" for everything not applied. */
   notApplied: string[];
 }
@@ -132,6 +134,13 @@ export function parseParameters(text: string): LoadedSettings {
     return "";
   });
   const loraHashes: Record<string, string> = {};
+  const embeddingHashes: Record<string, string> = {};
+  const hashes = (value: string, into: Record<string, string>): void => {
+    for (const pair of value.split(",")) {
+      const at = pair.lastIndexOf(":");
+      if (at > 0) into[pair.slice(0, at).trim()] = pair.slice(at + 1).trim();
+    }
+  };
   prompt = [promptText.trim()];
   const values: Partial<FormValues> = { prompt: prompt[0]!, negative: (negative ?? []).join("\n").trim() };
   let model: string | undefined;
@@ -171,10 +180,10 @@ export function parseParameters(text: string): LoadedSettings {
       case "Model hash":
         break;
       case "Lora hashes":
-        for (const pair of value.split(",")) {
-          const at = pair.lastIndexOf(":");
-          if (at > 0) loraHashes[pair.slice(0, at).trim()] = pair.slice(at + 1).trim();
-        }
+        hashes(value, loraHashes);
+        break;
+      case "TI hashes":
+        hashes(value, embeddingHashes);
         break;
       default:
         notApplied.push(`${key}: ${value}`);
@@ -188,5 +197,5 @@ export function parseParameters(text: string): LoadedSettings {
     else notApplied.push(`Sampler: ${full} (no such scheduler here)`);
   }
   if (!last) notApplied.push("the settings line (none found: only the prompt was read)");
-  return { values, ...(model !== undefined ? { model } : {}), imageMode, loras, loraHashes, notApplied };
+  return { values, ...(model !== undefined ? { model } : {}), imageMode, loras, loraHashes, embeddingHashes, notApplied };
 }

@@ -86,6 +86,19 @@ export interface LoraWeight {
   weight: number;
 }
 
+/** crate::protocol::EmbeddingSummary: a stored textual-inversion embedding. */
+export interface EmbeddingSummary {
+  /** The trigger word. */
+  token: string;
+  size: number;
+  sha256: string;
+  /** AUTOMATIC1111's short hash (the PNG's `TI hashes`). */
+  shortHash: string;
+  source: string;
+  vectors: number;
+  width: number;
+}
+
 /** crate::protocol::LoraSummary: a stored LoRA file. */
 export interface LoraSummary {
   name: string;
@@ -195,6 +208,10 @@ export type Request =
     }
   | { type: "listLoras" }
   | { type: "deleteLora"; name: string }
+  /** Store an embedding for the trigger word `token`, as addLora; prompts that use the word get it. */
+  | { type: "addEmbedding"; token: string; bytes?: Uint8Array; url?: string; sha256?: string; allowedOrigins?: string[] }
+  | { type: "listEmbeddings" }
+  | { type: "deleteEmbedding"; token: string }
   | { type: "loseDevice" }
   /** Testing aid: a real panic in the engine (inside the model's download lock when given). */
   | { type: "panic"; holdDownloadLock?: string }
@@ -260,6 +277,9 @@ export type WorkerEvent =
   | { type: "loraAdded"; lora: LoraSummary }
   | { type: "loras"; loras: LoraSummary[] }
   | { type: "loraDeleted"; name: string }
+  | { type: "embeddingAdded"; embedding: EmbeddingSummary }
+  | { type: "embeddings"; embeddings: EmbeddingSummary[] }
+  | { type: "embeddingDeleted"; token: string }
   /** During a generation: the merged LoRAs changed; their originals are kept on the GPU (`keptBytes`). */
   | { type: "lorasApplied"; loras: LoraWeight[]; adaptedWeights: number; keptBytes: number; ms: number }
   | { type: "cancelled"; phase: Phase }

@@ -8,6 +8,6 @@ export interface EngineStats {
   largestGpuBuffer: number;
   /** The wasm heap's size now (it only grows, so this is its peak). */
   wasmMemoryBytes(): number;
-  /** Chunks of model files read from IndexedDB so far (a LoRA change must read none). */
-  modelChunkReads(): number;
+  /** Chunks of models' weights files read from IndexedDB so far (a LoRA change must read none). */
+  weightChunkReads(): number;
 }

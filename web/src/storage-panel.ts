@@ -1,11 +1,14 @@
-// The storage panel: models and LoRAs stored by the engine (size, complete or not, delete), whether
+// The storage panel: models, LoRAs and embeddings stored by the engine (size, complete or not, delete), whether
 // the browser granted persistent storage, and how much of the origin's quota is used.
 import { byTestId, el } from "./dom";
 import type { EngineClient } from "./engine";
 import { bytes } from "./format";
-import type { LoraSummary, ModelSummary } from "./protocol";
+import type { EmbeddingSummary, LoraSummary, ModelSummary } from "./protocol";
 
 export class StoragePanel {
+  /** The stored embeddings, as last listed. */
+  embeddings: EmbeddingSummary[] = [];
+
   constructor(
     private readonly engine: EngineClient,
     private readonly labelOf: (id: string) => string,
@@ -32,6 +35,33 @@ export class StoragePanel {
       this.renderLoras(loras.loras);
       this.onLoras(loras.loras);
     }
+    const embeddings = await this.engine.call({ type: "listEmbeddings" });
+    if (embeddings.type === "embeddings") {
+      this.embeddings = embeddings.embeddings;
+      this.renderEmbeddings(embeddings.embeddings);
+    }
+  }
+
+  private renderEmbeddings(embeddings: EmbeddingSummary[]): void {
+    const list = byTestId("stored-embeddings");
+    if (embeddings.length === 0) {
+      list.replaceChildren(el("li", "No embeddings stored."));
+      return;
+    }
+    list.replaceChildren(
+      ...embeddings.map((e) => {
+        const item = el("li", undefined, "stored-embedding");
+        item.append(el("span", `${e.token}: ${e.vectors} vectors, ${bytes(e.size)}, from ${e.source}`));
+        const remove = el("button", "Delete", "delete-embedding");
+        remove.type = "button";
+        remove.addEventListener("click", () => {
+          remove.disabled = true;
+          void this.engine.call({ type: "deleteEmbedding", token: e.token }).then(() => this.refresh());
+        });
+        item.append(" ", remove);
+        return item;
+      }),
+    );
   }
 
   private renderLoras(loras: LoraSummary[]): void {

@@ -4,8 +4,8 @@
 export interface Engine {
   handle(request: unknown): Promise<void>;
   cancel(): void;
-  /** Chunks of model files read from IndexedDB since the worker started. */
-  chunkReads(): number;
+  /** Chunks of models' weights files read from IndexedDB since the worker started. */
+  weightChunkReads(): number;
   free(): void;
 }
 

@@ -16,7 +16,7 @@ const stats: EngineStats = {
   gpuBufferBytes: 0,
   largestGpuBuffer: 0,
   wasmMemoryBytes: () => memory?.buffer.byteLength ?? 0,
-  modelChunkReads: () => instance?.chunkReads() ?? 0,
+  weightChunkReads: () => instance?.weightChunkReads() ?? 0,
 };
 (scope as unknown as { websdStats: EngineStats }).websdStats = stats;
 // Only `createBuffer`'s size is read: a structural type instead of all of @webgpu/types.

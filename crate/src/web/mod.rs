@@ -25,7 +25,7 @@ use crate::protocol::{Event, GenerateSettings, ModelSummary, Phase, Request};
 use crate::schedulers::SchedulerKind;
 use download::{DEFAULT_CHUNK_BYTES, DEFAULT_STALL_MS, DownloadOptions, Files};
 use load::LoadedModel;
-use store::Store;
+use store::{Extra, Store};
 
 /// How the engine posts an event to the page.
 type Post = Rc<dyn Fn(Event)>;
@@ -150,11 +150,11 @@ impl Engine {
         self.cancel.set(true);
     }
 
-    /// Chunks of model files read from IndexedDB since the worker started (worker.ts's stats: a LoRA
-    /// change must not read the model again).
-    #[wasm_bindgen(js_name = chunkReads)]
-    pub fn chunk_reads(&self) -> f64 {
-        store::chunk_reads() as f64
+    /// Chunks of models' weights files read from IndexedDB since the worker started (worker.ts's
+    /// stats: a LoRA change must not read the model's weights again).
+    #[wasm_bindgen(js_name = weightChunkReads)]
+    pub fn weight_chunk_reads(&self) -> f64 {
+        store::weight_chunk_reads() as f64
     }
 }
 
@@ -276,17 +276,27 @@ async fn run(request: Request, cx: &Context) -> Result<Option<Event>, Error> {
             add_lora(cx, name, bytes, url, sha256, allowed_origins).await.map(|lora| Some(Event::LoraAdded { lora }))
         }
         Request::ListLoras => {
-            let mut loras = cx.store().await?.loras().await?;
+            let mut loras: Vec<crate::protocol::LoraSummary> = cx.store().await?.extras(Extra::Lora).await?;
             loras.sort_by(|a, b| a.name.cmp(&b.name));
             Ok(Some(Event::Loras { loras }))
         }
         Request::DeleteLora { name } => {
-            let store = cx.store().await?;
-            if store.lora(&name).await?.is_none() {
-                return Err(Error::NotStored(format!("no stored LoRA {name}")));
-            }
-            store.delete_lora(&name).await?;
+            delete_extra(cx, Extra::Lora, &name).await?;
             Ok(Some(Event::LoraDeleted { name }))
+        }
+        Request::AddEmbedding { token, bytes, url, sha256, allowed_origins } => {
+            let embedding = add_embedding(cx, token, bytes, url, sha256, allowed_origins).await?;
+            Ok(Some(Event::EmbeddingAdded { embedding }))
+        }
+        Request::ListEmbeddings => {
+            let mut embeddings: Vec<crate::protocol::EmbeddingSummary> =
+                cx.store().await?.extras(Extra::Embedding).await?;
+            embeddings.sort_by(|a, b| a.token.cmp(&b.token));
+            Ok(Some(Event::Embeddings { embeddings }))
+        }
+        Request::DeleteEmbedding { token } => {
+            delete_extra(cx, Extra::Embedding, &token).await?;
+            Ok(Some(Event::EmbeddingDeleted { token }))
         }
         Request::LoseDevice => {
             crate::gpu::destroy_device().await?;
@@ -478,8 +488,52 @@ fn check_lora_name(name: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// [`Request::AddLora`]: the file from the page or from `url`, read as a LoRA, checked against
-/// `sha256` when given, then stored (replacing one of the same name).
+/// The file of an `AddLora`/`AddEmbedding`: the page's bytes, or fetched from `url` (an allowed
+/// origin); at most [`crate::limits::MAX_LORA_BYTES`]. Also where it came from.
+async fn extra_file(
+    cx: &Context,
+    kind: Extra,
+    bytes: Option<Vec<u8>>,
+    url: Option<String>,
+    allowed_origins: Option<Vec<String>>,
+) -> Result<(Vec<u8>, String), Error> {
+    let (bytes, source) = match (bytes, url) {
+        (Some(bytes), None) => (bytes, "a file".to_string()),
+        (None, Some(url)) => {
+            let allowed = allowed_origins.unwrap_or_else(download::default_allowed_origins);
+            cx.emit(Event::Progress { phase: Phase::Download, done: 0, total: 1, bytes: None, file: Some(url.clone()) });
+            (download::fetch_lora(&url, allowed, &cx.cancel).await?, url)
+        }
+        _ => return Err(Error::BadRequest(format!("adding a {} takes its bytes or its url (one of them)", kind.label()))),
+    };
+    let max = crate::limits::MAX_LORA_BYTES;
+    if bytes.len() as u64 > max {
+        return Err(Error::TooLarge(format!("the {} has {} bytes, at most {max} are taken", kind.label(), bytes.len())));
+    }
+    Ok((bytes, source))
+}
+
+/// `bytes` in JS and their sha256, checked against `want` when given.
+async fn hashed(bytes: &[u8], want: Option<String>, what: &str) -> Result<(js_sys::Uint8Array, String), Error> {
+    let view = js_sys::Uint8Array::from(bytes);
+    let digest = store::sha256_hex(&view).await?;
+    if let Some(want) = want.filter(|want| !want.eq_ignore_ascii_case(&digest)) {
+        return Err(Error::Integrity(format!("{what} has sha256 {digest}, {want} was expected")));
+    }
+    Ok((view, digest))
+}
+
+/// [`Request::DeleteLora`] / [`Request::DeleteEmbedding`].
+async fn delete_extra(cx: &Context, kind: Extra, key: &str) -> Result<(), Error> {
+    let store = cx.store().await?;
+    if store.extra::<serde_json::Value>(kind, key).await?.is_none() {
+        return Err(Error::NotStored(format!("no stored {} {key}", kind.label())));
+    }
+    store.delete_extra(kind, key).await
+}
+
+/// [`Request::AddLora`]: the file, read as a LoRA, checked against `sha256` when given, then stored
+/// (replacing one of the same name).
 async fn add_lora(
     cx: &Context,
     name: String,
@@ -490,26 +544,10 @@ async fn add_lora(
 ) -> Result<crate::protocol::LoraSummary, Error> {
     use crate::lora::{Component, Lora};
     check_lora_name(&name)?;
-    let max = crate::limits::MAX_LORA_BYTES;
-    let (bytes, source) = match (bytes, url) {
-        (Some(bytes), None) => (bytes, "a file".to_string()),
-        (None, Some(url)) => {
-            let allowed = allowed_origins.unwrap_or_else(download::default_allowed_origins);
-            cx.emit(Event::Progress { phase: Phase::Download, done: 0, total: 1, bytes: None, file: Some(url.clone()) });
-            (download::fetch_lora(&url, allowed, &cx.cancel).await?, url)
-        }
-        _ => return Err(Error::BadRequest("AddLora takes the file's bytes or its url (one of them)".into())),
-    };
-    if bytes.len() as u64 > max {
-        return Err(Error::TooLarge(format!("the LoRA {name} has {} bytes, at most {max} are taken", bytes.len())));
-    }
+    let (bytes, source) = extra_file(cx, Extra::Lora, bytes, url, allowed_origins).await?;
     let lora = Lora::from_source(&name, std::io::Cursor::new(bytes.as_slice()))
         .map_err(|e| Error::Invalid(e.to_string()))?;
-    let view = js_sys::Uint8Array::from(bytes.as_slice());
-    let digest = store::sha256_hex(&view).await?;
-    if let Some(want) = sha256.filter(|want| !want.eq_ignore_ascii_case(&digest)) {
-        return Err(Error::Integrity(format!("the LoRA {name} has sha256 {digest}, {want} was expected")));
-    }
+    let (view, digest) = hashed(&bytes, sha256, &format!("the LoRA {name}")).await?;
     let summary = crate::protocol::LoraSummary {
         name,
         size: bytes.len() as u64,
@@ -520,9 +558,77 @@ async fn add_lora(
         text_encoder_layers: lora.layer_count(Component::TextEncoder) as u32,
     };
     drop(bytes);
-    cx.store().await?.put_lora(&summary, &view).await?;
+    cx.store().await?.put_extra(Extra::Lora, &summary.name, &summary, &view).await?;
     cx.state.borrow_mut().loras.insert(digest, Rc::new(lora));
     Ok(summary)
+}
+
+/// [`Request::AddEmbedding`]: the file, read as an embedding for `token`, checked against `sha256`
+/// when given, then stored (replacing one of the same word).
+async fn add_embedding(
+    cx: &Context,
+    token: String,
+    bytes: Option<Vec<u8>>,
+    url: Option<String>,
+    sha256: Option<String>,
+    allowed_origins: Option<Vec<String>>,
+) -> Result<crate::protocol::EmbeddingSummary, Error> {
+    use crate::textual_inversion::Embedding;
+    if token.len() > 200 {
+        return Err(Error::Invalid(format!("the trigger word {token:?} is longer than 200 bytes")));
+    }
+    let (bytes, source) = extra_file(cx, Extra::Embedding, bytes, url, allowed_origins).await?;
+    let embedding = Embedding::from_source(&token, std::io::Cursor::new(bytes.as_slice()))
+        .map_err(|e| Error::Invalid(e.to_string()))?;
+    let (view, digest) = hashed(&bytes, sha256, &format!("the embedding {token}")).await?;
+    let summary = crate::protocol::EmbeddingSummary {
+        token,
+        size: bytes.len() as u64,
+        sha256: digest,
+        short_hash: Embedding::short_hash(&bytes),
+        source,
+        vectors: embedding.count as u32,
+        width: embedding.width as u32,
+    };
+    cx.store().await?.put_extra(Extra::Embedding, &summary.token, &summary, &view).await?;
+    Ok(summary)
+}
+
+/// Whether `text` uses the trigger word `token` (as a word of its own: not inside a longer word).
+fn uses_word(text: &str, token: &str) -> bool {
+    let word = |c: char| c.is_alphanumeric() || c == '_';
+    text.match_indices(token).any(|(at, _)| {
+        let before = text[..at].chars().next_back();
+        let after = text[at + token.len()..].chars().next();
+        !before.is_some_and(word) && !after.is_some_and(word)
+    })
+}
+
+/// The stored embeddings whose trigger words the settings' prompts use, read from the store; the
+/// model gets exactly those (tokenizer and token table rebuilt from the loaded ones when that set
+/// changes: `StableDiffusion::set_textual_inversions`).
+async fn apply_embeddings(
+    cx: &Context,
+    settings: &GenerateSettings,
+) -> Result<Vec<crate::protocol::EmbeddingSummary>, Error> {
+    use crate::textual_inversion::Embedding;
+    let store = cx.store().await?;
+    let texts = [Some(&settings.prompt), Some(&settings.negative_prompt)];
+    let mut used: Vec<crate::protocol::EmbeddingSummary> = store.extras(Extra::Embedding).await?;
+    used.retain(|e| texts.iter().flatten().any(|t| uses_word(t, &e.token)));
+    used.sort_by(|a, b| a.token.cmp(&b.token));
+    let mut embeddings = Vec::with_capacity(used.len());
+    for e in &used {
+        let bytes = store.extra_bytes(Extra::Embedding, &e.token, e.size, &e.sha256).await?.to_vec();
+        embeddings.push(
+            Embedding::from_source(&e.token, std::io::Cursor::new(bytes)).map_err(|e| Error::Invalid(e.to_string()))?,
+        );
+    }
+    let mut state = cx.state.borrow_mut();
+    let rc = state.model.as_mut().ok_or_else(|| Error::Invalid("no model is loaded".into()))?;
+    let model = Rc::get_mut(rc).ok_or_else(|| Error::Invalid("the loaded model is in use".into()))?;
+    model.pipeline.set_textual_inversions(embeddings).map_err(Error::from)?;
+    Ok(used)
 }
 
 /// Merges `wanted` (stored LoRAs with their weights) into the loaded model in place of what is merged
@@ -548,7 +654,7 @@ async fn apply_loras(
     let store = cx.store().await?;
     for (record, _) in wanted {
         if !cx.state.borrow().loras.contains_key(&record.sha256) {
-            let bytes = store.lora_bytes(record).await?.to_vec();
+            let bytes = store.extra_bytes(Extra::Lora, &record.name, record.size, &record.sha256).await?.to_vec();
             let lora = Lora::from_source(&record.name, std::io::Cursor::new(bytes))
                 .map_err(|e| Error::Invalid(e.to_string()))?;
             cx.state.borrow_mut().loras.insert(record.sha256.clone(), Rc::new(lora));
@@ -724,7 +830,7 @@ async fn generate(
     // The LoRAs must be stored, and the model one they can adapt, before it loads.
     let mut loras = Vec::with_capacity(wanted.len());
     for (name, weight) in wanted {
-        let record = store.lora(&name).await?.ok_or_else(|| {
+        let record: crate::protocol::LoraSummary = store.extra(Extra::Lora, &name).await?.ok_or_else(|| {
             Error::NotStored(format!("the LoRA {name} is not stored: add it (from a file or a URL) first"))
         })?;
         loras.push((record, weight));
@@ -748,6 +854,7 @@ async fn generate(
         },
     });
     drop(loaded_model(cx, &id, variant, &device).await?);
+    let embeddings = apply_embeddings(cx, &settings).await?;
     let model = apply_loras(cx, &loras, &device).await?;
     let sd = &model.pipeline;
     cx.emit(Event::Progress { phase: Phase::Encode, done: 0, total: 1, bytes: None, file: None });
@@ -796,7 +903,7 @@ async fn generate(
     request.prompt = settings.prompt.clone();
     let extra = crate::image::ExtraNetworks {
         loras: loras.iter().map(|(r, w)| (r.name.clone(), *w, r.short_hash.clone())).collect(),
-        embeddings: Vec::new(),
+        embeddings: embeddings.iter().map(|e| (e.token.clone(), e.short_hash.clone())).collect(),
     };
     let parameters = a1111_parameters(&request, &output, &model.hash, &model.name, &extra);
     let mut echoed = settings.clone();

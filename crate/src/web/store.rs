@@ -1,13 +1,13 @@
 //! The weight store: models in IndexedDB (through the `idb` crate), in the worker.
 //!
-//! Five object stores:
+//! Object stores:
 //! - `models`: id (the manifest URL) -> [`ModelRecord`] (the manifest as fetched);
 //! - `files`: `[id, path]` -> [`FileRecord`] (bytes stored so far, whether verified);
 //! - `chunks`: `[id, path, index]` -> a `Blob` of `chunk_bytes` (the last one shorter); stores written
 //!   before Blob chunks hold a `Uint8Array` there, which reads still take;
-//! - `loras`: name -> [`LoraSummary`] (the record is what the page is shown); `lora-files`: name ->
-//!   the file as one `Blob` (a LoRA is read whole, to be parsed, so it is not chunked), written together
-//!   with its record.
+//! - extra networks ([`Extra`]): `loras` (name -> [`crate::protocol::LoraSummary`]) with `lora-files`,
+//!   and `embeddings` (trigger word -> [`crate::protocol::EmbeddingSummary`]) with `embedding-files`:
+//!   each file one `Blob` (read whole, to be parsed, so not chunked), written with its record.
 //!
 //! Chunks are Blobs because a read then copies each byte once: IndexedDB keeps a large typed array as
 //! a blob file anyway, and reading one back reads that file into a buffer and deserializes a second
@@ -29,25 +29,53 @@ use wasm_bindgen::{JsCast, JsValue};
 
 use super::download::js_text;
 use crate::Error;
-use crate::protocol::LoraSummary;
 
 const DB_NAME: &str = "websd-weights";
-/// 2 added the LoRA stores (the upgrade creates whatever store is missing).
+/// 2 added the extra networks' stores (the upgrade creates whatever store is missing).
 const DB_VERSION: u32 = 2;
 const MODELS: &str = "models";
 const FILES: &str = "files";
 const CHUNKS: &str = "chunks";
 const LORAS: &str = "loras";
 const LORA_FILES: &str = "lora-files";
+const EMBEDDINGS: &str = "embeddings";
+const EMBEDDING_FILES: &str = "embedding-files";
 
-thread_local! {
-    /// Chunks of model files read so far (the tests count them: a LoRA change must not read the model).
-    static CHUNK_READS: Cell<u64> = const { Cell::new(0) };
+/// The extra networks the store keeps beside models: each a record store (key -> its summary) and a
+/// file store (key -> the file as one `Blob`: it is read whole, to be parsed, so it is not chunked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Extra {
+    /// LoRAs, by name ([`crate::protocol::LoraSummary`]).
+    Lora,
+    /// Textual-inversion embeddings, by trigger word ([`crate::protocol::EmbeddingSummary`]).
+    Embedding,
 }
 
-/// Chunks of model files read from the store since the worker started.
-pub fn chunk_reads() -> u64 {
-    CHUNK_READS.with(Cell::get)
+impl Extra {
+    fn stores(self) -> (&'static str, &'static str) {
+        match self {
+            Extra::Lora => (LORAS, LORA_FILES),
+            Extra::Embedding => (EMBEDDINGS, EMBEDDING_FILES),
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Extra::Lora => "LoRA",
+            Extra::Embedding => "embedding",
+        }
+    }
+}
+
+thread_local! {
+    /// Chunks of weights files read so far (the tests count them: a LoRA change must not read the
+    /// model's weights again; its small config files are read by every generation's preflight).
+    static WEIGHT_CHUNK_READS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Chunks of models' weights files read from the store since the worker started.
+pub fn weight_chunk_reads() -> u64 {
+    WEIGHT_CHUNK_READS.with(Cell::get)
 }
 
 
@@ -183,7 +211,7 @@ impl Store {
         let mut request = factory.open(DB_NAME, Some(DB_VERSION)).map_err(|e| store_error("opening", e))?;
         request.on_upgrade_needed(|event| {
             let Ok(db) = event.database() else { return };
-            for name in [MODELS, FILES, CHUNKS, LORAS, LORA_FILES] {
+            for name in [MODELS, FILES, CHUNKS, LORAS, LORA_FILES, EMBEDDINGS, EMBEDDING_FILES] {
                 if !db.store_names().iter().any(|n| n == name) {
                     let _ = db.create_object_store(name, ObjectStoreParams::new());
                 }
@@ -368,7 +396,9 @@ impl Store {
         index: u64,
         check: Option<ChunkCheck>,
     ) -> Result<impl std::future::Future<Output = Result<Uint8Array, Error>> + 'static, Error> {
-        CHUNK_READS.with(|n| n.set(n.get() + 1));
+        if path.ends_with(".safetensors") {
+            WEIGHT_CHUNK_READS.with(|n| n.set(n.get() + 1));
+        }
         let tx = self.db.transaction(&[CHUNKS], TransactionMode::ReadOnly).map_err(|e| store_error("reading", e))?;
         let request = tx
             .object_store(CHUNKS)
@@ -445,37 +475,38 @@ impl Store {
         finish(tx, "deleting").await
     }
 
-    /// Stores a LoRA file and its record in one transaction (replacing one of the same name).
-    pub async fn put_lora(&self, record: &LoraSummary, bytes: &Uint8Array) -> Result<(), Error> {
-        let data: JsValue = web_sys::Blob::new_with_u8_array_sequence(&Array::of1(bytes))
-            .map_err(|e| store_error("writing a LoRA", js_text(&e)))?
-            .into();
-        let tx = self
-            .db
-            .transaction(&[LORAS, LORA_FILES], TransactionMode::ReadWrite)
-            .map_err(|e| store_error("writing a LoRA", e))?;
-        let key: JsValue = record.name.as_str().into();
-        let files = tx.object_store(LORA_FILES).map_err(|e| store_error("writing a LoRA", e))?;
-        let records = tx.object_store(LORAS).map_err(|e| store_error("writing a LoRA", e))?;
-        let put_file = files.put(&data, Some(&key));
-        let put_record = records.put(&to_js(record)?, Some(&key));
-        put_file.map_err(|e| store_error("writing a LoRA", e))?.await.map_err(|e| store_error("writing a LoRA", e))?;
-        put_record
-            .map_err(|e| store_error("writing a LoRA", e))?
-            .await
-            .map_err(|e| store_error("writing a LoRA", e))?;
-        finish(tx, "writing a LoRA").await
+    /// Stores an extra network's file and its record (under `key`) in one transaction, replacing one
+    /// of the same key.
+    pub async fn put_extra<T: Serialize>(
+        &self,
+        kind: Extra,
+        key: &str,
+        record: &T,
+        bytes: &Uint8Array,
+    ) -> Result<(), Error> {
+        let what = format!("writing a {}", kind.label());
+        let data: JsValue =
+            web_sys::Blob::new_with_u8_array_sequence(&Array::of1(bytes)).map_err(|e| store_error(&what, js_text(&e)))?.into();
+        let (records, files) = kind.stores();
+        let tx = self.db.transaction(&[records, files], TransactionMode::ReadWrite).map_err(|e| store_error(&what, e))?;
+        let key: JsValue = key.into();
+        let put_file = tx.object_store(files).map_err(|e| store_error(&what, e))?.put(&data, Some(&key));
+        let put_record = tx.object_store(records).map_err(|e| store_error(&what, e))?.put(&to_js(record)?, Some(&key));
+        put_file.map_err(|e| store_error(&what, e))?.await.map_err(|e| store_error(&what, e))?;
+        put_record.map_err(|e| store_error(&what, e))?.await.map_err(|e| store_error(&what, e))?;
+        finish(tx, &what).await
     }
 
-    /// The stored LoRA `name`'s record.
-    pub async fn lora(&self, name: &str) -> Result<Option<LoraSummary>, Error> {
-        self.get(LORAS, name.into()).await?.map(from_js).transpose()
+    /// The record stored under `key`.
+    pub async fn extra<T: for<'de> Deserialize<'de>>(&self, kind: Extra, key: &str) -> Result<Option<T>, Error> {
+        self.get(kind.stores().0, key.into()).await?.map(from_js).transpose()
     }
 
-    /// Every stored LoRA, by name.
-    pub async fn loras(&self) -> Result<Vec<LoraSummary>, Error> {
-        let tx = self.db.transaction(&[LORAS], TransactionMode::ReadOnly).map_err(|e| store_error("listing", e))?;
-        let os = tx.object_store(LORAS).map_err(|e| store_error("listing", e))?;
+    /// Every record of `kind`, by key.
+    pub async fn extras<T: for<'de> Deserialize<'de>>(&self, kind: Extra) -> Result<Vec<T>, Error> {
+        let store = kind.stores().0;
+        let tx = self.db.transaction(&[store], TransactionMode::ReadOnly).map_err(|e| store_error("listing", e))?;
+        let os = tx.object_store(store).map_err(|e| store_error("listing", e))?;
         let all = os
             .get_all(None, None)
             .map_err(|e| store_error("listing", e))?
@@ -484,31 +515,30 @@ impl Store {
         all.into_iter().map(from_js).collect()
     }
 
-    /// The stored LoRA file of `record`, checked against its size and sha256 ([`Error::Damaged`] when
-    /// it changed since it was stored: it must be added again).
-    pub async fn lora_bytes(&self, record: &LoraSummary) -> Result<Uint8Array, Error> {
-        let value = self.get(LORA_FILES, record.name.as_str().into()).await?;
-        let damaged = |what: String| Error::Damaged(format!("the stored LoRA {} {what}: add it again", record.name));
+    /// The file stored under `key`, checked against its record's `size` and `sha256`
+    /// ([`Error::Damaged`] when it changed since it was stored: it must be added again).
+    pub async fn extra_bytes(&self, kind: Extra, key: &str, size: u64, sha256: &str) -> Result<Uint8Array, Error> {
+        let value = self.get(kind.stores().1, key.into()).await?;
+        let damaged = |what: String| Error::Damaged(format!("the stored {} {key} {what}: add it again", kind.label()));
         let bytes = chunk_bytes(value.ok_or_else(|| damaged("is missing".into()))?).await?;
-        if bytes.length() as u64 != record.size {
-            return Err(damaged(format!("has {} bytes, {} when stored", bytes.length(), record.size)));
+        if bytes.length() as u64 != size {
+            return Err(damaged(format!("has {} bytes, {size} when stored", bytes.length())));
         }
         let digest = sha256_hex(&bytes).await?;
-        if digest != record.sha256 {
-            return Err(damaged(format!("has sha256 {digest}, {} when stored", record.sha256)));
+        if digest != sha256 {
+            return Err(damaged(format!("has sha256 {digest}, {sha256} when stored")));
         }
         Ok(bytes)
     }
 
-    /// Removes a LoRA: its record and file (one transaction).
-    pub async fn delete_lora(&self, name: &str) -> Result<(), Error> {
-        let tx = self
-            .db
-            .transaction(&[LORAS, LORA_FILES], TransactionMode::ReadWrite)
-            .map_err(|e| store_error("deleting", e))?;
-        for store in [LORAS, LORA_FILES] {
+    /// Removes what is stored under `key`: its record and file (one transaction).
+    pub async fn delete_extra(&self, kind: Extra, key: &str) -> Result<(), Error> {
+        let (records, files) = kind.stores();
+        let tx =
+            self.db.transaction(&[records, files], TransactionMode::ReadWrite).map_err(|e| store_error("deleting", e))?;
+        for store in [records, files] {
             let os = tx.object_store(store).map_err(|e| store_error("deleting", e))?;
-            os.delete(Query::Key(name.into()))
+            os.delete(Query::Key(key.into()))
                 .map_err(|e| store_error("deleting", e))?
                 .await
                 .map_err(|e| store_error("deleting", e))?;

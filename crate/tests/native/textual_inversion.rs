@@ -88,3 +88,30 @@ fn the_cli_takes_embeddings() {
     let hash = Embedding::short_hash(&std::fs::read(&file).unwrap());
     assert!(text.ends_with(&format!(", TI hashes: \"tiny-style: {hash}\"")), "{text}");
 }
+
+/// The browser's way: the set of embeddings changes between generations of one loaded model
+/// (`set_textual_inversions`); taking one off gives back the plain tokenizer and table.
+#[test]
+fn embeddings_can_be_set_and_taken_off_again() {
+    let run = Run::from_path(&fixtures_dir().join("textual_inversion/run.safetensors"));
+    let prompt = run.meta("prompt").unwrap();
+    let mut model = model();
+    let plain = model.encode_prompt(&prompt, None, false).unwrap().states;
+    let plain: Vec<f32> = plain.into_data().try_to_vec().unwrap();
+    let rows = model.text_encoder.token_embedding.rows();
+    for round in 0..2 {
+        model.set_textual_inversions(vec![embedding("tiny-style")]).unwrap();
+        let embeds = model.encode_prompt(&prompt, None, false).unwrap().states;
+        assert!(max_diff(embeds.unsqueeze(), &run.f32("prompt_embeds").1) <= 1e-4, "round {round}");
+        assert_eq!(model.text_encoder.token_embedding.rows(), rows + 2);
+        model.set_textual_inversions(vec![]).unwrap();
+        assert_eq!(model.text_encoder.token_embedding.rows(), rows);
+        let back: Vec<f32> = model.encode_prompt(&prompt, None, false).unwrap().states.into_data().try_to_vec().unwrap();
+        assert_eq!(back, plain, "round {round}: without it, the plain embeddings exactly");
+    }
+    // A set with a bad member leaves none.
+    let err = model.set_textual_inversions(vec![embedding("tiny-style"), embedding("cat")]);
+    assert!(err.is_err());
+    assert!(model.textual_inversions.is_empty());
+    assert_eq!(model.text_encoder.token_embedding.rows(), rows);
+}
