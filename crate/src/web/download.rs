@@ -189,7 +189,9 @@ pub async fn fetch_lora(url: &str, allowed: Vec<String>, cancel: &Cell<bool>) ->
     match fetch_body(url, &options, cancel, max, None).await {
         Ok(bytes) => Ok(bytes),
         Err(FetchFailure::Refused(e)) => Err(e),
-        Err(FetchFailure::TooLarge) => Err(Error::TooLarge(format!("{url}: the LoRA is larger than {} MiB", max >> 20))),
+        Err(FetchFailure::TooLarge) => {
+            Err(Error::TooLarge(format!("{url}: the LoRA is larger than {} MiB", max >> 20)))
+        }
         Err(FetchFailure::Network(m)) => Err(Error::Network(format!("cannot fetch the LoRA {url}: {m}"))),
         Err(FetchFailure::Http(status)) => Err(Error::Network(format!("the LoRA {url} answered HTTP {status}"))),
     }

@@ -501,14 +501,29 @@ async fn extra_file(
         (Some(bytes), None) => (bytes, "a file".to_string()),
         (None, Some(url)) => {
             let allowed = allowed_origins.unwrap_or_else(download::default_allowed_origins);
-            cx.emit(Event::Progress { phase: Phase::Download, done: 0, total: 1, bytes: None, file: Some(url.clone()) });
+            cx.emit(Event::Progress {
+                phase: Phase::Download,
+                done: 0,
+                total: 1,
+                bytes: None,
+                file: Some(url.clone()),
+            });
             (download::fetch_lora(&url, allowed, &cx.cancel).await?, url)
         }
-        _ => return Err(Error::BadRequest(format!("adding a {} takes its bytes or its url (one of them)", kind.label()))),
+        _ => {
+            return Err(Error::BadRequest(format!(
+                "adding a {} takes its bytes or its url (one of them)",
+                kind.label()
+            )));
+        }
     };
     let max = crate::limits::MAX_LORA_BYTES;
     if bytes.len() as u64 > max {
-        return Err(Error::TooLarge(format!("the {} has {} bytes, at most {max} are taken", kind.label(), bytes.len())));
+        return Err(Error::TooLarge(format!(
+            "the {} has {} bytes, at most {max} are taken",
+            kind.label(),
+            bytes.len()
+        )));
     }
     Ok((bytes, source))
 }
@@ -545,8 +560,8 @@ async fn add_lora(
     use crate::lora::{Component, Lora};
     check_lora_name(&name)?;
     let (bytes, source) = extra_file(cx, Extra::Lora, bytes, url, allowed_origins).await?;
-    let lora = Lora::from_source(&name, std::io::Cursor::new(bytes.as_slice()))
-        .map_err(|e| Error::Invalid(e.to_string()))?;
+    let lora =
+        Lora::from_source(&name, std::io::Cursor::new(bytes.as_slice())).map_err(|e| Error::Invalid(e.to_string()))?;
     let (view, digest) = hashed(&bytes, sha256, &format!("the LoRA {name}")).await?;
     let summary = crate::protocol::LoraSummary {
         name,
@@ -639,10 +654,8 @@ async fn apply_loras(
     device: &burn::tensor::Device,
 ) -> Result<Rc<LoadedModel>, Error> {
     use crate::lora::{Applied, Lora};
-    let target: Vec<Applied> = wanted
-        .iter()
-        .map(|(r, w)| Applied { name: r.name.clone(), sha256: r.sha256.clone(), weight: *w })
-        .collect();
+    let target: Vec<Applied> =
+        wanted.iter().map(|(r, w)| Applied { name: r.name.clone(), sha256: r.sha256.clone(), weight: *w }).collect();
     {
         let state = cx.state.borrow();
         let model = state.model.as_ref().ok_or_else(|| Error::Invalid("no model is loaded".into()))?;
@@ -675,10 +688,7 @@ async fn apply_loras(
     model.pipeline.text_encoder = text_encoder;
     model.pipeline.unet = unet;
     let applied = Event::LorasApplied {
-        loras: wanted
-            .iter()
-            .map(|(r, w)| crate::protocol::LoraWeight { name: r.name.clone(), weight: *w })
-            .collect(),
+        loras: wanted.iter().map(|(r, w)| crate::protocol::LoraWeight { name: r.name.clone(), weight: *w }).collect(),
         adapted_weights: model.loras.adapted_weights() as u32,
         kept_bytes: model.loras.kept_bytes(),
         ms: now_ms() - t0,

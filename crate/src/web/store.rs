@@ -78,7 +78,6 @@ pub fn weight_chunk_reads() -> u64 {
     WEIGHT_CHUNK_READS.with(Cell::get)
 }
 
-
 /// A stored model.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -485,10 +484,12 @@ impl Store {
         bytes: &Uint8Array,
     ) -> Result<(), Error> {
         let what = format!("writing a {}", kind.label());
-        let data: JsValue =
-            web_sys::Blob::new_with_u8_array_sequence(&Array::of1(bytes)).map_err(|e| store_error(&what, js_text(&e)))?.into();
+        let data: JsValue = web_sys::Blob::new_with_u8_array_sequence(&Array::of1(bytes))
+            .map_err(|e| store_error(&what, js_text(&e)))?
+            .into();
         let (records, files) = kind.stores();
-        let tx = self.db.transaction(&[records, files], TransactionMode::ReadWrite).map_err(|e| store_error(&what, e))?;
+        let tx =
+            self.db.transaction(&[records, files], TransactionMode::ReadWrite).map_err(|e| store_error(&what, e))?;
         let key: JsValue = key.into();
         let put_file = tx.object_store(files).map_err(|e| store_error(&what, e))?.put(&data, Some(&key));
         let put_record = tx.object_store(records).map_err(|e| store_error(&what, e))?.put(&to_js(record)?, Some(&key));
@@ -534,8 +535,10 @@ impl Store {
     /// Removes what is stored under `key`: its record and file (one transaction).
     pub async fn delete_extra(&self, kind: Extra, key: &str) -> Result<(), Error> {
         let (records, files) = kind.stores();
-        let tx =
-            self.db.transaction(&[records, files], TransactionMode::ReadWrite).map_err(|e| store_error("deleting", e))?;
+        let tx = self
+            .db
+            .transaction(&[records, files], TransactionMode::ReadWrite)
+            .map_err(|e| store_error("deleting", e))?;
         for store in [records, files] {
             let os = tx.object_store(store).map_err(|e| store_error("deleting", e))?;
             os.delete(Query::Key(key.into()))

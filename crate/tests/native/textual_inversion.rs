@@ -106,7 +106,8 @@ fn embeddings_can_be_set_and_taken_off_again() {
         assert_eq!(model.text_encoder.token_embedding.rows(), rows + 2);
         model.set_textual_inversions(vec![]).unwrap();
         assert_eq!(model.text_encoder.token_embedding.rows(), rows);
-        let back: Vec<f32> = model.encode_prompt(&prompt, None, false).unwrap().states.into_data().try_to_vec().unwrap();
+        let back: Vec<f32> =
+            model.encode_prompt(&prompt, None, false).unwrap().states.into_data().try_to_vec().unwrap();
         assert_eq!(back, plain, "round {round}: without it, the plain embeddings exactly");
     }
     // A set with a bad member leaves none.
