@@ -23,9 +23,9 @@ pub const MAX_GUIDANCE: f32 = 50.0;
 /// Largest seed the page can send: JavaScript's largest exact integer, 2^53 - 1 (serde-wasm-bindgen
 /// refuses a number past it as not an integer).
 pub const MAX_SEED: u64 = (1 << 53) - 1;
-/// Largest LoRA file the browser takes (it is read whole into the wasm heap to be parsed): SD 1.x
-/// LoRAs are 10-300 MB, the largest SDXL ones under 1 GB.
-pub const MAX_LORA_BYTES: u64 = 1 << 30;
+/// Largest LoRA or embedding file the browser takes (it is read whole into the wasm heap to be
+/// parsed): SD 1.x LoRAs are 10-300 MB, the largest SDXL ones under 1 GB; embeddings a few KB.
+pub const MAX_EXTRA_BYTES: u64 = 1 << 30;
 /// Largest LoRA weight (A1111's slider spans -1..2; past 10 an image is noise).
 pub const MAX_LORA_WEIGHT: f32 = 10.0;
 /// diffusers' default steps (for models without recommendations in their manifest).
@@ -52,7 +52,7 @@ pub fn typescript() -> String {
          // Regenerate with UPDATE_PROTOCOL_SAMPLES=1 cargo test -p websd --lib limits.\n\
          import type {{ SchedulerName }} from \"./protocol\";\n\n\
          /** The engine's limits of a generation request (crate::limits). */\n\
-         export const LIMITS = {{ maxSide: {MAX_SIDE}, maxSteps: {MAX_STEPS}, maxBatch: {MAX_BATCH}, maxGuidance: {MAX_GUIDANCE}, maxSeed: {MAX_SEED}, maxConditioningSide: {MAX_CONDITIONING_SIDE}, maxLoraBytes: {MAX_LORA_BYTES}, maxLoraWeight: {MAX_LORA_WEIGHT} }} as const;\n\n\
+         export const LIMITS = {{ maxSide: {MAX_SIDE}, maxSteps: {MAX_STEPS}, maxBatch: {MAX_BATCH}, maxGuidance: {MAX_GUIDANCE}, maxSeed: {MAX_SEED}, maxConditioningSide: {MAX_CONDITIONING_SIDE}, maxExtraBytes: {MAX_EXTRA_BYTES}, maxLoraWeight: {MAX_LORA_WEIGHT} }} as const;\n\n\
          /** diffusers' defaults, as the engine applies them. */\n\
          export const DEFAULTS = {{ steps: {DEFAULT_STEPS}, guidance: {DEFAULT_GUIDANCE}, img2imgStrength: {IMG2IMG_STRENGTH}, inpaintStrength: {INPAINT_STRENGTH} }} as const;\n\n\
          /** The schedulers, in the order the form lists them. */\n\

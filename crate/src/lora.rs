@@ -284,11 +284,15 @@ fn plan<'a>(
 /// A layer to merge into a weight: the layer, its weight and its LoRA's name.
 type Merge<'a> = (&'a Layer, f32, &'a str);
 
-/// A tensor source that adds the LoRAs' deltas to the weights they adapt as the model reads them.
+/// A tensor source that adds the LoRAs' deltas to the weights they adapt as the model reads them, and
+/// (when [`Self::recording`]) notes every parameter loaded from it as a [`Target`]: what [`Merged`]
+/// needs to find a weight again in the built model.
 pub struct WithLoras<'a, S> {
     inner: S,
     /// File name of a weight -> the layers merged into it.
     merges: HashMap<String, Vec<Merge<'a>>>,
+    /// The component the source holds, the model's names for its tensors, and where targets go.
+    record: Option<(Component, KeyMap, TargetSink)>,
 }
 
 impl<'a, S: TensorSource> WithLoras<'a, S> {
@@ -298,12 +302,20 @@ impl<'a, S: TensorSource> WithLoras<'a, S> {
         let weights: Vec<(TensorInfo, String)> =
             inner.infos().into_iter().filter_map(|i| key_map(&i.name).map(|canonical| (i, canonical))).collect();
         let merges = plan(loras.iter().map(|(l, w)| (l, *w)), &weights, component)?;
-        Ok(Self { inner, merges })
+        Ok(Self { inner, merges, record: None })
     }
 
     /// `inner` as it is (a component no LoRA adapts).
     pub fn plain(inner: S) -> Self {
-        Self { inner, merges: HashMap::new() }
+        Self { inner, merges: HashMap::new(), record: None }
+    }
+
+    /// Also notes each parameter loaded from the source into `sink`: `adapted` is the component it holds
+    /// and the model's names for its tensors (`model_folder::Part::lora_adapted`); `None` (a component
+    /// no LoRA adapts) notes nothing.
+    pub fn recording(mut self, adapted: Option<(Component, KeyMap)>, sink: TargetSink) -> Self {
+        self.record = adapted.map(|(component, key_map)| (component, key_map, sink));
+        self
     }
 }
 
@@ -379,6 +391,12 @@ impl<S: TensorSource> TensorSource for WithLoras<'_, S> {
     }
 
     fn loaded_param(&mut self, info: &TensorInfo, transpose: bool, param: ParamId) {
+        if let Some((component, key_map, sink)) = &self.record
+            && let Some(canonical) = key_map(&info.name)
+        {
+            let target = Target { component: *component, info: info.clone(), canonical, transpose, param };
+            sink.borrow_mut().push(target);
+        }
         self.inner.loaded_param(info, transpose, param)
     }
 }
@@ -401,64 +419,8 @@ pub struct Target {
     pub param: ParamId,
 }
 
-/// Where a [`Recording`] leaves its targets (one sink for every component of a model).
+/// Where [`WithLoras::recording`] leaves its targets (one sink for every component of a model).
 pub type TargetSink = Rc<RefCell<Vec<Target>>>;
-
-/// A tensor source that notes every parameter loaded from it as a [`Target`] of `component` (nothing
-/// for a component no LoRA adapts): what [`Merged`] needs to find a weight again in the built model.
-pub struct Recording<S> {
-    inner: S,
-    adapted: Option<(Component, KeyMap)>,
-    sink: TargetSink,
-}
-
-impl<S> Recording<S> {
-    /// `adapted`: the component the source holds and the model's names for its tensors (see
-    /// `model_folder::Part::lora_adapted`), `None` for one no LoRA adapts.
-    pub fn new(inner: S, adapted: Option<(Component, KeyMap)>, sink: TargetSink) -> Self {
-        Self { inner, adapted, sink }
-    }
-}
-
-impl<S: TensorSource> TensorSource for Recording<S> {
-    fn infos(&self) -> Vec<TensorInfo> {
-        self.inner.infos()
-    }
-
-    fn fetch<const D: usize>(
-        &mut self,
-        info: &TensorInfo,
-        transpose: bool,
-        device: &Device,
-    ) -> Result<Tensor<D>, WeightsError> {
-        self.inner.fetch(info, transpose, device)
-    }
-
-    fn fetch_rows(
-        &mut self,
-        info: &TensorInfo,
-        max_rows: usize,
-        device: &Device,
-    ) -> Result<Vec<Tensor<2>>, WeightsError> {
-        self.inner.fetch_rows(info, max_rows, device)
-    }
-
-    fn loaded_param(&mut self, info: &TensorInfo, transpose: bool, param: ParamId) {
-        if let Some((component, key_map)) = self.adapted
-            && let Some(canonical) = key_map(&info.name)
-        {
-            self.sink.borrow_mut().push(Target { component, info: info.clone(), canonical, transpose, param });
-        }
-        self.inner.loaded_param(info, transpose, param)
-    }
-}
-
-impl<S: TensorSource> IntoTensorSource for Recording<S> {
-    type Source = Self;
-    fn into_tensor_source(self) -> Result<Self::Source, WeightsError> {
-        Ok(self)
-    }
-}
 
 /// A LoRA merged into a model now: its name, its file's sha256 (what tells two files of one name
 /// apart) and its weight.

@@ -379,7 +379,7 @@ impl StableDiffusion {
         sink: Option<&crate::lora::TargetSink>,
         device: &Device,
     ) -> Result<Self, PipelineError> {
-        use crate::lora::{Recording, WithLoras};
+        use crate::lora::WithLoras;
         use crate::model_folder::{ModelConfigs, Part};
         use crate::weights::{SafetensorsReader, component_weights};
 
@@ -419,7 +419,7 @@ impl StableDiffusion {
                 }
                 None => WithLoras::plain(reader),
             };
-            Ok(Recording::new(reader, adapted, sink.clone()))
+            Ok(reader.recording(adapted, sink.clone()))
         };
         // Every LoRA layer must fit a weight: checked on the headers before any weight is read.
         if !loras.is_empty() {

@@ -453,10 +453,10 @@ describe("worker engine", () => {
     assert.equal((await e.call(ensure("clean"))).final.type, "modelReady");
     const size = await e.call({ type: "generate", model: manifestUrl("clean"), variant: "fp16", settings: { prompt: "x", width: 63 } });
     assert.equal((size.final as { code: string }).code, "invalid");
-    // A1111 syntax the browser cannot serve yet (LoRA tags) or that is wrong: typed, before any work.
+    // A1111 syntax naming a LoRA that is not stored, or that is wrong: typed, before any load.
     const lora = await e.call({ type: "generate", model: manifestUrl("clean"), settings: { prompt: "a cat <lora:detail:0.5>" } });
-    assert.equal((lora.final as { code: string }).code, "unsupported", JSON.stringify(lora.final));
-    assert.match((lora.final as { message: string }).message, /LoRAs are not available in the browser yet/);
+    assert.equal((lora.final as { code: string }).code, "not-stored", JSON.stringify(lora.final));
+    assert.match((lora.final as { message: string }).message, /the LoRA detail is not stored/);
     const weight = await e.call({ type: "generate", model: manifestUrl("clean"), variant: "fp16", settings: { prompt: "(a cat:1.2.3)", width: 16, height: 16, steps: 1 } });
     assert.equal((weight.final as { code: string }).code, "invalid", JSON.stringify(weight.final));
     assert.match((weight.final as { message: string }).message, /"1\.2\.3" in "\(text:1\.2\.3\)" is not a number/);

@@ -3,7 +3,7 @@
 import type { SchedulerName } from "./protocol";
 
 /** The engine's limits of a generation request (crate::limits). */
-export const LIMITS = { maxSide: 4096, maxSteps: 1000, maxBatch: 16, maxGuidance: 50, maxSeed: 9007199254740991, maxConditioningSide: 16384, maxLoraBytes: 1073741824, maxLoraWeight: 10 } as const;
+export const LIMITS = { maxSide: 4096, maxSteps: 1000, maxBatch: 16, maxGuidance: 50, maxSeed: 9007199254740991, maxConditioningSide: 16384, maxExtraBytes: 1073741824, maxLoraWeight: 10 } as const;
 
 /** diffusers' defaults, as the engine applies them. */
 export const DEFAULTS = { steps: 50, guidance: 7.5, img2imgStrength: 0.8, inpaintStrength: 1 } as const;

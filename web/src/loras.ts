@@ -90,8 +90,8 @@ export class LoraPanel {
   /** Stores an embedding under its file's stem (A1111's trigger word). */
   private async addEmbedding(file: File): Promise<void> {
     const info = byTestId("embedding-info");
-    if (file.size > LIMITS.maxLoraBytes) {
-      errors.show(`"${file.name}" has ${bytes(file.size)}: an embedding may have at most ${bytes(LIMITS.maxLoraBytes)}.`);
+    if (file.size > LIMITS.maxExtraBytes) {
+      errors.show(`"${file.name}" has ${bytes(file.size)}: an embedding may have at most ${bytes(LIMITS.maxExtraBytes)}.`);
       return;
     }
     errors.clear();
@@ -151,8 +151,8 @@ export class LoraPanel {
   }
 
   private async addFile(file: File): Promise<void> {
-    if (file.size > LIMITS.maxLoraBytes) {
-      errors.show(`"${file.name}" has ${bytes(file.size)}: a LoRA may have at most ${bytes(LIMITS.maxLoraBytes)}.`);
+    if (file.size > LIMITS.maxExtraBytes) {
+      errors.show(`"${file.name}" has ${bytes(file.size)}: a LoRA may have at most ${bytes(LIMITS.maxExtraBytes)}.`);
       return;
     }
     await this.add({ type: "addLora", name: loraName(file.name), bytes: new Uint8Array(await file.arrayBuffer()) }, file.name);

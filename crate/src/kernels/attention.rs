@@ -100,9 +100,7 @@ pub fn attention(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>) -> Option<Tensor<4
     let client = q.client.clone();
     let output = empty_device_dtype(client.clone(), q.device.clone(), [batch, heads, queries, value_dim].into(), dtype);
     let rows = batch * heads * queries;
-    let groups = rows.div_ceil(LANES);
-    let groups_x = groups.min(super::MAX_GROUPS);
-    let count = CubeCount::Static(groups_x as u32, groups.div_ceil(groups_x) as u32, 1);
+    let count = super::grid_1d(rows, LANES);
     unsafe {
         attention_rows::launch_unchecked(
             &client,

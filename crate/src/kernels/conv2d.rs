@@ -379,9 +379,7 @@ pub(crate) fn launch(
     }
     if split {
         const LANES: usize = 256;
-        let groups = (batch * c_out * out_h * out_w).div_ceil(LANES);
-        let groups_x = groups.min(MAX_GROUPS);
-        let count = CubeCount::Static(groups_x as u32, groups.div_ceil(groups_x) as u32, 1);
+        let count = super::grid_1d(batch * c_out * out_h * out_w, LANES);
         unsafe {
             conv2d_sum_splits::launch_unchecked(
                 &client,

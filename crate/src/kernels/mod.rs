@@ -24,6 +24,14 @@ pub mod linear;
 
 /// WebGPU's guaranteed workgroups per dispatch dimension.
 const MAX_GROUPS: usize = 65535;
+
+/// A dispatch of `items` one-per-lane work items in workgroups of `lanes`: x up to [`MAX_GROUPS`], the
+/// rest in y (a kernel finds its item as `(y * x_count + x) * lanes + lane` and skips those past the end).
+fn grid_1d(items: usize, lanes: usize) -> burn_cubecl::cubecl::CubeCount {
+    let groups = items.div_ceil(lanes);
+    let groups_x = groups.min(MAX_GROUPS);
+    burn_cubecl::cubecl::CubeCount::Static(groups_x as u32, groups.div_ceil(groups_x) as u32, 1)
+}
 /// Which of our kernels run on a device, and how the convolution is tiled there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Choice {
@@ -55,7 +63,7 @@ impl Choice {
     pub fn for_adapter(name: &str) -> Choice {
         if name.to_lowercase().contains("swiftshader") {
             // `op_bench 32 wgpu-capped - - tilings 10` (BENCHMARKS.md): tiled for 4 workgroups (split-K
-            // where there are fewer tiles) ours took 0.40-0.86x burn's time from 64 output channels
+            // where there are fewer tiles) ours took 0.40-0.88x burn's time from 64 output channels
             // and 128 pixels up; with 32 channels or fewer, or at 32 pixels with a 2304-deep
             // reduction, 1.0-11x.
             return Choice {

@@ -181,19 +181,20 @@ async fn fetch_body(
     Ok(bytes)
 }
 
-/// A LoRA file from `url` (an allowed origin), at most [`crate::limits::MAX_LORA_BYTES`].
-pub async fn fetch_lora(url: &str, allowed: Vec<String>, cancel: &Cell<bool>) -> Result<Vec<u8>, Error> {
+/// An extra network's file (`what`: "LoRA", "embedding") from `url` (an allowed origin), at most
+/// [`crate::limits::MAX_EXTRA_BYTES`].
+pub async fn fetch_extra(url: &str, allowed: Vec<String>, cancel: &Cell<bool>, what: &str) -> Result<Vec<u8>, Error> {
     check_origin(url, &allowed)?;
     let options = DownloadOptions { stall_ms: DEFAULT_STALL_MS, chunk_bytes: DEFAULT_CHUNK_BYTES, allowed };
-    let max = crate::limits::MAX_LORA_BYTES as usize;
+    let max = crate::limits::MAX_EXTRA_BYTES as usize;
     match fetch_body(url, &options, cancel, max, None).await {
         Ok(bytes) => Ok(bytes),
         Err(FetchFailure::Refused(e)) => Err(e),
         Err(FetchFailure::TooLarge) => {
-            Err(Error::TooLarge(format!("{url}: the LoRA is larger than {} MiB", max >> 20)))
+            Err(Error::TooLarge(format!("{url}: the {what} is larger than {} MiB", max >> 20)))
         }
-        Err(FetchFailure::Network(m)) => Err(Error::Network(format!("cannot fetch the LoRA {url}: {m}"))),
-        Err(FetchFailure::Http(status)) => Err(Error::Network(format!("the LoRA {url} answered HTTP {status}"))),
+        Err(FetchFailure::Network(m)) => Err(Error::Network(format!("cannot fetch the {what} {url}: {m}"))),
+        Err(FetchFailure::Http(status)) => Err(Error::Network(format!("the {what} {url} answered HTTP {status}"))),
     }
 }
 

@@ -513,7 +513,7 @@ pub async fn load_model(
         let tensors = uploaded.iter().find(|(p, _)| *p == part).map(|(_, t)| t.clone());
         let tensors = tensors
             .ok_or_else(|| crate::pipeline::PipelineError::Model(format!("{} was not uploaded", part.folder())))?;
-        Ok(crate::lora::Recording::new(tensors, part.lora_adapted(), sink.clone()))
+        Ok(crate::lora::WithLoras::plain(tensors).recording(part.lora_adapted(), sink.clone()))
     };
     let pipeline = configs.assemble(find, device)?;
     let loras = crate::lora::Merged::new(sink.take());

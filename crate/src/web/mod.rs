@@ -273,7 +273,8 @@ async fn run(request: Request, cx: &Context) -> Result<Option<Event>, Error> {
             Ok(Some(Event::Deleted { id }))
         }
         Request::AddLora { name, bytes, url, sha256, allowed_origins } => {
-            add_lora(cx, name, bytes, url, sha256, allowed_origins).await.map(|lora| Some(Event::LoraAdded { lora }))
+            let file = ExtraFile { bytes, url, sha256, allowed_origins };
+            add_lora(cx, name, file).await.map(|lora| Some(Event::LoraAdded { lora }))
         }
         Request::ListLoras => {
             let mut loras: Vec<crate::protocol::LoraSummary> = cx.store().await?.extras(Extra::Lora).await?;
@@ -285,8 +286,8 @@ async fn run(request: Request, cx: &Context) -> Result<Option<Event>, Error> {
             Ok(Some(Event::LoraDeleted { name }))
         }
         Request::AddEmbedding { token, bytes, url, sha256, allowed_origins } => {
-            let embedding = add_embedding(cx, token, bytes, url, sha256, allowed_origins).await?;
-            Ok(Some(Event::EmbeddingAdded { embedding }))
+            let file = ExtraFile { bytes, url, sha256, allowed_origins };
+            add_embedding(cx, token, file).await.map(|embedding| Some(Event::EmbeddingAdded { embedding }))
         }
         Request::ListEmbeddings => {
             let mut embeddings: Vec<crate::protocol::EmbeddingSummary> =
@@ -488,19 +489,30 @@ fn check_lora_name(name: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// The file of an `AddLora`/`AddEmbedding`: the page's bytes, or fetched from `url` (an allowed
-/// origin); at most [`crate::limits::MAX_LORA_BYTES`]. Also where it came from.
-async fn extra_file(
-    cx: &Context,
-    kind: Extra,
+/// Where the file of an `AddLora` / `AddEmbedding` comes from: the page's bytes or a URL (an allowed
+/// origin), with the sha256 it must have when given.
+struct ExtraFile {
     bytes: Option<Vec<u8>>,
     url: Option<String>,
+    sha256: Option<String>,
     allowed_origins: Option<Vec<String>>,
-) -> Result<(Vec<u8>, String), Error> {
-    let (bytes, source) = match (bytes, url) {
+}
+
+/// An extra network's file, read (at most [`crate::limits::MAX_EXTRA_BYTES`]) and hashed: its bytes
+/// (also in JS, for the store), where it came from, its sha256.
+struct ReadExtra {
+    bytes: Vec<u8>,
+    js: js_sys::Uint8Array,
+    source: String,
+    sha256: String,
+}
+
+async fn read_extra(cx: &Context, kind: Extra, key: &str, file: ExtraFile) -> Result<ReadExtra, Error> {
+    let what = format!("the {} {key}", kind.label());
+    let (bytes, source) = match (file.bytes, file.url) {
         (Some(bytes), None) => (bytes, "a file".to_string()),
         (None, Some(url)) => {
-            let allowed = allowed_origins.unwrap_or_else(download::default_allowed_origins);
+            let allowed = file.allowed_origins.unwrap_or_else(download::default_allowed_origins);
             cx.emit(Event::Progress {
                 phase: Phase::Download,
                 done: 0,
@@ -508,34 +520,20 @@ async fn extra_file(
                 bytes: None,
                 file: Some(url.clone()),
             });
-            (download::fetch_lora(&url, allowed, &cx.cancel).await?, url)
+            (download::fetch_extra(&url, allowed, &cx.cancel, kind.label()).await?, url)
         }
-        _ => {
-            return Err(Error::BadRequest(format!(
-                "adding a {} takes its bytes or its url (one of them)",
-                kind.label()
-            )));
-        }
+        _ => return Err(Error::BadRequest(format!("adding {what} takes its bytes or its url (one of them)"))),
     };
-    let max = crate::limits::MAX_LORA_BYTES;
+    let max = crate::limits::MAX_EXTRA_BYTES;
     if bytes.len() as u64 > max {
-        return Err(Error::TooLarge(format!(
-            "the {} has {} bytes, at most {max} are taken",
-            kind.label(),
-            bytes.len()
-        )));
+        return Err(Error::TooLarge(format!("{what} has {} bytes, at most {max} are taken", bytes.len())));
     }
-    Ok((bytes, source))
-}
-
-/// `bytes` in JS and their sha256, checked against `want` when given.
-async fn hashed(bytes: &[u8], want: Option<String>, what: &str) -> Result<(js_sys::Uint8Array, String), Error> {
-    let view = js_sys::Uint8Array::from(bytes);
-    let digest = store::sha256_hex(&view).await?;
-    if let Some(want) = want.filter(|want| !want.eq_ignore_ascii_case(&digest)) {
-        return Err(Error::Integrity(format!("{what} has sha256 {digest}, {want} was expected")));
+    let js = js_sys::Uint8Array::from(bytes.as_slice());
+    let sha256 = store::sha256_hex(&js).await?;
+    if let Some(want) = file.sha256.filter(|want| !want.eq_ignore_ascii_case(&sha256)) {
+        return Err(Error::Integrity(format!("{what} has sha256 {sha256}, {want} was expected")));
     }
-    Ok((view, digest))
+    Ok(ReadExtra { bytes, js, source, sha256 })
 }
 
 /// [`Request::DeleteLora`] / [`Request::DeleteEmbedding`].
@@ -547,65 +545,52 @@ async fn delete_extra(cx: &Context, kind: Extra, key: &str) -> Result<(), Error>
     store.delete_extra(kind, key).await
 }
 
-/// [`Request::AddLora`]: the file, read as a LoRA, checked against `sha256` when given, then stored
-/// (replacing one of the same name).
-async fn add_lora(
-    cx: &Context,
-    name: String,
-    bytes: Option<Vec<u8>>,
-    url: Option<String>,
-    sha256: Option<String>,
-    allowed_origins: Option<Vec<String>>,
-) -> Result<crate::protocol::LoraSummary, Error> {
+/// [`Request::AddLora`]: the file, read as a LoRA, then stored (replacing one of the same name).
+async fn add_lora(cx: &Context, name: String, file: ExtraFile) -> Result<crate::protocol::LoraSummary, Error> {
     use crate::lora::{Component, Lora};
     check_lora_name(&name)?;
-    let (bytes, source) = extra_file(cx, Extra::Lora, bytes, url, allowed_origins).await?;
+    let ReadExtra { bytes, js, source, sha256 } = read_extra(cx, Extra::Lora, &name, file).await?;
     let lora =
         Lora::from_source(&name, std::io::Cursor::new(bytes.as_slice())).map_err(|e| Error::Invalid(e.to_string()))?;
-    let (view, digest) = hashed(&bytes, sha256, &format!("the LoRA {name}")).await?;
     let summary = crate::protocol::LoraSummary {
         name,
         size: bytes.len() as u64,
-        sha256: digest.clone(),
+        sha256: sha256.clone(),
         short_hash: crate::lora::short_hash(&bytes).unwrap_or_default(),
         source,
         unet_layers: lora.layer_count(Component::Unet) as u32,
         text_encoder_layers: lora.layer_count(Component::TextEncoder) as u32,
     };
     drop(bytes);
-    cx.store().await?.put_extra(Extra::Lora, &summary.name, &summary, &view).await?;
-    cx.state.borrow_mut().loras.insert(digest, Rc::new(lora));
+    cx.store().await?.put_extra(Extra::Lora, &summary.name, &summary, &js).await?;
+    cx.state.borrow_mut().loras.insert(sha256, Rc::new(lora));
     Ok(summary)
 }
 
-/// [`Request::AddEmbedding`]: the file, read as an embedding for `token`, checked against `sha256`
-/// when given, then stored (replacing one of the same word).
+/// [`Request::AddEmbedding`]: the file, read as an embedding for `token`, then stored (replacing one of
+/// the same word).
 async fn add_embedding(
     cx: &Context,
     token: String,
-    bytes: Option<Vec<u8>>,
-    url: Option<String>,
-    sha256: Option<String>,
-    allowed_origins: Option<Vec<String>>,
+    file: ExtraFile,
 ) -> Result<crate::protocol::EmbeddingSummary, Error> {
     use crate::textual_inversion::Embedding;
     if token.len() > 200 {
         return Err(Error::Invalid(format!("the trigger word {token:?} is longer than 200 bytes")));
     }
-    let (bytes, source) = extra_file(cx, Extra::Embedding, bytes, url, allowed_origins).await?;
+    let ReadExtra { bytes, js, source, sha256 } = read_extra(cx, Extra::Embedding, &token, file).await?;
     let embedding = Embedding::from_source(&token, std::io::Cursor::new(bytes.as_slice()))
         .map_err(|e| Error::Invalid(e.to_string()))?;
-    let (view, digest) = hashed(&bytes, sha256, &format!("the embedding {token}")).await?;
     let summary = crate::protocol::EmbeddingSummary {
         token,
         size: bytes.len() as u64,
-        sha256: digest,
+        sha256,
         short_hash: Embedding::short_hash(&bytes),
         source,
         vectors: embedding.count as u32,
         width: embedding.width as u32,
     };
-    cx.store().await?.put_extra(Extra::Embedding, &summary.token, &summary, &view).await?;
+    cx.store().await?.put_extra(Extra::Embedding, &summary.token, &summary, &js).await?;
     Ok(summary)
 }
 

@@ -266,8 +266,13 @@ impl Store {
 
     /// Every stored model.
     pub async fn models(&self) -> Result<Vec<ModelRecord>, Error> {
-        let tx = self.db.transaction(&[MODELS], TransactionMode::ReadOnly).map_err(|e| store_error("listing", e))?;
-        let os = tx.object_store(MODELS).map_err(|e| store_error("listing", e))?;
+        self.all(MODELS).await
+    }
+
+    /// Every record of `store`.
+    async fn all<T: for<'de> Deserialize<'de>>(&self, store: &str) -> Result<Vec<T>, Error> {
+        let tx = self.db.transaction(&[store], TransactionMode::ReadOnly).map_err(|e| store_error("listing", e))?;
+        let os = tx.object_store(store).map_err(|e| store_error("listing", e))?;
         let all = os
             .get_all(None, None)
             .map_err(|e| store_error("listing", e))?
@@ -505,15 +510,7 @@ impl Store {
 
     /// Every record of `kind`, by key.
     pub async fn extras<T: for<'de> Deserialize<'de>>(&self, kind: Extra) -> Result<Vec<T>, Error> {
-        let store = kind.stores().0;
-        let tx = self.db.transaction(&[store], TransactionMode::ReadOnly).map_err(|e| store_error("listing", e))?;
-        let os = tx.object_store(store).map_err(|e| store_error("listing", e))?;
-        let all = os
-            .get_all(None, None)
-            .map_err(|e| store_error("listing", e))?
-            .await
-            .map_err(|e| store_error("listing", e))?;
-        all.into_iter().map(from_js).collect()
+        self.all(kind.stores().0).await
     }
 
     /// The file stored under `key`, checked against its record's `size` and `sha256`

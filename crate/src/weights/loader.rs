@@ -68,7 +68,7 @@ pub trait TensorSource {
     ) -> Result<Vec<Tensor<2>>, WeightsError>;
     /// Told of every parameter the loader made from the tensor `info` (fetched transposed or not):
     /// what a source keeps to find a weight again once the model is built (LoRAs in the browser,
-    /// [`crate::lora::Recording`]). Nothing by default.
+    /// [`crate::lora::WithLoras::recording`]). Nothing by default.
     fn loaded_param(&mut self, _info: &TensorInfo, _transpose: bool, _param: ParamId) {}
 }
 
