@@ -43,44 +43,39 @@ export class StoragePanel {
   }
 
   private renderEmbeddings(embeddings: EmbeddingSummary[]): void {
-    const list = byTestId("stored-embeddings");
-    if (embeddings.length === 0) {
-      list.replaceChildren(el("li", "No embeddings stored."));
-      return;
-    }
-    list.replaceChildren(
-      ...embeddings.map((e) => {
-        const item = el("li", undefined, "stored-embedding");
-        item.append(el("span", `${e.token}: ${e.vectors} vectors, ${bytes(e.size)}, from ${e.source}`));
-        const remove = el("button", "Delete", "delete-embedding");
-        remove.type = "button";
-        remove.addEventListener("click", () => {
-          remove.disabled = true;
-          void this.engine.call({ type: "deleteEmbedding", token: e.token }).then(() => this.refresh());
-        });
-        item.append(" ", remove);
-        return item;
-      }),
-    );
+    this.renderList("embedding", embeddings, "No embeddings stored.", (e) => ({
+      text: `${e.token}: ${e.vectors} vectors, ${bytes(e.size)}, from ${e.source}`,
+      remove: () => this.engine.call({ type: "deleteEmbedding", token: e.token }),
+    }));
   }
 
   private renderLoras(loras: LoraSummary[]): void {
-    const list = byTestId("stored-loras");
-    if (loras.length === 0) {
-      list.replaceChildren(el("li", "No LoRAs stored."));
+    this.renderList("lora", loras, "No LoRAs stored.", (l) => ({
+      text: `${l.name}: ${bytes(l.size)}, sha256 ${l.sha256.slice(0, 12)}…, from ${l.source}`,
+      remove: () => this.engine.call({ type: "deleteLora", name: l.name }),
+    }));
+  }
+
+  /** The list `stored-${kind}s`: an item per entry (`stored-${kind}`) with a `delete-${kind}` button,
+   * after which the panel is listed again. */
+  private renderList<T>(kind: string, items: T[], empty: string, row: (item: T) => { text: string; remove: () => Promise<unknown> }): void {
+    const list = byTestId(`stored-${kind}s`);
+    if (items.length === 0) {
+      list.replaceChildren(el("li", empty));
       return;
     }
     list.replaceChildren(
-      ...loras.map((l) => {
-        const item = el("li", undefined, "stored-lora");
-        item.append(el("span", `${l.name}: ${bytes(l.size)}, sha256 ${l.sha256.slice(0, 12)}…, from ${l.source}`));
-        const remove = el("button", "Delete", "delete-lora");
-        remove.type = "button";
-        remove.addEventListener("click", () => {
-          remove.disabled = true;
-          void this.engine.call({ type: "deleteLora", name: l.name }).then(() => this.refresh());
+      ...items.map((entry) => {
+        const { text, remove } = row(entry);
+        const item = el("li", undefined, `stored-${kind}`);
+        item.append(el("span", text));
+        const button = el("button", "Delete", `delete-${kind}`);
+        button.type = "button";
+        button.addEventListener("click", () => {
+          button.disabled = true;
+          void remove().then(() => this.refresh());
         });
-        item.append(" ", remove);
+        item.append(" ", button);
         return item;
       }),
     );
