@@ -402,7 +402,6 @@ impl StableDiffusion {
         if configs.is_sdxl() && (!loras.is_empty() || sink.is_some()) {
             return Err(in_model(PipelineError::Unsupported("LoRAs for SDXL are not supported yet".into())));
         }
-        let sink = sink.cloned().unwrap_or_default();
         let weights = |part: Part| {
             let folder = part.folder();
             let model_err = |m: String| PipelineError::Model(format!("{folder}: {m}"));
@@ -419,14 +418,17 @@ impl StableDiffusion {
                 }
                 None => WithLoras::plain(reader),
             };
-            Ok(reader.recording(adapted, sink.clone()))
+            // Targets only where a caller keeps them (`load_dir_adaptable`).
+            Ok(match sink {
+                Some(sink) => reader.recording(adapted, sink.clone()),
+                None => reader,
+            })
         };
         // Every LoRA layer must fit a weight: checked on the headers before any weight is read.
         if !loras.is_empty() {
             weights(Part::TextEncoder).map_err(in_model)?;
             weights(Part::Unet).map_err(in_model)?;
         }
-        let model = configs.assemble(weights, device).map_err(in_model)?;
-        Ok(model)
+        configs.assemble(weights, device).map_err(in_model)
     }
 }

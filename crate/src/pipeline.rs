@@ -376,9 +376,8 @@ impl StableDiffusion {
         self.textual_inversions.clear();
         for embedding in embeddings {
             if let Err(e) = self.add_textual_inversion(embedding) {
-                let (tokenizer, table) = self.base_vocabulary.clone().expect("kept above");
-                (self.tokenizer, self.text_encoder.token_embedding) = (tokenizer, table);
-                self.textual_inversions.clear();
+                // Back to none (the base again).
+                self.set_textual_inversions(Vec::new())?;
                 return Err(e);
             }
         }

@@ -115,13 +115,7 @@ const MANIFEST_DEADLINE_MS: f64 = 60_000.0;
 /// `GET url` with no HTTP cache involved; the whole body as text (manifests), at most
 /// [`MAX_MANIFEST_BYTES`], all within [`MANIFEST_DEADLINE_MS`] plus the stall time.
 async fn fetch_text(url: &str, options: &DownloadOptions, cancel: &Cell<bool>) -> Result<String, FetchFailure> {
-    let bytes = match fetch_body(url, options, cancel, MAX_MANIFEST_BYTES, Some(MANIFEST_DEADLINE_MS)).await {
-        Err(FetchFailure::TooLarge) => Err(FetchFailure::Refused(Error::BadRequest(format!(
-            "{url}: the manifest is larger than {} KiB",
-            MAX_MANIFEST_BYTES >> 10
-        )))),
-        other => other,
-    }?;
+    let bytes = fetch_body(url, options, cancel, MAX_MANIFEST_BYTES, Some(MANIFEST_DEADLINE_MS)).await?;
     String::from_utf8(bytes)
         .map_err(|_| FetchFailure::Refused(Error::BadRequest(format!("{url}: the manifest is not UTF-8"))))
 }
@@ -271,6 +265,8 @@ pub async fn manifest(
     options: &DownloadOptions,
     cancel: &Cell<bool>,
 ) -> Result<(Manifest, bool), Error> {
+    let too_large =
+        || Error::BadRequest(format!("{manifest_url}: the manifest is larger than {} KiB", MAX_MANIFEST_BYTES >> 10));
     match fetch_text(manifest_url, options, cancel).await {
         Ok(text) => {
             let manifest = Manifest::from_json(&text).map_err(|e| Error::BadRequest(format!("{manifest_url}: {e}")))?;
@@ -278,6 +274,8 @@ pub async fn manifest(
             Ok((manifest, false))
         }
         Err(FetchFailure::Refused(e)) => Err(e),
+        // Refused outright: no stored manifest stands in for one the server sent wrong.
+        Err(FetchFailure::TooLarge) => Err(too_large()),
         Err(failure) => {
             // Offline (or the CDN is down): a stored manifest is as good, the files are verified.
             if let Some(record) = store.model(manifest_url).await? {
@@ -290,7 +288,7 @@ pub async fn manifest(
                     Error::Network(format!("the manifest {manifest_url} answered HTTP {status}"))
                 }
                 FetchFailure::Refused(e) => e,
-                FetchFailure::TooLarge => Error::BadRequest(format!("{manifest_url}: the manifest is too large")),
+                FetchFailure::TooLarge => too_large(),
             })
         }
     }

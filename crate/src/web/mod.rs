@@ -624,10 +624,7 @@ async fn apply_embeddings(
             Embedding::from_source(&e.token, std::io::Cursor::new(bytes)).map_err(|e| Error::Invalid(e.to_string()))?,
         );
     }
-    let mut state = cx.state.borrow_mut();
-    let rc = state.model.as_mut().ok_or_else(|| Error::Invalid("no model is loaded".into()))?;
-    let model = Rc::get_mut(rc).ok_or_else(|| Error::Invalid("the loaded model is in use".into()))?;
-    model.pipeline.set_textual_inversions(embeddings).map_err(Error::from)?;
+    only_handle(&mut cx.state.borrow_mut().model)?.pipeline.set_textual_inversions(embeddings)?;
     Ok(used)
 }
 
@@ -661,9 +658,7 @@ async fn apply_loras(
     let t0 = now_ms();
     let mut state = cx.state.borrow_mut();
     let State { model, loras, .. } = &mut *state;
-    let rc = model.as_mut().ok_or_else(|| Error::Invalid("no model is loaded".into()))?;
-    // Requests run one at a time and the caller holds no other handle: this is the only one.
-    let model = Rc::get_mut(rc).ok_or_else(|| Error::Invalid("the loaded model is in use".into()))?;
+    let model = only_handle(model)?;
     let list: Vec<(&Lora, String, f32)> =
         wanted.iter().map(|(r, w)| (&*loras[&r.sha256], r.sha256.clone(), *w)).collect();
     let (text_encoder, unet) = model
@@ -679,10 +674,17 @@ async fn apply_loras(
         ms: now_ms() - t0,
     };
     loras.retain(|sha256, _| wanted.iter().any(|(r, _)| r.sha256 == *sha256));
-    let model = rc.clone();
+    let model = state.model.clone().expect("changed above");
     drop(state);
     cx.emit(applied);
     Ok(model)
+}
+
+/// The loaded model, to change in place: requests run one at a time and the caller holds no other
+/// handle, so the state's is the only one.
+fn only_handle(model: &mut Option<Rc<LoadedModel>>) -> Result<&mut LoadedModel, Error> {
+    let rc = model.as_mut().ok_or_else(|| Error::Invalid("no model is loaded".into()))?;
+    Rc::get_mut(rc).ok_or_else(|| Error::Invalid("the loaded model is in use".into()))
 }
 
 /// The request's settings as the pipeline's request.
