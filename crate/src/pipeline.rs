@@ -14,7 +14,7 @@ use crate::models::resnet::upsample_nearest;
 use crate::models::unet_2d_condition::{TextTimeConditioning, UNet2DConditionModel};
 use crate::prompt_weighting::{self, PromptError};
 use crate::rng::TorchRng;
-use crate::schedulers::{self, SchedulerConfig, SchedulerError, SchedulerKind};
+use crate::schedulers::{self, Scheduler, SchedulerConfig, SchedulerError, SchedulerKind};
 use crate::textual_inversion::Embedding;
 use crate::tokenizer::{ClipTokenizer, TokenizerError};
 
@@ -462,6 +462,9 @@ impl StableDiffusion {
     /// Runs the pipeline without blocking: every readback is awaited and `progress` is async, so a
     /// browser worker stays responsive (it awaits the GPU and yields to its event loop there, which is
     /// what lets a `Cancel` message in between steps).
+    ///
+    /// diffusers' `__call__`, stage by stage; the mode ([`Mode`]: txt2img, img2img or inpainting) is a
+    /// value the stages take, as the three diffusers pipelines share these stages.
     pub async fn generate_async(
         &self,
         r: &GenerateRequest,
@@ -470,23 +473,59 @@ impl StableDiffusion {
     ) -> Result<GenerateOutput, PipelineError> {
         let (width, height, plan) = validate_request(&self.unet_config, &self.vae_config, r, self.precision())?;
         let gpu_errors_mark = crate::gpu::uncaptured_errors();
-        let gpu_ok = || crate::gpu::errors_since(gpu_errors_mark).map_err(PipelineError::Gpu);
+        let mut dump = Dump(dump.then(Vec::new));
+        let mode = r.mode();
         let kind = match r.scheduler {
             Some(kind) => kind,
             None => self.default_scheduler()?,
         };
         let mut scheduler = schedulers::build(kind, &self.scheduler_config)?;
         scheduler.set_timesteps(r.steps)?;
-        let mut dump = Dump(dump.then(Vec::new));
-        let device = &self.device;
-        let b = r.batch;
-        let cfg = r.guidance > 1.0;
-        let f = self.vae_scale_factor();
-        let (lh, lw) = (height / f, width / f);
-        let latent_c = self.vae_config.latent_channels;
-        let scaling = self.vae_config.scaling_factor as f32;
 
-        // Text: [negative x batch, positive x batch] under guidance, as diffusers' encode_prompt.
+        let conditioning = self.encode_prompts(r, [height, width], &mut dump).await?;
+        let (timesteps, t_start) = get_timesteps(scheduler.as_mut(), r.steps, mode.strength());
+        let mut rng = TorchRng::new(r.seed);
+        let f = self.vae_scale_factor();
+        let shape = [r.batch, self.vae_config.latent_channels, height / f, width / f];
+        let latents = self.prepare_latents(&mode, shape, scheduler.as_ref(), t_start, &mut rng)?;
+        dump.add("initial_latents", &latents).await?;
+        let mask_channels = self.prepare_mask_latents(&mode, shape, conditioning.guided(), &mut rng);
+        if !progress(Progress::Encoded).await {
+            return Err(PipelineError::Cancelled);
+        }
+
+        let inputs = Denoise {
+            conditioning: &conditioning,
+            mask_channels: mask_channels.as_ref(),
+            guidance: r.guidance,
+            samples_per_call: plan.unet_samples_per_call,
+            preview_every: r.preview_every,
+            gpu_errors_mark,
+        };
+        let latents =
+            self.denoise(&inputs, scheduler.as_mut(), &timesteps, latents, &mut rng, &mut dump, &mut progress).await?;
+        dump.add("final_latents", &latents).await?;
+        if !progress(Progress::Denoised).await {
+            return Err(PipelineError::Cancelled);
+        }
+
+        let images = self.decode_latents(latents, &mut dump).await?;
+        progress(Progress::Decoded).await;
+        crate::gpu::errors_since(gpu_errors_mark).map_err(PipelineError::Gpu)?;
+        let dump = dump.0.unwrap_or_default();
+        Ok(GenerateOutput { images, width, height, scheduler: kind, dump, gpu_errors_mark })
+    }
+
+    /// diffusers' `encode_prompt` for the request (the prompt, and the negative prompt under guidance) and,
+    /// for SDXL, `_get_add_time_ids`: the U-Net's context for every sample of a step, `[negative x batch,
+    /// positive x batch]` under guidance.
+    async fn encode_prompts(
+        &self,
+        r: &GenerateRequest,
+        [height, width]: [usize; 2],
+        dump: &mut Dump,
+    ) -> Result<Conditioning, PipelineError> {
+        let (b, cfg) = (r.batch, r.guidance > 1.0);
         let positive = self.encode_prompt(&r.prompt, r.prompt_2.as_deref(), r.prompt_weighting)?;
         let no_negative = r.negative_prompt.is_empty() && r.negative_prompt_2.as_deref().is_none_or(str::is_empty);
         let negative = if self.text_encoder_2.is_some() && self.force_zeros_for_empty_prompt && no_negative {
@@ -517,137 +556,244 @@ impl StableDiffusion {
             let rows: Vec<[f32; 6]> =
                 if cfg { [&n.time_ids[..], &p.time_ids[..]].concat() } else { p.time_ids.clone() };
             let ids = TensorData::new(rows.concat(), [rows.len(), 6]);
-            dump.add("add_time_ids", &Tensor::<2>::from_data(ids, device)).await?;
+            dump.add("add_time_ids", &Tensor::<2>::from_data(ids, &self.device)).await?;
         }
         let (positive, negative) = (positive.states, negative.states);
         let repeat = |t: &Tensor<3>| Tensor::cat(vec![t.clone(); b], 0);
-        // Weighted prompts of different chunk counts: the two halves go through the U-Net apart, each
-        // with its own context (A1111's default; padding one with empty chunks would change it).
-        let apart = cfg && positive.dims()[1] != negative.dims()[1];
-        let context =
-            if cfg && !apart { Tensor::cat(vec![repeat(&negative), repeat(&positive)], 0) } else { repeat(&positive) };
-        let negative_context = apart.then(|| repeat(&negative));
-        let added_context = match (cfg && !apart, added_negative.clone(), added_positive.clone()) {
-            (true, Some(n), Some(p)) => Some(n.cat(p)),
-            (_, _, p) => p,
+        let (context, added, guidance) = if !cfg {
+            (repeat(&positive), added_positive, Guidance::None)
+        } else if positive.dims()[1] != negative.dims()[1] {
+            // Weighted prompts of different chunk counts: the two halves go through the U-Net apart, each
+            // with its own context (A1111's default; padding one with empty chunks would change it).
+            let apart = Guidance::Apart { negative: repeat(&negative), added_negative };
+            (repeat(&positive), added_positive, apart)
+        } else {
+            let added = added_negative.zip(added_positive).map(|(n, p)| n.cat(p));
+            (Tensor::cat(vec![repeat(&negative), repeat(&positive)], 0), added, Guidance::Together)
         };
+        Ok(Conditioning { context, added, guidance, batch: b })
+    }
 
-        // Timesteps kept by strength (img2img / inpainting).
-        let steps = r.steps;
-        let init_timestep = ((steps as f64 * r.strength as f64) as usize).min(steps);
-        let t_start = (steps - init_timestep) * scheduler.order();
-        // Not empty: `validate` requires at least one kept step.
-        let timesteps: Vec<f64> = scheduler.timesteps()[t_start..].to_vec();
-        scheduler.set_begin_index(t_start);
-
-        let mut rng = TorchRng::new(r.seed);
-        let shape = [b, latent_c, lh, lw];
-        let is_strength_max = r.strength >= 1.0;
-        let encode = |image: Tensor<4>, rng: &mut TorchRng| {
-            if self.vae_upcast {
-                // In f32, noise included, then back to the device's precision (diffusers' upcast VAE).
-                let dist = self.vae_encoder.forward(image.cast(FloatDType::F32));
-                let noise = schedulers::randn_f32(rng, dist.mean.dims(), device);
-                (dist.sample(noise) * scaling).cast(device.settings().float_dtype)
-            } else {
-                let dist = self.vae_encoder.forward(image);
-                let noise = schedulers::randn(rng, dist.mean.dims(), device);
-                dist.sample(noise) * scaling
-            }
-        };
-        let init = r.init_image.as_ref().map(|i| self.image_tensor(i) * 2.0 - 1.0);
-        // Image latents first (the VAE draws before the initial noise), unless the noise replaces them.
-        let image_latents = match (&init, is_strength_max) {
-            (Some(image), false) => {
-                let latents = encode(image.clone(), &mut rng);
-                Some(Tensor::cat(vec![latents; b], 0))
+    /// diffusers' `prepare_latents`: the initial noise, or for img2img and inpainting with strength below
+    /// 1 the init image's latents noised to the first kept timestep (the VAE draws first, then the noise).
+    fn prepare_latents(
+        &self,
+        mode: &Mode,
+        shape: [usize; 4],
+        scheduler: &dyn Scheduler,
+        t_start: usize,
+        rng: &mut TorchRng,
+    ) -> Result<Tensor<4>, PipelineError> {
+        let image_latents = match mode.init_image() {
+            Some(image) if mode.strength() < 1.0 => {
+                let latents = self.encode_image(self.preprocess(image), rng);
+                Some(Tensor::cat(vec![latents; shape[0]], 0))
             }
             _ => None,
         };
-        let noise = schedulers::randn(&mut rng, shape, device);
-        let mut latents = match image_latents {
+        let noise = schedulers::randn(rng, shape, &self.device);
+        Ok(match image_latents {
             Some(image_latents) => scheduler.add_noise(image_latents, noise, t_start)?,
             None => noise * scheduler.init_noise_sigma(),
-        };
-        dump.add("initial_latents", &latents).await?;
+        })
+    }
 
-        // Inpainting: the mask at latent size and the masked image's latents, as extra U-Net channels.
-        let mask_channels = match (&r.mask, &init) {
-            (Some(mask), Some(image)) => {
-                let mask = self.image_tensor(mask).narrow(1, 0, 1);
-                // Binarised at 0.5 like diffusers' mask processor.
-                let mask = mask.greater_equal_elem(0.5).float();
-                let masked_image = image.clone() * mask.clone().lower_elem(0.5).float();
-                let mask = upsample_nearest(mask, (lh, lw));
-                let masked_latents = encode(masked_image, &mut rng);
-                let mask = Tensor::cat(vec![mask; b], 0);
-                let masked_latents = Tensor::cat(vec![masked_latents; b], 0);
-                let both = |t: Tensor<4>| if cfg { Tensor::cat(vec![t.clone(), t], 0) } else { t };
-                Some(Tensor::cat(vec![both(mask), both(masked_latents)], 1))
-            }
-            _ => None,
-        };
-        if !progress(Progress::Encoded).await {
-            return Err(PipelineError::Cancelled);
-        }
+    /// diffusers' `prepare_mask_latents` (inpainting only): the mask at latent size and the masked
+    /// image's latents, the U-Net's extra input channels, for every sample of a step.
+    fn prepare_mask_latents(
+        &self,
+        mode: &Mode,
+        [b, _, lh, lw]: [usize; 4],
+        guided: bool,
+        rng: &mut TorchRng,
+    ) -> Option<Tensor<4>> {
+        let Mode::Inpaint { image, mask, .. } = mode else { return None };
+        let mask = self.image_tensor(mask).narrow(1, 0, 1);
+        // Binarised at 0.5 like diffusers' mask processor.
+        let mask = mask.greater_equal_elem(0.5).float();
+        let masked_image = self.preprocess(image) * mask.clone().lower_elem(0.5).float();
+        let mask = upsample_nearest(mask, (lh, lw));
+        let masked_latents = self.encode_image(masked_image, rng);
+        let mask = Tensor::cat(vec![mask; b], 0);
+        let masked_latents = Tensor::cat(vec![masked_latents; b], 0);
+        let both = |t: Tensor<4>| if guided { Tensor::cat(vec![t.clone(), t], 0) } else { t };
+        Some(Tensor::cat(vec![both(mask), both(masked_latents)], 1))
+    }
 
+    /// The denoising loop: each kept timestep through the U-Net (twice the batch under guidance), the
+    /// guided noise prediction, one scheduler step; progress after each (and a preview when asked).
+    #[allow(clippy::too_many_arguments)]
+    async fn denoise(
+        &self,
+        d: &Denoise<'_>,
+        scheduler: &mut dyn Scheduler,
+        timesteps: &[f64],
+        mut latents: Tensor<4>,
+        rng: &mut TorchRng,
+        dump: &mut Dump,
+        progress: &mut impl AsyncFnMut(Progress) -> bool,
+    ) -> Result<Tensor<4>, PipelineError> {
+        let c = d.conditioning;
+        let (b, per_call) = (c.batch, d.samples_per_call);
         let total = timesteps.len();
         for (i, &t) in timesteps.iter().enumerate() {
-            let input = if cfg { Tensor::cat(vec![latents.clone(), latents.clone()], 0) } else { latents.clone() };
+            let guided = c.guided();
+            let input = if guided { Tensor::cat(vec![latents.clone(), latents.clone()], 0) } else { latents.clone() };
             let mut input = scheduler.scale_model_input(input)?;
-            if let Some(extra) = &mask_channels {
+            if let Some(extra) = d.mask_channels {
                 input = Tensor::cat(vec![input, extra.clone()], 1);
             }
-            let per_call = plan.unet_samples_per_call;
             let t = t as f32;
-            let out = match &negative_context {
-                None => self.unet.forward_in_calls(input, t, context.clone(), added_context.as_ref(), per_call),
-                Some(negative) => {
+            let out = match &c.guidance {
+                Guidance::Apart { negative, added_negative } => {
                     let (first, second) = (input.clone().narrow(0, 0, b), input.narrow(0, b, b));
                     let uncond =
                         self.unet.forward_in_calls(first, t, negative.clone(), added_negative.as_ref(), per_call);
-                    let text =
-                        self.unet.forward_in_calls(second, t, context.clone(), added_positive.as_ref(), per_call);
+                    let text = self.unet.forward_in_calls(second, t, c.context.clone(), c.added.as_ref(), per_call);
                     Tensor::cat(vec![uncond, text], 0)
                 }
+                _ => self.unet.forward_in_calls(input, t, c.context.clone(), c.added.as_ref(), per_call),
             };
             dump.add(format!("unet_out_{i:02}"), &out).await?;
-            let noise_pred = if cfg {
+            let noise_pred = if guided {
                 let uncond = out.clone().narrow(0, 0, b);
                 let text = out.narrow(0, b, b);
-                uncond.clone() + (text - uncond) * r.guidance
+                uncond.clone() + (text - uncond) * d.guidance
             } else {
                 out
             };
-            latents = scheduler.step(noise_pred, latents, &mut rng)?;
+            latents = scheduler.step(noise_pred, latents, rng)?;
             dump.add(format!("latents_after_step_{i:02}"), &latents).await?;
             if !progress(Progress::Step { step: i + 1, total, latents: latents.clone() }).await {
                 return Err(PipelineError::Cancelled);
             }
             // After the callback: in a browser it awaited the step before, and errors arrive as events.
-            gpu_ok()?;
-            if r.preview_every > 0 && (i + 1) % r.preview_every == 0 && latent_c == 4 {
+            crate::gpu::errors_since(d.gpu_errors_mark).map_err(PipelineError::Gpu)?;
+            let latent_c = latents.dims()[1];
+            if d.preview_every > 0 && (i + 1) % d.preview_every == 0 && latent_c == 4 {
                 let image = latent_preview(latents.clone().narrow(0, 0, 1));
                 if !progress(Progress::Preview { step: i + 1, image }).await {
                     return Err(PipelineError::Cancelled);
                 }
             }
         }
-        dump.add("final_latents", &latents).await?;
-        if !progress(Progress::Denoised).await {
-            return Err(PipelineError::Cancelled);
-        }
+        Ok(latents)
+    }
 
+    /// diffusers' `decode_latents`: the VAE decode (in f32 for an upcast VAE), as images
+    /// `[batch, height, width, 3]` in [0, 1].
+    async fn decode_latents(&self, latents: Tensor<4>, dump: &mut Dump) -> Result<Tensor<4>, PipelineError> {
+        let scaling = self.vae_config.scaling_factor as f32;
         let latents = if self.vae_upcast { latents.cast(FloatDType::F32) } else { latents };
         let raw = self.vae_decoder.decode(latents / scaling, DEFAULT_BAND_BYTES);
         dump.add("vae_decoded_raw", &raw).await?;
         let images = (raw / 2.0 + 0.5).clamp(0.0, 1.0).permute([0, 2, 3, 1]);
         dump.add("image", &images).await?;
-        progress(Progress::Decoded).await;
-        gpu_ok()?;
-        let dump = dump.0.unwrap_or_default();
-        Ok(GenerateOutput { images, width, height, scheduler: kind, dump, gpu_errors_mark })
+        Ok(images)
     }
+
+    /// An image in [0, 1] as the VAE's input in [-1, 1], `[1, channels, height, width]` (diffusers'
+    /// image processor, without resizing: [`check_inputs`] requires the size).
+    fn preprocess(&self, image: &Image) -> Tensor<4> {
+        self.image_tensor(image) * 2.0 - 1.0
+    }
+
+    /// The VAE encoder's sampled latents, scaled (`latent_dist.sample() * scaling_factor`).
+    fn encode_image(&self, image: Tensor<4>, rng: &mut TorchRng) -> Tensor<4> {
+        let scaling = self.vae_config.scaling_factor as f32;
+        if self.vae_upcast {
+            // In f32, noise included, then back to the device's precision (diffusers' upcast VAE).
+            let dist = self.vae_encoder.forward(image.cast(FloatDType::F32));
+            let noise = schedulers::randn_f32(rng, dist.mean.dims(), &self.device);
+            (dist.sample(noise) * scaling).cast(self.device.settings().float_dtype)
+        } else {
+            let dist = self.vae_encoder.forward(image);
+            let noise = schedulers::randn(rng, dist.mean.dims(), &self.device);
+            dist.sample(noise) * scaling
+        }
+    }
+}
+
+/// What a request generates from: diffusers' three Stable Diffusion pipelines.
+#[derive(Debug, Clone, Copy)]
+pub enum Mode<'a> {
+    Txt2Img,
+    Img2Img { image: &'a Image, strength: f32 },
+    Inpaint { image: &'a Image, mask: &'a Image, strength: f32 },
+}
+
+impl Mode<'_> {
+    fn init_image(&self) -> Option<&Image> {
+        match self {
+            Mode::Txt2Img => None,
+            Mode::Img2Img { image, .. } | Mode::Inpaint { image, .. } => Some(image),
+        }
+    }
+
+    /// How much of the schedule runs (1 for txt2img).
+    fn strength(&self) -> f32 {
+        match self {
+            Mode::Txt2Img => 1.0,
+            Mode::Img2Img { strength, .. } | Mode::Inpaint { strength, .. } => *strength,
+        }
+    }
+}
+
+impl GenerateRequest {
+    /// The pipeline this request asks for (a mask without an init image is refused by [`check_inputs`]).
+    pub fn mode(&self) -> Mode<'_> {
+        match (&self.init_image, &self.mask) {
+            (Some(image), Some(mask)) => Mode::Inpaint { image, mask, strength: self.strength },
+            (Some(image), None) => Mode::Img2Img { image, strength: self.strength },
+            (None, _) => Mode::Txt2Img,
+        }
+    }
+}
+
+/// How classifier-free guidance runs the U-Net.
+enum Guidance {
+    /// Guidance scale <= 1: the positive batch alone.
+    None,
+    /// Negative and positive in one batch (diffusers).
+    Together,
+    /// Weighted prompts of different lengths: each half with its own context.
+    Apart { negative: Tensor<3>, added_negative: Option<TextTimeConditioning> },
+}
+
+/// The text (and SDXL's text-time) conditioning of every U-Net call of a generation.
+struct Conditioning {
+    /// `[negative x batch, positive x batch]` when guided together, else the positive batch's.
+    context: Tensor<3>,
+    /// SDXL's pooled embeddings and time ids, in the rows of `context`.
+    added: Option<TextTimeConditioning>,
+    guidance: Guidance,
+    batch: usize,
+}
+
+impl Conditioning {
+    /// Whether each step runs the negative half too.
+    fn guided(&self) -> bool {
+        !matches!(self.guidance, Guidance::None)
+    }
+}
+
+/// The stage's fixed inputs beside the latents and the scheduler.
+struct Denoise<'a> {
+    conditioning: &'a Conditioning,
+    mask_channels: Option<&'a Tensor<4>>,
+    guidance: f32,
+    samples_per_call: usize,
+    preview_every: usize,
+    gpu_errors_mark: u32,
+}
+
+/// diffusers' img2img `get_timesteps`: the timesteps kept by `strength`, and the index of the first.
+fn get_timesteps(scheduler: &mut dyn Scheduler, steps: usize, strength: f32) -> (Vec<f64>, usize) {
+    let init_timestep = ((steps as f64 * strength as f64) as usize).min(steps);
+    let t_start = (steps - init_timestep) * scheduler.order();
+    scheduler.set_begin_index(t_start);
+    // Not empty: `check_inputs` requires at least one kept step.
+    (scheduler.timesteps()[t_start..].to_vec(), t_start)
 }
 
 /// The pipeline's errors as the crate's (kept beside `PipelineError`: the error module imports nothing).
