@@ -3,10 +3,11 @@
 # WebGPU in a dedicated worker, plus the negative control without WebGPU), TypeScript type checks, the
 # release web build and the Playwright end-to-end tests against it. Prints each step's time at the end.
 #
-# On 2 cores the steps are CPU-bound, so they mostly run one after another; two overlaps pay because one
-# side leaves a core idle: the release web build (its wasm-opt runs single-threaded under Node.js) runs
-# beside the browser tests, and the native tests (lavapipe compiles each shader on one thread) beside the
-# wasm compile.
+# On 2 cores every step is CPU-bound, but few keep both cores busy: lavapipe compiles each shader on one
+# thread, wasm-opt runs single-threaded under Node.js, and a SwiftShader generation leaves gaps. So the
+# builds run first (they hold cargo's lock), then the native tests run in the background through all the
+# rest (the wasm build, the browser tests, the web build beside them, the type checks and the end-to-end
+# suite, whose files run two at a time), and are joined last.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -70,7 +71,6 @@ until grep -q '^ *Running ' "$logs/native: run tests.log" || ! kill -0 "${bg_pid
   sleep 1
 done
 timed "browser: build tests (wasm32)" cargo test --release --target wasm32-unknown-unknown -p websd-tests --no-run
-join "native: run tests"
 
 web_build() {
   trunk build --release
@@ -112,3 +112,4 @@ timed "TypeScript: tsc --noEmit (page, worker, node)" npm --prefix web run --sil
 join "web build: trunk build --release"
 
 timed "end to end: Playwright (Debian Chromium) against dist/" npm --prefix web run --silent e2e
+join "native: run tests"
