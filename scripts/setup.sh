@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs whatever the build and the tests need and is missing; skips what is present.
 # Debian packages (chromium, chromium-driver, mesa-vulkan-drivers), the wasm32 target, the wasm-bindgen
-# CLI of exactly the version in Cargo.lock, Trunk 0.21.14, and the npm packages (including binaryen's
+# CLI of exactly the version in Cargo.lock, Trunk 0.21.14, wasm-pack 0.15.1, and the npm packages (including binaryen's
 # wasm-opt: Debian 12's binaryen 108 corrupts wasm-bindgen's externref table, see README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,6 +42,10 @@ install_tool wasm-bindgen-cli "$wasm_bindgen_version" wasm-bindgen
 # the same dist/ byte for byte, 2 s slower per build (its work is wasm-bindgen's and wasm-opt's).
 CARGO_PROFILE_RELEASE_OPT_LEVEL=0 CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
   install_tool trunk 0.21.14 trunk --locked --no-default-features
+# wasm-pack builds the engine's npm package (Trunk.toml's hook) and runs the browser tests (scripts/test.sh);
+# it uses the wasm-bindgen above and wasm-opt from PATH (`--mode no-install`). Unoptimised as Trunk: 33 s.
+CARGO_PROFILE_RELEASE_OPT_LEVEL=0 CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
+  install_tool wasm-pack 0.15.1 wasm-pack --locked
 
 if [ ! -f web/node_modules/.package-lock.json ] || [ web/package-lock.json -nt web/node_modules/.package-lock.json ]; then
   log "npm ci"

@@ -84,9 +84,12 @@ web_build() {
 }
 spawn "web build: trunk build --release" web_build
 
+# wasm-pack runs the browser tests: it builds them (already built above), then runs them through the
+# wasm-bindgen-test-runner of the installed wasm-bindgen-cli in headless Chromium, driven by Debian's
+# chromedriver (both from PATH: `--mode no-install` never downloads). Extra arguments go to cargo test.
+wasm_pack_test() { wasm-pack test --headless --chrome --release --mode no-install tests "$@"; }
 browser_tests() {
-  WASM_BINDGEN_TEST_WEBDRIVER_JSON=$root/tests/webdriver.json \
-    cargo test --release --target wasm32-unknown-unknown -p websd-tests
+  WASM_BINDGEN_TEST_WEBDRIVER_JSON=$root/tests/webdriver.json wasm_pack_test
 }
 timed "browser: WebGPU in a dedicated worker (headless Chromium)" browser_tests
 
@@ -95,8 +98,7 @@ negative_control() {
   # here, for lack of an adapter.
   local log passed_gpu failed
   log=$(mktemp)
-  WASM_BINDGEN_TEST_WEBDRIVER_JSON=$root/tests/webdriver-no-webgpu.json \
-    cargo test --release --target wasm32-unknown-unknown -p websd-tests --no-fail-fast >"$log" 2>&1 || true
+  WASM_BINDGEN_TEST_WEBDRIVER_JSON=$root/tests/webdriver-no-webgpu.json wasm_pack_test >"$log" 2>&1 || true
   passed_gpu=$(grep -E '^test [a-z0-9_:]+ \.\.\. ok$' "$log" | grep -v '_in_wasm \.\.\. ok$' || true)
   failed=$(grep -cE '^test [a-z0-9_:]+ \.\.\. FAIL$' "$log" || true)
   if [ -n "$passed_gpu" ] || [ "$failed" -eq 0 ] || ! grep -q "No suitable graphics adapter found" "$log"; then

@@ -1,6 +1,6 @@
 // The benchmark page: our worker engine and onnxruntime-web side by side in one page, one call at a
 // time, driven by run.ts through `window.bench`.
-import { isFinal } from "../src/engine";
+import { EngineClient } from "../src/engine";
 import type { F32Tensor, Request, WorkerEvent } from "../src/protocol";
 
 interface OrtTensor {
@@ -22,30 +22,8 @@ export interface Inputs {
   ehs: { shape: number[]; values: number[] };
 }
 
-const worker = new Worker("/app/worker.js", { type: "module" });
-const events: WorkerEvent[] = [];
-let waiting: ((e: WorkerEvent) => void) | null = null;
-worker.onmessage = (m: MessageEvent<WorkerEvent>) => {
-  const e = m.data;
-  events.push(e);
-  if (isFinal(e) && waiting) {
-    const w = waiting;
-    waiting = null;
-    w(e);
-  }
-};
-const ready = new Promise<void>((resolve) => {
-  const check = (): void => (events.some((e) => e.type === "ready") ? resolve() : void setTimeout(check, 50));
-  check();
-});
-
-async function call(request: Request): Promise<WorkerEvent> {
-  await ready;
-  return new Promise((resolve) => {
-    waiting = resolve;
-    worker.postMessage(request);
-  });
-}
+const engine = new EngineClient(new URL("/app/worker.js", location.href));
+const call = (request: Request): Promise<WorkerEvent> => engine.call(request);
 
 function f32(shape: number[], values: number[]): F32Tensor {
   return { shape, data: new Uint8Array(new Float32Array(values).buffer) };

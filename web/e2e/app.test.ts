@@ -13,7 +13,7 @@ import { chromium, type BrowserContext, type Page } from "playwright-core";
 import { startModelServer } from "../scripts/model-server";
 import { loopbackOrigins, startServer } from "../scripts/static-server";
 import { readImageHeader } from "../src/image-header";
-import { MAX_SEED } from "../src/settings";
+import { LIMITS, MAX_SEED } from "../src/settings";
 import { ARGS, CHROMIUM, DIST, FIXTURES, maxDiff, openEngine, readSafetensors, startHarness, type Harness } from "./harness";
 
 let h: Harness;
@@ -318,7 +318,24 @@ test("bad input gets a clear message and the worker survives", { timeout: 300_00
     await page.getByTestId("generate").click();
     await waitError(expected);
   }
-  await fill({ seed: "0", steps: "8" });
+  // Past the size limit (limits.gen.ts, from crate/src/limits.rs): the form refuses before sending
+  // anything, with the message the engine gives the same request.
+  await fill({ seed: "0", width: String(LIMITS.maxSide + 8), height: "64" });
+  await page.getByTestId("generate").click();
+  const sizeMessage = `${LIMITS.maxSide + 8}x64 is larger than the ${LIMITS.maxSide} px this app supports`;
+  await waitError(new RegExp(sizeMessage));
+  const engineAnswer = await page.evaluate(
+    ([model, width]) =>
+      (window as unknown as { websdEngine: { call(r: unknown): Promise<{ type: string; message?: string }> } }).websdEngine.call({
+        type: "generate",
+        model,
+        settings: { prompt: "a red apple", width, height: 64, steps: 1 },
+      }),
+    [model("tiny-sd"), LIMITS.maxSide + 8] as const,
+  );
+  assert.equal(engineAnswer.type, "error", JSON.stringify(engineAnswer));
+  assert.ok(engineAnswer.message?.includes(sizeMessage), `the engine says: ${engineAnswer.message}`);
+  await fill({ seed: "0", steps: "8", width: "64" });
   // A file that is not an image, for img2img.
   await page.getByTestId("mode-img2img").check();
   await page.getByTestId("init-image").setInputFiles({ name: "notes.txt", mimeType: "text/plain", buffer: Buffer.from("not an image") });

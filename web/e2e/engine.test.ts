@@ -5,9 +5,8 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { chromium } from "playwright-core";
-import { isFinal } from "../src/engine";
 import type { DownloadReport, Request } from "../src/protocol";
-import { ARGS, FIXTURES, fixture, generationPhases, maxDiff, openEngine, readSafetensors, startHarness, type EnginePage, type Harness, type Recorded } from "./harness";
+import { ARGS, FIXTURES, fixture, generationPhases, isFinal, maxDiff, openEngine, readSafetensors, startHarness, type EnginePage, type Harness, type Recorded } from "./harness";
 
 const UNET16 = "tiny-sd/unet/diffusion_pytorch_model.fp16.safetensors";
 const CHUNK = 256 * 1024;

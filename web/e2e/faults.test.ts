@@ -130,10 +130,12 @@ async function lastImage(e: EnginePage): Promise<number[]> {
 }
 
 describe("hardening", () => {
-  test("a real panic: the request ends with code panic, the page's worker is replaced, the next generation works", { timeout: 300_000 }, async () => {
+  test("a real panic: the request ends with code panic, the page's worker is replaced, the next generation works; the page's client answers by request id, an AbortSignal cancels its request alone", { timeout: 300_000 }, async () => {
     const page = await h.browser.newPage();
     const logs: string[] = [];
     page.on("console", (m) => logs.push(`${m.type()}: ${m.text()}`));
+    // tsx (esbuild keepNames) wraps named functions in __name(...): give evaluated code a no-op one.
+    await page.addInitScript("globalThis.__name = (f) => f;");
     await page.goto(h.app.url);
     type Client = { call(r: Request): Promise<WorkerEvent>; starts: number };
     // Byte arrays (a result's PNG) come back as their length.
@@ -157,6 +159,52 @@ describe("hardening", () => {
     assert.equal(code(result), "result", JSON.stringify(result));
     console.log(`panic: ${(panic as { message: string }).message.split("\n")[0]}; then a generation in ${(result as { elapsedMs: number }).elapsedMs.toFixed(0)} ms`);
     assert.ok(logs.some((l) => l.includes("a panic requested for testing")), "the panic's message reached the console");
+
+    // The page's client (engine.ts) answers by request id, gives each call its own events, and an
+    // AbortSignal cancels its own request alone: queued (it never runs) or running (at the next step).
+    const ids = await page.evaluate(
+      async ([model, settings]) => {
+        type Event = { type: string; phase?: string; code?: string };
+        type Options = { signal?: AbortSignal; onEvent?: (e: Event) => void };
+        const engine = (window as unknown as { websdEngine: { call(r: unknown, o?: Options): Promise<Event> } }).websdEngine;
+        const seen: Record<string, string[]> = { generate: [], list: [], status: [], running: [], loras: [] };
+        const label = (e: Event): string => (e.phase ? `${e.type}:${e.phase}` : e.type);
+        const track = (name: string, signal?: AbortSignal): Options => ({
+          ...(signal ? { signal } : {}),
+          onEvent: (e) => void seen[name]!.push(label(e)),
+        });
+        // Queued: aborted before it runs, behind a generation; the request after it still runs.
+        const queued = new AbortController();
+        const calls = Promise.all([
+          engine.call({ type: "generate", model, variant: "fp16", settings }, track("generate")),
+          engine.call({ type: "listModels" }, track("list", queued.signal)),
+          engine.call({ type: "status" }, track("status")),
+        ] as const);
+        queued.abort();
+        const [generated, list, status] = await calls;
+        // Running: aborted at its first denoising step; a request queued behind it is not cancelled.
+        const running = new AbortController();
+        const runningOptions = track("running", running.signal);
+        const onEvent = runningOptions.onEvent!;
+        runningOptions.onEvent = (e) => {
+          onEvent(e);
+          if (e.type === "progress" && e.phase === "denoise") running.abort();
+        };
+        const [stopped, loras] = await Promise.all([
+          engine.call({ type: "generate", model, variant: "fp16", settings: { ...settings, steps: 4 } }, runningOptions),
+          engine.call({ type: "listLoras" }, track("loras")),
+        ]);
+        return { answers: [generated, list, status, stopped, loras].map(label), seen };
+      },
+      [run.manifestUrl, SMALL] as const,
+    );
+    assert.deepEqual(ids.answers, ["result", "cancelled:download", "status", "cancelled:denoise", "loras"], JSON.stringify(ids));
+    assert.deepEqual(ids.seen["list"], ["cancelled:download"], "the aborted queued request's only event is its answer");
+    assert.deepEqual(ids.seen["status"], ["status"]);
+    assert.deepEqual(ids.seen["loras"], ["loras"]);
+    assert.ok(ids.seen["generate"]!.every((e) => e.startsWith("progress:") || e === "memory" || e === "result") && ids.seen["generate"]!.at(-1) === "result", JSON.stringify(ids.seen["generate"]));
+    assert.ok(!ids.seen["running"]!.includes("progress:decode"), "the aborted generation stopped before decoding");
+    console.log(`request ids: answers ${ids.answers.join(", ")}; the generation's own events: ${ids.seen["generate"]!.length}`);
     await page.close();
   });
 

@@ -4,7 +4,6 @@ import { readFileSync } from "node:fs";
 import type { Server } from "node:http";
 import { fileURLToPath } from "node:url";
 import { chromium, type Browser, type Page } from "playwright-core";
-import { isFinal } from "../src/engine";
 import type { GenerateSettings, Request, WorkerEvent } from "../src/protocol";
 import type { EngineStats } from "../src/stats";
 import { startModelServer, type ModelServer } from "../scripts/model-server";
@@ -70,6 +69,24 @@ export async function openEngineAt(appUrl: string, page: Page): Promise<EnginePa
 }
 
 export type Recorded = WorkerEvent & { at: number };
+
+/** Whether `event` ends the request at the head of the bare worker's queue. The bare engine sends
+ * requests without ids, as a minimal client would, so the tests read the answer from the event's type
+ * (the page's client, engine.ts, matches answers by id instead). */
+export function isFinal(event: WorkerEvent): boolean {
+  switch (event.type) {
+    case "ready":
+    case "progress":
+    case "preview":
+    case "memory":
+    case "lorasApplied":
+      return false;
+    case "result":
+      return event.index + 1 >= event.count;
+    default:
+      return true;
+  }
+}
 /** The name of the bare engine worker, which tells it apart from the app page's own. */
 const ENGINE_WORKER = "websd-engine-under-test";
 
@@ -153,7 +170,7 @@ export class EnginePage {
     }
   }
 
-  /** Sends `request` and waits for its final event (engine.ts's `isFinal`). */
+  /** Sends `request` and waits for its final event (`isFinal`). */
   async call(request: Request, timeoutMs = 120_000): Promise<{ final: Recorded; events: Recorded[] }> {
     const from = await this.page.evaluate(() => (window as unknown as { __events: Recorded[] }).__events.length);
     await this.send(request);

@@ -1,15 +1,19 @@
-// Page entry: wires the form, the worker engine, progress, results, the gallery, the storage panel and
-// the service worker's update flow. Everything user- or model-provided is rendered as text.
-import { builtinChoices, labelOf, localChoices, manifestUrl, modelParam, type ModelChoice } from "./catalog";
+// Page entry: the form, wired to the engine client, the model controller (which model, stored or not),
+// the job controller (one download or generation at a time, its progress and Cancel), results, the
+// gallery, the storage panel and the service worker's update flow. Everything user- or model-provided
+// is rendered as text.
+import { labelOf } from "./catalog";
 import { byTestId, el } from "./dom";
-import { EngineClient } from "./engine";
+import { EngineClient } from "websd";
 import * as errors from "./errors";
 import { bytes, duration } from "./format";
 import { Gallery, fileName, type GalleryItem } from "./gallery";
 import { renderGpu, renderSelfTest } from "./gpu-panel";
 import { decodeImage, drawRgba, fittedSize, rgbaAt, UnusableImage } from "./images";
+import { JobController } from "./job-controller";
 import { findStored, LoraPanel } from "./loras";
 import { MaskEditor } from "./mask-editor";
+import { ModelController } from "./model-controller";
 import { parseParameters, pngTextChunks } from "./png-settings";
 import { ProgressView } from "./progress";
 import { parseSdxl, SDXL_FIELDS, type SdxlField } from "./sdxl-fields";
@@ -22,29 +26,33 @@ const FIELDS = ["prompt", "negative", "steps", "guidance", "seed", "width", "hei
 type Field = (typeof FIELDS)[number];
 type Input = HTMLInputElement | HTMLTextAreaElement | HTMLSelectElement;
 const input = (f: Field): Input => byTestId<Input>(f);
-const LAST_MODEL = "websd-model";
 
 const engine = new EngineClient();
 // The page's engine client, for the console and the e2e tests (a panic, then the restarted worker).
 (window as unknown as { websdEngine: EngineClient }).websdEngine = engine;
 const progress = new ProgressView();
+const models = new ModelController(engine, (info) => {
+  applyDefaults(info);
+  byTestId("sdxl-options").hidden = !info.sdxl;
+});
+const jobs = new JobController(
+  progress,
+  (event) => onJobEvent(event),
+  () => {
+    updater.applyWhenIdle();
+    void storage.refresh();
+    // A download may have changed what is stored; once everything is, the model's info cannot change.
+    if (!models.info?.ready) models.refresh();
+  },
+  (on) => (models.disabled = on),
+);
 const updater = new Updater(
-  () => busy,
+  () => jobs.busy,
   () => engine.stop(),
 );
 const mask = new MaskEditor(byTestId<HTMLCanvasElement>("mask"));
-const generateButton = byTestId<HTMLButtonElement>("generate");
-const cancelButton = byTestId<HTMLButtonElement>("cancel");
-const downloadButton = byTestId<HTMLButtonElement>("model-download");
-const picker = byTestId<HTMLSelectElement>("model");
 const resultImg = byTestId<HTMLImageElement>("result");
 
-let busy = false;
-let choices: ModelChoice[] = [];
-let current: ModelChoice | null = null;
-let info: ModelInfo | null = null;
-/** The pending inspection of `current` (the form's defaults depend on it). */
-let inspected: Promise<void> = Promise.resolve();
 let initBitmap: ImageBitmap | null = null;
 let resultUrl: string | null = null;
 /** Fields the user changed: a model's defaults never overwrite them. */
@@ -58,9 +66,9 @@ const gallery = new Gallery(byTestId("gallery"), byTestId("gallery-error"), { re
 const loraPanel = new LoraPanel(engine, () => void storage.refresh());
 const storage = new StoragePanel(
   engine,
-  (id) => choices.find((c) => c.url === id)?.label ?? labelOf(id),
+  (id) => models.byUrl(id)?.label ?? labelOf(id),
   (id) => {
-    if (current?.url === id) void inspect(current, false);
+    if (models.current?.url === id) models.refresh();
   },
   (loras) => loraPanel.setStored(loras),
 );
@@ -105,7 +113,7 @@ function setField(f: Field, value: string | undefined): void {
 }
 
 /** The model's defaults, into the fields the user has not changed. */
-function applyDefaults(choice: ModelChoice, i: ModelInfo): void {
+function applyDefaults(i: ModelInfo): void {
   const set = (f: Field, v: string): void => {
     if (!dirty.has(f)) input(f).value = v;
   };
@@ -129,8 +137,8 @@ function reuse(item: GalleryItem): void {
     }
   }
   loraPanel.set(item.settings.loras ?? []);
-  const choice = choices.find((c) => c.url === item.model);
-  if (choice && choice !== current) selectModel(choice);
+  const choice = models.byUrl(item.model);
+  if (choice && choice !== models.current) models.select(choice);
   if (item.settings.strength === undefined) setMode("txt2img");
   byTestId("prompt").scrollIntoView({ behavior: "smooth", block: "center" });
 }
@@ -173,9 +181,9 @@ async function loadPngSettings(file: File): Promise<void> {
     else if (stored.shortHash !== hash) notApplied.push(`embedding ${token}: the stored file's hash ${stored.shortHash} is not the PNG's ${hash}`);
   }
   if (loaded.model !== undefined) {
-    const choice = choices.find((c) => labelOf(c.url).split(" (")[0] === loaded.model);
+    const choice = models.choices.find((c) => labelOf(c.url).split(" (")[0] === loaded.model);
     if (choice === undefined) notApplied.push(`Model: ${loaded.model} (not among this app's models)`);
-    else if (choice !== current) selectModel(choice);
+    else if (choice !== models.current) models.select(choice);
   }
   if (loaded.imageMode && mode() === "txt2img") setMode("img2img");
   if (!loaded.imageMode) setMode("txt2img");
@@ -209,7 +217,7 @@ async function useInitImage(file: File): Promise<void> {
     const bitmap = await decodeImage(file, file.name);
     initBitmap?.close();
     initBitmap = bitmap;
-    const maxSide = Math.max(info?.width ?? 512, info?.height ?? 512);
+    const maxSide = Math.max(models.info?.width ?? 512, models.info?.height ?? 512);
     const size = fittedSize(bitmap.width, bitmap.height, maxSide);
     input("width").value = String(size.width);
     input("height").value = String(size.height);
@@ -267,179 +275,27 @@ mask.onChange = () => {
   byTestId("mask-coverage").textContent = `${Math.round(mask.coverage() * 100)}% marked for repainting`;
 };
 
-// ---- models -------------------------------------------------------------------------------------
-
-function renderPicker(): void {
-  picker.replaceChildren(
-    ...choices.map((c) => {
-      const option = el("option", c.label + (c.bytes ? ` · ${bytes(c.bytes)}` : ""));
-      option.value = c.url;
-      option.selected = c === current;
-      return option;
-    }),
-  );
-}
-
-/** `chosen`: the user picked it (a failure to read it is then an error, not just a status line). */
-function selectModel(choice: ModelChoice, chosen = true): void {
-  current = choice;
-  info = null;
-  if (chosen) localStorage.setItem(LAST_MODEL, choice.url);
-  renderPicker();
-  inspected = inspect(choice, chosen);
-}
-
-async function inspect(choice: ModelChoice, chosen = true): Promise<void> {
-  const status = byTestId("model-status");
-  status.textContent = "reading the model's configuration…";
-  const answer = await engine.call({ type: "inspectModel", manifestUrl: choice.url });
-  if (current !== choice) return;
-  if (answer.type === "modelInfo") {
-    info = answer.info;
-    applyDefaults(choice, info);
-    byTestId("sdxl-options").hidden = !info.sdxl;
-    const stored = info.ready
-      ? "stored: works offline"
-      : `${bytes(info.totalBytes - info.storedBytes)} to download` + (info.storedBytes > 0 ? ` (${bytes(info.storedBytes)} already stored)` : "");
-    status.textContent =
-      `${info.width}x${info.height} · ${SCHEDULER_LABELS[info.scheduler] ?? info.scheduler} · ${info.variant} weights` +
-      (info.inpainting ? " · inpainting model" : "") +
-      (info.memory ? ` · GPU memory about ${bytes(info.memory.weightBytes + info.memory.activationBytes)}` : "") +
-      (info.memory?.warning ? ` (${info.memory.warning})` : "") +
-      ` · ${stored}` +
-      (info.offline ? " · offline" : "");
-  } else if (answer.type === "error") {
-    status.textContent =
-      answer.code === "network" ? "cannot reach the model's server (offline?): it will be fetched when you generate" : `unavailable (${answer.code}: ${answer.message})`;
-    if (chosen) errors.showEngineError(answer);
-  }
-}
-
-picker.addEventListener("change", () => {
-  const choice = choices.find((c) => c.url === picker.value);
-  if (choice) selectModel(choice);
-});
-
-function useModelUrl(value: string): boolean {
-  const parsed = manifestUrl(value, location.href);
-  if (parsed.kind === "error") {
-    errors.show(parsed.message);
-    return false;
-  }
-  let choice = choices.find((c) => c.url === parsed.url);
-  if (!choice) {
-    choice = { url: parsed.url, label: labelOf(parsed.url), source: "url" };
-    choices.push(choice);
-  }
-  errors.clear();
-  selectModel(choice);
-  return true;
-}
-
-byTestId("model-use").addEventListener("click", () => {
-  const value = byTestId<HTMLInputElement>("model-url").value;
-  if (useModelUrl(value)) {
-    const url = new URL(location.href);
-    url.searchParams.set("model", current!.url);
-    history.replaceState(null, "", url);
-  }
-});
-
-async function initModels(): Promise<void> {
-  choices = builtinChoices(location.href);
-  // The development server (scripts/serve.sh) lists its local model folders; a deployed site has none.
-  if (["localhost", "127.0.0.1", "[::1]"].includes(location.hostname)) {
-    const indexUrl = new URL("models/index.json", location.href).href;
-    try {
-      const response = await fetch(indexUrl, { cache: "no-store" });
-      if (response.ok) choices.push(...localChoices(await response.json(), indexUrl));
-    } catch {
-      // Offline, or another server: the built-in models only.
-    }
-  }
-  const param = modelParam(location.href);
-  if (param.kind === "url") {
-    useModelUrl(param.url);
-    return;
-  }
-  if (param.kind === "error") {
-    errors.show(param.message);
-    renderPicker();
-    byTestId("model-status").textContent = "no model selected";
-    return;
-  }
-  const last = localStorage.getItem(LAST_MODEL);
-  const lastChoice = choices.find((c) => c.url === last);
-  if (lastChoice) selectModel(lastChoice);
-  else if (last) useModelUrl(last);
-  else {
-    const choice = choices.find((c) => c.source === "local") ?? choices[0];
-    if (choice) selectModel(choice, false);
-    else {
-      renderPicker();
-      byTestId("model-status").textContent = "no model: give the URL of a manifest.json below";
-    }
-  }
-}
-
 // ---- jobs ---------------------------------------------------------------------------------------
 
-function setBusy(on: boolean): void {
-  busy = on;
-  generateButton.disabled = on;
-  downloadButton.disabled = on;
-  cancelButton.disabled = !on;
-  picker.disabled = on;
-}
-
-/** Ends a job: the final event decides what the user sees. */
-function finish(last: WorkerEvent | null): void {
-  setBusy(false);
-  if (last === null) progress.stop("Done", true);
-  else if (last.type === "cancelled") progress.cancelled(last.phase);
-  else if (last.type === "error") {
-    progress.stop("Failed", false);
-    errors.showEngineError(last);
-  }
-  updater.applyWhenIdle();
-  void storage.refresh();
-  // A download may have changed what is stored; once everything is, the model's info cannot change.
-  if (current && !info?.ready) void inspect(current, false);
-}
-
-/** Makes the current model complete in the store; the final event when that failed. */
-async function ensureModel(): Promise<WorkerEvent | null> {
-  const answer = await engine.call({ type: "ensureModel", manifestUrl: current!.url });
-  return answer.type === "modelReady" ? null : answer;
-}
-
-downloadButton.addEventListener("click", () => {
-  if (busy || !current) return;
-  errors.clear();
-  setBusy(true);
-  progress.start("Downloading the model");
-  void ensureModel().then(finish);
+byTestId("model-download").addEventListener("click", () => {
+  if (jobs.busy || !models.current) return;
+  const options = jobs.begin("Downloading the model");
+  void models.ensure(options).then((failed) => jobs.finish(failed));
 });
 
-generateButton.addEventListener("click", () => void generate());
+byTestId("generate").addEventListener("click", () => void generate());
 
 async function generate(): Promise<void> {
-  if (busy) return;
-  errors.clear();
-  if (!current) {
+  if (jobs.busy) return;
+  const model = models.current;
+  if (!model) {
     errors.show("Choose a model first (or give the URL of a manifest.json).");
     return;
   }
-  setBusy(true);
-  progress.start("Preparing");
-  await inspected;
+  const options = jobs.begin("Preparing");
+  await models.inspected;
+  const info = models.info;
   const m = mode();
-  const refuse = (message: string, focus?: Field): void => {
-    setBusy(false);
-    progress.stop("Check the settings", false);
-    errors.show(message);
-    if (focus) input(focus).focus();
-  };
   // What is missing for the mode first, then the numbers.
   const problem =
     m !== "txt2img" && !initBitmap
@@ -451,23 +307,15 @@ async function generate(): Promise<void> {
           : m === "txt2img" && info?.inpainting
             ? "This is an inpainting model: use Inpaint, with an image and a mask."
             : null;
-  if (problem) return refuse(problem);
+  if (problem) return jobs.refuse(problem);
   const parsed = parseSettings(values(), m);
-  if (!parsed.ok) return refuse(parsed.message, parsed.field);
+  if (!parsed.ok) return jobs.refuse(parsed.message, parsed.field ? input(parsed.field) : undefined);
   // SDXL's fields only for an SDXL model (hidden otherwise; another model would refuse them).
   const sdxl = info?.sdxl ? parseSdxl(Object.fromEntries(SDXL_FIELDS.map((f) => [f, byTestId<HTMLInputElement>(f).value])) as Record<SdxlField, string>) : null;
-  if (sdxl && !sdxl.ok) {
-    setBusy(false);
-    progress.stop("Check the settings", false);
-    errors.show(sdxl.message);
-    byTestId<HTMLInputElement>(sdxl.field).focus();
-    return;
-  }
+  if (sdxl && !sdxl.ok) return jobs.refuse(sdxl.message, byTestId<HTMLInputElement>(sdxl.field));
   const loras = loraPanel.parse();
   if (!loras.ok) {
-    setBusy(false);
-    progress.stop("Check the settings", false);
-    errors.show(loras.message);
+    jobs.refuse(loras.message);
     loraPanel.focus(loras.index);
     return;
   }
@@ -483,18 +331,9 @@ async function generate(): Promise<void> {
     settings.initImage = rgbaAt(initBitmap!, settings.width!, settings.height!);
     if (m === "inpaint") settings.mask = mask.export(settings.width!, settings.height!);
   }
-  const failed = await ensureModel();
-  if (failed) return finish(failed);
-  const answer = await engine.call({ type: "generate", model: current.url, settings });
-  finish(answer.type === "result" ? null : answer);
+  const answer = await models.withStoredModel(options, () => engine.call({ type: "generate", model: model.url, settings }, options));
+  jobs.finish(answer.type === "result" ? null : answer);
 }
-
-cancelButton.addEventListener("click", () => {
-  if (!busy) return;
-  cancelButton.disabled = true;
-  progress.stop("Cancelling…", false);
-  engine.send({ type: "cancel" });
-});
 
 function showResult(event: Extract<WorkerEvent, { type: "result" }>): void {
   const blob = new Blob([event.png as Uint8Array<ArrayBuffer>], { type: "image/png" });
@@ -510,8 +349,9 @@ function showResult(event: Extract<WorkerEvent, { type: "result" }>): void {
     height: event.height,
     seed: event.seed,
     settings: event.settings,
-    model: current?.url ?? "",
-    modelLabel: current?.label ?? "",
+    // The picker is disabled while a job runs: the current model made it.
+    model: models.current?.url ?? "",
+    modelLabel: models.current?.label ?? "",
     createdAt: Date.now(),
     elapsedMs: event.elapsedMs,
   };
@@ -524,7 +364,8 @@ function showResult(event: Extract<WorkerEvent, { type: "result" }>): void {
   void gallery.add(item);
 }
 
-engine.subscribe((event) => {
+/** An event of the running job. */
+function onJobEvent(event: WorkerEvent): void {
   switch (event.type) {
     case "progress":
     case "preview":
@@ -543,7 +384,7 @@ engine.subscribe((event) => {
     default:
       break;
   }
-});
+}
 
 // ---- GPU panel ----------------------------------------------------------------------------------
 
@@ -564,7 +405,6 @@ selfTestButton.addEventListener("click", () => {
 async function start(): Promise<void> {
   renderMode();
   loraPanel.set([]);
-  setBusy(false);
   const status = engine.call({ type: "status" }).then((answer) => {
     if (answer.type === "status") {
       renderGpu(answer.gpu);
@@ -574,7 +414,7 @@ async function start(): Promise<void> {
       errors.showEngineError(answer);
     }
   });
-  await Promise.all([initModels(), gallery.render(), status]);
+  await Promise.all([models.init(), gallery.render(), status]);
   await storage.refresh();
   await updater.register().catch((err: unknown) => console.warn("service worker:", err));
 }

@@ -284,3 +284,12 @@ export type WorkerEvent =
   | { type: "lorasApplied"; loras: LoraWeight[]; adaptedWeights: number; keptBytes: number; ms: number }
   | { type: "cancelled"; phase: Phase }
   | { type: "error"; code: ErrorCode; message: string; needed?: number; available?: number };
+
+/** Page -> worker on the wire: a request with the id its events will carry (engine.ts). Without one a
+ * request's events are untagged and it gets no `end` (a bare client then matches answers by order).
+ * `cancel` with a request id cancels that request alone; without one, everything running and queued. */
+export type RequestMessage = Request & { requestId?: number };
+
+/** Worker -> page on the wire: an event with the id of the request it belongs to (absent for `ready` and
+ * for untagged requests), and `end` after the last event of a request that had an id. */
+export type WorkerMessage = (WorkerEvent & { requestId?: number }) | { type: "end"; requestId: number };

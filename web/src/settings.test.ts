@@ -38,7 +38,8 @@ test("each bad field is named with a message", () => {
   const cases: [Partial<FormValues>, keyof FormValues, RegExp][] = [
     [{ width: "63" }, "width", /multiple of 8/],
     [{ height: "0" }, "height", /multiple of 8/],
-    [{ width: "4104" }, "width", /4096/],
+    [{ width: "4104" }, "width", /^4104x64 is larger than the 4096 px this app supports$/],
+    [{ height: "4104" }, "height", /^64x4104 is larger than the 4096 px this app supports$/],
     [{ steps: "100000" }, "steps", /1 to 1000/],
     [{ steps: "2.5" }, "steps", /whole number/],
     [{ steps: "" }, "steps", /whole number/],

@@ -60,9 +60,14 @@ export function parseSettings(v: FormValues, mode: Mode): Parsed {
   }
   for (const field of ["width", "height"] as const) {
     const n = integer(v[field]);
-    if (n === null || n < 8 || n > LIMITS.maxSide || n % 8 !== 0) {
+    if (n === null || n < 8 || n % 8 !== 0) {
       return fail(field, `The ${field} must be a multiple of 8 from 8 to ${LIMITS.maxSide} pixels (got "${v[field]}").`);
     }
+  }
+  const [w, h] = [Number(v.width.trim()), Number(v.height.trim())];
+  if (w > LIMITS.maxSide || h > LIMITS.maxSide) {
+    // The engine's own message (pipeline.rs check_inputs), word for word.
+    return fail(w > LIMITS.maxSide ? "width" : "height", `${w}x${h} is larger than the ${LIMITS.maxSide} px this app supports`);
   }
   if (!(SCHEDULERS as readonly string[]).includes(v.scheduler)) {
     return fail("scheduler", `Unknown scheduler "${v.scheduler}".`);

@@ -1,12 +1,15 @@
 // Dedicated worker: hosts the wasm engine and hands it one request at a time, so a long request
-// (download, generation) never interleaves with the next one. `cancel` skips the queue: it reaches the
-// running request at once, and requests queued before it are answered `cancelled` without running.
-import type { Request, WorkerEvent } from "./protocol";
+// (download, generation) never interleaves with the next one. Each event goes out with the id of the
+// request it belongs to, and a request that came with an id ends with `{type: "end", requestId}`
+// (engine.ts).
+// `cancel` skips the queue: with an id it reaches that request (running: at once; queued: it is answered
+// `cancelled` without running); without one, the running request and every queued one.
+import type { RequestMessage, WorkerEvent, WorkerMessage } from "./protocol";
 import type { EngineStats } from "./stats";
 import { loadWasm, type Engine } from "./wasm";
 
 const scope = self as unknown as DedicatedWorkerGlobalScope;
-const post = (event: WorkerEvent): void => scope.postMessage(event);
+const post = (message: WorkerMessage): void => scope.postMessage(message);
 
 // Counters for the benchmark (stats.ts): how many GPU buffers, how big, and the heap.
 let memory: WebAssembly.Memory | null = null;
@@ -40,7 +43,7 @@ if (gpuDevice) {
  * worker releases its locks (for every tab) and drops its queue; the page starts a fresh worker and
  * sends it the requests that had not run (engine.ts). */
 function emit(event: WorkerEvent): void {
-  scope.postMessage(event);
+  post(running === undefined ? event : { ...event, requestId: running });
   if (event.type === "error" && event.code === "panic") scope.close();
 }
 
@@ -59,28 +62,43 @@ engine.catch((err: unknown) => {
 });
 
 let queue: Promise<void> = Promise.resolve();
-/** Bumped by every cancel; a queued request that sees another value than at its arrival is dropped. */
+/** Bumped by every cancel without an id; a queued request that sees another value than at its arrival
+ * is dropped. */
 let cancelEpoch = 0;
+/** The id of the running request (its events carry it). */
+let running: number | undefined;
+/** Ids of the requests waiting in the queue, and those of them cancelled. */
+const queued = new Set<number>();
+const cancelled = new Set<number>();
 
-scope.onmessage = (message: MessageEvent<Request>) => {
-  const request = message.data;
-  if (request?.type === "cancel") {
-    cancelEpoch += 1;
-    void engine.then((e) => e.cancel()).catch(() => undefined);
+scope.onmessage = (message: MessageEvent<RequestMessage>) => {
+  const { requestId: id, ...request } = message.data;
+  if (request.type === "cancel") {
+    if (id === undefined) cancelEpoch += 1;
+    else if (queued.has(id)) cancelled.add(id);
+    // A cancel for a request that already ended must not stop the next one.
+    if (id === undefined || id === running) void engine.then((e) => e.cancel()).catch(() => undefined);
     return;
   }
   const epoch = cancelEpoch;
-  queue = queue
-    .then(async () => {
-      if (epoch !== cancelEpoch) {
-        post({ type: "cancelled", phase: request.type === "generate" ? "encode" : "download" });
-        return;
-      }
-      await (await engine).handle(request);
-    })
-    .catch((err: unknown) => {
+  if (id !== undefined) queued.add(id);
+  queue = queue.then(async () => {
+    const dropped = epoch !== cancelEpoch || (id !== undefined && cancelled.has(id));
+    if (id !== undefined) {
+      queued.delete(id);
+      cancelled.delete(id);
+    }
+    running = id;
+    try {
+      if (dropped) emit({ type: "cancelled", phase: request.type === "generate" ? "encode" : "download" });
+      else await (await engine).handle(request);
+    } catch (err: unknown) {
       // `handle` never rejects; a rejection is the engine failing to load, or a JS exception out of
       // the wasm that the panic hook did not see: the instance is not trusted either way.
       emit({ type: "error", code: loadFailed ? "wasm-load" : "panic", message: String(err) });
-    });
+    } finally {
+      running = undefined;
+      if (id !== undefined) post({ type: "end", requestId: id });
+    }
+  });
 };
