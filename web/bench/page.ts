@@ -1,6 +1,6 @@
 // The benchmark page: our worker engine and onnxruntime-web side by side in one page, one call at a
 // time, driven by run.ts through `window.bench`.
-import { EngineClient } from "../src/engine";
+import { EngineClient, type EngineRequest } from "../src/engine";
 import type { F32Tensor, Request, WorkerEvent } from "../src/protocol";
 
 interface OrtTensor {
@@ -23,7 +23,7 @@ export interface Inputs {
 }
 
 const engine = new EngineClient(new URL("/app/worker.js", location.href));
-const call = (request: Request): Promise<WorkerEvent> => engine.call(request);
+const call = (request: EngineRequest): Promise<WorkerEvent> => engine.call(request);
 
 function f32(shape: number[], values: number[]): F32Tensor {
   return { shape, data: new Uint8Array(new Float32Array(values).buffer) };

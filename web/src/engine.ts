@@ -18,6 +18,8 @@ import type {
 } from "./protocol";
 
 export type Listener = (event: WorkerEvent) => void;
+/** A request that has an answer (`cancel` is the signal's job). */
+export type EngineRequest = Exclude<Request, { type: "cancel" }>;
 
 /** How long a worker's uncaught error waits for the panic message that explains it. */
 const CRASH_GRACE_MS = 200;
@@ -48,7 +50,7 @@ export class EngineError extends Error {
 }
 
 interface Pending {
-  request: Request;
+  request: EngineRequest;
   options: CallOptions;
   /** The request's latest event: its answer once it ends. */
   last: WorkerEvent | null;
@@ -161,8 +163,9 @@ export class EngineClient {
     this.worker.postMessage({ type: "cancel" } satisfies RequestMessage);
   }
 
-  /** Sends `request`; resolves with its answer (its last event: the answer, `error` or `cancelled`). */
-  call(request: Request, options: CallOptions = {}): Promise<WorkerEvent> {
+  /** Sends `request`; resolves with its answer (its last event: the answer, `error` or `cancelled`).
+   * Cancelling is not a request of its own here: abort the call's signal, or `cancelAll()`. */
+  call(request: EngineRequest, options: CallOptions = {}): Promise<WorkerEvent> {
     const id = this.nextId++;
     return new Promise((resolve) => {
       const { signal } = options;
@@ -175,7 +178,7 @@ export class EngineClient {
   }
 
   /** `request`'s answer when it is of type `type`; otherwise throws an [`EngineError`]. */
-  async expect<T extends WorkerEvent["type"]>(type: T, request: Request, options?: CallOptions): Promise<Extract<WorkerEvent, { type: T }>> {
+  async expect<T extends WorkerEvent["type"]>(type: T, request: EngineRequest, options?: CallOptions): Promise<Extract<WorkerEvent, { type: T }>> {
     const answer = await this.call(request, options);
     if (answer.type !== type) throw new EngineError(answer);
     return answer as Extract<WorkerEvent, { type: T }>;

@@ -183,7 +183,7 @@ async function loadPngSettings(file: File): Promise<void> {
   if (loaded.model !== undefined) {
     const choice = models.choices.find((c) => labelOf(c.url).split(" (")[0] === loaded.model);
     if (choice === undefined) notApplied.push(`Model: ${loaded.model} (not among this app's models)`);
-    else if (choice !== models.current) models.select(choice);
+    else if (choice !== models.current && !models.select(choice)) notApplied.push(`Model: ${loaded.model} (a job is running: pick it when it ends)`);
   }
   if (loaded.imageMode && mode() === "txt2img") setMode("img2img");
   if (!loaded.imageMode) setMode("txt2img");
@@ -287,13 +287,14 @@ byTestId("generate").addEventListener("click", () => void generate());
 
 async function generate(): Promise<void> {
   if (jobs.busy) return;
-  const model = models.current;
-  if (!model) {
+  if (!models.current) {
     errors.show("Choose a model first (or give the URL of a manifest.json).");
     return;
   }
   const options = jobs.begin("Preparing");
   await models.inspected;
+  // After the wait: the model the form was showing (no other can be selected while the job runs).
+  const model = models.current;
   const info = models.info;
   const m = mode();
   // What is missing for the mode first, then the numbers.
@@ -331,7 +332,7 @@ async function generate(): Promise<void> {
     settings.initImage = rgbaAt(initBitmap!, settings.width!, settings.height!);
     if (m === "inpaint") settings.mask = mask.export(settings.width!, settings.height!);
   }
-  const answer = await models.withStoredModel(options, () => engine.call({ type: "generate", model: model.url, settings }, options));
+  const answer = await models.withStoredModel(model, options, () => engine.call({ type: "generate", model: model.url, settings }, options));
   jobs.finish(answer.type === "result" ? null : answer);
 }
 

@@ -58,13 +58,16 @@ export class ModelController {
     );
   }
 
-  /** `chosen`: the user picked it (a failure to read it is then an error, not just a status line). */
-  select(choice: ModelChoice, chosen = true): void {
+  /** `chosen`: the user picked it (a failure to read it is then an error, not just a status line).
+   * Refused (false) while a job runs: the job keeps the model it started with. */
+  select(choice: ModelChoice, chosen = true): boolean {
+    if (this.picker.disabled) return false;
     this.current = choice;
     this.info = null;
     if (chosen) localStorage.setItem(LAST_MODEL, choice.url);
     this.renderPicker();
     this.inspected = this.inspect(choice, chosen);
+    return true;
   }
 
   /** Asks the engine about `choice` again (after a download or a deletion changed what is stored). */
@@ -153,22 +156,28 @@ export class ModelController {
     }
   }
 
-  /** Makes the current model complete in the store; the final event when that failed. */
-  async ensure(options: CallOptions): Promise<WorkerEvent | null> {
-    const answer = await this.engine.call({ type: "ensureModel", manifestUrl: this.current!.url }, options);
+  /** Makes `choice` (by default the current model) complete in the store; the final event when that
+   * failed. */
+  async ensure(options: CallOptions, choice: ModelChoice | null = this.current): Promise<WorkerEvent | null> {
+    const answer = await this.engine.call({ type: "ensureModel", manifestUrl: choice!.url }, options);
     return answer.type === "modelReady" ? null : answer;
   }
 
-  /** Runs `job` (a request on the stored model) after making the model complete in the store, unless
-   * the engine said it is stored (its chunks are checked as they are read, and repaired then): no
-   * manifest fetch before a generation from a stored model. Stored no longer (deleted meanwhile, in
-   * another tab too): the model is downloaded and the job runs again. */
-  async withStoredModel(options: CallOptions, job: () => Promise<WorkerEvent>): Promise<WorkerEvent> {
-    if (this.info?.ready) {
+  /** Runs `job` (a request on the stored model `choice`) after making the model complete in the store,
+   * unless the engine said it is stored (its chunks are checked as they are read, and repaired then): no
+   * manifest fetch before a generation from a stored model. When the job then answers `not-stored` and
+   * the engine no longer finds the model complete (deleted meanwhile, in another tab too), the model is
+   * downloaded and the job runs again; a `not-stored` about something else (a LoRA) is the answer. */
+  async withStoredModel(choice: ModelChoice, options: CallOptions, job: () => Promise<WorkerEvent>): Promise<WorkerEvent> {
+    if (this.current === choice && this.info?.ready) {
       const answer = await job();
       if (!(answer.type === "error" && answer.code === "not-stored")) return answer;
+      const now = await this.engine.call({ type: "inspectModel", manifestUrl: choice.url }, options);
+      if (now.type === "modelInfo" && now.info.ready) return answer;
+      // Stored no longer: the status line must not go on saying so (refreshed when the job ends).
+      if (this.current === choice) this.info = null;
     }
-    const failed = await this.ensure(options);
+    const failed = await this.ensure(options, choice);
     return failed ?? (await job());
   }
 }
