@@ -415,8 +415,6 @@ pub struct DownloadReport {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
 pub enum Event {
-    /// Sent once the worker's wasm module is initialised and ready for requests.
-    Ready,
     /// Answer to [`Request::Status`].
     Status { gpu: GpuInfo },
     /// Answer to [`Request::SelfTest`].
@@ -601,7 +599,6 @@ mod tests {
 
     fn event_tag(e: &Event) -> &'static str {
         match e {
-            Event::Ready => "ready",
             Event::Status { .. } => "status",
             Event::SelfTest { .. } => "selfTest",
             Event::Progress { .. } => "progress",
@@ -735,7 +732,6 @@ mod tests {
             limits,
         };
         let mut events = vec![
-            Event::Ready,
             Event::Status { gpu },
             Event::SelfTest {
                 report: SelfTestReport {
@@ -901,7 +897,7 @@ mod tests {
         let tags: std::collections::BTreeSet<_> = requests.iter().map(request_tag).collect();
         assert_eq!(tags.len(), 18, "a sample for every request variant");
         let tags: std::collections::BTreeSet<_> = events.iter().map(event_tag).collect();
-        assert_eq!(tags.len(), 22, "a sample for every event variant");
+        assert_eq!(tags.len(), 21, "a sample for every event variant");
         for r in &requests {
             let back: Request = serde_json::from_value(serde_json::to_value(r).unwrap()).unwrap();
             assert_eq!(&back, r);

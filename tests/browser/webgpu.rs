@@ -1,4 +1,5 @@
-//! The worker slice in a real browser: WebGPU in a dedicated worker, against Flex on the CPU.
+//! The worker slice in a real browser: WebGPU in a dedicated worker, against Flex on the CPU; the
+//! engine's request handling (the `_in_wasm` tests need no GPU).
 #![cfg(target_arch = "wasm32")]
 
 use std::cell::RefCell;
@@ -32,12 +33,20 @@ async fn probe_on_webgpu_matches_flex() {
 
 /// Sends one request object through the engine as the worker script does and returns the event.
 async fn roundtrip(request: &str) -> Event {
+    roundtrip_with(request, |_| {}).await
+}
+
+/// [`roundtrip`], calling `after_handle` with the engine right after `handle` returns, before the
+/// request's future first runs.
+async fn roundtrip_with(request: &str, after_handle: impl FnOnce(&websd::web::Engine)) -> Event {
     let events = Rc::new(RefCell::new(Vec::new()));
     let sink = events.clone();
     let post = Closure::<dyn FnMut(JsValue)>::new(move |ev: JsValue| sink.borrow_mut().push(ev));
     let engine = websd::web::Engine::new(post.as_ref().unchecked_ref::<js_sys::Function>().clone());
     let request = js_sys::JSON::parse(request).unwrap();
-    JsFuture::from(engine.handle(request)).await.expect("handle never rejects");
+    let answer = engine.handle(request);
+    after_handle(&engine);
+    JsFuture::from(answer).await.expect("handle never rejects");
     let events = events.borrow();
     assert_eq!(events.len(), 1, "one event per request");
     serde_wasm_bindgen::from_value(events[0].clone()).expect("event matches the protocol")
@@ -56,5 +65,24 @@ async fn engine_reports_status_and_typed_errors() {
     match roundtrip(r#"{"type":"generateEverything"}"#).await {
         Event::Error { code, .. } => assert_eq!(code, "bad-request"),
         other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+/// worker.ts resumes a request queued while the wasm loaded, then the cancel that waited on the same
+/// load: the cancel comes after `handle` but before the request's future first runs, and must stop it.
+#[wasm_bindgen_test]
+async fn a_cancel_right_after_handle_stops_that_request_in_wasm() {
+    let location = js_sys::Reflect::get(&js_sys::global(), &"location".into()).unwrap();
+    let origin = js_sys::Reflect::get(&location, &"origin".into()).unwrap().as_string().unwrap();
+    // The test server's own page as the manifest: it answers 200 with a body that is no manifest, so
+    // the request fails with bad-request unless it is cancelled (checked at every read of the body).
+    let request = format!(r#"{{"type":"ensureModel","manifestUrl":"{origin}/","allowedOrigins":["{origin}"]}}"#);
+    match roundtrip(&request).await {
+        Event::Error { code, .. } => assert_eq!(code, "bad-request"),
+        other => panic!("expected bad-request without a cancel, got {other:?}"),
+    }
+    match roundtrip_with(&request, |engine| engine.cancel()).await {
+        Event::Cancelled { .. } => {}
+        other => panic!("expected cancelled, got {other:?}"),
     }
 }

@@ -12,6 +12,8 @@ type ErrorSamples = Extract<(typeof events)[number], { type: "error" }>["code"];
 type PageOnly = "wasm-load";
 
 export const everyRequestSampled: [Missing<Request["type"], Sampled<typeof requests>>] extends [never] ? true : false = true;
-export const everyEventSampled: [Missing<WorkerEvent["type"], Sampled<typeof events>>] extends [never] ? true : false = true;
+// `ready` is the worker script's own (worker.ts posts it once the wasm is instantiated); Rust never sends it.
+type WorkerOnlyEvent = "ready";
+export const everyEventSampled: [Missing<Exclude<WorkerEvent["type"], WorkerOnlyEvent>, Sampled<typeof events>>] extends [never] ? true : false = true;
 export const everyErrorCodeSampled: [Missing<Exclude<ErrorCode, PageOnly>, ErrorSamples>] extends [never] ? true : false =
   true;

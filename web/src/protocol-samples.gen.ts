@@ -29,7 +29,6 @@ export const requests = [
 ] as const satisfies readonly Request[];
 
 export const events = [
-  { type: "ready" },
   { gpu: { adapter: "a", backend: "BrowserWebGpu", deviceType: "Cpu", driver: "", limits: { maxBufferSize: 1, maxComputeInvocationsPerWorkgroup: 1, maxComputeWorkgroupSizeX: 1, maxComputeWorkgroupStorageSize: 1, maxComputeWorkgroupsPerDimension: 1, maxStorageBufferBindingSize: 1, maxStorageBuffersPerShaderStage: 1 }, shaderF16: false }, type: "status" },
   { report: { cpuMs: 1.0, gpuErrors: 0, gpuMs: 1.0, maxAbsDiff: 0.0, passed: true, shape: [1, 2], tolerance: 0.00009999999747378752 }, type: "selfTest" },
   { bytes: 1, done: 1, file: "unet/x", phase: "download", total: 2, type: "progress" },

@@ -251,6 +251,7 @@ export type ErrorCode =
 
 /** Worker -> page. */
 export type WorkerEvent =
+  /** From the worker script itself (not the engine): the wasm is instantiated. */
   | { type: "ready" }
   | { type: "status"; gpu: GpuInfo }
   | { type: "selfTest"; report: SelfTestReport }

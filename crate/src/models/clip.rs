@@ -110,10 +110,9 @@ pub struct ClipTextOutput {
     pub last_hidden_state: Tensor<3>,
     /// The second-to-last layer's output, before the final layer norm (SDXL, "clip skip"). `[batch, seq, hidden]`
     pub penultimate_hidden_state: Tensor<3>,
-    /// The last hidden state at each sequence's first end-of-text token. `[batch, hidden]`
-    pub pooled: Tensor<2>,
-    /// `pooled` through `text_projection` (`CLIPTextModelWithProjection`'s `text_embeds`); `None` for a
-    /// model without the projection. `[batch, projection_dim]`
+    /// The pooled output ([`ClipTextModel::pooled`]) through `text_projection`
+    /// (`CLIPTextModelWithProjection`'s `text_embeds`: SDXL's second encoder); `None`, and not computed,
+    /// for a model without the projection. `[batch, projection_dim]`
     pub text_embeds: Option<Tensor<2>>,
 }
 
@@ -330,7 +329,7 @@ impl ClipTextModel {
     /// - input_ids: `[batch, seq]` (seq <= max_position_embeddings)
     /// - outputs: see [`ClipTextOutput`]
     pub fn forward(&self, input_ids: Tensor<2, Int>) -> ClipTextOutput {
-        let [b, l] = input_ids.dims();
+        let [_, l] = input_ids.dims();
         let device = input_ids.device();
         let positions = Tensor::<1, Int>::arange(0..l as i64, &device).reshape([1, l]);
         let mut x = self.token_embedding.forward(input_ids.clone()) + self.position_embedding.forward(positions);
@@ -340,6 +339,19 @@ impl ClipTextModel {
             x = layer.forward(x);
         }
         let last = self.final_layer_norm.forward(x);
+        let text_embeds = self.text_projection.as_ref().map(|p| p.forward(self.pooled(&last, input_ids)));
+        ClipTextOutput { last_hidden_state: last, penultimate_hidden_state: penultimate, text_embeds }
+    }
+
+    /// transformers' `pooler_output`: `last_hidden_state` at each sequence's first end-of-text token.
+    /// Only SDXL's second encoder uses it (through its projection), so [`Self::forward`] computes it only
+    /// there.
+    ///
+    /// # Shapes
+    /// - last_hidden_state: `[batch, seq, hidden]`, input_ids: `[batch, seq]`
+    /// - output: `[batch, hidden]`
+    pub fn pooled(&self, last_hidden_state: &Tensor<3>, input_ids: Tensor<2, Int>) -> Tensor<2> {
+        let [b, _, d] = last_hidden_state.dims();
         // transformers: eos_token_id 2 marks old configs whose eos is the largest id (argmax); else the
         // first position of the eos id.
         let eos_index = if self.eos_token_id == 2 {
@@ -347,10 +359,7 @@ impl ClipTextModel {
         } else {
             input_ids.equal_elem(self.eos_token_id as i64).int().argmax(1)
         };
-        let d = last.dims()[2];
-        let pooled = last.clone().gather(1, eos_index.reshape([b, 1, 1]).expand([b, 1, d])).reshape([b, d]);
-        let text_embeds = self.text_projection.as_ref().map(|p| p.forward(pooled.clone()));
-        ClipTextOutput { last_hidden_state: last, penultimate_hidden_state: penultimate, pooled, text_embeds }
+        last_hidden_state.clone().gather(1, eos_index.reshape([b, 1, 1]).expand([b, 1, d])).reshape([b, d])
     }
 }
 

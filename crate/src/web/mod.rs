@@ -108,20 +108,23 @@ impl Engine {
     /// Handles one request object (see `web/src/protocol.ts`). Never rejects: failures, including a
     /// malformed request, are posted as `Error` events; a cancelled request posts `Cancelled`.
     pub fn handle(&self, request: JsValue) -> Promise {
+        let request = serde_wasm_bindgen::from_value::<Request>(request);
+        // A new request starts uncancelled. Cleared here, not in the future: the future first runs a
+        // microtask later, and a cancel may come in between (when the wasm finishes loading, worker.ts
+        // resumes the queued request and then the cancel that waited on the same load). A `Cancel`
+        // (worker.ts calls `Engine::cancel` instead) sets the flag in `run`, for the request running.
+        if !matches!(request, Ok(Request::Cancel)) {
+            self.cancel.set(false);
+        }
         let (post, cancel, state) = (self.post.clone(), self.cancel.clone(), self.state.clone());
         future_to_promise(async move {
-            let request = match serde_wasm_bindgen::from_value::<Request>(request) {
+            let request = match request {
                 Ok(request) => request,
                 Err(e) => {
                     post(Error::BadRequest(e.to_string()).into());
                     return Ok(JsValue::UNDEFINED);
                 }
             };
-            if request == Request::Cancel {
-                cancel.set(true);
-                return Ok(JsValue::UNDEFINED);
-            }
-            cancel.set(false);
             let phase = Rc::new(Cell::new(Phase::Download));
             // Every event goes out through this; progress events also record the phase a cancel would
             // interrupt.
@@ -201,7 +204,10 @@ async fn run(request: Request, cx: &Context) -> Result<Option<Event>, Error> {
             let (gpu, _) = crate::gpu::wgpu_device().await?;
             Ok(Some(Event::SelfTest { report: crate::probe::self_test(&gpu, now_ms).await? }))
         }
-        Request::Cancel => Ok(None),
+        Request::Cancel => {
+            cx.cancel.set(true);
+            Ok(None)
+        }
         Request::EnsureModel { manifest_url, variant, stall_timeout_ms, chunk_bytes, allowed_origins } => {
             let options = DownloadOptions {
                 stall_ms: stall_timeout_ms.unwrap_or(DEFAULT_STALL_MS).max(100),

@@ -78,9 +78,11 @@ fn pooled_output_is_taken_at_the_first_end_of_text() {
     let model = model("tiny-sd", "model.safetensors");
     let encoded = tokenizer.encode("a cat").unwrap();
     let ids: Vec<i64> = encoded.ids.iter().map(|&i| i as i64).collect();
-    let out = model.forward(Tensor::<2, Int>::from_data(TensorData::new(ids, [1, 77]), &Device::flex()));
+    let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, 77]), &Device::flex());
+    let out = model.forward(ids.clone());
+    assert!(out.text_embeds.is_none(), "no projection, nothing pooled");
+    let pooled = model.pooled(&out.last_hidden_state, ids).into_data().try_to_vec::<f32>().unwrap();
     let last = out.last_hidden_state.into_data().try_to_vec::<f32>().unwrap();
-    let pooled = out.pooled.into_data().try_to_vec::<f32>().unwrap();
     let eos = encoded.length - 1;
     assert_eq!(pooled, last[eos * 32..(eos + 1) * 32]);
     assert_eq!(out.penultimate_hidden_state.dims(), [1, 77, 32]);
