@@ -31,6 +31,7 @@ fn attention_rows<E: Float>(
     scale: f32,
     #[comptime] head_dim: usize,
     #[comptime] value_dim: usize,
+    #[comptime] causal: bool,
     #[define(E)] _dtype: ElemType,
 ) {
     let row = (CUBE_POS_X as usize + CUBE_POS_Y as usize * CUBE_COUNT_X as usize) * LANES + UNIT_POS_X as usize;
@@ -52,7 +53,12 @@ fn attention_rows<E: Float>(
     let mut sum = 0.0f32;
     let k_base = head * keys * head_dim;
     let v_base = head * keys * value_dim;
-    for j in 0..keys {
+    // Causal (queries == keys): query i sees keys 0..=i.
+    let mut end = keys;
+    if causal {
+        end = row % queries + 1;
+    }
+    for j in 0..end {
         let mut s = 0.0f32;
         #[unroll]
         for i in 0..head_dim {
@@ -82,7 +88,7 @@ fn attention_rows<E: Float>(
 
 /// `softmax(q kᵀ / sqrt(head_dim)) v` (burn's `attention` with no mask and the default scale), or `None`
 /// when the tensors are not f32/f16 cubecl tensors, there are no keys, or a head is wider than
-/// [`MAX_HEAD_DIM`].
+/// [`MAX_HEAD_DIM`]. See [`attention_causal`] for the causal form.
 ///
 /// # Shapes
 /// - q: `[batch, heads, queries, head_dim]`
@@ -90,6 +96,23 @@ fn attention_rows<E: Float>(
 /// - v: `[batch, heads, keys, value_dim]`
 /// - output: `[batch, heads, queries, value_dim]`
 pub fn attention(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>) -> Option<Tensor<4>> {
+    launch(q, k, v, false)
+}
+
+/// [`attention`] with burn's `is_causal` mask for as many queries as keys (CLIP's text encoder): query
+/// `i` attends to keys `0..=i`. `None` also when the query and key counts differ.
+///
+/// # Shapes
+/// - q, k: `[batch, heads, tokens, head_dim]`, v: `[batch, heads, tokens, value_dim]`
+/// - output: `[batch, heads, tokens, value_dim]`
+pub fn attention_causal(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>) -> Option<Tensor<4>> {
+    if q.dims()[2] != k.dims()[2] {
+        return None;
+    }
+    launch(q, k, v, true)
+}
+
+fn launch(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>, causal: bool) -> Option<Tensor<4>> {
     let dtype = q.dtype();
     let [batch, heads, queries, head_dim] = q.dims();
     let [_, _, keys, value_dim] = v.dims();
@@ -116,6 +139,7 @@ pub fn attention(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>) -> Option<Tensor<4
             1.0 / (head_dim as f32).sqrt(),
             head_dim,
             value_dim,
+            causal,
             burn::backend::cubecl::dtype_to_storage_type(dtype),
         );
     }

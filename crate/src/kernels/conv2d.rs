@@ -278,6 +278,30 @@ pub fn conv2d(
     conv2d_tiled(x, weight, bias, stride, padding, super::conv_tiling(c_out, pixels, c_in * kh * kw))
 }
 
+/// burn's direct convolution kernel, asked for by name: where our kernels run, the convolutions below
+/// their thresholds use it. burn's default there (autotune off, as in the browser) runs a 1x1
+/// convolution as a matmul compiled for each shape, 2-8 thousand lines of WGSL each, which SwiftShader
+/// compiles for up to a second apiece in a cold first step; the direct kernel is a few hundred lines.
+/// `None` where the tensors are not f32/f16 cubecl tensors or burn refuses the shape.
+///
+/// # Shapes
+/// - x: `[batch, c_in, h, w]`, weight: `[c_out, c_in, kh, kw]`, bias: `[c_out]`
+/// - output: `[batch, c_out, h_out, w_out]`
+pub fn burn_direct(
+    x: &Tensor<4>,
+    weight: &Tensor<4>,
+    bias: Option<&Tensor<1>>,
+    options: burn::tensor::ops::ConvOptions<2>,
+) -> Option<Tensor<4>> {
+    use burn_cubecl::kernel::conv::{ConvStrategy, conv_forward};
+    let dtype = x.dtype();
+    let input = super::cube_tensor(x, dtype)?;
+    let weight = super::cube_tensor(weight, dtype)?;
+    let bias = super::cube_bias(bias, dtype)?;
+    let out = conv_forward::<2>(input, weight, bias, options, ConvStrategy::Direct).ok()?;
+    Some(Tensor::from_primitive::<CubeBackend>(out))
+}
+
 /// [`conv2d`] with a given tiling (benchmarks and tests try each); panics on a tile shape the kernel
 /// is not compiled for ([`Tiling::TILES`]).
 pub fn conv2d_tiled(

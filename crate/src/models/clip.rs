@@ -77,8 +77,16 @@ impl ClipAttention {
             split(linear(&self.k_proj, x.clone())),
             split(linear(&self.v_proj, x)),
         );
-        let options = AttentionModuleOptions { is_causal: true, ..Default::default() };
-        let out = attention(q, k, v, None, None, options);
+        // Our kernel where it runs: burn's attention is a large shader (SwiftShader compiles it for
+        // ~1 s in a cold first prompt) and slow on CPU-backed adapters (kernels::attention).
+        let ours = match crate::kernels::choice().attention {
+            true => crate::kernels::attention::attention_causal(&q, &k, &v),
+            false => None,
+        };
+        let out = ours.unwrap_or_else(|| {
+            let options = AttentionModuleOptions { is_causal: true, ..Default::default() };
+            attention(q, k, v, None, None, options)
+        });
         linear(&self.out_proj, out.swap_dims(1, 2).reshape([b, l, d]))
     }
 }
@@ -339,7 +347,7 @@ impl ClipTextModel {
             x = layer.forward(x);
         }
         let last = self.final_layer_norm.forward(x);
-        let text_embeds = self.text_projection.as_ref().map(|p| p.forward(self.pooled(&last, input_ids)));
+        let text_embeds = self.text_projection.as_ref().map(|p| super::linear_2d(p, self.pooled(&last, input_ids)));
         ClipTextOutput { last_hidden_state: last, penultimate_hidden_state: penultimate, text_embeds }
     }
 

@@ -45,7 +45,7 @@ impl TimestepEmbedding {
     /// # Shapes
     /// - features: `[batch, features]` -> `[batch, dim]`
     pub fn forward(&self, features: Tensor<2>) -> Tensor<2> {
-        self.linear_2.forward(silu(self.linear_1.forward(features)))
+        super::linear_2d(&self.linear_2, silu(super::linear_2d(&self.linear_1, features)))
     }
 }
 

@@ -43,6 +43,13 @@ pub(crate) fn linear(layer: &Linear, x: Tensor<3>) -> Tensor<3> {
     y.reshape([b, n, out])
 }
 
+/// [`linear`] on `[batch, features]` (the time embeddings, their projections in every ResNet block): on
+/// devices where our kernels run, one shape-generic kernel instead of a burn matmul compiled for each
+/// shape (SwiftShader compiles each of those for 0.1-1 s in a cold first step).
+pub(crate) fn linear_2d(layer: &Linear, x: Tensor<2>) -> Tensor<2> {
+    linear(layer, x.unsqueeze_dim(0)).squeeze_dim(0)
+}
+
 /// A convolution with the layer's own stride and padding; see [`conv2d_with`].
 pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     let padding = match conv.padding {
@@ -60,10 +67,13 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
 /// A convolution with groups 1 and dilation 1; `padding` is (top, left, bottom, right).
 ///
 /// Where [`crate::kernels::choice`] says so, our implicit-GEMM kernel ([`crate::kernels::conv2d`]) for
-/// outputs of at least its `conv_min_pixels` and `conv_min_channels`. Otherwise
-/// burn's, except a 3x3 stride-1 convolution at the U-Net's lowest resolutions (at most 64 positions,
-/// up to 1280 channels): there im2col and one matmul with the weight viewed as `[c_out, c_in * 9]` is
-/// 3-7x faster than burn-flex's direct kernel, and the column buffer is small (9 x the input).
+/// every 1x1 convolution and for outputs of at least its `conv_min_pixels` and `conv_min_channels`, and
+/// burn's direct kernel for the others ([`crate::kernels::conv2d::burn_direct`]): on SwiftShader burn's
+/// default ran some of these as matmuls compiled per shape, most of a cold first step's time.
+/// Elsewhere burn's, except a 3x3 stride-1 convolution at the U-Net's lowest resolutions (at most 64
+/// positions, up to 1280 channels): there im2col and one matmul with the weight viewed as
+/// `[c_out, c_in * 9]` is 3-7x faster than burn-flex's direct kernel, and the column buffer is small
+/// (9 x the input).
 ///
 /// # Shapes
 /// - x: `[batch, c_in, h, w]`, weight: `[c_out, c_in, kh, kw]`, bias: `[c_out]`
@@ -80,15 +90,25 @@ pub fn conv2d_with(
     let [top, left, bottom, right] = padding;
     let size = |input, kernel, before, after| crate::kernels::conv2d::output_size(input, kernel, stride, before, after);
     let choice = crate::kernels::choice();
+    // 1x1: ours at every size (the VAE's decode ran 0.53-0.57 s warm with it, 0.68-0.72 s with burn's
+    // direct kernel; BENCHMARKS.md).
+    let pointwise = (kh, kw) == (1, 1) && stride == 1 && padding == [0; 4];
+    let pixels = b * size(h, kh, top, bottom).unwrap_or(0) * size(w, kw, left, right).unwrap_or(0);
     if choice.conv
-        && c_out >= choice.conv_min_channels
-        && b * size(h, kh, top, bottom).unwrap_or(0) * size(w, kw, left, right).unwrap_or(0) >= choice.conv_min_pixels
+        && (pointwise || (c_out >= choice.conv_min_channels && pixels >= choice.conv_min_pixels))
         && let Some(out) = crate::kernels::conv2d::conv2d(&x, weight, bias, stride, padding)
     {
         return out;
     }
+    let options = ConvOptions::new_with_padding([stride; 2], [(top, bottom), (left, right)], [1, 1], 1);
+    // Where our kernels run, the rest is burn's direct kernel by name (not a matmul compiled per shape;
+    // see `burn_direct`). The im2col path below is for the CPU.
+    if choice.conv
+        && let Some(out) = crate::kernels::conv2d::burn_direct(&x, weight, bias, options.clone())
+    {
+        return out;
+    }
     if h * w > 64 || (kh, kw) != (3, 3) || stride != 1 || padding != [1; 4] || c_in != c {
-        let options = ConvOptions::new_with_padding([stride; 2], [(top, bottom), (left, right)], [1, 1], 1);
         return burn::tensor::module::conv2d(x, weight.clone(), bias.cloned(), options);
     }
     let padded = x.pad((1, 1, 1, 1), 0.0);

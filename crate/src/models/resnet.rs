@@ -59,7 +59,7 @@ impl ResnetBlock2D {
     pub fn forward(&self, x: Tensor<4>, temb: Option<&Tensor<2>>) -> Tensor<4> {
         let mut h = conv2d(&self.conv1, silu(group_norm(&self.norm1, x.clone())));
         if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
-            let t = proj.forward(silu(temb.clone()));
+            let t = super::linear_2d(proj, silu(temb.clone()));
             let [b, c] = t.dims();
             h = h + t.reshape([b, c, 1, 1]);
         }

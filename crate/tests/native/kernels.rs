@@ -1,7 +1,8 @@
 //! Our kernels (`websd::kernels`) on native wgpu (lavapipe here) against burn's ops on Flex: the
 //! convolution on shapes that hit every edge of its tiles (channels and pixels not multiples of 64, 1x1,
 //! stride 2, asymmetric padding as the VAE's downsampler, odd sizes, batch 1 to 4), the attention on
-//! the head widths of the tiny model, SD 1.5 and SDXL, with key counts of 1, 77 and a few hundred.
+//! the head widths of the tiny model, SD 1.5 and SDXL, with key counts of 1, 77 and a few hundred (and
+//! causal, as CLIP's), burn's direct convolution asked for by name on the same shapes.
 
 use burn::tensor::module::{attention, conv2d};
 use burn::tensor::ops::AttentionModuleOptions;
@@ -100,6 +101,54 @@ fn attention_kernel_matches_flex() {
     }
     let wide = Tensor::<4>::zeros([1, 1, 2, websd::kernels::attention::MAX_HEAD_DIM + 1], &gpu);
     assert!(websd::kernels::attention::attention(&wide, &wide, &wide).is_none(), "wider heads go to burn's op");
+    assert_eq!(websd::gpu::uncaptured_errors(), 0, "wgpu validation errors");
+}
+
+/// (batch, heads, tokens, head width): CLIP's (77 tokens; SD 1.5's 12 x 64, SD 2's 16 x 64, the tiny
+/// model's 4 x 8), one token, and an odd count.
+const CAUSAL_SHAPES: [(usize, usize, usize, usize); 4] = [(2, 12, 77, 64), (1, 16, 77, 64), (2, 4, 1, 8), (3, 2, 13, 5)];
+
+#[test]
+fn causal_attention_kernel_matches_flex() {
+    let (gpu, _) = websd::gpu::wgpu_device().expect("a wgpu adapter");
+    let cpu = Device::flex();
+    for (i, &(b, h, n, d)) in CAUSAL_SHAPES.iter().enumerate() {
+        let [q, k, v] = [0; 3].map(|_| Tensor::<4>::random([b, h, n, d], Distribution::Normal(0.0, 1.0), &cpu));
+        let options = AttentionModuleOptions { is_causal: true, ..Default::default() };
+        let expected = attention(q.clone(), k.clone(), v.clone(), None, None, options);
+        let on_gpu = |t: &Tensor<4>| Tensor::<4>::from_data(t.to_data(), &gpu);
+        let ours = websd::kernels::attention::attention_causal(&on_gpu(&q), &on_gpu(&k), &on_gpu(&v))
+            .expect("a cubecl tensor");
+        let diff = (Tensor::<4>::from_data(ours.to_data(), &cpu) - expected).abs().max().into_scalar::<f32>();
+        eprintln!("causal attention shape {i} {:?}: max abs diff {diff:e}", CAUSAL_SHAPES[i]);
+        assert!(diff <= 1e-5, "causal attention shape {i}: {diff}");
+    }
+    let (q, k) = (Tensor::<4>::zeros([1, 1, 3, 8], &gpu), Tensor::<4>::zeros([1, 1, 4, 8], &gpu));
+    assert!(websd::kernels::attention::attention_causal(&q, &k, &k).is_none(), "causal needs as many queries as keys");
+    assert_eq!(websd::gpu::uncaptured_errors(), 0, "wgpu validation errors");
+}
+
+#[test]
+fn burns_direct_conv_by_name_matches_flex() {
+    let (gpu, _) = websd::gpu::wgpu_device().expect("a wgpu adapter");
+    let cpu = Device::flex();
+    for (i, &(b, c_in, c_out, h, w, k, stride, padding)) in SHAPES.iter().enumerate() {
+        let x = Tensor::<4>::random([b, c_in, h, w], Distribution::Normal(0.0, 1.0), &cpu);
+        let weight = Tensor::<4>::random([c_out, c_in, k, k], Distribution::Normal(0.0, 0.2), &cpu);
+        let bias = Tensor::<1>::random([c_out], Distribution::Normal(0.0, 1.0), &cpu);
+        let [top, left, bottom, right] = padding;
+        let options = ConvOptions::new_with_padding([stride; 2], [(top, bottom), (left, right)], [1, 1], 1);
+        let expected = conv2d(x.clone(), weight.clone(), Some(bias.clone()), options.clone());
+        let gpu_of = |t: Tensor<4>| Tensor::<4>::from_data(t.to_data(), &gpu);
+        let bias_gpu = Tensor::<1>::from_data(bias.to_data(), &gpu);
+        let ours = websd::kernels::conv2d::burn_direct(&gpu_of(x), &gpu_of(weight), Some(&bias_gpu), options)
+            .expect("a cubecl tensor");
+        assert_eq!(ours.dims(), expected.dims(), "shape {i}");
+        let diff =
+            (Tensor::<4>::from_data(ours.to_data(), &cpu) - expected.clone()).abs().max().into_scalar::<f32>();
+        let scale = expected.abs().max().into_scalar::<f32>();
+        assert!(diff <= 1e-4 * scale.max(1.0), "burn's direct conv, shape {i} {:?}: {diff}", SHAPES[i]);
+    }
     assert_eq!(websd::gpu::uncaptured_errors(), 0, "wgpu validation errors");
 }
 
