@@ -29,16 +29,22 @@ const SHAPES: [(usize, usize, usize, usize, usize, usize, usize, [usize; 4]); 10
 const TILINGS: [(usize, usize, usize); 7] =
     [(128, 128, 1), (16, 128, 3), (64, 128, 3), (32, 128, 1), (128, 64, 2), (64, 64, 7), (128, 128, 64)];
 
+/// Random input, weight and bias on Flex for [`SHAPES`]`[i]`, and its options.
+fn conv_case(i: usize, cpu: &Device) -> (Tensor<4>, Tensor<4>, Tensor<1>, ConvOptions<2>) {
+    let (b, c_in, c_out, h, w, k, stride, [top, left, bottom, right]) = SHAPES[i];
+    let x = Tensor::<4>::random([b, c_in, h, w], Distribution::Normal(0.0, 1.0), cpu);
+    let weight = Tensor::<4>::random([c_out, c_in, k, k], Distribution::Normal(0.0, 0.2), cpu);
+    let bias = Tensor::<1>::random([c_out], Distribution::Normal(0.0, 1.0), cpu);
+    let options = ConvOptions::new_with_padding([stride; 2], [(top, bottom), (left, right)], [1, 1], 1);
+    (x, weight, bias, options)
+}
+
 #[test]
 fn conv_kernel_matches_flex() {
     let (gpu, _) = websd::gpu::wgpu_device().expect("a wgpu adapter");
     let cpu = Device::flex();
-    for (i, &(b, c_in, c_out, h, w, k, stride, padding)) in SHAPES.iter().enumerate() {
-        let x = Tensor::<4>::random([b, c_in, h, w], Distribution::Normal(0.0, 1.0), &cpu);
-        let weight = Tensor::<4>::random([c_out, c_in, k, k], Distribution::Normal(0.0, 0.2), &cpu);
-        let bias = Tensor::<1>::random([c_out], Distribution::Normal(0.0, 1.0), &cpu);
-        let [top, left, bottom, right] = padding;
-        let options = ConvOptions::new_with_padding([stride; 2], [(top, bottom), (left, right)], [1, 1], 1);
+    for (i, &(_, _, _, _, _, _, stride, padding)) in SHAPES.iter().enumerate() {
+        let (x, weight, bias, options) = conv_case(i, &cpu);
         let (bm, bn, splits) = TILINGS[i % TILINGS.len()];
         let other = Tiling { bm, bn, splits };
         for (with_bias, tiling) in [(true, Tiling::SMALL), (false, Tiling::SMALL), (i % 2 == 0, other)] {
@@ -132,12 +138,8 @@ fn causal_attention_kernel_matches_flex() {
 fn burns_direct_conv_by_name_matches_flex() {
     let (gpu, _) = websd::gpu::wgpu_device().expect("a wgpu adapter");
     let cpu = Device::flex();
-    for (i, &(b, c_in, c_out, h, w, k, stride, padding)) in SHAPES.iter().enumerate() {
-        let x = Tensor::<4>::random([b, c_in, h, w], Distribution::Normal(0.0, 1.0), &cpu);
-        let weight = Tensor::<4>::random([c_out, c_in, k, k], Distribution::Normal(0.0, 0.2), &cpu);
-        let bias = Tensor::<1>::random([c_out], Distribution::Normal(0.0, 1.0), &cpu);
-        let [top, left, bottom, right] = padding;
-        let options = ConvOptions::new_with_padding([stride; 2], [(top, bottom), (left, right)], [1, 1], 1);
+    for i in 0..SHAPES.len() {
+        let (x, weight, bias, options) = conv_case(i, &cpu);
         let expected = conv2d(x.clone(), weight.clone(), Some(bias.clone()), options.clone());
         let gpu_of = |t: Tensor<4>| Tensor::<4>::from_data(t.to_data(), &gpu);
         let bias_gpu = Tensor::<1>::from_data(bias.to_data(), &gpu);
