@@ -1,12 +1,13 @@
 //! Times the U-Net's main ops at SD 1.5's shapes for a batch-2 call, on the Flex CPU device or on wgpu (in
 //! f32 or f16), to find what to optimise (`../shared/oracle` has no equivalent script):
 //! `cargo run --release --example op_bench -- [latent size, default 32] [cpu|wgpu|wgpu-f16|wgpu-capped]
-//! [peak GFLOP/s] [peak GB/s] [all|conv|attention|tilings] [width divisor, default 1]`.
+//! [peak GFLOP/s] [peak GB/s] [all|conv|attention|tilings|blocks] [width divisor, default 1]`.
 //!
 //! A roofline: each op's FLOPs and the bytes it must at least move (inputs, weights and output once),
 //! achieved GFLOP/s and GB/s, and their share of the peaks given on the command line (the device's
 //! data sheet; `-` or omitted, no share is printed). `conv` or `attention` times only those ops,
-//! `tilings` the U-Net's convolutions in every tiling of our kernel ([`tilings`]); a width
+//! `tilings` the U-Net's convolutions in every tiling of our kernel ([`tilings`]), `blocks` SD's 3x3
+//! convolutions in several blocks of our lane kernel ([`blocks`]); a width
 //! divisor of 10 gives the channels of the SD-shaped bench model (32/64/128/128), 10 at latent size 32
 //! the tiny model's first two levels.
 use std::time::Instant;
@@ -137,6 +138,39 @@ fn tilings(n: usize, divisor: usize, d: &burn::tensor::Device, elem: f64, peaks:
     }
 }
 
+/// SD's four 3x3 convolutions at latent size `n` (batch 2): burn's op, then our lane kernel
+/// ([`conv2d_lanes`](websd::kernels::conv2d::Block)) in several blocks (channels x rows x columns per
+/// lane, 8 lanes a workgroup) and in the block `Block::for_shape` picks: what that rule is set from.
+fn blocks(n: usize, divisor: usize, d: &burn::tensor::Device, elem: f64, peaks: Peaks) {
+    use websd::kernels::conv2d::{Block, conv2d_blocked};
+    let normal = Distribution::Normal(0.0, 1.0);
+    for (c, s) in [(320, n), (640, n / 2), (1280, n / 4), (1280, n / 8)] {
+        let c = c / divisor;
+        let x = Tensor::<4>::random([2, c, s, s], normal, d);
+        let w = Tensor::<4>::random([c, c, 3, 3], normal, d) * 0.05;
+        let bias = Tensor::<1>::random([c], normal, d);
+        let (pixels, cf) = ((2 * s * s) as f64, c as f64);
+        let (flops, bytes) = (2.0 * pixels * cf * cf * 9.0, elem * (2.0 * pixels * cf + 9.0 * cf * cf + cf));
+        let name = format!("conv3x3 {c}ch {s}x{s}");
+        let options = burn::tensor::ops::ConvOptions::new([1; 2], [1; 2], [1, 1], 1);
+        let burn_ms = time(&format!("{name}, burn's"), flops, bytes, peaks, || {
+            read(burn::tensor::module::conv2d(x.clone(), w.clone(), Some(bias.clone()), options.clone()));
+        });
+        let picked = Block::for_shape(c, 2, s, s);
+        let tried = [(8, 4, 8), (16, 4, 4), (32, 2, 4), (32, 1, 4), (16, 8, 8), (16, 4, 8)];
+        let blocks = tried.map(|(ch, rows, cols)| Block { ch, rows, cols, lanes: Block::LANES });
+        let extra = (!blocks.contains(&picked)).then_some(picked);
+        for block in blocks.into_iter().filter(|b| b.rows <= s && b.cols <= s).chain(extra) {
+            let Block { ch, rows, cols, .. } = block;
+            let what = if block == picked { " (picked)" } else { "" };
+            let ms = time(&format!("{name}, websd's {ch}ch x {rows}x{cols}{what}"), flops, bytes, peaks, || {
+                read(conv2d_blocked(&x, &w, Some(&bias), 1, [1; 4], block).expect("a cubecl device"));
+            });
+            println!("{name}: websd's {ch}ch x {rows}x{cols}{what} / burn's = {:.3}", ms / burn_ms);
+        }
+    }
+}
+
 /// Our linear layer: the row kernel or the tiled GEMM (the device's tiling).
 fn our_linear(tiled: bool, x: &Tensor<2>, weight: &Tensor<2>, bias: Option<&Tensor<1>>) -> Tensor<2> {
     let out = match tiled {
@@ -177,6 +211,9 @@ fn main() {
     };
     if only == "tilings" {
         return tilings(n, divisor, &d, elem, peaks);
+    }
+    if only == "blocks" {
+        return blocks(n, divisor, &d, elem, peaks);
     }
     for (c, s) in [(320, n), (640, n / 2), (1280, n / 4), (1280, n / 8)] {
         let c = c / divisor;

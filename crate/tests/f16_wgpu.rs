@@ -201,12 +201,21 @@ fn kernels_in_f16_match_flex() {
             websd::kernels::conv2d::conv2d_tiled(&on_gpu(&x), &on_gpu(&weight), None, stride, padding, tiling).unwrap();
         assert_eq!(ours.dtype(), DType::F16);
         let diff = (back(ours) - expected.clone()).abs().max().into_scalar::<f32>();
-        let scale = expected.abs().max().into_scalar::<f32>();
+        let scale = expected.clone().abs().max().into_scalar::<f32>();
         eprintln!(
             "conv f16 {:?} {tiling:?}: max abs diff {diff:e} (max |out| {scale})",
             (b, c_in, c_out, h, w, stride)
         );
         assert!(diff <= 1e-3 * scale, "conv in f16 differs by {diff}");
+        // The lane kernel (CPU devices), in its block for the shape.
+        let [_, _, out_h, out_w] = expected.dims();
+        let block = websd::kernels::conv2d::Block::for_shape(c_out, b, out_h, out_w);
+        let ours = websd::kernels::conv2d::conv2d_blocked(&on_gpu(&x), &on_gpu(&weight), None, stride, padding, block)
+            .unwrap();
+        assert_eq!(ours.dtype(), DType::F16);
+        let diff = (back(ours) - expected).abs().max().into_scalar::<f32>();
+        eprintln!("conv f16 lanes {block:?}: max abs diff {diff:e} (max |out| {scale})");
+        assert!(diff <= 1e-3 * scale, "lane conv in f16 differs by {diff}");
     }
     for (b, heads, n, m, d) in [(2, 8, 256, 256, 8), (2, 8, 100, 77, 40), (1, 2, 33, 300, 64)] {
         let [q, k, v] = [[b, heads, n, d], [b, heads, m, d], [b, heads, m, d]]

@@ -252,10 +252,11 @@ pub fn output_size(input: usize, kernel: usize, stride: usize, before: usize, af
     Some((input + before + after).checked_sub(kernel)? / stride + 1)
 }
 
-/// `conv2d(x, weight, bias)` with groups 1 and dilation 1, as burn's with the same stride and padding,
-/// tiled as [`super::conv_tiling`] picks for this device and shape; `None` when `x` is not on a
-/// cubecl device, is not f32/f16, or the padded input is smaller than the kernel (the caller then uses
-/// burn's op).
+/// `conv2d(x, weight, bias)` with groups 1 and dilation 1, as burn's with the same stride and padding:
+/// the implicit GEMM tiled as [`super::conv_tiling`] picks for this device and shape, or on CPU
+/// devices ([`super::Choice::conv_lanes`]) [`conv2d_lanes`] in [`Block::for_shape`]'s blocks; `None`
+/// when `x` is not on a cubecl device, is not f32/f16, or the padded input is smaller than the kernel
+/// (the caller then uses burn's op).
 ///
 /// `padding` is (top, left, bottom, right), burn's `PaddingConfig2d::Explicit` order.
 ///
@@ -274,7 +275,11 @@ pub fn conv2d(
     let [b, _, h, w] = x.dims();
     let [c_out, c_in, kh, kw] = weight.dims();
     let [top, left, bottom, right] = padding;
-    let pixels = b * output_size(h, kh, stride, top, bottom)? * output_size(w, kw, stride, left, right)?;
+    let (out_h, out_w) = (output_size(h, kh, stride, top, bottom)?, output_size(w, kw, stride, left, right)?);
+    if super::choice().conv_lanes {
+        return conv2d_blocked(x, weight, bias, stride, padding, Block::for_shape(c_out, b, out_h, out_w));
+    }
+    let pixels = b * out_h * out_w;
     conv2d_tiled(x, weight, bias, stride, padding, super::conv_tiling(c_out, pixels, c_in * kh * kw))
 }
 
@@ -421,4 +426,241 @@ pub(crate) fn launch(
         }
     }
     output
+}
+
+/// One lane's share of the output in [`conv2d_lanes`]: `ch` output channels x `rows` x `cols` pixels,
+/// in workgroups of `lanes`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Block {
+    pub ch: usize,
+    pub rows: usize,
+    pub cols: usize,
+    pub lanes: usize,
+}
+
+impl Block {
+    /// Lanes per workgroup: one vector of llvmpipe's 256-bit registers (more gave nothing at large
+    /// sizes and left lanes idle at small ones: BENCHMARKS.md).
+    pub const LANES: usize = 8;
+
+    /// Accumulators per lane at most: LLVM's compile time grows faster than the block (the tiny
+    /// U-Net's first call on llvmpipe: 11-14 s with 256, 23 s with 512, 35 s with 1024), while 1024
+    /// ran only ~1.4x faster than 256 once compiled.
+    pub const MAX_ACCUMULATORS: usize = 256;
+
+    /// The largest pixel block that still leaves a block for every lane of a workgroup, so that few
+    /// pixels (1280 channels at 4x4) do not leave most of a vector idle, and as many channels as
+    /// [`Self::MAX_ACCUMULATORS`] allow (at most 32), never more than `c_out` needs.
+    /// `op_bench 32 wgpu - - blocks` on llvmpipe (BENCHMARKS.md): 8 channels x 4x8 pixels 28-29
+    /// GFLOP/s at SD's 3x3 shapes at 32x32 and 16x16, 16 x 4x4 24 at 8x8, 32 x 1x4 9 at 4x4 (burn's
+    /// autotuned kernels 7.3-7.9).
+    pub fn for_shape(c_out: usize, batch: usize, out_h: usize, out_w: usize) -> Block {
+        let (rows, cols) = [(4, 8), (4, 4), (2, 4), (1, 4), (1, 2)]
+            .into_iter()
+            .find(|&(r, c)| r <= out_h && c <= out_w && batch * out_h.div_ceil(r) * out_w.div_ceil(c) >= Self::LANES)
+            .unwrap_or((1, 1));
+        let ch = (Self::MAX_ACCUMULATORS / (rows * cols)).min(32);
+        Block { ch: ch.min(c_out.next_power_of_two().max(4)), rows, cols, lanes: Self::LANES }
+    }
+}
+
+/// The convolution for devices whose invocations are SIMD lanes of a CPU (llvmpipe): there every
+/// load from a buffer or from workgroup memory whose address is not a constant runs lane by lane, and
+/// a workgroup's lane groups switch at every barrier, so what counts is arithmetic per loaded value.
+/// No workgroup memory and no barriers: each lane keeps a `px` (pixels along a row) x `ch` (output
+/// channels) block in registers, reads each input row segment once for all `kw` taps, and each weight
+/// once for its `px` pixels.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn conv2d_lanes<E: Float>(
+    input: &[E],
+    weight: &[E],
+    bias: &[E],
+    output: &mut [E],
+    c_in: usize,
+    in_h: usize,
+    in_w: usize,
+    c_out: usize,
+    out_h: usize,
+    out_w: usize,
+    pad_top: usize,
+    pad_left: usize,
+    #[comptime] kh: usize,
+    #[comptime] kw: usize,
+    #[comptime] stride: usize,
+    #[comptime] ch: usize,
+    #[comptime] ry: usize,
+    #[comptime] px: usize,
+    #[comptime] has_bias: bool,
+    #[define(E)] _dtype: ElemType,
+) {
+    let span = comptime!((px - 1) * stride + kw);
+    let span_y = comptime!((ry - 1) * stride + kh);
+    let hw_out = out_h * out_w;
+    let plane = in_h * in_w;
+    let batch = input.len() / (c_in * plane);
+    let row_tiles = (out_w + px - 1) / px;
+    let col_tiles = (out_h + ry - 1) / ry;
+    let lanes = batch * col_tiles * row_tiles;
+    let lane =
+        (CUBE_POS_X as usize + CUBE_POS_Z as usize * CUBE_COUNT_X as usize) * CUBE_DIM_X as usize + UNIT_POS_X as usize;
+    let m0 = CUBE_POS_Y as usize * ch;
+    let lane_ok = lane < lanes;
+    let pb = lane / (col_tiles * row_tiles);
+    let oy0 = ((lane / row_tiles) % col_tiles) * ry;
+    let ox0 = (lane % row_tiles) * px;
+    let y0 = oy0 * stride;
+    let x0 = ox0 * stride;
+    let in_base = pb * c_in * plane;
+    let depth = c_in * kh * kw;
+
+    let mut acc = Array::<f32>::new(ch * ry * px);
+    #[unroll]
+    for i in 0..ch * ry * px {
+        acc[i] = 0.0;
+    }
+    // Each weight row's start, clamped to the last channel (the extra rows are computed, never written).
+    let mut rows = Array::<usize>::new(ch);
+    #[unroll]
+    for m in 0..ch {
+        let mut c = m0 + m;
+        if c >= c_out {
+            c = c_out - 1;
+        }
+        rows[m] = c * depth;
+    }
+    // The input rows and columns the lane's block reads for one input channel, loaded once.
+    let mut seg = Array::<f32>::new(span_y * span);
+    for ci in 0..c_in {
+        let src = in_base + ci * plane;
+        #[unroll]
+        for r in 0..span_y {
+            let iy = y0 + r;
+            let row_ok = lane_ok && iy >= pad_top && iy < in_h + pad_top;
+            let row = src + (iy - pad_top) * in_w;
+            #[unroll]
+            for s in 0..span {
+                let ix = x0 + s;
+                let mut v = 0.0f32;
+                if row_ok && ix >= pad_left && ix < in_w + pad_left {
+                    v = f32::cast_from(input[row + ix - pad_left]);
+                }
+                seg[r * span + s] = v;
+            }
+        }
+        #[unroll]
+        for ky in 0..kh {
+            #[unroll]
+            for kx in 0..kw {
+                let k = (ci * kh + ky) * kw + kx;
+                #[unroll]
+                for m in 0..ch {
+                    let w = f32::cast_from(weight[rows[m] + k]);
+                    #[unroll]
+                    for i in 0..ry {
+                        #[unroll]
+                        for j in 0..px {
+                            acc[(m * ry + i) * px + j] += w * seg[(i * stride + ky) * span + j * stride + kx];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if lane_ok {
+        #[unroll]
+        for m in 0..ch {
+            let c = m0 + m;
+            if c < c_out {
+                let mut b = 0.0f32;
+                if has_bias {
+                    b = f32::cast_from(bias[c]);
+                }
+                #[unroll]
+                for i in 0..ry {
+                    let oy = oy0 + i;
+                    let base = (pb * c_out + c) * hw_out + oy * out_w;
+                    #[unroll]
+                    for j in 0..px {
+                        if oy < out_h && ox0 + j < out_w {
+                            output[base + ox0 + j] = E::cast_from(acc[(m * ry + i) * px + j] + b);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`conv2d_lanes`] on `[batch, c_in, in_h, in_w]` input and `[c_out, c_in, kh, kw]` weights.
+pub(crate) fn launch_lanes(
+    input: CubeTensor,
+    weight: CubeTensor,
+    bias: Option<CubeTensor>,
+    stride: usize,
+    [top, left]: [usize; 2],
+    [out_h, out_w]: [usize; 2],
+    Block { ch, rows: ry, cols: px, lanes }: Block,
+) -> CubeTensor {
+    let dims = |t: &CubeTensor| t.meta.shape().to_vec();
+    let (&[batch, c_in, in_h, in_w], &[c_out, _, kh, kw]) = (&dims(&input)[..], &dims(&weight)[..]) else {
+        unreachable!("rank-4 tensors")
+    };
+    let client = input.client.clone();
+    let dtype = input.dtype;
+    let storage = burn::backend::cubecl::dtype_to_storage_type(dtype);
+    let output = empty_device_dtype(client.clone(), input.device.clone(), [batch, c_out, out_h, out_w].into(), dtype);
+    let has_bias = bias.is_some();
+    let bias = bias.unwrap_or_else(|| weight.clone());
+    let lane_groups = (batch * out_h.div_ceil(ry) * out_w.div_ceil(px)).div_ceil(lanes);
+    let groups_x = lane_groups.min(MAX_GROUPS);
+    let count = CubeCount::Static(groups_x as u32, c_out.div_ceil(ch) as u32, lane_groups.div_ceil(groups_x) as u32);
+    unsafe {
+        conv2d_lanes::launch_unchecked(
+            &client,
+            count,
+            CubeDim::new_1d(lanes as u32),
+            input.into_buffer_arg(),
+            weight.into_buffer_arg(),
+            bias.into_buffer_arg(),
+            output.clone().into_buffer_arg(),
+            c_in,
+            in_h,
+            in_w,
+            c_out,
+            out_h,
+            out_w,
+            top,
+            left,
+            kh,
+            kw,
+            stride,
+            ch,
+            ry,
+            px,
+            has_bias,
+            storage,
+        );
+    }
+    output
+}
+
+/// [`conv2d`] by [`conv2d_lanes`] with a given block (benchmarks and tests try several).
+pub fn conv2d_blocked(
+    x: &Tensor<4>,
+    weight: &Tensor<4>,
+    bias: Option<&Tensor<1>>,
+    stride: usize,
+    padding: [usize; 4],
+    block: Block,
+) -> Option<Tensor<4>> {
+    let [_, _, h, w] = x.dims();
+    let [_, _, kh, kw] = weight.dims();
+    let [top, left, bottom, right] = padding;
+    let out = [output_size(h, kh, stride, top, bottom)?, output_size(w, kw, stride, left, right)?];
+    let dtype = x.dtype();
+    let input = super::cube_tensor(x, dtype)?;
+    let weight = super::cube_tensor(weight, dtype)?;
+    let bias = super::cube_bias(bias, dtype)?;
+    Some(Tensor::from_primitive::<CubeBackend>(launch_lanes(input, weight, bias, stride, [top, left], out, block)))
 }

@@ -4,9 +4,11 @@
 //!
 //! Where they run instead of burn's is chosen by measurement (BENCHMARKS.md, "Our kernels"), per op
 //! and adapter ([`Choice::for_adapter`]): on SwiftShader (the headless browser's WebGPU) all three beat
-//! burn's default kernels. On lavapipe burn's autotuned kernels are faster (LLVM compiles their
-//! workgroup-memory tiles well; SwiftShader's Subzero does not), so everywhere else burn's run until a
-//! device has measured ours. `WEBSD_KERNELS` (native only) forces a choice for benchmarks: `ours`,
+//! burn's default kernels. On lavapipe (llvmpipe: invocations are a CPU's SIMD lanes, and every load
+//! whose address is not a constant runs lane by lane) the convolution is a second kernel of ours
+//! without workgroup memory ([`conv2d::conv2d_lanes`]), faster there than burn's autotuned kernels;
+//! its attention and linear layers stay burn's (ours measured slower there). Everywhere else burn's
+//! run until a device has measured ours. `WEBSD_KERNELS` (native only) forces a choice for benchmarks: `ours`,
 //! `burn`, or a comma list of `conv`, `attention`, `linear`; `WEBSD_CONV_WORKGROUPS=N` tiles the
 //! convolution for a GPU that wants N workgroups in flight ([`conv2d::Tiling::for_workgroups`]).
 
@@ -45,6 +47,9 @@ pub struct Choice {
     /// Workgroups the convolution's tiling aims for ([`conv2d::Tiling::for_workgroups`]); 0 keeps
     /// [`conv2d::Tiling::SMALL`] for every shape.
     pub conv_workgroups: usize,
+    /// The convolution as [`conv2d::conv2d_lanes`] (no workgroup memory; a CPU's SIMD lanes) instead
+    /// of the implicit GEMM.
+    pub conv_lanes: bool,
 }
 
 impl Choice {
@@ -56,6 +61,7 @@ impl Choice {
         conv_min_pixels: 0,
         conv_min_channels: 0,
         conv_workgroups: 0,
+        conv_lanes: false,
     };
 
     /// The choice for a wgpu adapter's name (the browser's "vendor architecture", or the driver's
@@ -73,7 +79,13 @@ impl Choice {
                 conv_min_pixels: 128,
                 conv_min_channels: 64,
                 conv_workgroups: 4,
+                conv_lanes: false,
             };
+        }
+        if name.to_lowercase().contains("llvmpipe") {
+            // `op_bench 32 wgpu - - conv` (BENCHMARKS.md): the lane kernel took 0.18-0.84x the time
+            // of burn's autotuned kernels at SD's four 3x3 shapes; the implicit GEMM 2.0-5.7x.
+            return Choice { conv: true, conv_lanes: true, ..Choice::BURN };
         }
         Choice::BURN
     }

@@ -8,7 +8,7 @@ use burn::tensor::module::{attention, conv2d};
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Distribution, Tensor};
-use websd::kernels::conv2d::Tiling;
+use websd::kernels::conv2d::{Block, Tiling};
 
 /// (batch, c_in, c_out, h, w, kernel, stride, padding (top, left, bottom, right))
 const SHAPES: [(usize, usize, usize, usize, usize, usize, usize, [usize; 4]); 10] = [
@@ -112,7 +112,8 @@ fn attention_kernel_matches_flex() {
 
 /// (batch, heads, tokens, head width): CLIP's (77 tokens; SD 1.5's 12 x 64, SD 2's 16 x 64, the tiny
 /// model's 4 x 8), one token, and an odd count.
-const CAUSAL_SHAPES: [(usize, usize, usize, usize); 4] = [(2, 12, 77, 64), (1, 16, 77, 64), (2, 4, 1, 8), (3, 2, 13, 5)];
+const CAUSAL_SHAPES: [(usize, usize, usize, usize); 4] =
+    [(2, 12, 77, 64), (1, 16, 77, 64), (2, 4, 1, 8), (3, 2, 13, 5)];
 
 #[test]
 fn causal_attention_kernel_matches_flex() {
@@ -134,6 +135,49 @@ fn causal_attention_kernel_matches_flex() {
     assert_eq!(websd::gpu::uncaptured_errors(), 0, "wgpu validation errors");
 }
 
+/// Blocks tried beside [`Block::for_shape`]'s, one per shape in turn: blocks wider and taller than the
+/// image, one pixel, few channels, workgroups of more than one vector.
+const BLOCKS: [(usize, usize, usize, usize); 5] =
+    [(16, 8, 8, 8), (4, 1, 1, 8), (32, 2, 4, 32), (8, 4, 8, 16), (16, 1, 2, 8)];
+
+#[test]
+fn lane_conv_kernel_matches_flex() {
+    let (gpu, _) = websd::gpu::wgpu_device().expect("a wgpu adapter");
+    let cpu = Device::flex();
+    for (i, &(b, _, c_out, _, _, _, stride, padding)) in SHAPES.iter().enumerate() {
+        let (x, weight, bias, options) = conv_case(i, &cpu);
+        let expected = conv2d(x.clone(), weight.clone(), Some(bias.clone()), options.clone());
+        let [_, _, out_h, out_w] = expected.dims();
+        let (ch, rows, cols, lanes) = BLOCKS[i % BLOCKS.len()];
+        let other = Block { ch, rows, cols, lanes };
+        for (with_bias, block) in [(true, Block::for_shape(c_out, b, out_h, out_w)), (i % 2 == 0, other)] {
+            let bias = with_bias.then(|| bias.clone());
+            let expected = conv2d(x.clone(), weight.clone(), bias.clone(), options.clone());
+            let on_gpu = |t: &Tensor<4>| Tensor::<4>::from_data(t.to_data(), &gpu);
+            let bias_gpu = bias.as_ref().map(|t| Tensor::<1>::from_data(t.to_data(), &gpu));
+            let ours = websd::kernels::conv2d::conv2d_blocked(
+                &on_gpu(&x),
+                &on_gpu(&weight),
+                bias_gpu.as_ref(),
+                stride,
+                padding,
+                block,
+            )
+            .expect("a cubecl tensor");
+            assert_eq!(ours.dims(), expected.dims(), "shape {i}");
+            let diff =
+                (Tensor::<4>::from_data(ours.to_data(), &cpu) - expected.clone()).abs().max().into_scalar::<f32>();
+            let scale = expected.abs().max().into_scalar::<f32>();
+            eprintln!(
+                "shape {i} {:?} bias {with_bias} {block:?}: max abs diff {diff:e} (max |out| {scale})",
+                SHAPES[i]
+            );
+            assert!(diff <= 1e-4 * scale.max(1.0), "shape {i}: {diff}");
+        }
+    }
+    assert_eq!(websd::gpu::uncaptured_errors(), 0, "wgpu validation errors");
+}
+
 #[test]
 fn burns_direct_conv_by_name_matches_flex() {
     let (gpu, _) = websd::gpu::wgpu_device().expect("a wgpu adapter");
@@ -146,8 +190,7 @@ fn burns_direct_conv_by_name_matches_flex() {
         let ours = websd::kernels::conv2d::burn_direct(&gpu_of(x), &gpu_of(weight), Some(&bias_gpu), options)
             .expect("a cubecl tensor");
         assert_eq!(ours.dims(), expected.dims(), "shape {i}");
-        let diff =
-            (Tensor::<4>::from_data(ours.to_data(), &cpu) - expected.clone()).abs().max().into_scalar::<f32>();
+        let diff = (Tensor::<4>::from_data(ours.to_data(), &cpu) - expected.clone()).abs().max().into_scalar::<f32>();
         let scale = expected.abs().max().into_scalar::<f32>();
         assert!(diff <= 1e-4 * scale.max(1.0), "burn's direct conv, shape {i} {:?}: {diff}", SHAPES[i]);
     }
