@@ -156,7 +156,20 @@ fn blocks(n: usize, divisor: usize, d: &burn::tensor::Device, elem: f64, peaks: 
         let burn_ms = time(&format!("{name}, burn's"), flops, bytes, peaks, || {
             read(burn::tensor::module::conv2d(x.clone(), w.clone(), Some(bias.clone()), options.clone()));
         });
-        let picked = Block::for_shape(c, 2, s, s);
+        // Our implicit GEMM in the device's tiling, and burn's direct kernel by name: what runs on
+        // SwiftShader instead.
+        let tiling = websd::kernels::conv_tiling(c, 2 * s * s, c * 9);
+        let ms = time(&format!("{name}, websd's implicit GEMM {tiling:?}"), flops, bytes, peaks, || {
+            let out = websd::kernels::conv2d::conv2d_tiled(&x, &w, Some(&bias), 1, [1; 4], tiling);
+            read(out.expect("a cubecl device"));
+        });
+        println!("{name}: websd's implicit GEMM / burn's = {:.3}", ms / burn_ms);
+        let ms = time(&format!("{name}, burn's direct kernel"), flops, bytes, peaks, || {
+            let out = websd::kernels::conv2d::burn_direct(&x, &w, Some(&bias), options.clone());
+            read(out.expect("a cubecl device"));
+        });
+        println!("{name}: burn's direct kernel / burn's = {:.3}", ms / burn_ms);
+        let picked = Block::for_shape(c, 2, s, s, websd::kernels::choice().lane_accumulators);
         let tried = [(8, 4, 8), (16, 4, 4), (32, 2, 4), (32, 1, 4), (16, 8, 8), (16, 4, 8)];
         let blocks = tried.map(|(ch, rows, cols)| Block { ch, rows, cols, lanes: Block::LANES });
         let extra = (!blocks.contains(&picked)).then_some(picked);

@@ -209,7 +209,7 @@ fn kernels_in_f16_match_flex() {
         assert!(diff <= 1e-3 * scale, "conv in f16 differs by {diff}");
         // The lane kernel (CPU devices), in its block for the shape.
         let [_, _, out_h, out_w] = expected.dims();
-        let block = websd::kernels::conv2d::Block::for_shape(c_out, b, out_h, out_w);
+        let block = websd::kernels::conv2d::Block::for_shape(c_out, b, out_h, out_w, 64);
         let ours = websd::kernels::conv2d::conv2d_blocked(&on_gpu(&x), &on_gpu(&weight), None, stride, padding, block)
             .unwrap();
         assert_eq!(ours.dtype(), DType::F16);

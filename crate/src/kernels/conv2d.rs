@@ -277,7 +277,8 @@ pub fn conv2d(
     let [top, left, bottom, right] = padding;
     let (out_h, out_w) = (output_size(h, kh, stride, top, bottom)?, output_size(w, kw, stride, left, right)?);
     if super::choice().conv_lanes {
-        return conv2d_blocked(x, weight, bias, stride, padding, Block::for_shape(c_out, b, out_h, out_w));
+        let block = Block::for_shape(c_out, b, out_h, out_w, super::choice().lane_accumulators);
+        return conv2d_blocked(x, weight, bias, stride, padding, block);
     }
     let pixels = b * out_h * out_w;
     conv2d_tiled(x, weight, bias, stride, padding, super::conv_tiling(c_out, pixels, c_in * kh * kw))
@@ -443,23 +444,28 @@ impl Block {
     /// sizes and left lanes idle at small ones: BENCHMARKS.md).
     pub const LANES: usize = 8;
 
-    /// Accumulators per lane at most: LLVM's compile time grows faster than the block (the tiny
-    /// U-Net's first call on llvmpipe: 11-14 s with 256, 23 s with 512, 35 s with 1024), while 1024
-    /// ran only ~1.4x faster than 256 once compiled.
-    pub const MAX_ACCUMULATORS: usize = 256;
+    /// The accumulators per lane llvmpipe is given ([`super::Choice::lane_accumulators`]): LLVM's
+    /// compile time grows faster than the block (the tiny U-Net's first call there: 11-14 s with 256,
+    /// 23 s with 512, 35 s with 1024), while 1024 ran only ~1.4x faster than 256 once compiled.
+    pub const LLVMPIPE_ACCUMULATORS: usize = 256;
 
-    /// The largest pixel block that still leaves a block for every lane of a workgroup, so that few
-    /// pixels (1280 channels at 4x4) do not leave most of a vector idle, and as many channels as
-    /// [`Self::MAX_ACCUMULATORS`] allow (at most 32), never more than `c_out` needs.
-    /// `op_bench 32 wgpu - - blocks` on llvmpipe (BENCHMARKS.md): 8 channels x 4x8 pixels 28-29
-    /// GFLOP/s at SD's 3x3 shapes at 32x32 and 16x16, 16 x 4x4 24 at 8x8, 32 x 1x4 9 at 4x4 (burn's
-    /// autotuned kernels 7.3-7.9).
-    pub fn for_shape(c_out: usize, batch: usize, out_h: usize, out_w: usize) -> Block {
+    /// The largest pixel block with at least 4 channels in `accumulators` that still leaves a block
+    /// for every lane of a workgroup (so that few pixels, 1280 channels at 4x4, do not leave most of
+    /// a vector idle), and as many channels as `accumulators` allow (at most 32), never more than
+    /// `c_out` needs. `op_bench 32 wgpu - - blocks` on llvmpipe (BENCHMARKS.md): 8 channels x 4x8
+    /// pixels 26-27 GFLOP/s at SD's 3x3 shapes at 32x32 and 16x16, 16 x 4x4 24 at 8x8, 32 x 1x4 9 at
+    /// 4x4 (burn's autotuned kernels 7.3-7.5).
+    pub fn for_shape(c_out: usize, batch: usize, out_h: usize, out_w: usize, accumulators: usize) -> Block {
         let (rows, cols) = [(4, 8), (4, 4), (2, 4), (1, 4), (1, 2)]
             .into_iter()
-            .find(|&(r, c)| r <= out_h && c <= out_w && batch * out_h.div_ceil(r) * out_w.div_ceil(c) >= Self::LANES)
+            .find(|&(r, c)| {
+                4 * r * c <= accumulators
+                    && r <= out_h
+                    && c <= out_w
+                    && batch * out_h.div_ceil(r) * out_w.div_ceil(c) >= Self::LANES
+            })
             .unwrap_or((1, 1));
-        let ch = (Self::MAX_ACCUMULATORS / (rows * cols)).min(32);
+        let ch = (accumulators / (rows * cols)).clamp(1, 32);
         Block { ch: ch.min(c_out.next_power_of_two().max(4)), rows, cols, lanes: Self::LANES }
     }
 }

@@ -4,12 +4,12 @@
 //!
 //! Where they run instead of burn's is chosen by measurement (BENCHMARKS.md, "Our kernels"), per op
 //! and adapter ([`Choice::for_adapter`]): on SwiftShader (the headless browser's WebGPU) all three beat
-//! burn's default kernels. On lavapipe (llvmpipe: invocations are a CPU's SIMD lanes, and every load
-//! whose address is not a constant runs lane by lane) the convolution is a second kernel of ours
-//! without workgroup memory ([`conv2d::conv2d_lanes`]), faster there than burn's autotuned kernels;
-//! its attention and linear layers stay burn's (ours measured slower there). Everywhere else burn's
+//! burn's default kernels. Both it and lavapipe run shaders on the CPU, with invocations as SIMD
+//! lanes; there the convolution is a second kernel of ours without workgroup memory
+//! ([`conv2d::conv2d_lanes`]), faster than our implicit GEMM and than burn's kernels (autotuned on
+//! lavapipe). On lavapipe the attention and linear layers stay burn's (ours measured slower there). Everywhere else burn's
 //! run until a device has measured ours. `WEBSD_KERNELS` (native only) forces a choice for benchmarks: `ours`,
-//! `burn`, or a comma list of `conv`, `attention`, `linear`; `WEBSD_CONV_WORKGROUPS=N` tiles the
+//! `burn`, or a comma list of `conv` (the implicit GEMM), `conv-lanes`, `attention`, `linear`; `WEBSD_CONV_WORKGROUPS=N` tiles the
 //! convolution for a GPU that wants N workgroups in flight ([`conv2d::Tiling::for_workgroups`]).
 
 use std::sync::RwLock;
@@ -48,8 +48,11 @@ pub struct Choice {
     /// [`conv2d::Tiling::SMALL`] for every shape.
     pub conv_workgroups: usize,
     /// The convolution as [`conv2d::conv2d_lanes`] (no workgroup memory; a CPU's SIMD lanes) instead
-    /// of the implicit GEMM.
+    /// of the implicit GEMM, at every size (`conv_min_*` then only choose the linear layer's kernel).
     pub conv_lanes: bool,
+    /// Accumulators per lane in [`conv2d::conv2d_lanes`] ([`conv2d::Block::for_shape`]): larger
+    /// blocks run faster and compile slower.
+    pub lane_accumulators: usize,
 }
 
 impl Choice {
@@ -62,16 +65,20 @@ impl Choice {
         conv_min_channels: 0,
         conv_workgroups: 0,
         conv_lanes: false,
+        lane_accumulators: conv2d::Block::LLVMPIPE_ACCUMULATORS,
     };
 
     /// The choice for a wgpu adapter's name (the browser's "vendor architecture", or the driver's
     /// device name), from the measurements in BENCHMARKS.md.
     pub fn for_adapter(name: &str) -> Choice {
         if name.to_lowercase().contains("swiftshader") {
-            // `op_bench 32 wgpu-capped - - tilings 10` (BENCHMARKS.md): tiled for 4 workgroups (split-K
-            // where there are fewer tiles) ours took 0.40-0.88x burn's time from 64 output channels
-            // and 128 pixels up; with 32 channels or fewer, or at 32 pixels with a 2304-deep
-            // reduction, 1.0-11x.
+            // The convolution: `conv2d_lanes` with blocks of 64 accumulators (native SwiftShader, the
+            // tiny model, BENCHMARKS.md "A convolution for CPU devices"): U-Net call 0.76x and VAE
+            // decode ~0.6x the time of the implicit GEMM with burn's direct kernel below it, and the
+            // first calls 0.8x (128 accumulators: 0.7x warm but first calls 1.05x; 256: 1.8x).
+            // The linear layer: `op_bench 32 wgpu-capped - - tilings 10` (BENCHMARKS.md): the
+            // implicit GEMM tiled for 4 workgroups took 0.40-0.88x burn's time from 64 output
+            // channels and 128 rows up, the row kernel below.
             return Choice {
                 conv: true,
                 attention: true,
@@ -79,11 +86,12 @@ impl Choice {
                 conv_min_pixels: 128,
                 conv_min_channels: 64,
                 conv_workgroups: 4,
-                conv_lanes: false,
+                conv_lanes: true,
+                lane_accumulators: 64,
             };
         }
         if name.to_lowercase().contains("llvmpipe") {
-            // `op_bench 32 wgpu - - conv` (BENCHMARKS.md): the lane kernel took 0.18-0.84x the time
+            // `op_bench 32 wgpu - - conv` (BENCHMARKS.md): the lane kernel took 0.27-0.81x the time
             // of burn's autotuned kernels at SD's four 3x3 shapes; the implicit GEMM 2.0-5.7x.
             return Choice { conv: true, conv_lanes: true, ..Choice::BURN };
         }
@@ -96,7 +104,12 @@ impl Choice {
         if let Some(list) = kernels {
             let ops: Vec<&str> = list.split(',').map(str::trim).collect();
             let all = ops.contains(&"ours");
-            self.conv = all || ops.contains(&"conv");
+            let (gemm, lanes) = (ops.contains(&"conv"), ops.contains(&"conv-lanes"));
+            self.conv = all || gemm || lanes;
+            // `conv` and `conv-lanes` name the kernel; `ours` keeps the adapter's.
+            if gemm || lanes {
+                self.conv_lanes = lanes;
+            }
             self.attention = all || ops.contains(&"attention");
             self.linear = all || ops.contains(&"linear");
             self.conv_min_pixels = 0;

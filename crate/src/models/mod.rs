@@ -66,10 +66,11 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
 
 /// A convolution with groups 1 and dilation 1; `padding` is (top, left, bottom, right).
 ///
-/// Where [`crate::kernels::choice`] says so, our implicit-GEMM kernel ([`crate::kernels::conv2d`]) for
-/// every 1x1 convolution and for outputs of at least its `conv_min_pixels` and `conv_min_channels`, and
-/// burn's direct kernel for the others ([`crate::kernels::conv2d::burn_direct`]): on SwiftShader burn's
-/// default ran some of these as matmuls compiled per shape, most of a cold first step's time.
+/// Where [`crate::kernels::choice`] says so, our kernels ([`crate::kernels::conv2d`]): the lane kernel
+/// for every convolution (SwiftShader, lavapipe), or the implicit GEMM for every 1x1 convolution and
+/// for outputs of at least its `conv_min_pixels` and `conv_min_channels`, and burn's direct kernel for
+/// the others ([`crate::kernels::conv2d::burn_direct`]; burn's default ran some of these as matmuls
+/// compiled per shape, most of a cold first step's time on SwiftShader).
 /// Elsewhere burn's, except a 3x3 stride-1 convolution at the U-Net's lowest resolutions (at most 64
 /// positions, up to 1280 channels): there im2col and one matmul with the weight viewed as
 /// `[c_out, c_in * 9]` is 3-7x faster than burn-flex's direct kernel, and the column buffer is small
@@ -95,7 +96,7 @@ pub fn conv2d_with(
     let pointwise = (kh, kw) == (1, 1) && stride == 1 && padding == [0; 4];
     let pixels = b * size(h, kh, top, bottom).unwrap_or(0) * size(w, kw, left, right).unwrap_or(0);
     if choice.conv
-        && (pointwise || (c_out >= choice.conv_min_channels && pixels >= choice.conv_min_pixels))
+        && (choice.conv_lanes || pointwise || (c_out >= choice.conv_min_channels && pixels >= choice.conv_min_pixels))
         && let Some(out) = crate::kernels::conv2d::conv2d(&x, weight, bias, stride, padding)
     {
         return out;

@@ -150,7 +150,9 @@ fn lane_conv_kernel_matches_flex() {
         let [_, _, out_h, out_w] = expected.dims();
         let (ch, rows, cols, lanes) = BLOCKS[i % BLOCKS.len()];
         let other = Block { ch, rows, cols, lanes };
-        for (with_bias, block) in [(true, Block::for_shape(c_out, b, out_h, out_w)), (i % 2 == 0, other)] {
+        for (with_bias, block) in
+            [(true, Block::for_shape(c_out, b, out_h, out_w, [256, 64][i % 2])), (i % 2 == 0, other)]
+        {
             let bias = with_bias.then(|| bias.clone());
             let expected = conv2d(x.clone(), weight.clone(), bias.clone(), options.clone());
             let on_gpu = |t: &Tensor<4>| Tensor::<4>::from_data(t.to_data(), &gpu);
