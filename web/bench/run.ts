@@ -488,6 +488,8 @@ ${g.ops.f32.ms.map(([k, v], i) => `| ${k} | ${fmt(v, 2)} | ${fmt(g.ops.f16.ms[i]
 const md = `# Benchmarks
 
 Written by \`scripts/bench.sh\` (web/bench/run.ts); raw figures in \`web/bench/results.json\`. Not part of CI.
+The sections measured by hand (from "Memory plan" on) are copied from \`web/bench/memory-plan.md\` and
+\`web/bench/by-hand.md\`: edit those, or the next run drops the edit.
 Each section says when and at which commit it was last run.
 
 | | |
