@@ -184,11 +184,17 @@ fn blocks(n: usize, divisor: usize, d: &burn::tensor::Device, elem: f64, peaks: 
     }
 }
 
-/// Our linear layer: the row kernel or the tiled GEMM (the device's tiling).
-fn our_linear(tiled: bool, x: &Tensor<2>, weight: &Tensor<2>, bias: Option<&Tensor<1>>) -> Tensor<2> {
-    let out = match tiled {
-        true => websd::kernels::linear::linear_tiled(x, weight, bias, None),
-        false => websd::kernels::linear::linear(x, weight, bias),
+/// Our linear layer: the row kernel, the tiled GEMM (the device's tiling) or the lane kernel (the
+/// device's block).
+fn our_linear(kernel: &str, x: &Tensor<2>, weight: &Tensor<2>, bias: Option<&Tensor<1>>) -> Tensor<2> {
+    use websd::kernels::linear;
+    let out = match kernel {
+        "tiled kernel" => linear::linear_tiled(x, weight, bias, None),
+        "lane kernel" => {
+            let block = linear::lane_block(x.dims()[0], weight.dims()[1], websd::kernels::choice().lane_accumulators);
+            linear::linear_blocked(x, weight, bias, block)
+        }
+        _ => linear::linear(x, weight, bias),
     };
     out.expect("a cubecl tensor")
 }
@@ -269,13 +275,13 @@ fn main() {
             if kind != "cpu" {
                 let rows = tokens.clone().reshape([2 * s * s, c]);
                 let bias = lin.bias.as_ref().map(|b| b.val());
-                for (tiled, kernel) in [(false, "kernel"), (true, "tiled kernel")] {
+                for kernel in ["kernel", "tiled kernel", "lane kernel"] {
                     time(
                         &format!("linear {c}->{c} x {} tokens, websd's {kernel}", s * s),
                         2.0 * t * cf * cf,
                         elem * (2.0 * t * cf + cf * cf),
                         peaks,
-                        || read(our_linear(tiled, &rows, &lin.weight.val(), bias.as_ref())),
+                        || read(our_linear(kernel, &rows, &lin.weight.val(), bias.as_ref())),
                     );
                 }
             }
@@ -288,9 +294,9 @@ fn main() {
                 let rows = tokens.clone().reshape([2 * s * s, c]);
                 let bias = ff.bias.as_ref().map(|b| b.val());
                 let name = format!("linear {c}->{} (GEGLU proj) x {} tokens", c * 8, s * s);
-                for (tiled, kernel) in [(false, "kernel"), (true, "tiled kernel")] {
+                for kernel in ["kernel", "tiled kernel", "lane kernel"] {
                     time(&format!("{name}, websd's {kernel}"), flops, bytes, peaks, || {
-                        read(our_linear(tiled, &rows, &ff.weight.val(), bias.as_ref()))
+                        read(our_linear(kernel, &rows, &ff.weight.val(), bias.as_ref()))
                     });
                 }
             }

@@ -254,7 +254,7 @@ pub fn output_size(input: usize, kernel: usize, stride: usize, before: usize, af
 
 /// `conv2d(x, weight, bias)` with groups 1 and dilation 1, as burn's with the same stride and padding:
 /// the implicit GEMM tiled as [`super::conv_tiling`] picks for this device and shape, or on CPU
-/// devices ([`super::Choice::conv_lanes`]) [`conv2d_lanes`] in [`Block::for_shape`]'s blocks; `None`
+/// devices ([`super::Choice::lanes`]) [`conv2d_lanes`] in [`Block::for_shape`]'s blocks; `None`
 /// when `x` is not on a cubecl device, is not f32/f16, or the padded input is smaller than the kernel
 /// (the caller then uses burn's op).
 ///
@@ -276,7 +276,7 @@ pub fn conv2d(
     let [c_out, c_in, kh, kw] = weight.dims();
     let [top, left, bottom, right] = padding;
     let (out_h, out_w) = (output_size(h, kh, stride, top, bottom)?, output_size(w, kw, stride, left, right)?);
-    if super::choice().conv_lanes {
+    if super::choice().lanes {
         let block = Block::for_shape(c_out, b, out_h, out_w, super::choice().lane_accumulators);
         return conv2d_blocked(x, weight, bias, stride, padding, block);
     }

@@ -140,3 +140,143 @@ pub fn linear_tiled(
     let out = super::conv2d::launch(input, weight, bias, 1, [0, 0], [1, 1], tiling, true);
     Some(Tensor::<4>::from_primitive::<CubeBackend>(out).reshape([rows, d_out]))
 }
+
+/// Lanes per workgroup of [`linear_lanes`]: one 256-bit vector of f32.
+const BLOCK_LANES: usize = 8;
+
+/// [`linear`] for devices that run shaders on a CPU (see [`super::conv2d::conv2d_lanes`]): each lane
+/// keeps `r` rows x `c` columns in registers, so each loaded input and weight serves `c` or `r`
+/// multiply-adds instead of ~1 in the row kernel.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn linear_lanes<E: Float>(
+    x: &[E],
+    weight: &[E],
+    bias: &[E],
+    output: &mut [E],
+    rows: usize,
+    d_in: usize,
+    d_out: usize,
+    #[comptime] r: usize,
+    #[comptime] c: usize,
+    #[comptime] has_bias: bool,
+    #[define(E)] _dtype: ElemType,
+) {
+    let lane = (CUBE_POS_X as usize + CUBE_POS_Y as usize * CUBE_COUNT_X as usize) * BLOCK_LANES + UNIT_POS_X as usize;
+    let col_blocks = (d_out + c - 1) / c;
+    let row0 = (lane / col_blocks) * r;
+    let col0 = (lane % col_blocks) * c;
+    // Rows and columns past the ends read the last one and write nothing.
+    let mut start = Array::<usize>::new(r);
+    #[unroll]
+    for i in 0..r {
+        let mut row = row0 + i;
+        if row >= rows {
+            row = rows - 1;
+        }
+        start[i] = row * d_in;
+    }
+    let mut cols = Array::<usize>::new(c);
+    #[unroll]
+    for j in 0..c {
+        let mut col = col0 + j;
+        if col >= d_out {
+            col = d_out - 1;
+        }
+        cols[j] = col;
+    }
+    let mut acc = Array::<f32>::new(r * c);
+    #[unroll]
+    for i in 0..r * c {
+        acc[i] = 0.0;
+    }
+    let mut xs = Array::<f32>::new(r);
+    for k in 0..d_in {
+        #[unroll]
+        for i in 0..r {
+            xs[i] = f32::cast_from(x[start[i] + k]);
+        }
+        let wrow = k * d_out;
+        #[unroll]
+        for j in 0..c {
+            let w = f32::cast_from(weight[wrow + cols[j]]);
+            #[unroll]
+            for i in 0..r {
+                acc[i * c + j] += xs[i] * w;
+            }
+        }
+    }
+    if row0 < rows {
+        #[unroll]
+        for j in 0..c {
+            let col = col0 + j;
+            if col < d_out {
+                let mut b = 0.0f32;
+                if has_bias {
+                    b = f32::cast_from(bias[col]);
+                }
+                #[unroll]
+                for i in 0..r {
+                    if row0 + i < rows {
+                        output[(row0 + i) * d_out + col] = E::cast_from(acc[i * c + j] + b);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The rows x columns block per lane of [`linear_lanes`] for `rows` rows within `accumulators`: as
+/// many rows as still give every lane of a workgroup a block (at most 8), the columns from the rest
+/// (at most 32, never more than `d_out` needs).
+pub fn lane_block(rows: usize, d_out: usize, accumulators: usize) -> (usize, usize) {
+    let r = [8, 4, 2, 1].into_iter().find(|&r| rows.div_ceil(r) >= BLOCK_LANES).unwrap_or(1);
+    let c = (accumulators / r).clamp(1, 32).min(d_out.next_power_of_two());
+    (r, c)
+}
+
+/// [`linear`] by [`linear_lanes`] with `r` x `c` blocks ([`lane_block`] for the device's).
+///
+/// # Shapes
+/// - x: `[rows, d_in]`, weight: `[d_in, d_out]`, bias: `[d_out]`
+/// - output: `[rows, d_out]`
+pub fn linear_blocked(
+    x: &Tensor<2>,
+    weight: &Tensor<2>,
+    bias: Option<&Tensor<1>>,
+    (r, c): (usize, usize),
+) -> Option<Tensor<2>> {
+    let dtype = x.dtype();
+    let [rows, d_in] = x.dims();
+    let d_out = weight.dims()[1];
+    if rows == 0 || d_in == 0 || d_out == 0 {
+        return None;
+    }
+    let input = super::cube_tensor(x, dtype)?;
+    let weight = super::cube_tensor(weight, dtype)?;
+    let bias = super::cube_bias(bias, dtype)?;
+    let client = input.client.clone();
+    let output = empty_device_dtype(client.clone(), input.device.clone(), [rows, d_out].into(), dtype);
+    let count = super::grid_1d(rows.div_ceil(r) * d_out.div_ceil(c), BLOCK_LANES);
+    let has_bias = bias.is_some();
+    let bias = bias.unwrap_or_else(|| weight.clone());
+    unsafe {
+        linear_lanes::launch_unchecked(
+            &client,
+            count,
+            CubeDim::new_1d(BLOCK_LANES as u32),
+            input.into_buffer_arg(),
+            weight.into_buffer_arg(),
+            bias.into_buffer_arg(),
+            output.clone().into_buffer_arg(),
+            rows,
+            d_in,
+            d_out,
+            r,
+            c,
+            has_bias,
+            burn::backend::cubecl::dtype_to_storage_type(dtype),
+        );
+    }
+    Some(Tensor::from_primitive::<CubeBackend>(output))
+}

@@ -47,12 +47,16 @@ pub struct Choice {
     /// Workgroups the convolution's tiling aims for ([`conv2d::Tiling::for_workgroups`]); 0 keeps
     /// [`conv2d::Tiling::SMALL`] for every shape.
     pub conv_workgroups: usize,
-    /// The convolution as [`conv2d::conv2d_lanes`] (no workgroup memory; a CPU's SIMD lanes) instead
-    /// of the implicit GEMM, at every size (`conv_min_*` then only choose the linear layer's kernel).
-    pub conv_lanes: bool,
-    /// Accumulators per lane in [`conv2d::conv2d_lanes`] ([`conv2d::Block::for_shape`]): larger
-    /// blocks run faster and compile slower.
+    /// Our kernels for devices that run shaders on a CPU (no workgroup memory; invocations are SIMD
+    /// lanes): the convolution as [`conv2d::conv2d_lanes`] at every size instead of the implicit GEMM
+    /// and burn's direct kernel (`conv_min_*` then do not apply), and where `linear`, the linear
+    /// layer as [`linear::linear_blocked`] from `lane_min_rows` rows (burn's below them).
+    pub lanes: bool,
+    /// Accumulators per lane in the lane kernels ([`conv2d::Block::for_shape`],
+    /// [`linear::lane_block`]): larger blocks run faster and compile slower.
     pub lane_accumulators: usize,
+    /// Rows from which the lane kernel runs a linear layer.
+    pub lane_min_rows: usize,
 }
 
 impl Choice {
@@ -64,8 +68,9 @@ impl Choice {
         conv_min_pixels: 0,
         conv_min_channels: 0,
         conv_workgroups: 0,
-        conv_lanes: false,
+        lanes: false,
         lane_accumulators: conv2d::Block::LLVMPIPE_ACCUMULATORS,
+        lane_min_rows: 0,
     };
 
     /// The choice for a wgpu adapter's name (the browser's "vendor architecture", or the driver's
@@ -76,9 +81,9 @@ impl Choice {
             // tiny model, BENCHMARKS.md "A convolution for CPU devices"): U-Net call 0.76x and VAE
             // decode ~0.6x the time of the implicit GEMM with burn's direct kernel below it, and the
             // first calls 0.8x (128 accumulators: 0.7x warm but first calls 1.05x; 256: 1.8x).
-            // The linear layer: `op_bench 32 wgpu-capped - - tilings 10` (BENCHMARKS.md): the
-            // implicit GEMM tiled for 4 workgroups took 0.40-0.88x burn's time from 64 output
-            // channels and 128 rows up, the row kernel below.
+            // The linear layer: `linear_lanes` took 0.31-0.84x the time of the tiled implicit GEMM
+            // and 0.17-0.43x the row kernel's at the U-Net's shapes, 32 to 2048 rows
+            // (`op_bench 32 wgpu-capped - - all 10`, BENCHMARKS.md).
             return Choice {
                 conv: true,
                 attention: true,
@@ -86,14 +91,16 @@ impl Choice {
                 conv_min_pixels: 128,
                 conv_min_channels: 64,
                 conv_workgroups: 4,
-                conv_lanes: true,
+                lanes: true,
                 lane_accumulators: 64,
+                lane_min_rows: 0,
             };
         }
         if name.to_lowercase().contains("llvmpipe") {
             // `op_bench 32 wgpu - - conv` (BENCHMARKS.md): the lane kernel took 0.27-0.81x the time
-            // of burn's autotuned kernels at SD's four 3x3 shapes; the implicit GEMM 2.0-5.7x.
-            return Choice { conv: true, conv_lanes: true, ..Choice::BURN };
+            // of burn's autotuned kernels at SD's four 3x3 shapes; the implicit GEMM 2.0-5.7x. The
+            // lane linear kernel 0.43-0.95x burn's matmul from 256 rows (`... all 10`), 1.9x at 32.
+            return Choice { conv: true, linear: true, lanes: true, lane_min_rows: 64, ..Choice::BURN };
         }
         Choice::BURN
     }
@@ -108,7 +115,7 @@ impl Choice {
             self.conv = all || gemm || lanes;
             // `conv` and `conv-lanes` name the kernel; `ours` keeps the adapter's.
             if gemm || lanes {
-                self.conv_lanes = lanes;
+                self.lanes = lanes;
             }
             self.attention = all || ops.contains(&"attention");
             self.linear = all || ops.contains(&"linear");

@@ -19,8 +19,9 @@ use burn::tensor::{DType, FloatDType, Tensor};
 
 /// A linear layer on `[batch, tokens, features]` as one 2-D matmul: burn's batched matmul with a
 /// broadcast weight is about 1.6x slower on the CPU than the same product flattened. Where
-/// [`crate::kernels::choice`] says so, our kernels ([`crate::kernels::linear`]): the tiled GEMM for
-/// at least the convolution's minimum rows and output features, else the row kernel.
+/// [`crate::kernels::choice`] says so, our kernels ([`crate::kernels::linear`]): on CPU devices the
+/// lane kernel; elsewhere the tiled GEMM for at least the convolution's minimum rows and output
+/// features, else the row kernel.
 pub(crate) fn linear(layer: &Linear, x: Tensor<3>) -> Tensor<3> {
     let [b, n, d] = x.dims();
     let x = x.reshape([b * n, d]);
@@ -29,11 +30,21 @@ pub(crate) fn linear(layer: &Linear, x: Tensor<3>) -> Tensor<3> {
     // The tiled kernel where it measured faster (as the convolution's thresholds: GEGLU's projections
     // 1.6-1.9x the row kernel's speed on SwiftShader, square ones at 32 rows 0.7x).
     let tiled = choice.conv && b * n >= choice.conv_min_pixels && weight.dims()[1] >= choice.conv_min_channels;
-    if choice.linear
-        && let Some(y) = match tiled {
-            true => crate::kernels::linear::linear_tiled(&x, &weight, bias.as_ref(), None),
-            false => crate::kernels::linear::linear(&x, &weight, bias.as_ref()),
+    let ours = || {
+        use crate::kernels::linear;
+        if choice.lanes {
+            // CPU devices: the lane kernel, or burn's below its rows.
+            let block = linear::lane_block(b * n, weight.dims()[1], choice.lane_accumulators);
+            return (b * n >= choice.lane_min_rows)
+                .then(|| linear::linear_blocked(&x, &weight, bias.as_ref(), block))?;
         }
+        match tiled {
+            true => linear::linear_tiled(&x, &weight, bias.as_ref(), None),
+            false => linear::linear(&x, &weight, bias.as_ref()),
+        }
+    };
+    if choice.linear
+        && let Some(y) = ours()
     {
         let out = y.dims()[1];
         return y.reshape([b, n, out]);
@@ -96,7 +107,7 @@ pub fn conv2d_with(
     let pointwise = (kh, kw) == (1, 1) && stride == 1 && padding == [0; 4];
     let pixels = b * size(h, kh, top, bottom).unwrap_or(0) * size(w, kw, left, right).unwrap_or(0);
     if choice.conv
-        && (choice.conv_lanes || pointwise || (c_out >= choice.conv_min_channels && pixels >= choice.conv_min_pixels))
+        && (choice.lanes || pointwise || (c_out >= choice.conv_min_channels && pixels >= choice.conv_min_pixels))
         && let Some(out) = crate::kernels::conv2d::conv2d(&x, weight, bias, stride, padding)
     {
         return out;

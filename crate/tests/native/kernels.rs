@@ -229,6 +229,18 @@ fn linear_kernel_matches_flex() {
                 eprintln!("linear shape {i} tiled {tiling:?}: max abs diff {diff:e}");
                 assert!(diff <= 1e-5 * expected.clone().abs().max().into_scalar::<f32>().max(1.0), "tiled {i}: {diff}");
             }
+            // The lane kernel in the blocks it picks for 256 and 64 accumulators, and in odd ones.
+            let picked = [256, 64].map(|accs| websd::kernels::linear::lane_block(rows, d_out, accs));
+            for block in picked.into_iter().chain([(3, 5), (1, 1)]) {
+                let ours =
+                    websd::kernels::linear::linear_blocked(&on_gpu(&x), &on_gpu(&weight), bias_gpu.as_ref(), block)
+                        .expect("a cubecl tensor");
+                assert_eq!(ours.dims(), expected.dims(), "shape {i}");
+                let diff =
+                    (Tensor::<2>::from_data(ours.to_data(), &cpu) - expected.clone()).abs().max().into_scalar::<f32>();
+                eprintln!("linear shape {i} lanes {block:?}: max abs diff {diff:e}");
+                assert!(diff <= 1e-5 * expected.clone().abs().max().into_scalar::<f32>().max(1.0), "lanes {i}: {diff}");
+            }
             let ours = websd::kernels::linear::linear(&on_gpu(&x), &on_gpu(&weight), bias_gpu.as_ref())
                 .expect("a cubecl tensor");
             assert_eq!(ours.dims(), expected.dims(), "shape {i}");
