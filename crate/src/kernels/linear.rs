@@ -10,6 +10,7 @@ use burn_cubecl::CubeBackend;
 use burn_cubecl::cubecl;
 use burn_cubecl::cubecl::prelude::*;
 use burn_cubecl::ops::numeric::empty_device_dtype;
+use burn_cubecl::tensor::CubeTensor;
 
 /// Output columns per workgroup, one per invocation.
 const LANES: usize = 64;
@@ -80,22 +81,11 @@ fn linear_rows<E: Float>(
 /// - bias: `[d_out]`
 /// - output: `[rows, d_out]`
 pub fn linear(x: &Tensor<2>, weight: &Tensor<2>, bias: Option<&Tensor<1>>) -> Option<Tensor<2>> {
-    let dtype = x.dtype();
-    let [rows, d_in] = x.dims();
-    let d_out = weight.dims()[1];
-    if rows == 0 || d_in == 0 || d_out == 0 {
-        return None;
-    }
-    let input = super::cube_tensor(x, dtype)?;
-    let weight = super::cube_tensor(weight, dtype)?;
-    let bias = super::cube_bias(bias, dtype)?;
-    let client = input.client.clone();
-    let output = empty_device_dtype(client.clone(), input.device.clone(), [rows, d_out].into(), dtype);
+    let (input, weight, (bias, has_bias), output, [rows, d_in, d_out]) = operands(x, weight, bias)?;
+    let (client, dtype) = (input.client.clone(), input.dtype);
     let row_groups = rows.div_ceil(ROWS);
     let groups_y = row_groups.min(super::MAX_GROUPS);
     let count = CubeCount::Static(d_out.div_ceil(LANES) as u32, groups_y as u32, row_groups.div_ceil(groups_y) as u32);
-    let has_bias = bias.is_some();
-    let bias = bias.unwrap_or_else(|| weight.clone());
     unsafe {
         linear_rows::launch_unchecked(
             &client,
@@ -113,6 +103,29 @@ pub fn linear(x: &Tensor<2>, weight: &Tensor<2>, bias: Option<&Tensor<1>>) -> Op
         );
     }
     Some(Tensor::from_primitive::<CubeBackend>(output))
+}
+
+/// A linear layer's operands as contiguous cubecl tensors (the bias, or the weight as a binding
+/// that is never read, and whether there is one), its empty `[rows, d_out]` output and
+/// `[rows, d_in, d_out]`; `None` where [`linear`] declines.
+#[allow(clippy::type_complexity)]
+fn operands(
+    x: &Tensor<2>,
+    weight: &Tensor<2>,
+    bias: Option<&Tensor<1>>,
+) -> Option<(CubeTensor, CubeTensor, (CubeTensor, bool), CubeTensor, [usize; 3])> {
+    let dtype = x.dtype();
+    let [rows, d_in] = x.dims();
+    let d_out = weight.dims()[1];
+    if rows == 0 || d_in == 0 || d_out == 0 {
+        return None;
+    }
+    let input = super::cube_tensor(x, dtype)?;
+    let weight = super::cube_tensor(weight, dtype)?;
+    let bias = super::cube_bias(bias, dtype)?;
+    let output = empty_device_dtype(input.client.clone(), input.device.clone(), [rows, d_out].into(), dtype);
+    let bias = (bias.clone().unwrap_or_else(|| weight.clone()), bias.is_some());
+    Some((input, weight, bias, output, [rows, d_in, d_out]))
 }
 
 /// [`linear`] as a tiled GEMM: our convolution kernel with 1x1 images, one per row
@@ -246,20 +259,9 @@ pub fn linear_blocked(
     bias: Option<&Tensor<1>>,
     (r, c): (usize, usize),
 ) -> Option<Tensor<2>> {
-    let dtype = x.dtype();
-    let [rows, d_in] = x.dims();
-    let d_out = weight.dims()[1];
-    if rows == 0 || d_in == 0 || d_out == 0 {
-        return None;
-    }
-    let input = super::cube_tensor(x, dtype)?;
-    let weight = super::cube_tensor(weight, dtype)?;
-    let bias = super::cube_bias(bias, dtype)?;
-    let client = input.client.clone();
-    let output = empty_device_dtype(client.clone(), input.device.clone(), [rows, d_out].into(), dtype);
+    let (input, weight, (bias, has_bias), output, [rows, d_in, d_out]) = operands(x, weight, bias)?;
+    let (client, dtype) = (input.client.clone(), input.dtype);
     let count = super::grid_1d(rows.div_ceil(r) * d_out.div_ceil(c), BLOCK_LANES);
-    let has_bias = bias.is_some();
-    let bias = bias.unwrap_or_else(|| weight.clone());
     unsafe {
         linear_lanes::launch_unchecked(
             &client,

@@ -39,6 +39,26 @@ fn conv_case(i: usize, cpu: &Device) -> (Tensor<4>, Tensor<4>, Tensor<1>, ConvOp
     (x, weight, bias, options)
 }
 
+/// Runs `ours` on GPU copies of a convolution's input, weight and bias and checks it against burn's
+/// conv2d on Flex (within 1e-4 x max|out|); `what` names the case in the log.
+fn assert_conv_matches(
+    (x, weight, bias, options): (&Tensor<4>, &Tensor<4>, Option<&Tensor<1>>, &ConvOptions<2>),
+    gpu: &Device,
+    what: &str,
+    ours: impl Fn(&Tensor<4>, &Tensor<4>, Option<&Tensor<1>>) -> Option<Tensor<4>>,
+) {
+    let cpu = Device::flex();
+    let expected = conv2d(x.clone(), weight.clone(), bias.cloned(), options.clone());
+    let on_gpu = |t: &Tensor<4>| Tensor::<4>::from_data(t.to_data(), gpu);
+    let bias_gpu = bias.map(|t| Tensor::<1>::from_data(t.to_data(), gpu));
+    let ours = ours(&on_gpu(x), &on_gpu(weight), bias_gpu.as_ref()).expect("a cubecl tensor");
+    assert_eq!(ours.dims(), expected.dims(), "{what}");
+    let diff = (Tensor::<4>::from_data(ours.to_data(), &cpu) - expected.clone()).abs().max().into_scalar::<f32>();
+    let scale = expected.abs().max().into_scalar::<f32>();
+    eprintln!("{what}: max abs diff {diff:e} (max |out| {scale})");
+    assert!(diff <= 1e-4 * scale.max(1.0), "{what}: {diff}");
+}
+
 #[test]
 fn conv_kernel_matches_flex() {
     let (gpu, _) = websd::gpu::wgpu_device().expect("a wgpu adapter");
@@ -48,28 +68,11 @@ fn conv_kernel_matches_flex() {
         let (bm, bn, splits) = TILINGS[i % TILINGS.len()];
         let other = Tiling { bm, bn, splits };
         for (with_bias, tiling) in [(true, Tiling::SMALL), (false, Tiling::SMALL), (i % 2 == 0, other)] {
-            let bias = with_bias.then(|| bias.clone());
-            let expected = conv2d(x.clone(), weight.clone(), bias.clone(), options.clone());
-            let on_gpu = |t: &Tensor<4>| Tensor::<4>::from_data(t.to_data(), &gpu);
-            let bias_gpu = bias.as_ref().map(|t| Tensor::<1>::from_data(t.to_data(), &gpu));
-            let ours = websd::kernels::conv2d::conv2d_tiled(
-                &on_gpu(&x),
-                &on_gpu(&weight),
-                bias_gpu.as_ref(),
-                stride,
-                padding,
-                tiling,
-            )
-            .expect("a cubecl tensor");
-            assert_eq!(ours.dims(), expected.dims(), "shape {i}");
-            let diff =
-                (Tensor::<4>::from_data(ours.to_data(), &cpu) - expected.clone()).abs().max().into_scalar::<f32>();
-            let scale = expected.abs().max().into_scalar::<f32>();
-            eprintln!(
-                "shape {i} {:?} bias {with_bias} {tiling:?}: max abs diff {diff:e} (max |out| {scale})",
-                SHAPES[i]
-            );
-            assert!(diff <= 1e-4 * scale.max(1.0), "shape {i}: {diff}");
+            let bias = with_bias.then_some(&bias);
+            let what = format!("shape {i} {:?} bias {with_bias} {tiling:?}", SHAPES[i]);
+            assert_conv_matches((&x, &weight, bias, &options), &gpu, &what, |x, w, b| {
+                websd::kernels::conv2d::conv2d_tiled(x, w, b, stride, padding, tiling)
+            });
         }
     }
     // On Flex the kernel declines (the caller uses burn's op).
@@ -153,28 +156,11 @@ fn lane_conv_kernel_matches_flex() {
         for (with_bias, block) in
             [(true, Block::for_shape(c_out, b, out_h, out_w, [256, 64][i % 2])), (i % 2 == 0, other)]
         {
-            let bias = with_bias.then(|| bias.clone());
-            let expected = conv2d(x.clone(), weight.clone(), bias.clone(), options.clone());
-            let on_gpu = |t: &Tensor<4>| Tensor::<4>::from_data(t.to_data(), &gpu);
-            let bias_gpu = bias.as_ref().map(|t| Tensor::<1>::from_data(t.to_data(), &gpu));
-            let ours = websd::kernels::conv2d::conv2d_blocked(
-                &on_gpu(&x),
-                &on_gpu(&weight),
-                bias_gpu.as_ref(),
-                stride,
-                padding,
-                block,
-            )
-            .expect("a cubecl tensor");
-            assert_eq!(ours.dims(), expected.dims(), "shape {i}");
-            let diff =
-                (Tensor::<4>::from_data(ours.to_data(), &cpu) - expected.clone()).abs().max().into_scalar::<f32>();
-            let scale = expected.abs().max().into_scalar::<f32>();
-            eprintln!(
-                "shape {i} {:?} bias {with_bias} {block:?}: max abs diff {diff:e} (max |out| {scale})",
-                SHAPES[i]
-            );
-            assert!(diff <= 1e-4 * scale.max(1.0), "shape {i}: {diff}");
+            let bias = with_bias.then_some(&bias);
+            let what = format!("shape {i} {:?} bias {with_bias} {block:?}", SHAPES[i]);
+            assert_conv_matches((&x, &weight, bias, &options), &gpu, &what, |x, w, b| {
+                websd::kernels::conv2d::conv2d_blocked(x, w, b, stride, padding, block)
+            });
         }
     }
     assert_eq!(websd::gpu::uncaptured_errors(), 0, "wgpu validation errors");
