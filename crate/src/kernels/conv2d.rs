@@ -276,8 +276,9 @@ pub fn conv2d(
     let [c_out, c_in, kh, kw] = weight.dims();
     let [top, left, bottom, right] = padding;
     let (out_h, out_w) = (output_size(h, kh, stride, top, bottom)?, output_size(w, kw, stride, left, right)?);
-    if super::choice().lanes {
-        let block = Block::for_shape(c_out, b, out_h, out_w, super::choice().lane_accumulators);
+    let choice = super::choice();
+    if choice.lanes {
+        let block = Block::for_shape(c_out, b, out_h, out_w, choice.lane_accumulators);
         return conv2d_blocked(x, weight, bias, stride, padding, block);
     }
     let pixels = b * out_h * out_w;
@@ -473,9 +474,9 @@ impl Block {
 /// The convolution for devices whose invocations are SIMD lanes of a CPU (llvmpipe): there every
 /// load from a buffer or from workgroup memory whose address is not a constant runs lane by lane, and
 /// a workgroup's lane groups switch at every barrier, so what counts is arithmetic per loaded value.
-/// No workgroup memory and no barriers: each lane keeps a `px` (pixels along a row) x `ch` (output
-/// channels) block in registers, reads each input row segment once for all `kw` taps, and each weight
-/// once for its `px` pixels.
+/// No workgroup memory and no barriers: each lane keeps a block of `ch` output channels x `ry` rows x
+/// `px` pixels in registers, loads the input rows and columns the block reads once per input channel
+/// (for all `kh` x `kw` taps), and each weight once for all its pixels.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn conv2d_lanes<E: Float>(

@@ -3,13 +3,14 @@
 //! and the caller then uses burn's op.
 //!
 //! Where they run instead of burn's is chosen by measurement (BENCHMARKS.md, "Our kernels"), per op
-//! and adapter ([`Choice::for_adapter`]): on SwiftShader (the headless browser's WebGPU) all three beat
-//! burn's default kernels. Both it and lavapipe run shaders on the CPU, with invocations as SIMD
-//! lanes; there the convolution is a second kernel of ours without workgroup memory
-//! ([`conv2d::conv2d_lanes`]), faster than our implicit GEMM and than burn's kernels (autotuned on
-//! lavapipe). On lavapipe the attention and linear layers stay burn's (ours measured slower there). Everywhere else burn's
-//! run until a device has measured ours. `WEBSD_KERNELS` (native only) forces a choice for benchmarks: `ours`,
-//! `burn`, or a comma list of `conv` (the implicit GEMM), `conv-lanes`, `attention`, `linear`; `WEBSD_CONV_WORKGROUPS=N` tiles the
+//! and adapter ([`Choice::for_adapter`]). SwiftShader (the headless browser's WebGPU) and lavapipe run
+//! shaders on the CPU, invocations as SIMD lanes; there the convolution and the linear layer are our
+//! lane kernels without workgroup memory ([`conv2d::conv2d_lanes`], [`linear::linear_blocked`]),
+//! faster than our implicit GEMM and than burn's kernels (autotuned on lavapipe), and on SwiftShader
+//! our attention beats burn's; on lavapipe the attention and linear layers under 64 rows stay burn's.
+//! Everywhere else burn's run until a device has measured ours. `WEBSD_KERNELS` (native only) forces
+//! a choice for benchmarks: `ours`, `burn`, or a comma list of `conv` (the implicit GEMM),
+//! `conv-lanes`, `attention`, `linear`; `WEBSD_CONV_WORKGROUPS=N` tiles the implicit GEMM's
 //! convolution for a GPU that wants N workgroups in flight ([`conv2d::Tiling::for_workgroups`]).
 
 use std::sync::RwLock;
@@ -84,16 +85,15 @@ impl Choice {
             // The linear layer: `linear_lanes` took 0.31-0.84x the time of the tiled implicit GEMM
             // and 0.17-0.43x the row kernel's at the U-Net's shapes, 32 to 2048 rows
             // (`op_bench 32 wgpu-capped - - all 10`, BENCHMARKS.md).
+            // The implicit GEMM's tiling is kept for `WEBSD_KERNELS=conv` (4 workgroups measured best).
             return Choice {
                 conv: true,
                 attention: true,
                 linear: true,
-                conv_min_pixels: 128,
-                conv_min_channels: 64,
                 conv_workgroups: 4,
                 lanes: true,
                 lane_accumulators: 64,
-                lane_min_rows: 0,
+                ..Choice::BURN
             };
         }
         if name.to_lowercase().contains("llvmpipe") {

@@ -27,18 +27,20 @@ pub(crate) fn linear(layer: &Linear, x: Tensor<3>) -> Tensor<3> {
     let x = x.reshape([b * n, d]);
     let choice = crate::kernels::choice();
     let (weight, bias) = (layer.weight.val(), layer.bias.as_ref().map(|b| b.val()));
-    // The tiled kernel where it measured faster (as the convolution's thresholds: GEGLU's projections
-    // 1.6-1.9x the row kernel's speed on SwiftShader, square ones at 32 rows 0.7x).
-    let tiled = choice.conv && b * n >= choice.conv_min_pixels && weight.dims()[1] >= choice.conv_min_channels;
+    let (rows, d_out) = (b * n, weight.dims()[1]);
     let ours = || {
         use crate::kernels::linear;
         if choice.lanes {
             // CPU devices: the lane kernel, or burn's below its rows.
-            let block = linear::lane_block(b * n, weight.dims()[1], choice.lane_accumulators);
-            return (b * n >= choice.lane_min_rows)
-                .then(|| linear::linear_blocked(&x, &weight, bias.as_ref(), block))?;
+            if rows < choice.lane_min_rows {
+                return None;
+            }
+            let block = linear::lane_block(rows, d_out, choice.lane_accumulators);
+            return linear::linear_blocked(&x, &weight, bias.as_ref(), block);
         }
-        match tiled {
+        // The tiled kernel where it measured faster (as the convolution's thresholds: GEGLU's
+        // projections 1.6-1.9x the row kernel's speed on SwiftShader, square ones at 32 rows 0.7x).
+        match choice.conv && rows >= choice.conv_min_pixels && d_out >= choice.conv_min_channels {
             true => linear::linear_tiled(&x, &weight, bias.as_ref(), None),
             false => linear::linear(&x, &weight, bias.as_ref()),
         }
