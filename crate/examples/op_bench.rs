@@ -1,11 +1,12 @@
 //! Times the U-Net's main ops at SD 1.5's shapes for a batch-2 call, on the Flex CPU device or on wgpu (in
 //! f32 or f16), to find what to optimise (`../shared/oracle` has no equivalent script):
 //! `cargo run --release --example op_bench -- [latent size, default 32] [cpu|wgpu|wgpu-f16|wgpu-capped]
-//! [peak GFLOP/s] [peak GB/s] [all|conv|attention|tilings|blocks] [width divisor, default 1]`.
+//! [peak GFLOP/s] [peak GB/s] [all|conv|attention|norm|tilings|blocks] [width divisor, default 1]`.
 //!
 //! A roofline: each op's FLOPs and the bytes it must at least move (inputs, weights and output once),
 //! achieved GFLOP/s and GB/s, and their share of the peaks given on the command line (the device's
 //! data sheet; `-` or omitted, no share is printed). `conv` or `attention` times only those ops,
+//! `norm` GroupNorm + SiLU and LayerNorm, burn's against our kernel in both layouts ([`norms`]),
 //! `tilings` the U-Net's convolutions in every tiling of our kernel ([`tilings`]), `blocks` SD's 3x3
 //! convolutions in several blocks of our lane kernel ([`blocks`]); a width
 //! divisor of 10 gives the channels of the SD-shaped bench model (32/64/128/128), 10 at latent size 32
@@ -199,6 +200,48 @@ fn our_linear(kernel: &str, x: &Tensor<2>, weight: &Tensor<2>, bias: Option<&Ten
     out.expect("a cubecl tensor")
 }
 
+/// GroupNorm + SiLU (every ResNet block's) and LayerNorm (the transformer blocks') at the U-Net's
+/// levels: burn's module and activation against our kernel in both layouts. The bytes are one read
+/// and one write (our kernel reads its block three times, from cache where it fits).
+fn norms(n: usize, divisor: usize, d: &burn::tensor::Device, elem: f64, peaks: Peaks) {
+    use burn::nn::LayerNormConfig;
+    use burn::tensor::activation::silu;
+    use websd::kernels::norm::{Layout, group_norm, layer_norm};
+    let normal = Distribution::Normal(0.0, 1.0);
+    for (c, s) in [(320, n), (640, n / 2), (1280, n / 4), (1280, n / 8)] {
+        let c = c / divisor;
+        let x = Tensor::<4>::random([2, c, s, s], normal, d);
+        let values = (2 * c * s * s) as f64;
+        let gn = GroupNormConfig::new(32, c).init(d);
+        let (gamma, beta) = (gn.gamma.as_ref().unwrap().val(), gn.beta.as_ref().unwrap().val());
+        let name = format!("groupnorm+silu {c}ch {s}x{s}");
+        let burn_ms = time(&format!("{name}, burn's"), 10.0 * values, elem * 2.0 * values, peaks, || {
+            read(silu(gn.forward(x.clone())));
+        });
+        for layout in [Layout::Lane, Layout::Workgroup] {
+            let ours_ms =
+                time(&format!("{name}, websd's {layout:?}"), 10.0 * values, elem * 2.0 * values, peaks, || {
+                    read(group_norm(&x, 32, Some((&gamma, &beta)), 1e-5, true, layout).expect("a cubecl device"));
+                });
+            println!("{name}: websd's {layout:?} / burn's = {:.3}", ours_ms / burn_ms);
+        }
+        let tokens = Tensor::<3>::random([2, s * s, c], normal, d);
+        let ln = LayerNormConfig::new(c).init(d);
+        let beta = ln.beta.as_ref().unwrap().val();
+        let name = format!("layernorm {c} x {} tokens", s * s);
+        let burn_ms = time(&format!("{name}, burn's"), 8.0 * values, elem * 2.0 * values, peaks, || {
+            read(ln.forward(tokens.clone()));
+        });
+        for layout in [Layout::Lane, Layout::Workgroup] {
+            let ours_ms =
+                time(&format!("{name}, websd's {layout:?}"), 8.0 * values, elem * 2.0 * values, peaks, || {
+                    read(layer_norm(&tokens, Some((&ln.gamma.val(), &beta)), 1e-5, layout).expect("a cubecl device"));
+                });
+            println!("{name}: websd's {layout:?} / burn's = {:.3}", ours_ms / burn_ms);
+        }
+    }
+}
+
 /// softmax(q k^T / sqrt(d)) v with the score matrix materialised, `rows` queries at a time.
 fn matmul_attention(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>, rows: usize) -> Tensor<4> {
     let [_, _, n, d] = q.dims();
@@ -233,6 +276,9 @@ fn main() {
     }
     if only == "blocks" {
         return blocks(n, divisor, &d, elem, peaks);
+    }
+    if only == "norm" {
+        return norms(n, divisor, &d, elem, peaks);
     }
     for (c, s) in [(320, n), (640, n / 2), (1280, n / 4), (1280, n / 8)] {
         let c = c / divisor;

@@ -1,7 +1,8 @@
 //! Where a tiny txt2img run spends its time (text encoder, U-Net calls, decode, single ops):
-//! `cargo run --release --example tiny_profile -- [model dir] [cpu|wgpu|wgpu-f16|wgpu-capped] [unet]`;
-//! `unet` times the U-Net call alone (for a kernel profile of whole U-Net calls:
-//! `CUBECL_DEBUG_OPTION=profile CUBECL_DEBUG_LOG=FILE`, summed by `scripts/profile-summary.py FILE`).
+//! `cargo run --release --example tiny_profile -- [model dir] [cpu|wgpu|wgpu-f16|wgpu-capped] [unet|vae]`;
+//! `unet` stops after the U-Net calls, `vae` after the decodes (for a kernel profile of whole calls:
+//! `CUBECL_DEBUG_OPTION=profile CUBECL_DEBUG_LOG=FILE`, summed by `scripts/profile-summary.py FILE`,
+//! the last call alone by `scripts/profile-warm.py FILE`).
 use std::time::Instant;
 
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
@@ -40,6 +41,9 @@ fn main() {
     time("vae decode", &mut || {
         let _ = m.vae_decoder.decode(z.clone(), 32 << 20).into_data();
     });
+    if std::env::args().nth(3).as_deref() == Some("vae") {
+        return;
+    }
     let s = Tensor::<4>::random([2, 64, 32, 32], Distribution::Normal(0.0, 1.0), &d);
     let gn = burn::nn::GroupNormConfig::new(32, 64).init(&d);
     time("group_norm [2,64,32,32] ours", &mut || {

@@ -226,5 +226,39 @@ fn kernels_in_f16_match_flex() {
         eprintln!("attention f16 {:?}: max abs diff {diff:e}", (b, heads, n, m, d));
         assert!(diff <= 2e-3, "attention in f16 differs by {diff}");
     }
+    // GroupNorm + SiLU and LayerNorm: f16 in and out, statistics in f32, both layouts.
+    use websd::kernels::norm::{Layout, group_norm, layer_norm};
+    let x = rounded(Tensor::random([2, 64, 9, 9], Distribution::Normal(2.0, 3.0), &cpu));
+    let params = |c: usize| {
+        let gamma = Tensor::<1>::random([c], Distribution::Normal(1.0, 0.5), &cpu);
+        let beta = Tensor::<1>::random([c], Distribution::Normal(0.0, 0.5), &cpu);
+        let f16 =
+            |t: Tensor<1>| Tensor::<1>::from_data(t.to_data().convert::<burn::tensor::f16>().convert::<f32>(), &cpu);
+        (f16(gamma), f16(beta))
+    };
+    let on_gpu_1 = |t: &Tensor<1>| Tensor::<1>::from_data(t.to_data().convert::<burn::tensor::f16>(), &device);
+    let (gamma, beta) = params(64);
+    let mut norm = burn::nn::GroupNormConfig::new(32, 64).init(&cpu);
+    norm.gamma = Some(burn::module::Param::from_tensor(gamma.clone()));
+    norm.beta = Some(burn::module::Param::from_tensor(beta.clone()));
+    let expected = burn::tensor::activation::silu(norm.forward(x.clone()));
+    let scale = expected.clone().abs().max().into_scalar::<f32>();
+    let tokens = x.clone().reshape([1, 2, 64, 81]);
+    let (ln_gamma, ln_beta) = params(81);
+    let ln_expected = burn::tensor::module::layer_norm(tokens.clone(), ln_gamma.clone(), Some(ln_beta.clone()), 1e-5);
+    let ln_scale = ln_expected.clone().abs().max().into_scalar::<f32>();
+    for layout in [Layout::Workgroup, Layout::Lane] {
+        let ours =
+            group_norm(&on_gpu(&x), 32, Some((&on_gpu_1(&gamma), &on_gpu_1(&beta))), 1e-5, true, layout).unwrap();
+        assert_eq!(ours.dtype(), DType::F16);
+        let diff = (back(ours) - expected.clone()).abs().max().into_scalar::<f32>();
+        eprintln!("group norm + silu f16 {layout:?}: max abs diff {diff:e} (max |out| {scale})");
+        assert!(diff <= 1e-3 * scale, "group norm in f16 differs by {diff}");
+        let ours =
+            layer_norm(&on_gpu(&tokens), Some((&on_gpu_1(&ln_gamma), &on_gpu_1(&ln_beta))), 1e-5, layout).unwrap();
+        let diff = (back(ours) - ln_expected.clone()).abs().max().into_scalar::<f32>();
+        eprintln!("layer norm f16 {layout:?}: max abs diff {diff:e} (max |out| {ln_scale})");
+        assert!(diff <= 1e-3 * ln_scale, "layer norm in f16 differs by {diff}");
+    }
     assert_eq!(websd::gpu::uncaptured_errors(), 0, "wgpu validation errors");
 }

@@ -6,11 +6,12 @@
 //! and adapter ([`Choice::for_adapter`]). SwiftShader (the headless browser's WebGPU) and lavapipe run
 //! shaders on the CPU, invocations as SIMD lanes; there the convolution and the linear layer are our
 //! lane kernels without workgroup memory ([`conv2d::conv2d_lanes`], [`linear::linear_blocked`]),
-//! faster than our implicit GEMM and than burn's kernels (autotuned on lavapipe), and on SwiftShader
+//! faster than our implicit GEMM and than burn's kernels (autotuned on lavapipe), GroupNorm (+ SiLU)
+//! and LayerNorm are one kernel each ([`norm`]) instead of burn's 8-16 launches, and on SwiftShader
 //! our attention beats burn's; on lavapipe the attention and linear layers under 64 rows stay burn's.
 //! Everywhere else burn's run until a device has measured ours. `WEBSD_KERNELS` (native only) forces
 //! a choice for benchmarks: `ours`, `burn`, or a comma list of `conv` (the implicit GEMM),
-//! `conv-lanes`, `attention`, `linear`; `WEBSD_CONV_WORKGROUPS=N` tiles the implicit GEMM's
+//! `conv-lanes`, `attention`, `linear`, `norm`; `WEBSD_CONV_WORKGROUPS=N` tiles the implicit GEMM's
 //! convolution for a GPU that wants N workgroups in flight ([`conv2d::Tiling::for_workgroups`]).
 
 use std::sync::RwLock;
@@ -24,6 +25,7 @@ use burn_cubecl::tensor::CubeTensor;
 pub mod attention;
 pub mod conv2d;
 pub mod linear;
+pub mod norm;
 
 /// WebGPU's guaranteed workgroups per dispatch dimension.
 const MAX_GROUPS: usize = 65535;
@@ -41,6 +43,8 @@ pub struct Choice {
     pub conv: bool,
     pub attention: bool,
     pub linear: bool,
+    /// GroupNorm (+ SiLU) and LayerNorm as one kernel each ([`norm`]).
+    pub norm: bool,
     /// Output pixels (batch x height x width) below which burn's convolution runs instead of ours.
     pub conv_min_pixels: usize,
     /// Output channels below which burn's convolution runs instead of ours.
@@ -66,6 +70,7 @@ impl Choice {
         conv: false,
         attention: false,
         linear: false,
+        norm: false,
         conv_min_pixels: 0,
         conv_min_channels: 0,
         conv_workgroups: 0,
@@ -90,6 +95,7 @@ impl Choice {
                 conv: true,
                 attention: true,
                 linear: true,
+                norm: true,
                 conv_workgroups: 4,
                 lanes: true,
                 lane_accumulators: 64,
@@ -100,7 +106,7 @@ impl Choice {
             // `op_bench 32 wgpu - - conv` (BENCHMARKS.md): the lane kernel took 0.27-0.81x the time
             // of burn's autotuned kernels at SD's four 3x3 shapes; the implicit GEMM 2.0-5.7x. The
             // lane linear kernel 0.43-0.95x burn's matmul from 256 rows (`... all 10`), 1.9x at 32.
-            return Choice { conv: true, linear: true, lanes: true, lane_min_rows: 64, ..Choice::BURN };
+            return Choice { conv: true, linear: true, norm: true, lanes: true, lane_min_rows: 64, ..Choice::BURN };
         }
         Choice::BURN
     }
@@ -119,6 +125,7 @@ impl Choice {
             }
             self.attention = all || ops.contains(&"attention");
             self.linear = all || ops.contains(&"linear");
+            self.norm = all || ops.contains(&"norm");
             self.conv_min_pixels = 0;
             self.conv_min_channels = 0;
         }

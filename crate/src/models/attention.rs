@@ -1,13 +1,13 @@
 //! diffusers' `Attention` (self and cross), the GEGLU `FeedForward` and `BasicTransformerBlock`.
 
 use burn::module::Module;
-use burn::nn::{LayerNorm, Linear};
+use burn::nn::Linear;
 use burn::tensor::activation::gelu;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{DType, FloatDType, Tensor};
 
-use super::linear;
+use super::{LayerNorm, linear};
 use crate::weights::{LoadError, TensorLoader, TensorSource};
 
 /// Largest `[batch, heads, queries, keys]` score matrix (counted as f32) that one attention call may
@@ -208,11 +208,11 @@ impl BasicTransformerBlock {
     ) -> Result<Self, LoadError> {
         let p = prefix;
         Ok(Self {
-            norm1: w.layer_norm(&format!("{p}.norm1"), dim, 1e-5)?,
+            norm1: LayerNorm::load(w, &format!("{p}.norm1"), dim, 1e-5)?,
             attn1: Attention::load(w, &format!("{p}.attn1"), dim, dim, heads, head_dim, upcast)?,
-            norm2: w.layer_norm(&format!("{p}.norm2"), dim, 1e-5)?,
+            norm2: LayerNorm::load(w, &format!("{p}.norm2"), dim, 1e-5)?,
             attn2: Attention::load(w, &format!("{p}.attn2"), dim, cross_attention_dim, heads, head_dim, upcast)?,
-            norm3: w.layer_norm(&format!("{p}.norm3"), dim, 1e-5)?,
+            norm3: LayerNorm::load(w, &format!("{p}.norm3"), dim, 1e-5)?,
             ff: FeedForward::load(w, &format!("{p}.ff"), dim)?,
         })
     }

@@ -10,7 +10,7 @@ use burn::tensor::{Device, Tensor};
 
 use super::attention::attention_in_blocks;
 use super::resnet::{Downsample2D, ResnetBlock2D, Upsample2D, upsample_nearest};
-use super::{GroupStats, conv2d, conv2d_with, group_norm, linear};
+use super::{GroupStats, conv2d, conv2d_with, group_norm, group_norm_silu, linear};
 use crate::config::AutoencoderKLConfig;
 use crate::weights::{IntoTensorSource, LoadError, TensorLoader, TensorSource};
 
@@ -259,7 +259,7 @@ impl VaeEncoder {
             }
         }
         let x = self.mid_block.forward(Tensor::cat(bands, 2));
-        let mut x = conv2d(&self.conv_out, silu(group_norm(&self.conv_norm_out, x)));
+        let mut x = conv2d(&self.conv_out, group_norm_silu(&self.conv_norm_out, x));
         if let Some(conv) = &self.quant_conv {
             x = conv2d(conv, x);
         }
@@ -425,16 +425,16 @@ impl VaeDecoder {
                 bands = banded_conv(&up.conv, doubled);
             }
         }
-        let bands = group_norm_banded(&self.conv_norm_out, bands).into_iter().map(silu).collect();
+        let bands = group_norm_silu_banded(&self.conv_norm_out, bands);
         Tensor::cat(banded_conv(&self.conv_out, bands), 2)
     }
 }
 
 /// A VAE ResNet block over row bands.
 fn banded_resnet(resnet: &ResnetBlock2D, bands: Vec<Tensor<4>>) -> Vec<Tensor<4>> {
-    let h = group_norm_banded(&resnet.norm1, bands.clone()).into_iter().map(silu).collect();
+    let h = group_norm_silu_banded(&resnet.norm1, bands.clone());
     let h = banded_conv(&resnet.conv1, h);
-    let h = group_norm_banded(&resnet.norm2, h).into_iter().map(silu).collect();
+    let h = group_norm_silu_banded(&resnet.norm2, h);
     let h = banded_conv(&resnet.conv2, h);
     bands
         .into_iter()
@@ -476,10 +476,14 @@ fn banded_conv(conv: &Conv2d, bands: Vec<Tensor<4>>) -> Vec<Tensor<4>> {
         .collect()
 }
 
-/// GroupNorm over row bands, with the statistics of the whole image (see [`super::group_norm`]).
-fn group_norm_banded(norm: &GroupNorm, bands: Vec<Tensor<4>>) -> Vec<Tensor<4>> {
+/// GroupNorm then SiLU over row bands, with the statistics of the whole image (see
+/// [`super::group_norm`]); one band is the whole image, normalized as such.
+fn group_norm_silu_banded(norm: &GroupNorm, bands: Vec<Tensor<4>>) -> Vec<Tensor<4>> {
+    if let [image] = &bands[..] {
+        return vec![group_norm_silu(norm, image.clone())];
+    }
     let stats = GroupStats::new(norm.num_groups, &bands, norm.epsilon);
-    bands.into_iter().map(|band| stats.normalize(norm, band)).collect()
+    bands.into_iter().map(|band| silu(stats.normalize(norm, band))).collect()
 }
 
 #[cfg(test)]

@@ -1,13 +1,13 @@
 //! The CLIP text encoder (transformers' `CLIPTextModel`): SD 1.x's CLIP-L and SD 2.x's OpenCLIP-H.
 
 use burn::module::{Module, Param};
-use burn::nn::{Embedding, LayerNorm, Linear};
+use burn::nn::{Embedding, Linear};
 use burn::tensor::activation::{gelu, sigmoid};
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Int, Tensor};
 
-use super::linear;
+use super::{LayerNorm, linear};
 use crate::config::{ConfigError, in_range, in_range_f64};
 use crate::weights::{IntoTensorSource, LoadError, TensorLoader};
 
@@ -302,7 +302,7 @@ impl ClipTextConfig {
             .map(|i| {
                 let p = format!("encoder.layers.{i}");
                 Ok(ClipLayer {
-                    layer_norm1: w.layer_norm(&format!("{p}.layer_norm1"), d, eps)?,
+                    layer_norm1: LayerNorm::load(&mut w, &format!("{p}.layer_norm1"), d, eps)?,
                     self_attn: ClipAttention {
                         q_proj: w.linear(&format!("{p}.self_attn.q_proj"), d, d, true)?,
                         k_proj: w.linear(&format!("{p}.self_attn.k_proj"), d, d, true)?,
@@ -310,14 +310,14 @@ impl ClipTextConfig {
                         out_proj: w.linear(&format!("{p}.self_attn.out_proj"), d, d, true)?,
                         heads: self.num_attention_heads,
                     },
-                    layer_norm2: w.layer_norm(&format!("{p}.layer_norm2"), d, eps)?,
+                    layer_norm2: LayerNorm::load(&mut w, &format!("{p}.layer_norm2"), d, eps)?,
                     fc1: w.linear(&format!("{p}.mlp.fc1"), d, ff, true)?,
                     fc2: w.linear(&format!("{p}.mlp.fc2"), ff, d, true)?,
                     quick_gelu: self.hidden_act == "quick_gelu",
                 })
             })
             .collect::<Result<Vec<_>, LoadError>>()?;
-        let final_layer_norm = w.layer_norm("final_layer_norm", d, eps)?;
+        let final_layer_norm = LayerNorm::load(&mut w, "final_layer_norm", d, eps)?;
         let text_projection =
             if projection { Some(w.linear("text_projection", d, self.projection_dim, false)?) } else { None };
         w.finish()?;

@@ -6,6 +6,7 @@ pub mod autoencoder_kl;
 pub mod clip;
 pub mod embeddings;
 pub mod flex_attention;
+pub mod normalization;
 pub mod resnet;
 pub mod transformer_2d;
 pub mod unet_2d_blocks;
@@ -16,6 +17,9 @@ use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, FloatDType, Tensor};
+
+pub(crate) use normalization::GroupStats;
+pub use normalization::{LayerNorm, group_norm, group_norm_silu};
 
 /// A linear layer on `[batch, tokens, features]` as one 2-D matmul: burn's batched matmul with a
 /// broadcast weight is about 1.6x slower on the CPU than the same product flattened. Where
@@ -141,17 +145,6 @@ pub fn conv2d_with(
     out.reshape([c_out, b, h, w]).swap_dims(0, 1)
 }
 
-/// GroupNorm as burn's (two-pass: mean, then the mean of squared deviations), with every reduction over
-/// a short axis: the statistics are reduced over each row (`w`) first, then over the group's rows.
-///
-/// burn 0.22's GroupNorm reduces a whole group in one `mean_dim`, which on wgpu (lavapipe) returns
-/// garbage for long groups: `[1, 960, 64, 64]` (122,880 values per group, the U-Net's last up block at
-/// 512 px) came out 1.6e3 off with no device error, while 40,960 per group was exact.
-pub fn group_norm(norm: &burn::nn::GroupNorm, x: Tensor<4>) -> Tensor<4> {
-    let stats = GroupStats::new(norm.num_groups, &[x.clone()], norm.epsilon);
-    stats.normalize(norm, x)
-}
-
 /// `module` with every float parameter in f32: SDXL's VAE on an f16 device (`force_upcast`, as diffusers'
 /// `upcast_vae`); exact, since f16 values are f32 values.
 pub fn into_f32<M: burn::module::Module>(module: M) -> M {
@@ -165,51 +158,4 @@ pub fn into_f32<M: burn::module::Module>(module: M) -> M {
         }
     }
     module.map(&mut ToF32)
-}
-
-/// `t` in f32 (a no-op on f32 devices).
-fn to_f32(t: Tensor<4>) -> Tensor<4> {
-    if t.dtype() == DType::F32 { t } else { t.cast(FloatDType::F32) }
-}
-
-/// Mean and standard deviation of each (batch, group), over one tensor or over row bands of one image.
-pub(crate) struct GroupStats {
-    groups: usize,
-    /// `[batch, groups, 1, 1]`
-    mean: Tensor<4>,
-    std: Tensor<4>,
-}
-
-impl GroupStats {
-    fn rows(t: &Tensor<4>, groups: usize) -> Tensor<4> {
-        let [b, c, h, w] = t.dims();
-        t.clone().reshape([b, groups, c / groups * h, w])
-    }
-
-    /// Statistics over all `parts` together (row bands of one image, or a single tensor). Always in
-    /// f32: on an f16 device, sums of squares over a group overflow f16's 65504.
-    pub(crate) fn new(groups: usize, parts: &[Tensor<4>], epsilon: f64) -> Self {
-        let count: usize = parts.iter().map(|t| t.dims()[1..].iter().product::<usize>() / groups).sum();
-        let total = |ts: Vec<Tensor<4>>| ts.into_iter().reduce(|a, b| a + b).expect("at least one part");
-        // Sums over w, then over the group's rows; divided once by the count.
-        let sum = |t: Tensor<4>| t.sum_dim(3).sum_dim(2);
-        let rows = |t: &Tensor<4>| Self::rows(&to_f32(t.clone()), groups);
-        let mean = total(parts.iter().map(|t| sum(rows(t))).collect()) / count as f32;
-        let var = total(parts.iter().map(|t| sum((rows(t) - mean.clone()).square())).collect()) / count as f32;
-        Self { groups, mean, std: (var + epsilon).sqrt() }
-    }
-
-    /// `(x - mean) / std * gamma + beta` for one tensor (or band) of the image the stats came from, in
-    /// f32, returned in `x`'s dtype.
-    pub(crate) fn normalize(&self, norm: &burn::nn::GroupNorm, x: Tensor<4>) -> Tensor<4> {
-        let [b, c, h, w] = x.dims();
-        let dtype = x.dtype();
-        let x = to_f32(x);
-        let normalized = ((Self::rows(&x, self.groups) - self.mean.clone()) / self.std.clone()).reshape([b, c, h, w]);
-        let normalized = if dtype == DType::F16 { normalized.cast(FloatDType::F16) } else { normalized };
-        match (&norm.gamma, &norm.beta) {
-            (Some(g), Some(beta)) => normalized * g.val().reshape([1, c, 1, 1]) + beta.val().reshape([1, c, 1, 1]),
-            _ => normalized,
-        }
-    }
 }

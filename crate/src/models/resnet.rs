@@ -6,7 +6,7 @@ use burn::nn::{GroupNorm, Linear};
 use burn::tensor::activation::silu;
 use burn::tensor::{Int, Tensor, TensorData};
 
-use super::{conv2d, conv2d_with, group_norm};
+use super::{conv2d, conv2d_with, group_norm_silu};
 use crate::weights::{LoadError, TensorLoader, TensorSource};
 
 /// A residual block: GroupNorm, SiLU, 3x3 conv, (+ projected time embedding), GroupNorm, SiLU, 3x3 conv,
@@ -57,13 +57,13 @@ impl ResnetBlock2D {
     ///   `None` for VAE blocks
     /// - output: `[batch, c_out, h, w]`
     pub fn forward(&self, x: Tensor<4>, temb: Option<&Tensor<2>>) -> Tensor<4> {
-        let mut h = conv2d(&self.conv1, silu(group_norm(&self.norm1, x.clone())));
+        let mut h = conv2d(&self.conv1, group_norm_silu(&self.norm1, x.clone()));
         if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
             let t = super::linear_2d(proj, silu(temb.clone()));
             let [b, c] = t.dims();
             h = h + t.reshape([b, c, 1, 1]);
         }
-        let h = conv2d(&self.conv2, silu(group_norm(&self.norm2, h)));
+        let h = conv2d(&self.conv2, group_norm_silu(&self.norm2, h));
         let shortcut = match &self.conv_shortcut {
             Some(conv) => conv2d(conv, x),
             None => x,

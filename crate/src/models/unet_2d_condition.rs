@@ -3,11 +3,10 @@
 use burn::module::Module;
 use burn::nn::GroupNorm;
 use burn::nn::conv::Conv2d;
-use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
 
 use super::embeddings::{TimestepEmbedding, timestep_tensor};
-use super::group_norm;
+use super::group_norm_silu;
 use super::unet_2d_blocks::{
     BlockAttention, BlockSettings, DownBlock2D, UNetMidBlock2DCrossAttn, UpBlock2D, UpBlockChannels,
 };
@@ -319,6 +318,6 @@ impl UNet2DConditionModel {
         for block in &self.up_blocks {
             x = block.forward(x, &temb, context, &mut skips);
         }
-        super::conv2d(&self.conv_out, silu(group_norm(&self.conv_norm_out, x)))
+        super::conv2d(&self.conv_out, group_norm_silu(&self.conv_norm_out, x))
     }
 }

@@ -9,10 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use burn::module::{Param, ParamId};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{
-    Embedding, EmbeddingConfig, GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig,
-    PaddingConfig2d,
-};
+use burn::nn::{Embedding, EmbeddingConfig, GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::{Device, FloatDType, Tensor, TensorData, f16};
 
 use super::{ByteSource, Dtype, SafetensorsReader, TensorInfo, WeightsError};
@@ -343,7 +340,8 @@ impl<S: TensorSource> TensorLoader<S> {
         }
     }
 
-    fn param<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Result<Param<Tensor<D>>, LoadError> {
+    /// A parameter of the model (a tensor a LoRA may patch).
+    pub fn param<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Result<Param<Tensor<D>>, LoadError> {
         self.fetch_param(name, shape, false)
     }
 
@@ -357,14 +355,6 @@ impl<S: TensorSource> TensorLoader<S> {
             linear.bias = Some(self.param(&format!("{prefix}.bias"), [d_out])?);
         }
         Ok(linear)
-    }
-
-    /// A torch `nn.LayerNorm` over `d` features.
-    pub fn layer_norm(&mut self, prefix: &str, d: usize, epsilon: f64) -> Result<LayerNorm, LoadError> {
-        let mut norm = LayerNormConfig::new(d).with_epsilon(epsilon).init(&self.device);
-        norm.gamma = self.param(&format!("{prefix}.weight"), [d])?;
-        norm.beta = Some(self.param(&format!("{prefix}.bias"), [d])?);
-        Ok(norm)
     }
 
     /// A torch `nn.GroupNorm`.

@@ -9,6 +9,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Distribution, Tensor};
 use websd::kernels::conv2d::{Block, Tiling};
+use websd::kernels::norm::Layout;
 
 /// (batch, c_in, c_out, h, w, kernel, stride, padding (top, left, bottom, right))
 const SHAPES: [(usize, usize, usize, usize, usize, usize, usize, [usize; 4]); 10] = [
@@ -238,6 +239,77 @@ fn linear_kernel_matches_flex() {
                 LINEAR_SHAPES[i]
             );
             assert!(diff <= 1e-5 * scale.max(1.0), "linear shape {i}: {diff}");
+        }
+    }
+    assert_eq!(websd::gpu::uncaptured_errors(), 0, "wgpu validation errors");
+}
+
+/// (batch, channels, height, width, groups): SD's 32 groups, odd sizes, blocks shorter than a
+/// workgroup (1x1 images), and groups of 32,768 and 122,880 values (the U-Net's last up block at 512
+/// px): llvmpipe ends a shader's loops after 65535 iterations in all, silently, so a lane alone
+/// cannot take them ([`websd::kernels::norm::Layout::Lane`]).
+const GROUP_NORM_SHAPES: [(usize, usize, usize, usize, usize); 6] = [
+    (2, 64, 8, 8, 32),
+    (1, 12, 5, 7, 3),
+    (3, 6, 1, 1, 2),
+    (4, 32, 16, 16, 32),
+    (1, 64, 64, 64, 8),
+    (1, 960, 64, 64, 32),
+];
+
+const LAYOUTS: [Layout; 2] = [Layout::Workgroup, Layout::Lane];
+
+#[test]
+fn norm_kernels_match_flex() {
+    use burn::nn::GroupNormConfig;
+    use burn::tensor::activation::silu;
+    use websd::kernels::norm::{group_norm, layer_norm};
+    let (gpu, _) = websd::gpu::wgpu_device().expect("a wgpu adapter");
+    let cpu = Device::flex();
+    let close = |ours: Tensor<4>, expected: Tensor<4>, what: &str| {
+        assert_eq!(ours.dims(), expected.dims(), "{what}");
+        let scale = expected.clone().abs().max().into_scalar::<f32>();
+        let diff = (Tensor::<4>::from_data(ours.to_data(), &cpu) - expected).abs().max().into_scalar::<f32>();
+        eprintln!("{what}: max abs diff {diff:e} (max |out| {scale})");
+        assert!(diff <= 1e-5 * scale.max(1.0), "{what}: {diff}");
+    };
+    for (i, &(b, c, h, w, groups)) in GROUP_NORM_SHAPES.iter().enumerate() {
+        // Off-centre values, so a one-pass variance would lose digits.
+        let x = Tensor::<4>::random([b, c, h, w], Distribution::Normal(3.0, 2.0), &cpu);
+        let mut norm = GroupNormConfig::new(groups, c).with_epsilon(1e-6).init(&cpu);
+        let gamma = Tensor::<1>::random([c], Distribution::Normal(1.0, 0.5), &cpu);
+        let beta = Tensor::<1>::random([c], Distribution::Normal(0.0, 0.5), &cpu);
+        norm.gamma = Some(burn::module::Param::from_tensor(gamma.clone()));
+        norm.beta = Some(burn::module::Param::from_tensor(beta.clone()));
+        let affine_out = norm.forward(x.clone());
+        let plain = GroupNormConfig::new(groups, c).with_epsilon(1e-6).with_affine(false).init(&cpu).forward(x.clone());
+        let (x_gpu, gamma_gpu, beta_gpu) = (
+            Tensor::<4>::from_data(x.to_data(), &gpu),
+            Tensor::<1>::from_data(gamma.to_data(), &gpu),
+            Tensor::<1>::from_data(beta.to_data(), &gpu),
+        );
+        for (then_silu, layout) in [false, true].into_iter().flat_map(|s| LAYOUTS.map(|l| (s, l))) {
+            let expected = |t: &Tensor<4>| if then_silu { silu(t.clone()) } else { t.clone() };
+            let norm = |affine| group_norm(&x_gpu, groups, affine, 1e-6, then_silu, layout).unwrap();
+            let what = format!("group norm {i} silu {then_silu} {layout:?}");
+            close(norm(Some((&gamma_gpu, &beta_gpu))), expected(&affine_out), &what);
+            close(norm(None), expected(&plain), &format!("{what} without affine"));
+        }
+    }
+    let zeros = Tensor::<4>::zeros([1, 6, 2, 2], &gpu);
+    assert!(group_norm(&zeros, 4, None, 1e-6, false, Layout::Lane).is_none(), "4 groups of 6 channels");
+    // (rows, features): CLIP's and the transformer blocks' widths, one feature, a row shorter and one
+    // longer than a workgroup.
+    for (rows, features) in [(154, 32), (2048, 320), (3, 1), (5, 7), (2, 1280)] {
+        let x = Tensor::<4>::random([1, 1, rows, features], Distribution::Normal(-2.0, 3.0), &cpu);
+        let gamma = Tensor::<1>::random([features], Distribution::Normal(1.0, 0.5), &cpu);
+        let beta = Tensor::<1>::random([features], Distribution::Normal(0.0, 0.5), &cpu);
+        let expected = burn::tensor::module::layer_norm(x.clone(), gamma.clone(), Some(beta.clone()), 1e-5);
+        let on_gpu = |t: &Tensor<1>| Tensor::<1>::from_data(t.to_data(), &gpu);
+        let x_gpu = Tensor::<4>::from_data(x.to_data(), &gpu);
+        for layout in LAYOUTS {
+            let ours = layer_norm(&x_gpu, Some((&on_gpu(&gamma), &on_gpu(&beta))), 1e-5, layout).unwrap();
+            close(ours, expected.clone(), &format!("layer norm [{rows}, {features}] {layout:?}"));
         }
     }
     assert_eq!(websd::gpu::uncaptured_errors(), 0, "wgpu validation errors");
