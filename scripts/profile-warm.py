@@ -17,7 +17,12 @@ for line in open(sys.argv[1], errors="replace"):
 top = int(sys.argv[2]) if len(sys.argv) > 2 else 12
 calls = int(sys.argv[3]) if len(sys.argv) > 3 else 5
 names = [n for _, n in launches]
-period = next(k for k in range(1, len(names) // 2 + 1) if names[-k:] == names[-2 * k : -k])
+# The shortest period that tiles all of the last `calls` calls (a call may repeat a block inside it).
+period = next(
+    k
+    for k in range(1, len(names) // (calls + 1) + 1)
+    if all(names[len(names) - (j + 1) * k : len(names) - j * k] == names[-k:] for j in range(1, calls))
+)
 total, count = collections.Counter(), collections.Counter()
 for ms, name in launches[-calls * period :]:
     total[name] += ms / calls
