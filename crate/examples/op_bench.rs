@@ -371,9 +371,20 @@ fn main() {
                 },
             );
             if kind != "cpu" {
-                time(&format!("{what}-attention {shape}, websd's kernel"), flops, bytes, peaks, || {
-                    read(websd::kernels::attention::attention(&q, keys, keys).expect("a cubecl tensor"));
-                });
+                for r in [1, 2, 4, 8] {
+                    time(
+                        &format!("{what}-attention {shape}, websd's kernel, {r} queries a lane"),
+                        flops,
+                        bytes,
+                        peaks,
+                        || {
+                            read(
+                                websd::kernels::attention::attention_blocked(&q, keys, keys, false, r)
+                                    .expect("a cubecl tensor"),
+                            );
+                        },
+                    );
+                }
             }
             if kind == "cpu" {
                 time(&format!("{what}-attention {shape}, websd's Flex kernel"), flops, bytes, peaks, || {

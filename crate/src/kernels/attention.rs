@@ -1,11 +1,14 @@
-//! Attention with the softmax computed online, one query row per invocation, for CPU-backed adapters.
+//! Attention with the softmax computed online, a few query rows per invocation, for CPU-backed
+//! adapters.
 //!
 //! On SwiftShader (the headless browser's WebGPU) burn's attention kernel ran the tiny U-Net's
 //! `[2, 8, 256, 8]` self-attention at 0.3 GFLOP/s (114 ms a call) and matmul + softmax was slower
 //! still: both move tiles through workgroup memory behind barriers, which a CPU emulates per SIMD
-//! group. Here each invocation walks the keys once (running max, rescaled sum and output, all f32),
-//! and the invocations of a workgroup are queries of the same head, so every key and value load is
-//! the same for all lanes. No score matrix is materialised, so no query blocks are needed.
+//! group. Here each invocation walks the keys once for its `r` queries of one head (running max,
+//! rescaled sum and output, all f32): each key and value is loaded once for all `r`, which took
+//! 0.59-0.67x the time of one query per lane on SwiftShader at the tiny and SD-shaped widths
+//! (`op_bench 32 wgpu-capped - - attention 10`, BENCHMARKS.md). No score matrix is materialised, so
+//! no query blocks are needed.
 
 use burn::tensor::Tensor;
 use burn_cubecl::CubeBackend;
@@ -27,63 +30,114 @@ fn attention_rows<E: Float>(
     output: &mut [E],
     queries: usize,
     keys: usize,
-    rows: usize,
+    blocks_per_head: usize,
+    lanes: usize,
     scale: f32,
     #[comptime] head_dim: usize,
     #[comptime] value_dim: usize,
     #[comptime] causal: bool,
+    #[comptime] r: usize,
     #[define(E)] _dtype: ElemType,
 ) {
-    let row = (CUBE_POS_X as usize + CUBE_POS_Y as usize * CUBE_COUNT_X as usize) * LANES + UNIT_POS_X as usize;
-    if row >= rows {
+    let lane = (CUBE_POS_X as usize + CUBE_POS_Y as usize * CUBE_COUNT_X as usize) * LANES + UNIT_POS_X as usize;
+    if lane >= lanes {
         terminate!();
     }
-    let head = row / queries;
-    let mut qr = Array::<f32>::new(head_dim);
+    // This lane's `r` consecutive queries of one head; those past the head's last read the last
+    // one and write nothing.
+    let head = lane / blocks_per_head;
+    let q0 = (lane % blocks_per_head) * r;
+    let mut qr = Array::<f32>::new(r * head_dim);
     #[unroll]
-    for i in 0..head_dim {
-        qr[i] = f32::cast_from(q[row * head_dim + i]) * scale;
+    for i in 0..r {
+        let mut query = q0 + i;
+        if query >= queries {
+            query = queries - 1;
+        }
+        let row = head * queries + query;
+        #[unroll]
+        for c in 0..head_dim {
+            qr[i * head_dim + c] = f32::cast_from(q[row * head_dim + c]) * scale;
+        }
     }
-    let mut acc = Array::<f32>::new(value_dim);
+    let mut acc = Array::<f32>::new(r * value_dim);
     #[unroll]
-    for i in 0..value_dim {
+    for i in 0..r * value_dim {
         acc[i] = 0.0;
     }
-    let mut max = f32::new(-1.0e30);
-    let mut sum = 0.0f32;
+    let mut max = Array::<f32>::new(r);
+    let mut sum = Array::<f32>::new(r);
+    #[unroll]
+    for i in 0..r {
+        max[i] = f32::new(-1.0e30);
+        sum[i] = 0.0;
+    }
     let k_base = head * keys * head_dim;
     let v_base = head * keys * value_dim;
-    // Causal (queries == keys): query i sees keys 0..=i.
+    // Causal (queries == keys): query i sees keys 0..=i, so the block's last query all it needs.
     let mut end = keys;
     if causal {
-        end = row % queries + 1;
+        end = q0 + r;
+        if end > queries {
+            end = queries;
+        }
     }
+    let mut kr = Array::<f32>::new(head_dim);
+    let mut vr = Array::<f32>::new(value_dim);
     for j in 0..end {
-        let mut s = 0.0f32;
+        // Each key and value is loaded once for the lane's `r` queries.
         #[unroll]
-        for i in 0..head_dim {
-            s += qr[i] * f32::cast_from(k[k_base + j * head_dim + i]);
+        for c in 0..head_dim {
+            kr[c] = f32::cast_from(k[k_base + j * head_dim + c]);
         }
-        if s > max {
-            let c = (max - s).exp();
-            sum *= c;
+        #[unroll]
+        for c in 0..value_dim {
+            vr[c] = f32::cast_from(v[v_base + j * value_dim + c]);
+        }
+        #[unroll]
+        for i in 0..r {
+            let mut s = 0.0f32;
             #[unroll]
-            for i in 0..value_dim {
-                acc[i] *= c;
+            for c in 0..head_dim {
+                s += qr[i * head_dim + c] * kr[c];
             }
-            max = s;
-        }
-        let p = (s - max).exp();
-        sum += p;
-        #[unroll]
-        for i in 0..value_dim {
-            acc[i] += p * f32::cast_from(v[v_base + j * value_dim + i]);
+            // Key 0 comes first and every query sees it, so `max` is real before a masked key.
+            if causal && j > q0 + i {
+                s = f32::new(-1.0e30);
+            }
+            if s > max[i] {
+                let c = (max[i] - s).exp();
+                sum[i] *= c;
+                #[unroll]
+                for d in 0..value_dim {
+                    acc[i * value_dim + d] *= c;
+                }
+                max[i] = s;
+            }
+            let p = (s - max[i]).exp();
+            sum[i] += p;
+            #[unroll]
+            for d in 0..value_dim {
+                acc[i * value_dim + d] += p * vr[d];
+            }
         }
     }
     #[unroll]
-    for i in 0..value_dim {
-        output[row * value_dim + i] = E::cast_from(acc[i] / sum);
+    for i in 0..r {
+        if q0 + i < queries {
+            let row = head * queries + q0 + i;
+            #[unroll]
+            for d in 0..value_dim {
+                output[row * value_dim + d] = E::cast_from(acc[i * value_dim + d] / sum[i]);
+            }
+        }
     }
+}
+
+/// Queries per lane of [`attention_rows`] for a head of `head_dim` (and `value_dim`) within
+/// `registers` f32 values of queries and accumulators: a power of two up to 8.
+pub fn queries_per_lane(head_dim: usize, value_dim: usize, registers: usize) -> usize {
+    [8, 4, 2, 1].into_iter().find(|&r| r * (head_dim + value_dim) <= registers).unwrap_or(1)
 }
 
 /// `softmax(q kᵀ / sqrt(head_dim)) v` (burn's `attention` with no mask and the default scale), or `None`
@@ -96,7 +150,16 @@ fn attention_rows<E: Float>(
 /// - v: `[batch, heads, keys, value_dim]`
 /// - output: `[batch, heads, queries, value_dim]`
 pub fn attention(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>) -> Option<Tensor<4>> {
-    launch(q, k, v, false)
+    launch(q, k, v, false, None)
+}
+
+/// [`attention`] (or [`attention_causal`]) with `r` queries per lane (see [`queries_per_lane`] for
+/// the device's).
+pub fn attention_blocked(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>, causal: bool, r: usize) -> Option<Tensor<4>> {
+    if causal && q.dims()[2] != k.dims()[2] {
+        return None;
+    }
+    launch(q, k, v, causal, Some(r))
 }
 
 /// [`attention`] with burn's `is_causal` mask for as many queries as keys (CLIP's text encoder): query
@@ -109,21 +172,23 @@ pub fn attention_causal(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>) -> Option<T
     if q.dims()[2] != k.dims()[2] {
         return None;
     }
-    launch(q, k, v, true)
+    launch(q, k, v, true, None)
 }
 
-fn launch(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>, causal: bool) -> Option<Tensor<4>> {
+fn launch(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>, causal: bool, r: Option<usize>) -> Option<Tensor<4>> {
     let dtype = q.dtype();
     let [batch, heads, queries, head_dim] = q.dims();
     let [_, _, keys, value_dim] = v.dims();
-    if keys == 0 || head_dim > MAX_HEAD_DIM || value_dim > MAX_HEAD_DIM {
+    if keys == 0 || queries == 0 || head_dim > MAX_HEAD_DIM || value_dim > MAX_HEAD_DIM {
         return None;
     }
+    let r = r.unwrap_or_else(|| queries_per_lane(head_dim, value_dim, super::choice().attention_registers)).max(1);
     let (q, k, v) = (super::cube_tensor(q, dtype)?, super::cube_tensor(k, dtype)?, super::cube_tensor(v, dtype)?);
     let client = q.client.clone();
     let output = empty_device_dtype(client.clone(), q.device.clone(), [batch, heads, queries, value_dim].into(), dtype);
-    let rows = batch * heads * queries;
-    let count = super::grid_1d(rows, LANES);
+    let blocks_per_head = queries.div_ceil(r);
+    let lanes = batch * heads * blocks_per_head;
+    let count = super::grid_1d(lanes, LANES);
     unsafe {
         attention_rows::launch_unchecked(
             &client,
@@ -135,11 +200,13 @@ fn launch(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>, causal: bool) -> Option<T
             output.clone().into_buffer_arg(),
             queries,
             keys,
-            rows,
+            blocks_per_head,
+            lanes,
             1.0 / (head_dim as f32).sqrt(),
             head_dim,
             value_dim,
             causal,
+            r,
             burn::backend::cubecl::dtype_to_storage_type(dtype),
         );
     }

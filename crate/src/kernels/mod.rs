@@ -62,6 +62,9 @@ pub struct Choice {
     pub lane_accumulators: usize,
     /// Rows from which the lane kernel runs a linear layer.
     pub lane_min_rows: usize,
+    /// Registers (f32 values) for a lane's queries and accumulators in our attention, which sets
+    /// its queries per lane ([`attention::queries_per_lane`]; 0: one).
+    pub attention_registers: usize,
 }
 
 impl Choice {
@@ -77,6 +80,7 @@ impl Choice {
         lanes: false,
         lane_accumulators: conv2d::Block::LLVMPIPE_ACCUMULATORS,
         lane_min_rows: 0,
+        attention_registers: 0,
     };
 
     /// The choice for a wgpu adapter's name (the browser's "vendor architecture", or the driver's
@@ -90,6 +94,9 @@ impl Choice {
             // The linear layer: `linear_lanes` took 0.31-0.84x the time of the tiled implicit GEMM
             // and 0.17-0.43x the row kernel's at the U-Net's shapes, 32 to 2048 rows
             // (`op_bench 32 wgpu-capped - - all 10`, BENCHMARKS.md).
+            // Attention with up to 64 registers of queries and accumulators a lane (4 queries of the
+            // tiny model's 8-wide heads): 0.59-0.67x the time of one query a lane, whole tiny U-Net
+            // calls ~0.89x.
             // The implicit GEMM's tiling is kept for `WEBSD_KERNELS=conv` (4 workgroups measured best).
             return Choice {
                 conv: true,
@@ -99,6 +106,7 @@ impl Choice {
                 conv_workgroups: 4,
                 lanes: true,
                 lane_accumulators: 64,
+                attention_registers: 64,
                 ..Choice::BURN
             };
         }

@@ -105,9 +105,18 @@ fn attention_kernel_matches_flex() {
         let ours =
             websd::kernels::attention::attention(&on_gpu(&q), &on_gpu(&k), &on_gpu(&v)).expect("a cubecl tensor");
         assert_eq!(ours.dims(), expected.dims(), "shape {i}");
-        let diff = (Tensor::<4>::from_data(ours.to_data(), &cpu) - expected).abs().max().into_scalar::<f32>();
+        let diff = (Tensor::<4>::from_data(ours.to_data(), &cpu) - expected.clone()).abs().max().into_scalar::<f32>();
         eprintln!("attention shape {i} {:?}: max abs diff {diff:e}", ATTENTION_SHAPES[i]);
         assert!(diff <= 1e-5, "attention shape {i}: {diff}");
+        // Several queries per lane, also where they do not divide a head's (within 256 registers:
+        // llvmpipe compiles larger unrolled blocks for tens of seconds).
+        for r in [2, 3, 8].into_iter().filter(|r| r * 2 * d <= 256) {
+            let ours = websd::kernels::attention::attention_blocked(&on_gpu(&q), &on_gpu(&k), &on_gpu(&v), false, r)
+                .expect("a cubecl tensor");
+            let diff =
+                (Tensor::<4>::from_data(ours.to_data(), &cpu) - expected.clone()).abs().max().into_scalar::<f32>();
+            assert!(diff <= 1e-5, "attention shape {i}, {r} queries a lane: {diff}");
+        }
     }
     let wide = Tensor::<4>::zeros([1, 1, 2, websd::kernels::attention::MAX_HEAD_DIM + 1], &gpu);
     assert!(websd::kernels::attention::attention(&wide, &wide, &wide).is_none(), "wider heads go to burn's op");
@@ -130,9 +139,16 @@ fn causal_attention_kernel_matches_flex() {
         let on_gpu = |t: &Tensor<4>| Tensor::<4>::from_data(t.to_data(), &gpu);
         let ours = websd::kernels::attention::attention_causal(&on_gpu(&q), &on_gpu(&k), &on_gpu(&v))
             .expect("a cubecl tensor");
-        let diff = (Tensor::<4>::from_data(ours.to_data(), &cpu) - expected).abs().max().into_scalar::<f32>();
+        let diff = (Tensor::<4>::from_data(ours.to_data(), &cpu) - expected.clone()).abs().max().into_scalar::<f32>();
         eprintln!("causal attention shape {i} {:?}: max abs diff {diff:e}", CAUSAL_SHAPES[i]);
         assert!(diff <= 1e-5, "causal attention shape {i}: {diff}");
+        for r in [2, 3, 8].into_iter().filter(|r| r * 2 * d <= 256) {
+            let ours = websd::kernels::attention::attention_blocked(&on_gpu(&q), &on_gpu(&k), &on_gpu(&v), true, r)
+                .expect("a cubecl tensor");
+            let diff =
+                (Tensor::<4>::from_data(ours.to_data(), &cpu) - expected.clone()).abs().max().into_scalar::<f32>();
+            assert!(diff <= 1e-5, "causal attention shape {i}, {r} queries a lane: {diff}");
+        }
     }
     let (q, k) = (Tensor::<4>::zeros([1, 1, 3, 8], &gpu), Tensor::<4>::zeros([1, 1, 4, 8], &gpu));
     assert!(websd::kernels::attention::attention_causal(&q, &k, &k).is_none(), "causal needs as many queries as keys");
