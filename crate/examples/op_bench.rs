@@ -6,7 +6,8 @@
 //! A roofline: each op's FLOPs and the bytes it must at least move (inputs, weights and output once),
 //! achieved GFLOP/s and GB/s, and their share of the peaks given on the command line (the device's
 //! data sheet; `-` or omitted, no share is printed). `conv` or `attention` times only those ops,
-//! `norm` GroupNorm + SiLU and LayerNorm, burn's against our kernel in both layouts ([`norms`]),
+//! `norm` GroupNorm + SiLU and LayerNorm, burn's against our kernel in both layouts ([`norms`],
+//! also at the end of `all`),
 //! `tilings` the U-Net's convolutions in every tiling of our kernel ([`tilings`]), `blocks` SD's 3x3
 //! convolutions in several blocks of our lane kernel ([`blocks`]); a width
 //! divisor of 10 gives the channels of the SD-shaped bench model (32/64/128/128), 10 at latent size 32
@@ -392,5 +393,8 @@ fn main() {
                 });
             }
         }
+    }
+    if only == "all" && kind != "cpu" {
+        norms(n, divisor, &d, elem, peaks);
     }
 }
