@@ -86,3 +86,43 @@ async fn a_cancel_right_after_handle_stops_that_request_in_wasm() {
         other => panic!("expected cancelled, got {other:?}"),
     }
 }
+
+/// Our GroupNorm + SiLU and LayerNorm kernels in both layouts on the browser's WebGPU against burn's
+/// ops on Flex: the workgroup layout's barriers must pass Chromium's shader checks (uniform control
+/// flow), and a CPU device uses it for blocks too long for one lane.
+#[wasm_bindgen_test]
+async fn norm_kernels_on_webgpu_match_flex() {
+    use burn::tensor::activation::silu;
+    use burn::tensor::{Device, Distribution, Tensor};
+    use websd::kernels::norm::{Layout, group_norm, layer_norm};
+    let (gpu, _) = websd::gpu::wgpu_device().await.expect("WebGPU adapter");
+    let cpu = Device::flex();
+    let x = Tensor::<4>::random([2, 64, 9, 7], Distribution::Normal(2.0, 3.0), &cpu);
+    let mut norm = burn::nn::GroupNormConfig::new(32, 64).init(&cpu);
+    let gamma = Tensor::<1>::random([64], Distribution::Normal(1.0, 0.5), &cpu);
+    let beta = Tensor::<1>::random([64], Distribution::Normal(0.0, 0.5), &cpu);
+    norm.gamma = Some(burn::module::Param::from_tensor(gamma.clone()));
+    norm.beta = Some(burn::module::Param::from_tensor(beta.clone()));
+    let expected = silu(norm.forward(x.clone())).into_data().try_to_vec::<f32>().unwrap();
+    let tokens = x.clone().reshape([2, 63, 64]);
+    let ln_expected = burn::tensor::module::layer_norm(tokens.clone(), gamma.clone(), Some(beta.clone()), 1e-5)
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
+    let on_gpu1 = |t: &Tensor<1>| Tensor::<1>::from_data(t.to_data(), &gpu);
+    let (gamma, beta) = (on_gpu1(&gamma), on_gpu1(&beta));
+    let x_gpu = Tensor::<4>::from_data(x.to_data(), &gpu);
+    let tokens_gpu = Tensor::<3>::from_data(tokens.to_data(), &gpu);
+    let max_diff = |a: Vec<f32>, b: &[f32]| a.iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    for layout in [Layout::Workgroup, Layout::Lane] {
+        let ours = group_norm(&x_gpu, 32, Some((&gamma, &beta)), 1e-5, true, layout).expect("a WebGPU tensor");
+        let diff = max_diff(ours.into_data_async().await.unwrap().try_to_vec::<f32>().unwrap(), &expected);
+        console_log!("group norm + silu {layout:?}: max abs diff {diff:e}");
+        assert!(diff <= 1e-4, "group norm {layout:?}: {diff}");
+        let ours = layer_norm(&tokens_gpu, Some((&gamma, &beta)), 1e-5, layout).expect("a WebGPU tensor");
+        let diff = max_diff(ours.into_data_async().await.unwrap().try_to_vec::<f32>().unwrap(), &ln_expected);
+        console_log!("layer norm {layout:?}: max abs diff {diff:e}");
+        assert!(diff <= 1e-4, "layer norm {layout:?}: {diff}");
+    }
+    assert_eq!(websd::gpu::uncaptured_errors(), 0, "WebGPU validation errors");
+}
