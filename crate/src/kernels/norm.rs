@@ -3,10 +3,10 @@
 //! Built from burn's tensor ops, a GroupNorm + SiLU is ~16 launches (four reductions, the
 //! broadcasts, the affine, the activation), each reading and writing the whole tensor; a LayerNorm
 //! is 8. They were ~half of the ~2500 launches of an SD-shaped U-Net call on lavapipe, and the
-//! elementwise kernels ~45% of its kernel time (BENCHMARKS.md). Here one workgroup normalizes one
-//! block (a (batch, group) of a GroupNorm, a row of a LayerNorm): it reads the block twice for the
-//! mean and then the variance (two passes, as burn's, all in f32) and once more to write the
-//! output with the affine and the activation applied.
+//! elementwise kernels ~45% of its kernel time (BENCHMARKS.md). Here a workgroup (GPUs) or a single
+//! invocation (CPU devices; [`Layout`]) normalizes one block (a (batch, group) of a GroupNorm, a row
+//! of a LayerNorm): it reads the block twice for the mean and then the variance (two passes, as
+//! burn's, all in f32) and once more to write the output with the affine and the activation applied.
 
 use burn::tensor::{DType, Tensor};
 use burn_cubecl::CubeBackend;
