@@ -435,7 +435,7 @@ pub struct Applied {
 ///
 /// Each weight a LoRA changes is rebuilt from its original, kept (on the device) while any LoRA adapts
 /// it: a LoRA's weight can change any number of times without drift, the deltas add as the native load
-/// adds them (the same values, see [`Delta::add_to`]), and a removal puts back the very tensor that was
+/// adds them (the same values, see `Delta::add_to`), and a removal puts back the very tensor that was
 /// loaded. The cost is one copy of each adapted weight while adapted ([`Self::kept_bytes`]); merging
 /// (instead of a low-rank side path) keeps every step's cost exactly what it is without LoRAs.
 pub struct Merged {

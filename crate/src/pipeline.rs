@@ -740,7 +740,7 @@ impl Mode<'_> {
 }
 
 impl GenerateRequest {
-    /// The pipeline this request asks for (a mask without an init image is refused by [`check_inputs`]).
+    /// The pipeline this request asks for (a mask without an init image is refused by `check_inputs`).
     pub fn mode(&self) -> Mode<'_> {
         match (&self.init_image, &self.mask) {
             (Some(image), Some(mask)) => Mode::Inpaint { image, mask, strength: self.strength },

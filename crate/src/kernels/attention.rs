@@ -134,7 +134,7 @@ fn attention_rows<E: Float>(
     }
 }
 
-/// Queries per lane of [`attention_rows`] for a head of `head_dim` (and `value_dim`) within
+/// Queries per lane of `attention_rows` for a head of `head_dim` (and `value_dim`) within
 /// `registers` f32 values of queries and accumulators: a power of two up to 8.
 pub fn queries_per_lane(head_dim: usize, value_dim: usize, registers: usize) -> usize {
     [8, 4, 2, 1].into_iter().find(|&r| r * (head_dim + value_dim) <= registers).unwrap_or(1)

@@ -254,7 +254,7 @@ pub fn output_size(input: usize, kernel: usize, stride: usize, before: usize, af
 
 /// `conv2d(x, weight, bias)` with groups 1 and dilation 1, as burn's with the same stride and padding:
 /// the implicit GEMM tiled as [`super::conv_tiling`] picks for this device and shape, or on CPU
-/// devices ([`super::Choice::lanes`]) [`conv2d_lanes`] in [`Block::for_shape`]'s blocks; `None`
+/// devices ([`super::Choice::lanes`]) `conv2d_lanes` in [`Block::for_shape`]'s blocks; `None`
 /// when `x` is not on a cubecl device, is not f32/f16, or the padded input is smaller than the kernel
 /// (the caller then uses burn's op).
 ///
@@ -430,7 +430,7 @@ pub(crate) fn launch(
     output
 }
 
-/// One lane's share of the output in [`conv2d_lanes`]: `ch` output channels x `rows` x `cols` pixels,
+/// One lane's share of the output in `conv2d_lanes`: `ch` output channels x `rows` x `cols` pixels,
 /// in workgroups of `lanes`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Block {
@@ -652,7 +652,7 @@ pub(crate) fn launch_lanes(
     output
 }
 
-/// [`conv2d`] by [`conv2d_lanes`] with a given block (benchmarks and tests try several).
+/// [`conv2d`] by `conv2d_lanes` with a given block (benchmarks and tests try several).
 pub fn conv2d_blocked(
     x: &Tensor<4>,
     weight: &Tensor<4>,

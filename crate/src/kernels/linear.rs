@@ -2,7 +2,7 @@
 //!
 //! On SwiftShader burn's default matmul ran the tiny U-Net's projections (`[512, 64] x [64, 64]`) at
 //! ~0.4 GFLOP/s, behind workgroup-memory tiles and barriers. Here each invocation owns one output
-//! column for [`ROWS`] rows: consecutive lanes read consecutive weights of a row of `W`, and every lane
+//! column for `ROWS` rows: consecutive lanes read consecutive weights of a row of `W`, and every lane
 //! of the workgroup reads the same input values (uniform loads); f32 accumulation, bias fused.
 
 use burn::tensor::Tensor;
@@ -239,7 +239,7 @@ fn linear_lanes<E: Float>(
     }
 }
 
-/// The rows x columns block per lane of [`linear_lanes`] for `rows` rows within `accumulators`: as
+/// The rows x columns block per lane of `linear_lanes` for `rows` rows within `accumulators`: as
 /// many rows as still give every lane of a workgroup a block (at most 8), the columns from the rest
 /// (at most 32, never more than `d_out` needs).
 pub fn lane_block(rows: usize, d_out: usize, accumulators: usize) -> (usize, usize) {
@@ -248,7 +248,7 @@ pub fn lane_block(rows: usize, d_out: usize, accumulators: usize) -> (usize, usi
     (r, c)
 }
 
-/// [`linear`] by [`linear_lanes`] with `r` x `c` blocks ([`lane_block`] for the device's).
+/// [`linear`] by `linear_lanes` with `r` x `c` blocks ([`lane_block`] for the device's).
 ///
 /// # Shapes
 /// - x: `[rows, d_in]`, weight: `[d_in, d_out]`, bias: `[d_out]`

@@ -5,7 +5,7 @@
 //! Where they run instead of burn's is chosen by measurement (BENCHMARKS.md, "Our kernels"), per op
 //! and adapter ([`Choice::for_adapter`]). SwiftShader (the headless browser's WebGPU) and lavapipe run
 //! shaders on the CPU, invocations as SIMD lanes; there the convolution and the linear layer are our
-//! lane kernels without workgroup memory ([`conv2d::conv2d_lanes`], [`linear::linear_blocked`]),
+//! lane kernels without workgroup memory ([`conv2d::conv2d_blocked`], [`linear::linear_blocked`]),
 //! faster than our implicit GEMM and than burn's kernels (autotuned on lavapipe), GroupNorm (+ SiLU)
 //! and LayerNorm are one kernel each ([`norm`]) instead of burn's 8-16 launches, and on SwiftShader
 //! our attention beats burn's; on lavapipe the attention and linear layers under 64 rows stay burn's.
@@ -53,7 +53,7 @@ pub struct Choice {
     /// [`conv2d::Tiling::SMALL`] for every shape.
     pub conv_workgroups: usize,
     /// Our kernels for devices that run shaders on a CPU (no workgroup memory; invocations are SIMD
-    /// lanes): the convolution as [`conv2d::conv2d_lanes`] at every size instead of the implicit GEMM
+    /// lanes): the convolution as [`conv2d::conv2d_blocked`] at every size instead of the implicit GEMM
     /// and burn's direct kernel (`conv_min_*` then do not apply), and where `linear`, the linear
     /// layer as [`linear::linear_blocked`] from `lane_min_rows` rows (burn's below them).
     pub lanes: bool,

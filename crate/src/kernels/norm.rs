@@ -125,14 +125,14 @@ fn normalize<E: Float>(
 /// the same reason.)
 const MAX_LANE_BLOCK: usize = 65535 / 3 - 1;
 
-/// How [`normalize`] spreads a block over invocations.
+/// How `normalize` spreads a block over invocations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Layout {
     /// A workgroup of 64 per block, the sums reduced in workgroup memory (GPUs).
     Workgroup,
     /// One invocation per block and no barrier: devices that run shaders on a CPU, where a barrier
     /// switches between the workgroup's SIMD groups ([`super::Choice::lanes`]). Blocks longer than
-    /// [`MAX_LANE_BLOCK`] take a workgroup all the same.
+    /// 21,844 values (`MAX_LANE_BLOCK`) take a workgroup all the same.
     Lane,
 }
 

@@ -4,7 +4,7 @@
 //! 64-key tile: its score tile (1 MiB) lives outside the fast caches, and its softmax calls the
 //! scalar `expf` once per score. At SD 1.5's first self-attention (`[2, 8, 4096, 40]`) that ran at
 //! 41 GFLOP/s, against 143 for the 320-channel 3x3 conv on the same device, and was about 5 s of a
-//! 19 s U-Net call. Here each job is [`QUERY_BLOCK`] queries against [`KEY_BLOCK`]-key tiles (a
+//! 19 s U-Net call. Here each job is `QUERY_BLOCK` queries against `KEY_BLOCK`-key tiles (a
 //! 64 KiB score tile), with the online softmax (running max, rescaled sums) done a row at a time in
 //! a vectorisable loop whose `exp` is a polynomial, and the jobs spread over rayon's threads.
 #![cfg(not(target_arch = "wasm32"))]
