@@ -2,7 +2,7 @@
 //! `cargo run --release --example tiny_profile -- [model dir] [cpu|wgpu|wgpu-f16|wgpu-capped] [unet|vae]`;
 //! `unet` stops after the U-Net calls, `vae` after the decodes (for a kernel profile of whole calls:
 //! `CUBECL_DEBUG_OPTION=profile CUBECL_DEBUG_LOG=FILE`, summed by `scripts/profile-summary.py FILE`,
-//! the last call alone by `scripts/profile-warm.py FILE`).
+//! one warm call by `scripts/profile-summary.py FILE 10 --warm 5`).
 use std::time::Instant;
 
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
