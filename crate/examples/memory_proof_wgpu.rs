@@ -110,7 +110,7 @@ fn main() {
         let finite = |v: Vec<f32>| v.iter().all(|x| x.is_finite());
         let t = Instant::now();
         let x = Tensor::<3>::random([s, l * l, 320], normal, &gpu);
-        let ok_a = finite(ff.forward(x).cast(FloatDType::F32).into_data().try_to_vec::<f32>().unwrap());
+        let ok_a = finite(ff.forward(x, None).cast(FloatDType::F32).into_data().try_to_vec::<f32>().unwrap());
         let t_a = t.elapsed().as_secs_f64();
         let t = Instant::now();
         let skip = Tensor::<4>::random([s, 960, l, l], normal, &gpu);

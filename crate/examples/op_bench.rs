@@ -20,6 +20,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Distribution, Tensor};
+use websd::kernels::conv2d::Add;
 use websd::models::{flex_attention, group_norm};
 
 mod common;
@@ -113,7 +114,10 @@ fn tilings(n: usize, divisor: usize, d: &burn::tensor::Device, elem: f64, peaks:
             for splits in [1, 2, 4, 8, 16] {
                 let tiling = Tiling { bm, bn, splits };
                 let ms = time(&format!("{name}, websd's {bm}x{bn}/{splits}"), flops, bytes, peaks, || {
-                    read(conv2d_tiled(&x, &w, Some(&bias), stride, [pad; 4], tiling).expect("a cubecl device"));
+                    read(
+                        conv2d_tiled(&x, &w, Some(&bias), stride, [pad; 4], tiling, Add::NONE)
+                            .expect("a cubecl device"),
+                    );
                 });
                 if ms < best.0 {
                     best = (ms, tiling);
@@ -162,7 +166,7 @@ fn blocks(n: usize, divisor: usize, d: &burn::tensor::Device, elem: f64, peaks: 
         // SwiftShader instead.
         let tiling = websd::kernels::conv_tiling(c, 2 * s * s, c * 9);
         let ms = time(&format!("{name}, websd's implicit GEMM {tiling:?}"), flops, bytes, peaks, || {
-            let out = websd::kernels::conv2d::conv2d_tiled(&x, &w, Some(&bias), 1, [1; 4], tiling);
+            let out = websd::kernels::conv2d::conv2d_tiled(&x, &w, Some(&bias), 1, [1; 4], tiling, Add::NONE);
             read(out.expect("a cubecl device"));
         });
         println!("{name}: websd's implicit GEMM / burn's = {:.3}", ms / burn_ms);
@@ -179,7 +183,7 @@ fn blocks(n: usize, divisor: usize, d: &burn::tensor::Device, elem: f64, peaks: 
             let Block { ch, rows, cols, .. } = block;
             let what = if block == picked { " (picked)" } else { "" };
             let ms = time(&format!("{name}, websd's {ch}ch x {rows}x{cols}{what}"), flops, bytes, peaks, || {
-                read(conv2d_blocked(&x, &w, Some(&bias), 1, [1; 4], block).expect("a cubecl device"));
+                read(conv2d_blocked(&x, &w, Some(&bias), 1, [1; 4], block, Add::NONE).expect("a cubecl device"));
             });
             println!("{name}: websd's {ch}ch x {rows}x{cols}{what} / burn's = {:.3}", ms / burn_ms);
         }
@@ -191,12 +195,12 @@ fn blocks(n: usize, divisor: usize, d: &burn::tensor::Device, elem: f64, peaks: 
 fn our_linear(kernel: &str, x: &Tensor<2>, weight: &Tensor<2>, bias: Option<&Tensor<1>>) -> Tensor<2> {
     use websd::kernels::linear;
     let out = match kernel {
-        "tiled kernel" => linear::linear_tiled(x, weight, bias, None),
+        "tiled kernel" => linear::linear_tiled(x, weight, bias, None, None),
         "lane kernel" => {
             let block = linear::lane_block(x.dims()[0], weight.dims()[1], websd::kernels::choice().lane_accumulators);
-            linear::linear_blocked(x, weight, bias, block)
+            linear::linear_blocked(x, weight, bias, None, block)
         }
-        _ => linear::linear(x, weight, bias),
+        _ => linear::linear(x, weight, bias, None),
     };
     out.expect("a cubecl tensor")
 }
@@ -294,7 +298,7 @@ fn main() {
             let ours_ms = time(&format!("conv3x3 {c}ch {s}x{s}, websd's"), flops, bytes, peaks, || {
                 let bias = conv.bias.as_ref().map(|b| b.val());
                 read(
-                    websd::kernels::conv2d::conv2d(&x, &conv.weight.val(), bias.as_ref(), 1, [1; 4])
+                    websd::kernels::conv2d::conv2d(&x, &conv.weight.val(), bias.as_ref(), 1, [1; 4], Add::NONE)
                         .expect("a cubecl device"),
                 );
             });

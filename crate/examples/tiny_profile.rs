@@ -35,14 +35,14 @@ fn main() {
         let _ = m.unet.forward(x.clone(), 500.0, ctx.clone(), None).into_data();
     });
     if std::env::args().nth(3).as_deref() == Some("unet") {
-        return;
+        return flush_profile();
     }
     let z = Tensor::<4>::random([1, 4, 32, 32], Distribution::Normal(0.0, 1.0), &d);
     time("vae decode", &mut || {
         let _ = m.vae_decoder.decode(z.clone(), 32 << 20).into_data();
     });
     if std::env::args().nth(3).as_deref() == Some("vae") {
-        return;
+        return flush_profile();
     }
     let s = Tensor::<4>::random([2, 64, 32, 32], Distribution::Normal(0.0, 1.0), &d);
     let gn = burn::nn::GroupNormConfig::new(32, 64).init(&d);
@@ -81,4 +81,10 @@ fn main() {
         }
         let _ = t.into_data();
     });
+}
+
+/// cubecl writes its kernel profile (`CUBECL_DEBUG_OPTION=profile`) from another thread: without a
+/// pause before exiting, the last calls' launches can be missing from the log.
+fn flush_profile() {
+    std::thread::sleep(std::time::Duration::from_secs(2));
 }

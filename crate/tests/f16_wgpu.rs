@@ -5,6 +5,7 @@
 mod common;
 
 use burn::tensor::{DType, FloatDType, Int, Tensor, TensorData};
+use websd::kernels::conv2d::Add;
 use websd::models::clip::ClipTextConfig;
 use websd::tokenizer::ClipTokenizer;
 
@@ -197,8 +198,16 @@ fn kernels_in_f16_match_flex() {
         let [top, left, bottom, right] = padding;
         let options = ConvOptions::new_with_padding([stride; 2], [(top, bottom), (left, right)], [1, 1], 1);
         let expected = conv2d(x.clone(), weight.clone(), None, options);
-        let ours =
-            websd::kernels::conv2d::conv2d_tiled(&on_gpu(&x), &on_gpu(&weight), None, stride, padding, tiling).unwrap();
+        let ours = websd::kernels::conv2d::conv2d_tiled(
+            &on_gpu(&x),
+            &on_gpu(&weight),
+            None,
+            stride,
+            padding,
+            tiling,
+            Add::NONE,
+        )
+        .unwrap();
         assert_eq!(ours.dtype(), DType::F16);
         let diff = (back(ours) - expected.clone()).abs().max().into_scalar::<f32>();
         let scale = expected.clone().abs().max().into_scalar::<f32>();
@@ -210,22 +219,73 @@ fn kernels_in_f16_match_flex() {
         // The lane kernel (CPU devices), in its block for the shape.
         let [_, _, out_h, out_w] = expected.dims();
         let block = websd::kernels::conv2d::Block::for_shape(c_out, b, out_h, out_w, 64);
-        let ours = websd::kernels::conv2d::conv2d_blocked(&on_gpu(&x), &on_gpu(&weight), None, stride, padding, block)
-            .unwrap();
+        let ours = websd::kernels::conv2d::conv2d_blocked(
+            &on_gpu(&x),
+            &on_gpu(&weight),
+            None,
+            stride,
+            padding,
+            block,
+            Add::NONE,
+        )
+        .unwrap();
         assert_eq!(ours.dtype(), DType::F16);
-        let diff = (back(ours) - expected).abs().max().into_scalar::<f32>();
+        let diff = (back(ours) - expected.clone()).abs().max().into_scalar::<f32>();
         eprintln!("conv f16 lanes {block:?}: max abs diff {diff:e} (max |out| {scale})");
         assert!(diff <= 1e-3 * scale, "lane conv in f16 differs by {diff}");
+        // With the epilogue: a per-(batch, channel) term and a residual, added in f32 before rounding.
+        let term = Tensor::<2>::from_data(
+            Tensor::<2>::random([b, c_out], Distribution::Normal(0.0, 1.0), &cpu)
+                .to_data()
+                .convert::<burn::tensor::f16>(),
+            &cpu,
+        );
+        let residual = rounded(Tensor::random(expected.dims(), Distribution::Normal(0.0, 1.0), &cpu));
+        let term_gpu = Tensor::<2>::from_data(term.to_data(), &device);
+        let expected = expected + term.reshape([b, c_out, 1, 1]) + residual.clone();
+        let scale = expected.clone().abs().max().into_scalar::<f32>();
+        let add = Add { per_batch: Some(&term_gpu), residual: Some(&on_gpu(&residual)) };
+        let (x, weight) = (on_gpu(&x), on_gpu(&weight));
+        let runs = [
+            websd::kernels::conv2d::conv2d_tiled(&x, &weight, None, stride, padding, tiling, add),
+            websd::kernels::conv2d::conv2d_blocked(&x, &weight, None, stride, padding, block, add),
+        ];
+        for ours in runs {
+            let ours = ours.unwrap();
+            assert_eq!(ours.dtype(), DType::F16);
+            let diff = (back(ours) - expected.clone()).abs().max().into_scalar::<f32>();
+            eprintln!("conv f16 + term + residual: max abs diff {diff:e} (max |out| {scale})");
+            assert!(diff <= 1e-3 * scale, "conv in f16 with its epilogue differs by {diff}");
+        }
     }
     for (b, heads, n, m, d) in [(2, 8, 256, 256, 8), (2, 8, 100, 77, 40), (1, 2, 33, 300, 64)] {
         let [q, k, v] = [[b, heads, n, d], [b, heads, m, d], [b, heads, m, d]]
             .map(|shape| rounded(Tensor::random(shape, Distribution::Normal(0.0, 1.0), &cpu)));
         let expected = attention(q.clone(), k.clone(), v.clone(), None, None, AttentionModuleOptions::default());
         let ours = websd::kernels::attention::attention(&on_gpu(&q), &on_gpu(&k), &on_gpu(&v)).unwrap();
-        let diff = (back(ours) - expected).abs().max().into_scalar::<f32>();
+        let diff = (back(ours) - expected.clone()).abs().max().into_scalar::<f32>();
         eprintln!("attention f16 {:?}: max abs diff {diff:e}", (b, heads, n, m, d));
         assert!(diff <= 2e-3, "attention in f16 differs by {diff}");
+        // On the projections' own layout, `[batch, tokens, heads * width]`.
+        let tokens = |t: &Tensor<4>| {
+            let [b, h, n, d] = t.dims();
+            on_gpu(&t.clone().swap_dims(1, 2).reshape([1, b, n, h * d])).reshape([b, n, h * d])
+        };
+        let ours = websd::kernels::attention::attention_tokens(&tokens(&q), &tokens(&k), &tokens(&v), heads).unwrap();
+        let ours = back(ours.reshape([b, n, heads, d]).swap_dims(1, 2));
+        let diff = (ours - expected).abs().max().into_scalar::<f32>();
+        assert!(diff <= 2e-3, "tokens-major attention in f16 differs by {diff}");
     }
+    // GEGLU: f16 in and out, the GELU in f32.
+    let h = rounded(Tensor::random([1, 1, 77, 2 * 320], Distribution::Normal(0.0, 2.0), &cpu));
+    let (value, gate) = (h.clone().narrow(3, 0, 320), h.clone().narrow(3, 320, 320));
+    let expected = value * burn::tensor::activation::gelu(gate);
+    let ours = websd::kernels::geglu::geglu(&on_gpu(&h).reshape([77, 640])).unwrap();
+    assert_eq!(ours.dtype(), DType::F16);
+    let diff = (back(ours.reshape([1, 1, 77, 320])) - expected.clone()).abs().max().into_scalar::<f32>();
+    let scale = expected.abs().max().into_scalar::<f32>();
+    eprintln!("geglu f16: max abs diff {diff:e} (max |out| {scale})");
+    assert!(diff <= 1e-3 * scale, "geglu in f16 differs by {diff}");
     // GroupNorm + SiLU and LayerNorm: f16 in and out, statistics in f32, both layouts.
     use websd::kernels::norm::{Layout, group_norm, layer_norm};
     let x = rounded(Tensor::random([2, 64, 9, 9], Distribution::Normal(2.0, 3.0), &cpu));

@@ -30,6 +30,7 @@ fn attention_rows<E: Float>(
     output: &mut [E],
     queries: usize,
     keys: usize,
+    heads: usize,
     blocks_per_head: usize,
     lanes: usize,
     scale: f32,
@@ -37,6 +38,7 @@ fn attention_rows<E: Float>(
     #[comptime] value_dim: usize,
     #[comptime] causal: bool,
     #[comptime] r: usize,
+    #[comptime] tokens_major: bool,
     #[define(E)] _dtype: ElemType,
 ) {
     let lane = (CUBE_POS_X as usize + CUBE_POS_Y as usize * CUBE_COUNT_X as usize) * LANES + UNIT_POS_X as usize;
@@ -47,6 +49,20 @@ fn attention_rows<E: Float>(
     // one and write nothing.
     let head = lane / blocks_per_head;
     let q0 = (lane % blocks_per_head) * r;
+    // `[batch, heads, tokens, width]`, or `[batch, tokens, heads, width]` (the projections as they
+    // come, no head swaps): where a (batch, head) starts and how far apart its tokens are.
+    let batch = head / heads;
+    let h = head % heads;
+    // Tokens of a head lie `spread` widths apart: `heads` tokens-major, 1 heads-major.
+    let spread = select(tokens_major, heads, 1usize);
+    let q_step = spread * head_dim;
+    let k_step = spread * head_dim;
+    let v_step = spread * value_dim;
+    let o_step = spread * value_dim;
+    let q_base = batch * queries * heads * head_dim + h * select(tokens_major, head_dim, queries * head_dim);
+    let k_base = batch * keys * heads * head_dim + h * select(tokens_major, head_dim, keys * head_dim);
+    let v_base = batch * keys * heads * value_dim + h * select(tokens_major, value_dim, keys * value_dim);
+    let o_base = batch * queries * heads * value_dim + h * select(tokens_major, value_dim, queries * value_dim);
     let mut qr = Array::<f32>::new(r * head_dim);
     #[unroll]
     for i in 0..r {
@@ -54,10 +70,10 @@ fn attention_rows<E: Float>(
         if query >= queries {
             query = queries - 1;
         }
-        let row = head * queries + query;
+        let at = q_base + query * q_step;
         #[unroll]
         for c in 0..head_dim {
-            qr[i * head_dim + c] = f32::cast_from(q[row * head_dim + c]) * scale;
+            qr[i * head_dim + c] = f32::cast_from(q[at + c]) * scale;
         }
     }
     let mut acc = Array::<f32>::new(r * value_dim);
@@ -72,8 +88,6 @@ fn attention_rows<E: Float>(
         max[i] = f32::new(-1.0e30);
         sum[i] = 0.0;
     }
-    let k_base = head * keys * head_dim;
-    let v_base = head * keys * value_dim;
     // Causal (queries == keys): query i sees keys 0..=i, so the block's last query all it needs.
     let mut end = keys;
     if causal {
@@ -88,11 +102,11 @@ fn attention_rows<E: Float>(
         // Each key and value is loaded once for the lane's `r` queries.
         #[unroll]
         for c in 0..head_dim {
-            kr[c] = f32::cast_from(k[k_base + j * head_dim + c]);
+            kr[c] = f32::cast_from(k[k_base + j * k_step + c]);
         }
         #[unroll]
         for c in 0..value_dim {
-            vr[c] = f32::cast_from(v[v_base + j * value_dim + c]);
+            vr[c] = f32::cast_from(v[v_base + j * v_step + c]);
         }
         #[unroll]
         for i in 0..r {
@@ -125,10 +139,10 @@ fn attention_rows<E: Float>(
     #[unroll]
     for i in 0..r {
         if q0 + i < queries {
-            let row = head * queries + q0 + i;
+            let at = o_base + (q0 + i) * o_step;
             #[unroll]
             for d in 0..value_dim {
-                output[row * value_dim + d] = E::cast_from(acc[i * value_dim + d] / sum[i]);
+                output[at + d] = E::cast_from(acc[i * value_dim + d] / sum[i]);
             }
         }
     }
@@ -176,16 +190,64 @@ pub fn attention_causal(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>) -> Option<T
 }
 
 fn launch(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>, causal: bool, r: Option<usize>) -> Option<Tensor<4>> {
-    let dtype = q.dtype();
     let [batch, heads, queries, head_dim] = q.dims();
     let [_, _, keys, value_dim] = v.dims();
+    let shape = Shape { batch, heads, queries, keys, head_dim, value_dim, tokens_major: false };
+    let out = run(q, k, v, shape, causal, r)?;
+    Some(Tensor::from_primitive::<CubeBackend>(out))
+}
+
+/// [`attention`] on the projections as they come, `[batch, tokens, heads * width]`, without swapping
+/// heads and tokens before and after (four copies an attention otherwise).
+///
+/// # Shapes
+/// - q: `[batch, queries, heads * head_dim]`
+/// - k: `[batch, keys, heads * head_dim]`
+/// - v: `[batch, keys, heads * value_dim]`
+/// - output: `[batch, queries, heads * value_dim]`
+pub fn attention_tokens(q: &Tensor<3>, k: &Tensor<3>, v: &Tensor<3>, heads: usize) -> Option<Tensor<3>> {
+    let [batch, queries, q_width] = q.dims();
+    let [_, keys, v_width] = v.dims();
+    if heads == 0 || q_width % heads != 0 || v_width % heads != 0 || k.dims() != [batch, keys, q_width] {
+        return None;
+    }
+    let (head_dim, value_dim) = (q_width / heads, v_width / heads);
+    let shape = Shape { batch, heads, queries, keys, head_dim, value_dim, tokens_major: true };
+    let out = run(q, k, v, shape, false, None)?;
+    Some(Tensor::from_primitive::<CubeBackend>(out))
+}
+
+struct Shape {
+    batch: usize,
+    heads: usize,
+    queries: usize,
+    keys: usize,
+    head_dim: usize,
+    value_dim: usize,
+    tokens_major: bool,
+}
+
+fn run<const D: usize>(
+    q: &Tensor<D>,
+    k: &Tensor<D>,
+    v: &Tensor<D>,
+    shape: Shape,
+    causal: bool,
+    r: Option<usize>,
+) -> Option<burn_cubecl::tensor::CubeTensor> {
+    let Shape { batch, heads, queries, keys, head_dim, value_dim, tokens_major } = shape;
+    let dtype = q.dtype();
     if keys == 0 || queries == 0 || head_dim > MAX_HEAD_DIM || value_dim > MAX_HEAD_DIM {
         return None;
     }
     let r = r.unwrap_or_else(|| queries_per_lane(head_dim, value_dim, super::choice().attention_registers)).max(1);
     let (q, k, v) = (super::cube_tensor(q, dtype)?, super::cube_tensor(k, dtype)?, super::cube_tensor(v, dtype)?);
     let client = q.client.clone();
-    let output = empty_device_dtype(client.clone(), q.device.clone(), [batch, heads, queries, value_dim].into(), dtype);
+    let out_shape = match tokens_major {
+        true => vec![batch, queries, heads * value_dim],
+        false => vec![batch, heads, queries, value_dim],
+    };
+    let output = empty_device_dtype(client.clone(), q.device.clone(), out_shape.into(), dtype);
     let blocks_per_head = queries.div_ceil(r);
     let lanes = batch * heads * blocks_per_head;
     let count = super::grid_1d(lanes, LANES);
@@ -200,6 +262,7 @@ fn launch(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>, causal: bool, r: Option<u
             output.clone().into_buffer_arg(),
             queries,
             keys,
+            heads,
             blocks_per_head,
             lanes,
             1.0 / (head_dim as f32).sqrt(),
@@ -207,8 +270,9 @@ fn launch(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>, causal: bool, r: Option<u
             value_dim,
             causal,
             r,
+            tokens_major,
             burn::backend::cubecl::dtype_to_storage_type(dtype),
         );
     }
-    Some(Tensor::from_primitive::<CubeBackend>(output))
+    Some(output)
 }

@@ -69,6 +69,7 @@ fn conv2d_igemm<E: Float>(
     input: &[E],
     weight: &[E],
     bias: &[E],
+    residual: &[E],
     output: &mut [E],
     partial: &mut [f32],
     c_in: usize,
@@ -87,7 +88,7 @@ fn conv2d_igemm<E: Float>(
     #[comptime] bm: usize,
     #[comptime] bn: usize,
     #[comptime] split: bool,
-    #[comptime] has_bias: bool,
+    #[comptime] epilogue: Epilogue,
     #[comptime] weight_kn: bool,
     #[define(E)] _dtype: ElemType,
 ) {
@@ -207,11 +208,7 @@ fn conv2d_igemm<E: Float>(
                     if split {
                         partial[part * batch * c_out * hw_out + at] = acc[i * tn + j];
                     } else {
-                        let mut v = acc[i * tn + j];
-                        if has_bias {
-                            v += f32::cast_from(bias[m]);
-                        }
-                        output[at] = E::cast_from(v);
+                        output[at] = E::cast_from(finish(acc[i * tn + j], bias, residual, pb, m, c_out, at, epilogue));
                     }
                 }
             }
@@ -219,16 +216,57 @@ fn conv2d_igemm<E: Float>(
     }
 }
 
-/// The split-K pass: each output value is the sum of its `splits` partial sums plus the bias.
+/// What a convolution's (or linear layer's) last step adds to an output value: a bias per output
+/// channel or per (batch, output channel) (a ResNet block's projected time embedding folded in),
+/// and a residual of the output's shape (the block's shortcut), in f32 before the one rounding to
+/// the output's type. Saves a pass over the output per add, and a launch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Epilogue {
+    pub bias: bool,
+    /// The bias is `[batch, c_out]` rather than `[c_out]`.
+    pub bias_per_batch: bool,
+    pub residual: bool,
+}
+
+/// `value` plus what `epilogue` asks for: the value is output channel `channel` of `c_out` of batch
+/// `batch`, at `at` in the output.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn finish<E: Float>(
+    value: f32,
+    bias: &[E],
+    residual: &[E],
+    batch: usize,
+    channel: usize,
+    c_out: usize,
+    at: usize,
+    #[comptime] epilogue: Epilogue,
+) -> f32 {
+    let mut v = value;
+    if comptime!(epilogue.bias) {
+        if comptime!(epilogue.bias_per_batch) {
+            v += f32::cast_from(bias[batch * c_out + channel]);
+        } else {
+            v += f32::cast_from(bias[channel]);
+        }
+    }
+    if comptime!(epilogue.residual) {
+        v += f32::cast_from(residual[at]);
+    }
+    v
+}
+
+/// The split-K pass: each output value is the sum of its `splits` partial sums plus the epilogue.
 #[cube(launch_unchecked)]
 fn conv2d_sum_splits<E: Float>(
     partial: &[f32],
     bias: &[E],
+    residual: &[E],
     output: &mut [E],
     c_out: usize,
     hw_out: usize,
     #[comptime] splits: usize,
-    #[comptime] has_bias: bool,
+    #[comptime] epilogue: Epilogue,
     #[define(E)] _dtype: ElemType,
 ) {
     let at =
@@ -240,10 +278,9 @@ fn conv2d_sum_splits<E: Float>(
         for s in 0..splits {
             v += partial[s * len + at];
         }
-        if has_bias {
-            v += f32::cast_from(bias[(at / hw_out) % c_out]);
-        }
-        output[at] = E::cast_from(v);
+        let batch_channel = at / hw_out;
+        let (batch, channel) = (batch_channel / c_out, batch_channel % c_out);
+        output[at] = E::cast_from(finish(v, bias, residual, batch, channel, c_out, at, epilogue));
     }
 }
 
@@ -271,6 +308,7 @@ pub fn conv2d(
     bias: Option<&Tensor<1>>,
     stride: usize,
     padding: [usize; 4],
+    add: Add,
 ) -> Option<Tensor<4>> {
     let [b, _, h, w] = x.dims();
     let [c_out, c_in, kh, kw] = weight.dims();
@@ -279,10 +317,66 @@ pub fn conv2d(
     let choice = super::choice();
     if choice.lanes {
         let block = Block::for_shape(c_out, b, out_h, out_w, choice.lane_accumulators);
-        return conv2d_blocked(x, weight, bias, stride, padding, block);
+        return conv2d_blocked(x, weight, bias, stride, padding, block, add);
     }
     let pixels = b * out_h * out_w;
-    conv2d_tiled(x, weight, bias, stride, padding, super::conv_tiling(c_out, pixels, c_in * kh * kw))
+    conv2d_tiled(x, weight, bias, stride, padding, super::conv_tiling(c_out, pixels, c_in * kh * kw), add)
+}
+
+/// What a convolution adds to its output besides its bias, in the same pass ([`Epilogue`]).
+///
+/// # Shapes
+/// - per_batch: `[batch, c_out]`, added to every pixel of its (batch, channel) plane
+/// - residual: the output's shape
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Add<'a> {
+    pub per_batch: Option<&'a Tensor<2>>,
+    pub residual: Option<&'a Tensor<4>>,
+}
+
+impl Add<'_> {
+    pub const NONE: Add<'static> = Add { per_batch: None, residual: None };
+}
+
+/// A launch's epilogue operands: the bias (per channel, or with a per-batch term added in, per
+/// (batch, channel)), the residual, and which of them the kernel reads.
+pub(crate) struct Tail {
+    pub bias: Option<CubeTensor>,
+    pub residual: Option<CubeTensor>,
+    pub epilogue: Epilogue,
+}
+
+impl Tail {
+    /// `None` where a tensor is not a cubecl tensor of `dtype` or `add` does not fit
+    /// `[batch, c_out, ...]` / the output's `out` shape.
+    pub(crate) fn new(bias: Option<&Tensor<1>>, add: Add, dtype: DType, out: [usize; 4]) -> Option<Tail> {
+        let [batch, c_out, _, _] = out;
+        let bias_per_batch = add.per_batch.is_some();
+        let bias = match (bias, add.per_batch) {
+            (_, Some(t)) if t.dims() != [batch, c_out] => return None,
+            (Some(b), Some(t)) => Some(t.clone() + b.clone().unsqueeze_dim(0)),
+            (None, Some(t)) => Some(t.clone()),
+            (b, None) => b.map(|b| b.clone().unsqueeze_dim(0)),
+        };
+        let bias = match bias {
+            Some(b) => Some(super::cube_tensor(&b, dtype)?),
+            None => None,
+        };
+        let residual = match add.residual {
+            Some(r) if r.dims() != out => return None,
+            Some(r) => Some(super::cube_tensor(r, dtype)?),
+            None => None,
+        };
+        let epilogue = Epilogue { bias: bias.is_some(), bias_per_batch, residual: residual.is_some() };
+        Some(Tail { bias, residual, epilogue })
+    }
+
+    /// The bias and residual bindings, `stand_in` (a read-only operand) for those the kernel does not
+    /// read (a binding needs a buffer).
+    pub(crate) fn bindings(self, stand_in: &CubeTensor) -> (CubeTensor, CubeTensor, Epilogue) {
+        let bias = self.bias.unwrap_or_else(|| stand_in.clone());
+        (bias, self.residual.unwrap_or_else(|| stand_in.clone()), self.epilogue)
+    }
 }
 
 /// burn's direct convolution kernel, asked for by name: where our kernels run, the convolutions below
@@ -318,17 +412,31 @@ pub fn conv2d_tiled(
     stride: usize,
     padding: [usize; 4],
     tiling: Tiling,
+    add: Add,
 ) -> Option<Tensor<4>> {
     assert!(tiling.valid(), "no such tiling: {tiling:?}");
-    let [_, _, h, w] = x.dims();
-    let [_, _, kh, kw] = weight.dims();
-    let [top, left, bottom, right] = padding;
-    let out = [output_size(h, kh, stride, top, bottom)?, output_size(w, kw, stride, left, right)?];
+    let (out, tail) = operands(x, weight, bias, stride, padding, add)?;
     let dtype = x.dtype();
-    let input = super::cube_tensor(x, dtype)?;
-    let weight = super::cube_tensor(weight, dtype)?;
-    let bias = super::cube_bias(bias, dtype)?;
-    Some(Tensor::from_primitive::<CubeBackend>(launch(input, weight, bias, stride, [top, left], out, tiling, false)))
+    let (input, weight) = (super::cube_tensor(x, dtype)?, super::cube_tensor(weight, dtype)?);
+    let [top, left, ..] = padding;
+    Some(Tensor::from_primitive::<CubeBackend>(launch(input, weight, tail, stride, [top, left], out, tiling, false)))
+}
+
+/// The output's `[out_h, out_w]` and the epilogue's operands; `None` where the padded input is
+/// smaller than the kernel or [`Tail::new`] declines.
+fn operands(
+    x: &Tensor<4>,
+    weight: &Tensor<4>,
+    bias: Option<&Tensor<1>>,
+    stride: usize,
+    [top, left, bottom, right]: [usize; 4],
+    add: Add,
+) -> Option<([usize; 2], Tail)> {
+    let [batch, _, h, w] = x.dims();
+    let [c_out, _, kh, kw] = weight.dims();
+    let out = [output_size(h, kh, stride, top, bottom)?, output_size(w, kw, stride, left, right)?];
+    let tail = Tail::new(bias, add, x.dtype(), [batch, c_out, out[0], out[1]])?;
+    Some((out, tail))
 }
 
 /// Launches the kernel on `[batch, c_in, in_h, in_w]` input and `[c_out, c_in, kh, kw]` weights, or with
@@ -338,7 +446,7 @@ pub fn conv2d_tiled(
 pub(crate) fn launch(
     input: CubeTensor,
     weight: CubeTensor,
-    bias: Option<CubeTensor>,
+    tail: Tail,
     stride: usize,
     [top, left]: [usize; 2],
     [out_h, out_w]: [usize; 2],
@@ -370,8 +478,7 @@ pub(crate) fn launch(
         empty_device_dtype(client.clone(), device, [1].into(), DType::F32)
     };
 
-    let has_bias = bias.is_some();
-    let bias = bias.unwrap_or_else(|| weight.clone());
+    let (bias, residual, epilogue) = tail.bindings(&weight);
     let pixel_tiles = (batch * out_h * out_w).div_ceil(tiling.bn);
     let groups_x = pixel_tiles.min(MAX_GROUPS);
     let groups_z = pixel_tiles.div_ceil(groups_x);
@@ -385,6 +492,7 @@ pub(crate) fn launch(
             input.into_buffer_arg(),
             weight.into_buffer_arg(),
             bias.clone().into_buffer_arg(),
+            residual.clone().into_buffer_arg(),
             output.clone().into_buffer_arg(),
             partial.clone().into_buffer_arg(),
             c_in,
@@ -403,7 +511,7 @@ pub(crate) fn launch(
             tiling.bm,
             tiling.bn,
             split,
-            has_bias,
+            epilogue,
             weight_kn,
             storage,
         );
@@ -418,11 +526,12 @@ pub(crate) fn launch(
                 CubeDim::new_1d(LANES as u32),
                 partial.into_buffer_arg(),
                 bias.into_buffer_arg(),
+                residual.into_buffer_arg(),
                 output.clone().into_buffer_arg(),
                 c_out,
                 out_h * out_w,
                 splits,
-                has_bias,
+                epilogue,
                 storage,
             );
         }
@@ -483,6 +592,7 @@ fn conv2d_lanes<E: Float>(
     input: &[E],
     weight: &[E],
     bias: &[E],
+    residual: &[E],
     output: &mut [E],
     c_in: usize,
     in_h: usize,
@@ -498,7 +608,7 @@ fn conv2d_lanes<E: Float>(
     #[comptime] ch: usize,
     #[comptime] ry: usize,
     #[comptime] px: usize,
-    #[comptime] has_bias: bool,
+    #[comptime] epilogue: Epilogue,
     #[define(E)] _dtype: ElemType,
 ) {
     let span = comptime!((px - 1) * stride + kw);
@@ -579,10 +689,6 @@ fn conv2d_lanes<E: Float>(
         for m in 0..ch {
             let c = m0 + m;
             if c < c_out {
-                let mut b = 0.0f32;
-                if has_bias {
-                    b = f32::cast_from(bias[c]);
-                }
                 #[unroll]
                 for i in 0..ry {
                     let oy = oy0 + i;
@@ -590,7 +696,9 @@ fn conv2d_lanes<E: Float>(
                     #[unroll]
                     for j in 0..px {
                         if oy < out_h && ox0 + j < out_w {
-                            output[base + ox0 + j] = E::cast_from(acc[(m * ry + i) * px + j] + b);
+                            let at = base + ox0 + j;
+                            let v = finish(acc[(m * ry + i) * px + j], bias, residual, pb, c, c_out, at, epilogue);
+                            output[at] = E::cast_from(v);
                         }
                     }
                 }
@@ -603,7 +711,7 @@ fn conv2d_lanes<E: Float>(
 pub(crate) fn launch_lanes(
     input: CubeTensor,
     weight: CubeTensor,
-    bias: Option<CubeTensor>,
+    tail: Tail,
     stride: usize,
     [top, left]: [usize; 2],
     [out_h, out_w]: [usize; 2],
@@ -617,8 +725,7 @@ pub(crate) fn launch_lanes(
     let dtype = input.dtype;
     let storage = burn::backend::cubecl::dtype_to_storage_type(dtype);
     let output = empty_device_dtype(client.clone(), input.device.clone(), [batch, c_out, out_h, out_w].into(), dtype);
-    let has_bias = bias.is_some();
-    let bias = bias.unwrap_or_else(|| weight.clone());
+    let (bias, residual, epilogue) = tail.bindings(&weight);
     let lane_groups = (batch * out_h.div_ceil(ry) * out_w.div_ceil(px)).div_ceil(lanes);
     let groups_x = lane_groups.min(MAX_GROUPS);
     let count = CubeCount::Static(groups_x as u32, c_out.div_ceil(ch) as u32, lane_groups.div_ceil(groups_x) as u32);
@@ -630,6 +737,7 @@ pub(crate) fn launch_lanes(
             input.into_buffer_arg(),
             weight.into_buffer_arg(),
             bias.into_buffer_arg(),
+            residual.into_buffer_arg(),
             output.clone().into_buffer_arg(),
             c_in,
             in_h,
@@ -645,7 +753,7 @@ pub(crate) fn launch_lanes(
             ch,
             ry,
             px,
-            has_bias,
+            epilogue,
             storage,
         );
     }
@@ -660,14 +768,11 @@ pub fn conv2d_blocked(
     stride: usize,
     padding: [usize; 4],
     block: Block,
+    add: Add,
 ) -> Option<Tensor<4>> {
-    let [_, _, h, w] = x.dims();
-    let [_, _, kh, kw] = weight.dims();
-    let [top, left, bottom, right] = padding;
-    let out = [output_size(h, kh, stride, top, bottom)?, output_size(w, kw, stride, left, right)?];
+    let (out, tail) = operands(x, weight, bias, stride, padding, add)?;
     let dtype = x.dtype();
-    let input = super::cube_tensor(x, dtype)?;
-    let weight = super::cube_tensor(weight, dtype)?;
-    let bias = super::cube_bias(bias, dtype)?;
-    Some(Tensor::from_primitive::<CubeBackend>(launch_lanes(input, weight, bias, stride, [top, left], out, block)))
+    let (input, weight) = (super::cube_tensor(x, dtype)?, super::cube_tensor(weight, dtype)?);
+    let [top, left, ..] = padding;
+    Some(Tensor::from_primitive::<CubeBackend>(launch_lanes(input, weight, tail, stride, [top, left], out, block)))
 }

@@ -12,6 +12,8 @@ use burn_cubecl::cubecl::prelude::*;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 
+use super::conv2d::{Add, Epilogue, Tail, finish};
+
 /// Output columns per workgroup, one per invocation.
 const LANES: usize = 64;
 /// Rows each invocation accumulates.
@@ -23,11 +25,12 @@ fn linear_rows<E: Float>(
     x: &[E],
     weight: &[E],
     bias: &[E],
+    residual: &[E],
     output: &mut [E],
     rows: usize,
     d_in: usize,
     d_out: usize,
-    #[comptime] has_bias: bool,
+    #[comptime] epilogue: Epilogue,
     #[define(E)] _dtype: ElemType,
 ) {
     let col = CUBE_POS_X as usize * LANES + UNIT_POS_X as usize;
@@ -59,30 +62,34 @@ fn linear_rows<E: Float>(
         }
     }
     if col < d_out {
-        let mut b = 0.0f32;
-        if has_bias {
-            b = f32::cast_from(bias[col]);
-        }
         #[unroll]
         for r in 0..ROWS {
             if row0 + r < rows {
-                output[(row0 + r) * d_out + col] = E::cast_from(acc[r] + b);
+                let at = (row0 + r) * d_out + col;
+                output[at] = E::cast_from(finish(acc[r], bias, residual, 0, col, d_out, at, epilogue));
             }
         }
     }
 }
 
-/// `x W + b` as burn's `Linear`, or `None` when the tensors are not f32/f16 cubecl tensors or a side is
-/// empty (the caller then uses burn's op).
+/// `x W + b (+ residual)` as burn's `Linear` (then an add), or `None` when the tensors are not
+/// f32/f16 cubecl tensors, a side is empty or the residual's shape is not the output's (the caller
+/// then uses burn's ops).
 ///
 /// # Shapes
 /// - x: `[rows, d_in]`
 /// - weight: `[d_in, d_out]`
 /// - bias: `[d_out]`
-/// - output: `[rows, d_out]`
-pub fn linear(x: &Tensor<2>, weight: &Tensor<2>, bias: Option<&Tensor<1>>) -> Option<Tensor<2>> {
-    let (input, weight, (bias, has_bias), output, [rows, d_in, d_out]) = operands(x, weight, bias)?;
+/// - residual, output: `[rows, d_out]`
+pub fn linear(
+    x: &Tensor<2>,
+    weight: &Tensor<2>,
+    bias: Option<&Tensor<1>>,
+    residual: Option<&Tensor<2>>,
+) -> Option<Tensor<2>> {
+    let (input, weight, tail, output, [rows, d_in, d_out]) = operands(x, weight, bias, residual)?;
     let (client, dtype) = (input.client.clone(), input.dtype);
+    let (bias, residual, epilogue) = tail.bindings(&weight);
     let row_groups = rows.div_ceil(ROWS);
     let groups_y = row_groups.min(super::MAX_GROUPS);
     let count = CubeCount::Static(d_out.div_ceil(LANES) as u32, groups_y as u32, row_groups.div_ceil(groups_y) as u32);
@@ -94,38 +101,39 @@ pub fn linear(x: &Tensor<2>, weight: &Tensor<2>, bias: Option<&Tensor<1>>) -> Op
             input.into_buffer_arg(),
             weight.into_buffer_arg(),
             bias.into_buffer_arg(),
+            residual.into_buffer_arg(),
             output.clone().into_buffer_arg(),
             rows,
             d_in,
             d_out,
-            has_bias,
+            epilogue,
             burn::backend::cubecl::dtype_to_storage_type(dtype),
         );
     }
     Some(Tensor::from_primitive::<CubeBackend>(output))
 }
 
-/// A linear layer's operands as contiguous cubecl tensors (the bias, or the weight as a binding
-/// that is never read, and whether there is one), its empty `[rows, d_out]` output and
-/// `[rows, d_in, d_out]`; `None` where [`linear`] declines.
+/// A linear layer's operands as contiguous cubecl tensors, its epilogue's, its empty `[rows, d_out]`
+/// output and `[rows, d_in, d_out]`; `None` where [`linear`] declines.
 #[allow(clippy::type_complexity)]
 fn operands(
     x: &Tensor<2>,
     weight: &Tensor<2>,
     bias: Option<&Tensor<1>>,
-) -> Option<(CubeTensor, CubeTensor, (CubeTensor, bool), CubeTensor, [usize; 3])> {
+    residual: Option<&Tensor<2>>,
+) -> Option<(CubeTensor, CubeTensor, Tail, CubeTensor, [usize; 3])> {
     let dtype = x.dtype();
     let [rows, d_in] = x.dims();
     let d_out = weight.dims()[1];
     if rows == 0 || d_in == 0 || d_out == 0 {
         return None;
     }
+    let residual = residual.map(|r| r.clone().reshape([rows, d_out, 1, 1]));
+    let tail = Tail::new(bias, Add { per_batch: None, residual: residual.as_ref() }, dtype, [rows, d_out, 1, 1])?;
     let input = super::cube_tensor(x, dtype)?;
     let weight = super::cube_tensor(weight, dtype)?;
-    let bias = super::cube_bias(bias, dtype)?;
     let output = empty_device_dtype(input.client.clone(), input.device.clone(), [rows, d_out].into(), dtype);
-    let bias = (bias.clone().unwrap_or_else(|| weight.clone()), bias.is_some());
-    Some((input, weight, bias, output, [rows, d_in, d_out]))
+    Some((input, weight, tail, output, [rows, d_in, d_out]))
 }
 
 /// [`linear`] as a tiled GEMM: our convolution kernel with 1x1 images, one per row
@@ -138,6 +146,7 @@ pub fn linear_tiled(
     x: &Tensor<2>,
     weight: &Tensor<2>,
     bias: Option<&Tensor<1>>,
+    residual: Option<&Tensor<2>>,
     tiling: Option<super::conv2d::Tiling>,
 ) -> Option<Tensor<2>> {
     let dtype = x.dtype();
@@ -149,8 +158,9 @@ pub fn linear_tiled(
     let tiling = tiling.unwrap_or_else(|| super::conv_tiling(d_out, rows, d_in));
     let input = super::cube_tensor(&x.clone().reshape([rows, d_in, 1, 1]), dtype)?;
     let weight = super::cube_tensor(&weight.clone().reshape([d_in, d_out, 1, 1]), dtype)?;
-    let bias = super::cube_bias(bias, dtype)?;
-    let out = super::conv2d::launch(input, weight, bias, 1, [0, 0], [1, 1], tiling, true);
+    let residual = residual.map(|r| r.clone().reshape([rows, d_out, 1, 1]));
+    let tail = Tail::new(bias, Add { per_batch: None, residual: residual.as_ref() }, dtype, [rows, d_out, 1, 1])?;
+    let out = super::conv2d::launch(input, weight, tail, 1, [0, 0], [1, 1], tiling, true);
     Some(Tensor::<4>::from_primitive::<CubeBackend>(out).reshape([rows, d_out]))
 }
 
@@ -166,13 +176,14 @@ fn linear_lanes<E: Float>(
     x: &[E],
     weight: &[E],
     bias: &[E],
+    residual: &[E],
     output: &mut [E],
     rows: usize,
     d_in: usize,
     d_out: usize,
     #[comptime] r: usize,
     #[comptime] c: usize,
-    #[comptime] has_bias: bool,
+    #[comptime] epilogue: Epilogue,
     #[define(E)] _dtype: ElemType,
 ) {
     let lane = (CUBE_POS_X as usize + CUBE_POS_Y as usize * CUBE_COUNT_X as usize) * BLOCK_LANES + UNIT_POS_X as usize;
@@ -224,14 +235,11 @@ fn linear_lanes<E: Float>(
         for j in 0..c {
             let col = col0 + j;
             if col < d_out {
-                let mut b = 0.0f32;
-                if has_bias {
-                    b = f32::cast_from(bias[col]);
-                }
                 #[unroll]
                 for i in 0..r {
                     if row0 + i < rows {
-                        output[(row0 + i) * d_out + col] = E::cast_from(acc[i * c + j] + b);
+                        let at = (row0 + i) * d_out + col;
+                        output[at] = E::cast_from(finish(acc[i * c + j], bias, residual, 0, col, d_out, at, epilogue));
                     }
                 }
             }
@@ -257,10 +265,12 @@ pub fn linear_blocked(
     x: &Tensor<2>,
     weight: &Tensor<2>,
     bias: Option<&Tensor<1>>,
+    residual: Option<&Tensor<2>>,
     (r, c): (usize, usize),
 ) -> Option<Tensor<2>> {
-    let (input, weight, (bias, has_bias), output, [rows, d_in, d_out]) = operands(x, weight, bias)?;
+    let (input, weight, tail, output, [rows, d_in, d_out]) = operands(x, weight, bias, residual)?;
     let (client, dtype) = (input.client.clone(), input.dtype);
+    let (bias, residual, epilogue) = tail.bindings(&weight);
     let count = super::grid_1d(rows.div_ceil(r) * d_out.div_ceil(c), BLOCK_LANES);
     unsafe {
         linear_lanes::launch_unchecked(
@@ -270,13 +280,14 @@ pub fn linear_blocked(
             input.into_buffer_arg(),
             weight.into_buffer_arg(),
             bias.into_buffer_arg(),
+            residual.into_buffer_arg(),
             output.clone().into_buffer_arg(),
             rows,
             d_in,
             d_out,
             r,
             c,
-            has_bias,
+            epilogue,
             burn::backend::cubecl::dtype_to_storage_type(dtype),
         );
     }

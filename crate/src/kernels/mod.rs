@@ -11,7 +11,7 @@
 //! our attention beats burn's; on lavapipe the attention and linear layers under 64 rows stay burn's.
 //! Everywhere else burn's run until a device has measured ours. `WEBSD_KERNELS` (native only) forces
 //! a choice for benchmarks: `ours`, `burn`, or a comma list of `conv` (the implicit GEMM),
-//! `conv-lanes`, `attention`, `linear`, `norm`; `WEBSD_CONV_WORKGROUPS=N` tiles the implicit GEMM's
+//! `conv-lanes`, `attention`, `linear`, `norm`, `geglu`; `WEBSD_CONV_WORKGROUPS=N` tiles the implicit GEMM's
 //! convolution for a GPU that wants N workgroups in flight ([`conv2d::Tiling::for_workgroups`]).
 
 use std::sync::RwLock;
@@ -24,6 +24,7 @@ use burn_cubecl::tensor::CubeTensor;
 
 pub mod attention;
 pub mod conv2d;
+pub mod geglu;
 pub mod linear;
 pub mod norm;
 
@@ -45,6 +46,8 @@ pub struct Choice {
     pub linear: bool,
     /// GroupNorm (+ SiLU) and LayerNorm as one kernel each ([`norm`]).
     pub norm: bool,
+    /// The feed-forward's GEGLU as one kernel ([`geglu`]).
+    pub geglu: bool,
     /// Output pixels (batch x height x width) below which burn's convolution runs instead of ours.
     pub conv_min_pixels: usize,
     /// Output channels below which burn's convolution runs instead of ours.
@@ -74,6 +77,7 @@ impl Choice {
         attention: false,
         linear: false,
         norm: false,
+        geglu: false,
         conv_min_pixels: 0,
         conv_min_channels: 0,
         conv_workgroups: 0,
@@ -103,6 +107,7 @@ impl Choice {
                 attention: true,
                 linear: true,
                 norm: true,
+                geglu: true,
                 conv_workgroups: 4,
                 lanes: true,
                 lane_accumulators: 64,
@@ -114,7 +119,15 @@ impl Choice {
             // `op_bench 32 wgpu - - conv` (BENCHMARKS.md): the lane kernel took 0.27-0.81x the time
             // of burn's autotuned kernels at SD's four 3x3 shapes; the implicit GEMM 2.0-5.7x. The
             // lane linear kernel 0.43-0.95x burn's matmul from 256 rows (`... all 10`), 1.9x at 32.
-            return Choice { conv: true, linear: true, norm: true, lanes: true, lane_min_rows: 64, ..Choice::BURN };
+            return Choice {
+                conv: true,
+                linear: true,
+                norm: true,
+                geglu: true,
+                lanes: true,
+                lane_min_rows: 64,
+                ..Choice::BURN
+            };
         }
         Choice::BURN
     }
@@ -134,6 +147,7 @@ impl Choice {
             self.attention = all || ops.contains(&"attention");
             self.linear = all || ops.contains(&"linear");
             self.norm = all || ops.contains(&"norm");
+            self.geglu = all || ops.contains(&"geglu");
             self.conv_min_pixels = 0;
             self.conv_min_channels = 0;
         }

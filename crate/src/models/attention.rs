@@ -7,7 +7,7 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{DType, FloatDType, Tensor};
 
-use super::{LayerNorm, linear};
+use super::{LayerNorm, linear, linear_residual};
 use crate::weights::{LoadError, TensorLoader, TensorSource};
 
 /// Largest `[batch, heads, queries, keys]` score matrix (counted as f32) that one attention call may
@@ -117,20 +117,40 @@ impl Attention {
     /// # Shapes
     /// - x: `[batch, queries, query_dim]`
     /// - context: `[batch, keys, context_dim]` (`None`: self-attention)
+    /// - residual: `[batch, queries, query_dim]`, added to the output (by the output projection's
+    ///   kernel where ours runs)
     /// - output: `[batch, queries, query_dim]`
-    pub fn forward(&self, x: Tensor<3>, context: Option<&Tensor<3>>) -> Tensor<3> {
+    pub fn forward(&self, x: Tensor<3>, context: Option<&Tensor<3>>, residual: Option<Tensor<3>>) -> Tensor<3> {
         let context = context.cloned().unwrap_or_else(|| x.clone());
-        let split = |t: Tensor<3>| {
-            let [b, n, d] = t.dims();
-            t.reshape([b, n, self.heads, d / self.heads]).swap_dims(1, 2)
-        };
-        let q = split(linear(&self.to_q, x));
-        let k = split(linear(&self.to_k, context.clone()));
-        let v = split(linear(&self.to_v, context));
-        let out = attention_upcast(q, k, v, self.upcast);
-        let [b, h, n, d] = out.dims();
-        linear(&self.to_out, out.swap_dims(1, 2).reshape([b, n, h * d]))
+        let q = linear(&self.to_q, x);
+        let k = linear(&self.to_k, context.clone());
+        let v = linear(&self.to_v, context);
+        let out = attention_heads(q, k, v, self.heads, self.upcast);
+        linear_residual(&self.to_out, out, residual)
     }
+}
+
+/// [`attention_upcast`] on the projections as they come: our kernel takes them without swapping
+/// heads and tokens ([`crate::kernels::attention::attention_tokens`]; it computes in f32, so it also
+/// upcasts), burn's op after the swaps.
+///
+/// # Shapes
+/// - q: `[batch, queries, heads * head_dim]`
+/// - k, v: `[batch, keys, heads * head_dim]`
+/// - output: `[batch, queries, heads * head_dim]`
+pub fn attention_heads(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize, upcast: bool) -> Tensor<3> {
+    if crate::kernels::choice().attention
+        && let Some(out) = crate::kernels::attention::attention_tokens(&q, &k, &v, heads)
+    {
+        return out;
+    }
+    let split = |t: Tensor<3>| {
+        let [b, n, d] = t.dims();
+        t.reshape([b, n, heads, d / heads]).swap_dims(1, 2)
+    };
+    let out = attention_upcast(split(q), split(k), split(v), upcast);
+    let [b, h, n, d] = out.dims();
+    out.swap_dims(1, 2).reshape([b, n, h * d])
 }
 
 /// `FeedForward` with GEGLU: `net.0.proj` to twice the inner width, `value * gelu(gate)`, `net.2`.
@@ -155,32 +175,37 @@ impl FeedForward {
     ///
     /// # Shapes
     /// - x: `[batch, tokens, dim]`, returned in the same shape
-    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+    pub fn forward(&self, x: Tensor<3>, residual: Option<Tensor<3>>) -> Tensor<3> {
         let [batch, tokens, _] = x.dims();
         let projected = self.proj.weight.dims()[1];
         let bytes_per_token = (batch * projected * x.dtype().size()) as u64;
         let piece = ((crate::gpu::MAX_BUFFER_BYTES / bytes_per_token.max(1)) as usize).max(1);
-        self.forward_in_pieces(x, piece.min(tokens))
+        self.forward_in_pieces(x, residual, piece.min(tokens))
     }
 
     /// [`Self::forward`] on `piece` tokens at a time.
-    pub fn forward_in_pieces(&self, x: Tensor<3>, piece: usize) -> Tensor<3> {
+    pub fn forward_in_pieces(&self, x: Tensor<3>, residual: Option<Tensor<3>>, piece: usize) -> Tensor<3> {
         let tokens = x.dims()[1];
         if piece >= tokens {
-            return self.forward_all(x);
+            return self.forward_all(x, residual);
         }
+        let narrow = |t: &Tensor<3>, first: usize| t.clone().narrow(1, first, piece.min(tokens - first));
         let pieces = (0..tokens)
             .step_by(piece)
-            .map(|first| self.forward_all(x.clone().narrow(1, first, piece.min(tokens - first))));
+            .map(|first| self.forward_all(narrow(&x, first), residual.as_ref().map(|r| narrow(r, first))));
         Tensor::cat(pieces.collect(), 1)
     }
 
-    fn forward_all(&self, x: Tensor<3>) -> Tensor<3> {
+    fn forward_all(&self, x: Tensor<3>, residual: Option<Tensor<3>>) -> Tensor<3> {
         let h = linear(&self.proj, x);
-        let inner = h.dims()[2] / 2;
-        let value = h.clone().narrow(2, 0, inner);
-        let gate = h.narrow(2, inner, inner);
-        linear(&self.out, value * gelu(gate))
+        let [b, n, width] = h.dims();
+        let inner = width / 2;
+        let ours = || crate::kernels::geglu::geglu(&h.clone().reshape([b * n, width]));
+        let activated = match crate::kernels::choice().geglu.then(ours).flatten() {
+            Some(out) => out.reshape([b, n, inner]),
+            None => h.clone().narrow(2, 0, inner) * gelu(h.narrow(2, inner, inner)),
+        };
+        linear_residual(&self.out, activated, residual)
     }
 }
 
@@ -221,9 +246,9 @@ impl BasicTransformerBlock {
     /// - x: `[batch, tokens, dim]`, returned in the same shape
     /// - context: `[batch, text_tokens, cross_attention_dim]`
     pub fn forward(&self, x: Tensor<3>, context: &Tensor<3>) -> Tensor<3> {
-        let x = x.clone() + self.attn1.forward(self.norm1.forward(x), None);
-        let x = x.clone() + self.attn2.forward(self.norm2.forward(x), Some(context));
-        x.clone() + self.ff.forward(self.norm3.forward(x))
+        let x = self.attn1.forward(self.norm1.forward(x.clone()), None, Some(x));
+        let x = self.attn2.forward(self.norm2.forward(x.clone()), Some(context), Some(x));
+        self.ff.forward(self.norm3.forward(x.clone()), Some(x))
     }
 }
 
@@ -253,9 +278,10 @@ mod tests {
         let ff =
             FeedForward { proj: LinearConfig::new(8, 64).init(&device), out: LinearConfig::new(32, 8).init(&device) };
         let x = Tensor::<3>::random([2, 13, 8], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
-        let whole = ff.forward(x.clone());
+        let residual = Tensor::<3>::random([2, 13, 8], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+        let whole = ff.forward(x.clone(), Some(residual.clone()));
         for piece in [1, 4, 12, 13] {
-            let pieces = ff.forward_in_pieces(x.clone(), piece);
+            let pieces = ff.forward_in_pieces(x.clone(), Some(residual.clone()), piece);
             pieces.into_data().assert_approx_eq::<f32>(&whole.clone().into_data(), Tolerance::absolute(1e-6));
         }
     }

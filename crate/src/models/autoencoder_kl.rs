@@ -10,7 +10,7 @@ use burn::tensor::{Device, Tensor};
 
 use super::attention::attention_in_blocks;
 use super::resnet::{Downsample2D, ResnetBlock2D, Upsample2D, upsample_nearest};
-use super::{GroupStats, conv2d, conv2d_with, group_norm, group_norm_silu, linear};
+use super::{Add, GroupStats, conv2d, conv2d_with, group_norm, group_norm_silu, linear};
 use crate::config::AutoencoderKLConfig;
 use crate::weights::{IntoTensorSource, LoadError, TensorLoader, TensorSource};
 
@@ -287,7 +287,7 @@ fn banded_downsample(down: &Downsample2D, bands: Vec<Tensor<4>>) -> Vec<Tensor<4
                 parts.push(bands[i + 1].clone().narrow(2, 0, 1));
             }
             let bottom = usize::from(i + 1 == n);
-            conv2d_with(Tensor::cat(parts, 2), &weight, bias.as_ref(), 2, [0, 0, bottom, 1])
+            conv2d_with(Tensor::cat(parts, 2), &weight, bias.as_ref(), 2, [0, 0, bottom, 1], Add::NONE)
         })
         .collect()
 }
@@ -471,7 +471,7 @@ fn banded_conv(conv: &Conv2d, bands: Vec<Tensor<4>>) -> Vec<Tensor<4>> {
             }
             let top = if i == 0 { halo } else { 0 };
             let bottom = if i + 1 == n { halo } else { 0 };
-            conv2d_with(Tensor::cat(parts, 2), &weight, bias.as_ref(), 1, [top, pad_w, bottom, pad_w])
+            conv2d_with(Tensor::cat(parts, 2), &weight, bias.as_ref(), 1, [top, pad_w, bottom, pad_w], Add::NONE)
         })
         .collect()
 }

@@ -18,6 +18,8 @@ use burn::nn::conv::Conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, FloatDType, Tensor};
 
+pub use crate::kernels::conv2d::Add;
+
 pub(crate) use normalization::GroupStats;
 pub use normalization::{LayerNorm, group_norm, group_norm_silu};
 
@@ -27,58 +29,84 @@ pub use normalization::{LayerNorm, group_norm, group_norm_silu};
 /// lane kernel; elsewhere the tiled GEMM for at least the convolution's minimum rows and output
 /// features, else the row kernel.
 pub(crate) fn linear(layer: &Linear, x: Tensor<3>) -> Tensor<3> {
+    linear_residual(layer, x, None)
+}
+
+/// [`linear`] plus `residual`, added in the same kernel where ours runs
+/// ([`crate::kernels::conv2d::Epilogue`]).
+///
+/// # Shapes
+/// - x: `[batch, tokens, d_in]`
+/// - residual, output: `[batch, tokens, d_out]`
+pub(crate) fn linear_residual(layer: &Linear, x: Tensor<3>, residual: Option<Tensor<3>>) -> Tensor<3> {
     let [b, n, d] = x.dims();
     let x = x.reshape([b * n, d]);
     let choice = crate::kernels::choice();
     let (weight, bias) = (layer.weight.val(), layer.bias.as_ref().map(|b| b.val()));
     let (rows, d_out) = (b * n, weight.dims()[1]);
+    let rows_residual = residual.clone().map(|r| r.reshape([rows, d_out]));
     let ours = || {
         use crate::kernels::linear;
+        let (bias, residual) = (bias.as_ref(), rows_residual.as_ref());
         if choice.lanes {
-            // CPU devices: the lane kernel, or burn's below its rows.
             if rows < choice.lane_min_rows {
                 return None;
             }
             let block = linear::lane_block(rows, d_out, choice.lane_accumulators);
-            return linear::linear_blocked(&x, &weight, bias.as_ref(), block);
+            return linear::linear_blocked(&x, &weight, bias, residual, block);
         }
-        // The tiled kernel where it measured faster (as the convolution's thresholds: GEGLU's
-        // projections 1.6-1.9x the row kernel's speed on SwiftShader, square ones at 32 rows 0.7x).
         match choice.conv && rows >= choice.conv_min_pixels && d_out >= choice.conv_min_channels {
-            true => linear::linear_tiled(&x, &weight, bias.as_ref(), None),
-            false => linear::linear(&x, &weight, bias.as_ref()),
+            true => linear::linear_tiled(&x, &weight, bias, residual, None),
+            false => linear::linear(&x, &weight, bias, residual),
         }
     };
     if choice.linear
         && let Some(y) = ours()
     {
-        let out = y.dims()[1];
-        return y.reshape([b, n, out]);
+        return y.reshape([b, n, d_out]);
     }
-    let y = layer.forward(x);
-    let out = y.dims()[1];
-    y.reshape([b, n, out])
+    let y = layer.forward(x).reshape([b, n, d_out]);
+    match residual {
+        Some(r) => y + r,
+        None => y,
+    }
 }
 
-/// [`linear`] on `[batch, features]` (the time embeddings, their projections in every ResNet block): on
-/// devices where our kernels run, one shape-generic kernel instead of a burn matmul compiled for each
-/// shape (SwiftShader compiles each of those for 0.1-1 s in a cold first step).
 pub(crate) fn linear_2d(layer: &Linear, x: Tensor<2>) -> Tensor<2> {
     linear(layer, x.unsqueeze_dim(0)).squeeze_dim(0)
 }
 
 /// A convolution with the layer's own stride and padding; see [`conv2d_with`].
 pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    conv2d_add(conv, x, Add::NONE)
+}
+
+/// [`conv2d`] plus `add` (a per-(batch, channel) term, a residual), in the same kernel where ours
+/// runs ([`crate::kernels::conv2d::Epilogue`]), else as adds after burn's convolution.
+pub fn conv2d_add(conv: &Conv2d, x: Tensor<4>, add: Add) -> Tensor<4> {
     let padding = match conv.padding {
         PaddingConfig2d::Explicit(top, left, bottom, right) => [top, left, bottom, right],
         PaddingConfig2d::Valid => [0; 4],
-        PaddingConfig2d::Same => return conv.forward(x),
+        PaddingConfig2d::Same => return add_after(conv.forward(x), add),
     };
     if conv.stride[0] != conv.stride[1] || conv.dilation != [1, 1] || conv.groups != 1 {
-        return conv.forward(x);
+        return add_after(conv.forward(x), add);
     }
     let bias = conv.bias.as_ref().map(|b| b.val());
-    conv2d_with(x, &conv.weight.val(), bias.as_ref(), conv.stride[0], padding)
+    conv2d_with(x, &conv.weight.val(), bias.as_ref(), conv.stride[0], padding, add)
+}
+
+/// `out + add` as separate ops: the per-batch term first, then the residual (diffusers' order).
+fn add_after(out: Tensor<4>, add: Add) -> Tensor<4> {
+    let mut out = out;
+    if let Some(t) = add.per_batch {
+        let [b, c] = t.dims();
+        out = out + t.clone().reshape([b, c, 1, 1]);
+    }
+    match add.residual {
+        Some(r) => out + r.clone(),
+        None => out,
+    }
 }
 
 /// A convolution with groups 1 and dilation 1; `padding` is (top, left, bottom, right).
@@ -102,6 +130,7 @@ pub fn conv2d_with(
     bias: Option<&Tensor<1>>,
     stride: usize,
     padding: [usize; 4],
+    add: Add,
 ) -> Tensor<4> {
     let [b, c, h, w] = x.dims();
     let [c_out, c_in, kh, kw] = weight.dims();
@@ -114,7 +143,7 @@ pub fn conv2d_with(
     let pixels = b * size(h, kh, top, bottom).unwrap_or(0) * size(w, kw, left, right).unwrap_or(0);
     if choice.conv
         && (choice.lanes || pointwise || (c_out >= choice.conv_min_channels && pixels >= choice.conv_min_pixels))
-        && let Some(out) = crate::kernels::conv2d::conv2d(&x, weight, bias, stride, padding)
+        && let Some(out) = crate::kernels::conv2d::conv2d(&x, weight, bias, stride, padding, add)
     {
         return out;
     }
@@ -124,10 +153,10 @@ pub fn conv2d_with(
     if choice.conv
         && let Some(out) = crate::kernels::conv2d::burn_direct(&x, weight, bias, options.clone())
     {
-        return out;
+        return add_after(out, add);
     }
     if h * w > 64 || (kh, kw) != (3, 3) || stride != 1 || padding != [1; 4] || c_in != c {
-        return burn::tensor::module::conv2d(x, weight.clone(), bias.cloned(), options);
+        return add_after(burn::tensor::module::conv2d(x, weight.clone(), bias.cloned(), options), add);
     }
     let padded = x.pad((1, 1, 1, 1), 0.0);
     let mut taps = Vec::with_capacity(9);
@@ -142,7 +171,7 @@ pub fn conv2d_with(
     if let Some(bias) = bias {
         out = out + bias.clone().reshape([c_out, 1]);
     }
-    out.reshape([c_out, b, h, w]).swap_dims(0, 1)
+    add_after(out.reshape([c_out, b, h, w]).swap_dims(0, 1), add)
 }
 
 /// `module` with every float parameter in f32: SDXL's VAE on an f16 device (`force_upcast`, as diffusers'

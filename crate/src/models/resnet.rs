@@ -3,10 +3,9 @@
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, Linear};
-use burn::tensor::activation::silu;
 use burn::tensor::{Int, Tensor, TensorData};
 
-use super::{conv2d, conv2d_with, group_norm_silu};
+use super::{Add, conv2d, conv2d_add, conv2d_with, group_norm_silu};
 use crate::weights::{LoadError, TensorLoader, TensorSource};
 
 /// A residual block: GroupNorm, SiLU, 3x3 conv, (+ projected time embedding), GroupNorm, SiLU, 3x3 conv,
@@ -51,24 +50,28 @@ impl ResnetBlock2D {
         })
     }
 
+    /// The projected time embedding is added with `conv1`'s bias and the shortcut by `conv2`, in their
+    /// kernels where ours run ([`conv2d_add`]).
+    ///
     /// # Shapes
     /// - x: `[batch, c_in, h, w]`
-    /// - temb: `[batch, temb_channels]` (already through SiLU is *not* expected: the block applies it),
-    ///   `None` for VAE blocks
+    /// - temb_silu: `[batch, temb_channels]`, the time embedding already through SiLU (diffusers applies
+    ///   it in every block, to the same tensor: the U-Net does it once per call), `None` for VAE
+    ///   blocks
     /// - output: `[batch, c_out, h, w]`
-    pub fn forward(&self, x: Tensor<4>, temb: Option<&Tensor<2>>) -> Tensor<4> {
-        let mut h = conv2d(&self.conv1, group_norm_silu(&self.norm1, x.clone()));
-        if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
-            let t = super::linear_2d(proj, silu(temb.clone()));
-            let [b, c] = t.dims();
-            h = h + t.reshape([b, c, 1, 1]);
-        }
-        let h = conv2d(&self.conv2, group_norm_silu(&self.norm2, h));
+    pub fn forward(&self, x: Tensor<4>, temb_silu: Option<&Tensor<2>>) -> Tensor<4> {
+        let temb = match (&self.time_emb_proj, temb_silu) {
+            (Some(proj), Some(temb)) => Some(super::linear_2d(proj, temb.clone())),
+            _ => None,
+        };
+        let add = Add { per_batch: temb.as_ref(), residual: None };
+        let h = conv2d_add(&self.conv1, group_norm_silu(&self.norm1, x.clone()), add);
         let shortcut = match &self.conv_shortcut {
             Some(conv) => conv2d(conv, x),
             None => x,
         };
-        shortcut + h
+        let add = Add { per_batch: None, residual: Some(&shortcut) };
+        conv2d_add(&self.conv2, group_norm_silu(&self.norm2, h), add)
     }
 }
 
@@ -101,7 +104,7 @@ impl Downsample2D {
         }
         // diffusers pads right and bottom by one, then convolves without padding.
         let bias = self.conv.bias.as_ref().map(|b| b.val());
-        conv2d_with(x, &self.conv.weight.val(), bias.as_ref(), 2, [0, 0, 1, 1])
+        conv2d_with(x, &self.conv.weight.val(), bias.as_ref(), 2, [0, 0, 1, 1], Add::NONE)
     }
 }
 

@@ -7,7 +7,7 @@ use burn::nn::conv::Conv2d;
 use burn::tensor::Tensor;
 
 use super::attention::BasicTransformerBlock;
-use super::{group_norm, linear};
+use super::{Add, group_norm, linear};
 use crate::weights::{LoadError, TensorLoader, TensorSource};
 
 /// `proj_in`/`proj_out`: 1x1 convolutions (SD 1.x) or linear layers (`use_linear_projection`, SD 2.x).
@@ -101,10 +101,11 @@ impl Transformer2DModel {
         for block in &self.transformer_blocks {
             tokens = block.forward(tokens, context);
         }
-        let out = match &self.proj_out {
-            Projection::Conv(conv) => super::conv2d(conv, to_image(tokens)),
-            Projection::Linear(layer) => to_image(linear(layer, tokens)),
-        };
-        out + x
+        match &self.proj_out {
+            Projection::Conv(conv) => {
+                super::conv2d_add(conv, to_image(tokens), Add { per_batch: None, residual: Some(&x) })
+            }
+            Projection::Linear(layer) => to_image(linear(layer, tokens)) + x,
+        }
     }
 }

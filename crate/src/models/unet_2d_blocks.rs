@@ -86,7 +86,8 @@ impl DownBlock2D {
 
     /// # Shapes
     /// - x: `[batch, c_in, h, w]` -> `[batch, c_out, h', w']` (halved when the block downsamples)
-    /// - temb: `[batch, temb_channels]`; context: `[batch, text_tokens, cross_attention_dim]`
+    /// - temb: `[batch, temb_channels]`, through SiLU ([`ResnetBlock2D::forward`]); context:
+    ///   `[batch, text_tokens, cross_attention_dim]`
     /// - every intermediate output is pushed to `skips`
     pub fn forward(
         &self,

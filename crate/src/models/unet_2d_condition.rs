@@ -308,6 +308,8 @@ impl UNet2DConditionModel {
             (None, Some(_)) => panic!("this U-Net takes no added conditioning"),
         }
         let context = &encoder_hidden_states;
+        // Every ResNet block takes SiLU(temb) (diffusers applies it in each block, to the same tensor).
+        let temb = burn::tensor::activation::silu(temb);
 
         let mut x = super::conv2d(&self.conv_in, sample);
         let mut skips = vec![x.clone()];

@@ -2,13 +2,15 @@
 //! convolution on shapes that hit every edge of its tiles (channels and pixels not multiples of 64, 1x1,
 //! stride 2, asymmetric padding as the VAE's downsampler, odd sizes, batch 1 to 4), the attention on
 //! the head widths of the tiny model, SD 1.5 and SDXL, with key counts of 1, 77 and a few hundred (and
-//! causal, as CLIP's), burn's direct convolution asked for by name on the same shapes.
+//! causal, as CLIP's, and on the projections' own `[batch, tokens, heads * width]` layout), burn's
+//! direct convolution asked for by name on the same shapes, the epilogues (a per-(batch, channel)
+//! term, a residual) of the convolution and the linear layer, GEGLU.
 
 use burn::tensor::module::{attention, conv2d};
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Distribution, Tensor};
-use websd::kernels::conv2d::{Block, Tiling};
+use websd::kernels::conv2d::{Add, Block, Tiling};
 use websd::kernels::norm::Layout;
 
 /// (batch, c_in, c_out, h, w, kernel, stride, padding (top, left, bottom, right))
@@ -72,13 +74,15 @@ fn conv_kernel_matches_flex() {
             let bias = with_bias.then_some(&bias);
             let what = format!("shape {i} {:?} bias {with_bias} {tiling:?}", SHAPES[i]);
             assert_conv_matches((&x, &weight, bias, &options), &gpu, &what, |x, w, b| {
-                websd::kernels::conv2d::conv2d_tiled(x, w, b, stride, padding, tiling)
+                websd::kernels::conv2d::conv2d_tiled(x, w, b, stride, padding, tiling, Add::NONE)
             });
         }
     }
     // On Flex the kernel declines (the caller uses burn's op).
     let x = Tensor::<4>::zeros([1, 1, 3, 3], &cpu);
-    assert!(websd::kernels::conv2d::conv2d(&x, &Tensor::zeros([1, 1, 3, 3], &cpu), None, 1, [1; 4]).is_none());
+    assert!(
+        websd::kernels::conv2d::conv2d(&x, &Tensor::zeros([1, 1, 3, 3], &cpu), None, 1, [1; 4], Add::NONE).is_none()
+    );
     assert_eq!(websd::gpu::uncaptured_errors(), 0, "wgpu validation errors");
 }
 
@@ -176,7 +180,7 @@ fn lane_conv_kernel_matches_flex() {
             let bias = with_bias.then_some(&bias);
             let what = format!("shape {i} {:?} bias {with_bias} {block:?}", SHAPES[i]);
             assert_conv_matches((&x, &weight, bias, &options), &gpu, &what, |x, w, b| {
-                websd::kernels::conv2d::conv2d_blocked(x, w, b, stride, padding, block)
+                websd::kernels::conv2d::conv2d_blocked(x, w, b, stride, padding, block, Add::NONE)
             });
         }
     }
@@ -224,9 +228,14 @@ fn linear_kernel_matches_flex() {
             let (bm, bn, splits) = TILINGS[i % TILINGS.len()];
             let tiled = [None, Some(Tiling::SMALL), Some(Tiling { bm, bn, splits })];
             for tiling in tiled {
-                let ours =
-                    websd::kernels::linear::linear_tiled(&on_gpu(&x), &on_gpu(&weight), bias_gpu.as_ref(), tiling)
-                        .expect("a cubecl tensor");
+                let ours = websd::kernels::linear::linear_tiled(
+                    &on_gpu(&x),
+                    &on_gpu(&weight),
+                    bias_gpu.as_ref(),
+                    None,
+                    tiling,
+                )
+                .expect("a cubecl tensor");
                 let diff =
                     (Tensor::<2>::from_data(ours.to_data(), &cpu) - expected.clone()).abs().max().into_scalar::<f32>();
                 eprintln!("linear shape {i} tiled {tiling:?}: max abs diff {diff:e}");
@@ -235,16 +244,21 @@ fn linear_kernel_matches_flex() {
             // The lane kernel in the blocks it picks for 256 and 64 accumulators, and in odd ones.
             let picked = [256, 64].map(|accs| websd::kernels::linear::lane_block(rows, d_out, accs));
             for block in picked.into_iter().chain([(3, 5), (1, 1)]) {
-                let ours =
-                    websd::kernels::linear::linear_blocked(&on_gpu(&x), &on_gpu(&weight), bias_gpu.as_ref(), block)
-                        .expect("a cubecl tensor");
+                let ours = websd::kernels::linear::linear_blocked(
+                    &on_gpu(&x),
+                    &on_gpu(&weight),
+                    bias_gpu.as_ref(),
+                    None,
+                    block,
+                )
+                .expect("a cubecl tensor");
                 assert_eq!(ours.dims(), expected.dims(), "shape {i}");
                 let diff =
                     (Tensor::<2>::from_data(ours.to_data(), &cpu) - expected.clone()).abs().max().into_scalar::<f32>();
                 eprintln!("linear shape {i} lanes {block:?}: max abs diff {diff:e}");
                 assert!(diff <= 1e-5 * expected.clone().abs().max().into_scalar::<f32>().max(1.0), "lanes {i}: {diff}");
             }
-            let ours = websd::kernels::linear::linear(&on_gpu(&x), &on_gpu(&weight), bias_gpu.as_ref())
+            let ours = websd::kernels::linear::linear(&on_gpu(&x), &on_gpu(&weight), bias_gpu.as_ref(), None)
                 .expect("a cubecl tensor");
             assert_eq!(ours.dims(), expected.dims(), "shape {i}");
             let diff =
@@ -257,6 +271,182 @@ fn linear_kernel_matches_flex() {
             assert!(diff <= 1e-5 * scale.max(1.0), "linear shape {i}: {diff}");
         }
     }
+    assert_eq!(websd::gpu::uncaptured_errors(), 0, "wgpu validation errors");
+}
+
+/// The epilogue ([`Add`]): a per-(batch, channel) term and a residual added by the convolution's
+/// last step, in both kernels (split-K too), against burn's conv2d and adds on Flex.
+#[test]
+fn conv_epilogue_matches_flex() {
+    let (gpu, _) = websd::gpu::wgpu_device().expect("a wgpu adapter");
+    let cpu = Device::flex();
+    let on_gpu = |t: &Tensor<4>| Tensor::<4>::from_data(t.to_data(), &gpu);
+    for i in [0, 3, 4, 5, 7, 8] {
+        let (b, _, c_out, _, _, _, stride, padding) = SHAPES[i];
+        let (x, weight, bias, options) = conv_case(i, &cpu);
+        let plain = conv2d(x.clone(), weight.clone(), Some(bias.clone()), options.clone());
+        let [_, _, out_h, out_w] = plain.dims();
+        let per_batch = Tensor::<2>::random([b, c_out], Distribution::Normal(0.0, 1.0), &cpu);
+        let residual = Tensor::<4>::random(plain.dims(), Distribution::Normal(0.0, 1.0), &cpu);
+        let (per_batch_gpu, residual_gpu) = (Tensor::<2>::from_data(per_batch.to_data(), &gpu), on_gpu(&residual));
+        let bias_gpu = Tensor::<1>::from_data(bias.to_data(), &gpu);
+        for (with_bias, with_term, with_residual) in [(true, true, true), (false, true, false), (true, false, true)] {
+            let mut expected = match with_bias {
+                true => plain.clone(),
+                false => conv2d(x.clone(), weight.clone(), None, options.clone()),
+            };
+            if with_term {
+                expected = expected + per_batch.clone().reshape([b, c_out, 1, 1]);
+            }
+            if with_residual {
+                expected = expected + residual.clone();
+            }
+            let add = Add {
+                per_batch: with_term.then_some(&per_batch_gpu),
+                residual: with_residual.then_some(&residual_gpu),
+            };
+            let bias = with_bias.then_some(&bias_gpu);
+            let block = Block::for_shape(c_out, b, out_h, out_w, 64);
+            let (bm, bn, splits) = TILINGS[i % TILINGS.len()];
+            let runs = [
+                (
+                    "lanes",
+                    websd::kernels::conv2d::conv2d_blocked(
+                        &on_gpu(&x),
+                        &on_gpu(&weight),
+                        bias,
+                        stride,
+                        padding,
+                        block,
+                        add,
+                    ),
+                ),
+                (
+                    "tiled",
+                    websd::kernels::conv2d::conv2d_tiled(
+                        &on_gpu(&x),
+                        &on_gpu(&weight),
+                        bias,
+                        stride,
+                        padding,
+                        Tiling::SMALL,
+                        add,
+                    ),
+                ),
+                (
+                    "split",
+                    websd::kernels::conv2d::conv2d_tiled(
+                        &on_gpu(&x),
+                        &on_gpu(&weight),
+                        bias,
+                        stride,
+                        padding,
+                        Tiling { bm, bn, splits: splits.max(2) },
+                        add,
+                    ),
+                ),
+            ];
+            for (kernel, ours) in runs {
+                let ours = ours.expect("a cubecl tensor");
+                let diff =
+                    (Tensor::<4>::from_data(ours.to_data(), &cpu) - expected.clone()).abs().max().into_scalar::<f32>();
+                let scale = expected.clone().abs().max().into_scalar::<f32>();
+                let what = format!("{kernel} shape {i} bias {with_bias} term {with_term} residual {with_residual}");
+                eprintln!("{what}: max abs diff {diff:e} (max |out| {scale})");
+                assert!(diff <= 1e-4 * scale.max(1.0), "{what}: {diff}");
+            }
+        }
+        // A residual or term of another shape is declined (the caller adds it after burn's op).
+        let wrong = on_gpu(&Tensor::<4>::zeros([b, c_out, out_h + 1, out_w], &cpu));
+        let add = Add { per_batch: None, residual: Some(&wrong) };
+        assert!(
+            websd::kernels::conv2d::conv2d_tiled(
+                &on_gpu(&x),
+                &on_gpu(&weight),
+                None,
+                stride,
+                padding,
+                Tiling::SMALL,
+                add
+            )
+            .is_none()
+        );
+    }
+    assert_eq!(websd::gpu::uncaptured_errors(), 0, "wgpu validation errors");
+}
+
+/// Every linear kernel with a residual added in its last step.
+#[test]
+fn linear_residual_matches_flex() {
+    use websd::kernels::linear;
+    let (gpu, _) = websd::gpu::wgpu_device().expect("a wgpu adapter");
+    let cpu = Device::flex();
+    let on_gpu = |t: &Tensor<2>| Tensor::<2>::from_data(t.to_data(), &gpu);
+    for &(rows, d_in, d_out) in &LINEAR_SHAPES {
+        let x = Tensor::<2>::random([rows, d_in], Distribution::Normal(0.0, 1.0), &cpu);
+        let weight = Tensor::<2>::random([d_in, d_out], Distribution::Normal(0.0, 0.2), &cpu);
+        let bias = Tensor::<1>::random([d_out], Distribution::Normal(0.0, 1.0), &cpu);
+        let residual = Tensor::<2>::random([rows, d_out], Distribution::Normal(0.0, 1.0), &cpu);
+        let expected = x.clone().matmul(weight.clone()) + bias.clone().unsqueeze_dim(0) + residual.clone();
+        let (x, weight, residual) = (on_gpu(&x), on_gpu(&weight), on_gpu(&residual));
+        let bias = Tensor::<1>::from_data(bias.to_data(), &gpu);
+        let (b, r) = (Some(&bias), Some(&residual));
+        let runs = [
+            ("rows", linear::linear(&x, &weight, b, r)),
+            ("tiled", linear::linear_tiled(&x, &weight, b, r, None)),
+            ("split", linear::linear_tiled(&x, &weight, b, r, Some(Tiling { bm: 64, bn: 64, splits: 3 }))),
+            ("lanes", linear::linear_blocked(&x, &weight, b, r, linear::lane_block(rows, d_out, 64))),
+            ("odd lanes", linear::linear_blocked(&x, &weight, b, r, (3, 5))),
+        ];
+        for (kernel, ours) in runs {
+            let ours = Tensor::<2>::from_data(ours.expect("a cubecl tensor").to_data(), &cpu);
+            let diff = (ours - expected.clone()).abs().max().into_scalar::<f32>();
+            let scale = expected.clone().abs().max().into_scalar::<f32>();
+            eprintln!(
+                "linear {kernel} [{rows}, {d_in}, {d_out}] + residual: max abs diff {diff:e} (max |out| {scale})"
+            );
+            assert!(diff <= 1e-5 * scale.max(1.0), "{kernel} [{rows}, {d_in}, {d_out}]: {diff}");
+        }
+    }
+    assert_eq!(websd::gpu::uncaptured_errors(), 0, "wgpu validation errors");
+}
+
+/// The attention on `[batch, tokens, heads * width]` projections (no head swaps) against burn's
+/// on swapped copies, and GEGLU against burn's `value * gelu(gate)`.
+#[test]
+fn tokens_major_attention_and_geglu_match_flex() {
+    let (gpu, _) = websd::gpu::wgpu_device().expect("a wgpu adapter");
+    let cpu = Device::flex();
+    for (i, &(b, h, n, m, d)) in ATTENTION_SHAPES.iter().enumerate() {
+        let [q, k, v] =
+            [n, m, m].map(|tokens| Tensor::<3>::random([b, tokens, h * d], Distribution::Normal(0.0, 1.0), &cpu));
+        let split = |t: &Tensor<3>| {
+            let [b, n, _] = t.dims();
+            t.clone().reshape([b, n, h, d]).swap_dims(1, 2)
+        };
+        let expected = attention(split(&q), split(&k), split(&v), None, None, AttentionModuleOptions::default())
+            .swap_dims(1, 2)
+            .reshape([b, n, h * d]);
+        let on_gpu = |t: &Tensor<3>| Tensor::<3>::from_data(t.to_data(), &gpu);
+        let ours = websd::kernels::attention::attention_tokens(&on_gpu(&q), &on_gpu(&k), &on_gpu(&v), h)
+            .expect("a cubecl tensor");
+        let diff = (Tensor::<3>::from_data(ours.to_data(), &cpu) - expected).abs().max().into_scalar::<f32>();
+        eprintln!("tokens-major attention shape {i} {:?}: max abs diff {diff:e}", ATTENTION_SHAPES[i]);
+        assert!(diff <= 1e-5, "tokens-major attention shape {i}: {diff}");
+    }
+    let q = Tensor::<3>::zeros([1, 4, 12], &gpu);
+    assert!(websd::kernels::attention::attention_tokens(&q, &q, &q, 5).is_none(), "12 is not 5 heads wide");
+    for (rows, inner) in [(512, 256), (3, 5), (77, 1280)] {
+        let h = Tensor::<2>::random([rows, 2 * inner], Distribution::Normal(0.0, 2.0), &cpu);
+        let expected =
+            h.clone().narrow(1, 0, inner) * burn::tensor::activation::gelu(h.clone().narrow(1, inner, inner));
+        let ours = websd::kernels::geglu::geglu(&Tensor::<2>::from_data(h.to_data(), &gpu)).expect("a cubecl tensor");
+        let diff = (Tensor::<2>::from_data(ours.to_data(), &cpu) - expected.clone()).abs().max().into_scalar::<f32>();
+        let scale = expected.abs().max().into_scalar::<f32>();
+        eprintln!("geglu [{rows}, 2 x {inner}]: max abs diff {diff:e} (max |out| {scale})");
+        assert!(diff <= 1e-5 * scale.max(1.0), "geglu [{rows}, 2 x {inner}]: {diff}");
+    }
+    assert!(websd::kernels::geglu::geglu(&Tensor::<2>::zeros([2, 3], &gpu)).is_none(), "an odd width");
     assert_eq!(websd::gpu::uncaptured_errors(), 0, "wgpu validation errors");
 }
 
