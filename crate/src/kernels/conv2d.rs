@@ -88,7 +88,7 @@ fn conv2d_igemm<E: Float>(
     #[comptime] bm: usize,
     #[comptime] bn: usize,
     #[comptime] split: bool,
-    #[comptime] epilogue: Epilogue,
+    epilogue: u32,
     #[comptime] weight_kn: bool,
     #[define(E)] _dtype: ElemType,
 ) {
@@ -208,7 +208,8 @@ fn conv2d_igemm<E: Float>(
                     if split {
                         partial[part * batch * c_out * hw_out + at] = acc[i * tn + j];
                     } else {
-                        output[at] = E::cast_from(finish(acc[i * tn + j], bias, residual, pb, m, c_out, at, epilogue));
+                        let v = acc[i * tn + j] + bias_of(bias, pb, m, c_out, epilogue);
+                        output[at] = E::cast_from(plus_residual(v, residual, at, epilogue));
                     }
                 }
             }
@@ -219,7 +220,9 @@ fn conv2d_igemm<E: Float>(
 /// What a convolution's (or linear layer's) last step adds to an output value: a bias per output
 /// channel or per (batch, output channel) (a ResNet block's projected time embedding folded in),
 /// and a residual of the output's shape (the block's shortcut), in f32 before the one rounding to
-/// the output's type. Saves a pass over the output per add, and a launch.
+/// the output's type. Saves a pass over the output per add, and a launch. The kernel takes it as a
+/// runtime value ([`Epilogue::flags`]), so each shape compiles one shader whatever it adds (a cold
+/// first step on SwiftShader took twice as long with one shader per epilogue).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct Epilogue {
     pub bias: bool,
@@ -228,29 +231,35 @@ pub struct Epilogue {
     pub residual: bool,
 }
 
-/// `value` plus what `epilogue` asks for: the value is output channel `channel` of `c_out` of batch
-/// `batch`, at `at` in the output.
-#[cube]
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn finish<E: Float>(
-    value: f32,
-    bias: &[E],
-    residual: &[E],
-    batch: usize,
-    channel: usize,
-    c_out: usize,
-    at: usize,
-    #[comptime] epilogue: Epilogue,
-) -> f32 {
-    let mut v = value;
-    if comptime!(epilogue.bias) {
-        if comptime!(epilogue.bias_per_batch) {
-            v += f32::cast_from(bias[batch * c_out + channel]);
-        } else {
-            v += f32::cast_from(bias[channel]);
-        }
+impl Epilogue {
+    const BIAS: u32 = 1;
+    const PER_BATCH: u32 = 2;
+    const RESIDUAL: u32 = 4;
+
+    /// The kernels' `epilogue` argument.
+    pub fn flags(self) -> u32 {
+        let bit = |on: bool, flag: u32| if on { flag } else { 0 };
+        bit(self.bias, Self::BIAS) | bit(self.bias_per_batch, Self::PER_BATCH) | bit(self.residual, Self::RESIDUAL)
     }
-    if comptime!(epilogue.residual) {
+}
+
+/// The bias `epilogue` ([`Epilogue::flags`]) adds to output channel `channel` of `c_out` of batch
+/// `batch` (0 without one).
+#[cube]
+pub(crate) fn bias_of<E: Float>(bias: &[E], batch: usize, channel: usize, c_out: usize, epilogue: u32) -> f32 {
+    let mut b = 0.0f32;
+    if epilogue & 1 != 0 {
+        let per_batch = ((epilogue >> 1) & 1) as usize;
+        b = f32::cast_from(bias[channel + per_batch * batch * c_out]);
+    }
+    b
+}
+
+/// `value` plus the residual at `at` where `epilogue` has one.
+#[cube]
+pub(crate) fn plus_residual<E: Float>(value: f32, residual: &[E], at: usize, epilogue: u32) -> f32 {
+    let mut v = value;
+    if epilogue & 4 != 0 {
         v += f32::cast_from(residual[at]);
     }
     v
@@ -266,7 +275,7 @@ fn conv2d_sum_splits<E: Float>(
     c_out: usize,
     hw_out: usize,
     #[comptime] splits: usize,
-    #[comptime] epilogue: Epilogue,
+    epilogue: u32,
     #[define(E)] _dtype: ElemType,
 ) {
     let at =
@@ -280,7 +289,8 @@ fn conv2d_sum_splits<E: Float>(
         }
         let batch_channel = at / hw_out;
         let (batch, channel) = (batch_channel / c_out, batch_channel % c_out);
-        output[at] = E::cast_from(finish(v, bias, residual, batch, channel, c_out, at, epilogue));
+        let v = v + bias_of(bias, batch, channel, c_out, epilogue);
+        output[at] = E::cast_from(plus_residual(v, residual, at, epilogue));
     }
 }
 
@@ -479,6 +489,7 @@ pub(crate) fn launch(
     };
 
     let (bias, residual, epilogue) = tail.bindings(&weight);
+    let epilogue = epilogue.flags();
     let pixel_tiles = (batch * out_h * out_w).div_ceil(tiling.bn);
     let groups_x = pixel_tiles.min(MAX_GROUPS);
     let groups_z = pixel_tiles.div_ceil(groups_x);
@@ -608,7 +619,7 @@ fn conv2d_lanes<E: Float>(
     #[comptime] ch: usize,
     #[comptime] ry: usize,
     #[comptime] px: usize,
-    #[comptime] epilogue: Epilogue,
+    epilogue: u32,
     #[define(E)] _dtype: ElemType,
 ) {
     let span = comptime!((px - 1) * stride + kw);
@@ -689,6 +700,7 @@ fn conv2d_lanes<E: Float>(
         for m in 0..ch {
             let c = m0 + m;
             if c < c_out {
+                let b = bias_of(bias, pb, c, c_out, epilogue);
                 #[unroll]
                 for i in 0..ry {
                     let oy = oy0 + i;
@@ -697,7 +709,7 @@ fn conv2d_lanes<E: Float>(
                     for j in 0..px {
                         if oy < out_h && ox0 + j < out_w {
                             let at = base + ox0 + j;
-                            let v = finish(acc[(m * ry + i) * px + j], bias, residual, pb, c, c_out, at, epilogue);
+                            let v = plus_residual(acc[(m * ry + i) * px + j] + b, residual, at, epilogue);
                             output[at] = E::cast_from(v);
                         }
                     }
@@ -726,6 +738,7 @@ pub(crate) fn launch_lanes(
     let storage = burn::backend::cubecl::dtype_to_storage_type(dtype);
     let output = empty_device_dtype(client.clone(), input.device.clone(), [batch, c_out, out_h, out_w].into(), dtype);
     let (bias, residual, epilogue) = tail.bindings(&weight);
+    let epilogue = epilogue.flags();
     let lane_groups = (batch * out_h.div_ceil(ry) * out_w.div_ceil(px)).div_ceil(lanes);
     let groups_x = lane_groups.min(MAX_GROUPS);
     let count = CubeCount::Static(groups_x as u32, c_out.div_ceil(ch) as u32, lane_groups.div_ceil(groups_x) as u32);

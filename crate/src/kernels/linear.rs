@@ -12,7 +12,7 @@ use burn_cubecl::cubecl::prelude::*;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 
-use super::conv2d::{Add, Epilogue, Tail, finish};
+use super::conv2d::{Add, Tail, bias_of, plus_residual};
 
 /// Output columns per workgroup, one per invocation.
 const LANES: usize = 64;
@@ -30,7 +30,7 @@ fn linear_rows<E: Float>(
     rows: usize,
     d_in: usize,
     d_out: usize,
-    #[comptime] epilogue: Epilogue,
+    epilogue: u32,
     #[define(E)] _dtype: ElemType,
 ) {
     let col = CUBE_POS_X as usize * LANES + UNIT_POS_X as usize;
@@ -62,11 +62,12 @@ fn linear_rows<E: Float>(
         }
     }
     if col < d_out {
+        let b = bias_of(bias, 0, col, d_out, epilogue);
         #[unroll]
         for r in 0..ROWS {
             if row0 + r < rows {
                 let at = (row0 + r) * d_out + col;
-                output[at] = E::cast_from(finish(acc[r], bias, residual, 0, col, d_out, at, epilogue));
+                output[at] = E::cast_from(plus_residual(acc[r] + b, residual, at, epilogue));
             }
         }
     }
@@ -90,6 +91,7 @@ pub fn linear(
     let (input, weight, tail, output, [rows, d_in, d_out]) = operands(x, weight, bias, residual)?;
     let (client, dtype) = (input.client.clone(), input.dtype);
     let (bias, residual, epilogue) = tail.bindings(&weight);
+    let epilogue = epilogue.flags();
     let row_groups = rows.div_ceil(ROWS);
     let groups_y = row_groups.min(super::MAX_GROUPS);
     let count = CubeCount::Static(d_out.div_ceil(LANES) as u32, groups_y as u32, row_groups.div_ceil(groups_y) as u32);
@@ -183,7 +185,7 @@ fn linear_lanes<E: Float>(
     d_out: usize,
     #[comptime] r: usize,
     #[comptime] c: usize,
-    #[comptime] epilogue: Epilogue,
+    epilogue: u32,
     #[define(E)] _dtype: ElemType,
 ) {
     let lane = (CUBE_POS_X as usize + CUBE_POS_Y as usize * CUBE_COUNT_X as usize) * BLOCK_LANES + UNIT_POS_X as usize;
@@ -235,11 +237,12 @@ fn linear_lanes<E: Float>(
         for j in 0..c {
             let col = col0 + j;
             if col < d_out {
+                let b = bias_of(bias, 0, col, d_out, epilogue);
                 #[unroll]
                 for i in 0..r {
                     if row0 + i < rows {
                         let at = (row0 + i) * d_out + col;
-                        output[at] = E::cast_from(finish(acc[i * c + j], bias, residual, 0, col, d_out, at, epilogue));
+                        output[at] = E::cast_from(plus_residual(acc[i * c + j] + b, residual, at, epilogue));
                     }
                 }
             }
@@ -271,6 +274,7 @@ pub fn linear_blocked(
     let (input, weight, tail, output, [rows, d_in, d_out]) = operands(x, weight, bias, residual)?;
     let (client, dtype) = (input.client.clone(), input.dtype);
     let (bias, residual, epilogue) = tail.bindings(&weight);
+    let epilogue = epilogue.flags();
     let count = super::grid_1d(rows.div_ceil(r) * d_out.div_ceil(c), BLOCK_LANES);
     unsafe {
         linear_lanes::launch_unchecked(
