@@ -244,25 +244,22 @@ impl Epilogue {
 }
 
 /// The bias `epilogue` ([`Epilogue::flags`]) adds to output channel `channel` of `c_out` of batch
-/// `batch` (0 without one).
+/// `batch`. Without branches (unrolled over a lane's block, one branch per value made llvmpipe's
+/// first compile 1.3-1.8x as long): without a bias it reads the stand-in binding (finite weights,
+/// in bounds) and multiplies by 0, adding exactly nothing.
 #[cube]
 pub(crate) fn bias_of<E: Float>(bias: &[E], batch: usize, channel: usize, c_out: usize, epilogue: u32) -> f32 {
-    let mut b = 0.0f32;
-    if epilogue & 1 != 0 {
-        let per_batch = ((epilogue >> 1) & 1) as usize;
-        b = f32::cast_from(bias[channel + per_batch * batch * c_out]);
-    }
-    b
+    let on = epilogue & 1;
+    let per_batch = ((epilogue >> 1) & 1) as usize;
+    f32::cast_from(bias[(channel + per_batch * batch * c_out) * on as usize]) * f32::cast_from(on)
 }
 
-/// `value` plus the residual at `at` where `epilogue` has one.
+/// `value` plus the residual at `at` where `epilogue` has one (without branches, as [`bias_of`]:
+/// otherwise it reads the stand-in's first value and adds 0 times it).
 #[cube]
 pub(crate) fn plus_residual<E: Float>(value: f32, residual: &[E], at: usize, epilogue: u32) -> f32 {
-    let mut v = value;
-    if epilogue & 4 != 0 {
-        v += f32::cast_from(residual[at]);
-    }
-    v
+    let on = (epilogue >> 2) & 1;
+    value + f32::cast_from(residual[at * on as usize]) * f32::cast_from(on)
 }
 
 /// The split-K pass: each output value is the sum of its `splits` partial sums plus the epilogue.
