@@ -1,13 +1,14 @@
 //! Times the U-Net's main ops at SD 1.5's shapes for a batch-2 call, on the Flex CPU device or on wgpu (in
 //! f32 or f16), to find what to optimise (`../shared/oracle` has no equivalent script):
 //! `cargo run --release --example op_bench -- [latent size, default 32] [cpu|wgpu|wgpu-f16|wgpu-capped]
-//! [peak GFLOP/s] [peak GB/s] [all|conv|attention|norm|tilings|blocks] [width divisor, default 1]`.
+//! [peak GFLOP/s] [peak GB/s] [all|conv|attention|norm|fused|tilings|blocks] [width divisor, default 1]`.
 //!
 //! A roofline: each op's FLOPs and the bytes it must at least move (inputs, weights and output once),
 //! achieved GFLOP/s and GB/s, and their share of the peaks given on the command line (the device's
 //! data sheet; `-` or omitted, no share is printed). `conv` or `attention` times only those ops,
 //! `norm` GroupNorm + SiLU and LayerNorm, burn's against our kernel in both layouts ([`norms`],
-//! also at the end of `all`),
+//! also at the end of `all`), `fused` what the kernels' epilogues, GEGLU and head-swap-free attention
+//! save against the same work unfused ([`fused`], at the very end of `all`),
 //! `tilings` the U-Net's convolutions in every tiling of our kernel ([`tilings`]), `blocks` SD's 3x3
 //! convolutions in several blocks of our lane kernel ([`blocks`]); a width
 //! divisor of 10 gives the channels of the SD-shaped bench model (32/64/128/128), 10 at latent size 32
@@ -247,6 +248,88 @@ fn norms(n: usize, divisor: usize, d: &burn::tensor::Device, elem: f64, peaks: P
     }
 }
 
+/// What fusing pays, at the U-Net's levels: our convolution and linear layer with the residual (and
+/// the convolution with a ResNet block's time-embedding term) added in their last step against the
+/// same kernel followed by burn's add; GEGLU as our one kernel against burn's ops; our attention on
+/// the projections' `[batch, tokens, heads * width]` against the same kernel after head swaps (and
+/// the swap back). Bytes: each side's inputs and output once.
+fn fused(n: usize, divisor: usize, d: &burn::tensor::Device, elem: f64, peaks: Peaks) {
+    use websd::kernels::{attention as ours_attention, conv2d, geglu, linear};
+    let normal = Distribution::Normal(0.0, 1.0);
+    let ratio = |name: &str, apart: f64, fused: f64| println!("{name}: fused / apart = {:.3}", fused / apart);
+    for (c, s) in [(320, n), (640, n / 2), (1280, n / 4), (1280, n / 8)] {
+        let c = c / divisor;
+        let x = Tensor::<4>::random([2, c, s, s], normal, d);
+        let w = Tensor::<4>::random([c, c, 3, 3], normal, d) * 0.05;
+        let bias = Tensor::<1>::random([c], normal, d);
+        let residual = Tensor::<4>::random([2, c, s, s], normal, d);
+        let term = Tensor::<2>::random([2, c], normal, d);
+        let values = (2 * c * s * s) as f64;
+        let flops = 2.0 * values * (9 * c) as f64;
+        let bytes = elem * (2.0 * values + (9 * c * c) as f64);
+        let conv = |add: Add| conv2d::conv2d(&x, &w, Some(&bias), 1, [1; 4], add).expect("a cubecl device");
+        let name = format!("conv3x3 {c}ch {s}x{s} + residual");
+        let apart = time(&format!("{name}, then burn's add"), flops, bytes + elem * values, peaks, || {
+            read(conv(Add::NONE) + residual.clone());
+        });
+        let add = Add { per_batch: None, residual: Some(&residual) };
+        let one = time(&format!("{name}, fused"), flops, bytes + elem * values, peaks, || read(conv(add)));
+        ratio(&name, apart, one);
+        let name = format!("conv3x3 {c}ch {s}x{s} + time embedding");
+        let apart = time(&format!("{name}, then burn's add"), flops, bytes, peaks, || {
+            read(conv(Add::NONE) + term.clone().reshape([2, c, 1, 1]));
+        });
+        let add = Add { per_batch: Some(&term), residual: None };
+        let one = time(&format!("{name}, fused"), flops, bytes, peaks, || read(conv(add)));
+        ratio(&name, apart, one);
+
+        let tokens = 2 * s * s;
+        let rows = Tensor::<2>::random([tokens, c], normal, d);
+        let weight = Tensor::<2>::random([c, c], normal, d) * 0.05;
+        let rows_residual = Tensor::<2>::random([tokens, c], normal, d);
+        let (flops, bytes) = (2.0 * (tokens * c * c) as f64, elem * (3 * tokens * c + c * c) as f64);
+        let lin = |r: Option<&Tensor<2>>| {
+            let choice = websd::kernels::choice();
+            let out = match choice.lanes {
+                true => linear::linear_blocked(&rows, &weight, Some(&bias), r, linear::lane_block(tokens, c, choice.lane_accumulators)),
+                false => linear::linear_tiled(&rows, &weight, Some(&bias), r, None),
+            };
+            out.expect("a cubecl device")
+        };
+        let name = format!("linear {c}->{c} x {tokens} tokens + residual");
+        let apart = time(&format!("{name}, then burn's add"), flops, bytes, peaks, || {
+            read(lin(None) + rows_residual.clone());
+        });
+        let one = time(&format!("{name}, fused"), flops, bytes, peaks, || read(lin(Some(&rows_residual))));
+        ratio(&name, apart, one);
+
+        let h = Tensor::<2>::random([tokens, 8 * c], normal, d);
+        let name = format!("geglu {tokens} x 2 x {}", 4 * c);
+        let (flops, bytes) = (20.0 * (tokens * 4 * c) as f64, elem * (3 * tokens * 4 * c) as f64);
+        let apart = time(&format!("{name}, burn's ops"), flops, bytes, peaks, || {
+            let (value, gate) = (h.clone().narrow(1, 0, 4 * c), h.clone().narrow(1, 4 * c, 4 * c));
+            read(value * burn::tensor::activation::gelu(gate));
+        });
+        let one = time(&format!("{name}, websd's"), flops, bytes, peaks, || read(geglu::geglu(&h).expect("a cubecl device")));
+        ratio(&name, apart, one);
+
+        let heads = 8;
+        let [q, k] = [s * s, s * s].map(|t| Tensor::<3>::random([2, t, c], normal, d));
+        let head_dim = c / heads;
+        let (flops, bytes) = (4.0 * (2 * heads * s * s * s * s * head_dim) as f64, elem * (4 * 2 * s * s * c) as f64);
+        let name = format!("self-attention [2,{heads},{},{head_dim}] from [batch, tokens, {c}]", s * s);
+        let apart = time(&format!("{name}, head swaps around websd's kernel"), flops, bytes, peaks, || {
+            let split = |t: &Tensor<3>| t.clone().reshape([2, s * s, heads, head_dim]).swap_dims(1, 2);
+            let out = ours_attention::attention(&split(&q), &split(&k), &split(&k)).expect("a cubecl device");
+            read(out.swap_dims(1, 2).reshape([2, s * s, c]));
+        });
+        let one = time(&format!("{name}, websd's on the projections"), flops, bytes, peaks, || {
+            read(ours_attention::attention_tokens(&q, &k, &k, heads).expect("a cubecl device"));
+        });
+        ratio(&name, apart, one);
+    }
+}
+
 /// softmax(q k^T / sqrt(d)) v with the score matrix materialised, `rows` queries at a time.
 fn matmul_attention(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>, rows: usize) -> Tensor<4> {
     let [_, _, n, d] = q.dims();
@@ -284,6 +367,9 @@ fn main() {
     }
     if only == "norm" {
         return norms(n, divisor, &d, elem, peaks);
+    }
+    if only == "fused" {
+        return fused(n, divisor, &d, elem, peaks);
     }
     for (c, s) in [(320, n), (640, n / 2), (1280, n / 4), (1280, n / 8)] {
         let c = c / divisor;
@@ -400,5 +486,6 @@ fn main() {
     }
     if only == "all" && kind != "cpu" {
         norms(n, divisor, &d, elem, peaks);
+        fused(n, divisor, &d, elem, peaks);
     }
 }

@@ -12,7 +12,7 @@ use burn_cubecl::cubecl::prelude::*;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 
-use super::conv2d::{Add, Tail, bias_of, plus_residual};
+use super::conv2d::{Add, Tail, bias_of, plus_residual, residual_count};
 
 /// Output columns per workgroup, one per invocation.
 const LANES: usize = 64;
@@ -241,10 +241,19 @@ fn linear_lanes<E: Float>(
                 #[unroll]
                 for i in 0..r {
                     if row0 + i < rows {
-                        let at = (row0 + i) * d_out + col;
-                        output[at] = E::cast_from(plus_residual(acc[i * c + j] + b, residual, at, epilogue));
+                        output[(row0 + i) * d_out + col] = E::cast_from(acc[i * c + j] + b);
                     }
                 }
+            }
+        }
+        // The residual in a loop that is not unrolled, as `conv2d_lanes`'s.
+        let count = residual_count(epilogue, r * c);
+        for e in 0..count {
+            let row = row0 + e / c;
+            let col = col0 + e % c;
+            if row < rows && col < d_out {
+                let at = row * d_out + col;
+                output[at] = E::cast_from(f32::cast_from(output[at]) + f32::cast_from(residual[at]));
             }
         }
     }
