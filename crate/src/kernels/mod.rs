@@ -7,7 +7,9 @@
 //! shaders on the CPU, invocations as SIMD lanes; there the convolution and the linear layer are our
 //! lane kernels without workgroup memory ([`conv2d::conv2d_blocked`], [`linear::linear_blocked`]),
 //! faster than our implicit GEMM and than burn's kernels (autotuned on lavapipe), GroupNorm (+ SiLU)
-//! and LayerNorm are one kernel each ([`norm`]) instead of burn's 8-16 launches, and on SwiftShader
+//! and LayerNorm are one kernel each ([`norm`]) instead of burn's 8-16 launches, GEGLU one ([`geglu`])
+//! instead of 8, the convolution and linear kernels add biases and residuals in their last step
+//! ([`conv2d::Epilogue`]: wherever they run), and on SwiftShader
 //! our attention beats burn's; on lavapipe the attention and linear layers under 64 rows stay burn's.
 //! Everywhere else burn's run until a device has measured ours. `WEBSD_KERNELS` (native only) forces
 //! a choice for benchmarks: `ours`, `burn`, or a comma list of `conv` (the implicit GEMM),
