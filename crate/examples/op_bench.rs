@@ -291,7 +291,13 @@ fn fused(n: usize, divisor: usize, d: &burn::tensor::Device, elem: f64, peaks: P
         let lin = |r: Option<&Tensor<2>>| {
             let choice = websd::kernels::choice();
             let out = match choice.lanes {
-                true => linear::linear_blocked(&rows, &weight, Some(&bias), r, linear::lane_block(tokens, c, choice.lane_accumulators)),
+                true => linear::linear_blocked(
+                    &rows,
+                    &weight,
+                    Some(&bias),
+                    r,
+                    linear::lane_block(tokens, c, choice.lane_accumulators),
+                ),
                 false => linear::linear_tiled(&rows, &weight, Some(&bias), r, None),
             };
             out.expect("a cubecl device")
@@ -310,7 +316,8 @@ fn fused(n: usize, divisor: usize, d: &burn::tensor::Device, elem: f64, peaks: P
             let (value, gate) = (h.clone().narrow(1, 0, 4 * c), h.clone().narrow(1, 4 * c, 4 * c));
             read(value * burn::tensor::activation::gelu(gate));
         });
-        let one = time(&format!("{name}, websd's"), flops, bytes, peaks, || read(geglu::geglu(&h).expect("a cubecl device")));
+        let one =
+            time(&format!("{name}, websd's"), flops, bytes, peaks, || read(geglu::geglu(&h).expect("a cubecl device")));
         ratio(&name, apart, one);
 
         let heads = 8;

@@ -42,6 +42,17 @@ fn conv_case(i: usize, cpu: &Device) -> (Tensor<4>, Tensor<4>, Tensor<1>, ConvOp
     (x, weight, bias, options)
 }
 
+/// Checks `ours` (on any device) against `expected` (on Flex) within `relative` x max(1, max|expected|),
+/// logging the difference; `what` names the case.
+fn assert_close<const D: usize>(ours: Tensor<D>, expected: &Tensor<D>, relative: f32, what: &str) {
+    assert_eq!(ours.dims(), expected.dims(), "{what}");
+    let ours = Tensor::<D>::from_data(ours.to_data(), &Device::flex());
+    let diff = (ours - expected.clone()).abs().max().into_scalar::<f32>();
+    let scale = expected.clone().abs().max().into_scalar::<f32>();
+    eprintln!("{what}: max abs diff {diff:e} (max |out| {scale})");
+    assert!(diff <= relative * scale.max(1.0), "{what}: {diff}");
+}
+
 /// Runs `ours` on GPU copies of a convolution's input, weight and bias and checks it against burn's
 /// conv2d on Flex (within 1e-4 x max|out|); `what` names the case in the log.
 fn assert_conv_matches(
@@ -50,16 +61,11 @@ fn assert_conv_matches(
     what: &str,
     ours: impl Fn(&Tensor<4>, &Tensor<4>, Option<&Tensor<1>>) -> Option<Tensor<4>>,
 ) {
-    let cpu = Device::flex();
     let expected = conv2d(x.clone(), weight.clone(), bias.cloned(), options.clone());
     let on_gpu = |t: &Tensor<4>| Tensor::<4>::from_data(t.to_data(), gpu);
     let bias_gpu = bias.map(|t| Tensor::<1>::from_data(t.to_data(), gpu));
     let ours = ours(&on_gpu(x), &on_gpu(weight), bias_gpu.as_ref()).expect("a cubecl tensor");
-    assert_eq!(ours.dims(), expected.dims(), "{what}");
-    let diff = (Tensor::<4>::from_data(ours.to_data(), &cpu) - expected.clone()).abs().max().into_scalar::<f32>();
-    let scale = expected.abs().max().into_scalar::<f32>();
-    eprintln!("{what}: max abs diff {diff:e} (max |out| {scale})");
-    assert!(diff <= 1e-4 * scale.max(1.0), "{what}: {diff}");
+    assert_close(ours, &expected, 1e-4, what);
 }
 
 #[test]
@@ -347,13 +353,8 @@ fn conv_epilogue_matches_flex() {
                 ),
             ];
             for (kernel, ours) in runs {
-                let ours = ours.expect("a cubecl tensor");
-                let diff =
-                    (Tensor::<4>::from_data(ours.to_data(), &cpu) - expected.clone()).abs().max().into_scalar::<f32>();
-                let scale = expected.clone().abs().max().into_scalar::<f32>();
                 let what = format!("{kernel} shape {i} bias {with_bias} term {with_term} residual {with_residual}");
-                eprintln!("{what}: max abs diff {diff:e} (max |out| {scale})");
-                assert!(diff <= 1e-4 * scale.max(1.0), "{what}: {diff}");
+                assert_close(ours.expect("a cubecl tensor"), &expected, 1e-4, &what);
             }
         }
         // A residual or term of another shape is declined (the caller adds it after burn's op).
@@ -399,13 +400,8 @@ fn linear_residual_matches_flex() {
             ("odd lanes", linear::linear_blocked(&x, &weight, b, r, (3, 5))),
         ];
         for (kernel, ours) in runs {
-            let ours = Tensor::<2>::from_data(ours.expect("a cubecl tensor").to_data(), &cpu);
-            let diff = (ours - expected.clone()).abs().max().into_scalar::<f32>();
-            let scale = expected.clone().abs().max().into_scalar::<f32>();
-            eprintln!(
-                "linear {kernel} [{rows}, {d_in}, {d_out}] + residual: max abs diff {diff:e} (max |out| {scale})"
-            );
-            assert!(diff <= 1e-5 * scale.max(1.0), "{kernel} [{rows}, {d_in}, {d_out}]: {diff}");
+            let what = format!("linear {kernel} [{rows}, {d_in}, {d_out}] + residual");
+            assert_close(ours.expect("a cubecl tensor"), &expected, 1e-5, &what);
         }
     }
     assert_eq!(websd::gpu::uncaptured_errors(), 0, "wgpu validation errors");
@@ -441,10 +437,7 @@ fn tokens_major_attention_and_geglu_match_flex() {
         let expected =
             h.clone().narrow(1, 0, inner) * burn::tensor::activation::gelu(h.clone().narrow(1, inner, inner));
         let ours = websd::kernels::geglu::geglu(&Tensor::<2>::from_data(h.to_data(), &gpu)).expect("a cubecl tensor");
-        let diff = (Tensor::<2>::from_data(ours.to_data(), &cpu) - expected.clone()).abs().max().into_scalar::<f32>();
-        let scale = expected.abs().max().into_scalar::<f32>();
-        eprintln!("geglu [{rows}, 2 x {inner}]: max abs diff {diff:e} (max |out| {scale})");
-        assert!(diff <= 1e-5 * scale.max(1.0), "geglu [{rows}, 2 x {inner}]: {diff}");
+        assert_close(ours, &expected, 1e-5, &format!("geglu [{rows}, 2 x {inner}]"));
     }
     assert!(websd::kernels::geglu::geglu(&Tensor::<2>::zeros([2, 3], &gpu)).is_none(), "an odd width");
     assert_eq!(websd::gpu::uncaptured_errors(), 0, "wgpu validation errors");
@@ -472,13 +465,7 @@ fn norm_kernels_match_flex() {
     use websd::kernels::norm::{group_norm, layer_norm};
     let (gpu, _) = websd::gpu::wgpu_device().expect("a wgpu adapter");
     let cpu = Device::flex();
-    let close = |ours: Tensor<4>, expected: Tensor<4>, what: &str| {
-        assert_eq!(ours.dims(), expected.dims(), "{what}");
-        let scale = expected.clone().abs().max().into_scalar::<f32>();
-        let diff = (Tensor::<4>::from_data(ours.to_data(), &cpu) - expected).abs().max().into_scalar::<f32>();
-        eprintln!("{what}: max abs diff {diff:e} (max |out| {scale})");
-        assert!(diff <= 1e-5 * scale.max(1.0), "{what}: {diff}");
-    };
+    let close = |ours: Tensor<4>, expected: Tensor<4>, what: &str| assert_close(ours, &expected, 1e-5, what);
     for (i, &(b, c, h, w, groups)) in GROUP_NORM_SHAPES.iter().enumerate() {
         // Off-centre values, so a one-pass variance would lose digits.
         let x = Tensor::<4>::random([b, c, h, w], Distribution::Normal(3.0, 2.0), &cpu);
