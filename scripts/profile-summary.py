@@ -25,10 +25,15 @@ if calls > 1:
     names = [n for _, n in launches]
     # The shortest period that tiles all of the last `calls` calls (a call may repeat a block inside it).
     period = next(
-        k
-        for k in range(1, len(names) // (calls + 1) + 1)
-        if all(names[len(names) - (j + 1) * k : len(names) - j * k] == names[-k:] for j in range(1, calls))
+        (
+            k
+            for k in range(1, len(names) // (calls + 1) + 1)
+            if all(names[len(names) - (j + 1) * k : len(names) - j * k] == names[-k:] for j in range(1, calls))
+        ),
+        None,
     )
+    if period is None:
+        sys.exit(f"no launch sequence repeats {calls} times at the end of {args[0]} (a log cut short?)")
     launches = launches[-calls * period :]
 total, count = collections.Counter(), collections.Counter()
 for ms, name in launches:

@@ -191,17 +191,23 @@ fn blocks(n: usize, divisor: usize, d: &burn::tensor::Device, elem: f64, peaks: 
     }
 }
 
-/// Our linear layer: the row kernel, the tiled GEMM (the device's tiling) or the lane kernel (the
-/// device's block).
-fn our_linear(kernel: &str, x: &Tensor<2>, weight: &Tensor<2>, bias: Option<&Tensor<1>>) -> Tensor<2> {
+/// Our linear layer (plus `residual` in its last step): the row kernel, the tiled GEMM (the device's
+/// tiling) or the lane kernel (the device's block).
+fn our_linear(
+    kernel: &str,
+    x: &Tensor<2>,
+    weight: &Tensor<2>,
+    bias: Option<&Tensor<1>>,
+    residual: Option<&Tensor<2>>,
+) -> Tensor<2> {
     use websd::kernels::linear;
     let out = match kernel {
-        "tiled kernel" => linear::linear_tiled(x, weight, bias, None, None),
+        "tiled kernel" => linear::linear_tiled(x, weight, bias, residual, None),
         "lane kernel" => {
             let block = linear::lane_block(x.dims()[0], weight.dims()[1], websd::kernels::choice().lane_accumulators);
-            linear::linear_blocked(x, weight, bias, None, block)
+            linear::linear_blocked(x, weight, bias, residual, block)
         }
-        _ => linear::linear(x, weight, bias, None),
+        _ => linear::linear(x, weight, bias, residual),
     };
     out.expect("a cubecl tensor")
 }
@@ -254,7 +260,7 @@ fn norms(n: usize, divisor: usize, d: &burn::tensor::Device, elem: f64, peaks: P
 /// the projections' `[batch, tokens, heads * width]` against the same kernel after head swaps (and
 /// the swap back). Bytes: each side's inputs and output once.
 fn fused(n: usize, divisor: usize, d: &burn::tensor::Device, elem: f64, peaks: Peaks) {
-    use websd::kernels::{attention as ours_attention, conv2d, geglu, linear};
+    use websd::kernels::{attention as ours_attention, conv2d, geglu};
     let normal = Distribution::Normal(0.0, 1.0);
     let ratio = |name: &str, apart: f64, fused: f64| println!("{name}: fused / apart = {:.3}", fused / apart);
     for (c, s) in [(320, n), (640, n / 2), (1280, n / 4), (1280, n / 8)] {
@@ -288,20 +294,9 @@ fn fused(n: usize, divisor: usize, d: &burn::tensor::Device, elem: f64, peaks: P
         let weight = Tensor::<2>::random([c, c], normal, d) * 0.05;
         let rows_residual = Tensor::<2>::random([tokens, c], normal, d);
         let (flops, bytes) = (2.0 * (tokens * c * c) as f64, elem * (3 * tokens * c + c * c) as f64);
-        let lin = |r: Option<&Tensor<2>>| {
-            let choice = websd::kernels::choice();
-            let out = match choice.lanes {
-                true => linear::linear_blocked(
-                    &rows,
-                    &weight,
-                    Some(&bias),
-                    r,
-                    linear::lane_block(tokens, c, choice.lane_accumulators),
-                ),
-                false => linear::linear_tiled(&rows, &weight, Some(&bias), r, None),
-            };
-            out.expect("a cubecl device")
-        };
+        // Our kernel for the device: the lane kernel on CPU devices, else the tiled GEMM.
+        let kernel = if websd::kernels::choice().lanes { "lane kernel" } else { "tiled kernel" };
+        let lin = |r: Option<&Tensor<2>>| our_linear(kernel, &rows, &weight, Some(&bias), r);
         let name = format!("linear {c}->{c} x {tokens} tokens + residual");
         let apart = time(&format!("{name}, then burn's add"), flops, bytes, peaks, || {
             read(lin(None) + rows_residual.clone());
@@ -425,7 +420,7 @@ fn main() {
                         2.0 * t * cf * cf,
                         elem * (2.0 * t * cf + cf * cf),
                         peaks,
-                        || read(our_linear(kernel, &rows, &lin.weight.val(), bias.as_ref())),
+                        || read(our_linear(kernel, &rows, &lin.weight.val(), bias.as_ref(), None)),
                     );
                 }
             }
@@ -440,7 +435,7 @@ fn main() {
                 let name = format!("linear {c}->{} (GEGLU proj) x {} tokens", c * 8, s * s);
                 for kernel in ["kernel", "tiled kernel", "lane kernel"] {
                     time(&format!("{name}, websd's {kernel}"), flops, bytes, peaks, || {
-                        read(our_linear(kernel, &rows, &ff.weight.val(), bias.as_ref()))
+                        read(our_linear(kernel, &rows, &ff.weight.val(), bias.as_ref(), None))
                     });
                 }
             }

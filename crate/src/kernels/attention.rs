@@ -55,10 +55,8 @@ fn attention_rows<E: Float>(
     let h = head % heads;
     // Tokens of a head lie `spread` widths apart: `heads` tokens-major, 1 heads-major.
     let spread = select(tokens_major, heads, 1usize);
-    let q_step = spread * head_dim;
-    let k_step = spread * head_dim;
-    let v_step = spread * value_dim;
-    let o_step = spread * value_dim;
+    let qk_step = spread * head_dim;
+    let vo_step = spread * value_dim;
     let q_base = batch * queries * heads * head_dim + h * select(tokens_major, head_dim, queries * head_dim);
     let k_base = batch * keys * heads * head_dim + h * select(tokens_major, head_dim, keys * head_dim);
     let v_base = batch * keys * heads * value_dim + h * select(tokens_major, value_dim, keys * value_dim);
@@ -70,7 +68,7 @@ fn attention_rows<E: Float>(
         if query >= queries {
             query = queries - 1;
         }
-        let at = q_base + query * q_step;
+        let at = q_base + query * qk_step;
         #[unroll]
         for c in 0..head_dim {
             qr[i * head_dim + c] = f32::cast_from(q[at + c]) * scale;
@@ -102,11 +100,11 @@ fn attention_rows<E: Float>(
         // Each key and value is loaded once for the lane's `r` queries.
         #[unroll]
         for c in 0..head_dim {
-            kr[c] = f32::cast_from(k[k_base + j * k_step + c]);
+            kr[c] = f32::cast_from(k[k_base + j * qk_step + c]);
         }
         #[unroll]
         for c in 0..value_dim {
-            vr[c] = f32::cast_from(v[v_base + j * v_step + c]);
+            vr[c] = f32::cast_from(v[v_base + j * vo_step + c]);
         }
         #[unroll]
         for i in 0..r {
@@ -139,7 +137,7 @@ fn attention_rows<E: Float>(
     #[unroll]
     for i in 0..r {
         if q0 + i < queries {
-            let at = o_base + (q0 + i) * o_step;
+            let at = o_base + (q0 + i) * vo_step;
             #[unroll]
             for d in 0..value_dim {
                 output[at + d] = E::cast_from(acc[i * value_dim + d] / sum[i]);

@@ -231,40 +231,40 @@ pub struct Epilogue {
     pub residual: bool,
 }
 
-impl Epilogue {
-    const BIAS: u32 = 1;
-    const PER_BATCH: u32 = 2;
-    const RESIDUAL: u32 = 4;
+/// [`Epilogue::flags`]' bits, read by the kernels.
+const BIAS: u32 = 1;
+const PER_BATCH: u32 = 2;
+const RESIDUAL: u32 = 4;
 
+impl Epilogue {
     /// The kernels' `epilogue` argument.
     pub fn flags(self) -> u32 {
         let bit = |on: bool, flag: u32| if on { flag } else { 0 };
-        bit(self.bias, Self::BIAS) | bit(self.bias_per_batch, Self::PER_BATCH) | bit(self.residual, Self::RESIDUAL)
+        bit(self.bias, BIAS) | bit(self.bias_per_batch, PER_BATCH) | bit(self.residual, RESIDUAL)
     }
 }
 
 /// The bias `epilogue` ([`Epilogue::flags`]) adds to output channel `channel` of `c_out` of batch
-/// `batch`. Without branches (unrolled over a lane's block, one branch per value made llvmpipe's
-/// first compile 1.3-1.8x as long): without a bias it reads the stand-in binding (finite weights,
-/// in bounds) and multiplies by 0, adding exactly nothing.
+/// `batch`. Without branches, as it is unrolled over a lane's channels: without a bias it reads the
+/// stand-in binding (finite weights, in bounds) and multiplies by 0, adding exactly nothing.
 #[cube]
 pub(crate) fn bias_of<E: Float>(bias: &[E], batch: usize, channel: usize, c_out: usize, epilogue: u32) -> f32 {
-    let on = epilogue & 1;
-    let per_batch = ((epilogue >> 1) & 1) as usize;
+    let on = (epilogue & BIAS) / BIAS;
+    let per_batch = ((epilogue & PER_BATCH) / PER_BATCH) as usize;
     f32::cast_from(bias[(channel + per_batch * batch * c_out) * on as usize]) * f32::cast_from(on)
 }
 
 /// `values` where `epilogue` has a residual, else 0: the trip count of the lane kernels' residual loop.
 #[cube]
 pub(crate) fn residual_count(epilogue: u32, values: usize) -> usize {
-    ((epilogue >> 2) & 1) as usize * values
+    ((epilogue & RESIDUAL) / RESIDUAL) as usize * values
 }
 
 /// `value` plus the residual at `at` where `epilogue` has one (without branches, as [`bias_of`]:
 /// otherwise it reads the stand-in's first value and adds 0 times it).
 #[cube]
 pub(crate) fn plus_residual<E: Float>(value: f32, residual: &[E], at: usize, epilogue: u32) -> f32 {
-    let on = (epilogue >> 2) & 1;
+    let on = (epilogue & RESIDUAL) / RESIDUAL;
     value + f32::cast_from(residual[at * on as usize]) * f32::cast_from(on)
 }
 
@@ -385,10 +385,10 @@ impl Tail {
     }
 
     /// The bias and residual bindings, `stand_in` (a read-only operand) for those the kernel does not
-    /// read (a binding needs a buffer).
-    pub(crate) fn bindings(self, stand_in: &CubeTensor) -> (CubeTensor, CubeTensor, Epilogue) {
+    /// read (a binding needs a buffer), and the kernel's `epilogue` argument.
+    pub(crate) fn bindings(self, stand_in: &CubeTensor) -> (CubeTensor, CubeTensor, u32) {
         let bias = self.bias.unwrap_or_else(|| stand_in.clone());
-        (bias, self.residual.unwrap_or_else(|| stand_in.clone()), self.epilogue)
+        (bias, self.residual.unwrap_or_else(|| stand_in.clone()), self.epilogue.flags())
     }
 }
 
@@ -492,7 +492,6 @@ pub(crate) fn launch(
     };
 
     let (bias, residual, epilogue) = tail.bindings(&weight);
-    let epilogue = epilogue.flags();
     let pixel_tiles = (batch * out_h * out_w).div_ceil(tiling.bn);
     let groups_x = pixel_tiles.min(MAX_GROUPS);
     let groups_z = pixel_tiles.div_ceil(groups_x);
@@ -752,7 +751,6 @@ pub(crate) fn launch_lanes(
     let storage = burn::backend::cubecl::dtype_to_storage_type(dtype);
     let output = empty_device_dtype(client.clone(), input.device.clone(), [batch, c_out, out_h, out_w].into(), dtype);
     let (bias, residual, epilogue) = tail.bindings(&weight);
-    let epilogue = epilogue.flags();
     let lane_groups = (batch * out_h.div_ceil(ry) * out_w.div_ceil(px)).div_ceil(lanes);
     let groups_x = lane_groups.min(MAX_GROUPS);
     let count = CubeCount::Static(groups_x as u32, c_out.div_ceil(ch) as u32, lane_groups.div_ceil(groups_x) as u32);

@@ -5,7 +5,7 @@
 //! column for `ROWS` rows: consecutive lanes read consecutive weights of a row of `W`, and every lane
 //! of the workgroup reads the same input values (uniform loads); f32 accumulation, bias fused.
 
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor};
 use burn_cubecl::CubeBackend;
 use burn_cubecl::cubecl;
 use burn_cubecl::cubecl::prelude::*;
@@ -91,7 +91,6 @@ pub fn linear(
     let (input, weight, tail, output, [rows, d_in, d_out]) = operands(x, weight, bias, residual)?;
     let (client, dtype) = (input.client.clone(), input.dtype);
     let (bias, residual, epilogue) = tail.bindings(&weight);
-    let epilogue = epilogue.flags();
     let row_groups = rows.div_ceil(ROWS);
     let groups_y = row_groups.min(super::MAX_GROUPS);
     let count = CubeCount::Static(d_out.div_ceil(LANES) as u32, groups_y as u32, row_groups.div_ceil(groups_y) as u32);
@@ -130,12 +129,24 @@ fn operands(
     if rows == 0 || d_in == 0 || d_out == 0 {
         return None;
     }
-    let residual = residual.map(|r| r.clone().reshape([rows, d_out, 1, 1]));
-    let tail = Tail::new(bias, Add { per_batch: None, residual: residual.as_ref() }, dtype, [rows, d_out, 1, 1])?;
+    let tail = tail(bias, residual, dtype, rows, d_out)?;
     let input = super::cube_tensor(x, dtype)?;
     let weight = super::cube_tensor(weight, dtype)?;
     let output = empty_device_dtype(input.client.clone(), input.device.clone(), [rows, d_out].into(), dtype);
     Some((input, weight, tail, output, [rows, d_in, d_out]))
+}
+
+/// A linear layer's epilogue operands, as the convolution's for `[rows, d_out, 1, 1]` (a linear layer
+/// is a 1x1 convolution of 1x1 images, one per row).
+fn tail(
+    bias: Option<&Tensor<1>>,
+    residual: Option<&Tensor<2>>,
+    dtype: DType,
+    rows: usize,
+    d_out: usize,
+) -> Option<Tail> {
+    let residual = residual.map(|r| r.clone().reshape([rows, d_out, 1, 1]));
+    Tail::new(bias, Add { per_batch: None, residual: residual.as_ref() }, dtype, [rows, d_out, 1, 1])
 }
 
 /// [`linear`] as a tiled GEMM: our convolution kernel with 1x1 images, one per row
@@ -160,8 +171,7 @@ pub fn linear_tiled(
     let tiling = tiling.unwrap_or_else(|| super::conv_tiling(d_out, rows, d_in));
     let input = super::cube_tensor(&x.clone().reshape([rows, d_in, 1, 1]), dtype)?;
     let weight = super::cube_tensor(&weight.clone().reshape([d_in, d_out, 1, 1]), dtype)?;
-    let residual = residual.map(|r| r.clone().reshape([rows, d_out, 1, 1]));
-    let tail = Tail::new(bias, Add { per_batch: None, residual: residual.as_ref() }, dtype, [rows, d_out, 1, 1])?;
+    let tail = tail(bias, residual, dtype, rows, d_out)?;
     let out = super::conv2d::launch(input, weight, tail, 1, [0, 0], [1, 1], tiling, true);
     Some(Tensor::<4>::from_primitive::<CubeBackend>(out).reshape([rows, d_out]))
 }
@@ -283,7 +293,6 @@ pub fn linear_blocked(
     let (input, weight, tail, output, [rows, d_in, d_out]) = operands(x, weight, bias, residual)?;
     let (client, dtype) = (input.client.clone(), input.dtype);
     let (bias, residual, epilogue) = tail.bindings(&weight);
-    let epilogue = epilogue.flags();
     let count = super::grid_1d(rows.div_ceil(r) * d_out.div_ceil(c), BLOCK_LANES);
     unsafe {
         linear_lanes::launch_unchecked(

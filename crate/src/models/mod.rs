@@ -49,12 +49,15 @@ pub(crate) fn linear_residual(layer: &Linear, x: Tensor<3>, residual: Option<Ten
         use crate::kernels::linear;
         let (bias, residual) = (bias.as_ref(), rows_residual.as_ref());
         if choice.lanes {
+            // CPU devices: the lane kernel, or burn's below its rows.
             if rows < choice.lane_min_rows {
                 return None;
             }
             let block = linear::lane_block(rows, d_out, choice.lane_accumulators);
             return linear::linear_blocked(&x, &weight, bias, residual, block);
         }
+        // The tiled kernel where it measured faster (as the convolution's thresholds: GEGLU's
+        // projections 1.6-1.9x the row kernel's speed on SwiftShader, square ones at 32 rows 0.7x).
         match choice.conv && rows >= choice.conv_min_pixels && d_out >= choice.conv_min_channels {
             true => linear::linear_tiled(&x, &weight, bias, residual, None),
             false => linear::linear(&x, &weight, bias, residual),
@@ -72,6 +75,9 @@ pub(crate) fn linear_residual(layer: &Linear, x: Tensor<3>, residual: Option<Ten
     }
 }
 
+/// [`linear`] on `[batch, features]` (the time embeddings, their projections in every ResNet block): on
+/// devices where our kernels run, one shape-generic kernel instead of a burn matmul compiled for each
+/// shape (SwiftShader compiles each of those for 0.1-1 s in a cold first step).
 pub(crate) fn linear_2d(layer: &Linear, x: Tensor<2>) -> Tensor<2> {
     linear(layer, x.unsqueeze_dim(0)).squeeze_dim(0)
 }
