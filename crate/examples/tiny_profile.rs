@@ -19,6 +19,21 @@ fn main() {
         let t = Instant::now();
         f();
         println!("{name} (first call): {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
+        // Where the device measures its convolutions (`websd::kernels::tune`; `WEBSD_KERNELS=...,tune`
+        // forces it), as the pipeline does after its first step.
+        if !websd::kernels::tune::pending().is_empty() {
+            let t = Instant::now();
+            let found = pollster::block_on(websd::kernels::tune::run_pending(&d));
+            println!("{name}: {} convolutions measured in {:.1} s", found.len(), t.elapsed().as_secs_f64());
+            for f in &found {
+                let times: Vec<String> = f
+                    .times_ms
+                    .iter()
+                    .map(|(p, t)| format!("{p:?} {}", t.map_or("-".into(), |t| format!("{t:.2}"))))
+                    .collect();
+                println!("  {:?}: {:?} {:.1} GFLOP/s; ms: {}", f.shape, f.pick, f.gflops, times.join(", "));
+            }
+        }
         let t = Instant::now();
         for _ in 0..5 {
             f();

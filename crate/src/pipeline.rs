@@ -472,6 +472,8 @@ impl StableDiffusion {
         mut progress: impl AsyncFnMut(Progress) -> bool,
     ) -> Result<GenerateOutput, PipelineError> {
         let (width, height, plan) = validate_request(&self.unet_config, &self.vae_config, r, self.precision())?;
+        // Convolutions the last generation recorded after its first step (its VAE decode's).
+        self.tune_pending(&mut 0).await;
         let gpu_errors_mark = crate::gpu::uncaptured_errors();
         let mut dump = Dump(dump.then(Vec::new));
         let mode = r.mode();
@@ -494,7 +496,7 @@ impl StableDiffusion {
             return Err(PipelineError::Cancelled);
         }
 
-        let inputs = Denoise {
+        let mut inputs = Denoise {
             conditioning: &conditioning,
             mask_channels: mask_channels.as_ref(),
             guidance: r.guidance,
@@ -502,8 +504,9 @@ impl StableDiffusion {
             preview_every: r.preview_every,
             gpu_errors_mark,
         };
-        let latents =
-            self.denoise(&inputs, scheduler.as_mut(), &timesteps, latents, &mut rng, &mut dump, &mut progress).await?;
+        let latents = self
+            .denoise(&mut inputs, scheduler.as_mut(), &timesteps, latents, &mut rng, &mut dump, &mut progress)
+            .await?;
         dump.add("final_latents", &latents).await?;
         if !progress(Progress::Denoised).await {
             return Err(PipelineError::Cancelled);
@@ -511,6 +514,7 @@ impl StableDiffusion {
 
         let images = self.decode_latents(latents, &mut dump).await?;
         progress(Progress::Decoded).await;
+        let gpu_errors_mark = inputs.gpu_errors_mark;
         crate::gpu::errors_since(gpu_errors_mark).map_err(PipelineError::Gpu)?;
         let dump = dump.0.unwrap_or_default();
         Ok(GenerateOutput { images, width, height, scheduler: kind, dump, gpu_errors_mark })
@@ -625,7 +629,7 @@ impl StableDiffusion {
     #[allow(clippy::too_many_arguments)]
     async fn denoise(
         &self,
-        d: &Denoise<'_>,
+        d: &mut Denoise<'_>,
         scheduler: &mut dyn Scheduler,
         timesteps: &[f64],
         mut latents: Tensor<4>,
@@ -669,6 +673,11 @@ impl StableDiffusion {
             }
             // After the callback: in a browser it awaited the step before, and errors arrive as events.
             crate::gpu::errors_since(d.gpu_errors_mark).map_err(PipelineError::Gpu)?;
+            // Every convolution of a step has been seen after the first: where this device measures
+            // its kernels, the rest of the steps run the fastest.
+            if i == 0 {
+                self.tune_pending(&mut d.gpu_errors_mark).await;
+            }
             let latent_c = latents.dims()[1];
             if d.preview_every > 0 && (i + 1) % d.preview_every == 0 && latent_c == 4 {
                 let image = latent_preview(latents.clone().narrow(0, 0, 1));
@@ -678,6 +687,20 @@ impl StableDiffusion {
             }
         }
         Ok(latents)
+    }
+
+    /// Measures the convolutions recorded and not yet measured on this device
+    /// ([`crate::kernels::tune`]: none where the adapter's kernels were chosen by hand). GPU errors
+    /// raised meanwhile (a candidate kernel its driver rejects, which then also fails the check
+    /// against burn's output) are the measuring's, not the generation's: `gpu_errors_mark` moves
+    /// past them.
+    async fn tune_pending(&self, gpu_errors_mark: &mut u32) {
+        if crate::kernels::tune::pending().is_empty() {
+            return;
+        }
+        let before = crate::gpu::uncaptured_errors();
+        crate::kernels::tune::run_pending(&self.device).await;
+        *gpu_errors_mark += crate::gpu::uncaptured_errors() - before;
     }
 
     /// diffusers' `decode_latents`: the VAE decode (in f32 for an upcast VAE), as images

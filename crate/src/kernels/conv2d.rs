@@ -29,7 +29,7 @@ const SIDE: usize = 16;
 /// value more; short ones waste nothing on 16 or 32 channels (the tiny model, the VAE's ends); splits
 /// keep the device busy when there are few output tiles (1280 channels at 8x8). Workgroup memory:
 /// `16 x (bm + bn)` values, at most 16 KiB in f32.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Tiling {
     pub bm: usize,
     pub bn: usize,
@@ -554,7 +554,7 @@ pub(crate) fn launch(
 
 /// One lane's share of the output in `conv2d_lanes`: `ch` output channels x `rows` x `cols` pixels,
 /// in workgroups of `lanes`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Block {
     pub ch: usize,
     pub rows: usize,

@@ -13,7 +13,8 @@
 //! our attention beats burn's; on lavapipe the attention and linear layers under 64 rows stay burn's.
 //! Everywhere else burn's run until a device has measured ours. `WEBSD_KERNELS` (native only) forces
 //! a choice for benchmarks: `ours`, `burn`, or a comma list of `conv` (the implicit GEMM),
-//! `conv-lanes`, `attention`, `linear`, `norm`, `geglu`; `WEBSD_CONV_WORKGROUPS=N` tiles the implicit GEMM's
+//! `conv-lanes`, `attention`, `linear`, `norm`, `geglu`, `tune` (measure each convolution's kernel on the
+//! device, as on adapters not measured here: [`tune`]); `WEBSD_CONV_WORKGROUPS=N` tiles the implicit GEMM's
 //! convolution for a GPU that wants N workgroups in flight ([`conv2d::Tiling::for_workgroups`]).
 
 use std::sync::RwLock;
@@ -29,6 +30,7 @@ pub mod conv2d;
 pub mod geglu;
 pub mod linear;
 pub mod norm;
+pub mod tune;
 
 /// WebGPU's guaranteed workgroups per dispatch dimension.
 const MAX_GROUPS: usize = 65535;
@@ -70,6 +72,9 @@ pub struct Choice {
     /// Registers (f32 values) for a lane's queries and accumulators in our attention, which sets
     /// its queries per lane ([`attention::queries_per_lane`]; 0: one).
     pub attention_registers: usize,
+    /// Measure the convolutions on the device and run the fastest kernel for each shape
+    /// ([`tune`]): for adapters whose choice nobody has measured.
+    pub tune: bool,
 }
 
 impl Choice {
@@ -87,6 +92,7 @@ impl Choice {
         lane_accumulators: conv2d::Block::LLVMPIPE_ACCUMULATORS,
         lane_min_rows: 0,
         attention_registers: 0,
+        tune: false,
     };
 
     /// The choice for a wgpu adapter's name (the browser's "vendor architecture", or the driver's
@@ -131,7 +137,8 @@ impl Choice {
                 ..Choice::BURN
             };
         }
-        Choice::BURN
+        // Not measured here: burn's kernels, and each convolution's kernel measured on the device.
+        Choice { tune: true, ..Choice::BURN }
     }
 
     /// `WEBSD_KERNELS` and `WEBSD_CONV_WORKGROUPS` over `self` (see the module's documentation).
@@ -150,6 +157,7 @@ impl Choice {
             self.linear = all || ops.contains(&"linear");
             self.norm = all || ops.contains(&"norm");
             self.geglu = all || ops.contains(&"geglu");
+            self.tune = ops.contains(&"tune");
             self.conv_min_pixels = 0;
             self.conv_min_channels = 0;
         }
@@ -201,6 +209,11 @@ fn cube_tensor<const D: usize>(t: &Tensor<D>, dtype: DType) -> Option<CubeTensor
         return None;
     }
     t.clone().try_into_primitive::<CubeBackend>().ok().map(into_contiguous)
+}
+
+/// Whether `t` lives on a cubecl device (where our kernels can run).
+pub fn is_cube<const D: usize>(t: &Tensor<D>) -> bool {
+    t.clone().try_into_primitive::<CubeBackend>().is_ok()
 }
 
 /// An optional bias as [`cube_tensor`]: `None` when there is one that does not qualify.

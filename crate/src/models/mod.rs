@@ -138,6 +138,19 @@ pub fn conv2d_with(
     padding: [usize; 4],
     add: Add,
 ) -> Tensor<4> {
+    // A kernel measured on this device for the shape ([`crate::kernels::tune`]).
+    if crate::kernels::is_cube(&x) {
+        use crate::kernels::tune::{self, ConvPick, ConvShape};
+        match tune::conv_pick(ConvShape::of(&x, weight, stride, padding)) {
+            Some(ConvPick::Burn) => return add_after(tune::burn_conv(&x, weight, bias, stride, padding), add),
+            Some(pick) => {
+                if let Some(out) = tune::run_conv(pick, &x, weight, bias, stride, padding, add) {
+                    return out;
+                }
+            }
+            None => {}
+        }
+    }
     let [b, c, h, w] = x.dims();
     let [c_out, c_in, kh, kw] = weight.dims();
     let [top, left, bottom, right] = padding;

@@ -507,3 +507,57 @@ fn norm_kernels_match_flex() {
     }
     assert_eq!(websd::gpu::uncaptured_errors(), 0, "wgpu validation errors");
 }
+
+/// The tuner ([`websd::kernels::tune`]) on the device: every candidate checked against burn's output
+/// and timed, the fastest picked; a shape given a pick runs that kernel through the models' conv, with
+/// burn's numerics; on Flex nothing is measured.
+#[test]
+fn tuned_convolution_picks_the_fastest_checked_kernel() {
+    use websd::kernels::tune::{self, ConvPick, ConvShape};
+    let (gpu, _) = websd::gpu::wgpu_device().expect("a wgpu adapter");
+    let cpu = Device::flex();
+    // Odd shapes no other test runs, so no other test's convolution takes these picks.
+    for (i, &(b, c_in, c_out, h, w, k, stride, padding)) in
+        [(2, 19, 23, 13, 11, 3, 1, [1; 4]), (1, 21, 27, 12, 10, 3, 2, [0, 0, 1, 1]), (3, 29, 17, 7, 5, 1, 1, [0; 4])]
+            .iter()
+            .enumerate()
+    {
+        let shape =
+            ConvShape { batch: b, c_in, height: h, width: w, c_out, kernel: [k, k], stride, padding, f16: false };
+        let found = pollster::block_on(tune::measure_conv(shape, &gpu));
+        let candidates = tune::candidates(&shape);
+        assert!(candidates.len() >= 3 && candidates[0] == ConvPick::Burn, "{candidates:?}");
+        assert_eq!(found.times_ms.iter().map(|(p, _)| *p).collect::<Vec<_>>(), candidates);
+        eprintln!("{shape:?}: {:?}, {:?}", found.pick, found.times_ms);
+        // Our kernels and burn's agree here, so each was timed, and the pick is the fastest.
+        let times: Vec<f64> = found.times_ms.iter().map(|(_, t)| t.expect("checked and timed")).collect();
+        assert!(times.iter().all(|t| t.is_finite() && *t > 0.0), "{times:?}");
+        let fastest = times.iter().cloned().fold(f64::INFINITY, f64::min);
+        assert_eq!(found.times_ms.iter().find(|(_, t)| *t == Some(fastest)).unwrap().0, found.pick);
+        assert!(found.gflops > 0.0);
+
+        // Each candidate in turn as the shape's pick: the models' convolution runs it, with a residual.
+        let (x, weight, bias, options) = {
+            let x = Tensor::<4>::random([b, c_in, h, w], Distribution::Normal(0.0, 1.0), &cpu);
+            let weight = Tensor::<4>::random([c_out, c_in, k, k], Distribution::Normal(0.0, 0.2), &cpu);
+            let bias = Tensor::<1>::random([c_out], Distribution::Normal(0.0, 1.0), &cpu);
+            let [top, left, bottom, right] = padding;
+            (x, weight, bias, ConvOptions::new_with_padding([stride; 2], [(top, bottom), (left, right)], [1, 1], 1))
+        };
+        let plain = conv2d(x.clone(), weight.clone(), Some(bias.clone()), options);
+        let residual = Tensor::<4>::random(plain.dims(), Distribution::Normal(0.0, 1.0), &cpu);
+        let expected = plain + residual.clone();
+        let on_gpu = |t: &Tensor<4>| Tensor::<4>::from_data(t.to_data(), &gpu);
+        let (residual_gpu, bias_gpu) = (on_gpu(&residual), Tensor::<1>::from_data(bias.to_data(), &gpu));
+        for pick in candidates {
+            tune::set_conv_pick(shape, pick);
+            assert_eq!(tune::conv_pick(shape), Some(pick));
+            let add = Add { per_batch: None, residual: Some(&residual_gpu) };
+            let ours = websd::models::conv2d_with(on_gpu(&x), &on_gpu(&weight), Some(&bias_gpu), stride, padding, add);
+            assert_close(ours, &expected, 1e-4, &format!("tuned shape {i} as {pick:?}"));
+        }
+    }
+    // Shapes on Flex are neither recorded nor measured there.
+    assert!(pollster::block_on(tune::run_pending(&cpu)).is_empty());
+    assert_eq!(websd::gpu::uncaptured_errors(), 0, "wgpu validation errors");
+}

@@ -1,0 +1,373 @@
+//! The convolution's kernel chosen per shape by measuring on the device itself, for adapters whose
+//! choice nobody has measured ([`super::Choice::tune`]: every real GPU so far).
+//!
+//! A fixed choice per adapter name ([`super::Choice::for_adapter`]) needs someone to have measured that
+//! GPU; everywhere else burn's kernels ran, whose 3x3 convolution without cooperative matrices (the
+//! browser) is burn's direct kernel, 1-2% of an H100's peak. Here the convolutions a generation runs are
+//! recorded on first sight ([`conv_pick`]); at a step boundary the pipeline measures each once
+//! ([`run_pending`]): burn's convolution, our implicit GEMM in a few tilings and our lane kernel, on
+//! random inputs of the same shape, each checked against burn's output first (a kernel a driver
+//! miscompiles is dropped, not timed: cubecl's own autotune is off in the browser because it cannot
+//! do that check there), then timed; the fastest is used from then on. The table can be saved and
+//! restored ([`export`], [`import`]) so a device measures once.
+
+use std::collections::HashMap;
+use std::sync::{LazyLock, RwLock};
+
+use burn::tensor::{DType, Distribution, FloatDType, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::conv2d::{self, Add, Block, Tiling};
+
+/// A convolution as the tuner keys it: groups 1, dilation 1, square stride.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ConvShape {
+    pub batch: usize,
+    pub c_in: usize,
+    pub height: usize,
+    pub width: usize,
+    pub c_out: usize,
+    pub kernel: [usize; 2],
+    pub stride: usize,
+    /// (top, left, bottom, right).
+    pub padding: [usize; 4],
+    pub f16: bool,
+}
+
+impl ConvShape {
+    /// The shape of `conv2d(x, weight)`.
+    pub fn of(x: &Tensor<4>, weight: &Tensor<4>, stride: usize, padding: [usize; 4]) -> ConvShape {
+        let [batch, c_in, height, width] = x.dims();
+        let [c_out, _, kh, kw] = weight.dims();
+        let f16 = x.dtype() == DType::F16;
+        ConvShape { batch, c_in, height, width, c_out, kernel: [kh, kw], stride, padding, f16 }
+    }
+
+    fn output(&self) -> Option<[usize; 2]> {
+        let [top, left, bottom, right] = self.padding;
+        Some([
+            conv2d::output_size(self.height, self.kernel[0], self.stride, top, bottom)?,
+            conv2d::output_size(self.width, self.kernel[1], self.stride, left, right)?,
+        ])
+    }
+
+    fn flops(&self) -> f64 {
+        let [oh, ow] = self.output().unwrap_or([0, 0]);
+        2.0 * (self.batch * self.c_out * oh * ow * self.c_in * self.kernel[0] * self.kernel[1]) as f64
+    }
+}
+
+/// Which kernel runs a convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ConvPick {
+    /// burn's `conv2d` (autotuned natively; its default kernels in the browser).
+    Burn,
+    /// Our implicit GEMM ([`conv2d::conv2d_tiled`]).
+    Tiled(Tiling),
+    /// Our lane kernel ([`conv2d::conv2d_blocked`]).
+    Lanes(Block),
+}
+
+/// What measuring one shape found: each candidate's time (`None`: it declined the shape, or its output
+/// disagreed with burn's), and the pick.
+#[derive(Clone, Debug, Serialize)]
+pub struct ConvTuning {
+    pub shape: ConvShape,
+    pub times_ms: Vec<(ConvPick, Option<f64>)>,
+    pub pick: ConvPick,
+    /// GFLOP/s of the pick.
+    pub gflops: f64,
+}
+
+#[derive(Default)]
+struct Table {
+    /// Recording new shapes ([`super::Choice::tune`], or [`set_recording`]).
+    recording: Option<bool>,
+    /// Each shape seen: its pick once measured, `None` until then.
+    conv: HashMap<ConvShape, Option<ConvPick>>,
+}
+
+static TABLE: LazyLock<RwLock<Table>> = LazyLock::new(Default::default);
+
+fn table() -> std::sync::RwLockReadGuard<'static, Table> {
+    TABLE.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn table_mut() -> std::sync::RwLockWriteGuard<'static, Table> {
+    TABLE.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether new shapes are recorded for measuring: the adapter's [`super::Choice::tune`] unless set here.
+pub fn recording() -> bool {
+    table().recording.unwrap_or_else(|| super::choice().tune)
+}
+
+/// Records new shapes (or not) whatever the adapter's choice; `None` returns to it.
+pub fn set_recording(on: Option<bool>) {
+    table_mut().recording = on;
+}
+
+/// The measured pick for `shape`, if any; a shape not seen before is recorded for [`run_pending`]
+/// while [`recording`].
+pub fn conv_pick(shape: ConvShape) -> Option<ConvPick> {
+    if let Some(pick) = table().conv.get(&shape) {
+        return *pick;
+    }
+    if recording() {
+        table_mut().conv.entry(shape).or_insert(None);
+    }
+    None
+}
+
+/// Sets `shape`'s pick (tests, and [`import`]).
+pub fn set_conv_pick(shape: ConvShape, pick: ConvPick) {
+    table_mut().conv.insert(shape, Some(pick));
+}
+
+/// Shapes recorded and not yet measured.
+pub fn pending() -> Vec<ConvShape> {
+    let mut shapes: Vec<ConvShape> = table().conv.iter().filter(|(_, p)| p.is_none()).map(|(s, _)| *s).collect();
+    // Largest first: the ones that matter most are measured first.
+    shapes.sort_by(|a, b| b.flops().total_cmp(&a.flops()));
+    shapes
+}
+
+/// Every measured pick, to save ([`import`] restores them).
+pub fn export() -> Vec<(ConvShape, ConvPick)> {
+    let mut picks: Vec<_> = table().conv.iter().filter_map(|(s, p)| Some((*s, (*p)?))).collect();
+    picks.sort_by(|a, b| b.0.flops().total_cmp(&a.0.flops()));
+    picks
+}
+
+/// Restores saved picks (those of shapes measured since are kept).
+pub fn import(picks: &[(ConvShape, ConvPick)]) {
+    let mut table = table_mut();
+    for (shape, pick) in picks {
+        table.conv.entry(*shape).and_modify(|p| *p = p.or(Some(*pick))).or_insert(Some(*pick));
+    }
+}
+
+/// Forgets every shape and pick (tests, benchmarks).
+pub fn clear() {
+    table_mut().conv.clear();
+}
+
+/// `conv2d(x, weight, bias) + add` by `pick`; `None` for [`ConvPick::Burn`] or where our kernel
+/// declines (the caller then runs burn's).
+pub fn run_conv(
+    pick: ConvPick,
+    x: &Tensor<4>,
+    weight: &Tensor<4>,
+    bias: Option<&Tensor<1>>,
+    stride: usize,
+    padding: [usize; 4],
+    add: Add,
+) -> Option<Tensor<4>> {
+    match pick {
+        ConvPick::Burn => None,
+        ConvPick::Tiled(tiling) => conv2d::conv2d_tiled(x, weight, bias, stride, padding, tiling, add),
+        ConvPick::Lanes(block) => conv2d::conv2d_blocked(x, weight, bias, stride, padding, block, add),
+    }
+}
+
+/// The kernels tried for `shape`: burn's, our lane kernel in the adapter's block, and the implicit GEMM
+/// in the tilings [`Tiling::for_workgroups`] gives for 1 to 1024 workgroups in flight (a GPU's cores
+/// are not known here; these cover one core to a large GPU).
+pub fn candidates(shape: &ConvShape) -> Vec<ConvPick> {
+    let Some([oh, ow]) = shape.output() else { return vec![ConvPick::Burn] };
+    let pixels = shape.batch * oh * ow;
+    let depth = shape.c_in * shape.kernel[0] * shape.kernel[1];
+    let mut picks = vec![ConvPick::Burn];
+    let accumulators = super::choice().lane_accumulators;
+    picks.push(ConvPick::Lanes(Block::for_shape(shape.c_out, shape.batch, oh, ow, accumulators)));
+    for workgroups in [1, 32, 256, 1024] {
+        let pick = ConvPick::Tiled(Tiling::for_workgroups(shape.c_out, pixels, depth, workgroups));
+        if !picks.contains(&pick) {
+            picks.push(pick);
+        }
+    }
+    picks
+}
+
+/// The largest difference from burn's output a candidate may show, relative to the output's largest
+/// value: far above any summation order's rounding (f32 ~1e-6, f16 ~1e-3 here), far below a wrong
+/// result.
+fn tolerance(f16: bool) -> f32 {
+    if f16 { 3e-2 } else { 1e-3 }
+}
+
+/// Seconds of timed runs aimed at per candidate (after one untimed run, which compiles it).
+const TIMED_SECONDS: f64 = 0.05;
+/// Timed runs per candidate, at most.
+const MAX_REPS: usize = 16;
+
+/// Measures every candidate for `shape` on `device` and returns what it found (without recording it).
+pub async fn measure_conv(shape: ConvShape, device: &burn::tensor::Device) -> ConvTuning {
+    let [kh, kw] = shape.kernel;
+    let dtype = if shape.f16 { FloatDType::F16 } else { FloatDType::F32 };
+    let normal = Distribution::Normal(0.0, 1.0);
+    let x = Tensor::<4>::random([shape.batch, shape.c_in, shape.height, shape.width], normal, device).cast(dtype);
+    let fan_in = (shape.c_in * kh * kw) as f64;
+    let weight = (Tensor::<4>::random([shape.c_out, shape.c_in, kh, kw], normal, device) / fan_in.sqrt()).cast(dtype);
+    let bias = Tensor::<1>::random([shape.c_out], normal, device).cast(dtype);
+    let run = |pick: ConvPick| -> Option<Tensor<4>> {
+        match pick {
+            ConvPick::Burn => Some(burn_conv(&x, &weight, Some(&bias), shape.stride, shape.padding)),
+            _ => run_conv(pick, &x, &weight, Some(&bias), shape.stride, shape.padding, Add::NONE),
+        }
+    };
+    let reference = read(run(ConvPick::Burn).expect("burn's runs every shape")).await;
+    let scale = reference.as_ref().map_or(1.0, |r| r.iter().fold(1.0f32, |m, v| m.max(v.abs())));
+    let mut times_ms = Vec::new();
+    for pick in candidates(&shape) {
+        let time = match run(pick) {
+            None => None,
+            Some(first) => {
+                let agrees = match (&reference, read(first).await) {
+                    (Some(r), Some(out)) => max_diff(r, &out) <= tolerance(shape.f16) * scale,
+                    _ => false,
+                };
+                match agrees {
+                    true => Some(time_ms(|| run(pick).expect("ran once")).await),
+                    false => None,
+                }
+            }
+        };
+        times_ms.push((pick, time));
+    }
+    let (pick, ms) = times_ms
+        .iter()
+        .filter_map(|(p, t)| Some((*p, (*t)?)))
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .unwrap_or((ConvPick::Burn, f64::NAN));
+    ConvTuning { shape, times_ms, pick, gflops: shape.flops() / ms / 1e6 }
+}
+
+/// Measures every pending shape ([`pending`]) and records the picks; returns what it found, largest
+/// shape first.
+pub async fn run_pending(device: &burn::tensor::Device) -> Vec<ConvTuning> {
+    let mut found = Vec::new();
+    // Shapes are recorded on cubecl devices only; another device would time burn's alone.
+    if !super::is_cube(&Tensor::<1>::zeros([1], device)) {
+        return found;
+    }
+    for shape in pending() {
+        let tuning = measure_conv(shape, device).await;
+        set_conv_pick(shape, tuning.pick);
+        found.push(tuning);
+    }
+    found
+}
+
+/// burn's convolution, as models::conv2d_with runs it where our kernels do not.
+pub(crate) fn burn_conv(
+    x: &Tensor<4>,
+    weight: &Tensor<4>,
+    bias: Option<&Tensor<1>>,
+    stride: usize,
+    [top, left, bottom, right]: [usize; 4],
+) -> Tensor<4> {
+    let options =
+        burn::tensor::ops::ConvOptions::new_with_padding([stride; 2], [(top, bottom), (left, right)], [1, 1], 1);
+    burn::tensor::module::conv2d(x.clone(), weight.clone(), bias.cloned(), options)
+}
+
+/// Milliseconds per run of `run`: one run to learn roughly how long it takes, then as many as fit
+/// [`TIMED_SECONDS`] (at most [`MAX_REPS`]) queued back to back, waiting for the last.
+async fn time_ms(run: impl Fn() -> Tensor<4>) -> f64 {
+    let start = web_time::Instant::now();
+    finish(run()).await;
+    let once = start.elapsed().as_secs_f64();
+    let reps = ((TIMED_SECONDS / once.max(1e-6)) as usize).clamp(1, MAX_REPS);
+    let start = web_time::Instant::now();
+    let mut last = None;
+    for _ in 0..reps {
+        last = Some(run());
+    }
+    finish(last.expect("at least one run")).await;
+    start.elapsed().as_secs_f64() * 1e3 / reps as f64
+}
+
+/// Waits until `t` is computed: reads back one value of it (the bytes must be touched: the data
+/// can arrive after `into_data_async` returns).
+async fn finish(t: Tensor<4>) {
+    if let Ok(data) = t.slice([0..1, 0..1, 0..1, 0..1]).into_data_async().await {
+        std::hint::black_box(data.as_bytes().first().copied());
+    }
+}
+
+/// `t`'s values as f32, `None` where the readback fails.
+async fn read(t: Tensor<4>) -> Option<Vec<f32>> {
+    let data = t.into_data_async().await.ok()?;
+    data.convert::<f32>().try_into_vec::<f32>().ok()
+}
+
+/// The largest absolute difference, infinite where either has a value that is not finite.
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    if a.len() != b.len() {
+        return f32::INFINITY;
+    }
+    a.iter().zip(b).fold(0.0f32, |m, (x, y)| match (x - y).abs() {
+        d if d.is_finite() => m.max(d),
+        _ => f32::INFINITY,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_disagreeing_or_broken_output_is_never_within_tolerance() {
+        assert_eq!(max_diff(&[1.0, 2.0], &[1.0, 2.5]), 0.5);
+        assert_eq!(max_diff(&[1.0, 2.0], &[1.0, f32::NAN]), f32::INFINITY);
+        assert_eq!(max_diff(&[1.0, 2.0], &[1.0]), f32::INFINITY);
+        assert!(max_diff(&[1.0, 2.0], &[1.0, 2.0005]) <= tolerance(false) * 2.0);
+    }
+
+    #[test]
+    fn recorded_shapes_wait_for_measuring() {
+        let shape = ConvShape {
+            batch: 5,
+            c_in: 3,
+            height: 2,
+            width: 7,
+            c_out: 13,
+            kernel: [1, 1],
+            stride: 1,
+            padding: [0; 4],
+            f16: true,
+        };
+        set_recording(Some(false));
+        assert_eq!(conv_pick(shape), None);
+        assert!(!pending().contains(&shape), "not recorded while not recording");
+        set_recording(Some(true));
+        assert_eq!(conv_pick(shape), None);
+        assert!(pending().contains(&shape));
+        set_conv_pick(shape, ConvPick::Burn);
+        assert!(!pending().contains(&shape));
+        assert_eq!(conv_pick(shape), Some(ConvPick::Burn));
+        set_recording(None);
+    }
+
+    #[test]
+    fn picks_round_trip_through_export_and_import() {
+        let shape = ConvShape {
+            batch: 3,
+            c_in: 7,
+            height: 5,
+            width: 9,
+            c_out: 11,
+            kernel: [3, 3],
+            stride: 2,
+            padding: [1; 4],
+            f16: false,
+        };
+        let pick = ConvPick::Tiled(Tiling { bm: 16, bn: 128, splits: 2 });
+        import(&[(shape, pick)]);
+        assert_eq!(conv_pick(shape), Some(pick));
+        let json = serde_json::to_string(&export()).unwrap();
+        let back: Vec<(ConvShape, ConvPick)> = serde_json::from_str(&json).unwrap();
+        assert!(back.contains(&(shape, pick)));
+    }
+}
