@@ -137,3 +137,31 @@ async fn damaged_chunks_are_caught_and_writes_after_a_delete_are_refused_in_wasm
     assert!(store.file(id, path).await.unwrap().is_none());
     assert!(matches!(store.chunk(id, path, 0).await, Err(websd::Error::NotStored(_))));
 }
+
+/// What an adapter measured ([`websd::kernels::tune`]) survives the worker: stored per adapter, read
+/// back whole; an adapter with nothing stored reads as none.
+#[wasm_bindgen_test]
+async fn kernel_picks_are_stored_per_adapter_in_wasm() {
+    use websd::kernels::conv2d::{Block, Tiling};
+    use websd::kernels::tune::{ConvPick, ConvShape};
+    let store = Store::open().await.unwrap();
+    let shape = |c_out| ConvShape {
+        batch: 2,
+        c_in: 320,
+        height: 64,
+        width: 64,
+        c_out,
+        kernel: [3, 3],
+        stride: 1,
+        padding: [1; 4],
+        f16: true,
+    };
+    let picks = vec![
+        (shape(320), ConvPick::Tiled(Tiling { bm: 128, bn: 128, splits: 1 })),
+        (shape(640), ConvPick::Lanes(Block { ch: 8, rows: 4, cols: 8, lanes: 8 })),
+        (shape(4), ConvPick::Burn),
+    ];
+    store.put_kernel_picks("test adapter | Vulkan | 1.0", &picks).await.unwrap();
+    assert_eq!(store.kernel_picks("test adapter | Vulkan | 1.0").await.unwrap(), picks);
+    assert!(store.kernel_picks("another adapter").await.unwrap().is_empty());
+}

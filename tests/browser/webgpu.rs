@@ -126,3 +126,48 @@ async fn norm_kernels_on_webgpu_match_flex() {
     }
     assert_eq!(websd::gpu::uncaptured_errors(), 0, "WebGPU validation errors");
 }
+
+/// The convolution tuner ([`websd::kernels::tune`]) in the browser's worker: each candidate checked
+/// against burn's output and timed with the worker's clock through asynchronous readbacks, the fastest
+/// picked; the models' convolution then runs the pick, with burn's numerics.
+#[wasm_bindgen_test]
+async fn tuned_convolution_on_webgpu_matches_flex() {
+    use burn::tensor::{Device, Distribution, Tensor};
+    use websd::kernels::conv2d::Add;
+    use websd::kernels::tune::{self, ConvShape};
+    let (gpu, _) = websd::gpu::wgpu_device().await.expect("WebGPU adapter");
+    let cpu = Device::flex();
+    let (b, c_in, c_out, h, w) = (2, 13, 21, 9, 7);
+    let shape = ConvShape {
+        batch: b,
+        c_in,
+        height: h,
+        width: w,
+        c_out,
+        kernel: [3, 3],
+        stride: 1,
+        padding: [1; 4],
+        f16: false,
+    };
+    let found = tune::measure_conv(shape, &gpu).await;
+    console_log!("{shape:?}: {:?} at {:.2} GFLOP/s, {:?}", found.pick, found.gflops, found.times_ms);
+    assert_eq!(found.times_ms.len(), tune::candidates(&shape).len());
+    let times: Vec<f64> = found.times_ms.iter().map(|(_, t)| t.expect("checked and timed")).collect();
+    assert!(times.iter().all(|t| t.is_finite() && *t > 0.0), "{times:?}");
+    let fastest = times.iter().cloned().fold(f64::INFINITY, f64::min);
+    assert_eq!(found.times_ms.iter().find(|(_, t)| *t == Some(fastest)).unwrap().0, found.pick);
+
+    let x = Tensor::<4>::random([b, c_in, h, w], Distribution::Normal(0.0, 1.0), &cpu);
+    let weight = Tensor::<4>::random([c_out, c_in, 3, 3], Distribution::Normal(0.0, 0.2), &cpu);
+    let options = burn::tensor::ops::ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
+    let expected = burn::tensor::module::conv2d(x.clone(), weight.clone(), None, options);
+    let expected = expected.into_data().try_to_vec::<f32>().unwrap();
+    tune::set_conv_pick(shape, found.pick);
+    let (x, weight) = (Tensor::<4>::from_data(x.to_data(), &gpu), Tensor::<4>::from_data(weight.to_data(), &gpu));
+    let ours = websd::models::conv2d_with(x, &weight, None, 1, [1; 4], Add::NONE);
+    let ours = ours.into_data_async().await.unwrap().try_to_vec::<f32>().unwrap();
+    let diff = ours.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    console_log!("the pick {:?}: max abs diff {diff:e}", found.pick);
+    assert!(diff <= 1e-4, "{diff}");
+    assert_eq!(websd::gpu::uncaptured_errors(), 0, "WebGPU validation errors");
+}

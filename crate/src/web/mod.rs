@@ -83,6 +83,9 @@ struct State {
     /// LoRA files read and parsed, by sha256: those merged now (kept for a change of weight) and the
     /// last one added.
     loras: std::collections::HashMap<String, Rc<crate::lora::Lora>>,
+    /// How many measured convolution kernels the store holds for this adapter, once read
+    /// ([`crate::kernels::tune`]: only where the adapter measures them).
+    kernel_picks_stored: Option<usize>,
 }
 
 /// The engine living in the dedicated worker.
@@ -816,6 +819,35 @@ impl StepBehind {
     }
 }
 
+/// The store's key for what was measured on this adapter: its name, API and driver (a new driver
+/// may compile the kernels differently, so it measures again).
+fn adapter_key(gpu: &crate::gpu::GpuInfo) -> String {
+    format!("{} | {} | {}", gpu.adapter, gpu.backend, gpu.driver)
+}
+
+/// Where this adapter measures its convolution kernels ([`crate::kernels::tune`]), what it measured
+/// in an earlier worker, read once per worker. A record that cannot be read is measured again.
+async fn restore_kernel_picks(cx: &Context, store: &Store, gpu: &crate::gpu::GpuInfo) {
+    if !crate::kernels::tune::recording() || cx.state.borrow().kernel_picks_stored.is_some() {
+        return;
+    }
+    let picks = store.kernel_picks(&adapter_key(gpu)).await.unwrap_or_default();
+    crate::kernels::tune::import(&picks);
+    cx.state.borrow_mut().kernel_picks_stored = Some(picks.len());
+}
+
+/// Stores what this adapter has measured when it measured more since the last write. A failed write
+/// only means measuring again in the next worker.
+async fn save_kernel_picks(cx: &Context, store: &Store, gpu: &crate::gpu::GpuInfo) {
+    let picks = crate::kernels::tune::export();
+    if !crate::kernels::tune::recording() || cx.state.borrow().kernel_picks_stored == Some(picks.len()) {
+        return;
+    }
+    if store.put_kernel_picks(&adapter_key(gpu), &picks).await.is_ok() {
+        cx.state.borrow_mut().kernel_picks_stored = Some(picks.len());
+    }
+}
+
 async fn generate(
     cx: &Context,
     id: String,
@@ -825,7 +857,7 @@ async fn generate(
     let t0 = now_ms();
     let mut request = pipeline_request(&settings)?;
     let wanted = wanted_loras(&settings)?;
-    let (device, _) = crate::gpu::wgpu_device().await?;
+    let (device, gpu) = crate::gpu::wgpu_device().await?;
     // Checked from the configs before loading: a request that cannot fit is refused without uploading
     // gigabytes first, and the page learns the estimate (and a warning) while the weights load.
     let store = cx.store().await?;
@@ -860,6 +892,7 @@ async fn generate(
     let embeddings = apply_embeddings(cx, &settings).await?;
     let model = apply_loras(cx, &loras, &device).await?;
     let sd = &model.pipeline;
+    restore_kernel_picks(cx, &store, &gpu).await;
     cx.emit(Event::Progress { phase: Phase::Encode, done: 0, total: 1, bytes: None, file: None });
     // The loop runs one step ahead of the GPU: each step's callback waits for the step before it (a
     // one-value readback, and that step's preview), so the GPU always has the next step queued instead
@@ -901,6 +934,7 @@ async fn generate(
     }
     let output = output.map_err(Error::from)?;
     let images = output.rgba8_async().await.map_err(Error::from)?;
+    save_kernel_picks(cx, &store, &gpu).await;
     cx.emit(Event::Progress { phase: Phase::Decode, done: 1, total: 1, bytes: None, file: None });
     // The prompt as typed (with its <lora:...> tags); the LoRAs with their weights and short hashes.
     request.prompt = settings.prompt.clone();

@@ -7,7 +7,9 @@
 //!   before Blob chunks hold a `Uint8Array` there, which reads still take;
 //! - extra networks ([`Extra`]): `loras` (name -> [`crate::protocol::LoraSummary`]) with `lora-files`,
 //!   and `embeddings` (trigger word -> [`crate::protocol::EmbeddingSummary`]) with `embedding-files`:
-//!   each file one `Blob` (read whole, to be parsed, so not chunked), written with its record.
+//!   each file one `Blob` (read whole, to be parsed, so not chunked), written with its record;
+//! - `kernel-picks`: an adapter's description -> the convolution kernels measured on it
+//!   ([`crate::kernels::tune`]), so that a device measures each shape once, not once per page.
 //!
 //! Chunks are Blobs because a read then copies each byte once: IndexedDB keeps a large typed array as
 //! a blob file anyway, and reading one back reads that file into a buffer and deserializes a second
@@ -29,10 +31,11 @@ use wasm_bindgen::{JsCast, JsValue};
 
 use super::download::js_text;
 use crate::Error;
+use crate::kernels::tune::{ConvPick, ConvShape};
 
 const DB_NAME: &str = "websd-weights";
-/// 2 added the extra networks' stores (the upgrade creates whatever store is missing).
-const DB_VERSION: u32 = 2;
+/// 2 added the extra networks' stores, 3 `kernel-picks` (the upgrade creates whatever store is missing).
+const DB_VERSION: u32 = 3;
 const MODELS: &str = "models";
 const FILES: &str = "files";
 const CHUNKS: &str = "chunks";
@@ -40,6 +43,7 @@ const LORAS: &str = "loras";
 const LORA_FILES: &str = "lora-files";
 const EMBEDDINGS: &str = "embeddings";
 const EMBEDDING_FILES: &str = "embedding-files";
+const KERNEL_PICKS: &str = "kernel-picks";
 
 /// The extra networks the store keeps beside models: each a record store (key -> its summary) and a
 /// file store (key -> the file as one `Blob`: it is read whole, to be parsed, so it is not chunked).
@@ -210,7 +214,7 @@ impl Store {
         let mut request = factory.open(DB_NAME, Some(DB_VERSION)).map_err(|e| store_error("opening", e))?;
         request.on_upgrade_needed(|event| {
             let Ok(db) = event.database() else { return };
-            for name in [MODELS, FILES, CHUNKS, LORAS, LORA_FILES, EMBEDDINGS, EMBEDDING_FILES] {
+            for name in [MODELS, FILES, CHUNKS, LORAS, LORA_FILES, EMBEDDINGS, EMBEDDING_FILES, KERNEL_PICKS] {
                 if !db.store_names().iter().any(|n| n == name) {
                     let _ = db.create_object_store(name, ObjectStoreParams::new());
                 }
@@ -253,6 +257,17 @@ impl Store {
             .await
             .map_err(|e| store_error("writing", e))?;
         finish(tx, "writing").await
+    }
+
+    /// The convolution kernels measured on `adapter` ([`crate::kernels::tune::export`]); none stored,
+    /// none.
+    pub async fn kernel_picks(&self, adapter: &str) -> Result<Vec<(ConvShape, ConvPick)>, Error> {
+        Ok(self.get(KERNEL_PICKS, adapter.into()).await?.map(from_js).transpose()?.unwrap_or_default())
+    }
+
+    /// Replaces what [`Store::kernel_picks`] gives for `adapter`.
+    pub async fn put_kernel_picks(&self, adapter: &str, picks: &[(ConvShape, ConvPick)]) -> Result<(), Error> {
+        self.put(KERNEL_PICKS, adapter.into(), &to_js(&picks)?).await
     }
 
     /// The stored model `id`.
