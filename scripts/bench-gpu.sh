@@ -13,8 +13,10 @@
 #  1. tilings-f32.txt: op_bench's `tilings`, burn's conv against ours in every tiling; the workgroup
 #     target whose picks (Tiling::for_workgroups) sum to the least time is the one step 2 runs with.
 #  2. unet-f32.json / unet-f16.json: native.py, websd with burn's kernels only (WEBSD_KERNELS=burn),
-#     with our convolution (conv) and with all our kernels (ours: + attention, linear, norms), beside
-#     torch, at SIZES (default 64) latents.
+#     with each convolution's kernel measured on the GPU after the first call (tune: what an adapter
+#     not measured by hand gets, in the browser too; the picks go to log.txt), with our convolution
+#     (conv) and with all our kernels (ours: + attention, linear, norms), beside torch, at SIZES
+#     (default 64) latents.
 #  3. ops-f32.txt after the f32 U-Net, then tilings-f16.txt and ops-f16.txt after the f16 one (op_bench
 #     `all`: attention, linear, GroupNorm + SiLU and LayerNorm, ours beside burn's).
 #
@@ -22,7 +24,7 @@
 # diffusers' default initialisation, saved fp16), from UNET_CONFIG (default: the SD 1.5 U-Net config in
 # web/bench/sd15_unet_config.json). The binaries come from CARGO_TARGET_DIR, or UNET_IO_CHECK and
 # OP_BENCH where they were built elsewhere. TORCH_DEVICE (default cuda), SIZES, OPS_LATENT (default 64),
-# WIDTH_DIVISOR (default 1) and VARIANTS (default burn,conv,ours) exist to try the script on a small model
+# WIDTH_DIVISOR (default 1) and VARIANTS (default burn,tune,conv,ours) exist to try the script on a small model
 # without a GPU; PEAK_GFLOPS and PEAK_GBS (default: an H100/H200 SXM's f32 67 TFLOP/s and 4800 GB/s)
 # are the roofline's peaks.
 #
@@ -103,7 +105,7 @@ wait $weights
 unet() {
   local name=$1; shift
   WEBSD_CONV_WORKGROUPS=$workgroups step 240 "unet $name" "$py" web/bench/native.py "$model" "$uic" 5 "$model" \
-    --torch-device "${TORCH_DEVICE:-cuda}" --sizes "${SIZES:-64}" --variants "${VARIANTS:-burn,conv,ours}" "$@" \
+    --torch-device "${TORCH_DEVICE:-cuda}" --sizes "${SIZES:-64}" --variants "${VARIANTS:-burn,tune,conv,ours}" "$@" \
     > "$out/unet-$name.json" 2>> "$log"
 }
 # op_bench's adapter line goes to stderr, kept in its file.

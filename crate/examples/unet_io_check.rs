@@ -5,7 +5,8 @@
 //! `unet_io_check <model dir> --serve [cpu|wgpu|wgpu-f16]` loads the U-Net once (on Flex, or on wgpu
 //! computing in f32 or in f16), then answers each stdin line `<io dir> <torch output .npy>` with one timed
 //! U-Net call, `ms <time> diff <max abs diff>`: the benchmark's native section (web/bench/native.py)
-//! alternates it with diffusers' torch U-Net.
+//! alternates it with diffusers' torch U-Net. Where the device measures its convolutions
+//! (`websd::kernels::tune`), it does so after the first call, as the pipeline after its first step.
 
 use std::path::Path;
 
@@ -65,6 +66,17 @@ fn main() {
             let (io, out) = line.split_once(' ').expect("<io dir> <torch output .npy>");
             let (ms, diff, _) = call(&unet, &device, Path::new(io), Path::new(out));
             println!("ms {ms} diff {diff:e}");
+            // Where the device measures its convolutions (an adapter not measured here, or
+            // `WEBSD_KERNELS=tune`), as the pipeline does after its first step: the next calls run
+            // the picks. What was measured goes to stderr (native.py reads stdout).
+            if !websd::kernels::tune::pending().is_empty() {
+                let t = std::time::Instant::now();
+                let found = pollster::block_on(websd::kernels::tune::run_pending(&device));
+                eprintln!("{} convolutions measured in {:.1} s", found.len(), t.elapsed().as_secs_f64());
+                for f in found {
+                    eprintln!("  {:?}: {:?} {:.1} GFLOP/s; ms {:?}", f.shape, f.pick, f.gflops, f.times_ms);
+                }
+            }
         }
         return;
     }

@@ -11,7 +11,8 @@
 //! instead of 8, the convolution and linear kernels add biases and residuals in their last step
 //! ([`conv2d::Epilogue`]: wherever they run), and on SwiftShader
 //! our attention beats burn's; on lavapipe the attention and linear layers under 64 rows stay burn's.
-//! Everywhere else burn's run until a device has measured ours. `WEBSD_KERNELS` (native only) forces
+//! Everywhere else burn's run, and each convolution's kernel is measured on the device itself
+//! ([`tune`]: burn's, our lane kernel, our implicit GEMM in a few tilings). `WEBSD_KERNELS` (native only) forces
 //! a choice for benchmarks: `ours`, `burn`, or a comma list of `conv` (the implicit GEMM),
 //! `conv-lanes`, `attention`, `linear`, `norm`, `geglu`, `tune` (measure each convolution's kernel on the
 //! device, as on adapters not measured here: [`tune`]); `WEBSD_CONV_WORKGROUPS=N` tiles the implicit GEMM's

@@ -557,6 +557,21 @@ fn tuned_convolution_picks_the_fastest_checked_kernel() {
             assert_close(ours, &expected, 1e-4, &format!("tuned shape {i} as {pick:?}"));
         }
     }
+    // A wrong or broken output is never timed: off by a little more than the tolerance, NaN, infinite.
+    let reference = Tensor::<4>::random([2, 3, 5, 7], Distribution::Normal(0.0, 1.0), &gpu);
+    let scale = 4.0;
+    let agrees = |t: Tensor<4>| pollster::block_on(tune::agrees(t, &reference, scale, false));
+    assert!(agrees(reference.clone()));
+    assert!(agrees(reference.clone() + 1e-3 * scale * 0.9));
+    assert!(!agrees(reference.clone() + 1e-3 * scale * 1.1));
+    let one_bad = |v: f32| {
+        let mask = Tensor::<4>::zeros([2, 3, 5, 7], &gpu)
+            .slice_assign([1..2, 2..3, 4..5, 6..7], Tensor::ones([1, 1, 1, 1], &gpu));
+        reference.clone().mask_fill(mask.equal_elem(1.0), v)
+    };
+    assert!(!agrees(one_bad(f32::NAN)));
+    assert!(!agrees(one_bad(f32::INFINITY)));
+    assert!(!agrees(one_bad(100.0)));
     // Shapes on Flex are neither recorded nor measured there.
     assert!(pollster::block_on(tune::run_pending(&cpu)).is_empty());
     assert_eq!(websd::gpu::uncaptured_errors(), 0, "wgpu validation errors");
