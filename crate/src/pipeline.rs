@@ -673,8 +673,8 @@ impl StableDiffusion {
             }
             // After the callback: in a browser it awaited the step before, and errors arrive as events.
             crate::gpu::errors_since(d.gpu_errors_mark).map_err(PipelineError::Gpu)?;
-            // Every convolution of a step has been seen after the first: where this device measures
-            // its kernels, the rest of the steps run the fastest.
+            // Every convolution and attention of a step has been seen after the first: where this
+            // device measures its kernels, the rest of the steps run the fastest.
             if i == 0 {
                 self.tune_pending(&mut d.gpu_errors_mark).await;
             }
@@ -689,17 +689,17 @@ impl StableDiffusion {
         Ok(latents)
     }
 
-    /// Measures the convolutions recorded and not yet measured on this device
+    /// Measures the convolutions and attentions recorded and not yet measured on this device
     /// ([`crate::kernels::tune`]: none where the adapter's kernels were chosen by hand). GPU errors
     /// raised meanwhile (a candidate kernel its driver rejects, which then also fails the check
     /// against burn's output) are the measuring's, not the generation's: `gpu_errors_mark` moves
     /// past them.
     async fn tune_pending(&self, gpu_errors_mark: &mut u32) {
-        if crate::kernels::tune::pending().is_empty() {
+        if !crate::kernels::tune::has_pending() {
             return;
         }
         let before = crate::gpu::uncaptured_errors();
-        crate::kernels::tune::run_pending(&self.device).await;
+        crate::models::attention::tune_pending(&self.device).await;
         *gpu_errors_mark += crate::gpu::uncaptured_errors() - before;
     }
 

@@ -143,7 +143,7 @@ async fn damaged_chunks_are_caught_and_writes_after_a_delete_are_refused_in_wasm
 #[wasm_bindgen_test]
 async fn kernel_picks_are_stored_per_adapter_in_wasm() {
     use websd::kernels::conv2d::{Block, Tiling};
-    use websd::kernels::tune::{ConvPick, ConvShape};
+    use websd::kernels::tune::{AttentionPick, AttentionShape, ConvPick, ConvShape, Picks};
     let store = Store::open().await.unwrap();
     let shape = |c_out| ConvShape {
         batch: 2,
@@ -156,12 +156,25 @@ async fn kernel_picks_are_stored_per_adapter_in_wasm() {
         padding: [1; 4],
         f16: true,
     };
-    let picks = vec![
-        (shape(320), ConvPick::Tiled(Tiling { bm: 128, bn: 128, splits: 1 })),
-        (shape(640), ConvPick::Lanes(Block { ch: 8, rows: 4, cols: 8, lanes: 8 })),
-        (shape(4), ConvPick::Burn),
-    ];
+    let attention = AttentionShape {
+        batch: 2,
+        heads: 8,
+        queries: 4096,
+        keys: 77,
+        head_dim: 40,
+        value_dim: 40,
+        f16: true,
+        upcast: false,
+    };
+    let picks = Picks {
+        conv: vec![
+            (shape(320), ConvPick::Tiled(Tiling { bm: 128, bn: 128, splits: 1 })),
+            (shape(640), ConvPick::Lanes(Block { ch: 8, rows: 4, cols: 8, lanes: 8 })),
+            (shape(4), ConvPick::Burn),
+        ],
+        attention: vec![(attention, AttentionPick::Matmul)],
+    };
     store.put_kernel_picks("test adapter | Vulkan | 1.0", &picks).await.unwrap();
     assert_eq!(store.kernel_picks("test adapter | Vulkan | 1.0").await.unwrap(), picks);
-    assert!(store.kernel_picks("another adapter").await.unwrap().is_empty());
+    assert_eq!(store.kernel_picks("another adapter").await.unwrap(), Picks::default());
 }

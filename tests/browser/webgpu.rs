@@ -127,9 +127,10 @@ async fn norm_kernels_on_webgpu_match_flex() {
     assert_eq!(websd::gpu::uncaptured_errors(), 0, "WebGPU validation errors");
 }
 
-/// The convolution tuner ([`websd::kernels::tune`]) in the browser's worker: each candidate checked
+/// The tuner ([`websd::kernels::tune`]) in the browser's worker: each convolution candidate checked
 /// against burn's output and timed with the worker's clock through asynchronous readbacks, the fastest
-/// picked; the models' convolution then runs the pick, with burn's numerics.
+/// picked; the models' convolution then runs the pick, with burn's numerics; the attention's three
+/// ways measured the same way.
 #[wasm_bindgen_test]
 async fn tuned_convolution_on_webgpu_matches_flex() {
     use burn::tensor::{Device, Distribution, Tensor};
@@ -169,5 +170,24 @@ async fn tuned_convolution_on_webgpu_matches_flex() {
     let diff = ours.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     console_log!("the pick {:?}: max abs diff {diff:e}", found.pick);
     assert!(diff <= 1e-4, "{diff}");
+
+    // Attention the same way: burn's op (its browser fallback in query blocks), ours, matmul + softmax.
+    use websd::kernels::tune::AttentionShape;
+    let shape = AttentionShape {
+        batch: 2,
+        heads: 3,
+        queries: 45,
+        keys: 45,
+        head_dim: 8,
+        value_dim: 8,
+        f16: false,
+        upcast: false,
+    };
+    let found = websd::models::attention::measure_attention(shape, &gpu).await;
+    console_log!("{shape:?}: {:?} at {:.2} GFLOP/s, {:?}", found.pick, found.gflops, found.times_ms);
+    let times: Vec<f64> = found.times_ms.iter().map(|(_, t)| t.expect("checked and timed")).collect();
+    assert_eq!(times.len(), 3);
+    let fastest = times.iter().cloned().fold(f64::INFINITY, f64::min);
+    assert_eq!(found.times_ms.iter().find(|(_, t)| *t == Some(fastest)).unwrap().0, found.pick);
     assert_eq!(websd::gpu::uncaptured_errors(), 0, "WebGPU validation errors");
 }

@@ -1,5 +1,5 @@
-//! The convolution's kernel chosen per shape by measuring on the device itself, for adapters whose
-//! choice nobody has measured ([`super::Choice::tune`]: every real GPU so far).
+//! The convolution's kernel and the attention's chosen per shape by measuring on the device itself,
+//! for adapters whose choice nobody has measured ([`super::Choice::tune`]: every real GPU so far).
 //!
 //! A fixed choice per adapter name ([`super::Choice::for_adapter`]) needs someone to have measured that
 //! GPU; everywhere else burn's kernels ran, whose 3x3 convolution without cooperative matrices (the
@@ -8,8 +8,9 @@
 //! ([`run_pending`]): burn's convolution, our implicit GEMM in a few tilings and our lane kernel, on
 //! random inputs of the same shape, each checked against burn's output first (a kernel a driver
 //! miscompiles is dropped, not timed: cubecl's own autotune is off in the browser because it cannot
-//! do that check there), then timed; the fastest is used from then on. The table can be saved and
-//! restored ([`export`], [`import`]) so a device measures once.
+//! do that check there), then timed; the fastest is used from then on. Attention the same way
+//! ([`attention_pick`]; its candidates are measured in `models::attention`, which runs them). The
+//! table can be saved and restored ([`export`], [`import`]) so a device measures once.
 
 use std::collections::HashMap;
 use std::sync::{LazyLock, RwLock};
@@ -68,16 +69,59 @@ pub enum ConvPick {
     Lanes(Block),
 }
 
+/// An attention as the tuner keys it (`[batch, tokens, heads * width]` projections, no mask).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct AttentionShape {
+    pub batch: usize,
+    pub heads: usize,
+    pub queries: usize,
+    pub keys: usize,
+    pub head_dim: usize,
+    pub value_dim: usize,
+    pub f16: bool,
+    /// Scores and softmax in f32 for f16 inputs (`upcast_attention`).
+    pub upcast: bool,
+}
+
+impl AttentionShape {
+    pub fn flops(&self) -> f64 {
+        2.0 * (self.batch * self.heads * self.queries * self.keys * (self.head_dim + self.value_dim)) as f64
+    }
+}
+
+/// Which kernels run an attention.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum AttentionPick {
+    /// burn's `attention` (a flash kernel natively by autotune; in the browser its fallback, in query
+    /// blocks whose scores stay within 32 MiB).
+    Burn,
+    /// Our online-softmax kernel ([`super::attention::attention_tokens`]).
+    Ours,
+    /// Scores by burn's matmul, softmax in f32, then the values' matmul, in the same query blocks.
+    Matmul,
+}
+
+/// Every measured pick, as saved ([`export`]) and restored ([`import`]).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Picks {
+    pub conv: Vec<(ConvShape, ConvPick)>,
+    #[serde(default)]
+    pub attention: Vec<(AttentionShape, AttentionPick)>,
+}
+
 /// What measuring one shape found: each candidate's time (`None`: it declined the shape, or its output
-/// disagreed with burn's), and the pick.
+/// disagreed with the reference's), and the pick.
 #[derive(Clone, Debug, Serialize)]
-pub struct ConvTuning {
-    pub shape: ConvShape,
-    pub times_ms: Vec<(ConvPick, Option<f64>)>,
-    pub pick: ConvPick,
+pub struct Tuning<S, P> {
+    pub shape: S,
+    pub times_ms: Vec<(P, Option<f64>)>,
+    pub pick: P,
     /// GFLOP/s of the pick.
     pub gflops: f64,
 }
+
+pub type ConvTuning = Tuning<ConvShape, ConvPick>;
+pub type AttentionTuning = Tuning<AttentionShape, AttentionPick>;
 
 #[derive(Default)]
 struct Table {
@@ -85,6 +129,7 @@ struct Table {
     recording: Option<bool>,
     /// Each shape seen: its pick once measured, `None` until then.
     conv: HashMap<ConvShape, Option<ConvPick>>,
+    attention: HashMap<AttentionShape, Option<AttentionPick>>,
 }
 
 static TABLE: LazyLock<RwLock<Table>> = LazyLock::new(Default::default);
@@ -124,6 +169,37 @@ pub fn set_conv_pick(shape: ConvShape, pick: ConvPick) {
     table_mut().conv.insert(shape, Some(pick));
 }
 
+/// The measured pick for an attention of `shape`, if any (recorded as [`conv_pick`] records).
+pub fn attention_pick(shape: AttentionShape) -> Option<AttentionPick> {
+    if let Some(pick) = table().attention.get(&shape) {
+        return *pick;
+    }
+    if recording() {
+        table_mut().attention.entry(shape).or_insert(None);
+    }
+    None
+}
+
+/// Sets an attention's pick (tests, and [`import`]).
+pub fn set_attention_pick(shape: AttentionShape, pick: AttentionPick) {
+    table_mut().attention.insert(shape, Some(pick));
+}
+
+/// Attention shapes recorded and not yet measured, largest first.
+pub fn pending_attention() -> Vec<AttentionShape> {
+    let table = table();
+    let mut shapes: Vec<AttentionShape> =
+        table.attention.iter().filter(|(_, p)| p.is_none()).map(|(s, _)| *s).collect();
+    shapes.sort_by(|a, b| b.flops().total_cmp(&a.flops()));
+    shapes
+}
+
+/// Whether anything recorded waits for measuring.
+pub fn has_pending() -> bool {
+    let table = table();
+    table.conv.values().any(Option::is_none) || table.attention.values().any(Option::is_none)
+}
+
 /// Shapes recorded and not yet measured.
 pub fn pending() -> Vec<ConvShape> {
     let mut shapes: Vec<ConvShape> = table().conv.iter().filter(|(_, p)| p.is_none()).map(|(s, _)| *s).collect();
@@ -132,24 +208,25 @@ pub fn pending() -> Vec<ConvShape> {
     shapes
 }
 
-/// Every measured pick, to save ([`import`] restores them).
-pub fn export() -> Vec<(ConvShape, ConvPick)> {
-    let mut picks: Vec<_> = table().conv.iter().filter_map(|(s, p)| Some((*s, (*p)?))).collect();
-    picks.sort_by(|a, b| b.0.flops().total_cmp(&a.0.flops()));
-    picks
+/// Every measured pick, to save ([`import`] restores them), largest shapes first.
+pub fn export() -> Picks {
+    let table = table();
+    let mut conv: Vec<_> = table.conv.iter().filter_map(|(s, p)| Some((*s, (*p)?))).collect();
+    conv.sort_by(|a, b| b.0.flops().total_cmp(&a.0.flops()).then(format!("{a:?}").cmp(&format!("{b:?}"))));
+    let mut attention: Vec<_> = table.attention.iter().filter_map(|(s, p)| Some((*s, (*p)?))).collect();
+    attention.sort_by(|a, b| b.0.flops().total_cmp(&a.0.flops()).then(format!("{a:?}").cmp(&format!("{b:?}"))));
+    Picks { conv, attention }
 }
 
 /// Restores saved picks (those of shapes measured since are kept).
-pub fn import(picks: &[(ConvShape, ConvPick)]) {
+pub fn import(picks: &Picks) {
     let mut table = table_mut();
-    for (shape, pick) in picks {
+    for (shape, pick) in &picks.conv {
         table.conv.entry(*shape).and_modify(|p| *p = p.or(Some(*pick))).or_insert(Some(*pick));
     }
-}
-
-/// Forgets every shape and pick (tests, benchmarks).
-pub fn clear() {
-    table_mut().conv.clear();
+    for (shape, pick) in &picks.attention {
+        table.attention.entry(*shape).and_modify(|p| *p = p.or(Some(*pick))).or_insert(Some(*pick));
+    }
 }
 
 /// `conv2d(x, weight, bias) + add` by `pick`; `None` for [`ConvPick::Burn`] or where our kernel
@@ -216,15 +293,28 @@ pub async fn measure_conv(shape: ConvShape, device: &burn::tensor::Device) -> Co
             _ => run_conv(pick, &x, &weight, Some(&bias), shape.stride, shape.padding, Add::NONE),
         }
     };
+    let (times_ms, pick, ms) = measure(&candidates(&shape), run, shape.f16).await;
+    ConvTuning { shape, times_ms, pick, gflops: shape.flops() / ms / 1e6 }
+}
+
+/// Runs each of `candidates` once and checks it against the first's output (the reference, burn's
+/// op), then times those that agree; returns each one's time (`None`: declined or disagreed), the
+/// fastest and its time.
+pub async fn measure<P: Copy, const D: usize>(
+    candidates: &[P],
+    run: impl Fn(P) -> Option<Tensor<D>>,
+    f16: bool,
+) -> (Vec<(P, Option<f64>)>, P, f64) {
+    let reference = run(candidates[0]).expect("the reference runs every shape");
     // Compared on the device (two values read back, not whole outputs: at 512 px and more those
     // are tens of MiB, which a browser would copy into the wasm heap twice).
-    let reference = run(ConvPick::Burn).expect("burn's runs every shape");
-    let scale = scalar(reference.clone().abs().max()).await.filter(|s| s.is_finite()).unwrap_or(1.0).max(1.0);
+    let scale =
+        scalar(reference.clone().abs().max().reshape([1])).await.filter(|s| s.is_finite()).unwrap_or(1.0).max(1.0);
     let mut times_ms = Vec::new();
-    for pick in candidates(&shape) {
+    for &pick in candidates {
         let time = match run(pick) {
             None => None,
-            Some(first) => match agrees(first, &reference, scale, shape.f16).await {
+            Some(first) => match agrees(first, &reference, scale, f16).await {
                 true => Some(time_ms(|| run(pick).expect("ran once")).await),
                 false => None,
             },
@@ -235,8 +325,8 @@ pub async fn measure_conv(shape: ConvShape, device: &burn::tensor::Device) -> Co
         .iter()
         .filter_map(|(p, t)| Some((*p, (*t)?)))
         .min_by(|a, b| a.1.total_cmp(&b.1))
-        .unwrap_or((ConvPick::Burn, f64::NAN));
-    ConvTuning { shape, times_ms, pick, gflops: shape.flops() / ms / 1e6 }
+        .unwrap_or((candidates[0], f64::NAN));
+    (times_ms, pick, ms)
 }
 
 /// Measures every pending shape ([`pending`]) and records the picks; returns what it found, largest
@@ -270,7 +360,7 @@ pub(crate) fn burn_conv(
 
 /// Milliseconds per run of `run`: one run to learn roughly how long it takes, then as many as fit
 /// [`TIMED_SECONDS`] (at most [`MAX_REPS`]) queued back to back, waiting for the last.
-async fn time_ms(run: impl Fn() -> Tensor<4>) -> f64 {
+async fn time_ms<const D: usize>(run: impl Fn() -> Tensor<D>) -> f64 {
     let start = web_time::Instant::now();
     finish(run()).await;
     let once = start.elapsed().as_secs_f64();
@@ -286,16 +376,20 @@ async fn time_ms(run: impl Fn() -> Tensor<4>) -> f64 {
 
 /// Waits until `t` is computed: reads back one value of it (the bytes must be touched: the data
 /// can arrive after `into_data_async` returns).
-async fn finish(t: Tensor<4>) {
-    if let Ok(data) = t.slice([0..1, 0..1, 0..1, 0..1]).into_data_async().await {
+async fn finish<const D: usize>(t: Tensor<D>) {
+    let n = t.shape().num_elements();
+    if let Ok(data) = t.reshape([n]).slice([0..1]).into_data_async().await {
         std::hint::black_box(data.as_bytes().first().copied());
     }
 }
 
 /// Whether `out` is `reference` within the tuner's tolerance (relative to `scale`, the reference's
 /// largest magnitude, at least 1) and has no NaN; computed on the device, two values read back.
-pub async fn agrees(out: Tensor<4>, reference: &Tensor<4>, scale: f32, f16: bool) -> bool {
-    let diff = scalar((out.clone() - reference.clone()).abs().max()).await;
+pub async fn agrees<const D: usize>(out: Tensor<D>, reference: &Tensor<D>, scale: f32, f16: bool) -> bool {
+    if out.dims() != reference.dims() {
+        return false;
+    }
+    let diff = scalar((out.clone() - reference.clone()).abs().max().reshape([1])).await;
     let nan = scalar(out.is_nan().any().float().reshape([1])).await;
     diff.is_some_and(|d| d <= tolerance(f16) * scale) && nan == Some(0.0)
 }
@@ -349,10 +443,26 @@ mod tests {
             f16: false,
         };
         let pick = ConvPick::Tiled(Tiling { bm: 16, bn: 128, splits: 2 });
-        import(&[(shape, pick)]);
+        let attention = AttentionShape {
+            batch: 3,
+            heads: 5,
+            queries: 7,
+            keys: 11,
+            head_dim: 13,
+            value_dim: 13,
+            f16: true,
+            upcast: true,
+        };
+        import(&Picks { conv: vec![(shape, pick)], attention: vec![(attention, AttentionPick::Matmul)] });
         assert_eq!(conv_pick(shape), Some(pick));
+        assert_eq!(attention_pick(attention), Some(AttentionPick::Matmul));
         let json = serde_json::to_string(&export()).unwrap();
-        let back: Vec<(ConvShape, ConvPick)> = serde_json::from_str(&json).unwrap();
-        assert!(back.contains(&(shape, pick)));
+        let back: Picks = serde_json::from_str(&json).unwrap();
+        assert!(back.conv.contains(&(shape, pick)));
+        assert!(back.attention.contains(&(attention, AttentionPick::Matmul)));
+        // What the first stores wrote (convolutions only) still reads.
+        let old: Picks =
+            serde_json::from_str(&serde_json::to_string(&serde_json::json!({"conv": []})).unwrap()).unwrap();
+        assert_eq!(old, Picks::default());
     }
 }

@@ -8,6 +8,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{DType, FloatDType, Tensor};
 
 use super::{LayerNorm, linear, linear_residual};
+use crate::kernels::tune::{self, AttentionPick, AttentionShape, AttentionTuning, ConvTuning};
 use crate::weights::{LoadError, TensorLoader, TensorSource};
 
 /// Largest `[batch, heads, queries, keys]` score matrix (counted as f32) that one attention call may
@@ -139,6 +140,13 @@ impl Attention {
 /// - k, v: `[batch, keys, heads * head_dim]`
 /// - output: `[batch, queries, heads * head_dim]`
 pub fn attention_heads(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize, upcast: bool) -> Tensor<3> {
+    // Kernels measured on this device for the shape ([`crate::kernels::tune`]).
+    if crate::kernels::is_cube(&q)
+        && let Some(pick) = tune::attention_pick(attention_shape(&q, &v, heads, upcast))
+        && let Some(out) = run_attention(pick, &q, &k, &v, heads, upcast)
+    {
+        return out;
+    }
     if crate::kernels::choice().attention
         && let Some(out) = crate::kernels::attention::attention_tokens(&q, &k, &v, heads)
     {
@@ -151,6 +159,109 @@ pub fn attention_heads(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize, u
     let out = attention_upcast(split(q), split(k), split(v), upcast);
     let [b, h, n, d] = out.dims();
     out.swap_dims(1, 2).reshape([b, n, h * d])
+}
+
+/// The tuner's key for [`attention_heads`]' operands.
+fn attention_shape(q: &Tensor<3>, v: &Tensor<3>, heads: usize, upcast: bool) -> AttentionShape {
+    let [batch, queries, width] = q.dims();
+    let [_, keys, v_width] = v.dims();
+    let (head_dim, value_dim) = (width / heads.max(1), v_width / heads.max(1));
+    let f16 = q.dtype() == DType::F16;
+    AttentionShape { batch, heads, queries, keys, head_dim, value_dim, f16, upcast }
+}
+
+/// [`attention_heads`] by `pick`: burn's op (in query blocks, see [`attention_in_blocks`]), our
+/// kernel, or matmul + softmax in f32 in the same blocks; `None` where ours declines.
+///
+/// # Shapes
+/// as [`attention_heads`]
+fn run_attention(
+    pick: AttentionPick,
+    q: &Tensor<3>,
+    k: &Tensor<3>,
+    v: &Tensor<3>,
+    heads: usize,
+    upcast: bool,
+) -> Option<Tensor<3>> {
+    if pick == AttentionPick::Ours {
+        return crate::kernels::attention::attention_tokens(q, k, v, heads);
+    }
+    let split = |t: &Tensor<3>| {
+        let [b, n, d] = t.dims();
+        t.clone().reshape([b, n, heads, d / heads]).swap_dims(1, 2)
+    };
+    let (q, k, v) = (split(q), split(k), split(v));
+    let [b, h, queries, _] = q.dims();
+    let keys = k.dims()[2];
+    let rows = (MAX_SCORE_BYTES / (4 * b * h * keys)).max(1);
+    let out = match pick {
+        AttentionPick::Matmul => matmul_softmax(q, k, v, rows, upcast),
+        _ if upcast && q.dtype() == DType::F16 => {
+            let f32 = |t: Tensor<4>| t.cast(FloatDType::F32);
+            let rows = if cfg!(target_arch = "wasm32") { rows } else { queries };
+            attention_query_blocks(f32(q), f32(k), f32(v), rows).cast(FloatDType::F16)
+        }
+        _ => attention_query_blocks(q, k, v, if cfg!(target_arch = "wasm32") { rows } else { queries }),
+    };
+    let [b, h, n, d] = out.dims();
+    Some(out.swap_dims(1, 2).reshape([b, n, h * d]))
+}
+
+/// `softmax(q kᵀ / sqrt(head_dim)) v` as two matmuls with the softmax between, in f32 (diffusers'
+/// `upcast_attention` order: scores in f32 where `upcast`, probabilities back in the values'
+/// precision), `rows` queries at a time.
+///
+/// # Shapes
+/// as [`attention_in_blocks`]
+pub fn matmul_softmax(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, rows: usize, upcast: bool) -> Tensor<4> {
+    let [_, _, queries, head_dim] = q.dims();
+    let dtype = v.dtype();
+    let scale = 1.0 / (head_dim as f64).sqrt();
+    let (q, k) = match upcast {
+        true => (q.cast(FloatDType::F32), k.cast(FloatDType::F32)),
+        false => (q, k),
+    };
+    let kt = k.swap_dims(2, 3);
+    let block = |q: Tensor<4>| {
+        let scores = (q.matmul(kt.clone()) * scale).cast(FloatDType::F32);
+        let probs = burn::tensor::activation::softmax(scores, 3);
+        let probs = if dtype == DType::F16 { probs.cast(FloatDType::F16) } else { probs };
+        probs.matmul(v.clone())
+    };
+    if rows >= queries {
+        return block(q);
+    }
+    let blocks = (0..queries).step_by(rows).map(|first| block(q.clone().narrow(2, first, rows.min(queries - first))));
+    Tensor::cat(blocks.collect(), 2)
+}
+
+/// Measures each way to run an attention of `shape` on `device` ([`AttentionPick`]: burn's op first,
+/// the reference) on random projections of that shape.
+pub async fn measure_attention(shape: AttentionShape, device: &burn::tensor::Device) -> AttentionTuning {
+    let AttentionShape { batch, heads, queries, keys, head_dim, value_dim, f16, upcast } = shape;
+    let dtype = if f16 { FloatDType::F16 } else { FloatDType::F32 };
+    let normal = burn::tensor::Distribution::Normal(0.0, 1.0);
+    let random = |tokens, width| Tensor::<3>::random([batch, tokens, heads * width], normal, device).cast(dtype);
+    let (q, k, v) = (random(queries, head_dim), random(keys, head_dim), random(keys, value_dim));
+    let candidates = [AttentionPick::Burn, AttentionPick::Ours, AttentionPick::Matmul];
+    let run = |pick| run_attention(pick, &q, &k, &v, heads, upcast);
+    let (times_ms, pick, ms) = tune::measure(&candidates, run, f16).await;
+    AttentionTuning { shape, times_ms, pick, gflops: shape.flops() / ms / 1e6 }
+}
+
+/// Measures every convolution and attention recorded and not yet measured on `device`
+/// ([`crate::kernels::tune`]), and records the picks; returns what it found.
+pub async fn tune_pending(device: &burn::tensor::Device) -> (Vec<ConvTuning>, Vec<AttentionTuning>) {
+    let convs = tune::run_pending(device).await;
+    let mut found = Vec::new();
+    if crate::kernels::is_cube(&Tensor::<1>::zeros([1], device)) {
+        for shape in tune::pending_attention() {
+            let tuning = measure_attention(shape, device).await;
+            tune::set_attention_pick(shape, tuning.pick);
+            found.push(tuning);
+        }
+    }
+    (convs, found)
 }
 
 /// `FeedForward` with GEGLU: `net.0.proj` to twice the inner width, `value * gelu(gate)`, `net.2`.

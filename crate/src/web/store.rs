@@ -8,7 +8,7 @@
 //! - extra networks ([`Extra`]): `loras` (name -> [`crate::protocol::LoraSummary`]) with `lora-files`,
 //!   and `embeddings` (trigger word -> [`crate::protocol::EmbeddingSummary`]) with `embedding-files`:
 //!   each file one `Blob` (read whole, to be parsed, so not chunked), written with its record;
-//! - `kernel-picks`: an adapter's description -> the convolution kernels measured on it
+//! - `kernel-picks`: an adapter's description -> the convolution and attention kernels measured on it
 //!   ([`crate::kernels::tune`]), so that a device measures each shape once, not once per page.
 //!
 //! Chunks are Blobs because a read then copies each byte once: IndexedDB keeps a large typed array as
@@ -31,7 +31,7 @@ use wasm_bindgen::{JsCast, JsValue};
 
 use super::download::js_text;
 use crate::Error;
-use crate::kernels::tune::{ConvPick, ConvShape};
+use crate::kernels::tune::Picks;
 
 const DB_NAME: &str = "websd-weights";
 /// 2 added the extra networks' stores, 3 `kernel-picks` (the upgrade creates whatever store is missing).
@@ -261,13 +261,13 @@ impl Store {
 
     /// The convolution kernels measured on `adapter` ([`crate::kernels::tune::export`]); none stored,
     /// none.
-    pub async fn kernel_picks(&self, adapter: &str) -> Result<Vec<(ConvShape, ConvPick)>, Error> {
+    pub async fn kernel_picks(&self, adapter: &str) -> Result<Picks, Error> {
         Ok(self.get(KERNEL_PICKS, adapter.into()).await?.map(from_js).transpose()?.unwrap_or_default())
     }
 
     /// Replaces what [`Store::kernel_picks`] gives for `adapter`.
-    pub async fn put_kernel_picks(&self, adapter: &str, picks: &[(ConvShape, ConvPick)]) -> Result<(), Error> {
-        self.put(KERNEL_PICKS, adapter.into(), &to_js(&picks)?).await
+    pub async fn put_kernel_picks(&self, adapter: &str, picks: &Picks) -> Result<(), Error> {
+        self.put(KERNEL_PICKS, adapter.into(), &to_js(picks)?).await
     }
 
     /// The stored model `id`.

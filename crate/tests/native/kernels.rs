@@ -576,3 +576,42 @@ fn tuned_convolution_picks_the_fastest_checked_kernel() {
     assert!(pollster::block_on(tune::run_pending(&cpu)).is_empty());
     assert_eq!(websd::gpu::uncaptured_errors(), 0, "wgpu validation errors");
 }
+
+/// Attention chosen by shape on the device ([`websd::kernels::tune`], measured by
+/// `models::attention::measure_attention`): burn's op, our kernel and matmul + softmax each checked
+/// against burn's output and timed, the fastest picked; each as the shape's pick runs through
+/// `attention_heads` with burn's numerics on Flex.
+#[test]
+fn tuned_attention_picks_the_fastest_checked_way() {
+    use websd::kernels::tune::{self, AttentionPick, AttentionShape};
+    let (gpu, _) = websd::gpu::wgpu_device().expect("a wgpu adapter");
+    let cpu = Device::flex();
+    // Shapes no other test runs (their picks are global).
+    for (batch, heads, queries, keys, head_dim) in [(2, 3, 37, 37, 12), (1, 5, 29, 77, 8)] {
+        let shape =
+            AttentionShape { batch, heads, queries, keys, head_dim, value_dim: head_dim, f16: false, upcast: false };
+        let found = pollster::block_on(websd::models::attention::measure_attention(shape, &gpu));
+        eprintln!("{shape:?}: {:?}, {:?}", found.pick, found.times_ms);
+        let times: Vec<f64> = found.times_ms.iter().map(|(_, t)| t.expect("checked and timed")).collect();
+        assert_eq!(times.len(), 3);
+        let fastest = times.iter().cloned().fold(f64::INFINITY, f64::min);
+        assert_eq!(found.times_ms.iter().find(|(_, t)| *t == Some(fastest)).unwrap().0, found.pick);
+
+        let random = |n| Tensor::<3>::random([batch, n, heads * head_dim], Distribution::Normal(0.0, 1.0), &cpu);
+        let (q, k, v) = (random(queries), random(keys), random(keys));
+        let split = |t: &Tensor<3>| {
+            let [b, n, d] = t.dims();
+            t.clone().reshape([b, n, heads, d / heads]).swap_dims(1, 2)
+        };
+        let expected = attention(split(&q), split(&k), split(&v), None, None, AttentionModuleOptions::default())
+            .swap_dims(1, 2)
+            .reshape([batch, queries, heads * head_dim]);
+        let on_gpu = |t: &Tensor<3>| Tensor::<3>::from_data(t.to_data(), &gpu);
+        for pick in [AttentionPick::Burn, AttentionPick::Ours, AttentionPick::Matmul] {
+            tune::set_attention_pick(shape, pick);
+            let ours = websd::models::attention::attention_heads(on_gpu(&q), on_gpu(&k), on_gpu(&v), heads, false);
+            assert_close(ours, &expected, 1e-4, &format!("{shape:?} as {pick:?}"));
+        }
+    }
+    assert_eq!(websd::gpu::uncaptured_errors(), 0, "wgpu validation errors");
+}
