@@ -150,6 +150,10 @@ pub enum Progress {
     Denoised,
     /// The VAE decode is done.
     Decoded,
+    /// Measuring the kernels for the shapes this device has not measured yet ([`crate::kernels::tune`]:
+    /// after the first step, and before encoding for those the last generation's decode recorded):
+    /// `done` of `total` shapes.
+    Tune { done: usize, total: usize },
 }
 
 /// The images and, when asked for, every intermediate tensor under the fixtures' names.
@@ -473,7 +477,7 @@ impl StableDiffusion {
     ) -> Result<GenerateOutput, PipelineError> {
         let (width, height, plan) = validate_request(&self.unet_config, &self.vae_config, r, self.precision())?;
         // Convolutions the last generation recorded after its first step (its VAE decode's).
-        self.tune_pending(&mut 0).await;
+        self.tune_pending(&mut 0, &mut progress).await?;
         let gpu_errors_mark = crate::gpu::uncaptured_errors();
         let mut dump = Dump(dump.then(Vec::new));
         let mode = r.mode();
@@ -676,7 +680,7 @@ impl StableDiffusion {
             // Every convolution and attention of a step has been seen after the first: where this
             // device measures its kernels, the rest of the steps run the fastest.
             if i == 0 {
-                self.tune_pending(&mut d.gpu_errors_mark).await;
+                self.tune_pending(&mut d.gpu_errors_mark, progress).await?;
             }
             let latent_c = latents.dims()[1];
             if d.preview_every > 0 && (i + 1) % d.preview_every == 0 && latent_c == 4 {
@@ -694,13 +698,36 @@ impl StableDiffusion {
     /// raised meanwhile (a candidate kernel its driver rejects, which then also fails the check
     /// against burn's output) are the measuring's, not the generation's: `gpu_errors_mark` moves
     /// past them.
-    async fn tune_pending(&self, gpu_errors_mark: &mut u32) {
-        if !crate::kernels::tune::has_pending() {
-            return;
+    async fn tune_pending(
+        &self,
+        gpu_errors_mark: &mut u32,
+        progress: &mut impl AsyncFnMut(Progress) -> bool,
+    ) -> Result<(), PipelineError> {
+        use crate::kernels::tune;
+        let (convs, attentions) = (tune::pending(), tune::pending_attention());
+        let total = convs.len() + attentions.len();
+        if total == 0 || !crate::kernels::is_cube(&Tensor::<1>::zeros([1], &self.device)) {
+            return Ok(());
         }
         let before = crate::gpu::uncaptured_errors();
-        crate::models::attention::tune_pending(&self.device).await;
+        // Shape by shape, so that a cancel stops it (the rest wait for the next generation).
+        for done in 0..total {
+            if !progress(Progress::Tune { done, total }).await {
+                *gpu_errors_mark += crate::gpu::uncaptured_errors() - before;
+                return Err(PipelineError::Cancelled);
+            }
+            match convs.get(done) {
+                Some(&shape) => tune::set_conv_pick(shape, tune::measure_conv(shape, &self.device).await.pick),
+                None => {
+                    let shape = attentions[done - convs.len()];
+                    let pick = crate::models::attention::measure_attention(shape, &self.device).await.pick;
+                    tune::set_attention_pick(shape, pick);
+                }
+            }
+        }
         *gpu_errors_mark += crate::gpu::uncaptured_errors() - before;
+        progress(Progress::Tune { done: total, total }).await;
+        Ok(())
     }
 
     /// diffusers' `decode_latents`: the VAE decode (in f32 for an upcast VAE), as images

@@ -371,6 +371,9 @@ pub enum Phase {
     Denoise,
     /// VAE decode: 0/1, then 1/1.
     Decode,
+    /// Measuring the GPU's kernels for shapes it has not run before (once per device and shape;
+    /// `crate::kernels::tune`): `done`/`total` in shapes.
+    Tune,
 }
 
 /// A stored model, as [`Event::Models`] lists it.
@@ -844,7 +847,7 @@ mod tests {
             Event::BenchUnet { ms: vec![1.5], output: F32Tensor::from_values(&[1, 1, 1, 1], &[0.25]) },
             Event::Cancelled { phase: Phase::Denoise },
         ];
-        for phase in [Phase::Load, Phase::Encode, Phase::Decode] {
+        for phase in [Phase::Load, Phase::Encode, Phase::Decode, Phase::Tune] {
             events.push(Event::Progress { phase, done: 0, total: 1, bytes: None, file: None });
         }
         use crate::Error as E;

@@ -12,6 +12,7 @@ const PHASE_LABEL: Record<Phase, string> = {
   encode: "Encoding the prompt",
   denoise: "Denoising",
   decode: "Decoding the image",
+  tune: "Measuring the GPU's kernels (once per GPU)",
 };
 
 const CANCELLED_WHILE: Record<Phase, string> = {
@@ -21,6 +22,7 @@ const CANCELLED_WHILE: Record<Phase, string> = {
   encode: "encoding the prompt",
   denoise: "denoising",
   decode: "decoding",
+  tune: "measuring the GPU's kernels",
 };
 
 export class ProgressView {
@@ -114,6 +116,10 @@ export class ProgressView {
     } else if (phase === "denoise") {
       this.set(fraction, PHASE_LABEL.denoise);
       this.detail.textContent = `step ${done} of ${total}`;
+    } else if (phase === "tune") {
+      // After the first step on a GPU nobody measured: the fastest kernel per shape, kept for next time.
+      this.set(fraction, PHASE_LABEL.tune);
+      this.detail.textContent = `shape ${done} of ${total}`;
     } else {
       this.set(fraction, PHASE_LABEL[phase]);
       this.detail.textContent = "";

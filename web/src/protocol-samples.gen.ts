@@ -54,6 +54,7 @@ export const events = [
   { done: 0, phase: "load", total: 1, type: "progress" },
   { done: 0, phase: "encode", total: 1, type: "progress" },
   { done: 0, phase: "decode", total: 1, type: "progress" },
+  { done: 0, phase: "tune", total: 1, type: "progress" },
   { code: "no-webgpu", message: "no GPU adapter available: ", type: "error" },
   { code: "gpu-init", message: "GPU initialisation failed: ", type: "error" },
   { code: "readback", message: "reading a tensor back from the device failed: ", type: "error" },

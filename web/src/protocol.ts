@@ -113,7 +113,7 @@ export interface LoraSummary {
   textEncoderLayers: number;
 }
 
-export type Phase = "download" | "repair" | "load" | "encode" | "denoise" | "decode";
+export type Phase = "download" | "repair" | "load" | "encode" | "denoise" | "decode" | "tune";
 
 /** crate::protocol::ModelSummary */
 export interface ModelSummary {

@@ -390,6 +390,7 @@ mod native {
                             eprint!("\rstep {step}/{total} ({:.1} s)   ", start.elapsed().as_secs_f64())
                         }
                         Progress::Decoded => eprintln!("\rdone in {:.1} s          ", start.elapsed().as_secs_f64()),
+                        Progress::Tune { done, total } => eprint!("\rmeasuring kernels {done}/{total}"),
                         Progress::Preview { .. } | Progress::Denoised => {}
                     }
                 }

@@ -926,6 +926,14 @@ async fn generate(
                     cx.emit(Event::Progress { phase: Phase::Decode, done: 0, total: 1, bytes: None, file: None });
                 }
                 Progress::Decoded => {}
+                Progress::Tune { done, total } => {
+                    // The step measured after is shown done first.
+                    if let Some(previous) = behind.take() {
+                        previous.finish(cx).await;
+                    }
+                    let (done, total) = (done as u64, total as u64);
+                    cx.emit(Event::Progress { phase: Phase::Tune, done, total, bytes: None, file: None })
+                }
             }
             !cx.cancel.get()
         })
