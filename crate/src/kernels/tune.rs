@@ -155,13 +155,27 @@ pub fn set_recording(on: Option<bool>) {
 /// The measured pick for `shape`, if any; a shape not seen before is recorded for [`run_pending`]
 /// while [`recording`].
 pub fn conv_pick(shape: ConvShape) -> Option<ConvPick> {
-    if let Some(pick) = table().conv.get(&shape) {
-        return *pick;
+    pick_or_record(shape, |t| &mut t.conv)
+}
+
+/// The pick `picks` (one of the table's maps) holds for `shape`; a shape not there is recorded as
+/// waiting for measuring while [`recording`].
+fn pick_or_record<S: std::hash::Hash + Eq, P: Copy>(
+    shape: S,
+    picks: impl FnOnce(&mut Table) -> &mut HashMap<S, Option<P>>,
+) -> Option<P> {
+    let record = recording();
+    let mut table = table_mut();
+    let picks = picks(&mut table);
+    match picks.get(&shape) {
+        Some(pick) => *pick,
+        None => {
+            if record {
+                picks.insert(shape, None);
+            }
+            None
+        }
     }
-    if recording() {
-        table_mut().conv.entry(shape).or_insert(None);
-    }
-    None
 }
 
 /// Sets `shape`'s pick (tests, and [`import`]).
@@ -171,13 +185,7 @@ pub fn set_conv_pick(shape: ConvShape, pick: ConvPick) {
 
 /// The measured pick for an attention of `shape`, if any (recorded as [`conv_pick`] records).
 pub fn attention_pick(shape: AttentionShape) -> Option<AttentionPick> {
-    if let Some(pick) = table().attention.get(&shape) {
-        return *pick;
-    }
-    if recording() {
-        table_mut().attention.entry(shape).or_insert(None);
-    }
-    None
+    pick_or_record(shape, |t| &mut t.attention)
 }
 
 /// Sets an attention's pick (tests, and [`import`]).
@@ -404,19 +412,23 @@ async fn scalar(t: Tensor<1>) -> Option<f32> {
 mod tests {
     use super::*;
 
+    /// A square `kernel`'s convolution padded by `kernel / 2` on every side.
+    fn conv(
+        batch: usize,
+        c_in: usize,
+        c_out: usize,
+        [height, width]: [usize; 2],
+        kernel: usize,
+        stride: usize,
+        f16: bool,
+    ) -> ConvShape {
+        let (kernel, padding) = ([kernel; 2], [kernel / 2; 4]);
+        ConvShape { batch, c_in, height, width, c_out, kernel, stride, padding, f16 }
+    }
+
     #[test]
     fn recorded_shapes_wait_for_measuring() {
-        let shape = ConvShape {
-            batch: 5,
-            c_in: 3,
-            height: 2,
-            width: 7,
-            c_out: 13,
-            kernel: [1, 1],
-            stride: 1,
-            padding: [0; 4],
-            f16: true,
-        };
+        let shape = conv(5, 3, 13, [2, 7], 1, 1, true);
         set_recording(Some(false));
         assert_eq!(conv_pick(shape), None);
         assert!(!pending().contains(&shape), "not recorded while not recording");
@@ -431,17 +443,7 @@ mod tests {
 
     #[test]
     fn picks_round_trip_through_export_and_import() {
-        let shape = ConvShape {
-            batch: 3,
-            c_in: 7,
-            height: 5,
-            width: 9,
-            c_out: 11,
-            kernel: [3, 3],
-            stride: 2,
-            padding: [1; 4],
-            f16: false,
-        };
+        let shape = conv(3, 7, 11, [5, 9], 3, 2, false);
         let pick = ConvPick::Tiled(Tiling { bm: 16, bn: 128, splits: 2 });
         let attention = AttentionShape {
             batch: 3,
