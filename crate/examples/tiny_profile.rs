@@ -23,7 +23,8 @@ fn main() {
         // forces it), as the pipeline does after its first step.
         if websd::kernels::tune::has_pending() {
             let t = Instant::now();
-            let (found, attention) = pollster::block_on(websd::models::attention::tune_pending(&d));
+            let (found, attention) =
+                pollster::block_on(websd::models::attention::tune_pending(&d, websd::gpu::uncaptured_errors));
             let secs = t.elapsed().as_secs_f64();
             println!("{name}: {} convolutions, {} attentions measured in {secs:.1} s", found.len(), attention.len());
             let times = |t: &[(String, Option<f64>)]| -> String {

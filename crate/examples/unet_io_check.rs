@@ -71,7 +71,8 @@ fn main() {
             // the picks. What was measured goes to stderr (native.py reads stdout).
             if websd::kernels::tune::has_pending() {
                 let t = std::time::Instant::now();
-                let (found, attention) = pollster::block_on(websd::models::attention::tune_pending(&device));
+                let (found, attention) =
+                    pollster::block_on(websd::models::attention::tune_pending(&device, websd::gpu::uncaptured_errors));
                 let secs = t.elapsed().as_secs_f64();
                 eprintln!("{} convolutions, {} attentions measured in {secs:.1} s", found.len(), attention.len());
                 for f in found {

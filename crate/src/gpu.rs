@@ -52,6 +52,14 @@ pub struct GpuInfo {
 }
 
 impl GpuInfo {
+    /// What kernels measured on this adapter are kept under ([`crate::kernels::tune`]): its name, API,
+    /// driver (a new driver may compile the kernels differently, so it measures again; a browser
+    /// reports none, and the worker adds the browser's user agent) and the kernels' version.
+    pub fn tuning_key(&self) -> String {
+        let version = crate::kernels::tune::VERSION;
+        format!("{} | {} | {} | kernels v{version}", self.adapter, self.backend, self.driver)
+    }
+
     fn from_setup(setup: &WgpuSetup) -> Self {
         let info = setup.adapter.get_info();
         let limits = setup.device.limits();

@@ -694,38 +694,51 @@ impl StableDiffusion {
     }
 
     /// Measures the convolutions and attentions recorded and not yet measured on this device
-    /// ([`crate::kernels::tune`]: none where the adapter's kernels were chosen by hand). GPU errors
-    /// raised meanwhile (a candidate kernel its driver rejects, which then also fails the check
-    /// against burn's output) are the measuring's, not the generation's: `gpu_errors_mark` moves
-    /// past them.
+    /// ([`crate::kernels::tune`]: none where the adapter's kernels were chosen by hand), reporting
+    /// [`Progress::Tune`] shape by shape (`false` cancels between shapes). A candidate during whose run
+    /// a GPU error came is not picked, and those errors are the measuring's, not the generation's:
+    /// `gpu_errors_mark` moves past them. Errors of the work before are checked first (in a browser
+    /// the first progress call awaits the step before, whose errors arrive meanwhile).
     async fn tune_pending(
         &self,
         gpu_errors_mark: &mut u32,
         progress: &mut impl AsyncFnMut(Progress) -> bool,
     ) -> Result<(), PipelineError> {
+        use crate::gpu::{errors_since, uncaptured_errors};
         use crate::kernels::tune;
         let (convs, attentions) = (tune::pending(), tune::pending_attention());
         let total = convs.len() + attentions.len();
         if total == 0 || !crate::kernels::is_cube(&Tensor::<1>::zeros([1], &self.device)) {
             return Ok(());
         }
-        let before = crate::gpu::uncaptured_errors();
-        // Shape by shape, so that a cancel stops it (the rest wait for the next generation).
+        if !progress(Progress::Tune { done: 0, total }).await {
+            return Err(PipelineError::Cancelled);
+        }
+        errors_since(*gpu_errors_mark).map_err(PipelineError::Gpu)?;
+        let before = uncaptured_errors();
         for done in 0..total {
-            if !progress(Progress::Tune { done, total }).await {
-                *gpu_errors_mark += crate::gpu::uncaptured_errors() - before;
+            if done > 0 && !progress(Progress::Tune { done, total }).await {
+                *gpu_errors_mark += uncaptured_errors() - before;
                 return Err(PipelineError::Cancelled);
             }
+            // A shape whose reference could not be read (a lost device) stays pending.
             match convs.get(done) {
-                Some(&shape) => tune::set_conv_pick(shape, tune::measure_conv(shape, &self.device).await.pick),
+                Some(&shape) => {
+                    if let Some(t) = tune::measure_conv(shape, &self.device, uncaptured_errors).await {
+                        tune::set_conv_pick(shape, t.pick);
+                    }
+                }
                 None => {
                     let shape = attentions[done - convs.len()];
-                    let pick = crate::models::attention::measure_attention(shape, &self.device).await.pick;
-                    tune::set_attention_pick(shape, pick);
+                    let device = &self.device;
+                    if let Some(t) = crate::models::attention::measure_attention(shape, device, uncaptured_errors).await
+                    {
+                        tune::set_attention_pick(shape, t.pick);
+                    }
                 }
             }
         }
-        *gpu_errors_mark += crate::gpu::uncaptured_errors() - before;
+        *gpu_errors_mark += uncaptured_errors() - before;
         progress(Progress::Tune { done: total, total }).await;
         Ok(())
     }

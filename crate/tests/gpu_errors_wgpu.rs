@@ -26,6 +26,8 @@ fn validation_message(result: Result<impl std::fmt::Debug, PipelineError>) -> St
 #[test]
 fn a_gpu_error_ends_the_generation_with_its_type_and_the_next_one_is_clean() {
     let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    // The same kernels in every run (a GPU nobody measured would measure them after a first step).
+    websd::kernels::tune::set_recording(Some(false));
     let errors_before = websd::gpu::uncaptured_errors();
     let (device, info) = websd::gpu::wgpu_device().expect("a wgpu adapter (install mesa-vulkan-drivers)");
     eprintln!("wgpu adapter: {} ({})", info.adapter, info.backend);

@@ -150,7 +150,7 @@ async fn tuned_convolution_on_webgpu_matches_flex() {
         padding: [1; 4],
         f16: false,
     };
-    let found = tune::measure_conv(shape, &gpu).await;
+    let found = tune::measure_conv(shape, &gpu, websd::gpu::uncaptured_errors).await.expect("read back");
     console_log!("{shape:?}: {:?} at {:.2} GFLOP/s, {:?}", found.pick, found.gflops, found.times_ms);
     assert_eq!(found.times_ms.len(), tune::candidates(&shape).len());
     let times: Vec<f64> = found.times_ms.iter().map(|(_, t)| t.expect("checked and timed")).collect();
@@ -183,7 +183,9 @@ async fn tuned_convolution_on_webgpu_matches_flex() {
         f16: false,
         upcast: false,
     };
-    let found = websd::models::attention::measure_attention(shape, &gpu).await;
+    let found = websd::models::attention::measure_attention(shape, &gpu, websd::gpu::uncaptured_errors)
+        .await
+        .expect("read back");
     console_log!("{shape:?}: {:?} at {:.2} GFLOP/s, {:?}", found.pick, found.gflops, found.times_ms);
     let times: Vec<f64> = found.times_ms.iter().map(|(_, t)| t.expect("checked and timed")).collect();
     assert_eq!(times.len(), 3);

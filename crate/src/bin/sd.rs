@@ -358,10 +358,17 @@ mod native {
             VariantArg::Fp16 => Variant::Fp16,
             VariantArg::Fp32 => Variant::Fp32,
         });
-        let device = match a.backend {
-            Backend::Cpu => Device::flex(),
-            Backend::Wgpu => websd::gpu::wgpu_device().map_err(|e| e.to_string())?.0,
+        let (device, gpu) = match a.backend {
+            Backend::Cpu => (Device::flex(), None),
+            Backend::Wgpu => websd::gpu::wgpu_device().map(|(d, info)| (d, Some(info))).map_err(|e| e.to_string())?,
         };
+        // Kernels this GPU measured in earlier runs (where it measures them: `websd::kernels::tune`).
+        use websd::kernels::tune;
+        let picks_file =
+            gpu.as_ref().filter(|_| tune::recording()).and_then(|g| Some((tune::cache_file()?, g.tuning_key())));
+        if let Some((file, key)) = &picks_file {
+            tune::import(&tune::load_picks(file, key));
+        }
         let mut extra = ExtraNetworks::default();
         let mut weighted = Vec::with_capacity(loras.len());
         for (lora, weight, hash) in loras {
@@ -397,6 +404,11 @@ mod native {
                 true
             })
             .map_err(|e| e.to_string())?;
+        if let Some((file, key)) = &picks_file
+            && let Err(e) = tune::save_picks(file, key, &tune::export())
+        {
+            eprintln!("warning: the measured kernels could not be kept in {}: {e}", file.display());
+        }
         if let Some(path) = &a.dump {
             write_safetensors(path, &output.dump)?;
         }

@@ -58,7 +58,8 @@ impl Tiling {
         Tiling { bm, bn, splits: workgroups.div_ceil(tiles).clamp(1, max_splits) }
     }
 
-    fn valid(self) -> bool {
+    /// A tile shape the kernel is compiled for, and 1 to 64 splits.
+    pub fn valid(self) -> bool {
         Self::TILES.contains(&(self.bm, self.bn)) && (1..=64).contains(&self.splits)
     }
 }
@@ -563,6 +564,13 @@ pub struct Block {
 }
 
 impl Block {
+    /// A block the lane kernel can run: every side at least 1, at most 1024 accumulators and 256
+    /// lanes (what [`Block::for_shape`] gives stays far inside).
+    pub fn valid(self) -> bool {
+        let sides = [self.ch, self.rows, self.cols, self.lanes];
+        sides.iter().all(|&n| n >= 1) && self.ch * self.rows * self.cols <= 1024 && self.lanes <= 256
+    }
+
     /// Lanes per workgroup: one vector of llvmpipe's 256-bit registers (more gave nothing at large
     /// sizes and left lanes idle at small ones: BENCHMARKS.md).
     pub const LANES: usize = 8;

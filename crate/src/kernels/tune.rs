@@ -226,15 +226,58 @@ pub fn export() -> Picks {
     Picks { conv, attention }
 }
 
-/// Restores saved picks (those of shapes measured since are kept).
+/// Bumped whenever a kernel or the candidates change, so that picks kept by an earlier build are
+/// measured again rather than trusted ([`crate::gpu::GpuInfo::tuning_key`] includes it).
+pub const VERSION: u32 = 1;
+
+/// Restores saved picks (those of shapes measured since are kept); a pick no kernel of this build can
+/// run (a record from another build, or damaged) is left out, to be measured again.
 pub fn import(picks: &Picks) {
+    let runnable = |pick: &ConvPick| match pick {
+        ConvPick::Burn => true,
+        ConvPick::Tiled(tiling) => tiling.valid(),
+        ConvPick::Lanes(block) => block.valid(),
+    };
     let mut table = table_mut();
-    for (shape, pick) in &picks.conv {
+    for (shape, pick) in picks.conv.iter().filter(|(_, p)| runnable(p)) {
         table.conv.entry(*shape).and_modify(|p| *p = p.or(Some(*pick))).or_insert(Some(*pick));
     }
     for (shape, pick) in &picks.attention {
         table.attention.entry(*shape).and_modify(|p| *p = p.or(Some(*pick))).or_insert(Some(*pick));
     }
+}
+
+/// The file natively kept picks live in (the browser keeps them in IndexedDB): `websd/kernel-picks.json`
+/// under `XDG_CACHE_HOME` or `~/.cache`, a map from [`crate::gpu::GpuInfo::tuning_key`] to [`Picks`].
+#[cfg(not(target_arch = "wasm32"))]
+pub fn cache_file() -> Option<std::path::PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cache")))?;
+    Some(base.join("websd").join("kernel-picks.json"))
+}
+
+/// The picks kept in `file` for `key`; none when there is no file, or it cannot be read (measured again).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn load_picks(file: &std::path::Path, key: &str) -> Picks {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let mut all: HashMap<String, Picks> = serde_json::from_str(&text).unwrap_or_default();
+    all.remove(key).unwrap_or_default()
+}
+
+/// Keeps `picks` in `file` under `key`, beside other adapters' (written whole, then renamed into place,
+/// so a run stopped halfway leaves the old file).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn save_picks(file: &std::path::Path, key: &str, picks: &Picks) -> std::io::Result<()> {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let mut all: std::collections::BTreeMap<String, Picks> = serde_json::from_str(&text).unwrap_or_default();
+    all.insert(key.to_string(), picks.clone());
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let partial = file.with_extension("json.partial");
+    std::fs::write(&partial, serde_json::to_string_pretty(&all).map_err(std::io::Error::other)?)?;
+    std::fs::rename(partial, file)
 }
 
 /// `conv2d(x, weight, bias) + add` by `pick`; `None` for [`ConvPick::Burn`] or where our kernel
@@ -281,13 +324,19 @@ fn tolerance(f16: bool) -> f32 {
     if f16 { 3e-2 } else { 1e-3 }
 }
 
-/// Seconds of timed runs aimed at per candidate (after one untimed run, which compiles it).
-const TIMED_SECONDS: f64 = 0.05;
-/// Timed runs per candidate, at most.
-const MAX_REPS: usize = 16;
+/// Seconds of timed runs aimed at per round (after one untimed run, which compiles it): enough runs
+/// that a readback's latency (milliseconds in a browser) does not decide between small kernels.
+const ROUND_SECONDS: f64 = 0.03;
+/// Timed runs per round, at most.
+const MAX_REPS: usize = 256;
+/// Rounds per candidate; the fastest counts.
+const ROUNDS: usize = 2;
 
-/// Measures every candidate for `shape` on `device` and returns what it found (without recording it).
-pub async fn measure_conv(shape: ConvShape, device: &burn::tensor::Device) -> ConvTuning {
+/// Measures every candidate for `shape` on `device` and returns what it found (without recording it);
+/// `None` where burn's own output could not be read (a lost device): nothing to compare with.
+/// `errors` counts the device's GPU errors (`crate::gpu::uncaptured_errors`): a candidate during
+/// whose run one came is not picked.
+pub async fn measure_conv(shape: ConvShape, device: &burn::tensor::Device, errors: fn() -> u32) -> Option<ConvTuning> {
     let [kh, kw] = shape.kernel;
     let dtype = if shape.f16 { FloatDType::F16 } else { FloatDType::F32 };
     let normal = Distribution::Normal(0.0, 1.0);
@@ -301,25 +350,29 @@ pub async fn measure_conv(shape: ConvShape, device: &burn::tensor::Device) -> Co
             _ => run_conv(pick, &x, &weight, Some(&bias), shape.stride, shape.padding, Add::NONE),
         }
     };
-    let (times_ms, pick, ms) = measure(&candidates(&shape), run, shape.f16).await;
-    ConvTuning { shape, times_ms, pick, gflops: shape.flops() / ms / 1e6 }
+    let (times_ms, pick, ms) = measure(&candidates(&shape), run, shape.f16, errors).await?;
+    Some(ConvTuning { shape, times_ms, pick, gflops: shape.flops() / ms / 1e6 })
 }
 
 /// Runs each of `candidates` once and checks it against the first's output (the reference, burn's
-/// op), then times those that agree; returns each one's time (`None`: declined or disagreed), the
-/// fastest and its time.
+/// op), then times those that agree; returns each one's time (`None`: declined, disagreed, or a GPU
+/// error came while it ran: a pipeline the browser refuses does not run, and its output buffer may
+/// still hold an earlier candidate's agreeing values), the fastest and its time. `None` where the
+/// reference could not be read back.
 pub async fn measure<P: Copy, const D: usize>(
     candidates: &[P],
     run: impl Fn(P) -> Option<Tensor<D>>,
     f16: bool,
-) -> (Vec<(P, Option<f64>)>, P, f64) {
+    errors: fn() -> u32,
+) -> Option<(Vec<(P, Option<f64>)>, P, f64)> {
     let reference = run(candidates[0]).expect("the reference runs every shape");
     // Compared on the device (two values read back, not whole outputs: at 512 px and more those
-    // are tens of MiB, which a browser would copy into the wasm heap twice).
-    let scale =
-        scalar(reference.clone().abs().max().reshape([1])).await.filter(|s| s.is_finite()).unwrap_or(1.0).max(1.0);
+    // are tens of MiB, which a browser would copy into the wasm heap twice). Relative to the
+    // reference's largest value, however small (an attention over many keys averages to ~0.1).
+    let scale = scalar(reference.clone().abs().max().reshape([1])).await.filter(|s| s.is_finite())?.max(1e-6);
     let mut times_ms = Vec::new();
     for &pick in candidates {
+        let before = errors();
         let time = match run(pick) {
             None => None,
             Some(first) => match agrees(first, &reference, scale, f16).await {
@@ -327,28 +380,30 @@ pub async fn measure<P: Copy, const D: usize>(
                 false => None,
             },
         };
-        times_ms.push((pick, time));
+        times_ms.push((pick, time.filter(|_| errors() == before)));
     }
     let (pick, ms) = times_ms
         .iter()
         .filter_map(|(p, t)| Some((*p, (*t)?)))
         .min_by(|a, b| a.1.total_cmp(&b.1))
         .unwrap_or((candidates[0], f64::NAN));
-    (times_ms, pick, ms)
+    Some((times_ms, pick, ms))
 }
 
 /// Measures every pending shape ([`pending`]) and records the picks; returns what it found, largest
 /// shape first.
-pub async fn run_pending(device: &burn::tensor::Device) -> Vec<ConvTuning> {
+pub async fn run_pending(device: &burn::tensor::Device, errors: fn() -> u32) -> Vec<ConvTuning> {
     let mut found = Vec::new();
     // Shapes are recorded on cubecl devices only; another device would time burn's alone.
     if !super::is_cube(&Tensor::<1>::zeros([1], device)) {
         return found;
     }
     for shape in pending() {
-        let tuning = measure_conv(shape, device).await;
-        set_conv_pick(shape, tuning.pick);
-        found.push(tuning);
+        // A shape whose reference could not be read stays pending.
+        if let Some(tuning) = measure_conv(shape, device, errors).await {
+            set_conv_pick(shape, tuning.pick);
+            found.push(tuning);
+        }
     }
     found
 }
@@ -366,20 +421,25 @@ pub(crate) fn burn_conv(
     burn::tensor::module::conv2d(x.clone(), weight.clone(), bias.cloned(), options)
 }
 
-/// Milliseconds per run of `run`: one run to learn roughly how long it takes, then as many as fit
-/// [`TIMED_SECONDS`] (at most [`MAX_REPS`]) queued back to back, waiting for the last.
+/// Milliseconds per run of `run`: one run to learn roughly how long it takes, then [`ROUNDS`] rounds
+/// of as many as fit [`ROUND_SECONDS`] (at most [`MAX_REPS`]) queued back to back, each waited for
+/// once; the fastest round.
 async fn time_ms<const D: usize>(run: impl Fn() -> Tensor<D>) -> f64 {
     let start = web_time::Instant::now();
     finish(run()).await;
     let once = start.elapsed().as_secs_f64();
-    let reps = ((TIMED_SECONDS / once.max(1e-6)) as usize).clamp(1, MAX_REPS);
-    let start = web_time::Instant::now();
-    let mut last = None;
-    for _ in 0..reps {
-        last = Some(run());
+    let reps = ((ROUND_SECONDS / once.max(1e-6)) as usize).clamp(1, MAX_REPS);
+    let mut best = f64::INFINITY;
+    for _ in 0..ROUNDS {
+        let start = web_time::Instant::now();
+        let mut last = None;
+        for _ in 0..reps {
+            last = Some(run());
+        }
+        finish(last.expect("at least one run")).await;
+        best = best.min(start.elapsed().as_secs_f64() * 1e3 / reps as f64);
     }
-    finish(last.expect("at least one run")).await;
-    start.elapsed().as_secs_f64() * 1e3 / reps as f64
+    best
 }
 
 /// Waits until `t` is computed: reads back one value of it (the bytes must be touched: the data
@@ -462,6 +522,29 @@ mod tests {
         let back: Picks = serde_json::from_str(&json).unwrap();
         assert!(back.conv.contains(&(shape, pick)));
         assert!(back.attention.contains(&(attention, AttentionPick::Matmul)));
+        // A pick this build cannot run is not imported (measured again instead).
+        let odd = conv(1, 2, 3, [4, 4], 3, 1, false);
+        let bad = Picks {
+            conv: vec![
+                (odd, ConvPick::Tiled(Tiling { bm: 48, bn: 128, splits: 1 })),
+                (conv(1, 2, 5, [4, 4], 3, 1, false), ConvPick::Lanes(Block { ch: 0, rows: 1, cols: 1, lanes: 8 })),
+            ],
+            attention: vec![],
+        };
+        import(&bad);
+        assert_eq!(table().conv.get(&odd), None);
+        assert_eq!(table().conv.get(&conv(1, 2, 5, [4, 4], 3, 1, false)), None);
+        // Natively, in a file per user, beside other adapters'.
+        let file = std::env::temp_dir().join(format!("websd-picks-{}", std::process::id())).join("picks.json");
+        save_picks(&file, "other", &Picks::default()).unwrap();
+        let snapshot = export();
+        save_picks(&file, "this", &snapshot).unwrap();
+        assert_eq!(load_picks(&file, "this"), snapshot);
+        assert_eq!(load_picks(&file, "other"), Picks::default());
+        assert_eq!(load_picks(&file, "none"), Picks::default());
+        std::fs::write(&file, "not json").unwrap();
+        assert_eq!(load_picks(&file, "this"), Picks::default(), "a damaged file is measured again");
+        std::fs::remove_dir_all(file.parent().unwrap()).unwrap();
         // What the first stores wrote (convolutions only) still reads.
         let old: Picks =
             serde_json::from_str(&serde_json::to_string(&serde_json::json!({"conv": []})).unwrap()).unwrap();

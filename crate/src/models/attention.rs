@@ -170,8 +170,9 @@ fn attention_shape(q: &Tensor<3>, v: &Tensor<3>, heads: usize, upcast: bool) -> 
     AttentionShape { batch, heads, queries, keys, head_dim, value_dim, f16, upcast }
 }
 
-/// [`attention_heads`] by `pick`: burn's op (in query blocks, see [`attention_in_blocks`]), our
-/// kernel, or matmul + softmax in f32 in the same blocks; `None` where ours declines.
+/// [`attention_heads`] by `pick`: burn's op (in the browser in query blocks, see
+/// [`attention_in_blocks`]), our kernel, or matmul + softmax in f32 in query blocks whose scores stay
+/// within [`MAX_SCORE_BYTES`] (everywhere); `None` where ours declines.
 ///
 /// # Shapes
 /// as [`attention_heads`]
@@ -193,7 +194,7 @@ fn run_attention(
     let (q, k, v) = (split(q), split(k), split(v));
     let [b, h, queries, _] = q.dims();
     let keys = k.dims()[2];
-    let rows = (MAX_SCORE_BYTES / (4 * b * h * keys)).max(1);
+    let rows = (MAX_SCORE_BYTES / (4 * b * h * keys).max(1)).max(1);
     let out = match pick {
         AttentionPick::Matmul => matmul_softmax(q, k, v, rows, upcast),
         _ if upcast && q.dtype() == DType::F16 => {
@@ -236,8 +237,13 @@ pub fn matmul_softmax(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, rows: usize, upc
 }
 
 /// Measures each way to run an attention of `shape` on `device` ([`AttentionPick`]: burn's op first,
-/// the reference) on random projections of that shape.
-pub async fn measure_attention(shape: AttentionShape, device: &burn::tensor::Device) -> AttentionTuning {
+/// the reference) on random projections of that shape; as [`tune::measure_conv`] (`None`: burn's own
+/// output could not be read; `errors` counts the device's GPU errors).
+pub async fn measure_attention(
+    shape: AttentionShape,
+    device: &burn::tensor::Device,
+    errors: fn() -> u32,
+) -> Option<AttentionTuning> {
     let AttentionShape { batch, heads, queries, keys, head_dim, value_dim, f16, upcast } = shape;
     let dtype = if f16 { FloatDType::F16 } else { FloatDType::F32 };
     let normal = burn::tensor::Distribution::Normal(0.0, 1.0);
@@ -245,20 +251,24 @@ pub async fn measure_attention(shape: AttentionShape, device: &burn::tensor::Dev
     let (q, k, v) = (random(queries, head_dim), random(keys, head_dim), random(keys, value_dim));
     let candidates = [AttentionPick::Burn, AttentionPick::Ours, AttentionPick::Matmul];
     let run = |pick| run_attention(pick, &q, &k, &v, heads, upcast);
-    let (times_ms, pick, ms) = tune::measure(&candidates, run, f16).await;
-    AttentionTuning { shape, times_ms, pick, gflops: shape.flops() / ms / 1e6 }
+    let (times_ms, pick, ms) = tune::measure(&candidates, run, f16, errors).await?;
+    Some(AttentionTuning { shape, times_ms, pick, gflops: shape.flops() / ms / 1e6 })
 }
 
 /// Measures every convolution and attention recorded and not yet measured on `device`
 /// ([`crate::kernels::tune`]), and records the picks; returns what it found.
-pub async fn tune_pending(device: &burn::tensor::Device) -> (Vec<ConvTuning>, Vec<AttentionTuning>) {
-    let convs = tune::run_pending(device).await;
+pub async fn tune_pending(
+    device: &burn::tensor::Device,
+    errors: fn() -> u32,
+) -> (Vec<ConvTuning>, Vec<AttentionTuning>) {
+    let convs = tune::run_pending(device, errors).await;
     let mut found = Vec::new();
     if crate::kernels::is_cube(&Tensor::<1>::zeros([1], device)) {
         for shape in tune::pending_attention() {
-            let tuning = measure_attention(shape, device).await;
-            tune::set_attention_pick(shape, tuning.pick);
-            found.push(tuning);
+            if let Some(tuning) = measure_attention(shape, device, errors).await {
+                tune::set_attention_pick(shape, tuning.pick);
+                found.push(tuning);
+            }
         }
     }
     (convs, found)

@@ -83,7 +83,8 @@ struct State {
     /// LoRA files read and parsed, by sha256: those merged now (kept for a change of weight) and the
     /// last one added.
     loras: std::collections::HashMap<String, Rc<crate::lora::Lora>>,
-    /// How many measured convolution kernels the store holds for this adapter, once read
+    /// How many measured kernel picks (convolutions and attentions) the store holds for this adapter,
+    /// once read
     /// ([`crate::kernels::tune`]: only where the adapter measures them).
     kernel_picks_stored: Option<usize>,
 }
@@ -819,10 +820,15 @@ impl StepBehind {
     }
 }
 
-/// The store's key for what was measured on this adapter: its name, API and driver (a new driver
-/// may compile the kernels differently, so it measures again).
-fn adapter_key(gpu: &crate::gpu::GpuInfo) -> String {
-    format!("{} | {} | {}", gpu.adapter, gpu.backend, gpu.driver)
+/// The store's key for what this adapter measured: [`crate::gpu::GpuInfo::tuning_key`] and the
+/// browser's user agent (a browser reports no driver; its version stands in for the shader compiler's).
+fn tuning_key(gpu: &crate::gpu::GpuInfo) -> String {
+    let agent = js_sys::global()
+        .dyn_into::<web_sys::WorkerGlobalScope>()
+        .ok()
+        .and_then(|scope| scope.navigator().user_agent().ok())
+        .unwrap_or_default();
+    format!("{} | {agent}", gpu.tuning_key())
 }
 
 /// Where this adapter measures its convolution and attention kernels ([`crate::kernels::tune`]), what it measured
@@ -831,7 +837,7 @@ async fn restore_kernel_picks(cx: &Context, store: &Store, gpu: &crate::gpu::Gpu
     if !crate::kernels::tune::recording() || cx.state.borrow().kernel_picks_stored.is_some() {
         return;
     }
-    let picks = store.kernel_picks(&adapter_key(gpu)).await.unwrap_or_default();
+    let picks = store.kernel_picks(&tuning_key(gpu)).await.unwrap_or_default();
     crate::kernels::tune::import(&picks);
     cx.state.borrow_mut().kernel_picks_stored = Some(picks.conv.len() + picks.attention.len());
 }
@@ -844,7 +850,7 @@ async fn save_kernel_picks(cx: &Context, store: &Store, gpu: &crate::gpu::GpuInf
     if !crate::kernels::tune::recording() || cx.state.borrow().kernel_picks_stored == Some(count) {
         return;
     }
-    if store.put_kernel_picks(&adapter_key(gpu), &picks).await.is_ok() {
+    if store.put_kernel_picks(&tuning_key(gpu), &picks).await.is_ok() {
         cx.state.borrow_mut().kernel_picks_stored = Some(count);
     }
 }
@@ -941,9 +947,10 @@ async fn generate(
     if let Some(pending) = behind.take() {
         pending.drain().await;
     }
+    // Kept whatever the outcome: a cancel while measuring keeps the shapes measured before it.
+    save_kernel_picks(cx, &store, &gpu).await;
     let output = output.map_err(Error::from)?;
     let images = output.rgba8_async().await.map_err(Error::from)?;
-    save_kernel_picks(cx, &store, &gpu).await;
     cx.emit(Event::Progress { phase: Phase::Decode, done: 1, total: 1, bytes: None, file: None });
     // The prompt as typed (with its <lora:...> tags); the LoRAs with their weights and short hashes.
     request.prompt = settings.prompt.clone();

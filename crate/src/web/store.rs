@@ -259,8 +259,8 @@ impl Store {
         finish(tx, "writing").await
     }
 
-    /// The convolution kernels measured on `adapter` ([`crate::kernels::tune::export`]); none stored,
-    /// none.
+    /// The convolution and attention kernels measured on `adapter` ([`crate::kernels::tune::export`]);
+    /// none stored, none.
     pub async fn kernel_picks(&self, adapter: &str) -> Result<Picks, Error> {
         Ok(self.get(KERNEL_PICKS, adapter.into()).await?.map(from_js).transpose()?.unwrap_or_default())
     }

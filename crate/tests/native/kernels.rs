@@ -524,7 +524,8 @@ fn tuned_convolution_picks_the_fastest_checked_kernel() {
     {
         let shape =
             ConvShape { batch: b, c_in, height: h, width: w, c_out, kernel: [k, k], stride, padding, f16: false };
-        let found = pollster::block_on(tune::measure_conv(shape, &gpu));
+        let found =
+            pollster::block_on(tune::measure_conv(shape, &gpu, websd::gpu::uncaptured_errors)).expect("read back");
         let candidates = tune::candidates(&shape);
         assert!(candidates.len() >= 3 && candidates[0] == ConvPick::Burn, "{candidates:?}");
         assert_eq!(found.times_ms.iter().map(|(p, _)| *p).collect::<Vec<_>>(), candidates);
@@ -573,7 +574,7 @@ fn tuned_convolution_picks_the_fastest_checked_kernel() {
     assert!(!agrees(one_bad(f32::INFINITY)));
     assert!(!agrees(one_bad(100.0)));
     // Shapes on Flex are neither recorded nor measured there.
-    assert!(pollster::block_on(tune::run_pending(&cpu)).is_empty());
+    assert!(pollster::block_on(tune::run_pending(&cpu, websd::gpu::uncaptured_errors)).is_empty());
     assert_eq!(websd::gpu::uncaptured_errors(), 0, "wgpu validation errors");
 }
 
@@ -590,7 +591,9 @@ fn tuned_attention_picks_the_fastest_checked_way() {
     for (batch, heads, queries, keys, head_dim) in [(2, 3, 37, 37, 12), (1, 5, 29, 77, 8)] {
         let shape =
             AttentionShape { batch, heads, queries, keys, head_dim, value_dim: head_dim, f16: false, upcast: false };
-        let found = pollster::block_on(websd::models::attention::measure_attention(shape, &gpu));
+        let found =
+            pollster::block_on(websd::models::attention::measure_attention(shape, &gpu, websd::gpu::uncaptured_errors))
+                .expect("read back");
         eprintln!("{shape:?}: {:?}, {:?}", found.pick, found.times_ms);
         let times: Vec<f64> = found.times_ms.iter().map(|(_, t)| t.expect("checked and timed")).collect();
         assert_eq!(times.len(), 3);
