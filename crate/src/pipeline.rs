@@ -476,8 +476,9 @@ impl StableDiffusion {
         mut progress: impl AsyncFnMut(Progress) -> bool,
     ) -> Result<GenerateOutput, PipelineError> {
         let (width, height, plan) = validate_request(&self.unet_config, &self.vae_config, r, self.precision())?;
-        // Convolutions the last generation recorded after its first step (its VAE decode's).
-        self.tune_pending(&mut 0, &mut progress).await?;
+        // Shapes the last generation recorded after its first step (its VAE decode's); errors from
+        // before this generation are not its own.
+        self.tune_pending(&mut crate::gpu::uncaptured_errors(), &mut progress).await?;
         let gpu_errors_mark = crate::gpu::uncaptured_errors();
         let mut dump = Dump(dump.then(Vec::new));
         let mode = r.mode();
