@@ -370,13 +370,14 @@ pub async fn measure<P: Copy, const D: usize>(
     // are tens of MiB, which a browser would copy into the wasm heap twice). Relative to the
     // reference's largest value, however small (an attention over many keys averages to ~0.1).
     let scale = scalar(reference.clone().abs().max().reshape([1])).await.filter(|s| s.is_finite())?.max(1e-6);
-    let mut times_ms = Vec::new();
+    let mut times_ms: Vec<(P, Option<f64>)> = Vec::new();
     for &pick in candidates {
+        let best_ms = times_ms.iter().filter_map(|(_, t)| *t).fold(f64::INFINITY, f64::min);
         let before = errors();
         let time = match run(pick) {
             None => None,
             Some(first) => match agrees(first, &reference, scale, f16).await {
-                true => Some(time_ms(|| run(pick).expect("ran once")).await),
+                true => Some(time_ms(|| run(pick).expect("ran once"), best_ms).await),
                 false => None,
             },
         };
@@ -423,11 +424,15 @@ pub(crate) fn burn_conv(
 
 /// Milliseconds per run of `run`: one run to learn roughly how long it takes, then [`ROUNDS`] rounds
 /// of as many as fit [`ROUND_SECONDS`] (at most [`MAX_REPS`]) queued back to back, each waited for
-/// once; the fastest round.
-async fn time_ms<const D: usize>(run: impl Fn() -> Tensor<D>) -> f64 {
+/// once; the fastest round. A candidate whose one run took over 4x `best_ms` (the fastest so far)
+/// cannot be picked: that run is its time, and a slow kernel on a weak GPU is not run again.
+async fn time_ms<const D: usize>(run: impl Fn() -> Tensor<D>, best_ms: f64) -> f64 {
     let start = web_time::Instant::now();
     finish(run()).await;
     let once = start.elapsed().as_secs_f64();
+    if once * 1e3 > 4.0 * best_ms {
+        return once * 1e3;
+    }
     let reps = ((ROUND_SECONDS / once.max(1e-6)) as usize).clamp(1, MAX_REPS);
     let mut best = f64::INFINITY;
     for _ in 0..ROUNDS {
