@@ -21,24 +21,12 @@ fn main() {
         println!("{name} (first call): {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
         // Where the device measures its convolutions (`websd::kernels::tune`; `WEBSD_KERNELS=...,tune`
         // forces it), as the pipeline does after its first step.
-        if websd::kernels::tune::has_pending() {
-            let t = Instant::now();
-            let (found, attention) =
-                pollster::block_on(websd::models::attention::tune_pending(&d, websd::gpu::uncaptured_errors));
-            let secs = t.elapsed().as_secs_f64();
-            println!("{name}: {} convolutions, {} attentions measured in {secs:.1} s", found.len(), attention.len());
-            let times = |t: &[(String, Option<f64>)]| -> String {
-                let t: Vec<String> =
-                    t.iter().map(|(p, t)| format!("{p} {}", t.map_or("-".into(), |t| format!("{t:.2}")))).collect();
-                t.join(", ")
-            };
+        let t = Instant::now();
+        let found = pollster::block_on(websd::models::attention::tune_pending(&d, websd::gpu::uncaptured_errors));
+        if !found.is_empty() {
+            println!("{name}: {} shapes measured in {:.1} s", found.len(), t.elapsed().as_secs_f64());
             for f in &found {
-                let t: Vec<_> = f.times_ms.iter().map(|(p, t)| (format!("{p:?}"), *t)).collect();
-                println!("  {:?}: {:?} {:.1} GFLOP/s; ms: {}", f.shape, f.pick, f.gflops, times(&t));
-            }
-            for f in &attention {
-                let t: Vec<_> = f.times_ms.iter().map(|(p, t)| (format!("{p:?}"), *t)).collect();
-                println!("  {:?}: {:?} {:.1} GFLOP/s; ms: {}", f.shape, f.pick, f.gflops, times(&t));
+                println!("  {}", f.summary());
             }
         }
         let t = Instant::now();

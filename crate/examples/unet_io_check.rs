@@ -69,17 +69,13 @@ fn main() {
             // Where the device measures its convolutions (an adapter not measured here, or
             // `WEBSD_KERNELS=tune`), as the pipeline does after its first step: the next calls run
             // the picks. What was measured goes to stderr (native.py reads stdout).
-            if websd::kernels::tune::has_pending() {
-                let t = std::time::Instant::now();
-                let (found, attention) =
-                    pollster::block_on(websd::models::attention::tune_pending(&device, websd::gpu::uncaptured_errors));
-                let secs = t.elapsed().as_secs_f64();
-                eprintln!("{} convolutions, {} attentions measured in {secs:.1} s", found.len(), attention.len());
-                for f in found {
-                    eprintln!("  {:?}: {:?} {:.1} GFLOP/s; ms {:?}", f.shape, f.pick, f.gflops, f.times_ms);
-                }
-                for f in attention {
-                    eprintln!("  {:?}: {:?} {:.1} GFLOP/s; ms {:?}", f.shape, f.pick, f.gflops, f.times_ms);
+            let t = std::time::Instant::now();
+            let found =
+                pollster::block_on(websd::models::attention::tune_pending(&device, websd::gpu::uncaptured_errors));
+            if !found.is_empty() {
+                eprintln!("{} shapes measured in {:.1} s", found.len(), t.elapsed().as_secs_f64());
+                for f in &found {
+                    eprintln!("  {}", f.summary());
                 }
             }
         }

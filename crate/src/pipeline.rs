@@ -706,10 +706,9 @@ impl StableDiffusion {
         progress: &mut impl AsyncFnMut(Progress) -> bool,
     ) -> Result<(), PipelineError> {
         use crate::gpu::{errors_since, uncaptured_errors};
-        use crate::kernels::tune;
-        let (convs, attentions) = (tune::pending(), tune::pending_attention());
-        let total = convs.len() + attentions.len();
-        if total == 0 || !crate::kernels::is_cube(&Tensor::<1>::zeros([1], &self.device)) {
+        let pending = crate::kernels::tune::pending_on(&self.device);
+        let total = pending.len();
+        if total == 0 {
             return Ok(());
         }
         if !progress(Progress::Tune { done: 0, total }).await {
@@ -717,27 +716,13 @@ impl StableDiffusion {
         }
         errors_since(*gpu_errors_mark).map_err(PipelineError::Gpu)?;
         let before = uncaptured_errors();
-        for done in 0..total {
+        for (done, &shape) in pending.iter().enumerate() {
             if done > 0 && !progress(Progress::Tune { done, total }).await {
                 *gpu_errors_mark += uncaptured_errors() - before;
                 return Err(PipelineError::Cancelled);
             }
             // A shape whose reference could not be read (a lost device) stays pending.
-            match convs.get(done) {
-                Some(&shape) => {
-                    if let Some(t) = tune::measure_conv(shape, &self.device, uncaptured_errors).await {
-                        tune::set_conv_pick(shape, t.pick);
-                    }
-                }
-                None => {
-                    let shape = attentions[done - convs.len()];
-                    let device = &self.device;
-                    if let Some(t) = crate::models::attention::measure_attention(shape, device, uncaptured_errors).await
-                    {
-                        tune::set_attention_pick(shape, t.pick);
-                    }
-                }
-            }
+            crate::models::attention::measure_pending(shape, &self.device, uncaptured_errors).await;
         }
         *gpu_errors_mark += uncaptured_errors() - before;
         progress(Progress::Tune { done: total, total }).await;

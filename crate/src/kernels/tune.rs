@@ -5,7 +5,7 @@
 //! GPU; everywhere else burn's kernels ran, whose 3x3 convolution without cooperative matrices (the
 //! browser) is burn's direct kernel, 1-2% of an H100's peak. Here the convolutions a generation runs are
 //! recorded on first sight ([`conv_pick`]); at a step boundary the pipeline measures each once
-//! ([`run_pending`]): burn's convolution, our implicit GEMM in a few tilings and our lane kernel, on
+//! ([`pending`], `models::attention::measure_pending`): burn's convolution, our implicit GEMM in a few tilings and our lane kernel, on
 //! random inputs of the same shape, each checked against burn's output first (a kernel a driver
 //! miscompiles is dropped, not timed: cubecl's own autotune is off in the browser because it cannot
 //! do that check there), then timed; the fastest is used from then on. Attention the same way
@@ -152,8 +152,8 @@ pub fn set_recording(on: Option<bool>) {
     table_mut().recording = on;
 }
 
-/// The measured pick for `shape`, if any; a shape not seen before is recorded for [`run_pending`]
-/// while [`recording`].
+/// The measured pick for `shape`, if any; a shape not seen before is recorded for measuring
+/// ([`pending`]) while [`recording`].
 pub fn conv_pick(shape: ConvShape) -> Option<ConvPick> {
     pick_or_record(shape, |t| &mut t.conv)
 }
@@ -193,27 +193,38 @@ pub fn set_attention_pick(shape: AttentionShape, pick: AttentionPick) {
     table_mut().attention.insert(shape, Some(pick));
 }
 
-/// Attention shapes recorded and not yet measured, largest first.
-pub fn pending_attention() -> Vec<AttentionShape> {
-    let table = table();
-    let mut shapes: Vec<AttentionShape> =
-        table.attention.iter().filter(|(_, p)| p.is_none()).map(|(s, _)| *s).collect();
-    shapes.sort_by(|a, b| b.flops().total_cmp(&a.flops()));
-    shapes
+/// A shape recorded and not yet measured.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Pending {
+    Conv(ConvShape),
+    Attention(AttentionShape),
 }
 
-/// Whether anything recorded waits for measuring.
-pub fn has_pending() -> bool {
+/// Shapes recorded and not yet measured: the convolutions, then the attentions, each largest first
+/// (the ones that matter most are measured first).
+pub fn pending() -> Vec<Pending> {
     let table = table();
-    table.conv.values().any(Option::is_none) || table.attention.values().any(Option::is_none)
+    let waiting = |flops: f64, shape: Pending| (flops, shape);
+    let mut convs: Vec<_> =
+        table.conv.iter().filter(|(_, p)| p.is_none()).map(|(s, _)| waiting(s.flops(), Pending::Conv(*s))).collect();
+    let mut attentions: Vec<_> = table
+        .attention
+        .iter()
+        .filter(|(_, p)| p.is_none())
+        .map(|(s, _)| waiting(s.flops(), Pending::Attention(*s)))
+        .collect();
+    convs.sort_by(|a, b| b.0.total_cmp(&a.0));
+    attentions.sort_by(|a, b| b.0.total_cmp(&a.0));
+    convs.into_iter().chain(attentions).map(|(_, s)| s).collect()
 }
 
-/// Shapes recorded and not yet measured.
-pub fn pending() -> Vec<ConvShape> {
-    let mut shapes: Vec<ConvShape> = table().conv.iter().filter(|(_, p)| p.is_none()).map(|(s, _)| *s).collect();
-    // Largest first: the ones that matter most are measured first.
-    shapes.sort_by(|a, b| b.flops().total_cmp(&a.flops()));
-    shapes
+/// [`pending`] where `device` can run them: none off cubecl devices (shapes are recorded on those only,
+/// and another device would time burn's op alone).
+pub fn pending_on(device: &burn::tensor::Device) -> Vec<Pending> {
+    match super::is_cube(&Tensor::<1>::zeros([1], device)) {
+        true => pending(),
+        false => Vec::new(),
+    }
 }
 
 /// Every measured pick, to save ([`import`] restores them), largest shapes first.
@@ -391,24 +402,6 @@ pub async fn measure<P: Copy, const D: usize>(
     Some((times_ms, pick, ms))
 }
 
-/// Measures every pending shape ([`pending`]) and records the picks; returns what it found, largest
-/// shape first.
-pub async fn run_pending(device: &burn::tensor::Device, errors: fn() -> u32) -> Vec<ConvTuning> {
-    let mut found = Vec::new();
-    // Shapes are recorded on cubecl devices only; another device would time burn's alone.
-    if !super::is_cube(&Tensor::<1>::zeros([1], device)) {
-        return found;
-    }
-    for shape in pending() {
-        // A shape whose reference could not be read stays pending.
-        if let Some(tuning) = measure_conv(shape, device, errors).await {
-            set_conv_pick(shape, tuning.pick);
-            found.push(tuning);
-        }
-    }
-    found
-}
-
 /// burn's convolution, as models::conv2d_with runs it where our kernels do not.
 pub(crate) fn burn_conv(
     x: &Tensor<4>,
@@ -451,13 +444,13 @@ async fn time_ms<const D: usize>(run: impl Fn() -> Tensor<D>, best_ms: f64) -> f
 /// can arrive after `into_data_async` returns).
 async fn finish<const D: usize>(t: Tensor<D>) {
     let n = t.shape().num_elements();
-    if let Ok(data) = t.reshape([n]).slice([0..1]).into_data_async().await {
+    if let Ok(data) = t.reshape([n]).narrow(0, 0, 1).into_data_async().await {
         std::hint::black_box(data.as_bytes().first().copied());
     }
 }
 
 /// Whether `out` is `reference` within the tuner's tolerance (relative to `scale`, the reference's
-/// largest magnitude, at least 1) and has no NaN; computed on the device, two values read back.
+/// largest magnitude) and has no NaN; computed on the device, two values read back.
 pub async fn agrees<const D: usize>(out: Tensor<D>, reference: &Tensor<D>, scale: f32, f16: bool) -> bool {
     if out.dims() != reference.dims() {
         return false;
@@ -496,12 +489,12 @@ mod tests {
         let shape = conv(5, 3, 13, [2, 7], 1, 1, true);
         set_recording(Some(false));
         assert_eq!(conv_pick(shape), None);
-        assert!(!pending().contains(&shape), "not recorded while not recording");
+        assert!(!pending().contains(&Pending::Conv(shape)), "not recorded while not recording");
         set_recording(Some(true));
         assert_eq!(conv_pick(shape), None);
-        assert!(pending().contains(&shape));
+        assert!(pending().contains(&Pending::Conv(shape)));
         set_conv_pick(shape, ConvPick::Burn);
-        assert!(!pending().contains(&shape));
+        assert!(!pending().contains(&Pending::Conv(shape)));
         assert_eq!(conv_pick(shape), Some(ConvPick::Burn));
         set_recording(None);
     }

@@ -8,7 +8,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{DType, FloatDType, Tensor};
 
 use super::{LayerNorm, linear, linear_residual};
-use crate::kernels::tune::{self, AttentionPick, AttentionShape, AttentionTuning, ConvTuning};
+use crate::kernels::tune::{self, AttentionPick, AttentionShape, AttentionTuning, ConvTuning, Pending};
 use crate::weights::{LoadError, TensorLoader, TensorSource};
 
 /// Largest `[batch, heads, queries, keys]` score matrix (counted as f32) that one attention call may
@@ -255,23 +255,54 @@ pub async fn measure_attention(
     Some(AttentionTuning { shape, times_ms, pick, gflops: shape.flops() / ms / 1e6 })
 }
 
-/// Measures every convolution and attention recorded and not yet measured on `device`
-/// ([`crate::kernels::tune`]), and records the picks; returns what it found.
-pub async fn tune_pending(
-    device: &burn::tensor::Device,
-    errors: fn() -> u32,
-) -> (Vec<ConvTuning>, Vec<AttentionTuning>) {
-    let convs = tune::run_pending(device, errors).await;
-    let mut found = Vec::new();
-    if crate::kernels::is_cube(&Tensor::<1>::zeros([1], device)) {
-        for shape in tune::pending_attention() {
-            if let Some(tuning) = measure_attention(shape, device, errors).await {
-                tune::set_attention_pick(shape, tuning.pick);
-                found.push(tuning);
-            }
+/// What measuring one shape found.
+#[derive(Clone, Debug)]
+pub enum Found {
+    Conv(ConvTuning),
+    Attention(AttentionTuning),
+}
+
+impl Found {
+    /// One line: the shape, the pick and its GFLOP/s, each candidate's milliseconds (`-`: declined,
+    /// disagreed, or raised a GPU error).
+    pub fn summary(&self) -> String {
+        fn line<S: std::fmt::Debug, P: std::fmt::Debug>(t: &tune::Tuning<S, P>) -> String {
+            let ms = |t: &Option<f64>| t.map_or("-".into(), |t| format!("{t:.2}"));
+            let times: Vec<String> = t.times_ms.iter().map(|(p, t)| format!("{p:?} {}", ms(t))).collect();
+            format!("{:?}: {:?} {:.1} GFLOP/s; ms: {}", t.shape, t.pick, t.gflops, times.join(", "))
+        }
+        match self {
+            Found::Conv(t) => line(t),
+            Found::Attention(t) => line(t),
         }
     }
-    (convs, found)
+}
+
+/// Measures `shape` on `device` ([`tune::measure_conv`], [`measure_attention`]) and records its pick;
+/// `None` where burn's own output could not be read (a lost device): it stays pending.
+pub async fn measure_pending(shape: Pending, device: &burn::tensor::Device, errors: fn() -> u32) -> Option<Found> {
+    Some(match shape {
+        Pending::Conv(shape) => {
+            let found = tune::measure_conv(shape, device, errors).await?;
+            tune::set_conv_pick(shape, found.pick);
+            Found::Conv(found)
+        }
+        Pending::Attention(shape) => {
+            let found = measure_attention(shape, device, errors).await?;
+            tune::set_attention_pick(shape, found.pick);
+            Found::Attention(found)
+        }
+    })
+}
+
+/// Measures every shape recorded and not yet measured on `device` ([`tune::pending_on`]) and records
+/// the picks; returns what it found.
+pub async fn tune_pending(device: &burn::tensor::Device, errors: fn() -> u32) -> Vec<Found> {
+    let mut found = Vec::new();
+    for shape in tune::pending_on(device) {
+        found.extend(measure_pending(shape, device, errors).await);
+    }
+    found
 }
 
 /// `FeedForward` with GEGLU: `net.0.proj` to twice the inner width, `value * gelu(gate)`, `net.2`.

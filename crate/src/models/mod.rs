@@ -175,7 +175,7 @@ pub fn conv2d_with(
         return add_after(out, add);
     }
     if h * w > 64 || (kh, kw) != (3, 3) || stride != 1 || padding != [1; 4] || c_in != c {
-        return add_after(burn::tensor::module::conv2d(x, weight.clone(), bias.cloned(), options), add);
+        return add_after(crate::kernels::tune::burn_conv(&x, weight, bias, stride, padding), add);
     }
     let padded = x.pad((1, 1, 1, 1), 0.0);
     let mut taps = Vec::with_capacity(9);

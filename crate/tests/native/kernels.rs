@@ -574,7 +574,7 @@ fn tuned_convolution_picks_the_fastest_checked_kernel() {
     assert!(!agrees(one_bad(f32::INFINITY)));
     assert!(!agrees(one_bad(100.0)));
     // Shapes on Flex are neither recorded nor measured there.
-    assert!(pollster::block_on(tune::run_pending(&cpu, websd::gpu::uncaptured_errors)).is_empty());
+    assert!(pollster::block_on(websd::models::attention::tune_pending(&cpu, websd::gpu::uncaptured_errors)).is_empty());
     assert_eq!(websd::gpu::uncaptured_errors(), 0, "wgpu validation errors");
 }
 
