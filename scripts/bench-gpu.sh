@@ -13,7 +13,7 @@
 #  1. tilings-f32.txt: op_bench's `tilings`, burn's conv against ours in every tiling; the workgroup
 #     target whose picks (Tiling::for_workgroups) sum to the least time is the one step 2 runs with.
 #  2. unet-f32.json / unet-f16.json: native.py, websd with burn's kernels only (WEBSD_KERNELS=burn),
-#     with each convolution's and attention's kernels measured on the GPU after the first call (tune: what an adapter
+#     with each op's kernels measured on the GPU after the first call (tune: what an adapter
 #     not measured by hand gets, in the browser too; the picks go to log.txt), with our convolution
 #     (conv) and with all our kernels (ours: + attention, linear, norms), beside torch, at SIZES
 #     (default 64) latents.

@@ -22,7 +22,7 @@ fn main() {
         // Where the device measures its convolutions (`websd::kernels::tune`; `WEBSD_KERNELS=...,tune`
         // forces it), as the pipeline does after its first step.
         let t = Instant::now();
-        let found = pollster::block_on(websd::models::attention::tune_pending(&d, websd::gpu::uncaptured_errors));
+        let found = pollster::block_on(websd::models::tuning::tune_pending(&d, websd::gpu::uncaptured_errors));
         if !found.is_empty() {
             println!("{name}: {} shapes measured in {:.1} s", found.len(), t.elapsed().as_secs_f64());
             for f in &found {

@@ -70,8 +70,7 @@ fn main() {
             // `WEBSD_KERNELS=tune`), as the pipeline does after its first step: the next calls run
             // the picks. What was measured goes to stderr (native.py reads stdout).
             let t = std::time::Instant::now();
-            let found =
-                pollster::block_on(websd::models::attention::tune_pending(&device, websd::gpu::uncaptured_errors));
+            let found = pollster::block_on(websd::models::tuning::tune_pending(&device, websd::gpu::uncaptured_errors));
             if !found.is_empty() {
                 eprintln!("{} shapes measured in {:.1} s", found.len(), t.elapsed().as_secs_f64());
                 for f in &found {

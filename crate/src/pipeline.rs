@@ -678,7 +678,7 @@ impl StableDiffusion {
             }
             // After the callback: in a browser it awaited the step before, and errors arrive as events.
             crate::gpu::errors_since(d.gpu_errors_mark).map_err(PipelineError::Gpu)?;
-            // Every convolution and attention of a step has been seen after the first: where this
+            // Every op of a step has been seen after the first: where this
             // device measures its kernels, the rest of the steps run the fastest.
             if i == 0 {
                 self.tune_pending(&mut d.gpu_errors_mark, progress).await?;
@@ -722,7 +722,7 @@ impl StableDiffusion {
                 return Err(PipelineError::Cancelled);
             }
             // A shape whose reference could not be read (a lost device) stays pending.
-            crate::models::attention::measure_pending(shape, &self.device, uncaptured_errors).await;
+            crate::models::tuning::measure_pending(shape, &self.device, uncaptured_errors).await;
         }
         *gpu_errors_mark += uncaptured_errors() - before;
         progress(Progress::Tune { done: total, total }).await;

@@ -11,11 +11,12 @@
 //! instead of 8, the convolution and linear kernels add biases and residuals in their last step
 //! ([`conv2d::Epilogue`]: wherever they run), and on SwiftShader
 //! our attention beats burn's; on lavapipe the attention and linear layers under 64 rows stay burn's.
-//! Everywhere else burn's run, and each convolution's and attention's kernels are measured on the
-//! device itself ([`tune`]: burn's op against our kernels, per shape). `WEBSD_KERNELS` (native only) forces
+//! Everywhere else burn's run, and each convolution's, attention's, linear layer's, normalization's and
+//! GEGLU's kernels are measured on the device itself ([`tune`]: burn's ops against our kernels, per
+//! shape). `WEBSD_KERNELS` (native only) forces
 //! a choice for benchmarks: `ours`, `burn`, or a comma list of `conv` (the implicit GEMM),
-//! `conv-lanes`, `attention`, `linear`, `norm`, `geglu`, `tune` (measure each convolution's and attention's
-//! kernels on the device, as on adapters not measured here: [`tune`]); `WEBSD_CONV_WORKGROUPS=N` tiles the implicit GEMM's
+//! `conv-lanes`, `attention`, `linear`, `norm`, `geglu`, `tune` (measure each op's kernels on the
+//! device, as on adapters not measured here: [`tune`]); `WEBSD_CONV_WORKGROUPS=N` tiles the implicit GEMM's
 //! convolution for a GPU that wants N workgroups in flight ([`conv2d::Tiling::for_workgroups`]).
 
 use std::sync::RwLock;
@@ -73,8 +74,9 @@ pub struct Choice {
     /// Registers (f32 values) for a lane's queries and accumulators in our attention, which sets
     /// its queries per lane ([`attention::queries_per_lane`]; 0: one).
     pub attention_registers: usize,
-    /// Measure the convolutions and attentions on the device and run the fastest kernels for each
-    /// shape ([`tune`]): for adapters whose choice nobody has measured.
+    /// Measure the convolutions, attentions, linear layers, normalizations and GEGLUs on the device
+    /// and run the fastest kernels for each shape ([`tune`]): for adapters whose choice nobody has
+    /// measured.
     pub tune: bool,
 }
 
@@ -138,7 +140,7 @@ impl Choice {
                 ..Choice::BURN
             };
         }
-        // Not measured here: burn's kernels, and each convolution's kernel measured on the device.
+        // Not measured here: burn's kernels, and each op's kernels measured on the device.
         Choice { tune: true, ..Choice::BURN }
     }
 

@@ -126,7 +126,7 @@ fn normalize<E: Float>(
 const MAX_LANE_BLOCK: usize = 65535 / 3 - 1;
 
 /// How `normalize` spreads a block over invocations.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Layout {
     /// A workgroup of 64 per block, the sums reduced in workgroup memory (GPUs).
     Workgroup,

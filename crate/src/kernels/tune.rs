@@ -1,16 +1,18 @@
-//! The convolution's kernel and the attention's chosen per shape by measuring on the device itself,
-//! for adapters whose choice nobody has measured ([`super::Choice::tune`]: every real GPU so far).
+//! Each convolution's, attention's, linear layer's, normalization's and GEGLU's kernels chosen per
+//! shape by measuring on the device itself, for adapters whose choice nobody has measured
+//! ([`super::Choice::tune`]: every real GPU so far).
 //!
 //! A fixed choice per adapter name ([`super::Choice::for_adapter`]) needs someone to have measured that
 //! GPU; everywhere else burn's kernels ran, whose 3x3 convolution without cooperative matrices (the
-//! browser) is burn's direct kernel, 1-2% of an H100's peak. Here the convolutions a generation runs are
-//! recorded on first sight ([`conv_pick`]); at a step boundary the pipeline measures each once
-//! ([`pending`], `models::attention::measure_pending`): burn's convolution, our implicit GEMM in a few tilings and our lane kernel, on
-//! random inputs of the same shape, each checked against burn's output first (a kernel a driver
-//! miscompiles is dropped, not timed: cubecl's own autotune is off in the browser because it cannot
-//! do that check there), then timed; the fastest is used from then on. Attention the same way
-//! ([`attention_pick`]; its candidates are measured in `models::attention`, which runs them). The
-//! table can be saved and restored ([`export`], [`import`]) so a device measures once.
+//! browser) is burn's direct kernel, 1-2% of an H100's peak. Here the shapes a generation runs are
+//! recorded on first sight ([`conv_pick`] and its siblings); at a step boundary the pipeline measures
+//! each once ([`pending`], `models::tuning::measure_pending`): burn's op and each of our kernels (the
+//! convolution's implicit GEMM in a few tilings and its lane kernel, ...), on random inputs of the
+//! same shape, each checked against burn's output first (a kernel a driver miscompiles is dropped, not
+//! timed: cubecl's own autotune is off in the browser because it cannot do that check there), then
+//! timed; the fastest is used from then on. The ops whose fallback is in `models` (attention, the
+//! normalizations) are measured there. The table can be saved and restored ([`export`], [`import`])
+//! so a device measures once.
 
 use std::collections::HashMap;
 use std::sync::{LazyLock, RwLock};
@@ -19,6 +21,20 @@ use burn::tensor::{DType, Distribution, FloatDType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::conv2d::{self, Add, Block, Tiling};
+use super::norm::Layout;
+
+/// A tuner key's work: what [`Tuning`] reports rates of, and what orders the measuring (largest first).
+pub trait Work {
+    /// Floating-point operations (a multiply-add counts 2).
+    fn flops(&self) -> f64;
+    /// Bytes read and written at least once (operands and output).
+    fn bytes(&self) -> f64;
+}
+
+/// Bytes per value.
+fn width(f16: bool) -> f64 {
+    if f16 { 2.0 } else { 4.0 }
+}
 
 /// A convolution as the tuner keys it: groups 1, dilation 1, square stride.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -51,10 +67,20 @@ impl ConvShape {
             conv2d::output_size(self.width, self.kernel[1], self.stride, left, right)?,
         ])
     }
+}
 
+impl Work for ConvShape {
     fn flops(&self) -> f64 {
         let [oh, ow] = self.output().unwrap_or([0, 0]);
         2.0 * (self.batch * self.c_out * oh * ow * self.c_in * self.kernel[0] * self.kernel[1]) as f64
+    }
+
+    fn bytes(&self) -> f64 {
+        let [oh, ow] = self.output().unwrap_or([0, 0]);
+        let [kh, kw] = self.kernel;
+        let values = self.batch * (self.c_in * self.height * self.width + self.c_out * oh * ow)
+            + self.c_out * self.c_in * kh * kw;
+        values as f64 * width(self.f16)
     }
 }
 
@@ -83,9 +109,14 @@ pub struct AttentionShape {
     pub upcast: bool,
 }
 
-impl AttentionShape {
-    pub fn flops(&self) -> f64 {
+impl Work for AttentionShape {
+    fn flops(&self) -> f64 {
         2.0 * (self.batch * self.heads * self.queries * self.keys * (self.head_dim + self.value_dim)) as f64
+    }
+
+    fn bytes(&self) -> f64 {
+        let (q, kv) = (self.queries * (self.head_dim + self.value_dim), self.keys * (self.head_dim + self.value_dim));
+        (self.batch * self.heads * (q + kv)) as f64 * width(self.f16)
     }
 }
 
@@ -101,12 +132,134 @@ pub enum AttentionPick {
     Matmul,
 }
 
+/// A linear layer as the tuner keys it (`[rows, d_in] x [d_in, d_out]`, with or without a bias).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LinearShape {
+    pub rows: usize,
+    pub d_in: usize,
+    pub d_out: usize,
+    pub f16: bool,
+}
+
+impl Work for LinearShape {
+    fn flops(&self) -> f64 {
+        2.0 * (self.rows * self.d_in * self.d_out) as f64
+    }
+
+    fn bytes(&self) -> f64 {
+        ((self.rows + self.d_out) * self.d_in + self.rows * self.d_out) as f64 * width(self.f16)
+    }
+}
+
+/// Which kernel runs a linear layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum LinearPick {
+    /// burn's `linear` (its matmul, then the bias).
+    Burn,
+    /// Our row kernel ([`super::linear::linear`]).
+    Rows,
+    /// Our lane kernel ([`super::linear::linear_blocked`]) with `rows` x `cols` blocks.
+    Lanes { rows: usize, cols: usize },
+    /// Our convolution's implicit GEMM on 1x1 images ([`super::linear::linear_tiled`]).
+    Tiled(Tiling),
+}
+
+/// A GroupNorm (over `[batch, channels, pixels]`, then SiLU where `silu`) or a LayerNorm (over the
+/// last of `[rows, features]`), as the tuner keys them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum NormShape {
+    Group { batch: usize, channels: usize, pixels: usize, groups: usize, silu: bool, f16: bool },
+    Layer { rows: usize, features: usize, f16: bool },
+}
+
+impl NormShape {
+    pub fn values(&self) -> usize {
+        match *self {
+            NormShape::Group { batch, channels, pixels, .. } => batch * channels * pixels,
+            NormShape::Layer { rows, features, .. } => rows * features,
+        }
+    }
+
+    pub fn f16(&self) -> bool {
+        match *self {
+            NormShape::Group { f16, .. } | NormShape::Layer { f16, .. } => f16,
+        }
+    }
+}
+
+impl Work for NormShape {
+    /// Two sums and a multiply-add per value (and SiLU's few).
+    fn flops(&self) -> f64 {
+        6.0 * self.values() as f64
+    }
+
+    fn bytes(&self) -> f64 {
+        2.0 * self.values() as f64 * width(self.f16())
+    }
+}
+
+/// Which kernels run a normalization.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum NormPick {
+    /// burn's ops (`models::normalization`'s row-wise statistics for GroupNorm, then SiLU; burn's
+    /// `layer_norm`), in f32.
+    Burn,
+    /// Our one kernel ([`super::norm`]) in that layout.
+    Ours(Layout),
+}
+
+/// The feed-forward's GEGLU (`h[.., :inner] * gelu(h[.., inner:])` over `[rows, 2 * inner]`), as the
+/// tuner keys it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct GegluShape {
+    pub rows: usize,
+    pub inner: usize,
+    pub f16: bool,
+}
+
+impl Work for GegluShape {
+    /// GELU's erf counted as ~10.
+    fn flops(&self) -> f64 {
+        14.0 * (self.rows * self.inner) as f64
+    }
+
+    fn bytes(&self) -> f64 {
+        3.0 * (self.rows * self.inner) as f64 * width(self.f16)
+    }
+}
+
+/// Which kernels run a GEGLU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum GegluPick {
+    /// burn's ops: the two halves, GELU, a multiply.
+    Burn,
+    /// Our one kernel ([`super::geglu`]).
+    Ours,
+}
+
 /// Every measured pick, as saved ([`export`]) and restored ([`import`]).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Picks {
     pub conv: Vec<(ConvShape, ConvPick)>,
     #[serde(default)]
     pub attention: Vec<(AttentionShape, AttentionPick)>,
+    #[serde(default)]
+    pub linear: Vec<(LinearShape, LinearPick)>,
+    #[serde(default)]
+    pub norm: Vec<(NormShape, NormPick)>,
+    #[serde(default)]
+    pub geglu: Vec<(GegluShape, GegluPick)>,
+}
+
+impl Picks {
+    /// How many shapes they cover.
+    pub fn len(&self) -> usize {
+        self.conv.len() + self.attention.len() + self.linear.len() + self.norm.len() + self.geglu.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// What measuring one shape found: each candidate's time (`None`: it declined the shape, or its output
@@ -116,12 +269,24 @@ pub struct Tuning<S, P> {
     pub shape: S,
     pub times_ms: Vec<(P, Option<f64>)>,
     pub pick: P,
-    /// GFLOP/s of the pick.
+    /// GFLOP/s and GB/s of the pick ([`Work`]).
     pub gflops: f64,
+    pub gbs: f64,
+}
+
+impl<S: Work, P> Tuning<S, P> {
+    /// What measuring `shape` found, the rates from `ms`, the pick's time.
+    pub fn new(shape: S, (times_ms, pick, ms): (Vec<(P, Option<f64>)>, P, f64)) -> Self {
+        let (gflops, gbs) = (shape.flops() / ms / 1e6, shape.bytes() / ms / 1e6);
+        Tuning { shape, times_ms, pick, gflops, gbs }
+    }
 }
 
 pub type ConvTuning = Tuning<ConvShape, ConvPick>;
 pub type AttentionTuning = Tuning<AttentionShape, AttentionPick>;
+pub type LinearTuning = Tuning<LinearShape, LinearPick>;
+pub type NormTuning = Tuning<NormShape, NormPick>;
+pub type GegluTuning = Tuning<GegluShape, GegluPick>;
 
 #[derive(Default)]
 struct Table {
@@ -130,6 +295,9 @@ struct Table {
     /// Each shape seen: its pick once measured, `None` until then.
     conv: HashMap<ConvShape, Option<ConvPick>>,
     attention: HashMap<AttentionShape, Option<AttentionPick>>,
+    linear: HashMap<LinearShape, Option<LinearPick>>,
+    norm: HashMap<NormShape, Option<NormPick>>,
+    geglu: HashMap<GegluShape, Option<GegluPick>>,
 }
 
 static TABLE: LazyLock<RwLock<Table>> = LazyLock::new(Default::default);
@@ -193,29 +361,63 @@ pub fn set_attention_pick(shape: AttentionShape, pick: AttentionPick) {
     table_mut().attention.insert(shape, Some(pick));
 }
 
+/// The measured pick for a linear layer of `shape`, if any (recorded as [`conv_pick`] records).
+pub fn linear_pick(shape: LinearShape) -> Option<LinearPick> {
+    pick_or_record(shape, |t| &mut t.linear)
+}
+
+/// Sets a linear layer's pick.
+pub fn set_linear_pick(shape: LinearShape, pick: LinearPick) {
+    table_mut().linear.insert(shape, Some(pick));
+}
+
+/// The measured pick for a normalization of `shape`, if any (recorded as [`conv_pick`] records).
+pub fn norm_pick(shape: NormShape) -> Option<NormPick> {
+    pick_or_record(shape, |t| &mut t.norm)
+}
+
+/// Sets a normalization's pick.
+pub fn set_norm_pick(shape: NormShape, pick: NormPick) {
+    table_mut().norm.insert(shape, Some(pick));
+}
+
+/// The measured pick for a GEGLU of `shape`, if any (recorded as [`conv_pick`] records).
+pub fn geglu_pick(shape: GegluShape) -> Option<GegluPick> {
+    pick_or_record(shape, |t| &mut t.geglu)
+}
+
+/// Sets a GEGLU's pick.
+pub fn set_geglu_pick(shape: GegluShape, pick: GegluPick) {
+    table_mut().geglu.insert(shape, Some(pick));
+}
+
 /// A shape recorded and not yet measured.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Pending {
     Conv(ConvShape),
     Attention(AttentionShape),
+    Linear(LinearShape),
+    Norm(NormShape),
+    Geglu(GegluShape),
 }
 
-/// Shapes recorded and not yet measured: the convolutions, then the attentions, each largest first
-/// (the ones that matter most are measured first).
+/// Shapes recorded and not yet measured: the convolutions, the attentions, the linear layers, the
+/// normalizations, then the GEGLUs (the kinds that take most of a call first), each largest first.
 pub fn pending() -> Vec<Pending> {
     let table = table();
-    let waiting = |flops: f64, shape: Pending| (flops, shape);
-    let mut convs: Vec<_> =
-        table.conv.iter().filter(|(_, p)| p.is_none()).map(|(s, _)| waiting(s.flops(), Pending::Conv(*s))).collect();
-    let mut attentions: Vec<_> = table
-        .attention
-        .iter()
-        .filter(|(_, p)| p.is_none())
-        .map(|(s, _)| waiting(s.flops(), Pending::Attention(*s)))
-        .collect();
-    convs.sort_by(|a, b| b.0.total_cmp(&a.0));
-    attentions.sort_by(|a, b| b.0.total_cmp(&a.0));
-    convs.into_iter().chain(attentions).map(|(_, s)| s).collect()
+    let mut all = waiting(&table.conv, Pending::Conv);
+    all.extend(waiting(&table.attention, Pending::Attention));
+    all.extend(waiting(&table.linear, Pending::Linear));
+    all.extend(waiting(&table.norm, Pending::Norm));
+    all.extend(waiting(&table.geglu, Pending::Geglu));
+    all
+}
+
+/// The shapes of one of the table's maps without a pick, largest first.
+fn waiting<S: Work + Copy, P>(picks: &HashMap<S, Option<P>>, kind: fn(S) -> Pending) -> Vec<Pending> {
+    let mut shapes: Vec<S> = picks.iter().filter(|(_, p)| p.is_none()).map(|(s, _)| *s).collect();
+    shapes.sort_by(|a, b| b.flops().total_cmp(&a.flops()).then(b.bytes().total_cmp(&a.bytes())));
+    shapes.into_iter().map(kind).collect()
 }
 
 /// [`pending`] where `device` can run them: none off cubecl devices (shapes are recorded on those only,
@@ -230,31 +432,56 @@ pub fn pending_on(device: &burn::tensor::Device) -> Vec<Pending> {
 /// Every measured pick, to save ([`import`] restores them), largest shapes first.
 pub fn export() -> Picks {
     let table = table();
-    let mut conv: Vec<_> = table.conv.iter().filter_map(|(s, p)| Some((*s, (*p)?))).collect();
-    conv.sort_by(|a, b| b.0.flops().total_cmp(&a.0.flops()).then(format!("{a:?}").cmp(&format!("{b:?}"))));
-    let mut attention: Vec<_> = table.attention.iter().filter_map(|(s, p)| Some((*s, (*p)?))).collect();
-    attention.sort_by(|a, b| b.0.flops().total_cmp(&a.0.flops()).then(format!("{a:?}").cmp(&format!("{b:?}"))));
-    Picks { conv, attention }
+    Picks {
+        conv: measured(&table.conv),
+        attention: measured(&table.attention),
+        linear: measured(&table.linear),
+        norm: measured(&table.norm),
+        geglu: measured(&table.geglu),
+    }
+}
+
+/// The shapes of one of the table's maps with a pick, largest first (ties in a fixed order).
+fn measured<S: Work + Copy + std::fmt::Debug, P: Copy>(picks: &HashMap<S, Option<P>>) -> Vec<(S, P)> {
+    let mut all: Vec<(S, P)> = picks.iter().filter_map(|(s, p)| Some((*s, (*p)?))).collect();
+    all.sort_by(|a, b| b.0.flops().total_cmp(&a.0.flops()).then(format!("{:?}", a.0).cmp(&format!("{:?}", b.0))));
+    all
 }
 
 /// Bumped whenever a kernel or the candidates change, so that picks kept by an earlier build are
-/// measured again rather than trusted ([`crate::gpu::GpuInfo::tuning_key`] includes it).
+/// measured again rather than trusted ([`crate::gpu::GpuInfo::tuning_key`] includes it). (Adding a
+/// kind of op does not: a record without it reads, and its shapes are measured.)
 pub const VERSION: u32 = 1;
 
 /// Restores saved picks (those of shapes measured since are kept); a pick no kernel of this build can
 /// run (a record from another build, or damaged) is left out, to be measured again.
 pub fn import(picks: &Picks) {
-    let runnable = |pick: &ConvPick| match pick {
+    let conv = |pick: &ConvPick| match pick {
         ConvPick::Burn => true,
         ConvPick::Tiled(tiling) => tiling.valid(),
         ConvPick::Lanes(block) => block.valid(),
     };
+    let linear = |pick: &LinearPick| match *pick {
+        LinearPick::Burn | LinearPick::Rows => true,
+        LinearPick::Lanes { rows, cols } => (1..=8).contains(&rows) && (1..=32).contains(&cols),
+        LinearPick::Tiled(tiling) => tiling.valid(),
+    };
     let mut table = table_mut();
-    for (shape, pick) in picks.conv.iter().filter(|(_, p)| runnable(p)) {
-        table.conv.entry(*shape).and_modify(|p| *p = p.or(Some(*pick))).or_insert(Some(*pick));
-    }
-    for (shape, pick) in &picks.attention {
-        table.attention.entry(*shape).and_modify(|p| *p = p.or(Some(*pick))).or_insert(Some(*pick));
+    merge(&mut table.conv, &picks.conv, conv);
+    merge(&mut table.attention, &picks.attention, |_| true);
+    merge(&mut table.linear, &picks.linear, linear);
+    merge(&mut table.norm, &picks.norm, |_| true);
+    merge(&mut table.geglu, &picks.geglu, |_| true);
+}
+
+/// `saved`'s runnable picks into one of the table's maps, where it has none for the shape.
+fn merge<S: std::hash::Hash + Eq + Copy, P: Copy>(
+    table: &mut HashMap<S, Option<P>>,
+    saved: &[(S, P)],
+    runnable: impl Fn(&P) -> bool,
+) {
+    for (shape, pick) in saved.iter().filter(|(_, p)| runnable(p)) {
+        table.entry(*shape).and_modify(|p| *p = p.or(Some(*pick))).or_insert(Some(*pick));
     }
 }
 
@@ -328,6 +555,100 @@ pub fn candidates(shape: &ConvShape) -> Vec<ConvPick> {
     picks
 }
 
+/// `x W + b (+ residual)` by `pick`: burn's `linear` (then an add), or our kernel (`None` where it
+/// declines: the caller then runs burn's).
+///
+/// # Shapes
+/// - x: `[rows, d_in]`, weight: `[d_in, d_out]`, bias: `[d_out]`
+/// - residual, output: `[rows, d_out]`
+pub fn run_linear(
+    pick: LinearPick,
+    x: &Tensor<2>,
+    weight: &Tensor<2>,
+    bias: Option<&Tensor<1>>,
+    residual: Option<&Tensor<2>>,
+) -> Option<Tensor<2>> {
+    use super::linear;
+    match pick {
+        LinearPick::Burn => Some(burn_linear(x, weight, bias, residual)),
+        LinearPick::Rows => linear::linear(x, weight, bias, residual),
+        LinearPick::Lanes { rows, cols } => linear::linear_blocked(x, weight, bias, residual, (rows, cols)),
+        LinearPick::Tiled(tiling) => linear::linear_tiled(x, weight, bias, residual, Some(tiling)),
+    }
+}
+
+/// burn's linear layer, then the residual: what runs where ours do not.
+pub(crate) fn burn_linear(
+    x: &Tensor<2>,
+    weight: &Tensor<2>,
+    bias: Option<&Tensor<1>>,
+    residual: Option<&Tensor<2>>,
+) -> Tensor<2> {
+    let y = burn::tensor::module::linear(x.clone(), weight.clone(), bias.cloned());
+    match residual {
+        Some(r) => y + r.clone(),
+        None => y,
+    }
+}
+
+/// The kernels tried for a linear layer of `shape`: burn's, our row kernel, our lane kernel in the
+/// adapter's block, and the implicit GEMM in the tilings the convolution tries.
+pub fn linear_candidates(shape: &LinearShape) -> Vec<LinearPick> {
+    let LinearShape { rows, d_in, d_out, .. } = *shape;
+    let (r, c) = super::linear::lane_block(rows, d_out, super::choice().lane_accumulators);
+    let mut picks = vec![LinearPick::Burn, LinearPick::Rows, LinearPick::Lanes { rows: r, cols: c }];
+    for workgroups in [1, 32, 256, 1024] {
+        let pick = LinearPick::Tiled(Tiling::for_workgroups(d_out, rows, d_in, workgroups));
+        if !picks.contains(&pick) {
+            picks.push(pick);
+        }
+    }
+    picks
+}
+
+/// Measures every candidate for a linear layer of `shape` on `device`, as [`measure_conv`].
+pub async fn measure_linear(
+    shape: LinearShape,
+    device: &burn::tensor::Device,
+    errors: fn() -> u32,
+) -> Option<LinearTuning> {
+    let LinearShape { rows, d_in, d_out, f16 } = shape;
+    let dtype = if f16 { FloatDType::F16 } else { FloatDType::F32 };
+    let normal = Distribution::Normal(0.0, 1.0);
+    let x = Tensor::<2>::random([rows, d_in], normal, device).cast(dtype);
+    let weight = (Tensor::<2>::random([d_in, d_out], normal, device) / (d_in as f64).sqrt()).cast(dtype);
+    let bias = Tensor::<1>::random([d_out], normal, device).cast(dtype);
+    let run = |pick| run_linear(pick, &x, &weight, Some(&bias), None);
+    Some(Tuning::new(shape, measure(&linear_candidates(&shape), run, f16, errors).await?))
+}
+
+/// `h[.., :inner] * gelu(h[.., inner:])` by `pick` (`None` where ours declines).
+///
+/// # Shapes
+/// - h: `[rows, 2 * inner]`
+/// - output: `[rows, inner]`
+pub fn run_geglu(pick: GegluPick, h: &Tensor<2>) -> Option<Tensor<2>> {
+    match pick {
+        GegluPick::Ours => super::geglu::geglu(h),
+        GegluPick::Burn => {
+            let inner = h.dims()[1] / 2;
+            Some(h.clone().narrow(1, 0, inner) * burn::tensor::activation::gelu(h.clone().narrow(1, inner, inner)))
+        }
+    }
+}
+
+/// Measures burn's ops and our kernel for a GEGLU of `shape` on `device`, as [`measure_conv`].
+pub async fn measure_geglu(
+    shape: GegluShape,
+    device: &burn::tensor::Device,
+    errors: fn() -> u32,
+) -> Option<GegluTuning> {
+    let dtype = if shape.f16 { FloatDType::F16 } else { FloatDType::F32 };
+    let h = Tensor::<2>::random([shape.rows, 2 * shape.inner], Distribution::Normal(0.0, 1.0), device).cast(dtype);
+    let run = |pick| run_geglu(pick, &h);
+    Some(Tuning::new(shape, measure(&[GegluPick::Burn, GegluPick::Ours], run, shape.f16, errors).await?))
+}
+
 /// The largest difference from burn's output a candidate may show, relative to the output's largest
 /// value: far above any summation order's rounding (f32 ~1e-6, f16 ~1e-3 here), far below a wrong
 /// result.
@@ -361,8 +682,7 @@ pub async fn measure_conv(shape: ConvShape, device: &burn::tensor::Device, error
             _ => run_conv(pick, &x, &weight, Some(&bias), shape.stride, shape.padding, Add::NONE),
         }
     };
-    let (times_ms, pick, ms) = measure(&candidates(&shape), run, shape.f16, errors).await?;
-    Some(ConvTuning { shape, times_ms, pick, gflops: shape.flops() / ms / 1e6 })
+    Some(Tuning::new(shape, measure(&candidates(&shape), run, shape.f16, errors).await?))
 }
 
 /// Runs each of `candidates` once and checks it against the first's output (the reference, burn's
@@ -513,13 +833,26 @@ mod tests {
             f16: true,
             upcast: true,
         };
-        import(&Picks { conv: vec![(shape, pick)], attention: vec![(attention, AttentionPick::Matmul)] });
+        let linear = (LinearShape { rows: 3, d_in: 5, d_out: 7, f16: false }, LinearPick::Lanes { rows: 2, cols: 8 });
+        let norm = (NormShape::Layer { rows: 3, features: 11, f16: true }, NormPick::Ours(Layout::Lane));
+        let geglu = (GegluShape { rows: 3, inner: 13, f16: false }, GegluPick::Ours);
+        import(&Picks {
+            conv: vec![(shape, pick)],
+            attention: vec![(attention, AttentionPick::Matmul)],
+            linear: vec![linear],
+            norm: vec![norm],
+            geglu: vec![geglu],
+        });
         assert_eq!(conv_pick(shape), Some(pick));
         assert_eq!(attention_pick(attention), Some(AttentionPick::Matmul));
+        assert_eq!(linear_pick(linear.0), Some(linear.1));
+        assert_eq!(norm_pick(norm.0), Some(norm.1));
+        assert_eq!(geglu_pick(geglu.0), Some(geglu.1));
         let json = serde_json::to_string(&export()).unwrap();
         let back: Picks = serde_json::from_str(&json).unwrap();
         assert!(back.conv.contains(&(shape, pick)));
         assert!(back.attention.contains(&(attention, AttentionPick::Matmul)));
+        assert!(back.linear.contains(&linear) && back.norm.contains(&norm) && back.geglu.contains(&geglu));
         // A pick this build cannot run is not imported (measured again instead).
         let odd = conv(1, 2, 3, [4, 4], 3, 1, false);
         let bad = Picks {
@@ -527,11 +860,16 @@ mod tests {
                 (odd, ConvPick::Tiled(Tiling { bm: 48, bn: 128, splits: 1 })),
                 (conv(1, 2, 5, [4, 4], 3, 1, false), ConvPick::Lanes(Block { ch: 0, rows: 1, cols: 1, lanes: 8 })),
             ],
-            attention: vec![],
+            linear: vec![(
+                LinearShape { rows: 9, d_in: 5, d_out: 7, f16: false },
+                LinearPick::Lanes { rows: 1, cols: 4096 },
+            )],
+            ..Picks::default()
         };
         import(&bad);
         assert_eq!(table().conv.get(&odd), None);
         assert_eq!(table().conv.get(&conv(1, 2, 5, [4, 4], 3, 1, false)), None);
+        assert_eq!(table().linear.get(&bad.linear[0].0), None);
         // Natively, in a file per user, beside other adapters'.
         let file = std::env::temp_dir().join(format!("websd-picks-{}", std::process::id())).join("picks.json");
         save_picks(&file, "other", &Picks::default()).unwrap();
@@ -543,7 +881,8 @@ mod tests {
         std::fs::write(&file, "not json").unwrap();
         assert_eq!(load_picks(&file, "this"), Picks::default(), "a damaged file is measured again");
         std::fs::remove_dir_all(file.parent().unwrap()).unwrap();
-        // What the first stores wrote (convolutions only) still reads.
+        // What earlier builds stored (convolutions only, then with attentions) still reads; their
+        // linear layers, normalizations and GEGLUs are measured.
         let old: Picks =
             serde_json::from_str(&serde_json::to_string(&serde_json::json!({"conv": []})).unwrap()).unwrap();
         assert_eq!(old, Picks::default());

@@ -2,13 +2,12 @@
 
 use burn::module::Module;
 use burn::nn::Linear;
-use burn::tensor::activation::gelu;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{DType, FloatDType, Tensor};
 
 use super::{LayerNorm, linear, linear_residual};
-use crate::kernels::tune::{self, AttentionPick, AttentionShape, AttentionTuning, ConvTuning, Pending};
+use crate::kernels::tune::{self, AttentionPick, AttentionShape, AttentionTuning, GegluPick, GegluShape, Tuning};
 use crate::weights::{LoadError, TensorLoader, TensorSource};
 
 /// Largest `[batch, heads, queries, keys]` score matrix (counted as f32) that one attention call may
@@ -251,58 +250,7 @@ pub async fn measure_attention(
     let (q, k, v) = (random(queries, head_dim), random(keys, head_dim), random(keys, value_dim));
     let candidates = [AttentionPick::Burn, AttentionPick::Ours, AttentionPick::Matmul];
     let run = |pick| run_attention(pick, &q, &k, &v, heads, upcast);
-    let (times_ms, pick, ms) = tune::measure(&candidates, run, f16, errors).await?;
-    Some(AttentionTuning { shape, times_ms, pick, gflops: shape.flops() / ms / 1e6 })
-}
-
-/// What measuring one shape found.
-#[derive(Clone, Debug)]
-pub enum Found {
-    Conv(ConvTuning),
-    Attention(AttentionTuning),
-}
-
-impl Found {
-    /// One line: the shape, the pick and its GFLOP/s, each candidate's milliseconds (`-`: declined,
-    /// disagreed, or raised a GPU error).
-    pub fn summary(&self) -> String {
-        fn line<S: std::fmt::Debug, P: std::fmt::Debug>(t: &tune::Tuning<S, P>) -> String {
-            let ms = |t: &Option<f64>| t.map_or("-".into(), |t| format!("{t:.2}"));
-            let times: Vec<String> = t.times_ms.iter().map(|(p, t)| format!("{p:?} {}", ms(t))).collect();
-            format!("{:?}: {:?} {:.1} GFLOP/s; ms: {}", t.shape, t.pick, t.gflops, times.join(", "))
-        }
-        match self {
-            Found::Conv(t) => line(t),
-            Found::Attention(t) => line(t),
-        }
-    }
-}
-
-/// Measures `shape` on `device` ([`tune::measure_conv`], [`measure_attention`]) and records its pick;
-/// `None` where burn's own output could not be read (a lost device): it stays pending.
-pub async fn measure_pending(shape: Pending, device: &burn::tensor::Device, errors: fn() -> u32) -> Option<Found> {
-    Some(match shape {
-        Pending::Conv(shape) => {
-            let found = tune::measure_conv(shape, device, errors).await?;
-            tune::set_conv_pick(shape, found.pick);
-            Found::Conv(found)
-        }
-        Pending::Attention(shape) => {
-            let found = measure_attention(shape, device, errors).await?;
-            tune::set_attention_pick(shape, found.pick);
-            Found::Attention(found)
-        }
-    })
-}
-
-/// Measures every shape recorded and not yet measured on `device` ([`tune::pending_on`]) and records
-/// the picks; returns what it found.
-pub async fn tune_pending(device: &burn::tensor::Device, errors: fn() -> u32) -> Vec<Found> {
-    let mut found = Vec::new();
-    for shape in tune::pending_on(device) {
-        found.extend(measure_pending(shape, device, errors).await);
-    }
-    found
+    Some(Tuning::new(shape, tune::measure(&candidates, run, f16, errors).await?))
 }
 
 /// `FeedForward` with GEGLU: `net.0.proj` to twice the inner width, `value * gelu(gate)`, `net.2`.
@@ -351,13 +299,16 @@ impl FeedForward {
     fn forward_all(&self, x: Tensor<3>, residual: Option<Tensor<3>>) -> Tensor<3> {
         let h = linear(&self.proj, x);
         let [b, n, width] = h.dims();
-        let inner = width / 2;
-        let ours = || crate::kernels::geglu::geglu(&h.clone().reshape([b * n, width]));
-        let activated = match crate::kernels::choice().geglu.then(ours).flatten() {
-            Some(out) => out.reshape([b, n, inner]),
-            None => h.clone().narrow(2, 0, inner) * gelu(h.narrow(2, inner, inner)),
-        };
-        linear_residual(&self.out, activated, residual)
+        let (rows, inner) = (b * n, width / 2);
+        let h = h.reshape([rows, width]);
+        // The kernels measured for the shape on this device ([`tune`]), else ours where the
+        // device's choice says so.
+        let measured = || tune::geglu_pick(GegluShape { rows, inner, f16: h.dtype() == DType::F16 });
+        let default = || if crate::kernels::choice().geglu { GegluPick::Ours } else { GegluPick::Burn };
+        let pick = crate::kernels::is_cube(&h).then(measured).flatten().unwrap_or_else(default);
+        let activated = tune::run_geglu(pick, &h)
+            .unwrap_or_else(|| tune::run_geglu(GegluPick::Burn, &h).expect("burn's runs every shape"));
+        linear_residual(&self.out, activated.reshape([b, n, inner]), residual)
     }
 }
 

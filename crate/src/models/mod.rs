@@ -9,6 +9,7 @@ pub mod flex_attention;
 pub mod normalization;
 pub mod resnet;
 pub mod transformer_2d;
+pub mod tuning;
 pub mod unet_2d_blocks;
 pub mod unet_2d_condition;
 
@@ -24,8 +25,9 @@ pub(crate) use normalization::GroupStats;
 pub use normalization::{LayerNorm, group_norm, group_norm_silu};
 
 /// A linear layer on `[batch, tokens, features]` as one 2-D matmul: burn's batched matmul with a
-/// broadcast weight is about 1.6x slower on the CPU than the same product flattened. Where
-/// [`crate::kernels::choice`] says so, our kernels ([`crate::kernels::linear`]): on CPU devices the
+/// broadcast weight is about 1.6x slower on the CPU than the same product flattened. The kernel
+/// measured for the shape on this device ([`crate::kernels::tune`]), else where
+/// [`crate::kernels::choice`] says so our kernels ([`crate::kernels::linear`]): on CPU devices the
 /// lane kernel; elsewhere the tiled GEMM for at least the convolution's minimum rows and output
 /// features, else the row kernel.
 pub(crate) fn linear(layer: &Linear, x: Tensor<3>) -> Tensor<3> {
@@ -39,15 +41,19 @@ pub(crate) fn linear(layer: &Linear, x: Tensor<3>) -> Tensor<3> {
 /// - x: `[batch, tokens, d_in]`
 /// - residual, output: `[batch, tokens, d_out]`
 pub(crate) fn linear_residual(layer: &Linear, x: Tensor<3>, residual: Option<Tensor<3>>) -> Tensor<3> {
+    use crate::kernels::{linear, tune};
     let [b, n, d] = x.dims();
     let x = x.reshape([b * n, d]);
     let choice = crate::kernels::choice();
     let (weight, bias) = (layer.weight.val(), layer.bias.as_ref().map(|b| b.val()));
     let (rows, d_out) = (b * n, weight.dims()[1]);
-    let rows_residual = residual.clone().map(|r| r.reshape([rows, d_out]));
+    let residual = residual.map(|r| r.reshape([rows, d_out]));
+    let (bias, residual) = (bias.as_ref(), residual.as_ref());
+    let measured = || {
+        let shape = tune::LinearShape { rows, d_in: d, d_out, f16: x.dtype() == DType::F16 };
+        tune::run_linear(tune::linear_pick(shape)?, &x, &weight, bias, residual)
+    };
     let ours = || {
-        use crate::kernels::linear;
-        let (bias, residual) = (bias.as_ref(), rows_residual.as_ref());
         if choice.lanes {
             // CPU devices: the lane kernel, or burn's below its rows.
             if rows < choice.lane_min_rows {
@@ -63,16 +69,12 @@ pub(crate) fn linear_residual(layer: &Linear, x: Tensor<3>, residual: Option<Ten
             false => linear::linear(&x, &weight, bias, residual),
         }
     };
-    if choice.linear
-        && let Some(y) = ours()
-    {
-        return y.reshape([b, n, d_out]);
-    }
-    let y = layer.forward(x).reshape([b, n, d_out]);
-    match residual {
-        Some(r) => y + r,
-        None => y,
-    }
+    let y = crate::kernels::is_cube(&x)
+        .then(measured)
+        .flatten()
+        .or_else(|| choice.linear.then(ours).flatten())
+        .unwrap_or_else(|| tune::burn_linear(&x, &weight, bias, residual));
+    y.reshape([b, n, d_out])
 }
 
 /// [`linear`] on `[batch, features]` (the time embeddings, their projections in every ResNet block): on

@@ -5,9 +5,10 @@
 
 use burn::module::{Module, Param};
 use burn::tensor::activation::silu;
-use burn::tensor::{DType, FloatDType, Tensor};
+use burn::tensor::{DType, Distribution, FloatDType, Tensor};
 
 use crate::kernels::norm::Layout;
+use crate::kernels::tune::{self, NormPick, NormShape, NormTuning, Tuning};
 use crate::weights::{LoadError, TensorLoader, TensorSource};
 
 /// torch's `nn.LayerNorm` over the last dimension (burn's keeps its epsilon private, and the kernel
@@ -34,15 +35,26 @@ impl LayerNorm {
         })
     }
 
+    /// The kernels measured for the shape on this device ([`crate::kernels::tune`]), else ours where
+    /// [`crate::kernels::choice`] says so, else burn's.
+    ///
     /// # Shapes
     /// - x: `[..., features]`, returned in the same shape
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let measured = || {
+            let features = x.dims()[D - 1];
+            let rows = x.shape().num_elements() / features.max(1);
+            tune::norm_pick(NormShape::Layer { rows, features, f16: x.dtype() == DType::F16 })
+        };
+        let pick = crate::kernels::is_cube(&x).then(measured).flatten().unwrap_or_else(default_pick);
+        self.run(pick, x.clone()).unwrap_or_else(|| self.run(NormPick::Burn, x).expect("burn's runs every shape"))
+    }
+
+    /// [`Self::forward`] by `pick` (`None` where our kernel declines).
+    pub fn run<const D: usize>(&self, pick: NormPick, x: Tensor<D>) -> Option<Tensor<D>> {
         let (gamma, beta) = (self.gamma.val(), self.beta.val());
-        if crate::kernels::choice().norm
-            && let Some(out) =
-                crate::kernels::norm::layer_norm(&x, Some((&gamma, &beta)), self.epsilon, Layout::for_device())
-        {
-            return out;
+        if let NormPick::Ours(layout) = pick {
+            return crate::kernels::norm::layer_norm(&x, Some((&gamma, &beta)), self.epsilon, layout);
         }
         // As burn's LayerNorm: in f32 on an f16 device (sums of squares overflow f16).
         let dtype = x.dtype();
@@ -50,9 +62,18 @@ impl LayerNorm {
             let f32 = |t: Tensor<1>| t.cast(FloatDType::F32);
             let out =
                 burn::tensor::module::layer_norm(x.cast(FloatDType::F32), f32(gamma), Some(f32(beta)), self.epsilon);
-            return out.cast(FloatDType::F16);
+            return Some(out.cast(FloatDType::F16));
         }
-        burn::tensor::module::layer_norm(x, gamma, Some(beta), self.epsilon)
+        Some(burn::tensor::module::layer_norm(x, gamma, Some(beta), self.epsilon))
+    }
+}
+
+/// Where nothing was measured: our kernel in the device's layout where [`crate::kernels::choice`]
+/// says so, else burn's ops.
+fn default_pick() -> NormPick {
+    match crate::kernels::choice().norm {
+        true => NormPick::Ours(Layout::for_device()),
+        false => NormPick::Burn,
     }
 }
 
@@ -74,17 +95,53 @@ pub fn group_norm_silu(norm: &burn::nn::GroupNorm, x: Tensor<4>) -> Tensor<4> {
 }
 
 fn group_norm_then(norm: &burn::nn::GroupNorm, x: Tensor<4>, then_silu: bool) -> Tensor<4> {
-    if crate::kernels::choice().norm {
+    let measured = || {
+        let [batch, channels, h, w] = x.dims();
+        let (groups, f16) = (norm.num_groups, x.dtype() == DType::F16);
+        tune::norm_pick(NormShape::Group { batch, channels, pixels: h * w, groups, silu: then_silu, f16 })
+    };
+    let pick = crate::kernels::is_cube(&x).then(measured).flatten().unwrap_or_else(default_pick);
+    run_group_norm(pick, norm, x.clone(), then_silu)
+        .unwrap_or_else(|| run_group_norm(NormPick::Burn, norm, x, then_silu).expect("burn's runs every shape"))
+}
+
+/// [`group_norm`] (then SiLU where `then_silu`) by `pick` (`None` where our kernel declines).
+pub fn run_group_norm(pick: NormPick, norm: &burn::nn::GroupNorm, x: Tensor<4>, then_silu: bool) -> Option<Tensor<4>> {
+    if let NormPick::Ours(layout) = pick {
         let (gamma, beta) = (norm.gamma.as_ref().map(Param::val), norm.beta.as_ref().map(Param::val));
         let affine = gamma.as_ref().zip(beta.as_ref());
-        if let Some(out) =
-            crate::kernels::norm::group_norm(&x, norm.num_groups, affine, norm.epsilon, then_silu, Layout::for_device())
-        {
-            return out;
-        }
+        return crate::kernels::norm::group_norm(&x, norm.num_groups, affine, norm.epsilon, then_silu, layout);
     }
     let out = GroupStats::new(norm.num_groups, std::slice::from_ref(&x), norm.epsilon).normalize(norm, x);
-    if then_silu { silu(out) } else { out }
+    Some(if then_silu { silu(out) } else { out })
+}
+
+/// Measures burn's ops and our kernel in both layouts for a normalization of `shape` on `device`, on
+/// random inputs and affine parameters, as [`tune::measure_conv`].
+pub async fn measure_norm(shape: NormShape, device: &burn::tensor::Device, errors: fn() -> u32) -> Option<NormTuning> {
+    let dtype = if shape.f16() { FloatDType::F16 } else { FloatDType::F32 };
+    let normal = Distribution::Normal(0.0, 1.0);
+    let random = |n: usize| Tensor::<1>::random([n], normal, device).cast(dtype);
+    let candidates = [NormPick::Burn, NormPick::Ours(Layout::Workgroup), NormPick::Ours(Layout::Lane)];
+    let found = match shape {
+        NormShape::Group { batch, channels, pixels, groups, silu, .. } => {
+            let mut norm = burn::nn::GroupNormConfig::new(groups, channels).init(device);
+            norm.gamma = Some(Param::from_tensor(random(channels)));
+            norm.beta = Some(Param::from_tensor(random(channels)));
+            let x = Tensor::<4>::random([batch, channels, pixels, 1], normal, device).cast(dtype);
+            tune::measure(&candidates, |pick| run_group_norm(pick, &norm, x.clone(), silu), shape.f16(), errors).await?
+        }
+        NormShape::Layer { rows, features, .. } => {
+            let norm = LayerNorm {
+                gamma: Param::from_tensor(random(features)),
+                beta: Param::from_tensor(random(features)),
+                epsilon: 1e-5,
+            };
+            let x = Tensor::<2>::random([rows, features], normal, device).cast(dtype);
+            tune::measure(&candidates, |pick| norm.run(pick, x.clone()), shape.f16(), errors).await?
+        }
+    };
+    Some(Tuning::new(shape, found))
 }
 
 /// `t` in f32 (a no-op on f32 devices).

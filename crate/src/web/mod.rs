@@ -831,7 +831,7 @@ fn tuning_key(gpu: &crate::gpu::GpuInfo) -> String {
     format!("{} | {agent}", gpu.tuning_key())
 }
 
-/// Where this adapter measures its convolution and attention kernels ([`crate::kernels::tune`]), what it measured
+/// Where this adapter measures its kernels ([`crate::kernels::tune`]), what it measured
 /// in an earlier worker, read once per worker. A record that cannot be read is measured again.
 async fn restore_kernel_picks(cx: &Context, store: &Store, gpu: &crate::gpu::GpuInfo) {
     if !crate::kernels::tune::recording() || cx.state.borrow().kernel_picks_stored.is_some() {
@@ -839,14 +839,14 @@ async fn restore_kernel_picks(cx: &Context, store: &Store, gpu: &crate::gpu::Gpu
     }
     let picks = store.kernel_picks(&tuning_key(gpu)).await.unwrap_or_default();
     crate::kernels::tune::import(&picks);
-    cx.state.borrow_mut().kernel_picks_stored = Some(picks.conv.len() + picks.attention.len());
+    cx.state.borrow_mut().kernel_picks_stored = Some(picks.len());
 }
 
 /// Stores what this adapter has measured when it measured more since the last write. A failed write
 /// only means measuring again in the next worker.
 async fn save_kernel_picks(cx: &Context, store: &Store, gpu: &crate::gpu::GpuInfo) {
     let picks = crate::kernels::tune::export();
-    let count = picks.conv.len() + picks.attention.len();
+    let count = picks.len();
     if !crate::kernels::tune::recording() || cx.state.borrow().kernel_picks_stored == Some(count) {
         return;
     }

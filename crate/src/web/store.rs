@@ -8,7 +8,7 @@
 //! - extra networks ([`Extra`]): `loras` (name -> [`crate::protocol::LoraSummary`]) with `lora-files`,
 //!   and `embeddings` (trigger word -> [`crate::protocol::EmbeddingSummary`]) with `embedding-files`:
 //!   each file one `Blob` (read whole, to be parsed, so not chunked), written with its record;
-//! - `kernel-picks`: an adapter's description -> the convolution and attention kernels measured on it
+//! - `kernel-picks`: an adapter's description -> the kernels measured on it
 //!   ([`crate::kernels::tune`]), so that a device measures each shape once, not once per page.
 //!
 //! Chunks are Blobs because a read then copies each byte once: IndexedDB keeps a large typed array as
@@ -259,7 +259,7 @@ impl Store {
         finish(tx, "writing").await
     }
 
-    /// The convolution and attention kernels measured on `adapter` ([`crate::kernels::tune::export`]);
+    /// The kernels measured on `adapter` ([`crate::kernels::tune::export`]);
     /// none stored, none.
     pub async fn kernel_picks(&self, adapter: &str) -> Result<Picks, Error> {
         Ok(self.get(KERNEL_PICKS, adapter.into()).await?.map(from_js).transpose()?.unwrap_or_default())

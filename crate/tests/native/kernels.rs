@@ -574,7 +574,7 @@ fn tuned_convolution_picks_the_fastest_checked_kernel() {
     assert!(!agrees(one_bad(f32::INFINITY)));
     assert!(!agrees(one_bad(100.0)));
     // Shapes on Flex are neither recorded nor measured there.
-    assert!(pollster::block_on(websd::models::attention::tune_pending(&cpu, websd::gpu::uncaptured_errors)).is_empty());
+    assert!(pollster::block_on(websd::models::tuning::tune_pending(&cpu, websd::gpu::uncaptured_errors)).is_empty());
     assert_eq!(websd::gpu::uncaptured_errors(), 0, "wgpu validation errors");
 }
 
@@ -615,6 +615,100 @@ fn tuned_attention_picks_the_fastest_checked_way() {
             let ours = websd::models::attention::attention_heads(on_gpu(&q), on_gpu(&k), on_gpu(&v), heads, false);
             assert_close(ours, &expected, 1e-4, &format!("{shape:?} as {pick:?}"));
         }
+    }
+    assert_eq!(websd::gpu::uncaptured_errors(), 0, "wgpu validation errors");
+}
+
+/// The linear layer, the normalizations and GEGLU chosen by shape on the device the same way
+/// ([`websd::kernels::tune`]): every candidate checked against burn's output and timed, the fastest
+/// picked; each candidate as the shape's pick gives burn's numerics on Flex.
+#[test]
+fn tuned_linear_norm_and_geglu_pick_the_fastest_checked_kernels() {
+    use burn::module::Module;
+    use websd::kernels::tune::{self, GegluPick, GegluShape, LinearShape, NormPick, NormShape, Tuning};
+    use websd::models::normalization::measure_norm;
+    let (gpu, _) = websd::gpu::wgpu_device().expect("a wgpu adapter");
+    let cpu = Device::flex();
+    let errors = websd::gpu::uncaptured_errors;
+    fn timed<S: std::fmt::Debug, P: std::fmt::Debug + Copy + PartialEq>(found: &Tuning<S, P>, count: usize) {
+        eprintln!("{:?}: {:?}, {:?}", found.shape, found.pick, found.times_ms);
+        let times: Vec<f64> = found.times_ms.iter().map(|(_, t)| t.expect("checked and timed")).collect();
+        assert_eq!(times.len(), count);
+        let fastest = times.iter().cloned().fold(f64::INFINITY, f64::min);
+        assert_eq!(found.times_ms.iter().find(|(_, t)| *t == Some(fastest)).unwrap().0, found.pick);
+        assert!(found.gflops > 0.0 && found.gbs > 0.0);
+    }
+    let normal = Distribution::Normal(0.0, 1.0);
+    let on_gpu = |t: &Tensor<2>| Tensor::<2>::from_data(t.to_data(), &gpu);
+
+    // Linear layers: one row, odd sides, many rows (odd shapes no other test runs).
+    for (rows, d_in, d_out) in [(1, 37, 45), (13, 29, 70), (300, 24, 40)] {
+        let shape = LinearShape { rows, d_in, d_out, f16: false };
+        let found = pollster::block_on(tune::measure_linear(shape, &gpu, errors)).expect("read back");
+        let candidates = tune::linear_candidates(&shape);
+        assert_eq!(found.times_ms.iter().map(|(p, _)| *p).collect::<Vec<_>>(), candidates);
+        timed(&found, candidates.len());
+        let (x, weight) =
+            (Tensor::<2>::random([rows, d_in], normal, &cpu), Tensor::<2>::random([d_in, d_out], normal, &cpu));
+        let (bias, residual) =
+            (Tensor::<1>::random([d_out], normal, &cpu), Tensor::<2>::random([rows, d_out], normal, &cpu));
+        let expected = x.clone().matmul(weight.clone()) + bias.clone().unsqueeze_dim(0) + residual.clone();
+        let bias_gpu = Tensor::<1>::from_data(bias.to_data(), &gpu);
+        for pick in candidates {
+            let out = tune::run_linear(pick, &on_gpu(&x), &on_gpu(&weight), Some(&bias_gpu), Some(&on_gpu(&residual)));
+            assert_close(out.expect("runs"), &expected, 1e-4, &format!("{shape:?} as {pick:?}"));
+        }
+    }
+
+    // GroupNorm (+ SiLU) and LayerNorm: each pick through the models' own ops.
+    let candidates = [NormPick::Burn, NormPick::Ours(Layout::Workgroup), NormPick::Ours(Layout::Lane)];
+    for (batch, channels, [h, w], groups, silu) in [(2, 12, [5, 7], 3, true), (1, 10, [9, 3], 5, false)] {
+        let shape = NormShape::Group { batch, channels, pixels: h * w, groups, silu, f16: false };
+        timed(&pollster::block_on(measure_norm(shape, &gpu, errors)).expect("read back"), 3);
+        let mut norm = burn::nn::GroupNormConfig::new(groups, channels).init(&cpu);
+        norm.gamma = Some(burn::module::Param::from_tensor(Tensor::random([channels], normal, &cpu)));
+        norm.beta = Some(burn::module::Param::from_tensor(Tensor::random([channels], normal, &cpu)));
+        let x = Tensor::<4>::random([batch, channels, h, w], normal, &cpu);
+        let expected = match silu {
+            true => websd::models::group_norm_silu(&norm, x.clone()),
+            false => websd::models::group_norm(&norm, x.clone()),
+        };
+        let norm_gpu = norm.clone().to_device(&gpu);
+        for pick in candidates {
+            tune::set_norm_pick(shape, pick);
+            let x = Tensor::<4>::from_data(x.to_data(), &gpu);
+            let out = match silu {
+                true => websd::models::group_norm_silu(&norm_gpu, x),
+                false => websd::models::group_norm(&norm_gpu, x),
+            };
+            assert_close(out, &expected, 1e-4, &format!("{shape:?} as {pick:?}"));
+        }
+    }
+    let (rows, features) = (11, 19);
+    let shape = NormShape::Layer { rows, features, f16: false };
+    timed(&pollster::block_on(measure_norm(shape, &gpu, errors)).expect("read back"), 3);
+    let norm = websd::models::LayerNorm {
+        gamma: burn::module::Param::from_tensor(Tensor::random([features], normal, &cpu)),
+        beta: burn::module::Param::from_tensor(Tensor::random([features], normal, &cpu)),
+        epsilon: 1e-5,
+    };
+    let x = Tensor::<3>::random([1, rows, features], normal, &cpu);
+    let expected = norm.forward(x.clone());
+    let norm_gpu = norm.clone().to_device(&gpu);
+    for pick in candidates {
+        tune::set_norm_pick(shape, pick);
+        let out = norm_gpu.forward(Tensor::<3>::from_data(x.to_data(), &gpu));
+        assert_close(out, &expected, 1e-4, &format!("{shape:?} as {pick:?}"));
+    }
+
+    // GEGLU.
+    let (rows, inner) = (7, 33);
+    let shape = GegluShape { rows, inner, f16: false };
+    timed(&pollster::block_on(tune::measure_geglu(shape, &gpu, errors)).expect("read back"), 2);
+    let h = Tensor::<2>::random([rows, 2 * inner], normal, &cpu);
+    let expected = tune::run_geglu(GegluPick::Burn, &h).unwrap();
+    for pick in [GegluPick::Burn, GegluPick::Ours] {
+        assert_close(tune::run_geglu(pick, &on_gpu(&h)).expect("runs"), &expected, 1e-5, &format!("{pick:?}"));
     }
     assert_eq!(websd::gpu::uncaptured_errors(), 0, "wgpu validation errors");
 }
