@@ -143,7 +143,9 @@ async fn damaged_chunks_are_caught_and_writes_after_a_delete_are_refused_in_wasm
 #[wasm_bindgen_test]
 async fn kernel_picks_are_stored_per_adapter_in_wasm() {
     use websd::kernels::conv2d::{Block, Tiling};
+    use websd::kernels::norm::Layout;
     use websd::kernels::tune::{AttentionPick, AttentionShape, ConvPick, ConvShape, Picks};
+    use websd::kernels::tune::{GegluPick, GegluShape, LinearPick, LinearShape, NormPick, NormShape};
     let store = Store::open().await.unwrap();
     let shape = |c_out| ConvShape {
         batch: 2,
@@ -173,6 +175,18 @@ async fn kernel_picks_are_stored_per_adapter_in_wasm() {
             (shape(4), ConvPick::Burn),
         ],
         attention: vec![(attention, AttentionPick::Matmul)],
+        linear: vec![
+            (LinearShape { rows: 8192, d_in: 320, d_out: 2560, f16: true }, LinearPick::Lanes { rows: 8, cols: 32 }),
+            (LinearShape { rows: 2, d_in: 320, d_out: 1280, f16: true }, LinearPick::Burn),
+        ],
+        norm: vec![
+            (
+                NormShape::Group { batch: 2, channels: 320, pixels: 4096, groups: 32, silu: true, f16: true },
+                NormPick::Ours(Layout::Workgroup),
+            ),
+            (NormShape::Layer { rows: 8192, features: 320, f16: true }, NormPick::Burn),
+        ],
+        geglu: vec![(GegluShape { rows: 8192, inner: 1280, f16: true }, GegluPick::Ours)],
     };
     store.put_kernel_picks("test adapter | Vulkan | 1.0", &picks).await.unwrap();
     assert_eq!(store.kernel_picks("test adapter | Vulkan | 1.0").await.unwrap(), picks);
