@@ -322,3 +322,48 @@ fn kernels_in_f16_match_flex() {
     }
     assert_eq!(websd::gpu::uncaptured_errors(), 0, "wgpu validation errors");
 }
+
+/// The tuner ([`websd::kernels::tune`]) on an f16 device: for every kind of op, each candidate's f16
+/// output agrees with burn's within the tuner's f16 tolerance (checked on the device), and is timed.
+#[test]
+fn the_tuner_measures_every_kind_in_f16() {
+    use websd::kernels::tune::{self, AttentionShape, ConvShape, GegluShape, LinearShape, NormShape, Tuning};
+    let (device, _) = f16_device();
+    let errors = websd::gpu::uncaptured_errors;
+    fn all_timed<S: std::fmt::Debug, P: std::fmt::Debug>(found: Option<Tuning<S, P>>) {
+        let found = found.expect("read back");
+        eprintln!("{:?}: {:?}, {:?}", found.shape, found.pick, found.times_ms);
+        assert!(found.times_ms.iter().all(|(_, t)| t.is_some_and(|t| t > 0.0)), "{:?}", found.times_ms);
+    }
+    let conv = ConvShape {
+        batch: 2,
+        c_in: 19,
+        height: 9,
+        width: 7,
+        c_out: 21,
+        kernel: [3, 3],
+        stride: 1,
+        padding: [1; 4],
+        f16: true,
+    };
+    all_timed(pollster::block_on(tune::measure_conv(conv, &device, errors)));
+    let attention = AttentionShape {
+        batch: 2,
+        heads: 3,
+        queries: 23,
+        keys: 19,
+        head_dim: 8,
+        value_dim: 8,
+        f16: true,
+        upcast: true,
+    };
+    all_timed(pollster::block_on(websd::models::attention::measure_attention(attention, &device, errors)));
+    let linear = LinearShape { rows: 37, d_in: 45, d_out: 29, f16: true };
+    all_timed(pollster::block_on(tune::measure_linear(linear, &device, errors)));
+    let group = NormShape::Group { batch: 2, channels: 12, pixels: 35, groups: 3, silu: true, f16: true };
+    all_timed(pollster::block_on(websd::models::normalization::measure_norm(group, &device, errors)));
+    let layer = NormShape::Layer { rows: 13, features: 40, f16: true };
+    all_timed(pollster::block_on(websd::models::normalization::measure_norm(layer, &device, errors)));
+    all_timed(pollster::block_on(tune::measure_geglu(GegluShape { rows: 9, inner: 21, f16: true }, &device, errors)));
+    assert_eq!(websd::gpu::uncaptured_errors(), 0, "wgpu validation errors");
+}
