@@ -546,13 +546,21 @@ pub fn candidates(shape: &ConvShape) -> Vec<ConvPick> {
     let mut picks = vec![ConvPick::Burn];
     let accumulators = super::choice().lane_accumulators;
     picks.push(ConvPick::Lanes(Block::for_shape(shape.c_out, shape.batch, oh, ow, accumulators)));
+    picks.extend(tilings(shape.c_out, pixels, depth).into_iter().map(ConvPick::Tiled));
+    picks
+}
+
+/// The implicit GEMM's tilings tried for an output of `c_out` x `pixels` over `depth`: those
+/// [`Tiling::for_workgroups`] gives for 1 to 1024 workgroups in flight, each once.
+fn tilings(c_out: usize, pixels: usize, depth: usize) -> Vec<Tiling> {
+    let mut tilings: Vec<Tiling> = Vec::new();
     for workgroups in [1, 32, 256, 1024] {
-        let pick = ConvPick::Tiled(Tiling::for_workgroups(shape.c_out, pixels, depth, workgroups));
-        if !picks.contains(&pick) {
-            picks.push(pick);
+        let tiling = Tiling::for_workgroups(c_out, pixels, depth, workgroups);
+        if !tilings.contains(&tiling) {
+            tilings.push(tiling);
         }
     }
-    picks
+    tilings
 }
 
 /// `x W + b (+ residual)` by `pick`: burn's `linear` (then an add), or our kernel (`None` where it
@@ -597,12 +605,7 @@ pub fn linear_candidates(shape: &LinearShape) -> Vec<LinearPick> {
     let LinearShape { rows, d_in, d_out, .. } = *shape;
     let (r, c) = super::linear::lane_block(rows, d_out, super::choice().lane_accumulators);
     let mut picks = vec![LinearPick::Burn, LinearPick::Rows, LinearPick::Lanes { rows: r, cols: c }];
-    for workgroups in [1, 32, 256, 1024] {
-        let pick = LinearPick::Tiled(Tiling::for_workgroups(d_out, rows, d_in, workgroups));
-        if !picks.contains(&pick) {
-            picks.push(pick);
-        }
-    }
+    picks.extend(tilings(d_out, rows, d_in).into_iter().map(LinearPick::Tiled));
     picks
 }
 
