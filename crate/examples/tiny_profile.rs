@@ -19,7 +19,7 @@ fn main() {
         let t = Instant::now();
         f();
         println!("{name} (first call): {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
-        // Where the device measures its convolutions (`websd::kernels::tune`; `WEBSD_KERNELS=...,tune`
+        // Where the device measures its kernels (`websd::kernels::tune`; `WEBSD_KERNELS=...,tune`
         // forces it), as the pipeline does after its first step.
         let t = Instant::now();
         let found = pollster::block_on(websd::models::tuning::tune_pending(&d, websd::gpu::uncaptured_errors));

@@ -5,7 +5,7 @@
 //! `unet_io_check <model dir> --serve [cpu|wgpu|wgpu-f16]` loads the U-Net once (on Flex, or on wgpu
 //! computing in f32 or in f16), then answers each stdin line `<io dir> <torch output .npy>` with one timed
 //! U-Net call, `ms <time> diff <max abs diff>`: the benchmark's native section (web/bench/native.py)
-//! alternates it with diffusers' torch U-Net. Where the device measures its convolutions
+//! alternates it with diffusers' torch U-Net. Where the device measures its kernels
 //! (`websd::kernels::tune`), it does so after the first call, as the pipeline after its first step.
 
 use std::path::Path;
@@ -66,7 +66,7 @@ fn main() {
             let (io, out) = line.split_once(' ').expect("<io dir> <torch output .npy>");
             let (ms, diff, _) = call(&unet, &device, Path::new(io), Path::new(out));
             println!("ms {ms} diff {diff:e}");
-            // Where the device measures its convolutions (an adapter not measured here, or
+            // Where the device measures its kernels (an adapter not measured here, or
             // `WEBSD_KERNELS=tune`), as the pipeline does after its first step: the next calls run
             // the picks. What was measured goes to stderr (native.py reads stdout).
             let t = std::time::Instant::now();
