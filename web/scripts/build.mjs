@@ -10,7 +10,7 @@ import { fileURLToPath } from "node:url";
 const root = fileURLToPath(new URL("..", import.meta.url));
 const pkg = `${root}pkg`;
 // The wasm and its glue: wasm-pack builds the crate (release profile, in the target dir of
-// scripts/env.sh), runs wasm-bindgen and wasm-opt -Oz (crate/Cargo.toml's metadata) from PATH, never
+// scripts/env.sh), runs wasm-bindgen and wasm-opt -O1 (crate/Cargo.toml's metadata) from PATH, never
 // downloading a tool (`--mode no-install`), writes package.json and copies crate/README.md. `npm run`
 // put node_modules/.bin first on PATH: scripts/bin (the caching wasm-opt) goes before it again.
 execFileSync(
