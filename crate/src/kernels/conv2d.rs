@@ -564,12 +564,25 @@ pub struct Block {
 }
 
 impl Block {
-    /// A block the lane kernel can run: every side at least 1, at most 1024 accumulators and 256
-    /// lanes (what [`Block::for_shape`] gives stays far inside).
+    /// A block a device may be given (a stored pick is checked against it): every side at least 1, at
+    /// most [`Block::MAX_ACCUMULATORS`] and 256 lanes. (`op_bench` still times larger ones.)
     pub fn valid(self) -> bool {
         let sides = [self.ch, self.rows, self.cols, self.lanes];
-        sides.iter().all(|&n| n >= 1) && self.ch * self.rows * self.cols <= 1024 && self.lanes <= 256
+        sides.iter().all(|&n| n >= 1) && self.ch * self.rows * self.cols <= Self::MAX_ACCUMULATORS && self.lanes <= 256
     }
+
+    /// The accumulators per lane of a device nobody measured (a GPU, whose kernels [`super::tune`]
+    /// measures: the lane kernels are candidates for every convolution and linear layer there). 256
+    /// would not fit a GPU's registers per invocation (NVIDIA's 255, fewer on Apple's and many
+    /// integrated GPUs) beside the lane's input window, so they would spill; and a lane convolution
+    /// of 64 compiled in 0.16-0.20 s natively against 256's 1.31-1.53 s (lavapipe, 3x3, stride 1 and
+    /// 2; BENCHMARKS.md "Lane blocks where nobody measured").
+    pub const UNMEASURED_ACCUMULATORS: usize = 64;
+
+    /// Accumulators per lane, at most: the most any device is given. Compiling the kernel grows much
+    /// faster than its block (cubecl's optimizer, then LLVM on llvmpipe): 8 x 4x8 pixels took 1.2 s
+    /// to compile and run once natively on lavapipe, 16 x 8x8 24 s.
+    pub const MAX_ACCUMULATORS: usize = Self::LLVMPIPE_ACCUMULATORS;
 
     /// Lanes per workgroup: one vector of llvmpipe's 256-bit registers (more gave nothing at large
     /// sizes and left lanes idle at small ones: BENCHMARKS.md).

@@ -140,8 +140,9 @@ impl Choice {
                 ..Choice::BURN
             };
         }
-        // Not measured here: burn's kernels, and each op's kernels measured on the device.
-        Choice { tune: true, ..Choice::BURN }
+        // Not measured here: burn's kernels, and each op's kernels measured on the device, the lane
+        // kernels among them in blocks a GPU's registers hold.
+        Choice { tune: true, lane_accumulators: conv2d::Block::UNMEASURED_ACCUMULATORS, ..Choice::BURN }
     }
 
     /// `WEBSD_KERNELS` and `WEBSD_CONV_WORKGROUPS` over `self` (see the module's documentation).
