@@ -10,8 +10,9 @@
 #
 # Steps, most wanted first, each cut off where the time left (BUDGET_S, default 3600 s from the start)
 # runs out, so a lease that ends early still returns the first ones:
-#  1. tilings-f32.txt: op_bench's `tilings`, burn's conv against ours in every tiling; the workgroup
-#     target whose picks (Tiling::for_workgroups) sum to the least time is the one step 2 runs with.
+#  1. tilings-f32.txt: op_bench's `tilings`, burn's conv against ours in every tiling, the scalar
+#     kernel's and the vectorized one's ("+vec4"); the workgroup target whose picks
+#     (Tiling::for_workgroups, scalar) sum to the least time is the one step 2 runs with.
 #  2. unet-f32.json / unet-f16.json: native.py, websd with burn's kernels only (WEBSD_KERNELS=burn),
 #     with each op's kernels measured on the GPU after the first call (tune: what an adapter
 #     not measured by hand gets, in the browser too; the picks go to log.txt), with our convolution

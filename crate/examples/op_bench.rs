@@ -111,10 +111,13 @@ fn tilings(n: usize, divisor: usize, d: &burn::tensor::Device, elem: f64, peaks:
             read(burn::tensor::module::conv2d(x.clone(), w.clone(), Some(bias.clone()), options.clone()));
         });
         let mut best = (f64::INFINITY, Tiling::SMALL);
-        for (bm, bn) in Tiling::TILES {
+        // The scalar kernel's tilings, then the vectorized kernel's (named "...+vec4").
+        let scalar = Tiling::TILES.map(|(bm, bn)| Tiling { bm, bn, splits: 1, vectors: false });
+        let vectorized = scalar.iter().filter_map(|t| t.vectorized());
+        for tile in scalar.into_iter().chain(vectorized) {
             for splits in [1, 2, 4, 8, 16] {
-                let tiling = Tiling { bm, bn, splits };
-                let ms = time(&format!("{name}, websd's {bm}x{bn}/{splits}"), flops, bytes, peaks, || {
+                let tiling = Tiling { splits, ..tile };
+                let ms = time(&format!("{name}, websd's {}", label(tiling)), flops, bytes, peaks, || {
                     read(
                         conv2d_tiled(&x, &w, Some(&bias), stride, [pad; 4], tiling, Add::NONE)
                             .expect("a cubecl device"),
@@ -129,20 +132,24 @@ fn tilings(n: usize, divisor: usize, d: &burn::tensor::Device, elem: f64, peaks:
             .iter()
             .map(|&wg| {
                 let t = if wg == 0 { Tiling::SMALL } else { Tiling::for_workgroups(c_out, pixels, depth, wg) };
-                format!("{wg}:{}x{}/{}", t.bm, t.bn, t.splits)
+                format!("{wg}:{}", label(t))
             })
             .collect();
         println!(
-            "{name}: burn's {burn_ms:.3} ms, best websd's {}x{}/{} {:.3} ms ({:.3}x burn's, {:.1} GFLOP/s); for_workgroups picks {}",
-            best.1.bm,
-            best.1.bn,
-            best.1.splits,
+            "{name}: burn's {burn_ms:.3} ms, best websd's {} {:.3} ms ({:.3}x burn's, {:.1} GFLOP/s); for_workgroups picks {}",
+            label(best.1),
             best.0,
             best.0 / burn_ms,
             flops / best.0 / 1e6,
             picks.join(" ")
         );
     }
+}
+
+/// A tiling as `tilings` prints it: `BMxBN/SPLITS`, then `+vec4` for the vectorized kernel (which
+/// scripts/bench-gpu.sh's choice of a workgroup target leaves out: `for_workgroups` picks scalar ones).
+fn label(t: websd::kernels::conv2d::Tiling) -> String {
+    format!("{}x{}/{}{}", t.bm, t.bn, t.splits, if t.vectors { "+vec4" } else { "" })
 }
 
 /// SD's four 3x3 convolutions at latent size `n` (batch 2): burn's op, then our lane kernel

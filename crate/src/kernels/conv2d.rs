@@ -7,7 +7,10 @@
 //! the patch matrix is never written: each workgroup stages a `BK` slice of the weight rows and of the
 //! gathered input patches in workgroup memory and accumulates a `BM x BN` tile in registers (f32
 //! accumulators for f16 too), then adds the bias. Tensors stay NCHW (burn's conv permutes to NHWC and
-//! back around every call). Within WebGPU's default limits: 256 invocations, 8 KiB of workgroup memory.
+//! back around every call). Within WebGPU's default limits: 256 invocations, 16 KiB of workgroup memory.
+//! A second version (`conv2d_igemm_vec4`, [`Tiling::vectors`]) stages and reads workgroup memory as
+//! vectors of four and accumulates four outputs per add; the device's measuring ([`super::tune`]) tries
+//! both.
 
 use burn::tensor::{DType, Tensor};
 use burn_cubecl::CubeBackend;
@@ -34,11 +37,27 @@ pub struct Tiling {
     pub bm: usize,
     pub bn: usize,
     pub splits: usize,
+    /// Workgroup memory staged and read four values at a time (`conv2d_igemm_vec4`), for GPUs: there a
+    /// lane loads 16 bytes in one instruction, so the inner loop issues a quarter of the scalar
+    /// kernel's loads from workgroup memory (one per 4 x 4 products instead of one per 4), and the
+    /// accumulators add four at a time. Tiles of 64 and 128 only ([`Tiling::VECTOR_TILES`]). A stored
+    /// pick from before it existed reads as scalar.
+    #[serde(default)]
+    pub vectors: bool,
 }
 
 impl Tiling {
     /// The tile the kernel was first measured with (SwiftShader, BENCHMARKS.md "Our kernels").
-    pub const SMALL: Tiling = Tiling { bm: 64, bn: 64, splits: 1 };
+    pub const SMALL: Tiling = Tiling { bm: 64, bn: 64, splits: 1, vectors: false };
+
+    /// The tile shapes the vectorized kernel is compiled for: each invocation's rows and pixels are
+    /// one or two runs of four.
+    pub const VECTOR_TILES: [(usize, usize); 4] = [(64, 64), (64, 128), (128, 64), (128, 128)];
+
+    /// This tiling in the vectorized kernel, where its tile allows it.
+    pub fn vectorized(self) -> Option<Tiling> {
+        Self::VECTOR_TILES.contains(&(self.bm, self.bn)).then_some(Tiling { vectors: true, ..self })
+    }
 
     /// Every tile shape the kernel is compiled for.
     pub const TILES: [(usize, usize); 6] = [(16, 128), (32, 128), (64, 64), (64, 128), (128, 64), (128, 128)];
@@ -55,12 +74,13 @@ impl Tiling {
             .unwrap_or((16, 128));
         let tiles = c_out.div_ceil(bm) * pixels.div_ceil(bn);
         let max_splits = (depth.div_ceil(BK) / 8).clamp(1, 16);
-        Tiling { bm, bn, splits: workgroups.div_ceil(tiles).clamp(1, max_splits) }
+        Tiling { bm, bn, splits: workgroups.div_ceil(tiles).clamp(1, max_splits), vectors: false }
     }
 
     /// A tile shape the kernel is compiled for, and 1 to 64 splits.
     pub fn valid(self) -> bool {
-        Self::TILES.contains(&(self.bm, self.bn)) && (1..=64).contains(&self.splits)
+        let tiles: &[(usize, usize)] = if self.vectors { &Self::VECTOR_TILES } else { &Self::TILES };
+        tiles.contains(&(self.bm, self.bn)) && (1..=64).contains(&self.splits)
     }
 }
 
@@ -211,6 +231,200 @@ fn conv2d_igemm<E: Float>(
                     } else {
                         let v = acc[i * tn + j] + bias_of(bias, pb, m, c_out, epilogue);
                         output[at] = E::cast_from(plus_residual(v, residual, at, epilogue));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Four values: the vectorized implicit GEMM's unit of workgroup memory and of accumulation.
+type Vec4<E> = Vector<E, Const<4>>;
+
+/// `conv2d_igemm` with workgroup memory staged and read as [`Vec4`]s ([`Tiling::vectors`]). Each
+/// invocation owns rows `g * 64 + 4 ty + r` and pixels `h * 64 + 4 tx + c` of the tile (runs of four,
+/// so a row of the staged slice is one vector load; the second run 64 further keeps a warp's vector
+/// loads from workgroup memory on distinct banks), accumulating `bm / 16` rows x `bn / 64` vectors of
+/// f32. Same bindings, grid and split-K as `conv2d_igemm`.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn conv2d_igemm_vec4<E: Float>(
+    input: &[E],
+    weight: &[E],
+    bias: &[E],
+    residual: &[E],
+    output: &mut [E],
+    partial: &mut [f32],
+    c_in: usize,
+    in_h: usize,
+    in_w: usize,
+    c_out: usize,
+    out_h: usize,
+    out_w: usize,
+    pad_top: usize,
+    pad_left: usize,
+    m_tiles: usize,
+    k_tiles_per_split: usize,
+    #[comptime] kh: usize,
+    #[comptime] kw: usize,
+    #[comptime] stride: usize,
+    #[comptime] bm: usize,
+    #[comptime] bn: usize,
+    #[comptime] split: bool,
+    epilogue: u32,
+    #[comptime] weight_kn: bool,
+    #[define(E)] _dtype: ElemType,
+) {
+    // Runs of 64 rows (pixels) per tile: the invocation's vectors per slice row of `a_s` (`b_s`).
+    let gm = comptime!(bm / 64);
+    let gn = comptime!(bn / 64);
+    let bm4 = comptime!(bm / 4);
+    let bn4 = comptime!(bn / 4);
+    let tx = UNIT_POS_X as usize;
+    let ty = UNIT_POS_Y as usize;
+    let t = ty * SIDE + tx;
+    let hw_out = out_h * out_w;
+    let batch = input.len() / (c_in * in_h * in_w);
+    let pixels = hw_out * batch;
+    let depth = c_in * kh * kw;
+    let taps = kh * kw;
+    let tile_p = (CUBE_POS_X as usize + CUBE_POS_Z as usize * CUBE_COUNT_X as usize) * bn;
+    let tile_m = (CUBE_POS_Y as usize % m_tiles) * bm;
+    let part = CUBE_POS_Y as usize / m_tiles;
+
+    // [k][m / 4] and [k][n / 4].
+    let mut a_s = Shared::<[Vec4<E>]>::new_slice(BK * bm4);
+    let mut b_s = Shared::<[Vec4<E>]>::new_slice(BK * bn4);
+    let mut acc = Array::<Vec4<f32>>::new(gm * 4 * gn);
+    #[unroll]
+    for i in 0..gm * 4 * gn {
+        acc[i] = Vec4::<f32>::broadcast(0.0);
+    }
+
+    // The four patch columns this invocation gathers are fixed: pixels `4 (t % (bn / 4)) + c` of the
+    // tile, slice rows `t / (bn / 4) + (1024 / bn) i`. A pixel past the end gets a row no tap reaches.
+    let load_v = t % bn4;
+    let load_kb = t / bn4;
+    let mut base = Array::<usize>::new(4usize);
+    let mut ys = Array::<usize>::new(4usize);
+    let mut xs = Array::<usize>::new(4usize);
+    #[unroll]
+    for c in 0..4 {
+        let p = tile_p + load_v * 4 + c;
+        let prem = p % hw_out;
+        base[c] = (p / hw_out) * c_in * in_h * in_w;
+        ys[c] = (prem / out_w) * stride;
+        xs[c] = (prem % out_w) * stride;
+        if p >= pixels {
+            base[c] = 0;
+            ys[c] = in_h + pad_top;
+        }
+    }
+    // The weight vectors it loads: depth `t % BK` of the slice, channels `4 (t / BK + 16 i) + r`
+    // (16 invocations read 16 consecutive depths of one channel: one memory segment).
+    let a_k = t % BK;
+    let a_v = t / BK;
+
+    let k_tiles = (depth + BK - 1) / BK;
+    let kt_first = part * k_tiles_per_split;
+    let mut kt_end = kt_first + k_tiles_per_split;
+    if kt_end > k_tiles {
+        kt_end = k_tiles;
+    }
+    for kt in kt_first..kt_end {
+        let k0 = kt * BK;
+        #[unroll]
+        for i in 0..gm {
+            let v = a_v + i * (SIDE * SIDE / BK);
+            let k = k0 + a_k;
+            let mut w = Vec4::<E>::empty();
+            #[unroll]
+            for r in 0..4 {
+                let m = tile_m + v * 4 + r;
+                let mut x = E::from_int(0);
+                if m < c_out && k < depth {
+                    if weight_kn {
+                        x = weight[k * c_out + m];
+                    } else {
+                        x = weight[m * depth + k];
+                    }
+                }
+                w.insert(r, x);
+            }
+            a_s[a_k * bm4 + v] = w;
+        }
+        #[unroll]
+        for i in 0..comptime!(BK * bn4 / (SIDE * SIDE)) {
+            let kl = load_kb + i * comptime!(SIDE * SIDE / bn4);
+            let k = k0 + kl;
+            let ci = k / taps;
+            let r = k % taps;
+            let dy = r / kw;
+            let dx = r % kw;
+            let mut vals = Vec4::<E>::empty();
+            #[unroll]
+            for c in 0..4 {
+                let iy = ys[c] + dy;
+                let ix = xs[c] + dx;
+                let mut x = E::from_int(0);
+                if k < depth && iy >= pad_top && ix >= pad_left {
+                    let y = iy - pad_top;
+                    let xx = ix - pad_left;
+                    if y < in_h && xx < in_w {
+                        x = input[base[c] + (ci * in_h + y) * in_w + xx];
+                    }
+                }
+                vals.insert(c, x);
+            }
+            b_s[kl * bn4 + load_v] = vals;
+        }
+        sync_cube();
+
+        for kk in 0..BK {
+            let mut b = Array::<Vec4<f32>>::new(gn);
+            #[unroll]
+            for h in 0..gn {
+                b[h] = Vec4::<f32>::cast_from(b_s[kk * bn4 + h * SIDE + tx]);
+            }
+            #[unroll]
+            for g in 0..gm {
+                let a = a_s[kk * bm4 + g * SIDE + ty];
+                #[unroll]
+                for r in 0..4 {
+                    let ar = Vec4::<f32>::broadcast(f32::cast_from(a.extract(r)));
+                    #[unroll]
+                    for h in 0..gn {
+                        acc[(g * 4 + r) * gn + h] += ar * b[h];
+                    }
+                }
+            }
+        }
+        sync_cube();
+    }
+
+    #[unroll]
+    for h in 0..gn {
+        #[unroll]
+        for c in 0..4 {
+            let p = tile_p + h * 64 + tx * 4 + c;
+            if p < pixels {
+                let pb = p / hw_out;
+                let prem = p % hw_out;
+                #[unroll]
+                for g in 0..gm {
+                    #[unroll]
+                    for r in 0..4 {
+                        let m = tile_m + g * 64 + ty * 4 + r;
+                        if m < c_out {
+                            let at = (pb * c_out + m) * hw_out + prem;
+                            let v = acc[(g * 4 + r) * gn + h].extract(c);
+                            if split {
+                                partial[part * batch * c_out * hw_out + at] = v;
+                            } else {
+                                let v = v + bias_of(bias, pb, m, c_out, epilogue);
+                                output[at] = E::cast_from(plus_residual(v, residual, at, epilogue));
+                            }
+                        }
                     }
                 }
             }
@@ -498,37 +712,47 @@ pub(crate) fn launch(
     let groups_z = pixel_tiles.div_ceil(groups_x);
     let m_tiles = c_out.div_ceil(tiling.bm);
     let count = CubeCount::Static(groups_x as u32, (m_tiles * splits) as u32, groups_z as u32);
+    // The two kernels take the same arguments.
+    macro_rules! launch_igemm {
+        ($kernel:ident) => {
+            $kernel::launch_unchecked(
+                &client,
+                count,
+                CubeDim::new_2d(SIDE as u32, SIDE as u32),
+                input.into_buffer_arg(),
+                weight.into_buffer_arg(),
+                bias.clone().into_buffer_arg(),
+                residual.clone().into_buffer_arg(),
+                output.clone().into_buffer_arg(),
+                partial.clone().into_buffer_arg(),
+                c_in,
+                in_h,
+                in_w,
+                c_out,
+                out_h,
+                out_w,
+                top,
+                left,
+                m_tiles,
+                per_split,
+                kh,
+                kw,
+                stride,
+                tiling.bm,
+                tiling.bn,
+                split,
+                epilogue,
+                weight_kn,
+                storage,
+            )
+        };
+    }
     unsafe {
-        conv2d_igemm::launch_unchecked(
-            &client,
-            count,
-            CubeDim::new_2d(SIDE as u32, SIDE as u32),
-            input.into_buffer_arg(),
-            weight.into_buffer_arg(),
-            bias.clone().into_buffer_arg(),
-            residual.clone().into_buffer_arg(),
-            output.clone().into_buffer_arg(),
-            partial.clone().into_buffer_arg(),
-            c_in,
-            in_h,
-            in_w,
-            c_out,
-            out_h,
-            out_w,
-            top,
-            left,
-            m_tiles,
-            per_split,
-            kh,
-            kw,
-            stride,
-            tiling.bm,
-            tiling.bn,
-            split,
-            epilogue,
-            weight_kn,
-            storage,
-        );
+        if tiling.vectors {
+            launch_igemm!(conv2d_igemm_vec4);
+        } else {
+            launch_igemm!(conv2d_igemm);
+        }
     }
     if split {
         const LANES: usize = 256;

@@ -450,8 +450,9 @@ fn measured<S: Work + Copy + std::fmt::Debug, P: Copy>(picks: &HashMap<S, Option
 
 /// Bumped whenever a kernel or the candidates change, so that picks kept by an earlier build are
 /// measured again rather than trusted ([`crate::gpu::GpuInfo::tuning_key`] includes it). (Adding a
-/// kind of op does not: a record without it reads, and its shapes are measured.)
-pub const VERSION: u32 = 1;
+/// kind of op does not: a record without it reads, and its shapes are measured.) 2: the vectorized
+/// implicit GEMM ([`Tiling::vectors`]) among the convolution's and linear layer's candidates.
+pub const VERSION: u32 = 2;
 
 /// Restores saved picks (those of shapes measured since are kept); a pick no kernel of this build can
 /// run (a record from another build, or damaged) is left out, to be measured again.
@@ -551,7 +552,8 @@ pub fn candidates(shape: &ConvShape) -> Vec<ConvPick> {
 }
 
 /// The implicit GEMM's tilings tried for an output of `c_out` x `pixels` over `depth`: those
-/// [`Tiling::for_workgroups`] gives for 1 to 1024 workgroups in flight, each once.
+/// [`Tiling::for_workgroups`] gives for 1 to 1024 workgroups in flight, each once, then each of them
+/// in the vectorized kernel where its tile allows.
 fn tilings(c_out: usize, pixels: usize, depth: usize) -> Vec<Tiling> {
     let mut tilings: Vec<Tiling> = Vec::new();
     for workgroups in [1, 32, 256, 1024] {
@@ -560,6 +562,8 @@ fn tilings(c_out: usize, pixels: usize, depth: usize) -> Vec<Tiling> {
             tilings.push(tiling);
         }
     }
+    let vectorized: Vec<Tiling> = tilings.iter().filter_map(|t| t.vectorized()).collect();
+    tilings.extend(vectorized);
     tilings
 }
 
@@ -825,7 +829,7 @@ mod tests {
     #[test]
     fn picks_round_trip_through_export_and_import() {
         let shape = conv(3, 7, 11, [5, 9], 3, 2, false);
-        let pick = ConvPick::Tiled(Tiling { bm: 16, bn: 128, splits: 2 });
+        let pick = ConvPick::Tiled(Tiling { bm: 16, bn: 128, splits: 2, vectors: false });
         let attention = AttentionShape {
             batch: 3,
             heads: 5,
@@ -860,8 +864,12 @@ mod tests {
         let odd = conv(1, 2, 3, [4, 4], 3, 1, false);
         let bad = Picks {
             conv: vec![
-                (odd, ConvPick::Tiled(Tiling { bm: 48, bn: 128, splits: 1 })),
+                (odd, ConvPick::Tiled(Tiling { bm: 48, bn: 128, splits: 1, vectors: false })),
                 (conv(1, 2, 5, [4, 4], 3, 1, false), ConvPick::Lanes(Block { ch: 0, rows: 1, cols: 1, lanes: 8 })),
+                (
+                    conv(1, 2, 6, [4, 4], 3, 1, false),
+                    ConvPick::Tiled(Tiling { bm: 16, bn: 128, splits: 1, vectors: true }),
+                ),
             ],
             linear: vec![(
                 LinearShape { rows: 9, d_in: 5, d_out: 7, f16: false },
@@ -872,6 +880,10 @@ mod tests {
         import(&bad);
         assert_eq!(table().conv.get(&odd), None);
         assert_eq!(table().conv.get(&conv(1, 2, 5, [4, 4], 3, 1, false)), None);
+        assert_eq!(table().conv.get(&conv(1, 2, 6, [4, 4], 3, 1, false)), None, "no vectorized 16-row tile");
+        // A tiling stored before the vectorized kernel existed reads as the scalar kernel's.
+        let old: Tiling = serde_json::from_str(r#"{"bm":64,"bn":64,"splits":1}"#).unwrap();
+        assert_eq!(old, Tiling::SMALL);
         assert_eq!(table().linear.get(&bad.linear[0].0), None);
         // Natively, in a file per user, beside other adapters'.
         let file = std::env::temp_dir().join(format!("websd-picks-{}", std::process::id())).join("picks.json");

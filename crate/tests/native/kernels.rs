@@ -28,9 +28,25 @@ const SHAPES: [(usize, usize, usize, usize, usize, usize, usize, [usize; 4]); 10
 ];
 
 /// Tilings tried beside the default, one per shape in turn: every tile shape, split-K with more
-/// splits than slices, uneven splits.
-const TILINGS: [(usize, usize, usize); 7] =
-    [(128, 128, 1), (16, 128, 3), (64, 128, 3), (32, 128, 1), (128, 64, 2), (64, 64, 7), (128, 128, 64)];
+/// splits than slices, uneven splits; the scalar kernel and the vectorized one (`vectors`).
+const TILINGS: [(usize, usize, usize, bool); 7] = [
+    (128, 128, 1, false),
+    (16, 128, 3, false),
+    (64, 128, 3, true),
+    (32, 128, 1, false),
+    (128, 64, 2, true),
+    (64, 64, 7, false),
+    (128, 128, 64, true),
+];
+
+/// [`TILINGS`]`[i % len]`.
+fn tiling(i: usize) -> Tiling {
+    let (bm, bn, splits, vectors) = TILINGS[i % TILINGS.len()];
+    Tiling { bm, bn, splits, vectors }
+}
+
+/// The default tile in the vectorized kernel.
+const SMALL_VEC4: Tiling = Tiling { vectors: true, ..Tiling::SMALL };
 
 /// Random input, weight and bias on Flex for [`SHAPES`]`[i]`, and its options.
 fn conv_case(i: usize, cpu: &Device) -> (Tensor<4>, Tensor<4>, Tensor<1>, ConvOptions<2>) {
@@ -74,9 +90,8 @@ fn conv_kernel_matches_flex() {
     let cpu = Device::flex();
     for (i, &(_, _, _, _, _, _, stride, padding)) in SHAPES.iter().enumerate() {
         let (x, weight, bias, options) = conv_case(i, &cpu);
-        let (bm, bn, splits) = TILINGS[i % TILINGS.len()];
-        let other = Tiling { bm, bn, splits };
-        for (with_bias, tiling) in [(true, Tiling::SMALL), (false, Tiling::SMALL), (i % 2 == 0, other)] {
+        let runs = [(true, Tiling::SMALL), (false, Tiling::SMALL), (i % 2 == 1, SMALL_VEC4), (i % 2 == 0, tiling(i))];
+        for (with_bias, tiling) in runs {
             let bias = with_bias.then_some(&bias);
             let what = format!("shape {i} {:?} bias {with_bias} {tiling:?}", SHAPES[i]);
             assert_conv_matches((&x, &weight, bias, &options), &gpu, &what, |x, w, b| {
@@ -233,8 +248,7 @@ fn linear_kernel_matches_flex() {
             }
             let bias_gpu = with_bias.then(|| Tensor::<1>::from_data(bias.to_data(), &gpu));
             let on_gpu = |t: &Tensor<2>| Tensor::<2>::from_data(t.to_data(), &gpu);
-            let (bm, bn, splits) = TILINGS[i % TILINGS.len()];
-            let tiled = [None, Some(Tiling::SMALL), Some(Tiling { bm, bn, splits })];
+            let tiled = [None, Some(Tiling::SMALL), Some(SMALL_VEC4), Some(tiling(i))];
             for tiling in tiled {
                 let ours = websd::kernels::linear::linear_tiled(
                     &on_gpu(&x),
@@ -315,7 +329,7 @@ fn conv_epilogue_matches_flex() {
             };
             let bias = with_bias.then_some(&bias_gpu);
             let block = Block::for_shape(c_out, b, out_h, out_w, 64);
-            let (bm, bn, splits) = TILINGS[i % TILINGS.len()];
+            let split_tiling = tiling(i);
             let runs = [
                 (
                     "lanes",
@@ -349,7 +363,7 @@ fn conv_epilogue_matches_flex() {
                         bias,
                         stride,
                         padding,
-                        Tiling { bm, bn, splits: splits.max(2) },
+                        Tiling { splits: split_tiling.splits.max(2), ..split_tiling },
                         add,
                     ),
                 ),
@@ -397,7 +411,8 @@ fn linear_residual_matches_flex() {
         let runs = [
             ("rows", linear::linear(&x, &weight, b, r)),
             ("tiled", linear::linear_tiled(&x, &weight, b, r, None)),
-            ("split", linear::linear_tiled(&x, &weight, b, r, Some(Tiling { bm: 64, bn: 64, splits: 3 }))),
+            ("split", linear::linear_tiled(&x, &weight, b, r, Some(Tiling { splits: 3, ..Tiling::SMALL }))),
+            ("vec4 split", linear::linear_tiled(&x, &weight, b, r, Some(Tiling { splits: 3, ..SMALL_VEC4 }))),
             ("lanes", linear::linear_blocked(&x, &weight, b, r, linear::lane_block(rows, d_out, 64))),
             ("odd lanes", linear::linear_blocked(&x, &weight, b, r, (3, 5))),
         ];
