@@ -8,7 +8,7 @@
 //! gathered input patches in workgroup memory and accumulates a `BM x BN` tile in registers (f32
 //! accumulators for f16 too), then adds the bias. Tensors stay NCHW (burn's conv permutes to NHWC and
 //! back around every call). Within WebGPU's default limits: 256 invocations, 16 KiB of workgroup memory.
-//! A second version (`conv2d_igemm_vec4`, [`Tiling::vectors`]) stages and reads workgroup memory as
+//! A second version of its main loop ([`Tiling::vectors`]) stages and reads workgroup memory as
 //! vectors of four and accumulates four outputs per add; the device's measuring ([`super::tune`]) tries
 //! both.
 
@@ -37,11 +37,11 @@ pub struct Tiling {
     pub bm: usize,
     pub bn: usize,
     pub splits: usize,
-    /// Workgroup memory staged and read four values at a time (`conv2d_igemm_vec4`), for GPUs: there a
-    /// lane loads 16 bytes in one instruction, so the inner loop issues a quarter of the scalar
-    /// kernel's loads from workgroup memory (one per 4 x 4 products instead of one per 4), and the
-    /// accumulators add four at a time. Tiles of 64 and 128 only ([`Tiling::VECTOR_TILES`]). A stored
-    /// pick from before it existed reads as scalar.
+    /// Workgroup memory staged and read four values at a time (`conv2d_igemm`'s `vectors`), for GPUs:
+    /// there a lane loads 16 bytes in one instruction, so the inner loop issues a quarter of the
+    /// scalar loop's loads from workgroup memory (one per 4 x 4 products instead of one per 4), and
+    /// the accumulators add four at a time. Tiles of 64 and 128 only ([`Tiling::VECTOR_TILES`]). A
+    /// stored pick from before it existed reads as scalar.
     #[serde(default)]
     pub vectors: bool,
 }
@@ -84,6 +84,9 @@ impl Tiling {
     }
 }
 
+/// Four values: the vectorized implicit GEMM's unit of workgroup memory and of accumulation.
+type Vec4<E> = Vector<E, Const<4>>;
+
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn conv2d_igemm<E: Float>(
@@ -111,10 +114,9 @@ fn conv2d_igemm<E: Float>(
     #[comptime] split: bool,
     epilogue: u32,
     #[comptime] weight_kn: bool,
+    #[comptime] vectors: bool,
     #[define(E)] _dtype: ElemType,
 ) {
-    let tm = comptime!(bm / SIDE);
-    let tn = comptime!(bn / SIDE);
     let tx = UNIT_POS_X as usize;
     let ty = UNIT_POS_Y as usize;
     let t = ty * SIDE + tx;
@@ -126,304 +128,259 @@ fn conv2d_igemm<E: Float>(
     let tile_p = (CUBE_POS_X as usize + CUBE_POS_Z as usize * CUBE_COUNT_X as usize) * bn;
     let tile_m = (CUBE_POS_Y as usize % m_tiles) * bm;
     let part = CUBE_POS_Y as usize / m_tiles;
-
-    // [k][m] and [k][n]: the inner loop reads a row of each.
-    let mut a_s = Shared::<[E]>::new_slice(BK * bm);
-    let mut b_s = Shared::<[E]>::new_slice(BK * bn);
-    let mut acc = Array::<f32>::new(tm * tn);
-    #[unroll]
-    for i in 0..tm * tn {
-        acc[i] = 0.0;
-    }
-
-    // The patch column this invocation gathers is fixed: pixel `t % bn` of the tile, rows
-    // `t / bn + (256 / bn) i` of each slice.
-    let load_n = t % bn;
-    let p = tile_p + load_n;
-    let p_ok = p < pixels;
-    let pb = p / hw_out;
-    let prem = p % hw_out;
-    let y0 = (prem / out_w) * stride;
-    let x0 = (prem % out_w) * stride;
-    let in_base = pb * c_in * in_h * in_w;
-    let load_kb = t / bn;
-    // The weight values it loads: depth `t % BK` of the slice, channels `t / BK + 16 i`.
-    let a_k = t % BK;
-    let a_m = t / BK;
-
     let k_tiles = (depth + BK - 1) / BK;
     let kt_first = part * k_tiles_per_split;
     let mut kt_end = kt_first + k_tiles_per_split;
     if kt_end > k_tiles {
         kt_end = k_tiles;
     }
-    for kt in kt_first..kt_end {
-        let k0 = kt * BK;
+
+    // With `vectors` ([`Tiling::vectors`]) workgroup memory is staged and read as [`Vec4`]s: each
+    // invocation owns rows `g * 64 + 4 ty + r` and pixels `h * 64 + 4 tx + c` of the tile (runs of
+    // four, so a row of the staged slice is one vector load; the second run 64 further keeps a warp's
+    // vector loads on distinct banks), accumulating `bm / 16` rows x `bn / 64` vectors of f32.
+    // Otherwise one value at a time: rows `ty + 16 i` and pixels `tx + 16 j`.
+    if vectors {
+        // Runs of 64 rows (pixels) per tile: the invocation's vectors per slice row of `a_s` (`b_s`).
+        let gm = comptime!(bm / 64);
+        let gn = comptime!(bn / 64);
+        let bm4 = comptime!(bm / 4);
+        let bn4 = comptime!(bn / 4);
+
+        // [k][m / 4] and [k][n / 4].
+        let mut a_s = Shared::<[Vec4<E>]>::new_slice(BK * bm4);
+        let mut b_s = Shared::<[Vec4<E>]>::new_slice(BK * bn4);
+        let mut acc = Array::<Vec4<f32>>::new(gm * 4 * gn);
         #[unroll]
-        for i in 0..bm * BK / (SIDE * SIDE) {
-            let m = tile_m + a_m + i * (SIDE * SIDE / BK);
-            let k = k0 + a_k;
-            let mut v = E::from_int(0);
-            if m < c_out && k < depth {
-                if weight_kn {
-                    v = weight[k * c_out + m];
-                } else {
-                    v = weight[m * depth + k];
-                }
-            }
-            a_s[a_k * bm + a_m + i * (SIDE * SIDE / BK)] = v;
+        for i in 0..gm * 4 * gn {
+            acc[i] = Vec4::<f32>::broadcast(0.0);
         }
-        #[unroll]
-        for i in 0..bn * BK / (SIDE * SIDE) {
-            let kl = load_kb + i * (SIDE * SIDE / bn);
-            let k = k0 + kl;
-            let ci = k / taps;
-            let r = k % taps;
-            let iy = y0 + r / kw;
-            let ix = x0 + r % kw;
-            let mut v = E::from_int(0);
-            if p_ok && k < depth && iy >= pad_top && ix >= pad_left {
-                let y = iy - pad_top;
-                let x = ix - pad_left;
-                if y < in_h && x < in_w {
-                    v = input[in_base + (ci * in_h + y) * in_w + x];
-                }
-            }
-            b_s[kl * bn + load_n] = v;
-        }
-        sync_cube();
 
-        for kk in 0..BK {
-            let mut a = Array::<f32>::new(tm);
-            let mut b = Array::<f32>::new(tn);
-            #[unroll]
-            for i in 0..tm {
-                a[i] = f32::cast_from(a_s[kk * bm + ty + i * SIDE]);
-            }
-            #[unroll]
-            for j in 0..tn {
-                b[j] = f32::cast_from(b_s[kk * bn + tx + j * SIDE]);
-            }
-            #[unroll]
-            for i in 0..tm {
-                #[unroll]
-                for j in 0..tn {
-                    acc[i * tn + j] += a[i] * b[j];
-                }
-            }
-        }
-        sync_cube();
-    }
-
-    #[unroll]
-    for j in 0..tn {
-        let p = tile_p + tx + j * SIDE;
-        if p < pixels {
-            let pb = p / hw_out;
-            let prem = p % hw_out;
-            #[unroll]
-            for i in 0..tm {
-                let m = tile_m + ty + i * SIDE;
-                if m < c_out {
-                    let at = (pb * c_out + m) * hw_out + prem;
-                    if split {
-                        partial[part * batch * c_out * hw_out + at] = acc[i * tn + j];
-                    } else {
-                        let v = acc[i * tn + j] + bias_of(bias, pb, m, c_out, epilogue);
-                        output[at] = E::cast_from(plus_residual(v, residual, at, epilogue));
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Four values: the vectorized implicit GEMM's unit of workgroup memory and of accumulation.
-type Vec4<E> = Vector<E, Const<4>>;
-
-/// `conv2d_igemm` with workgroup memory staged and read as [`Vec4`]s ([`Tiling::vectors`]). Each
-/// invocation owns rows `g * 64 + 4 ty + r` and pixels `h * 64 + 4 tx + c` of the tile (runs of four,
-/// so a row of the staged slice is one vector load; the second run 64 further keeps a warp's vector
-/// loads from workgroup memory on distinct banks), accumulating `bm / 16` rows x `bn / 64` vectors of
-/// f32. Same bindings, grid and split-K as `conv2d_igemm`.
-#[cube(launch_unchecked)]
-#[allow(clippy::too_many_arguments)]
-fn conv2d_igemm_vec4<E: Float>(
-    input: &[E],
-    weight: &[E],
-    bias: &[E],
-    residual: &[E],
-    output: &mut [E],
-    partial: &mut [f32],
-    c_in: usize,
-    in_h: usize,
-    in_w: usize,
-    c_out: usize,
-    out_h: usize,
-    out_w: usize,
-    pad_top: usize,
-    pad_left: usize,
-    m_tiles: usize,
-    k_tiles_per_split: usize,
-    #[comptime] kh: usize,
-    #[comptime] kw: usize,
-    #[comptime] stride: usize,
-    #[comptime] bm: usize,
-    #[comptime] bn: usize,
-    #[comptime] split: bool,
-    epilogue: u32,
-    #[comptime] weight_kn: bool,
-    #[define(E)] _dtype: ElemType,
-) {
-    // Runs of 64 rows (pixels) per tile: the invocation's vectors per slice row of `a_s` (`b_s`).
-    let gm = comptime!(bm / 64);
-    let gn = comptime!(bn / 64);
-    let bm4 = comptime!(bm / 4);
-    let bn4 = comptime!(bn / 4);
-    let tx = UNIT_POS_X as usize;
-    let ty = UNIT_POS_Y as usize;
-    let t = ty * SIDE + tx;
-    let hw_out = out_h * out_w;
-    let batch = input.len() / (c_in * in_h * in_w);
-    let pixels = hw_out * batch;
-    let depth = c_in * kh * kw;
-    let taps = kh * kw;
-    let tile_p = (CUBE_POS_X as usize + CUBE_POS_Z as usize * CUBE_COUNT_X as usize) * bn;
-    let tile_m = (CUBE_POS_Y as usize % m_tiles) * bm;
-    let part = CUBE_POS_Y as usize / m_tiles;
-
-    // [k][m / 4] and [k][n / 4].
-    let mut a_s = Shared::<[Vec4<E>]>::new_slice(BK * bm4);
-    let mut b_s = Shared::<[Vec4<E>]>::new_slice(BK * bn4);
-    let mut acc = Array::<Vec4<f32>>::new(gm * 4 * gn);
-    #[unroll]
-    for i in 0..gm * 4 * gn {
-        acc[i] = Vec4::<f32>::broadcast(0.0);
-    }
-
-    // The four patch columns this invocation gathers are fixed: pixels `4 (t % (bn / 4)) + c` of the
-    // tile, slice rows `t / (bn / 4) + (1024 / bn) i`. A pixel past the end gets a row no tap reaches.
-    let load_v = t % bn4;
-    let load_kb = t / bn4;
-    let mut base = Array::<usize>::new(4usize);
-    let mut ys = Array::<usize>::new(4usize);
-    let mut xs = Array::<usize>::new(4usize);
-    #[unroll]
-    for c in 0..4 {
-        let p = tile_p + load_v * 4 + c;
-        let prem = p % hw_out;
-        base[c] = (p / hw_out) * c_in * in_h * in_w;
-        ys[c] = (prem / out_w) * stride;
-        xs[c] = (prem % out_w) * stride;
-        if p >= pixels {
-            base[c] = 0;
-            ys[c] = in_h + pad_top;
-        }
-    }
-    // The weight vectors it loads: depth `t % BK` of the slice, channels `4 (t / BK + 16 i) + r`
-    // (16 invocations read 16 consecutive depths of one channel: one memory segment).
-    let a_k = t % BK;
-    let a_v = t / BK;
-
-    let k_tiles = (depth + BK - 1) / BK;
-    let kt_first = part * k_tiles_per_split;
-    let mut kt_end = kt_first + k_tiles_per_split;
-    if kt_end > k_tiles {
-        kt_end = k_tiles;
-    }
-    for kt in kt_first..kt_end {
-        let k0 = kt * BK;
-        #[unroll]
-        for i in 0..gm {
-            let v = a_v + i * (SIDE * SIDE / BK);
-            let k = k0 + a_k;
-            let mut w = Vec4::<E>::empty();
-            #[unroll]
-            for r in 0..4 {
-                let m = tile_m + v * 4 + r;
-                let mut x = E::from_int(0);
-                if m < c_out && k < depth {
-                    if weight_kn {
-                        x = weight[k * c_out + m];
-                    } else {
-                        x = weight[m * depth + k];
-                    }
-                }
-                w.insert(r, x);
-            }
-            a_s[a_k * bm4 + v] = w;
-        }
-        #[unroll]
-        for i in 0..comptime!(BK * bn4 / (SIDE * SIDE)) {
-            let kl = load_kb + i * comptime!(SIDE * SIDE / bn4);
-            let k = k0 + kl;
-            let ci = k / taps;
-            let r = k % taps;
-            let dy = r / kw;
-            let dx = r % kw;
-            let mut vals = Vec4::<E>::empty();
-            #[unroll]
-            for c in 0..4 {
-                let iy = ys[c] + dy;
-                let ix = xs[c] + dx;
-                let mut x = E::from_int(0);
-                if k < depth && iy >= pad_top && ix >= pad_left {
-                    let y = iy - pad_top;
-                    let xx = ix - pad_left;
-                    if y < in_h && xx < in_w {
-                        x = input[base[c] + (ci * in_h + y) * in_w + xx];
-                    }
-                }
-                vals.insert(c, x);
-            }
-            b_s[kl * bn4 + load_v] = vals;
-        }
-        sync_cube();
-
-        for kk in 0..BK {
-            let mut b = Array::<Vec4<f32>>::new(gn);
-            #[unroll]
-            for h in 0..gn {
-                b[h] = Vec4::<f32>::cast_from(b_s[kk * bn4 + h * SIDE + tx]);
-            }
-            #[unroll]
-            for g in 0..gm {
-                let a = a_s[kk * bm4 + g * SIDE + ty];
-                #[unroll]
-                for r in 0..4 {
-                    let ar = Vec4::<f32>::broadcast(f32::cast_from(a.extract(r)));
-                    #[unroll]
-                    for h in 0..gn {
-                        acc[(g * 4 + r) * gn + h] += ar * b[h];
-                    }
-                }
-            }
-        }
-        sync_cube();
-    }
-
-    #[unroll]
-    for h in 0..gn {
+        // The four patch columns this invocation gathers are fixed: pixels `4 (t % (bn / 4)) + c` of the
+        // tile, slice rows `t / (bn / 4) + (1024 / bn) i`. A pixel past the end gets a row no tap reaches.
+        let load_v = t % bn4;
+        let load_kb = t / bn4;
+        let mut base = Array::<usize>::new(4usize);
+        let mut ys = Array::<usize>::new(4usize);
+        let mut xs = Array::<usize>::new(4usize);
         #[unroll]
         for c in 0..4 {
-            let p = tile_p + h * 64 + tx * 4 + c;
+            let p = tile_p + load_v * 4 + c;
+            let prem = p % hw_out;
+            base[c] = (p / hw_out) * c_in * in_h * in_w;
+            ys[c] = (prem / out_w) * stride;
+            xs[c] = (prem % out_w) * stride;
+            if p >= pixels {
+                base[c] = 0;
+                ys[c] = in_h + pad_top;
+            }
+        }
+        // The weight vectors it loads: depth `t % BK` of the slice, channels `4 (t / BK + 16 i) + r`
+        // (16 invocations read 16 consecutive depths of one channel: one memory segment).
+        let a_k = t % BK;
+        let a_v = t / BK;
+
+        for kt in kt_first..kt_end {
+            let k0 = kt * BK;
+            #[unroll]
+            for i in 0..gm {
+                let v = a_v + i * (SIDE * SIDE / BK);
+                let k = k0 + a_k;
+                let mut w = Vec4::<E>::empty();
+                #[unroll]
+                for r in 0..4 {
+                    let m = tile_m + v * 4 + r;
+                    let mut x = E::from_int(0);
+                    if m < c_out && k < depth {
+                        if weight_kn {
+                            x = weight[k * c_out + m];
+                        } else {
+                            x = weight[m * depth + k];
+                        }
+                    }
+                    w.insert(r, x);
+                }
+                a_s[a_k * bm4 + v] = w;
+            }
+            #[unroll]
+            for i in 0..comptime!(BK * bn4 / (SIDE * SIDE)) {
+                let kl = load_kb + i * comptime!(SIDE * SIDE / bn4);
+                let k = k0 + kl;
+                let ci = k / taps;
+                let r = k % taps;
+                let dy = r / kw;
+                let dx = r % kw;
+                let mut vals = Vec4::<E>::empty();
+                #[unroll]
+                for c in 0..4 {
+                    let iy = ys[c] + dy;
+                    let ix = xs[c] + dx;
+                    let mut x = E::from_int(0);
+                    if k < depth && iy >= pad_top && ix >= pad_left {
+                        let y = iy - pad_top;
+                        let xx = ix - pad_left;
+                        if y < in_h && xx < in_w {
+                            x = input[base[c] + (ci * in_h + y) * in_w + xx];
+                        }
+                    }
+                    vals.insert(c, x);
+                }
+                b_s[kl * bn4 + load_v] = vals;
+            }
+            sync_cube();
+
+            for kk in 0..BK {
+                let mut b = Array::<Vec4<f32>>::new(gn);
+                #[unroll]
+                for h in 0..gn {
+                    b[h] = Vec4::<f32>::cast_from(b_s[kk * bn4 + h * SIDE + tx]);
+                }
+                #[unroll]
+                for g in 0..gm {
+                    let a = a_s[kk * bm4 + g * SIDE + ty];
+                    #[unroll]
+                    for r in 0..4 {
+                        let ar = Vec4::<f32>::broadcast(f32::cast_from(a.extract(r)));
+                        #[unroll]
+                        for h in 0..gn {
+                            acc[(g * 4 + r) * gn + h] += ar * b[h];
+                        }
+                    }
+                }
+            }
+            sync_cube();
+        }
+
+        #[unroll]
+        for h in 0..gn {
+            #[unroll]
+            for c in 0..4 {
+                let p = tile_p + h * 64 + tx * 4 + c;
+                if p < pixels {
+                    let pb = p / hw_out;
+                    let prem = p % hw_out;
+                    #[unroll]
+                    for g in 0..gm {
+                        #[unroll]
+                        for r in 0..4 {
+                            let m = tile_m + g * 64 + ty * 4 + r;
+                            if m < c_out {
+                                let at = (pb * c_out + m) * hw_out + prem;
+                                let v = acc[(g * 4 + r) * gn + h].extract(c);
+                                if split {
+                                    partial[part * batch * c_out * hw_out + at] = v;
+                                } else {
+                                    let v = v + bias_of(bias, pb, m, c_out, epilogue);
+                                    output[at] = E::cast_from(plus_residual(v, residual, at, epilogue));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    } else {
+        let tm = comptime!(bm / SIDE);
+        let tn = comptime!(bn / SIDE);
+
+        // [k][m] and [k][n]: the inner loop reads a row of each.
+        let mut a_s = Shared::<[E]>::new_slice(BK * bm);
+        let mut b_s = Shared::<[E]>::new_slice(BK * bn);
+        let mut acc = Array::<f32>::new(tm * tn);
+        #[unroll]
+        for i in 0..tm * tn {
+            acc[i] = 0.0;
+        }
+
+        // The patch column this invocation gathers is fixed: pixel `t % bn` of the tile, rows
+        // `t / bn + (256 / bn) i` of each slice.
+        let load_n = t % bn;
+        let p = tile_p + load_n;
+        let p_ok = p < pixels;
+        let pb = p / hw_out;
+        let prem = p % hw_out;
+        let y0 = (prem / out_w) * stride;
+        let x0 = (prem % out_w) * stride;
+        let in_base = pb * c_in * in_h * in_w;
+        let load_kb = t / bn;
+        // The weight values it loads: depth `t % BK` of the slice, channels `t / BK + 16 i`.
+        let a_k = t % BK;
+        let a_m = t / BK;
+
+        for kt in kt_first..kt_end {
+            let k0 = kt * BK;
+            #[unroll]
+            for i in 0..bm * BK / (SIDE * SIDE) {
+                let m = tile_m + a_m + i * (SIDE * SIDE / BK);
+                let k = k0 + a_k;
+                let mut v = E::from_int(0);
+                if m < c_out && k < depth {
+                    if weight_kn {
+                        v = weight[k * c_out + m];
+                    } else {
+                        v = weight[m * depth + k];
+                    }
+                }
+                a_s[a_k * bm + a_m + i * (SIDE * SIDE / BK)] = v;
+            }
+            #[unroll]
+            for i in 0..bn * BK / (SIDE * SIDE) {
+                let kl = load_kb + i * (SIDE * SIDE / bn);
+                let k = k0 + kl;
+                let ci = k / taps;
+                let r = k % taps;
+                let iy = y0 + r / kw;
+                let ix = x0 + r % kw;
+                let mut v = E::from_int(0);
+                if p_ok && k < depth && iy >= pad_top && ix >= pad_left {
+                    let y = iy - pad_top;
+                    let x = ix - pad_left;
+                    if y < in_h && x < in_w {
+                        v = input[in_base + (ci * in_h + y) * in_w + x];
+                    }
+                }
+                b_s[kl * bn + load_n] = v;
+            }
+            sync_cube();
+
+            for kk in 0..BK {
+                let mut a = Array::<f32>::new(tm);
+                let mut b = Array::<f32>::new(tn);
+                #[unroll]
+                for i in 0..tm {
+                    a[i] = f32::cast_from(a_s[kk * bm + ty + i * SIDE]);
+                }
+                #[unroll]
+                for j in 0..tn {
+                    b[j] = f32::cast_from(b_s[kk * bn + tx + j * SIDE]);
+                }
+                #[unroll]
+                for i in 0..tm {
+                    #[unroll]
+                    for j in 0..tn {
+                        acc[i * tn + j] += a[i] * b[j];
+                    }
+                }
+            }
+            sync_cube();
+        }
+
+        #[unroll]
+        for j in 0..tn {
+            let p = tile_p + tx + j * SIDE;
             if p < pixels {
                 let pb = p / hw_out;
                 let prem = p % hw_out;
                 #[unroll]
-                for g in 0..gm {
-                    #[unroll]
-                    for r in 0..4 {
-                        let m = tile_m + g * 64 + ty * 4 + r;
-                        if m < c_out {
-                            let at = (pb * c_out + m) * hw_out + prem;
-                            let v = acc[(g * 4 + r) * gn + h].extract(c);
-                            if split {
-                                partial[part * batch * c_out * hw_out + at] = v;
-                            } else {
-                                let v = v + bias_of(bias, pb, m, c_out, epilogue);
-                                output[at] = E::cast_from(plus_residual(v, residual, at, epilogue));
-                            }
+                for i in 0..tm {
+                    let m = tile_m + ty + i * SIDE;
+                    if m < c_out {
+                        let at = (pb * c_out + m) * hw_out + prem;
+                        if split {
+                            partial[part * batch * c_out * hw_out + at] = acc[i * tn + j];
+                        } else {
+                            let v = acc[i * tn + j] + bias_of(bias, pb, m, c_out, epilogue);
+                            output[at] = E::cast_from(plus_residual(v, residual, at, epilogue));
                         }
                     }
                 }
@@ -712,47 +669,38 @@ pub(crate) fn launch(
     let groups_z = pixel_tiles.div_ceil(groups_x);
     let m_tiles = c_out.div_ceil(tiling.bm);
     let count = CubeCount::Static(groups_x as u32, (m_tiles * splits) as u32, groups_z as u32);
-    // The two kernels take the same arguments.
-    macro_rules! launch_igemm {
-        ($kernel:ident) => {
-            $kernel::launch_unchecked(
-                &client,
-                count,
-                CubeDim::new_2d(SIDE as u32, SIDE as u32),
-                input.into_buffer_arg(),
-                weight.into_buffer_arg(),
-                bias.clone().into_buffer_arg(),
-                residual.clone().into_buffer_arg(),
-                output.clone().into_buffer_arg(),
-                partial.clone().into_buffer_arg(),
-                c_in,
-                in_h,
-                in_w,
-                c_out,
-                out_h,
-                out_w,
-                top,
-                left,
-                m_tiles,
-                per_split,
-                kh,
-                kw,
-                stride,
-                tiling.bm,
-                tiling.bn,
-                split,
-                epilogue,
-                weight_kn,
-                storage,
-            )
-        };
-    }
     unsafe {
-        if tiling.vectors {
-            launch_igemm!(conv2d_igemm_vec4);
-        } else {
-            launch_igemm!(conv2d_igemm);
-        }
+        conv2d_igemm::launch_unchecked(
+            &client,
+            count,
+            CubeDim::new_2d(SIDE as u32, SIDE as u32),
+            input.into_buffer_arg(),
+            weight.into_buffer_arg(),
+            bias.clone().into_buffer_arg(),
+            residual.clone().into_buffer_arg(),
+            output.clone().into_buffer_arg(),
+            partial.clone().into_buffer_arg(),
+            c_in,
+            in_h,
+            in_w,
+            c_out,
+            out_h,
+            out_w,
+            top,
+            left,
+            m_tiles,
+            per_split,
+            kh,
+            kw,
+            stride,
+            tiling.bm,
+            tiling.bn,
+            split,
+            epilogue,
+            weight_kn,
+            tiling.vectors,
+            storage,
+        );
     }
     if split {
         const LANES: usize = 256;
