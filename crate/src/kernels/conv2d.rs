@@ -84,6 +84,54 @@ impl Tiling {
     }
 }
 
+/// Weight (output channel `m`, reduction index `k`) of `[c_out, depth]` weights, or with `weight_kn`
+/// of `[depth, c_out]` ones (a linear layer's); 0 past either end (a tile's overhang).
+#[cube]
+fn weight_value<E: Float>(
+    weight: &[E],
+    m: usize,
+    k: usize,
+    c_out: usize,
+    depth: usize,
+    #[comptime] weight_kn: bool,
+) -> E {
+    let mut v = E::from_int(0);
+    if m < c_out && k < depth {
+        if weight_kn {
+            v = weight[k * c_out + m];
+        } else {
+            v = weight[m * depth + k];
+        }
+    }
+    v
+}
+
+/// The input value at padded position (`iy`, `ix`) of the `in_h x in_w` plane starting at `plane`;
+/// 0 in the padding, and where not `ok` (past the reduction's or the pixels' end).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn patch_value<E: Float>(
+    input: &[E],
+    plane: usize,
+    iy: usize,
+    ix: usize,
+    ok: bool,
+    in_h: usize,
+    in_w: usize,
+    pad_top: usize,
+    pad_left: usize,
+) -> E {
+    let mut v = E::from_int(0);
+    if ok && iy >= pad_top && ix >= pad_left {
+        let y = iy - pad_top;
+        let x = ix - pad_left;
+        if y < in_h && x < in_w {
+            v = input[plane + y * in_w + x];
+        }
+    }
+    v
+}
+
 /// Four values: the vectorized implicit GEMM's unit of workgroup memory and of accumulation.
 type Vec4<E> = Vector<E, Const<4>>;
 
@@ -189,16 +237,7 @@ fn conv2d_igemm<E: Float>(
                 let mut w = Vec4::<E>::empty();
                 #[unroll]
                 for r in 0..4 {
-                    let m = tile_m + v * 4 + r;
-                    let mut x = E::from_int(0);
-                    if m < c_out && k < depth {
-                        if weight_kn {
-                            x = weight[k * c_out + m];
-                        } else {
-                            x = weight[m * depth + k];
-                        }
-                    }
-                    w.insert(r, x);
+                    w.insert(r, weight_value(weight, tile_m + v * 4 + r, k, c_out, depth, weight_kn));
                 }
                 a_s[a_k * bm4 + v] = w;
             }
@@ -215,15 +254,8 @@ fn conv2d_igemm<E: Float>(
                 for c in 0..4 {
                     let iy = ys[c] + dy;
                     let ix = xs[c] + dx;
-                    let mut x = E::from_int(0);
-                    if k < depth && iy >= pad_top && ix >= pad_left {
-                        let y = iy - pad_top;
-                        let xx = ix - pad_left;
-                        if y < in_h && xx < in_w {
-                            x = input[base[c] + (ci * in_h + y) * in_w + xx];
-                        }
-                    }
-                    vals.insert(c, x);
+                    let plane = base[c] + ci * in_h * in_w;
+                    vals.insert(c, patch_value(input, plane, iy, ix, k < depth, in_h, in_w, pad_top, pad_left));
                 }
                 b_s[kl * bn4 + load_v] = vals;
             }
@@ -312,16 +344,8 @@ fn conv2d_igemm<E: Float>(
             #[unroll]
             for i in 0..bm * BK / (SIDE * SIDE) {
                 let m = tile_m + a_m + i * (SIDE * SIDE / BK);
-                let k = k0 + a_k;
-                let mut v = E::from_int(0);
-                if m < c_out && k < depth {
-                    if weight_kn {
-                        v = weight[k * c_out + m];
-                    } else {
-                        v = weight[m * depth + k];
-                    }
-                }
-                a_s[a_k * bm + a_m + i * (SIDE * SIDE / BK)] = v;
+                a_s[a_k * bm + a_m + i * (SIDE * SIDE / BK)] =
+                    weight_value(weight, m, k0 + a_k, c_out, depth, weight_kn);
             }
             #[unroll]
             for i in 0..bn * BK / (SIDE * SIDE) {
@@ -331,15 +355,9 @@ fn conv2d_igemm<E: Float>(
                 let r = k % taps;
                 let iy = y0 + r / kw;
                 let ix = x0 + r % kw;
-                let mut v = E::from_int(0);
-                if p_ok && k < depth && iy >= pad_top && ix >= pad_left {
-                    let y = iy - pad_top;
-                    let x = ix - pad_left;
-                    if y < in_h && x < in_w {
-                        v = input[in_base + (ci * in_h + y) * in_w + x];
-                    }
-                }
-                b_s[kl * bn + load_n] = v;
+                let plane = in_base + ci * in_h * in_w;
+                b_s[kl * bn + load_n] =
+                    patch_value(input, plane, iy, ix, p_ok && k < depth, in_h, in_w, pad_top, pad_left);
             }
             sync_cube();
 
