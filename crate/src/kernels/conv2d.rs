@@ -302,8 +302,7 @@ fn conv2d_igemm<E: Float>(
                                 if split {
                                     partial[part * batch * c_out * hw_out + at] = v;
                                 } else {
-                                    let v = v + bias_of(bias, pb, m, c_out, epilogue);
-                                    output[at] = E::cast_from(plus_residual(v, residual, at, epilogue));
+                                    output[at] = with_epilogue(v, bias, residual, at, pb, m, c_out, epilogue);
                                 }
                             }
                         }
@@ -394,11 +393,11 @@ fn conv2d_igemm<E: Float>(
                     let m = tile_m + ty + i * SIDE;
                     if m < c_out {
                         let at = (pb * c_out + m) * hw_out + prem;
+                        let v = acc[i * tn + j];
                         if split {
-                            partial[part * batch * c_out * hw_out + at] = acc[i * tn + j];
+                            partial[part * batch * c_out * hw_out + at] = v;
                         } else {
-                            let v = acc[i * tn + j] + bias_of(bias, pb, m, c_out, epilogue);
-                            output[at] = E::cast_from(plus_residual(v, residual, at, epilogue));
+                            output[at] = with_epilogue(v, bias, residual, at, pb, m, c_out, epilogue);
                         }
                     }
                 }
@@ -458,6 +457,23 @@ pub(crate) fn plus_residual<E: Float>(value: f32, residual: &[E], at: usize, epi
     value + f32::cast_from(residual[at * on as usize]) * f32::cast_from(on)
 }
 
+/// A convolution's output value at `at` of `[batch, c_out, h, w]` (batch `batch`, channel `channel`):
+/// its f32 sum through the epilogue ([`bias_of`], [`plus_residual`]), rounded once to `E`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn with_epilogue<E: Float>(
+    sum: f32,
+    bias: &[E],
+    residual: &[E],
+    at: usize,
+    batch: usize,
+    channel: usize,
+    c_out: usize,
+    epilogue: u32,
+) -> E {
+    E::cast_from(plus_residual(sum + bias_of(bias, batch, channel, c_out, epilogue), residual, at, epilogue))
+}
+
 /// The split-K pass: each output value is the sum of its `splits` partial sums plus the epilogue.
 #[cube(launch_unchecked)]
 fn conv2d_sum_splits<E: Float>(
@@ -482,8 +498,7 @@ fn conv2d_sum_splits<E: Float>(
         }
         let batch_channel = at / hw_out;
         let (batch, channel) = (batch_channel / c_out, batch_channel % c_out);
-        let v = v + bias_of(bias, batch, channel, c_out, epilogue);
-        output[at] = E::cast_from(plus_residual(v, residual, at, epilogue));
+        output[at] = with_epilogue(v, bias, residual, at, batch, channel, c_out, epilogue);
     }
 }
 
