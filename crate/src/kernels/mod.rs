@@ -175,8 +175,9 @@ impl Choice {
 static CHOICE: RwLock<Choice> = RwLock::new(Choice::BURN);
 
 /// Records the wgpu adapter's name and the device's largest buffer; the device's creator calls this
-/// once, before any kernel runs.
+/// before any kernel runs on it (again for a device made after a loss: [`tune::set_adapter`]).
 pub fn set_adapter(name: &str, max_buffer_bytes: u64) {
+    tune::set_adapter(name);
     let choice = Choice::for_adapter(name);
     #[cfg(not(target_arch = "wasm32"))]
     let choice = choice

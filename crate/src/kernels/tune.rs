@@ -292,6 +292,8 @@ pub type GegluTuning = Tuning<GegluShape, GegluPick>;
 struct Table {
     /// Recording new shapes ([`super::Choice::tune`], or [`set_recording`]).
     recording: Option<bool>,
+    /// The adapter the picks were measured on ([`set_adapter`]).
+    adapter: Option<String>,
     /// Each shape seen: its pick once measured, `None` until then.
     conv: HashMap<ConvShape, Option<ConvPick>>,
     attention: HashMap<AttentionShape, Option<AttentionPick>>,
@@ -318,6 +320,20 @@ pub fn recording() -> bool {
 /// Records new shapes (or not) whatever the adapter's choice; `None` returns to it.
 pub fn set_recording(on: Option<bool>) {
     table_mut().recording = on;
+}
+
+/// Records the adapter the kernels now run on; picks measured on another one are forgotten, with the
+/// shapes waiting for measuring. A device lost and made again may come from another adapter (the
+/// browser falls back from a removed or reset discrete GPU to the integrated one, or to its software
+/// one), and a tiling measured fastest on one GPU can be a poor pick on the next. (The first adapter
+/// keeps what was imported before it.)
+pub fn set_adapter(name: &str) {
+    let mut table = table_mut();
+    if table.adapter.as_deref().is_some_and(|a| a != name) {
+        let recording = table.recording;
+        *table = Table { recording, ..Table::default() };
+    }
+    table.adapter = Some(name.to_string());
 }
 
 /// The measured pick for `shape`, if any; a shape not seen before is recorded for measuring
@@ -811,8 +827,38 @@ mod tests {
         ConvShape { batch, c_in, height, width, c_out, kernel, stride, padding, f16 }
     }
 
+    /// The table is the process's: tests that change it run one at a time.
+    fn table_lock() -> std::sync::MutexGuard<'static, ()> {
+        static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        LOCK.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    #[test]
+    fn another_adapter_forgets_the_picks_measured_on_the_last() {
+        let _lock = table_lock();
+        let (measured, waiting) = (conv(2, 3, 5, [6, 6], 3, 1, false), conv(2, 3, 7, [6, 6], 3, 1, false));
+        let pick = ConvPick::Tiled(Tiling::SMALL);
+        set_adapter("first GPU");
+        set_recording(Some(true));
+        set_conv_pick(measured, pick);
+        assert_eq!(conv_pick(waiting), None);
+        // The same adapter again (a device made after a loss on the same GPU) keeps them.
+        set_adapter("first GPU");
+        assert_eq!(conv_pick(measured), Some(pick));
+        assert!(pending().contains(&Pending::Conv(waiting)));
+        // Another adapter measures for itself.
+        set_adapter("second GPU");
+        assert_eq!(export().conv, Vec::new());
+        assert!(pending().is_empty(), "the shapes waiting were the first adapter's");
+        assert!(recording(), "set_recording outlives the adapter");
+        assert_eq!(conv_pick(measured), None);
+        assert!(pending().contains(&Pending::Conv(measured)), "measured again");
+        set_recording(None);
+    }
+
     #[test]
     fn recorded_shapes_wait_for_measuring() {
+        let _lock = table_lock();
         let shape = conv(5, 3, 13, [2, 7], 1, 1, true);
         set_recording(Some(false));
         assert_eq!(conv_pick(shape), None);
@@ -828,6 +874,7 @@ mod tests {
 
     #[test]
     fn picks_round_trip_through_export_and_import() {
+        let _lock = table_lock();
         let shape = conv(3, 7, 11, [5, 9], 3, 2, false);
         let pick = ConvPick::Tiled(Tiling { bm: 16, bn: 128, splits: 2, vectors: false });
         let attention = AttentionShape {

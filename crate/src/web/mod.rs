@@ -83,10 +83,10 @@ struct State {
     /// LoRA files read and parsed, by sha256: those merged now (kept for a change of weight) and the
     /// last one added.
     loras: std::collections::HashMap<String, Rc<crate::lora::Lora>>,
-    /// How many measured kernel picks (convolutions and attentions) the store holds for this adapter,
-    /// once read
-    /// ([`crate::kernels::tune`]: only where the adapter measures them).
-    kernel_picks_stored: Option<usize>,
+    /// The adapter's [`tuning_key`] and how many measured kernel picks the store holds under it, once
+    /// read ([`crate::kernels::tune`]: only where the adapter measures them). A device made after a
+    /// loss may be another adapter's: its picks are then read, and saved, under its own key.
+    kernel_picks_stored: Option<(String, usize)>,
 }
 
 /// The engine living in the dedicated worker.
@@ -832,26 +832,29 @@ fn tuning_key(gpu: &crate::gpu::GpuInfo) -> String {
 }
 
 /// Where this adapter measures its kernels ([`crate::kernels::tune`]), what it measured
-/// in an earlier worker, read once per worker. A record that cannot be read is measured again.
+/// in an earlier worker, read once per worker and adapter. A record that cannot be read is measured
+/// again.
 async fn restore_kernel_picks(cx: &Context, store: &Store, gpu: &crate::gpu::GpuInfo) {
-    if !crate::kernels::tune::recording() || cx.state.borrow().kernel_picks_stored.is_some() {
+    let key = tuning_key(gpu);
+    let read = cx.state.borrow().kernel_picks_stored.as_ref().is_some_and(|(k, _)| *k == key);
+    if !crate::kernels::tune::recording() || read {
         return;
     }
-    let picks = store.kernel_picks(&tuning_key(gpu)).await.unwrap_or_default();
+    let picks = store.kernel_picks(&key).await.unwrap_or_default();
     crate::kernels::tune::import(&picks);
-    cx.state.borrow_mut().kernel_picks_stored = Some(picks.len());
+    cx.state.borrow_mut().kernel_picks_stored = Some((key, picks.len()));
 }
 
 /// Stores what this adapter has measured when it measured more since the last write. A failed write
 /// only means measuring again in the next worker.
 async fn save_kernel_picks(cx: &Context, store: &Store, gpu: &crate::gpu::GpuInfo) {
     let picks = crate::kernels::tune::export();
-    let count = picks.len();
-    if !crate::kernels::tune::recording() || cx.state.borrow().kernel_picks_stored == Some(count) {
+    let stored = (tuning_key(gpu), picks.len());
+    if !crate::kernels::tune::recording() || cx.state.borrow().kernel_picks_stored.as_ref() == Some(&stored) {
         return;
     }
-    if store.put_kernel_picks(&tuning_key(gpu), &picks).await.is_ok() {
-        cx.state.borrow_mut().kernel_picks_stored = Some(count);
+    if store.put_kernel_picks(&stored.0, &picks).await.is_ok() {
+        cx.state.borrow_mut().kernel_picks_stored = Some(stored);
     }
 }
 
