@@ -1,133 +1,22 @@
 // Hardening end to end (issue 20): a real panic and the restarted worker, Web Locks across tabs (a
 // panicking download, delete during another tab's download, inspect and cancel while another tab
 // downloads), the model server's hostile answers (Range ignored or unreadable, extra bytes, redirects
-// off the allow-list, slow or huge manifests, sizes JavaScript cannot count), stored chunks damaged
-// after verification (repaired one chunk each, the same image), and a soak of 50 injected faults.
+// off the allow-list, slow or huge manifests, sizes JavaScript cannot count). The soak of 50 injected
+// faults is soak.test.ts.
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import type { DownloadReport, Request, WorkerEvent } from "../src/protocol";
-import { FIXTURES, openEngine, startHarness, type EnginePage, type Harness, type Recorded } from "./harness";
+import { SMALL, code, onServer } from "./faults";
+import { FIXTURES, openEngine, startHarness, type Harness } from "./harness";
 
-const CHUNK = 256 * 1024;
 let h: Harness;
-
 before(async () => {
   h = await startHarness();
 });
 after(async () => {
   await h?.close();
 });
-
-const manifestUrl = (run: string, model = "tiny-sd"): string => `${h.cdn.url}${model}/manifest.json?run=${run}`;
-
-function ensure(run: string, extra: Partial<Extract<Request, { type: "ensureModel" }>> = {}): Extract<Request, { type: "ensureModel" }> {
-  return { type: "ensureModel", manifestUrl: manifestUrl(run), variant: "fp16", chunkBytes: CHUNK, stallTimeoutMs: 5000, ...extra };
-}
-
-/** Behaviour checks generate 16x16 px in 1 step (SwiftShader: ~10 s per 64 px U-Net step). */
-const SMALL = { prompt: "a red apple", width: 16, height: 16, steps: 1, guidance: 7.5, seed: 7, scheduler: "ddim" } as const;
-
-const code = (e: Recorded | WorkerEvent): string => (e.type === "error" ? e.code : e.type);
-
-type ManifestFile = { path: string; size: number; sha256: string };
-async function manifestFiles(run: string): Promise<ManifestFile[]> {
-  return ((await (await fetch(manifestUrl(run))).json()) as { files: ManifestFile[] }).files;
-}
-
-/** The store's view of model `id`, read in the page: each file's record, its chunks' sizes, and the
- * sha256 of its chunks concatenated. */
-async function stored(e: EnginePage, id: string): Promise<{
-  files: { path: string; size: number; stored: number; complete: boolean; repair: number[]; chunkBytes: number; chunks: number[]; sha256: string }[];
-  orphanChunks: number;
-}> {
-  return e.page.evaluate(async (id) => {
-    const db = await new Promise<IDBDatabase>((ok, err) => {
-      const r = indexedDB.open("websd-weights");
-      r.onsuccess = () => ok(r.result);
-      r.onerror = () => err(r.error);
-    });
-    const all = <T>(store: string, range: IDBKeyRange, keys = false) =>
-      new Promise<T[]>((ok, err) => {
-        const os = db.transaction(store).objectStore(store);
-        const r = keys ? os.getAllKeys(range) : os.getAll(range);
-        r.onsuccess = () => ok(r.result as T[]);
-        r.onerror = () => err(r.error);
-      });
-    type F = { path: string; size: number; stored: number; complete: boolean; repair?: number[]; chunkBytes: number };
-    const records = await all<F>("files", IDBKeyRange.bound([id], [id + "\0"], false, true));
-    const files = [];
-    let inFiles = 0;
-    for (const f of records) {
-      const blobs = await all<Blob>("chunks", IDBKeyRange.bound([id, f.path], [id, f.path + "\0"], false, true));
-      inFiles += blobs.length;
-      const digest = await crypto.subtle.digest("SHA-256", await new Blob(blobs).arrayBuffer());
-      const sha256 = Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
-      files.push({ path: f.path, size: f.size, stored: f.stored, complete: f.complete, repair: f.repair ?? [], chunkBytes: f.chunkBytes, chunks: blobs.map((b) => b.size), sha256 });
-    }
-    const chunkKeys = await all<unknown>("chunks", IDBKeyRange.bound([id], [id + "\0"], false, true), true);
-    db.close();
-    return { files, orphanChunks: chunkKeys.length - inFiles };
-  }, id);
-}
-
-/** Every file of `run` stored whole, byte-identical to the manifest, in exactly its chunks (none lost,
- * none duplicated), none waiting for repair. */
-async function assertStoredExactly(e: EnginePage, run: string, report: DownloadReport): Promise<void> {
-  const manifest = await manifestFiles(run);
-  const s = await stored(e, manifestUrl(run));
-  assert.equal(s.orphanChunks, 0, "no chunk outside a file");
-  for (const path of report.files) {
-    const f = s.files.find((x) => x.path === path);
-    const want = manifest.find((m) => m.path === path)!;
-    assert.ok(f, `${path} stored`);
-    assert.equal(f.sha256, want.sha256, `${path} byte-identical`);
-    assert.ok(f.complete && f.repair.length === 0 && f.stored === f.size, `${path} complete`);
-    const chunks = Math.ceil(f.size / f.chunkBytes);
-    assert.equal(f.chunks.length, chunks, `${path}: ${f.chunks.length} chunks, ${chunks} expected`);
-    assert.ok(f.chunks.every((n, i) => n === Math.min(f.chunkBytes, f.size - i * f.chunkBytes)), `${path}: chunk sizes`);
-  }
-}
-
-/** Damages chunk `index` of a stored file in the page's IndexedDB, as a disk or another program might. */
-async function damageChunk(e: EnginePage, id: string, path: string, index: number, how: "flip" | "truncate" | "delete"): Promise<void> {
-  await e.page.evaluate(
-    async ([id, path, index, how]) => {
-      const db = await new Promise<IDBDatabase>((ok, err) => {
-        const r = indexedDB.open("websd-weights");
-        r.onsuccess = () => ok(r.result);
-        r.onerror = () => err(r.error);
-      });
-      const key = [id, path, index];
-      const blob = await new Promise<Blob>((ok, err) => {
-        const r = db.transaction("chunks").objectStore("chunks").get(key);
-        r.onsuccess = () => ok(r.result as Blob);
-        r.onerror = () => err(r.error);
-      });
-      if (!blob) throw new Error(`no chunk ${JSON.stringify(key)}`);
-      const bytes = new Uint8Array(await blob.arrayBuffer());
-      const tx = db.transaction("chunks", "readwrite");
-      if (how === "delete") tx.objectStore("chunks").delete(key);
-      else if (how === "truncate") tx.objectStore("chunks").put(new Blob([bytes.subarray(0, bytes.length >> 1)]), key);
-      else {
-        const at = bytes.length >> 1;
-        bytes[at] = bytes[at]! ^ 0x01;
-        tx.objectStore("chunks").put(new Blob([bytes]), key);
-      }
-      await new Promise<void>((ok, err) => {
-        tx.oncomplete = () => ok();
-        tx.onerror = () => err(tx.error);
-      });
-      db.close();
-    },
-    [id, path, index, how] as const,
-  );
-}
-
-/** RGBA of the last result's PNG. */
-async function lastImage(e: EnginePage): Promise<number[]> {
-  const results = (await e.events()).filter((x) => x.type === "result");
-  return (await e.decodePng(results.length - 1)).rgba;
-}
+const { manifestUrl, ensure, stored, assertStoredExactly } = onServer(() => h);
 
 describe("hardening", () => {
   test("a real panic: the request ends with code panic, the page's worker is replaced, the next generation works; the page's client answers by request id, an AbortSignal cancels its request alone", { timeout: 300_000 }, async () => {
@@ -369,120 +258,6 @@ describe("hardening", () => {
     console.log(`database deleted from the page while the worker had it open: ${deletion}; the next requests reopened it`);
     void size;
     void FIXTURES;
-    await e.page.close();
-  });
-
-  test("soak: 50 injected faults across downloads, loads and generations; 0 wrong images, 0 lost or duplicated chunks", { timeout: 900_000 }, async () => {
-    const e = await openEngine(h);
-    const counts: Record<string, number> = {};
-    let faults = 0;
-    const note = (kind: string) => {
-      counts[kind] = (counts[kind] ?? 0) + 1;
-      faults += 1;
-    };
-    // Downloads: 8 runs, each with one fault on each of 4 files (kinds in turn; the Range faults hit
-    // the resume after a reset, so they come as a pair).
-    const files = await manifestFiles("soak-0");
-    const targets = [
-      "unet/diffusion_pytorch_model.fp16.safetensors",
-      "text_encoder/model.fp16.safetensors",
-      "vae/diffusion_pytorch_model.fp16.safetensors",
-      // Over 2 chunks like the others, so that the resume after a reset at half is a Range request.
-      "tokenizer/vocab.json",
-    ];
-    const sizeOf = (p: string) => files.find((f) => f.path === p)!.size;
-    const kinds = ["reset", "truncate", "status:500", "status:503", "stall", "extra:100", "ignorerange", "norange", "badrange", "hiderange", "flip"];
-    let k = 0;
-    let wasted = 0;
-    let wastedBound = 0;
-    let wholeFileRefetches = 0;
-    for (let run = 0; run < 8; run++) {
-      const id = `soak-${run}`;
-      h.cdn.models.clearFaults();
-      h.cdn.models.resetStats();
-      const rules: { path: string; fault: string }[] = [];
-      // Bytes the client may receive beyond the files: an interruption loses at most the partial
-      // chunk it was receiving; a server that ignores Range re-sends what is stored (skipped, not
-      // stored again); `extra` sends 100 bytes too many; a byte flipped in transit costs its file.
-      let bound = 0;
-      for (const path of targets) {
-        const kind = kinds[k++ % kinds.length]!;
-        const at = Math.floor(sizeOf(path) / 2);
-        const full = `tiny-sd/${path}`;
-        if (["ignorerange", "norange", "badrange", "hiderange"].includes(kind)) {
-          rules.push({ path: full, fault: `reset:${at}` }, { path: full, fault: kind });
-          note("reset");
-          bound += CHUNK + (kind === "ignorerange" ? Math.floor(at / CHUNK) * CHUNK : 0);
-        } else if (["reset", "truncate", "stall", "flip"].includes(kind)) {
-          rules.push({ path: full, fault: `${kind}:${at}` });
-          bound += kind === "flip" ? sizeOf(path) : CHUNK;
-        } else {
-          rules.push({ path: full, fault: kind });
-          bound += kind.startsWith("extra") ? 100 : 0;
-        }
-        note(kind.split(":")[0]!);
-        if (kind === "flip") wholeFileRefetches += 1;
-      }
-      h.cdn.models.addFaults(rules);
-      const { final } = await e.call(ensure(id, { stallTimeoutMs: 2000 }), 120_000);
-      assert.equal(code(final), "modelReady", `${id}: ${JSON.stringify(final)}`);
-      assert.equal(h.cdn.models.pendingFaults(), 0, `${id}: every fault fired`);
-      const report = (final as { report: DownloadReport }).report;
-      await assertStoredExactly(e, id, report);
-      const beyond = report.fetchedBytes - report.totalBytes;
-      assert.ok(beyond <= bound, `${id}: ${beyond} bytes fetched beyond the files, at most ${bound} expected`);
-      wasted += beyond;
-      wastedBound += bound;
-    }
-    const downloadFaults = faults;
-    // Loads and generations: a reference image, then 5 rounds of 3 damaged stored chunks (a flipped
-    // byte, a short chunk, a missing chunk) in the U-Net, text encoder and VAE, and a lost GPU device;
-    // each round's image must be the reference, each damaged chunk fetched once.
-    const id = "soak-0";
-    const model = manifestUrl(id);
-    const reference = await e.call({ type: "generate", model, variant: "fp16", settings: SMALL }, 300_000);
-    assert.equal(code(reference.final), "result", JSON.stringify(reference.final));
-    const want = await lastImage(e);
-    let repaired = 0;
-    let wrongImages = 0;
-    const damages = ["flip", "truncate", "delete"] as const;
-    for (let round = 0; round < 5; round++) {
-      h.cdn.models.resetStats();
-      let expectBytes = 0;
-      for (let i = 0; i < 3; i++) {
-        const path = targets[(round + i) % 3]!;
-        const chunks = Math.ceil(sizeOf(path) / CHUNK);
-        const index = (round * 3 + i * 5) % chunks;
-        await damageChunk(e, model, path, index, damages[i]!);
-        expectBytes += Math.min(CHUNK, sizeOf(path) - index * CHUNK);
-        note(`stored-${damages[i]}`);
-      }
-      // The model is reloaded from the store (the loaded one would hide the damage): the GPU device
-      // is lost before each generation.
-      assert.equal(code((await e.call({ type: "loseDevice" })).final), "device-lost");
-      note("device-lost");
-      const { final, events } = await e.call({ type: "generate", model, variant: "fp16", settings: SMALL }, 300_000);
-      assert.equal(code(final), "result", `round ${round}: ${JSON.stringify(final)}`);
-      const image = await lastImage(e);
-      if (image.length !== want.length || image.some((v, j) => v !== want[j])) wrongImages += 1;
-      assert.ok(events.some((x) => x.type === "progress" && x.phase === "repair"), "the page was told about the repair");
-      const served = Object.values(h.cdn.models.stats.bytes).reduce((a, b) => a + b, 0);
-      const manifests = Object.entries(h.cdn.models.stats.bytes).filter(([p]) => p.endsWith("manifest.json")).reduce((a, [, b]) => a + b, 0);
-      assert.equal(served - manifests, expectBytes, `round ${round}: exactly the damaged chunks fetched again`);
-      repaired += 3;
-      const report = { files: targets.slice(0, 3), totalBytes: 0, fetchedBytes: 0 } as unknown as DownloadReport;
-      await assertStoredExactly(e, id, report);
-    }
-    assert.equal(wrongImages, 0, "0 wrong images");
-    const status = await e.call({ type: "status" });
-    assert.equal(code(status.final), "status", "the worker is alive");
-    console.log(
-      `soak: ${faults} faults (${downloadFaults} in downloads, ${faults - downloadFaults} in loads/generations): ${JSON.stringify(counts)}; ` +
-        `0 wrong images of 5 compared with the reference, 0 lost or duplicated chunks; ${repaired} damaged chunks fetched again, one request each; ` +
-        `bytes fetched beyond the files in downloads: ${wasted} (bound ${wastedBound}: at most one chunk per interruption; ` +
-        `${wholeFileRefetches} transit flips re-fetch their file, the manifest has no per-chunk hashes; a server ignoring Range re-sends what is stored)`,
-    );
-    assert.ok(faults >= 50, `${faults} faults`);
     await e.page.close();
   });
 });
