@@ -5,8 +5,8 @@
 //! kernel (1-2% of an H100's f32 peak; ~37 ms a launch for the tiny model on SwiftShader). Here the
 //! product is `out[c_out, pixels] = weight[c_out, c_in*kh*kw] x patches[c_in*kh*kw, pixels]`, where
 //! the patch matrix is never written: each workgroup stages a `BK` slice of the weight rows and of the
-//! gathered input patches in workgroup memory and accumulates a `BM x BN` tile in registers (f32
-//! accumulators for f16 too), then adds the bias. Tensors stay NCHW (burn's conv permutes to NHWC and
+//! gathered input patches in workgroup memory (in f32: f16 inputs are converted as they are staged)
+//! and accumulates a `BM x BN` tile in f32 registers, then adds the bias. Tensors stay NCHW (burn's conv permutes to NHWC and
 //! back around every call). Within WebGPU's default limits: 256 invocations, 16 KiB of workgroup memory.
 //! A second version of its main loop ([`Tiling::vectors`]) stages and reads workgroup memory as
 //! vectors of four and accumulates four outputs per add; the device's measuring ([`super::tune`]) tries
@@ -31,7 +31,7 @@ const SIDE: usize = 16;
 /// f32 buffer, and a second pass adds the partial sums and the bias). Large tiles reuse each staged
 /// value more; short ones waste nothing on 16 or 32 channels (the tiny model, the VAE's ends); splits
 /// keep the device busy when there are few output tiles (1280 channels at 8x8). Workgroup memory:
-/// `16 x (bm + bn)` values, at most 16 KiB in f32.
+/// `16 x (bm + bn)` f32 values (f16 inputs too), at most 16 KiB.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Tiling {
     pub bm: usize,
@@ -195,9 +195,9 @@ fn conv2d_igemm<E: Float>(
         let bm4 = comptime!(bm / 4);
         let bn4 = comptime!(bn / 4);
 
-        // [k][m / 4] and [k][n / 4].
-        let mut a_s = Shared::<[Vec4<E>]>::new_slice(BK * bm4);
-        let mut b_s = Shared::<[Vec4<E>]>::new_slice(BK * bn4);
+        // [k][m / 4] and [k][n / 4], in f32 (see the scalar loop's).
+        let mut a_s = Shared::<[Vec4<f32>]>::new_slice(BK * bm4);
+        let mut b_s = Shared::<[Vec4<f32>]>::new_slice(BK * bn4);
         let mut acc = Array::<Vec4<f32>>::new(gm * 4 * gn);
         #[unroll]
         for i in 0..gm * 4 * gn {
@@ -239,7 +239,7 @@ fn conv2d_igemm<E: Float>(
                 for r in 0..4 {
                     w.insert(r, weight_value(weight, tile_m + v * 4 + r, k, c_out, depth, weight_kn));
                 }
-                a_s[a_k * bm4 + v] = w;
+                a_s[a_k * bm4 + v] = Vec4::<f32>::cast_from(w);
             }
             #[unroll]
             for i in 0..comptime!(BK * bn4 / (SIDE * SIDE)) {
@@ -257,7 +257,7 @@ fn conv2d_igemm<E: Float>(
                     let plane = base[c] + ci * in_h * in_w;
                     vals.insert(c, patch_value(input, plane, iy, ix, k < depth, in_h, in_w, pad_top, pad_left));
                 }
-                b_s[kl * bn4 + load_v] = vals;
+                b_s[kl * bn4 + load_v] = Vec4::<f32>::cast_from(vals);
             }
             sync_cube();
 
@@ -265,14 +265,14 @@ fn conv2d_igemm<E: Float>(
                 let mut b = Array::<Vec4<f32>>::new(gn);
                 #[unroll]
                 for h in 0..gn {
-                    b[h] = Vec4::<f32>::cast_from(b_s[kk * bn4 + h * SIDE + tx]);
+                    b[h] = b_s[kk * bn4 + h * SIDE + tx];
                 }
                 #[unroll]
                 for g in 0..gm {
                     let a = a_s[kk * bm4 + g * SIDE + ty];
                     #[unroll]
                     for r in 0..4 {
-                        let ar = Vec4::<f32>::broadcast(f32::cast_from(a.extract(r)));
+                        let ar = Vec4::<f32>::broadcast(a.extract(r));
                         #[unroll]
                         for h in 0..gn {
                             acc[(g * 4 + r) * gn + h] += ar * b[h];
@@ -314,9 +314,11 @@ fn conv2d_igemm<E: Float>(
         let tm = comptime!(bm / SIDE);
         let tn = comptime!(bn / SIDE);
 
-        // [k][m] and [k][n]: the inner loop reads a row of each.
-        let mut a_s = Shared::<[E]>::new_slice(BK * bm);
-        let mut b_s = Shared::<[E]>::new_slice(BK * bn);
+        // [k][m] and [k][n]: the inner loop reads a row of each. In f32 whatever `E` is: an f16 value
+        // is converted once as it is staged rather than by each of the 16 invocations that read it (in
+        // the inner loop a conversion per value read cost one instruction per four multiply-adds).
+        let mut a_s = Shared::<[f32]>::new_slice(BK * bm);
+        let mut b_s = Shared::<[f32]>::new_slice(BK * bn);
         let mut acc = Array::<f32>::new(tm * tn);
         #[unroll]
         for i in 0..tm * tn {
@@ -344,7 +346,7 @@ fn conv2d_igemm<E: Float>(
             for i in 0..bm * BK / (SIDE * SIDE) {
                 let m = tile_m + a_m + i * (SIDE * SIDE / BK);
                 a_s[a_k * bm + a_m + i * (SIDE * SIDE / BK)] =
-                    weight_value(weight, m, k0 + a_k, c_out, depth, weight_kn);
+                    f32::cast_from(weight_value(weight, m, k0 + a_k, c_out, depth, weight_kn));
             }
             #[unroll]
             for i in 0..bn * BK / (SIDE * SIDE) {
@@ -355,8 +357,9 @@ fn conv2d_igemm<E: Float>(
                 let iy = y0 + r / kw;
                 let ix = x0 + r % kw;
                 let plane = in_base + ci * in_h * in_w;
-                b_s[kl * bn + load_n] =
-                    patch_value(input, plane, iy, ix, p_ok && k < depth, in_h, in_w, pad_top, pad_left);
+                b_s[kl * bn + load_n] = f32::cast_from(patch_value(
+                    input, plane, iy, ix, p_ok && k < depth, in_h, in_w, pad_top, pad_left,
+                ));
             }
             sync_cube();
 
@@ -365,11 +368,11 @@ fn conv2d_igemm<E: Float>(
                 let mut b = Array::<f32>::new(tn);
                 #[unroll]
                 for i in 0..tm {
-                    a[i] = f32::cast_from(a_s[kk * bm + ty + i * SIDE]);
+                    a[i] = a_s[kk * bm + ty + i * SIDE];
                 }
                 #[unroll]
                 for j in 0..tn {
-                    b[j] = f32::cast_from(b_s[kk * bn + tx + j * SIDE]);
+                    b[j] = b_s[kk * bn + tx + j * SIDE];
                 }
                 #[unroll]
                 for i in 0..tm {

@@ -467,8 +467,9 @@ fn measured<S: Work + Copy + std::fmt::Debug, P: Copy>(picks: &HashMap<S, Option
 /// Bumped whenever a kernel or the candidates change, so that picks kept by an earlier build are
 /// measured again rather than trusted ([`crate::gpu::GpuInfo::tuning_key`] includes it). (Adding a
 /// kind of op does not: a record without it reads, and its shapes are measured.) 2: the vectorized
-/// implicit GEMM ([`Tiling::vectors`]) among the convolution's and linear layer's candidates.
-pub const VERSION: u32 = 2;
+/// implicit GEMM ([`Tiling::vectors`]) among the convolution's and linear layer's candidates. 3: the
+/// implicit GEMM stages f16 inputs as f32 (no conversions left in its inner loop).
+pub const VERSION: u32 = 3;
 
 /// Restores saved picks (those of shapes measured since are kept); a pick no kernel of this build can
 /// run (a record from another build, or damaged) is left out, to be measured again.
