@@ -357,9 +357,8 @@ fn conv2d_igemm<E: Float>(
                 let iy = y0 + r / kw;
                 let ix = x0 + r % kw;
                 let plane = in_base + ci * in_h * in_w;
-                b_s[kl * bn + load_n] = f32::cast_from(patch_value(
-                    input, plane, iy, ix, p_ok && k < depth, in_h, in_w, pad_top, pad_left,
-                ));
+                b_s[kl * bn + load_n] =
+                    f32::cast_from(patch_value(input, plane, iy, ix, p_ok && k < depth, in_h, in_w, pad_top, pad_left));
             }
             sync_cube();
 
