@@ -6,8 +6,9 @@
 //! product is `out[c_out, pixels] = weight[c_out, c_in*kh*kw] x patches[c_in*kh*kw, pixels]`, where
 //! the patch matrix is never written: each workgroup stages a `BK` slice of the weight rows and of the
 //! gathered input patches in workgroup memory (in f32: f16 inputs are converted as they are staged)
-//! and accumulates a `BM x BN` tile in f32 registers, then adds the bias. Tensors stay NCHW (burn's conv permutes to NHWC and
-//! back around every call). Within WebGPU's default limits: 256 invocations, 16 KiB of workgroup memory.
+//! and accumulates a `BM x BN` tile in f32 registers, then adds the bias. Tensors stay NCHW (burn's
+//! conv permutes to NHWC and back around every call). Within WebGPU's default limits: 256
+//! invocations, 16 KiB of workgroup memory.
 //! A second version of its main loop ([`Tiling::vectors`]) stages and reads workgroup memory as
 //! vectors of four and accumulates four outputs per add; the device's measuring ([`super::tune`]) tries
 //! both.
@@ -316,7 +317,7 @@ fn conv2d_igemm<E: Float>(
 
         // [k][m] and [k][n]: the inner loop reads a row of each. In f32 whatever `E` is: an f16 value
         // is converted once as it is staged rather than by each of the 16 invocations that read it (in
-        // the inner loop a conversion per value read cost one instruction per four multiply-adds).
+        // the inner loop a conversion per value read cost one instruction per two to four multiply-adds).
         let mut a_s = Shared::<[f32]>::new_slice(BK * bm);
         let mut b_s = Shared::<[f32]>::new_slice(BK * bn);
         let mut acc = Array::<f32>::new(tm * tn);
