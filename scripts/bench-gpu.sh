@@ -10,16 +10,17 @@
 #
 # Steps, most wanted first, each cut off where the time left (BUDGET_S, default 3600 s from the start)
 # runs out, so a lease that ends early still returns the first ones:
-#  1. tilings-f32.txt: op_bench's `tilings`, burn's conv against ours in every tiling, the scalar
-#     kernel's and the vectorized one's ("+vec4"); the workgroup target whose picks
-#     (Tiling::for_workgroups, scalar) sum to the least time is the one step 2 runs with.
-#  2. unet-f32.json / unet-f16.json: native.py, websd with burn's kernels only (WEBSD_KERNELS=burn),
-#     with each op's kernels measured on the GPU after the first call (tune: what an adapter
-#     not measured by hand gets, in the browser too; the picks go to log.txt), with our convolution
-#     (conv) and with all our kernels (ours: + attention, linear, norms), beside torch, at SIZES
-#     (default 64) latents.
-#  3. ops-f32.txt after the f32 U-Net, then tilings-f16.txt and ops-f16.txt after the f16 one (op_bench
-#     `all`: attention, linear, GroupNorm + SiLU and LayerNorm, ours beside burn's).
+#  1. unet-f32.json / unet-f16.json: native.py, the U-Net call beside torch at SIZES (default 64)
+#     latents, one websd process per VARIANTS value (default burn,tune): burn's kernels only
+#     (WEBSD_KERNELS=burn) and each op's kernels measured on the GPU during the first call (tune: what
+#     an adapter not measured by hand gets, in the browser too; the picks go to log.txt). The hand-made
+#     choices `conv` (our convolution) and `ours` (+ attention, linear, norms) can be added to VARIANTS;
+#     then step 2 runs first, for their tiling.
+#  2. tilings-f32.txt: op_bench's `tilings`, burn's conv against ours in every tiling, the scalar
+#     kernel's and the vectorized one's ("+vec4"): the convolutions' roofline. The workgroup target
+#     whose picks (Tiling::for_workgroups, scalar) sum to the least time is what `conv` and `ours` run.
+#  3. ops-f32.txt, then tilings-f16.txt and ops-f16.txt (op_bench `all`: attention, linear,
+#     GroupNorm + SiLU and LayerNorm, ours beside burn's).
 #
 # The U-Net's weights are made here, as ../shared/oracle/step4_fullsize.py made them (torch seed 0,
 # diffusers' default initialisation, saved fp16), from UNET_CONFIG (default: the SD 1.5 U-Net config in
@@ -29,16 +30,8 @@
 # without a GPU; PEAK_GFLOPS and PEAK_GBS (default: an H100/H200 SXM's f32 67 TFLOP/s and 4800 GB/s)
 # are the roofline's peaks.
 #
-# On this workplace's lent GPU machine (the device tool; nothing can be fetched there), carry what it
-# lacks in ignored folders: `.gl` (the Vulkan loader's .deb files), `.whl` (diffusers==0.42.1 and
-# importlib_metadata wheels) and `.gpu/bins.tar.xz` (op_bench and unet_io_check built here in release,
-# stripped), take `tests/fixtures` out of the index while the call runs (the tree that travels is
-# limited to 64 MiB; `git reset tests/fixtures` after), and run, with BUDGET_S a minute under the
-# call's timeout:
-#   for f in .gl/*.deb; do dpkg -x $f /; done; ldconfig; python3 -m pip install -q --no-index --no-deps
-#   --target /tmp/site .whl/*.whl; export PYTHONPATH=/tmp/site; mkdir -p /tmp/bin; xz -dc
-#   .gpu/bins.tar.xz | tar x -C /tmp/bin; WEBSD_COMMIT=<hash> BUDGET_S=520 UNET_IO_CHECK=/tmp/bin/unet_io_check
-#   OP_BENCH=/tmp/bin/op_bench bash scripts/bench-gpu.sh $OUT
+# On this workplace's lent GPU machine (the device tool; nothing can be fetched there) run it through
+# scripts/gpu-run.sh, from what scripts/gpu-prepare.sh makes here (that script prints the call).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s); budget=${BUDGET_S:-3600}
@@ -81,9 +74,13 @@ UNet2DConditionModel.from_config(json.load(open(sys.argv[1]))).half().save_pretr
 PY
 weights=$!
 
-step 150 "tilings f32" "$ops" "$latent" wgpu "${peaks[@]}" tilings "$div" > "$out/tilings-f32.txt" 2>> "$log"
-# The workgroup target whose picks take the least time over the shapes measured.
-workgroups=$("$py" - "$out/tilings-f32.txt" <<'PY' 2>> "$log"
+variants=${VARIANTS:-burn,tune}
+workgroups=
+# The convolution in every tiling; the workgroup target whose picks take the least time over the shapes
+# measured, for the hand-made variants.
+tilings_f32() {
+  step 150 "tilings f32" "$ops" "$latent" wgpu "${peaks[@]}" tilings "$div" > "$out/tilings-f32.txt" 2>> "$log"
+  workgroups=$("$py" - "$out/tilings-f32.txt" <<'PY' 2>> "$log"
 import re, sys
 times, totals = {}, {}
 for line in open(sys.argv[1]):
@@ -99,20 +96,25 @@ for line in open(sys.argv[1]):
 print(min(totals, key=totals.get) if totals else 0)
 print(totals, file=sys.stderr)
 PY
-)
-echo "WEBSD_CONV_WORKGROUPS=$workgroups" >> "$log"
+  )
+}
+if [[ ",$variants," == *,conv,* || ",$variants," == *,ours,* ]]; then
+  tilings_f32
+  echo "WEBSD_CONV_WORKGROUPS=$workgroups" >> "$log"
+fi
 wait $weights
 
 unet() {
   local name=$1; shift
   WEBSD_CONV_WORKGROUPS=$workgroups step 240 "unet $name" "$py" web/bench/native.py "$model" "$uic" 5 "$model" \
-    --torch-device "${TORCH_DEVICE:-cuda}" --sizes "${SIZES:-64}" --variants "${VARIANTS:-burn,tune,conv,ours}" "$@" \
+    --torch-device "${TORCH_DEVICE:-cuda}" --sizes "${SIZES:-64}" --variants "$variants" "$@" \
     > "$out/unet-$name.json" 2>> "$log"
 }
-# op_bench's adapter line goes to stderr, kept in its file.
 unet f32 --ours wgpu
-WEBSD_CONV_WORKGROUPS=$workgroups step 120 "ops f32" "$ops" "$latent" wgpu "${peaks[@]}" all "$div" > "$out/ops-f32.txt" 2>&1
 unet f16 --torch-dtype f16 --ours wgpu-f16
+[ -s "$out/tilings-f32.txt" ] || tilings_f32
+# op_bench's adapter line goes to stderr, kept in its file.
+WEBSD_CONV_WORKGROUPS=$workgroups step 120 "ops f32" "$ops" "$latent" wgpu "${peaks[@]}" all "$div" > "$out/ops-f32.txt" 2>&1
 step 120 "tilings f16" "$ops" "$latent" wgpu-f16 "${peaks[@]}" tilings "$div" > "$out/tilings-f16.txt" 2>> "$log"
 WEBSD_CONV_WORKGROUPS=$workgroups step 120 "ops f16" "$ops" "$latent" wgpu-f16 "${peaks[@]}" all "$div" > "$out/ops-f16.txt" 2>&1
 echo "== done at $(($(date +%s) - start))s" >> "$log"

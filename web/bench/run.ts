@@ -460,8 +460,8 @@ ${(["f32", "f16"] as const)
 ${
   g.tilings && (g.tilings.f32.length || g.tilings.f16.length)
     ? `
-Our convolution in every tiling against burn's autotuned conv2d (\`op_bench 64 wgpu tilings\`; the U-Net rows
-above tiled for ${g.convWorkgroups || "?"} workgroups): the best tiling per shape, and its share of the f32 peak
+Our convolution in every tiling against burn's autotuned conv2d (\`op_bench 64 wgpu tilings\`${g.convWorkgroups ? `; the U-Net rows
+"conv" and "ours" above tiled for ${g.convWorkgroups} workgroups` : ""}): the best tiling per shape, and its share of the f32 peak
 (${g.peakGflops} GFLOP/s):
 
 | precision | conv (batch 2) | burn's ms | best tiling | ms | ours / burn's | GFLOP/s | % of f32 peak |
