@@ -6,13 +6,14 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-${OUT:?no OUT_DIR given and no \$OUT}}
-# The loader only where the image has none (unpacked into / as the device tool's README says).
-if ! ldconfig -p | grep -q 'libvulkan\.so\.1'; then
+# The loader only where the image has none (unpacked into / as the device tool's README says). grep
+# reads all its input (no -q): under pipefail a closed pipe would fail the test.
+if ! ldconfig -p | grep 'libvulkan\.so\.1' > /dev/null; then
   for f in .gl/*.deb; do dpkg -x "$f" /; done
   ldconfig
 fi
 icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-if [ -f "$icd" ] && ! ls /usr/share/vulkan/icd.d/ /etc/vulkan/icd.d/ 2>/dev/null | grep -q nvidia; then
+if [ -f "$icd" ] && ! ls /usr/share/vulkan/icd.d/ /etc/vulkan/icd.d/ 2>/dev/null | grep nvidia > /dev/null; then
   export VK_DRIVER_FILES=$icd
 fi
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit
