@@ -111,10 +111,12 @@ fn tilings(n: usize, divisor: usize, d: &burn::tensor::Device, elem: f64, peaks:
             read(burn::tensor::module::conv2d(x.clone(), w.clone(), Some(bias.clone()), options.clone()));
         });
         let mut best = (f64::INFINITY, Tiling::SMALL);
-        // The scalar kernel's tilings, then the vectorized kernel's (named "...+vec4").
-        let scalar = Tiling::TILES.map(|(bm, bn)| Tiling { bm, bn, splits: 1, vectors: false });
-        let vectorized = scalar.iter().filter_map(|t| t.vectorized());
-        for tile in scalar.into_iter().chain(vectorized) {
+        // The scalar kernel's tilings, then the vectorized kernel's (named "...+vec4"), then it reading
+        // each slice ahead ("...+vec4+ahead").
+        let scalar = Tiling::TILES.map(|(bm, bn)| Tiling { bm, bn, ..Tiling::SMALL });
+        let vectorized: Vec<Tiling> = scalar.iter().filter_map(|t| t.vectorized()).collect();
+        let prefetched: Vec<Tiling> = vectorized.iter().filter_map(|t| t.prefetched()).collect();
+        for tile in scalar.into_iter().chain(vectorized).chain(prefetched) {
             for splits in [1, 2, 4, 8, 16] {
                 let tiling = Tiling { splits, ..tile };
                 let ms = time(&format!("{name}, websd's {}", label(tiling)), flops, bytes, peaks, || {
@@ -146,10 +148,16 @@ fn tilings(n: usize, divisor: usize, d: &burn::tensor::Device, elem: f64, peaks:
     }
 }
 
-/// A tiling as `tilings` prints it: `BMxBN/SPLITS`, then `+vec4` for the vectorized kernel (which
-/// scripts/bench-gpu.sh's choice of a workgroup target leaves out: `for_workgroups` picks scalar ones).
+/// A tiling as `tilings` prints it: `BMxBN/SPLITS`, then `+vec4` for the vectorized kernel and
+/// `+vec4+ahead` for it reading each slice ahead (both of which scripts/bench-gpu.sh's choice of a
+/// workgroup target leaves out: `for_workgroups` picks scalar ones).
 fn label(t: websd::kernels::conv2d::Tiling) -> String {
-    format!("{}x{}/{}{}", t.bm, t.bn, t.splits, if t.vectors { "+vec4" } else { "" })
+    let kernel = match (t.vectors, t.prefetch) {
+        (false, _) => "",
+        (true, false) => "+vec4",
+        (true, true) => "+vec4+ahead",
+    };
+    format!("{}x{}/{}{kernel}", t.bm, t.bn, t.splits)
 }
 
 /// SD's four 3x3 convolutions at latent size `n` (batch 2): burn's op, then our lane kernel

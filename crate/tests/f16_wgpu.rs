@@ -187,16 +187,19 @@ fn kernels_in_f16_match_flex() {
     let back = |t: Tensor<4>| Tensor::<4>::from_data(t.to_data().convert::<f32>(), &cpu);
     use websd::kernels::conv2d::Tiling;
     // The f16 tile of 128 x 128 fills 8 KiB of workgroup memory; split-K sums partials in f32; the
-    // vectorized kernel stages vectors of four f16.
+    // vectorized kernel stages vectors of four f16 (as f32), read ahead or not.
     let vec4 = |t: Tiling| t.vectorized().expect("a vectorized tile");
+    let ahead = |t: Tiling| vec4(t).prefetched().expect("a vectorized tiling");
     for (b, c_in, c_out, h, w, stride, padding, tiling) in [
         (2, 32, 32, 16, 16, 1, [1; 4], Tiling::SMALL),
-        (1, 17, 70, 5, 7, 1, [1; 4], Tiling { bm: 128, bn: 128, splits: 1, vectors: false }),
+        (1, 17, 70, 5, 7, 1, [1; 4], Tiling { bm: 128, bn: 128, splits: 1, ..Tiling::SMALL }),
         (4, 8, 8, 9, 9, 2, [0, 0, 1, 1], Tiling::SMALL),
-        (1, 130, 40, 6, 6, 1, [1; 4], Tiling { bm: 64, bn: 128, splits: 4, vectors: false }),
+        (1, 130, 40, 6, 6, 1, [1; 4], Tiling { bn: 128, splits: 4, ..Tiling::SMALL }),
         (2, 32, 32, 16, 16, 1, [1; 4], vec4(Tiling::SMALL)),
-        (1, 17, 70, 5, 7, 1, [1; 4], vec4(Tiling { bm: 128, bn: 128, splits: 1, vectors: false })),
-        (1, 130, 40, 6, 6, 1, [1; 4], vec4(Tiling { bm: 64, bn: 128, splits: 4, vectors: false })),
+        (1, 17, 70, 5, 7, 1, [1; 4], vec4(Tiling { bm: 128, bn: 128, splits: 1, ..Tiling::SMALL })),
+        (1, 130, 40, 6, 6, 1, [1; 4], vec4(Tiling { bn: 128, splits: 4, ..Tiling::SMALL })),
+        (1, 17, 70, 5, 7, 1, [1; 4], ahead(Tiling { bm: 128, bn: 128, splits: 1, ..Tiling::SMALL })),
+        (1, 130, 40, 6, 6, 1, [1; 4], ahead(Tiling { bn: 128, splits: 4, ..Tiling::SMALL })),
     ] {
         let x = rounded(Tensor::random([b, c_in, h, w], Distribution::Normal(0.0, 1.0), &cpu));
         let weight = rounded(Tensor::random([c_out, c_in, 3, 3], Distribution::Normal(0.0, 0.2), &cpu));

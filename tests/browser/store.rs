@@ -170,7 +170,7 @@ async fn kernel_picks_are_stored_per_adapter_in_wasm() {
     };
     let picks = Picks {
         conv: vec![
-            (shape(320), ConvPick::Tiled(Tiling { bm: 128, bn: 128, splits: 1, vectors: false })),
+            (shape(320), ConvPick::Tiled(Tiling { bm: 128, bn: 128, ..Tiling::SMALL })),
             (shape(640), ConvPick::Lanes(Block { ch: 8, rows: 4, cols: 8, lanes: 8 })),
             (shape(4), ConvPick::Burn),
         ],

@@ -10,8 +10,8 @@
 //! conv permutes to NHWC and back around every call). Within WebGPU's default limits: 256
 //! invocations, 16 KiB of workgroup memory.
 //! A second version of its main loop ([`Tiling::vectors`]) stages and reads workgroup memory as
-//! vectors of four and accumulates four outputs per add; the device's measuring ([`super::tune`]) tries
-//! both.
+//! vectors of four and accumulates four outputs per add, and can read each slice from global memory
+//! one step ahead ([`Tiling::prefetch`]); the device's measuring ([`super::tune`]) tries them all.
 
 use burn::tensor::{DType, Tensor};
 use burn_cubecl::CubeBackend;
@@ -45,11 +45,18 @@ pub struct Tiling {
     /// stored pick from before it existed reads as scalar.
     #[serde(default)]
     pub vectors: bool,
+    /// With `vectors`: each slice is read from global memory into registers one step ahead, while the
+    /// workgroup multiplies the slice before it (`conv2d_igemm`'s `prefetch`). A GPU then waits on
+    /// global memory once per dispatch rather than once per slice; a CPU rasterizer gains nothing
+    /// (registers kept across a barrier cost it). A stored pick from before it existed reads as
+    /// without.
+    #[serde(default)]
+    pub prefetch: bool,
 }
 
 impl Tiling {
     /// The tile the kernel was first measured with (SwiftShader, BENCHMARKS.md "Our kernels").
-    pub const SMALL: Tiling = Tiling { bm: 64, bn: 64, splits: 1, vectors: false };
+    pub const SMALL: Tiling = Tiling { bm: 64, bn: 64, splits: 1, vectors: false, prefetch: false };
 
     /// The tile shapes the vectorized kernel is compiled for: each invocation's rows and pixels are
     /// one or two runs of four.
@@ -58,6 +65,11 @@ impl Tiling {
     /// This tiling in the vectorized kernel, where its tile allows it.
     pub fn vectorized(self) -> Option<Tiling> {
         Self::VECTOR_TILES.contains(&(self.bm, self.bn)).then_some(Tiling { vectors: true, ..self })
+    }
+
+    /// This vectorized tiling with the next slice read ahead ([`Tiling::prefetch`]).
+    pub fn prefetched(self) -> Option<Tiling> {
+        self.vectors.then_some(Tiling { prefetch: true, ..self })
     }
 
     /// Every tile shape the kernel is compiled for.
@@ -75,13 +87,14 @@ impl Tiling {
             .unwrap_or((16, 128));
         let tiles = c_out.div_ceil(bm) * pixels.div_ceil(bn);
         let max_splits = (depth.div_ceil(BK) / 8).clamp(1, 16);
-        Tiling { bm, bn, splits: workgroups.div_ceil(tiles).clamp(1, max_splits), vectors: false }
+        let splits = workgroups.div_ceil(tiles).clamp(1, max_splits);
+        Tiling { bm, bn, splits, vectors: false, prefetch: false }
     }
 
-    /// A tile shape the kernel is compiled for, and 1 to 64 splits.
+    /// A tile shape the kernel is compiled for, 1 to 64 splits, and `prefetch` only with `vectors`.
     pub fn valid(self) -> bool {
         let tiles: &[(usize, usize)] = if self.vectors { &Self::VECTOR_TILES } else { &Self::TILES };
-        tiles.contains(&(self.bm, self.bn)) && (1..=64).contains(&self.splits)
+        tiles.contains(&(self.bm, self.bn)) && (1..=64).contains(&self.splits) && (self.vectors || !self.prefetch)
     }
 }
 
@@ -164,6 +177,7 @@ fn conv2d_igemm<E: Float>(
     epilogue: u32,
     #[comptime] weight_kn: bool,
     #[comptime] vectors: bool,
+    #[comptime] prefetch: bool,
     #[define(E)] _dtype: ElemType,
 ) {
     let tx = UNIT_POS_X as usize;
@@ -229,59 +243,105 @@ fn conv2d_igemm<E: Float>(
         let a_k = t % BK;
         let a_v = t / BK;
 
-        for kt in kt_first..kt_end {
-            let k0 = kt * BK;
-            #[unroll]
-            for i in 0..gm {
-                let v = a_v + i * (SIDE * SIDE / BK);
-                let k = k0 + a_k;
-                let mut w = Vec4::<E>::empty();
-                #[unroll]
-                for r in 0..4 {
-                    w.insert(r, weight_value(weight, tile_m + v * 4 + r, k, c_out, depth, weight_kn));
-                }
-                a_s[a_k * bm4 + v] = Vec4::<f32>::cast_from(w);
+        // The slice's values pass through registers: `a_r` (weights) and `b_r` (patches). With
+        // `prefetch` step `s` stores slice `s - 1` (read by step `s - 1`), then reads slice `s` while
+        // the workgroup multiplies slice `s - 1`: one step more than there are slices.
+        let nb = comptime!(BK * bn4 / (SIDE * SIDE));
+        let mut a_r = Array::<Vec4<f32>>::new(gm);
+        let mut b_r = Array::<Vec4<f32>>::new(nb);
+        // None for a split past the reduction's end (more splits than slices): its sums stay 0.
+        let mut slices = 0usize;
+        if kt_end > kt_first {
+            slices = kt_end - kt_first;
+        }
+        let mut steps = slices;
+        if prefetch {
+            steps += 1;
+        }
+        for s in 0..steps {
+            // Whether slice `s - 1` (with `prefetch`) or `s` waits in the registers for the workgroup.
+            let mut ready = s < slices;
+            if prefetch {
+                ready = s >= 1;
             }
-            #[unroll]
-            for i in 0..comptime!(BK * bn4 / (SIDE * SIDE)) {
-                let kl = load_kb + i * comptime!(SIDE * SIDE / bn4);
-                let k = k0 + kl;
-                let ci = k / taps;
-                let r = k % taps;
-                let dy = r / kw;
-                let dx = r % kw;
-                let mut vals = Vec4::<E>::empty();
-                #[unroll]
-                for c in 0..4 {
-                    let iy = ys[c] + dy;
-                    let ix = xs[c] + dx;
-                    let plane = base[c] + ci * in_h * in_w;
-                    vals.insert(c, patch_value(input, plane, iy, ix, k < depth, in_h, in_w, pad_top, pad_left));
+            if prefetch {
+                if ready {
+                    #[unroll]
+                    for i in 0..gm {
+                        a_s[a_k * bm4 + a_v + i * (SIDE * SIDE / BK)] = a_r[i];
+                    }
+                    #[unroll]
+                    for i in 0..nb {
+                        b_s[(load_kb + i * comptime!(SIDE * SIDE / bn4)) * bn4 + load_v] = b_r[i];
+                    }
+                    sync_cube();
                 }
-                b_s[kl * bn4 + load_v] = Vec4::<f32>::cast_from(vals);
             }
-            sync_cube();
-
-            for kk in 0..BK {
-                let mut b = Array::<Vec4<f32>>::new(gn);
+            if s < slices {
+                let k0 = (kt_first + s) * BK;
                 #[unroll]
-                for h in 0..gn {
-                    b[h] = b_s[kk * bn4 + h * SIDE + tx];
-                }
-                #[unroll]
-                for g in 0..gm {
-                    let a = a_s[kk * bm4 + g * SIDE + ty];
+                for i in 0..gm {
+                    let v = a_v + i * (SIDE * SIDE / BK);
+                    let k = k0 + a_k;
+                    let mut w = Vec4::<E>::empty();
                     #[unroll]
                     for r in 0..4 {
-                        let ar = Vec4::<f32>::broadcast(a.extract(r));
+                        w.insert(r, weight_value(weight, tile_m + v * 4 + r, k, c_out, depth, weight_kn));
+                    }
+                    a_r[i] = Vec4::<f32>::cast_from(w);
+                }
+                #[unroll]
+                for i in 0..nb {
+                    let kl = load_kb + i * comptime!(SIDE * SIDE / bn4);
+                    let k = k0 + kl;
+                    let ci = k / taps;
+                    let r = k % taps;
+                    let dy = r / kw;
+                    let dx = r % kw;
+                    let mut vals = Vec4::<E>::empty();
+                    #[unroll]
+                    for c in 0..4 {
+                        let iy = ys[c] + dy;
+                        let ix = xs[c] + dx;
+                        let plane = base[c] + ci * in_h * in_w;
+                        vals.insert(c, patch_value(input, plane, iy, ix, k < depth, in_h, in_w, pad_top, pad_left));
+                    }
+                    b_r[i] = Vec4::<f32>::cast_from(vals);
+                }
+            }
+            if !prefetch {
+                #[unroll]
+                for i in 0..gm {
+                    a_s[a_k * bm4 + a_v + i * (SIDE * SIDE / BK)] = a_r[i];
+                }
+                #[unroll]
+                for i in 0..nb {
+                    b_s[(load_kb + i * comptime!(SIDE * SIDE / bn4)) * bn4 + load_v] = b_r[i];
+                }
+                sync_cube();
+            }
+            if ready {
+                for kk in 0..BK {
+                    let mut b = Array::<Vec4<f32>>::new(gn);
+                    #[unroll]
+                    for h in 0..gn {
+                        b[h] = b_s[kk * bn4 + h * SIDE + tx];
+                    }
+                    #[unroll]
+                    for g in 0..gm {
+                        let a = a_s[kk * bm4 + g * SIDE + ty];
                         #[unroll]
-                        for h in 0..gn {
-                            acc[(g * 4 + r) * gn + h] += ar * b[h];
+                        for r in 0..4 {
+                            let ar = Vec4::<f32>::broadcast(a.extract(r));
+                            #[unroll]
+                            for h in 0..gn {
+                                acc[(g * 4 + r) * gn + h] += ar * b[h];
+                            }
                         }
                     }
                 }
+                sync_cube();
             }
-            sync_cube();
         }
 
         #[unroll]
@@ -735,6 +795,7 @@ pub(crate) fn launch(
             epilogue,
             weight_kn,
             tiling.vectors,
+            tiling.prefetch,
             storage,
         );
     }

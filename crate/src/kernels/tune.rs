@@ -468,7 +468,8 @@ fn measured<S: Work + Copy + std::fmt::Debug, P: Copy>(picks: &HashMap<S, Option
 /// measured again rather than trusted ([`crate::gpu::GpuInfo::tuning_key`] includes it). (Adding a
 /// kind of op does not: a record without it reads, and its shapes are measured.) 2: the vectorized
 /// implicit GEMM ([`Tiling::vectors`]) among the convolution's and linear layer's candidates. 3: the
-/// implicit GEMM stages f16 inputs as f32 (no conversions left in its inner loop).
+/// implicit GEMM stages f16 inputs as f32 (no conversions left in its inner loop), and its
+/// vectorized loop reading each slice ahead ([`Tiling::prefetch`]) among the candidates.
 pub const VERSION: u32 = 3;
 
 /// Restores saved picks (those of shapes measured since are kept); a pick no kernel of this build can
@@ -570,7 +571,7 @@ pub fn candidates(shape: &ConvShape) -> Vec<ConvPick> {
 
 /// The implicit GEMM's tilings tried for an output of `c_out` x `pixels` over `depth`: those
 /// [`Tiling::for_workgroups`] gives for 1 to 1024 workgroups in flight, each once, then each of them
-/// in the vectorized kernel where its tile allows.
+/// in the vectorized kernel where its tile allows, then those reading each slice ahead.
 fn tilings(c_out: usize, pixels: usize, depth: usize) -> Vec<Tiling> {
     let mut tilings: Vec<Tiling> = Vec::new();
     for workgroups in [1, 32, 256, 1024] {
@@ -580,7 +581,9 @@ fn tilings(c_out: usize, pixels: usize, depth: usize) -> Vec<Tiling> {
         }
     }
     let vectorized: Vec<Tiling> = tilings.iter().filter_map(|t| t.vectorized()).collect();
+    let prefetched: Vec<Tiling> = vectorized.iter().filter_map(|t| t.prefetched()).collect();
     tilings.extend(vectorized);
+    tilings.extend(prefetched);
     tilings
 }
 
@@ -877,7 +880,7 @@ mod tests {
     fn picks_round_trip_through_export_and_import() {
         let _lock = table_lock();
         let shape = conv(3, 7, 11, [5, 9], 3, 2, false);
-        let pick = ConvPick::Tiled(Tiling { bm: 16, bn: 128, splits: 2, vectors: false });
+        let pick = ConvPick::Tiled(Tiling { bm: 16, bn: 128, splits: 2, ..Tiling::SMALL });
         let attention = AttentionShape {
             batch: 3,
             heads: 5,
@@ -912,12 +915,13 @@ mod tests {
         let odd = conv(1, 2, 3, [4, 4], 3, 1, false);
         let bad = Picks {
             conv: vec![
-                (odd, ConvPick::Tiled(Tiling { bm: 48, bn: 128, splits: 1, vectors: false })),
+                (odd, ConvPick::Tiled(Tiling { bm: 48, bn: 128, ..Tiling::SMALL })),
                 (conv(1, 2, 5, [4, 4], 3, 1, false), ConvPick::Lanes(Block { ch: 0, rows: 1, cols: 1, lanes: 8 })),
                 (
                     conv(1, 2, 6, [4, 4], 3, 1, false),
-                    ConvPick::Tiled(Tiling { bm: 16, bn: 128, splits: 1, vectors: true }),
+                    ConvPick::Tiled(Tiling { bm: 16, bn: 128, vectors: true, ..Tiling::SMALL }),
                 ),
+                (conv(1, 2, 7, [4, 4], 3, 1, false), ConvPick::Tiled(Tiling { prefetch: true, ..Tiling::SMALL })),
             ],
             linear: vec![(
                 LinearShape { rows: 9, d_in: 5, d_out: 7, f16: false },
@@ -929,6 +933,7 @@ mod tests {
         assert_eq!(table().conv.get(&odd), None);
         assert_eq!(table().conv.get(&conv(1, 2, 5, [4, 4], 3, 1, false)), None);
         assert_eq!(table().conv.get(&conv(1, 2, 6, [4, 4], 3, 1, false)), None, "no vectorized 16-row tile");
+        assert_eq!(table().conv.get(&conv(1, 2, 7, [4, 4], 3, 1, false)), None, "no read-ahead without vectors");
         // A tiling stored before the vectorized kernel existed reads as the scalar kernel's.
         let old: Tiling = serde_json::from_str(r#"{"bm":64,"bn":64,"splits":1}"#).unwrap();
         assert_eq!(old, Tiling::SMALL);

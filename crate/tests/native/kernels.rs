@@ -28,21 +28,23 @@ const SHAPES: [(usize, usize, usize, usize, usize, usize, usize, [usize; 4]); 10
 ];
 
 /// Tilings tried beside the default, one per shape in turn: every tile shape, split-K with more
-/// splits than slices, uneven splits; the scalar kernel and the vectorized one (`vectors`).
-const TILINGS: [(usize, usize, usize, bool); 7] = [
-    (128, 128, 1, false),
-    (16, 128, 3, false),
-    (64, 128, 3, true),
-    (32, 128, 1, false),
-    (128, 64, 2, true),
-    (64, 64, 7, false),
-    (128, 128, 64, true),
+/// splits than slices, uneven splits; the scalar kernel and the vectorized one (`vectors`), with and
+/// without the next slice read ahead (`prefetch`).
+const TILINGS: [(usize, usize, usize, bool, bool); 8] = [
+    (128, 128, 1, false, false),
+    (16, 128, 3, false, false),
+    (64, 128, 3, true, true),
+    (32, 128, 1, false, false),
+    (128, 64, 2, true, false),
+    (64, 64, 7, false, false),
+    (128, 128, 64, true, true),
+    (64, 64, 1, true, true),
 ];
 
 /// [`TILINGS`]`[i % len]`.
 fn tiling(i: usize) -> Tiling {
-    let (bm, bn, splits, vectors) = TILINGS[i % TILINGS.len()];
-    Tiling { bm, bn, splits, vectors }
+    let (bm, bn, splits, vectors, prefetch) = TILINGS[i % TILINGS.len()];
+    Tiling { bm, bn, splits, vectors, prefetch }
 }
 
 /// The default tile in the vectorized kernel.
