@@ -46,10 +46,10 @@ pub struct Tiling {
     #[serde(default)]
     pub vectors: bool,
     /// With `vectors`: each slice is read from global memory into registers one step ahead, while the
-    /// workgroup multiplies the slice before it (`conv2d_igemm`'s `prefetch`). A GPU then waits on
-    /// global memory once per dispatch rather than once per slice; a CPU rasterizer gains nothing
-    /// (registers kept across a barrier cost it). A stored pick from before it existed reads as
-    /// without.
+    /// workgroup multiplies the slice before it (`conv2d_igemm`'s `prefetch`). On a GPU the loads of
+    /// the next slice are in flight during the multiply-adds instead of between them; a CPU
+    /// rasterizer gains nothing (registers kept across a barrier cost it). A stored pick from before
+    /// it existed reads as without.
     #[serde(default)]
     pub prefetch: bool,
 }
