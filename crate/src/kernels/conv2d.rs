@@ -149,6 +149,33 @@ fn patch_value<E: Float>(
 /// Four values: the vectorized implicit GEMM's unit of workgroup memory and of accumulation.
 type Vec4<E> = Vector<E, Const<4>>;
 
+/// Stores the slice an invocation read into registers (`a_r` weights, `b_r` patches) into the
+/// vectorized loop's workgroup memory, at `a_at + 16 i` and `b_at + 256 i` (the slots it read them
+/// for), then waits for the workgroup.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn stage_slice(
+    a_s: &mut Shared<[Vec4<f32>]>,
+    b_s: &mut Shared<[Vec4<f32>]>,
+    a_r: &Array<Vec4<f32>>,
+    b_r: &Array<Vec4<f32>>,
+    a_at: usize,
+    b_at: usize,
+    #[comptime] gm: usize,
+    #[comptime] nb: usize,
+    #[comptime] bn4: usize,
+) {
+    #[unroll]
+    for i in 0..gm {
+        a_s[a_at + i * (SIDE * SIDE / BK)] = a_r[i];
+    }
+    #[unroll]
+    for i in 0..nb {
+        b_s[b_at + i * comptime!(SIDE * SIDE / bn4) * bn4] = b_r[i];
+    }
+    sync_cube();
+}
+
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn conv2d_igemm<E: Float>(
@@ -249,6 +276,9 @@ fn conv2d_igemm<E: Float>(
         let nb = comptime!(BK * bn4 / (SIDE * SIDE));
         let mut a_r = Array::<Vec4<f32>>::new(gm);
         let mut b_r = Array::<Vec4<f32>>::new(nb);
+        // Where this invocation's first weight and patch vectors go in workgroup memory.
+        let a_at = a_k * bm4 + a_v;
+        let b_at = load_kb * bn4 + load_v;
         // None for a split past the reduction's end (more splits than slices): its sums stay 0.
         let mut slices = 0usize;
         if kt_end > kt_first {
@@ -266,15 +296,7 @@ fn conv2d_igemm<E: Float>(
             }
             if prefetch {
                 if ready {
-                    #[unroll]
-                    for i in 0..gm {
-                        a_s[a_k * bm4 + a_v + i * (SIDE * SIDE / BK)] = a_r[i];
-                    }
-                    #[unroll]
-                    for i in 0..nb {
-                        b_s[(load_kb + i * comptime!(SIDE * SIDE / bn4)) * bn4 + load_v] = b_r[i];
-                    }
-                    sync_cube();
+                    stage_slice(&mut a_s, &mut b_s, &a_r, &b_r, a_at, b_at, gm, nb, bn4);
                 }
             }
             if s < slices {
@@ -310,15 +332,7 @@ fn conv2d_igemm<E: Float>(
                 }
             }
             if !prefetch {
-                #[unroll]
-                for i in 0..gm {
-                    a_s[a_k * bm4 + a_v + i * (SIDE * SIDE / BK)] = a_r[i];
-                }
-                #[unroll]
-                for i in 0..nb {
-                    b_s[(load_kb + i * comptime!(SIDE * SIDE / bn4)) * bn4 + load_v] = b_r[i];
-                }
-                sync_cube();
+                stage_slice(&mut a_s, &mut b_s, &a_r, &b_r, a_at, b_at, gm, nb, bn4);
             }
             if ready {
                 for kk in 0..BK {
